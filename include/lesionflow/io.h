@@ -1,0 +1,65 @@
+// File io without torch: atomic writes, safetensors, JSONL, CSV, images.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "lesionflow/status.h"
+
+namespace cv {
+class Mat;
+}
+
+namespace lf {
+
+// Write bytes to path via a temp file in the same directory + rename (atomic on POSIX).
+Status write_file_atomic(const std::string& path, const std::string& bytes);
+Result<std::string> read_file(const std::string& path);
+Status make_dirs(const std::string& path);
+bool file_exists(const std::string& path);
+// FNV-1a 64-bit hex of bytes / of a file's contents (content hashes for provenance).
+std::string hash_bytes(const std::string& bytes);
+Result<std::string> hash_file(const std::string& path);
+
+// ---- safetensors -----------------------------------------------------------
+enum class DType { kF32, kF64, kI64, kI32, kU8, kBF16, kF16 };
+const char* dtype_name(DType d);  // "F32", ...
+size_t dtype_size(DType d);
+
+struct RawTensor {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::string data;  // little-endian bytes, row-major
+  int64_t numel() const;
+};
+
+struct SafeTensors {
+  std::map<std::string, RawTensor> tensors;              // sorted by name
+  std::map<std::string, std::string> metadata;           // "__metadata__"
+};
+
+Status save_safetensors(const std::string& path, const SafeTensors& st);  // atomic
+Result<SafeTensors> load_safetensors(const std::string& path);
+Result<SafeTensors> parse_safetensors(const std::string& bytes, const std::string& name_for_errors);
+std::string serialize_safetensors(const SafeTensors& st);
+
+// ---- CSV ----------------------------------------------------------------------
+struct CsvTable {
+  std::string path;
+  std::vector<std::string> header;
+  std::vector<std::vector<std::string>> rows;  // each the header's width
+  std::vector<int> line_numbers;               // 1-based file line of each row
+  int column(const std::string& name) const;   // -1 if absent
+};
+// RFC-4180-ish: quoted fields, "" escapes, CRLF. Errors name file and line.
+Result<CsvTable> read_csv(const std::string& path);
+std::string csv_escape(const std::string& field);
+
+// ---- images (OpenCV) -------------------------------------------------------------
+// Reads an 8-bit BGR image; errors for missing, empty, corrupt or non-image files.
+Result<cv::Mat> read_image(const std::string& path);
+Result<cv::Mat> read_mask(const std::string& path);  // 8-bit single channel, 0/255
+Status write_png(const std::string& path, const cv::Mat& img);
+
+}  // namespace lf

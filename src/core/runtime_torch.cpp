@@ -1,0 +1,92 @@
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "lesionflow/runtime.h"
+
+namespace lf {
+
+int hardware_threads() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n ? static_cast<int>(n) : 1;
+}
+
+void set_threads(int n) {
+  if (n <= 0) n = hardware_threads();
+  torch::set_num_threads(n);
+  omp_set_num_threads(n);
+}
+
+int get_threads() { return torch::get_num_threads(); }
+
+std::string torch_version() {
+#ifdef TORCH_VERSION
+  return TORCH_VERSION;
+#else
+  return std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + "." +
+         std::to_string(TORCH_VERSION_PATCH);
+#endif
+}
+
+std::string loaded_blas() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line, found;
+  while (std::getline(maps, line)) {
+    auto pos = line.find('/');
+    if (pos == std::string::npos) continue;
+    std::string path = line.substr(pos);
+    if (path.find("libblas.so") != std::string::npos || path.find("libopenblas") != std::string::npos) {
+      char buf[4096];
+      ssize_t k = readlink(path.c_str(), buf, sizeof buf - 1);
+      found = k > 0 ? std::string(buf, k) : path;
+      if (path.find("libblas.so") != std::string::npos) return path;
+    }
+  }
+  return found;
+}
+
+std::string active_blas_alternative() {
+  for (const char* p : {"/usr/lib/x86_64-linux-gnu/libblas.so.3", "/usr/lib/aarch64-linux-gnu/libblas.so.3"}) {
+    char buf[4096];
+    if (realpath(p, buf)) return buf;
+  }
+  return "";
+}
+
+bool blas_is_openblas() {
+  std::string a = active_blas_alternative();
+  return a.find("openblas") != std::string::npos;
+}
+
+double measure_sgemm_gflops(int n, double seconds) {
+  torch::NoGradGuard ng;
+  auto a = torch::randn({n, n}), b = torch::randn({n, n});
+  auto c = torch::mm(a, b);  // warm-up
+  std::vector<double> g;
+  auto t_end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  do {
+    auto t0 = std::chrono::steady_clock::now();
+    c = torch::mm(a, b);
+    double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    g.push_back(2.0 * n * n * double(n) / dt / 1e9);
+  } while (std::chrono::steady_clock::now() < t_end || g.size() < 3);
+  std::sort(g.begin(), g.end());
+  return g[g.size() / 2];
+}
+
+Status check_device(const std::string& device) {
+  if (device == "cpu") return Status::ok_status();
+  if (device.rfind("cuda", 0) == 0) {
+    if (!torch::cuda::is_available())
+      return Status::error("--device " + device +
+                           ": this libtorch build has no usable CUDA device (Debian's libtorch is CPU-only); use --device cpu");
+    return Status::ok_status();
+  }
+  return Status::error("--device " + device + ": expected cpu or cuda[:N]");
+}
+
+}  // namespace lf

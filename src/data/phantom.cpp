@@ -1,0 +1,211 @@
+// Procedural lesion generator. Geometry: a star-shaped region around a centre with polar
+// radius r(θ) = R·(1 + shape harmonics + irregularity harmonics), θ measured from the lesion's
+// principal axis. Which harmonics are allowed controls the number of symmetry axes exactly:
+//   0 asymmetric axes: only cos(kθ) with even k   (mirror-symmetric about both axes)
+//   1 asymmetric axis: only cos(kθ), any k, with cos 3θ (symmetric about the major axis only)
+//   2 asymmetric axes: cos 3θ + sin 5θ + random phases (no mirror axis)
+// Colours fill concentric zones of equal area in normalised radius ρ = |p-c| / r(θ), so the
+// colour pattern has the same symmetry as the shape. No blending between zones: each lesion
+// pixel is exactly one of the six dermoscopic colours (plus mild noise).
+#include <cmath>
+#include <opencv2/imgproc.hpp>
+#include <random>
+
+#include "lesionflow/phantom.h"
+
+namespace lf {
+
+const std::array<std::string, kNumColours>& colour_names() {
+  static const std::array<std::string, kNumColours> k = {"white",      "red",       "light brown",
+                                                         "dark brown", "blue-gray", "black"};
+  return k;
+}
+
+std::array<uint8_t, 3> colour_rgb(int c) {
+  static const uint8_t k[kNumColours][3] = {{236, 234, 228}, {192, 52, 60},  {178, 118, 72},
+                                            {104, 60, 36},   {98, 118, 142}, {34, 27, 27}};
+  return {k[c][0], k[c][1], k[c][2]};
+}
+
+std::array<uint8_t, 3> skin_rgb(int f) {
+  static const uint8_t k[6][3] = {{242, 206, 192}, {226, 184, 160}, {204, 154, 122},
+                                  {168, 118, 86},  {122, 82, 58},   {84, 58, 42}};
+  f = std::clamp(f, 1, 6);
+  return {k[f - 1][0], k[f - 1][1], k[f - 1][2]};
+}
+
+nlohmann::json PhantomParams::to_json() const {
+  nlohmann::json cols = nlohmann::json::array();
+  for (int c = 0; c < kNumColours; ++c)
+    if (colours & (1u << c)) cols.push_back(colour_names()[c]);
+  return {{"fitzpatrick", fitzpatrick}, {"asymmetry_axes", asymmetry_axes},
+          {"irregularity", irregularity}, {"border_score", border_score()},
+          {"colours", cols},           {"colour_mask", colours},
+          {"diameter", diameter},      {"rotation", rotation},
+          {"hair", hair},              {"vignette", vignette},
+          {"seed", seed},              {"tds", tds()}};
+}
+
+PhantomParams PhantomParams::from_json(const nlohmann::json& j) {
+  PhantomParams p;
+  p.fitzpatrick = j.value("fitzpatrick", 2);
+  p.asymmetry_axes = j.value("asymmetry_axes", 0);
+  p.irregularity = j.value("irregularity", 0.0);
+  p.colours = j.value("colour_mask", 4u);
+  p.diameter = j.value("diameter", 0.45);
+  p.rotation = j.value("rotation", 0.0);
+  p.hair = j.value("hair", false);
+  p.vignette = j.value("vignette", false);
+  p.seed = j.value("seed", uint64_t{0});
+  return p;
+}
+
+int PhantomParams::num_colours() const { return __builtin_popcount(colours & 63u); }
+int PhantomParams::border_score() const {
+  return static_cast<int>(std::lround(8.0 * std::clamp(irregularity, 0.0, 1.0)));
+}
+double PhantomParams::tds() const {
+  return 1.3 * asymmetry_axes + 0.1 * border_score() + 0.5 * num_colours();
+}
+
+PhantomParams sample_phantom_params(uint64_t seed) {
+  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 12345);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  PhantomParams p;
+  p.seed = seed;
+  std::discrete_distribution<int> fitz({0.2, 0.3, 0.25, 0.12, 0.08, 0.05});
+  p.fitzpatrick = fitz(rng) + 1;
+  bool suspicious = U(rng) < 0.3;
+  auto pick_colours = [&](int n, std::vector<int> pool, std::vector<int> must) {
+    uint32_t m = 0;
+    for (int c : must) m |= 1u << c;
+    std::shuffle(pool.begin(), pool.end(), rng);
+    for (int c : pool) {
+      if (__builtin_popcount(m) >= n) break;
+      m |= 1u << c;
+    }
+    return m;
+  };
+  if (suspicious) {
+    p.asymmetry_axes = U(rng) < 0.3 ? 1 : 2;
+    p.irregularity = 0.3 + 0.7 * U(rng);
+    int n = 3 + static_cast<int>(U(rng) * 4);  // 3..6
+    p.colours = pick_colours(n, {0, 1, 2, 4, 5}, {3});
+    p.diameter = 0.35 + 0.4 * U(rng);
+  } else {
+    double a = U(rng);
+    p.asymmetry_axes = a < 0.6 ? 0 : (a < 0.9 ? 1 : 2);
+    p.irregularity = 0.4 * U(rng);
+    int n = 1 + static_cast<int>(U(rng) * 3);  // 1..3
+    p.colours = U(rng) < 0.85 ? pick_colours(n, {2, 3}, {}) : pick_colours(n, {0, 1, 2, 3}, {});
+    if (p.colours == 0) p.colours = 1u << 2;
+    p.diameter = 0.25 + 0.35 * U(rng);
+  }
+  p.rotation = U(rng) * M_PI;
+  p.hair = U(rng) < 0.25;
+  p.vignette = U(rng) < 0.3;
+  return p;
+}
+
+namespace {
+struct Harmonic {
+  int k;
+  double amp, phase;
+};
+}  // namespace
+
+void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb_out, cv::Mat* mask_out) {
+  std::mt19937_64 rng(p.seed ^ 0xD1B54A32D192ED03ULL);
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  std::normal_distribution<double> N(0.0, 1.0);
+
+  // Shape harmonics.
+  std::vector<Harmonic> hs;
+  hs.push_back({2, 0.06 + 0.08 * U(rng), 0.0});  // mild ellipticity (symmetric)
+  // cos 3θ: a rounded triangle, mirror-symmetric about the major axis only.
+  if (p.asymmetry_axes >= 1) hs.push_back({3, 0.16, 0.0});
+  // + sin 5θ: no mirror axis is shared by cos 3θ (axes kπ/3) and sin 5θ (axes π/10 + kπ/5).
+  if (p.asymmetry_axes >= 2) hs.push_back({5, 0.12, -M_PI / 2});
+  double irr = std::clamp(p.irregularity, 0.0, 1.0);
+  if (irr > 0) {
+    int nh = 5;
+    for (int i = 0; i < nh; ++i) {
+      int k = 5 + static_cast<int>(U(rng) * 10);  // 5..14
+      if (p.asymmetry_axes == 0 && (k % 2)) ++k;  // even only
+      double phase = p.asymmetry_axes == 2 ? U(rng) * 2 * M_PI : (U(rng) < 0.5 ? 0.0 : M_PI);
+      hs.push_back({k, irr * 0.22 / std::sqrt(static_cast<double>(nh)) * (0.6 + 0.8 * U(rng)), phase});
+    }
+  }
+  const double R = 0.5 * p.diameter * size;
+  const double cx = 0.5 * size + (U(rng) - 0.5) * 0.08 * size;
+  const double cy = 0.5 * size + (U(rng) - 0.5) * 0.08 * size;
+  // Colour zones, inner to outer.
+  static const int kOrder[kNumColours] = {4, 5, 3, 0, 1, 2};  // blue-gray, black, dark brown, white, red, light brown
+  std::vector<int> zones;
+  for (int c : kOrder)
+    if (p.colours & (1u << c)) zones.push_back(c);
+  if (zones.empty()) zones.push_back(2);
+  const int nz = static_cast<int>(zones.size());
+
+  auto skin = skin_rgb(p.fitzpatrick);
+  cv::Mat rgb(size, size, CV_8UC3), mask(size, size, CV_8UC1);
+  // Low-frequency skin shading.
+  double sx = U(rng) * 2 * M_PI, sy = U(rng) * 2 * M_PI;
+  std::vector<double> lut(360);
+  for (int a = 0; a < 360; ++a) {
+    double th = a * M_PI / 180.0;
+    double r = 1.0;
+    for (const auto& h : hs) r += h.amp * std::cos(h.k * th + h.phase);
+    lut[a] = R * r;
+  }
+  for (int y = 0; y < size; ++y) {
+    auto* row = rgb.ptr<uint8_t>(y);
+    auto* mrow = mask.ptr<uint8_t>(y);
+    for (int x = 0; x < size; ++x) {
+      double dx = x + 0.5 - cx, dy = y + 0.5 - cy;
+      double th = std::atan2(dy, dx) - p.rotation;
+      double deg = std::fmod(th * 180.0 / M_PI + 720.0, 360.0);
+      int a0 = static_cast<int>(deg) % 360, a1 = (a0 + 1) % 360;
+      double f = deg - std::floor(deg);
+      double rr = lut[a0] * (1 - f) + lut[a1] * f;
+      double rho = std::sqrt(dx * dx + dy * dy) / std::max(rr, 1e-6);
+      double noise = 4.0 * N(rng);
+      double col[3];
+      if (rho <= 1.0) {
+        int z = std::min(nz - 1, static_cast<int>(rho * rho * nz));  // equal-area zones
+        auto c = colour_rgb(zones[z]);
+        for (int ch = 0; ch < 3; ++ch) col[ch] = c[ch] + noise;
+        mrow[x] = 255;
+      } else {
+        double shade = 6.0 * std::sin(x * 0.07 + sx) * std::cos(y * 0.05 + sy);
+        for (int ch = 0; ch < 3; ++ch) col[ch] = skin[ch] + shade + noise;
+        mrow[x] = 0;
+      }
+      if (p.vignette) {
+        double d = std::sqrt((x + 0.5 - size / 2.0) * (x + 0.5 - size / 2.0) +
+                             (y + 0.5 - size / 2.0) * (y + 0.5 - size / 2.0)) / (0.5 * size);
+        double v = d > 0.95 ? std::max(0.08, 1.0 - 2.5 * (d - 0.95)) : 1.0;
+        for (double& c : col) c *= v;
+      }
+      for (int ch = 0; ch < 3; ++ch) row[3 * x + ch] = cv::saturate_cast<uint8_t>(col[ch]);
+    }
+  }
+  if (p.hair) {
+    int n = 2 + static_cast<int>(U(rng) * 6);
+    for (int i = 0; i < n; ++i) {
+      cv::Point2d a(U(rng) * size, U(rng) * size), b(U(rng) * size, U(rng) * size);
+      cv::Point2d m((a.x + b.x) / 2 + (U(rng) - 0.5) * size * 0.3, (a.y + b.y) / 2 + (U(rng) - 0.5) * size * 0.3);
+      std::vector<cv::Point> pts;
+      for (int s = 0; s <= 16; ++s) {
+        double t = s / 16.0;
+        cv::Point2d q = (1 - t) * (1 - t) * a + 2 * (1 - t) * t * m + t * t * b;
+        pts.emplace_back(static_cast<int>(q.x), static_cast<int>(q.y));
+      }
+      cv::polylines(rgb, pts, false, cv::Scalar(52, 38, 30), std::max(1, size / 96), cv::LINE_AA);
+    }
+  }
+  *rgb_out = rgb;
+  *mask_out = mask;
+}
+
+}  // namespace lf

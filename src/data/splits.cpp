@@ -1,0 +1,118 @@
+// Lesion-grouped, dx-stratified splits and scarcity subsets.
+#include <algorithm>
+#include <map>
+#include <random>
+#include <sstream>
+
+#include "lesionflow/data.h"
+#include "lesionflow/io.h"
+
+namespace lf {
+
+Result<std::vector<std::string>> make_splits(const std::vector<Record>& recs, const SplitConfig& cfg) {
+  const double fr[3] = {cfg.train, cfg.val, cfg.test};
+  static const char* kNames[3] = {"train", "val", "test"};
+  if (std::abs(fr[0] + fr[1] + fr[2] - 1.0) > 1e-6 || fr[0] < 0 || fr[1] < 0 || fr[2] < 0)
+    return Status::error("split fractions must be non-negative and sum to 1");
+  // group -> member indices; group stratum = dx of its first image (a lesion has one dx).
+  std::map<std::string, std::vector<size_t>> groups;
+  for (size_t i = 0; i < recs.size(); ++i) groups[recs[i].group_key()].push_back(i);
+  std::map<std::string, std::vector<const std::vector<size_t>*>> strata;
+  for (const auto& [key, members] : groups) strata[recs[members[0]].dx].push_back(&members);
+  std::vector<std::string> out(recs.size());
+  std::mt19937_64 rng(cfg.seed * 0x9E3779B97F4A7C15ULL + 7);
+  for (auto& [dx, gs] : strata) {  // std::map order: deterministic
+    std::shuffle(gs.begin(), gs.end(), rng);
+    // Large groups first so the small ones can fill the remaining deficit precisely.
+    std::stable_sort(gs.begin(), gs.end(), [](auto* a, auto* b) { return a->size() > b->size(); });
+    int64_t total = 0;
+    for (auto* g : gs) total += g->size();
+    double have[3] = {0, 0, 0};
+    for (auto* g : gs) {
+      int best = 0;
+      double best_def = -1e18;
+      for (int s = 0; s < 3; ++s) {
+        if (fr[s] <= 0) continue;
+        double deficit = (fr[s] * total - have[s]) / (fr[s] * total);
+        if (deficit > best_def) {
+          best_def = deficit;
+          best = s;
+        }
+      }
+      have[best] += g->size();
+      for (size_t i : *g) out[i] = kNames[best];
+    }
+  }
+  return out;
+}
+
+Status write_splits(const std::string& path, const std::vector<Record>& recs,
+                    const std::vector<std::string>& split) {
+  std::ostringstream os;
+  os << "id,group,dx,label,split\n";
+  for (size_t i = 0; i < recs.size(); ++i)
+    os << csv_escape(recs[i].id) << ',' << csv_escape(recs[i].group_key()) << ',' << recs[i].dx << ','
+       << recs[i].label << ',' << split[i] << '\n';
+  return write_file_atomic(path, os.str());
+}
+
+Result<std::vector<std::pair<std::string, std::string>>> read_splits(const std::string& path) {
+  LF_ASSIGN_OR_RETURN(CsvTable t, read_csv(path));
+  int ci = t.column("id"), cs = t.column("split");
+  if (ci < 0 || cs < 0) return Status::error(path + ": splits file needs columns 'id' and 'split'");
+  std::vector<std::pair<std::string, std::string>> out;
+  for (size_t i = 0; i < t.rows.size(); ++i) {
+    const std::string& s = t.rows[i][cs];
+    if (s != "train" && s != "val" && s != "test")
+      return Status::error(path + ":" + std::to_string(t.line_numbers[i]) +
+                           ": column 'split': expected train/val/test, found '" + s + "'");
+    out.emplace_back(t.rows[i][ci], s);
+  }
+  return out;
+}
+
+Result<std::vector<size_t>> select_split(const std::vector<Record>& recs, const std::string& splits_csv,
+                                         const std::string& name) {
+  LF_ASSIGN_OR_RETURN(auto pairs, read_splits(splits_csv));
+  std::map<std::string, std::string> m(pairs.begin(), pairs.end());
+  std::vector<size_t> idx;
+  for (size_t i = 0; i < recs.size(); ++i) {
+    auto it = m.find(recs[i].id);
+    if (it == m.end())
+      return Status::error(splits_csv + ": no split for image '" + recs[i].id +
+                           "' (splits file made for another dataset?)");
+    if (it->second == name) idx.push_back(i);
+  }
+  return idx;
+}
+
+Result<std::vector<size_t>> scarcity_subset(const std::vector<Record>& recs, const std::vector<size_t>& pool,
+                                            int64_t n, double mal_frac, uint64_t seed) {
+  if (n <= 0) return Status::error("scarcity: N must be positive");
+  std::vector<size_t> pos, neg;
+  for (size_t i : pool) (recs[i].label == 1 ? pos : neg).push_back(i);
+  if (mal_frac < 0) mal_frac = pool.empty() ? 0 : static_cast<double>(pos.size()) / pool.size();
+  int64_t want_pos = static_cast<int64_t>(std::llround(n * mal_frac));
+  int64_t want_neg = n - want_pos;
+  if (want_pos > static_cast<int64_t>(pos.size()) || want_neg > static_cast<int64_t>(neg.size()))
+    return Status::error("scarcity: asked for " + std::to_string(want_pos) + " malignant + " +
+                         std::to_string(want_neg) + " benign images, pool has " +
+                         std::to_string(pos.size()) + " + " + std::to_string(neg.size()));
+  std::mt19937_64 rng(seed * 0x2545F4914F6CDD1DULL + 3);
+  auto take = [&](std::vector<size_t> v, int64_t k) {
+    std::shuffle(v.begin(), v.end(), rng);
+    // one image per lesion first, then repeats
+    std::vector<size_t> first, rest;
+    std::set<std::string> seen;
+    for (size_t i : v) (seen.insert(recs[i].group_key()).second ? first : rest).push_back(i);
+    first.insert(first.end(), rest.begin(), rest.end());
+    first.resize(k);
+    return first;
+  };
+  auto a = take(pos, want_pos), b = take(neg, want_neg);
+  a.insert(a.end(), b.begin(), b.end());
+  std::sort(a.begin(), a.end());
+  return a;
+}
+
+}  // namespace lf

@@ -1,0 +1,66 @@
+#include <cstring>
+
+#include "lesionflow/io.h"
+#include "test_util.h"
+
+namespace lf {
+
+TEST(Safetensors, RoundTripIsBitExactAndReadableHeader) {
+  SafeTensors st;
+  float v[6] = {1.5f, -2.f, 3.25f, 0.f, 1e-7f, -1e9f};
+  st.tensors["a.weight"] = RawTensor{DType::kF32, {2, 3}, std::string(reinterpret_cast<char*>(v), sizeof v)};
+  st.tensors["b"] = RawTensor{DType::kU8, {4}, std::string("\x01\x02\x03\xff", 4)};
+  st.metadata["config"] = "{\"x\":1}";
+  std::string path = test::tmp_dir("st") + "/t.safetensors";
+  ASSERT_TRUE(save_safetensors(path, st).ok());
+  auto back = load_safetensors(path);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->metadata["config"], "{\"x\":1}");
+  ASSERT_EQ(back->tensors.size(), 2u);
+  EXPECT_EQ(back->tensors["a.weight"].shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(back->tensors["a.weight"].data, st.tensors["a.weight"].data);
+  EXPECT_EQ(back->tensors["b"].data, st.tensors["b"].data);
+  // Data section is 8-byte aligned.
+  auto bytes = read_file(path);
+  uint64_t n;
+  std::memcpy(&n, bytes->data(), 8);
+  EXPECT_EQ((8 + n) % 8, 0u);
+}
+
+TEST(Safetensors, TruncatedFileIsAClearError) {
+  SafeTensors st;
+  st.tensors["w"] = RawTensor{DType::kF32, {100}, std::string(400, '\0')};
+  std::string bytes = serialize_safetensors(st);
+  auto r = parse_safetensors(bytes.substr(0, bytes.size() - 10), "x.safetensors");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("x.safetensors"), std::string::npos);
+  EXPECT_NE(r.status().message().find("out of range"), std::string::npos);
+  EXPECT_FALSE(parse_safetensors("abc", "y").ok());
+}
+
+TEST(Csv, QuotesAndLineNumbers) {
+  std::string dir = test::tmp_dir("csv");
+  ASSERT_TRUE(write_file_atomic(dir + "/a.csv", "a,b\r\n1,\"x,\"\"y\"\"\"\n\n2,\"multi\nline\"\n3,4,5\n").ok());
+  auto t = read_csv(dir + "/a.csv");
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("a.csv:6"), std::string::npos) << t.status().message();
+  ASSERT_TRUE(write_file_atomic(dir + "/b.csv", "a,b\n1,\"x,\"\"y\"\"\"\n2,\"multi\nline\"\n").ok());
+  auto u = read_csv(dir + "/b.csv");
+  ASSERT_TRUE(u.ok()) << u.status().message();
+  ASSERT_EQ(u->rows.size(), 2u);
+  EXPECT_EQ(u->rows[0][1], "x,\"y\"");
+  EXPECT_EQ(u->rows[1][1], "multi\nline");
+  EXPECT_EQ(u->line_numbers[1], 3);
+}
+
+TEST(ImageIo, BadFilesGiveNamedErrors) {
+  std::string d = test::data_dir() + "/bad/images/";
+  for (const char* f : {"IMG_0004.jpg", "IMG_0005.jpg", "IMG_0006.jpg", "IMG_0007.png", "missing.jpg"}) {
+    auto r = read_image(d + f);
+    ASSERT_FALSE(r.ok()) << f;
+    EXPECT_NE(r.status().message().find(f), std::string::npos) << r.status().message();
+  }
+  EXPECT_TRUE(read_image(d + "IMG_0008.jpg").ok());
+}
+
+}  // namespace lf

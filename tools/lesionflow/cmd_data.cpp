@@ -1,0 +1,188 @@
+// lesionflow data inspect | split | prepare | phantom
+#include <map>
+#include <opencv2/imgproc.hpp>
+#include <set>
+#include <sstream>
+
+#include "cli.h"
+#include "lesionflow/data.h"
+#include "lesionflow/io.h"
+#include "lesionflow/log.h"
+#include "lesionflow/phantom.h"
+#include "lesionflow/report.h"
+
+namespace lf::cli {
+namespace {
+
+struct DataOptions {
+  std::string dataset = "phantom:2000";
+  std::string malignant;  // dx codes, default mel,bcc,akiec,scc
+  std::string out;
+  // split
+  double train = 0.7, val = 0.1, test = 0.2;
+  int64_t scarcity = 0;
+  double malignant_fraction = -1;
+  // prepare
+  int size = 64;
+  std::string fit = "crop";
+  int n = 16;
+  nlohmann::json to_json() const {
+    return {{"dataset", dataset}, {"malignant", malignant}, {"out", out}, {"train", train},
+            {"val", val},         {"test", test},           {"scarcity", scarcity},
+            {"malignant_fraction", malignant_fraction},     {"size", size},
+            {"fit", fit},         {"n", n}};
+  }
+  std::string to_string() const { return to_json().dump(); }
+};
+
+Result<Dataset> open(const DataOptions& o, const GlobalOptions& g) {
+  LF_ASSIGN_OR_RETURN(LabelMap lm, LabelMap::parse(o.malignant));
+  return load_dataset(o.dataset, lm, g.seed);
+}
+
+void print_counts(const nlohmann::json& s) {
+  std::printf("%s: %lld images, %lld lesions, %lld with masks\n", s["kind"].get<std::string>().c_str(),
+              (long long)s["images"], (long long)s["lesions"], (long long)s["with_mask"]);
+  for (const char* k : {"label", "dx", "sex", "age_band", "site"}) {
+    std::printf("  %-9s", k);
+    for (auto it = s[k].begin(); it != s[k].end(); ++it)
+      std::printf(" %s=%lld", it.key().c_str(), (long long)it.value());
+    std::printf("\n");
+  }
+}
+
+Status run_inspect(const DataOptions& o, const GlobalOptions& g) {
+  LF_ASSIGN_OR_RETURN(Dataset ds, open(o, g));
+  auto s = summarize(ds);
+  if (g.json) emit_json(g, s);
+  else print_counts(s);
+  return Status::ok_status();
+}
+
+Status run_split(const DataOptions& o, const GlobalOptions& g) {
+  if (o.out.empty()) return Status::error("data split: --out FILE.csv is required");
+  LF_ASSIGN_OR_RETURN(Dataset ds, open(o, g));
+  SplitConfig sc{o.train, o.val, o.test, g.seed};
+  LF_ASSIGN_OR_RETURN(auto split, make_splits(ds.records, sc));
+  LF_RETURN_IF_ERROR(write_splits(o.out, ds.records, split));
+  nlohmann::json j = {{"splits", o.out}, {"options", o.to_json()}, {"seed", g.seed}};
+  std::map<std::string, std::map<std::string, int64_t>> dx_by_split;
+  std::map<std::string, int64_t> n_by_split;
+  for (size_t i = 0; i < split.size(); ++i) {
+    dx_by_split[split[i]][ds.records[i].dx]++;
+    n_by_split[split[i]]++;
+  }
+  for (auto& [s, m] : dx_by_split) {
+    j["counts"][s]["images"] = n_by_split[s];
+    for (auto& [dx, c] : m) j["counts"][s]["dx_fraction"][dx] = double(c) / n_by_split[s];
+  }
+  if (o.scarcity > 0) {
+    std::vector<size_t> pool;
+    for (size_t i = 0; i < split.size(); ++i)
+      if (split[i] == "train") pool.push_back(i);
+    LF_ASSIGN_OR_RETURN(auto sub, scarcity_subset(ds.records, pool, o.scarcity, o.malignant_fraction, g.seed));
+    std::ostringstream os;
+    os << "id\n";
+    for (size_t i : sub) os << csv_escape(ds.records[i].id) << '\n';
+    std::string path = o.out.substr(0, o.out.rfind('.')) + ".scarcity" + std::to_string(o.scarcity) + ".csv";
+    LF_RETURN_IF_ERROR(write_file_atomic(path, os.str()));
+    j["scarcity_subset"] = path;
+  }
+  if (g.json) emit_json(g, j);
+  else {
+    for (auto& [s, n] : n_by_split) std::printf("%-5s %lld images\n", s.c_str(), (long long)n);
+    std::printf("wrote %s\n", o.out.c_str());
+    if (j.contains("scarcity_subset")) std::printf("wrote %s\n", j["scarcity_subset"].get<std::string>().c_str());
+  }
+  return Status::ok_status();
+}
+
+Status run_prepare(const DataOptions& o, const GlobalOptions& g) {
+  if (o.out.empty()) return Status::error("data prepare: --out DIR is required");
+  if (o.fit != "crop" && o.fit != "pad") return Status::error("--fit must be crop or pad, got '" + o.fit + "'");
+  log_info("data prepare " + o.to_string());
+  LF_ASSIGN_OR_RETURN(Dataset ds, open(o, g));
+  PrepareConfig pc;
+  pc.size = o.size;
+  pc.fit = o.fit == "pad" ? FitMode::kPad : FitMode::kCrop;
+  pc.threads = g.threads > 0 ? g.threads : 2;
+  PrepareStats st;
+  LF_ASSIGN_OR_RETURN(PreparedSet ps, prepare(ds, pc, &st));
+  LF_RETURN_IF_ERROR(save_prepared(o.out, ps, st));
+  LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/options.json", o.to_json().dump(2) + "\n"));
+  nlohmann::json j = {{"out", o.out}, {"ok", st.ok}, {"skipped", st.skipped}, {"seconds", st.seconds},
+                      {"images_per_second", st.ok / std::max(st.seconds, 1e-9)}};
+  if (g.json) emit_json(g, j);
+  else
+    std::printf("prepared %lld images (%lld skipped) at %dpx in %.1f s (%.0f img/s) -> %s\n",
+                (long long)st.ok, (long long)st.skipped, o.size, st.seconds,
+                st.ok / std::max(st.seconds, 1e-9), o.out.c_str());
+  return Status::ok_status();
+}
+
+Status run_phantom(const DataOptions& o, const GlobalOptions& g) {
+  if (o.out.empty()) return Status::error("data phantom: --out DIR is required");
+  LF_RETURN_IF_ERROR(make_dirs(o.out));
+  std::ostringstream truth;
+  std::vector<cv::Mat> tiles;
+  for (int i = 0; i < o.n; ++i) {
+    PhantomParams p = sample_phantom_params(g.seed * 1000003ULL + i);
+    cv::Mat rgb, mask, bgr;
+    render_phantom(p, o.size, &rgb, &mask);
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+    char name[64];
+    std::snprintf(name, sizeof name, "phantom_%05d", i);
+    LF_RETURN_IF_ERROR(write_png(o.out + "/" + name + ".png", bgr));
+    tiles.push_back(bgr);
+    LF_RETURN_IF_ERROR(write_png(o.out + "/" + name + "_mask.png", mask));
+    nlohmann::json j = p.to_json();
+    j["id"] = name;
+    j["label"] = p.label();
+    truth << j.dump() << '\n';
+  }
+  LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/truth.jsonl", truth.str()));
+  LF_RETURN_IF_ERROR(write_png(o.out + "/grid.png", make_grid(tiles, 8)));
+  if (!g.json) std::printf("wrote %d phantoms + masks + truth.jsonl to %s\n", o.n, o.out.c_str());
+  return Status::ok_status();
+}
+
+}  // namespace
+
+void add_data(CLI::App& app, GlobalOptions& g, Runner* run) {
+  static DataOptions o;
+  auto* data = app.add_subcommand("data", "datasets: inspect, split, prepare, phantom");
+  data->require_subcommand(1);
+  auto add_common = [](CLI::App* s) {
+    s->add_option("--dataset", o.dataset, "ham10000:PATH | isic:CSV[:IMAGE_DIR] | folder:PATH | phantom[:N]")
+        ->capture_default_str();
+    s->add_option("--malignant", o.malignant, "dx codes counted as malignant (default mel,bcc,akiec,scc)");
+  };
+  auto* ins = data->add_subcommand("inspect", "counts per class, sex, age band, site; lesions vs images");
+  add_common(ins);
+  ins->callback([&g, run]() { *run = [&g]() { return run_inspect(o, g); }; });
+
+  auto* sp = data->add_subcommand("split", "lesion-grouped stratified train/val/test split (+ scarcity subset)");
+  add_common(sp);
+  sp->add_option("--out", o.out, "splits CSV to write")->required();
+  sp->add_option("--train", o.train, "train fraction")->capture_default_str();
+  sp->add_option("--val", o.val, "validation fraction")->capture_default_str();
+  sp->add_option("--test", o.test, "test fraction")->capture_default_str();
+  sp->add_option("--scarcity", o.scarcity, "also draw N training images (written next to --out)");
+  sp->add_option("--malignant-fraction", o.malignant_fraction, "class ratio of the scarcity subset (-1: natural)");
+  sp->callback([&g, run]() { *run = [&g]() { return run_split(o, g); }; });
+
+  auto* pr = data->add_subcommand("prepare", "decode + resize once into a tensor cache");
+  add_common(pr);
+  pr->add_option("--out", o.out, "cache directory")->required();
+  pr->add_option("--size", o.size, "output side in pixels")->capture_default_str();
+  pr->add_option("--fit", o.fit, "crop | pad (keep aspect ratio)")->capture_default_str();
+  pr->callback([&g, run]() { *run = [&g]() { return run_prepare(o, g); }; });
+
+  auto* ph = data->add_subcommand("phantom", "render phantom lesions with ground truth as PNGs");
+  ph->add_option("--out", o.out, "output directory")->required();
+  ph->add_option("--n", o.n, "how many")->capture_default_str();
+  ph->add_option("--size", o.size, "side in pixels")->capture_default_str();
+  ph->callback([&g, run]() { *run = [&g]() { return run_phantom(o, g); }; });
+}
+
+}  // namespace lf::cli

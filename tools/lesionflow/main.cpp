@@ -1,0 +1,66 @@
+// lesionflow CLI: parse flags, call the library, turn Status into an exit code + hint.
+#include <cstdlib>
+
+#include "cli.h"
+#include "lesionflow/log.h"
+#include "lesionflow/runtime.h"
+
+int main(int argc, char** argv) {
+  using namespace lf;
+  CLI::App app{"lesionflow: synthesise dermoscopy images from clinical descriptions and "
+               "train better skin-lesion classifiers"};
+  app.set_version_flag("--version", std::string("lesionflow ") + LESIONFLOW_VERSION);
+  app.require_subcommand(1);
+  app.set_config("--config", "", "read flags from a TOML/INI file (keys = long flag names)");
+  cli::GlobalOptions g;
+  for (int i = 0; i < argc; ++i) g.command_line += (i ? " " : "") + std::string(argv[i]);
+  app.add_option("--seed", g.seed, "seed for every random choice")->capture_default_str();
+  app.add_option("--threads", g.threads, "intra-op threads (0 = all cores)")->capture_default_str();
+  app.add_flag("--json", g.json, "machine-readable JSON on stdout");
+  app.add_option("--device", g.device, "cpu or cuda[:N]")->capture_default_str();
+  app.add_flag("--verbose", g.verbose, "debug logging");
+  app.add_flag("--quiet", g.quiet, "warnings and errors only");
+  cli::Runner run;
+  cli::add_doctor(app, g, &run);
+  cli::add_data(app, g, &run);
+  cli::add_caption(app, g, &run);
+  cli::add_generator(app, g, &run);
+  // Global flags (--json, --seed, ...) may also follow the subcommand.
+  std::function<void(CLI::App*)> fall = [&](CLI::App* a) {
+    for (auto* s : a->get_subcommands({})) {
+      s->fallthrough();
+      fall(s);
+    }
+  };
+  fall(&app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (g.quiet) set_log_level(LogLevel::kWarn);
+  if (g.verbose) set_log_level(LogLevel::kDebug);
+  set_threads(g.threads);
+  Status dev = check_device(g.device);
+  if (!dev.ok()) {
+    log_error(dev.message());
+    return 2;
+  }
+  if (!run) {
+    std::cerr << app.help();
+    return 2;
+  }
+  Status st;
+  try {
+    st = run();
+  } catch (const std::exception& e) {
+    st = Status::error(std::string("unexpected exception: ") + e.what());
+  }
+  if (!st.ok()) {
+    log_error(st.message());
+    std::cerr << "hint: run '" << argv[0] << " <command> --help' for the flags; "
+              << "files named above are the ones to check" << std::endl;
+    return 1;
+  }
+  return 0;
+}
