@@ -54,3 +54,13 @@ int lf_spm_special(void* h, int which) {  // 0 unk, 1 bos, 2 eos, 3 pad
   return which == 0 ? p->unk_id() : which == 1 ? p->bos_id() : which == 2 ? p->eos_id() : p->pad_id();
 }
 }
+extern "C" void* lf_spm_load_bytes(const char* data, int n, char* err, int errlen) {
+  auto* p = new sentencepiece::SentencePieceProcessor();
+  auto s = p->LoadFromSerializedProto(std::string_view(data, n));
+  if (!s.ok()) {
+    copy_err(s.ToString(), err, errlen);
+    delete p;
+    return nullptr;
+  }
+  return p;
+}

@@ -2,5 +2,5 @@
 #include "cli.h"
 namespace lf::cli {
 void add_caption(CLI::App&, GlobalOptions&, Runner*) {}
-void add_generator(CLI::App&, GlobalOptions&, Runner*) {}
+
 }  // namespace lf::cli

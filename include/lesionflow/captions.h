@@ -1,0 +1,35 @@
+// Caption composer: clinical facts (measured or given) -> short caption. Unknown stays unknown.
+#pragma once
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lesionflow/data.h"
+
+namespace lf {
+
+struct CaptionFacts {
+  std::string dx;                    // code; "" unknown
+  int label = -1;                    // 0 benign, 1 malignant, -1 unknown
+  double age = -1;                   // years; < 0 unknown
+  std::string sex = "unknown";
+  std::string site = "unknown";
+  int asymmetry = -1;                // 0..2 asymmetric axes; -1 unknown
+  int border = -1;                   // 0..8 irregular sectors; -1 unknown
+  std::vector<std::string> colours;  // dermoscopic colours present; empty = unknown
+  double size_fraction = -1;         // lesion diameter / image side; < 0 unknown
+  int fitzpatrick = -1;              // 1..6; -1 unknown
+};
+
+// Facts from metadata, plus the known ground truth for phantoms.
+CaptionFacts facts_from_record(const Record& r);
+
+// Short caption (a few dozen tokens). variant_seed picks among paraphrases and the order of the
+// harmless clauses; variant_seed = 0 gives the canonical wording.
+std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed = 0);
+
+std::string number_word(int n);  // 1 -> "one", ...
+std::string roman(int n);        // 1..6 -> "I".."VI"
+
+}  // namespace lf

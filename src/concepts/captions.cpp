@@ -1,0 +1,99 @@
+#include "lesionflow/captions.h"
+
+#include <algorithm>
+
+#include "lesionflow/phantom.h"
+
+namespace lf {
+
+std::string number_word(int n) {
+  static const char* k[] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight"};
+  return n >= 0 && n <= 8 ? k[n] : std::to_string(n);
+}
+
+std::string roman(int n) {
+  static const char* k[] = {"?", "I", "II", "III", "IV", "V", "VI"};
+  return n >= 1 && n <= 6 ? k[n] : "?";
+}
+
+CaptionFacts facts_from_record(const Record& r) {
+  CaptionFacts f;
+  f.dx = r.dx;
+  f.label = r.label;
+  f.age = r.age;
+  f.sex = r.sex;
+  f.site = r.site;
+  if (r.extra.contains("phantom")) {
+    PhantomParams p = PhantomParams::from_json(r.extra["phantom"]);
+    f.asymmetry = p.asymmetry_axes;
+    f.border = p.border_score();
+    for (int c = 0; c < kNumColours; ++c)
+      if (p.colours & (1u << c)) f.colours.push_back(colour_names()[c]);
+    f.size_fraction = p.diameter;
+    f.fitzpatrick = p.fitzpatrick;
+  }
+  return f;
+}
+
+namespace {
+std::string join_list(const std::vector<std::string>& v) {
+  if (v.empty()) return "";
+  if (v.size() == 1) return v[0];
+  std::string s;
+  for (size_t i = 0; i + 1 < v.size(); ++i) s += (i ? ", " : "") + v[i];
+  return s + " and " + v.back();
+}
+template <class R>
+const char* pick(R& rng, std::initializer_list<const char*> options, bool canonical) {
+  if (canonical) return *options.begin();
+  std::uniform_int_distribution<size_t> d(0, options.size() - 1);
+  return *(options.begin() + d(rng));
+}
+}  // namespace
+
+std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed) {
+  const bool canon = variant_seed == 0;
+  std::mt19937_64 rng(variant_seed);
+  std::string head = pick(rng, {"dermoscopic image of", "dermoscopy of", "dermatoscopic photo of"}, canon);
+  std::string what;
+  if (!f.dx.empty() && f.dx != "unk") {
+    std::string name = dx_long_name(f.dx);
+    if (f.label == 1 && f.dx != "mel") what = "a malignant " + name;
+    else if (f.label == 1) what = "a malignant " + name;
+    else if (f.label == 0) what = "a benign " + name;
+    else what = "a " + name;
+  } else {
+    what = f.label == 1 ? "a malignant lesion" : f.label == 0 ? "a benign lesion" : "a skin lesion";
+  }
+  std::string s = head + " " + what;
+  if (!f.site.empty() && f.site != "unknown") s += " on the " + f.site;
+  std::string person;
+  if (f.age >= 0) person = std::to_string(static_cast<int>(f.age)) + "-year-old ";
+  if (f.sex == "male") person += "man";
+  else if (f.sex == "female") person += "woman";
+  else if (!person.empty()) person += "patient";
+  if (!person.empty()) s += std::string(" of a") + (person[0] == '8' || person.rfind("11-", 0) == 0 || person.rfind("18-", 0) == 0 ? "n " : " ") + person;
+  std::vector<std::string> clauses;
+  if (f.asymmetry == 0) clauses.push_back(pick(rng, {"symmetric", "symmetric in both axes"}, canon));
+  else if (f.asymmetry == 1) clauses.push_back(pick(rng, {"asymmetric in one axis", "asymmetry in one axis"}, canon));
+  else if (f.asymmetry == 2) clauses.push_back(pick(rng, {"asymmetric in two axes", "asymmetry in both axes"}, canon));
+  if (f.border >= 0) {
+    if (f.border <= 1) clauses.push_back(pick(rng, {"regular border", "smooth sharp border"}, canon));
+    else if (f.border <= 4) clauses.push_back(pick(rng, {"slightly irregular border", "mildly irregular border"}, canon));
+    else clauses.push_back(pick(rng, {"irregular border", "ragged irregular border"}, canon));
+  }
+  if (!f.colours.empty()) {
+    int n = static_cast<int>(f.colours.size());
+    clauses.push_back(number_word(n) + (n == 1 ? " colour: " : " colours: ") + join_list(f.colours));
+  }
+  if (f.size_fraction > 0) {
+    const char* sz = f.size_fraction < 0.3 ? "small" : f.size_fraction < 0.55 ? "medium-sized" : "large";
+    clauses.push_back(std::string(sz) + " lesion");
+  }
+  if (f.fitzpatrick >= 1) clauses.push_back("fitzpatrick type " + roman(f.fitzpatrick) + " skin");
+  if (!canon && clauses.size() > 1) std::shuffle(clauses.begin(), clauses.end(), rng);
+  for (size_t i = 0; i < clauses.size(); ++i) s += (i == 0 ? "; " : ", ") + clauses[i];
+  return s;
+}
+
+}  // namespace lf

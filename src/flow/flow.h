@@ -1,0 +1,56 @@
+// Rectified flow: x_t = (1 - t) x0 + t eps, velocity target eps - x0. Independent of any network:
+// samplers only see velocity(x_t, t).
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "pch_torch.h"
+
+namespace lf {
+
+struct FlowConfig {
+  std::string prediction = "velocity";  // velocity | x (network outputs the clean image)
+  double logit_mean = 0.0;              // logit-normal timestep sampling: t = sigmoid(N(m, s))
+  double logit_std = 1.0;
+  double shift = 1.0;                   // timestep shift t' = s t / (1 + (s - 1) t); 1 = none
+  double x_pred_t_min = 0.05;           // clamp t when turning an x-prediction into a velocity
+};
+
+// t in (0,1), [B], drawn logit-normal then shifted.
+torch::Tensor sample_timesteps(int64_t B, const FlowConfig& cfg, at::Generator& gen);
+double shift_time(double t, double shift);
+// Network output -> velocity estimate.
+torch::Tensor to_velocity(const torch::Tensor& out, const torch::Tensor& x_t, const torch::Tensor& t,
+                          const FlowConfig& cfg);
+
+struct FlowBatch {
+  torch::Tensor x_t, t, target_v;  // target velocity eps - x0
+};
+FlowBatch make_flow_batch(const torch::Tensor& x0, const torch::Tensor& noise, const torch::Tensor& t);
+// Per-sample MSE between the velocity implied by `out` and the target: [B].
+torch::Tensor flow_loss_per_sample(const torch::Tensor& out, const FlowBatch& b, const FlowConfig& cfg);
+
+// ---- samplers ----
+using VelocityFn = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
+struct SamplerConfig {
+  std::string method = "euler";  // euler | heun
+  int steps = 20;
+  double shift = 1.0;            // timestep shift of the sampling schedule
+};
+// Decreasing schedule from 1 to 0 with steps+1 entries.
+std::vector<double> sampling_schedule(const SamplerConfig& cfg);
+// Integrates dx/dt = v from t=1 (noise) to t=0. Number of velocity calls: steps (euler) or
+// 2*steps-1 (heun).
+torch::Tensor sample_flow(const VelocityFn& v, torch::Tensor noise, const SamplerConfig& cfg);
+
+// Loss per timestep bin (10 bins over [0,1]) for logging.
+struct BinnedLoss {
+  std::vector<double> sum = std::vector<double>(10, 0.0);
+  std::vector<int64_t> count = std::vector<int64_t>(10, 0);
+  void add(const torch::Tensor& t, const torch::Tensor& per_sample);
+  std::vector<double> means() const;
+  void reset() { *this = BinnedLoss(); }
+};
+
+}  // namespace lf

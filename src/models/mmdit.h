@@ -1,0 +1,90 @@
+// Flux-style rectified-flow transformer (MMDiT) with its own small text encoder.
+//   text ids -> TextEncoder -> (tokens [B,T,Dt], pooled [B,Dt])
+//   image -> patchify -> double-stream blocks (separate text/image weights, joint attention)
+//         -> single-stream blocks (one sequence) -> adaLN final layer -> unpatchify
+//         -> optional zero-initialised conv refinement head (removes patch-grid artefacts)
+// Modulation vector = MLP(sinusoidal(t)) + MLP(pooled text); adaLN-Zero in every block;
+// 2D RoPE on image tokens (text tokens get the identity rotation); QK RMS-norm.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "pch_torch.h"
+
+namespace lf {
+
+struct MMDiTConfig {
+  int image_size = 64;      // input side in pixels
+  int channels = 3;         // image channels
+  int patch = 8;            // pixel patch side (64/8 -> 64 tokens)
+  int dim = 256;            // transformer width
+  int heads = 4;            // attention heads (dim / heads must be divisible by 4 for 2D RoPE)
+  int double_blocks = 4;    // double-stream (text + image) blocks
+  int single_blocks = 4;    // single-stream blocks
+  double mlp_ratio = 4.0;   // MLP hidden = mlp_ratio * dim
+  int refine_channels = 32; // conv refinement head width (0 = none)
+  // text encoder
+  int vocab_size = 512;     // tokenizer vocabulary (set from the tokenizer)
+  int max_text_len = 64;    // tokens incl. BOS
+  int text_dim = 256;       // text encoder width
+  int text_layers = 4;      // text encoder layers
+  int text_heads = 4;       // text encoder heads
+  double rope_theta = 100.0;  // RoPE base for 2D positions (small grids)
+  std::string prediction = "velocity";  // velocity | x (network predicts the clean image)
+
+  static MMDiTConfig preset(const std::string& name);  // tiny | small | base
+  nlohmann::json to_json() const;
+  static MMDiTConfig from_json(const nlohmann::json& j);
+  int tokens() const { return (image_size / patch) * (image_size / patch); }
+};
+
+// Pre-LN transformer encoder over token ids with a padding mask.
+class TextEncoderImpl : public torch::nn::Module {
+ public:
+  explicit TextEncoderImpl(const MMDiTConfig& c);
+  // ids: [B,T] int64, mask: [B,T] bool -> tokens [B,T,Dt], pooled [B,Dt]
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& ids, const torch::Tensor& mask);
+
+ private:
+  MMDiTConfig c_;
+  torch::nn::Embedding tok_{nullptr};
+  torch::Tensor pos_;
+  torch::nn::ModuleList layers_;
+  torch::nn::LayerNorm norm_{nullptr};
+};
+TORCH_MODULE(TextEncoder);
+
+class MMDiTImpl : public torch::nn::Module {
+ public:
+  explicit MMDiTImpl(const MMDiTConfig& c);
+  // x: [B,C,H,W], t: [B] in [0,1], ids/mask: [B,T] -> network output [B,C,H,W]
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& ids,
+                        const torch::Tensor& mask);
+  const MMDiTConfig& config() const { return c_; }
+  int64_t num_parameters() const;
+
+ private:
+  MMDiTConfig c_;
+  TextEncoder text_{nullptr};
+  torch::nn::Linear img_in_{nullptr}, txt_in_{nullptr};
+  torch::nn::Sequential time_in_{nullptr}, vec_in_{nullptr};
+  torch::nn::ModuleList double_, single_;
+  torch::nn::Linear final_mod_{nullptr}, final_out_{nullptr};
+  torch::nn::Sequential refine_{nullptr};
+  torch::Tensor rope_cos_, rope_sin_;  // buffers [N_img, head_dim/2]
+};
+TORCH_MODULE(MMDiT);
+
+// Helpers exposed for tests.
+torch::Tensor timestep_embedding(const torch::Tensor& t, int dim);  // [B] -> [B,dim]
+// 2D RoPE tables for a gs x gs grid: cos/sin [gs*gs, head_dim/2].
+std::pair<torch::Tensor, torch::Tensor> rope_2d(int grid, int head_dim, double theta);
+// x: [B,H,N,hd]; rotates consecutive pairs by the angles in cos/sin [N,hd/2].
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+torch::Tensor patchify(const torch::Tensor& x, int p);                  // [B,C,H,W] -> [B,N,p*p*C]
+torch::Tensor unpatchify(const torch::Tensor& x, int p, int c, int h);  // inverse
+// Joint attention with a key mask. q,k,v: [B,H,N,hd], key_mask: [B,N] bool (true = attend).
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& key_mask);
+
+}  // namespace lf

@@ -1,0 +1,128 @@
+// Building blocks of the MMDiT (exposed for tests; include only from torch TUs).
+#pragma once
+#include "models/mmdit.h"
+
+namespace lf::mmdit_detail {
+using torch::Tensor;
+
+inline Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale) {
+  return x * (1 + scale) + shift;
+}
+inline Tensor ln(const Tensor& x) { return torch::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6); }
+inline Tensor gelu_tanh(const Tensor& x) { return torch::gelu(x, "tanh"); }
+inline Tensor rms_norm(const Tensor& x, const Tensor& w) {
+  return x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-6) * w;
+}
+// [B,N,3D] -> q,k,v [B,H,N,hd]
+inline std::tuple<Tensor, Tensor, Tensor> split_heads(const Tensor& qkv, int heads) {
+  auto B = qkv.size(0), N = qkv.size(1), D = qkv.size(2) / 3;
+  auto t = qkv.reshape({B, N, 3, heads, D / heads}).permute({2, 0, 3, 1, 4});
+  return {t[0], t[1], t[2]};
+}
+inline Tensor merge_heads(const Tensor& x) {  // [B,H,N,hd] -> [B,N,D]
+  return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
+}
+inline torch::nn::Linear linear(int in, int out, bool zero = false) {
+  auto l = torch::nn::Linear(in, out);
+  if (zero) {
+    torch::nn::init::zeros_(l->weight);
+  } else {
+    torch::nn::init::xavier_uniform_(l->weight);
+  }
+  torch::nn::init::zeros_(l->bias);
+  return l;
+}
+
+// One stream's weights inside a double block.
+struct StreamImpl : torch::nn::Module {
+  StreamImpl(int dim, int heads, int hidden)
+      : mod(register_module("mod", linear(dim, 6 * dim, true))),
+        qkv(register_module("qkv", linear(dim, 3 * dim))),
+        proj(register_module("proj", linear(dim, dim))),
+        mlp1(register_module("mlp1", linear(dim, hidden))),
+        mlp2(register_module("mlp2", linear(hidden, dim))) {
+    q_norm = register_parameter("q_norm", torch::ones({dim / heads}));
+    k_norm = register_parameter("k_norm", torch::ones({dim / heads}));
+  }
+  torch::nn::Linear mod, qkv, proj, mlp1, mlp2;
+  Tensor q_norm, k_norm;
+};
+TORCH_MODULE(Stream);
+
+struct DoubleBlockImpl : torch::nn::Module {
+  DoubleBlockImpl(int dim, int heads, int hidden) : heads(heads) {
+    img = register_module("img", Stream(dim, heads, hidden));
+    txt = register_module("txt", Stream(dim, heads, hidden));
+  }
+  // img [B,N,D], txt [B,T,D], vec [B,D]; cos/sin for the joint sequence [T+N, hd/2]
+  std::pair<Tensor, Tensor> forward(Tensor img_x, Tensor txt_x, const Tensor& vec, const Tensor& cos,
+                                    const Tensor& sin, const Tensor& key_mask) {
+    auto sv = torch::silu(vec);
+    auto im = img->mod(sv).unsqueeze(1).chunk(6, -1), tm = txt->mod(sv).unsqueeze(1).chunk(6, -1);
+    auto [iq, ik, iv] = split_heads(img->qkv(modulate(ln(img_x), im[0], im[1])), heads);
+    auto [tq, tk, tv] = split_heads(txt->qkv(modulate(ln(txt_x), tm[0], tm[1])), heads);
+    iq = rms_norm(iq, img->q_norm); ik = rms_norm(ik, img->k_norm);
+    tq = rms_norm(tq, txt->q_norm); tk = rms_norm(tk, txt->k_norm);
+    auto q = apply_rope(torch::cat({tq, iq}, 2), cos, sin);
+    auto k = apply_rope(torch::cat({tk, ik}, 2), cos, sin);
+    auto v = torch::cat({tv, iv}, 2);
+    auto a = merge_heads(attention(q, k, v, key_mask));
+    int64_t T = txt_x.size(1);
+    auto ta = a.narrow(1, 0, T), ia = a.narrow(1, T, a.size(1) - T);
+    img_x = img_x + im[2] * img->proj(ia);
+    img_x = img_x + im[5] * img->mlp2(gelu_tanh(img->mlp1(modulate(ln(img_x), im[3], im[4]))));
+    txt_x = txt_x + tm[2] * txt->proj(ta);
+    txt_x = txt_x + tm[5] * txt->mlp2(gelu_tanh(txt->mlp1(modulate(ln(txt_x), tm[3], tm[4]))));
+    return {img_x, txt_x};
+  }
+  int heads;
+  Stream img{nullptr}, txt{nullptr};
+};
+TORCH_MODULE(DoubleBlock);
+
+struct SingleBlockImpl : torch::nn::Module {
+  SingleBlockImpl(int dim, int heads, int hidden) : dim(dim), heads(heads), hidden(hidden) {
+    mod = register_module("mod", linear(dim, 3 * dim, true));
+    lin1 = register_module("lin1", linear(dim, 3 * dim + hidden));
+    lin2 = register_module("lin2", linear(dim + hidden, dim));
+    q_norm = register_parameter("q_norm", torch::ones({dim / heads}));
+    k_norm = register_parameter("k_norm", torch::ones({dim / heads}));
+  }
+  Tensor forward(const Tensor& x, const Tensor& vec, const Tensor& cos, const Tensor& sin, const Tensor& key_mask) {
+    auto m = mod(torch::silu(vec)).unsqueeze(1).chunk(3, -1);
+    auto h = lin1(modulate(ln(x), m[0], m[1]));
+    auto parts = h.split_with_sizes({3 * dim, hidden}, -1);
+    auto [q, k, v] = split_heads(parts[0], heads);
+    q = apply_rope(rms_norm(q, q_norm), cos, sin);
+    k = apply_rope(rms_norm(k, k_norm), cos, sin);
+    auto a = merge_heads(attention(q, k, v, key_mask));
+    return x + m[2] * lin2(torch::cat({a, gelu_tanh(parts[1])}, -1));
+  }
+  int dim, heads, hidden;
+  torch::nn::Linear mod{nullptr}, lin1{nullptr}, lin2{nullptr};
+  Tensor q_norm, k_norm;
+};
+TORCH_MODULE(SingleBlock);
+
+struct TextLayerImpl : torch::nn::Module {
+  TextLayerImpl(int dim, int heads) : heads(heads) {
+    ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+    ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim})));
+    qkv = register_module("qkv", linear(dim, 3 * dim));
+    proj = register_module("proj", linear(dim, dim));
+    mlp1 = register_module("mlp1", linear(dim, 4 * dim));
+    mlp2 = register_module("mlp2", linear(4 * dim, dim));
+  }
+  Tensor forward(Tensor x, const Tensor& mask) {
+    auto [q, k, v] = split_heads(qkv(ln1(x)), heads);
+    x = x + proj(merge_heads(attention(q, k, v, mask)));
+    return x + mlp2(gelu_tanh(mlp1(ln2(x))));
+  }
+  int heads;
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  torch::nn::Linear qkv{nullptr}, proj{nullptr}, mlp1{nullptr}, mlp2{nullptr};
+};
+TORCH_MODULE(TextLayer);
+
+
+}  // namespace lf::mmdit_detail

@@ -1,0 +1,461 @@
+#include "train/generator.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <opencv2/imgproc.hpp>
+#include <random>
+#include <sstream>
+
+#include "lesionflow/io.h"
+#include "lesionflow/log.h"
+#include "lesionflow/report.h"
+#include "models/checkpoint.h"
+
+namespace lf {
+using torch::Tensor;
+namespace fs = std::filesystem;
+
+Tensor images_to_tensor(const std::vector<const uint8_t*>& px, int S) {
+  auto out = torch::empty({static_cast<int64_t>(px.size()), S, S, 3}, torch::kUInt8);
+  for (size_t i = 0; i < px.size(); ++i) std::memcpy(out[i].data_ptr(), px[i], S * S * 3);
+  return out.permute({0, 3, 1, 2}).to(torch::kFloat32).div_(127.5).sub_(1.0).contiguous();
+}
+
+std::vector<uint8_t> tensor_to_images(const Tensor& x) {
+  auto u = x.detach().to(torch::kCPU).clamp(-1, 1).add(1).mul(127.5).round().to(torch::kUInt8)
+               .permute({0, 2, 3, 1}).contiguous();
+  return std::vector<uint8_t>(u.data_ptr<uint8_t>(), u.data_ptr<uint8_t>() + u.numel());
+}
+
+nlohmann::json GenTrainConfig::to_json() const {
+  return {{"steps", steps}, {"batch", batch}, {"lr", lr}, {"weight_decay", weight_decay},
+          {"warmup", warmup}, {"min_lr_frac", min_lr_frac}, {"grad_clip", grad_clip},
+          {"ema_decay", ema_decay}, {"caption_dropout", caption_dropout}, {"augment", augment},
+          {"log_every", log_every}, {"ckpt_every", ckpt_every}, {"sample_every", sample_every},
+          {"val_every", val_every}, {"max_minutes", max_minutes}, {"seed", seed}, {"out", out},
+          {"flow", {{"prediction", flow.prediction}, {"logit_mean", flow.logit_mean},
+                    {"logit_std", flow.logit_std}, {"shift", flow.shift}}},
+          {"val_prompts", val_prompts}};
+}
+
+std::pair<Tensor, Tensor> tokenize_batch(const Tokenizer& tok, const std::vector<std::string>& texts, int T) {
+  auto ids = torch::empty({static_cast<int64_t>(texts.size()), T}, torch::kInt64);
+  auto mask = torch::empty({static_cast<int64_t>(texts.size()), T}, torch::kBool);
+  auto ia = ids.accessor<int64_t, 2>();
+  auto ma = mask.accessor<bool, 2>();
+  for (size_t i = 0; i < texts.size(); ++i) {
+    Encoded e = tok.encode(texts[i], T);
+    for (int j = 0; j < T; ++j) {
+      ia[i][j] = e.ids[j];
+      ma[i][j] = e.mask[j] != 0;
+    }
+  }
+  return {ids, mask};
+}
+
+std::pair<Tensor, Tensor> trim_padding(const Tensor& ids, const Tensor& mask) {
+  int64_t T = std::max<int64_t>(1, mask.any(0).nonzero().max().item<int64_t>() + 1);
+  return {ids.narrow(1, 0, T), mask.narrow(1, 0, T)};
+}
+
+namespace {
+
+constexpr char kStateMagic[8] = {'L', 'F', 'S', 'T', 'A', 'T', 'E', '1'};
+constexpr uint32_t kStateVersion = 1;
+
+std::map<std::string, std::string> generator_metadata(const MMDiT& model, const Tokenizer& tok,
+                                                      int64_t step, const FlowConfig& flow,
+                                                      const std::string& kind) {
+  return {{"format", "lesionflow.mmdit.v1"},
+          {"config", model->config().to_json().dump()},
+          {"flow", nlohmann::json{{"prediction", flow.prediction}, {"logit_mean", flow.logit_mean},
+                                  {"logit_std", flow.logit_std}, {"shift", flow.shift},
+                                  {"x_pred_t_min", flow.x_pred_t_min}}.dump()},
+          {"tokenizer_model", base64_encode(tok.model_bytes())},
+          {"tokenizer_hash", tok.hash()},
+          {"step", std::to_string(step)},
+          {"weights", kind}};
+}
+
+Status save_state(const std::string& path, int64_t step, torch::optim::Optimizer& opt) {
+  std::ostringstream os;
+  os.write(kStateMagic, 8);
+  os.write(reinterpret_cast<const char*>(&kStateVersion), 4);
+  os.write(reinterpret_cast<const char*>(&step), 8);
+  std::ostringstream ob;
+  torch::serialize::OutputArchive ar;
+  opt.save(ar);
+  ar.save_to(ob);
+  std::string b = ob.str();
+  uint64_t n = b.size();
+  os.write(reinterpret_cast<const char*>(&n), 8);
+  os << b;
+  return write_file_atomic(path, os.str());
+}
+
+Result<int64_t> load_state(const std::string& path, torch::optim::Optimizer& opt) {
+  LF_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
+  if (bytes.size() < 28 || bytes.compare(0, 8, std::string(kStateMagic, 8)) != 0)
+    return Status::error(path + ": not a lesionflow training state (bad magic)");
+  uint32_t ver;
+  int64_t step;
+  uint64_t n;
+  std::memcpy(&ver, bytes.data() + 8, 4);
+  if (ver != kStateVersion) return Status::error(path + ": unsupported state version " + std::to_string(ver));
+  std::memcpy(&step, bytes.data() + 12, 8);
+  std::memcpy(&n, bytes.data() + 20, 8);
+  if (28 + n > bytes.size()) return Status::error(path + ": truncated training state");
+  std::istringstream is(bytes.substr(28, n));
+  try {
+    torch::serialize::InputArchive ar;
+    ar.load_from(is);
+    opt.load(ar);
+  } catch (const std::exception& e) {
+    return Status::error(path + ": cannot restore optimizer state: " + e.what());
+  }
+  return step;
+}
+
+double lr_at(const GenTrainConfig& c, int64_t step) {
+  if (step < c.warmup) return c.lr * (step + 1) / static_cast<double>(c.warmup);
+  double p = static_cast<double>(step - c.warmup) / std::max<int64_t>(1, c.steps - c.warmup);
+  p = std::min(1.0, p);
+  return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + std::cos(M_PI * p)));
+}
+
+// Indices of the B images of a step: consecutive slices of per-epoch permutations.
+class BatchPlan {
+ public:
+  BatchPlan(int64_t n, int B, uint64_t seed) : n_(n), B_(B), seed_(seed) {}
+  std::vector<int64_t> at(int64_t step) {
+    std::vector<int64_t> out(B_);
+    for (int i = 0; i < B_; ++i) {
+      int64_t g = step * B_ + i, e = g / n_;
+      if (e != epoch_) {
+        perm_.resize(n_);
+        std::iota(perm_.begin(), perm_.end(), 0);
+        std::mt19937_64 rng(seed_ * 7919 + e);
+        std::shuffle(perm_.begin(), perm_.end(), rng);
+        epoch_ = e;
+      }
+      out[i] = perm_[g % n_];
+    }
+    return out;
+  }
+
+ private:
+  int64_t n_;
+  int B_;
+  uint64_t seed_;
+  int64_t epoch_ = -1;
+  std::vector<int64_t> perm_;
+};
+
+Tensor augment(Tensor x, std::mt19937_64& rng) {  // x: [C,H,W]
+  std::uniform_int_distribution<int> d4(0, 3), d2(0, 1);
+  int k = d4(rng);
+  if (k) x = torch::rot90(x, k, {1, 2});
+  if (d2(rng)) x = torch::flip(x, {2});
+  return x;
+}
+
+void append_line(const std::string& path, const std::string& line) {
+  std::ofstream f(path, std::ios::app);
+  f << line << '\n';
+}
+
+// Keep only metrics up to `step` (resume rewinds the log to the checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
+    } catch (...) {
+    }
+  }
+  in.close();
+  (void)write_file_atomic(path, kept);
+}
+
+// Sum over channels of |mean_g - mean_r| + |std_g - std_r| (pixel values in [0,1]).
+double colour_stat_distance(const Tensor& gen, const Tensor& real) {
+  auto g = (gen.clamp(-1, 1) + 1) / 2, r = (real + 1) / 2;
+  auto dm = (g.mean({0, 2, 3}) - r.mean({0, 2, 3})).abs().sum();
+  auto ds = (g.std({0, 2, 3}, true, false) - r.std({0, 2, 3}, true, false)).abs().sum();
+  return (dm + ds).item<double>();
+}
+
+}  // namespace
+
+Status save_generator(const std::string& path, MMDiT& model, const Tokenizer& tok, int64_t step,
+                      const FlowConfig& flow, const std::string& kind) {
+  return save_module(path, *model, generator_metadata(model, tok, step, flow, kind));
+}
+
+Result<LoadedGenerator> load_generator(const std::string& path) {
+  LF_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
+  LF_ASSIGN_OR_RETURN(SafeTensors st, parse_safetensors(bytes, path));
+  if (st.metadata["format"] != "lesionflow.mmdit.v1")
+    return Status::error(path + ": not a lesionflow generator checkpoint (format '" + st.metadata["format"] + "')");
+  LoadedGenerator g;
+  MMDiTConfig cfg;
+  try {
+    cfg = MMDiTConfig::from_json(nlohmann::json::parse(st.metadata["config"]));
+    auto fj = nlohmann::json::parse(st.metadata["flow"]);
+    g.flow.prediction = fj.value("prediction", "velocity");
+    g.flow.logit_mean = fj.value("logit_mean", 0.0);
+    g.flow.logit_std = fj.value("logit_std", 1.0);
+    g.flow.shift = fj.value("shift", 1.0);
+    g.flow.x_pred_t_min = fj.value("x_pred_t_min", 0.05);
+    g.step = std::stoll(st.metadata["step"]);
+  } catch (const std::exception& e) {
+    return Status::error(path + ": bad metadata: " + e.what());
+  }
+  // Tokenizer model is embedded (base64) so the checkpoint alone rebuilds everything.
+  std::string b64 = st.metadata["tokenizer_model"], raw;
+  {
+    static const std::string k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint32_t acc = 0;
+    int bits = 0;
+    for (char c : b64) {
+      auto p = k.find(c);
+      if (p == std::string::npos) continue;
+      acc = (acc << 6) | static_cast<uint32_t>(p);
+      bits += 6;
+      if (bits >= 8) {
+        bits -= 8;
+        raw.push_back(static_cast<char>((acc >> bits) & 0xff));
+      }
+    }
+  }
+  auto tok = Tokenizer::from_bytes(raw);
+  if (!tok.ok()) return tok.status().with_context(path);
+  g.tok = std::make_shared<Tokenizer>(std::move(tok).value());
+  g.model = MMDiT(cfg);
+  LF_RETURN_IF_ERROR(load_module_tensors(st, *g.model, path));
+  g.model->eval();
+  g.hash = hash_bytes(bytes);
+  g.metadata = st.metadata;
+  return g;
+}
+
+Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow, const std::vector<std::string>& prompts,
+                const std::vector<uint64_t>& seeds, const GenerateConfig& gc) {
+  torch::NoGradGuard ng;
+  const auto& c = model->config();
+  const int64_t N = static_cast<int64_t>(prompts.size());
+  std::vector<Tensor> outs;
+  auto [eids, emask] = tokenize_batch(tok, {""}, c.max_text_len);
+  for (int64_t s = 0; s < N; s += gc.batch) {
+    int64_t n = std::min<int64_t>(gc.batch, N - s);
+    std::vector<Tensor> noise;
+    for (int64_t i = s; i < s + n; ++i) {
+      auto gen = at::detail::createCPUGenerator(seeds[i]);
+      noise.push_back(torch::randn({1, c.channels, c.image_size, c.image_size}, gen, torch::kFloat32));
+    }
+    std::vector<std::string> ps(prompts.begin() + s, prompts.begin() + s + n);
+    auto [ids_full, mask_full] = tokenize_batch(tok, ps, c.max_text_len);
+    auto [ids, mask] = trim_padding(ids_full, mask_full);
+    const int64_t T = ids.size(1);
+    Tensor ids2 = ids, mask2 = mask;
+    const bool guided = gc.cfg_scale != 1.0;
+    if (guided) {
+      ids2 = torch::cat({ids, eids.narrow(1, 0, T).expand({n, -1})}, 0);
+      mask2 = torch::cat({mask, emask.narrow(1, 0, T).expand({n, -1})}, 0);
+    }
+    VelocityFn v = [&](const Tensor& x, const Tensor& t) {
+      if (!guided) return to_velocity(model->forward(x, t, ids, mask), x, t, flow);
+      auto x2 = torch::cat({x, x}, 0), t2 = torch::cat({t, t}, 0);
+      auto v2 = to_velocity(model->forward(x2, t2, ids2, mask2), x2, t2, flow);
+      auto vc = v2.narrow(0, 0, n), vu = v2.narrow(0, n, n);
+      return vu + gc.cfg_scale * (vc - vu);
+    };
+    outs.push_back(sample_flow(v, torch::cat(noise, 0), gc.sampler).clamp(-1, 1));
+  }
+  return torch::cat(outs, 0);
+}
+
+Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, const Tokenizer& tok,
+                                       const CaptionedImages& train, const CaptionedImages* val) {
+  if (train.count() == 0) return Status::error("train: no training images");
+  if (cfg.out.empty()) return Status::error("train: --out is required");
+  const auto& mc = model->config();
+  if (train.size != mc.image_size)
+    return Status::error("train: images are " + std::to_string(train.size) + "px but the model expects " +
+                         std::to_string(mc.image_size) + "px (prepare the cache with --size " +
+                         std::to_string(mc.image_size) + ")");
+  LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/samples"));
+  const std::string ckpt = cfg.out + "/checkpoint.safetensors", ema_path = cfg.out + "/ema.safetensors",
+                    state = cfg.out + "/state.bin", metrics = cfg.out + "/metrics.jsonl";
+  // Tokenize all captions once.
+  auto [all_ids, all_mask] = tokenize_batch(tok, train.captions, mc.max_text_len);
+  auto [empty_ids, empty_mask] = tokenize_batch(tok, {""}, mc.max_text_len);
+
+  MMDiT ema(mc);
+  {
+    torch::NoGradGuard ng;
+    auto src = model->parameters(), dst = ema->parameters();
+    for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+  }
+  for (auto& p : ema->parameters()) p.set_requires_grad(false);
+  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay).betas({0.9, 0.99}));
+
+  int64_t step = 0;
+  if (cfg.resume) {
+    if (!file_exists(state)) return Status::error(state + ": nothing to resume (no training state in " + cfg.out + ")");
+    LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(ckpt));
+    LF_RETURN_IF_ERROR(load_module_tensors(w, *model, ckpt));
+    LF_ASSIGN_OR_RETURN(SafeTensors we, load_safetensors(ema_path));
+    LF_RETURN_IF_ERROR(load_module_tensors(we, *ema, ema_path));
+    LF_ASSIGN_OR_RETURN(step, load_state(state, opt));
+    truncate_metrics(metrics, step);
+    log_info("resumed " + cfg.out + " at step " + std::to_string(step));
+  } else {
+    std::filesystem::remove(metrics);
+  }
+  LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/options.json", nlohmann::json{{"train", cfg.to_json()}, {"model", mc.to_json()}}.dump(2) + "\n"));
+
+  auto save_all = [&](int64_t s) -> Status {
+    LF_RETURN_IF_ERROR(save_generator(ckpt, model, tok, s, cfg.flow, "raw"));
+    LF_RETURN_IF_ERROR(save_generator(ema_path, ema, tok, s, cfg.flow, "ema"));
+    return save_state(state, s, opt);  // written last: a state file implies matching weights
+  };
+
+  // Fixed validation batch (first up to 64 images) with fixed noise and timesteps.
+  Tensor val_x, val_ids, val_mask, val_noise, val_t;
+  if (val && val->count() > 0) {
+    int64_t nv = std::min<int64_t>(64, val->count());
+    val_x = images_to_tensor(std::vector<const uint8_t*>(val->pixels.begin(), val->pixels.begin() + nv), val->size);
+    std::tie(val_ids, val_mask) = tokenize_batch(tok, std::vector<std::string>(val->captions.begin(), val->captions.begin() + nv), mc.max_text_len);
+    std::tie(val_ids, val_mask) = trim_padding(val_ids, val_mask);
+    auto g = at::detail::createCPUGenerator(cfg.seed + 99991);
+    val_noise = torch::randn(val_x.sizes(), g, torch::kFloat32);
+    val_t = (torch::arange(nv, torch::kFloat32) + 0.5) / nv;  // stratified over (0,1)
+  }
+
+  BatchPlan plan(train.count(), cfg.batch, cfg.seed);
+  BinnedLoss bins;
+  double loss_acc = 0;
+  int loss_n = 0;
+  GenTrainResult res;
+  auto t_start = std::chrono::steady_clock::now();
+  const int64_t start_step = step;
+  Progress prog("train", cfg.steps, "step");
+  model->train();
+  while (step < cfg.steps) {
+    double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 60;
+    if (cfg.max_minutes > 0 && minutes >= cfg.max_minutes) {
+      res.stopped_by_budget = true;
+      log_info("time budget of " + std::to_string(cfg.max_minutes) + " min reached at step " + std::to_string(step));
+      break;
+    }
+    if (cfg.stop_at_step >= 0 && step >= cfg.stop_at_step) break;
+    const double lr = lr_at(cfg, step);
+    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    auto idx = plan.at(step);
+    std::mt19937_64 rng(cfg.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step) * 2654435761ULL + 1);
+    std::vector<const uint8_t*> px;
+    for (auto i : idx) px.push_back(train.pixels[i]);
+    auto x0 = images_to_tensor(px, train.size);
+    if (cfg.augment) {
+      std::vector<Tensor> xs;
+      for (int64_t i = 0; i < x0.size(0); ++i) xs.push_back(augment(x0[i], rng));
+      x0 = torch::stack(xs);
+    }
+    auto sel = torch::from_blob(idx.data(), {static_cast<int64_t>(idx.size())}, torch::kInt64).clone();
+    auto ids = all_ids.index_select(0, sel), mask = all_mask.index_select(0, sel);
+    std::uniform_real_distribution<double> U(0, 1);
+    for (int64_t i = 0; i < ids.size(0); ++i)
+      if (U(rng) < cfg.caption_dropout) {
+        ids[i].copy_(empty_ids[0]);
+        mask[i].copy_(empty_mask[0]);
+      }
+    std::tie(ids, mask) = trim_padding(ids, mask);
+    auto gen = at::detail::createCPUGenerator(cfg.seed * 1000003ULL + static_cast<uint64_t>(step) + 17);
+    auto t = sample_timesteps(x0.size(0), cfg.flow, gen);
+    auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32);
+    auto fb = make_flow_batch(x0, noise, t);
+    auto per = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, cfg.flow);
+    auto loss = per.mean();
+    double lv = loss.item<double>();
+    if (!std::isfinite(lv)) {
+      return Status::error("train: loss is " + std::to_string(lv) + " at step " + std::to_string(step) +
+                           " (lr " + std::to_string(lr) + "); stopped without overwriting the last checkpoint in " +
+                           cfg.out + "; try a lower --lr or --grad-clip");
+    }
+    opt.zero_grad();
+    loss.backward();
+    double gnorm = torch::nn::utils::clip_grad_norm_(model->parameters(), cfg.grad_clip);
+    opt.step();
+    {
+      torch::NoGradGuard ng;
+      double d = std::min(cfg.ema_decay, (1.0 + step) / (10.0 + step));
+      auto src = model->parameters(), dst = ema->parameters();
+      for (size_t i = 0; i < src.size(); ++i) dst[i].mul_(d).add_(src[i], 1 - d);
+    }
+    ++step;
+    bins.add(t, per);
+    loss_acc += lv;
+    ++loss_n;
+    res.last_loss = lv;
+    double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    double ips = (step - start_step) * cfg.batch / std::max(el, 1e-9);
+    char extra[96];
+    std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e", lv, lr);
+    prog.update(step, extra);
+    if (step % cfg.log_every == 0 || step == cfg.steps) {
+      nlohmann::json m = {{"step", step}, {"loss", loss_acc / loss_n}, {"lr", lr}, {"grad_norm", gnorm},
+                          {"images_per_second", ips}, {"loss_by_t_bin", bins.means()}};
+      for (auto& v : m["loss_by_t_bin"]) if (v.is_number() && std::isnan(v.get<double>())) v = nullptr;
+      append_line(metrics, m.dump());
+      loss_acc = 0;
+      loss_n = 0;
+      bins.reset();
+    }
+    if (val_x.defined() && cfg.val_every > 0 && step % cfg.val_every == 0) {
+      torch::NoGradGuard ng;
+      auto fv = make_flow_batch(val_x, val_noise, val_t);
+      double vl = flow_loss_per_sample(ema->forward(fv.x_t, val_t, val_ids, val_mask), fv, cfg.flow).mean().item<double>();
+      append_line(metrics, nlohmann::json{{"step", step}, {"val_loss_ema", vl}}.dump());
+    }
+    if (cfg.sample_every > 0 && step % cfg.sample_every == 0 && !cfg.val_prompts.empty()) {
+      std::vector<std::string> ps;
+      std::vector<uint64_t> seeds;
+      for (int s = 0; s < 2; ++s)
+        for (const auto& p : cfg.val_prompts) {
+          ps.push_back(p);
+          seeds.push_back(1000 + s);
+        }
+      GenerateConfig gc;
+      gc.sampler.steps = 20;
+      ema->eval();
+      auto imgs = generate(ema, tok, cfg.flow, ps, seeds, gc);
+      auto u8 = tensor_to_images(imgs);
+      std::vector<cv::Mat> tiles;
+      const int S = mc.image_size;
+      for (int64_t i = 0; i < imgs.size(0); ++i) {
+        cv::Mat rgb(S, S, CV_8UC3, u8.data() + i * S * S * 3), bgr;
+        cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+        tiles.push_back(bgr);
+      }
+      char name[64];
+      std::snprintf(name, sizeof name, "/samples/step_%06lld.png", static_cast<long long>(step));
+      (void)write_png(cfg.out + name, make_grid(tiles, static_cast<int>(cfg.val_prompts.size())));
+      nlohmann::json m = {{"step", step}, {"samples", std::string(name).substr(1)}};
+      if (val_x.defined()) m["colour_stat_distance"] = colour_stat_distance(imgs, val_x);
+      append_line(metrics, m.dump());
+    }
+    if (cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) LF_RETURN_IF_ERROR(save_all(step));
+  }
+  LF_RETURN_IF_ERROR(save_all(step));
+  res.step = step;
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  res.images_per_second = (step - start_step) * cfg.batch / std::max(res.seconds, 1e-9);
+  prog.finish();
+  return res;
+}
+
+}  // namespace lf

@@ -1,0 +1,284 @@
+// lesionflow text train-tokenizer | train | sample
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <opencv2/imgproc.hpp>
+
+#include "cli.h"
+#include "lesionflow/captions.h"
+#include "lesionflow/data.h"
+#include "lesionflow/io.h"
+#include "lesionflow/log.h"
+#include "lesionflow/report.h"
+#include "lesionflow/tokenizer.h"
+#include "train/generator.h"
+
+namespace lf::cli {
+namespace {
+
+struct GenOptions {
+  std::string data;       // prepared cache dir
+  std::string captions;   // captions.jsonl (id, caption); default: composed from metadata
+  std::string splits;     // splits CSV; train on "train", validate on "val"
+  std::string tokenizer;  // sentencepiece model; trained from the captions if empty
+  int vocab = 512;
+  std::string preset = "small";
+  std::string prediction;  // override the preset's
+  int64_t steps = 2000;
+  int batch = 32;
+  double lr = 3e-4;
+  double max_minutes = 0;
+  int ckpt_every = 250, sample_every = 500, log_every = 25;
+  bool resume = false;
+  std::string out;
+  // sample
+  std::string checkpoint;
+  std::vector<std::string> prompts;
+  std::string prompts_file;
+  int n = 16;
+  int sample_steps = 20;
+  double cfg = 4.0;
+  std::string sampler = "euler";
+  double shift = 1.0;
+  nlohmann::json to_json() const {
+    return {{"data", data}, {"captions", captions}, {"splits", splits}, {"tokenizer", tokenizer},
+            {"vocab", vocab}, {"preset", preset}, {"prediction", prediction}, {"steps", steps},
+            {"batch", batch}, {"lr", lr}, {"max_minutes", max_minutes}, {"resume", resume},
+            {"out", out}, {"checkpoint", checkpoint}, {"prompts", prompts}, {"prompts_file", prompts_file},
+            {"n", n}, {"sample_steps", sample_steps}, {"cfg", cfg}, {"sampler", sampler}, {"shift", shift}};
+  }
+};
+
+struct LoadedData {
+  PreparedSet ps;
+  std::vector<std::string> captions;  // per record
+  std::vector<size_t> train_idx, val_idx;
+};
+
+Result<LoadedData> load_data(const GenOptions& o) {
+  if (o.data.empty()) return Status::error("--data CACHE_DIR is required (make one with 'lesionflow data prepare')");
+  LoadedData d;
+  LF_ASSIGN_OR_RETURN(d.ps, load_prepared(o.data));
+  std::map<std::string, std::string> given;
+  if (!o.captions.empty()) {
+    std::ifstream in(o.captions);
+    if (!in) return Status::error(o.captions + ": cannot open");
+    std::string line;
+    int ln = 0;
+    while (std::getline(in, line)) {
+      ++ln;
+      if (line.empty()) continue;
+      try {
+        auto j = nlohmann::json::parse(line);
+        given[j.at("id").get<std::string>()] = j.at("caption").get<std::string>();
+      } catch (const std::exception& e) {
+        return Status::error(o.captions + ":" + std::to_string(ln) + ": " + e.what());
+      }
+    }
+  }
+  for (const auto& r : d.ps.records) {
+    auto it = given.find(r.id);
+    d.captions.push_back(it != given.end() ? it->second
+                                           : compose_caption(facts_from_record(r), std::hash<std::string>{}(r.id) | 1));
+  }
+  if (!o.splits.empty()) {
+    LF_ASSIGN_OR_RETURN(d.train_idx, select_split(d.ps.records, o.splits, "train"));
+    LF_ASSIGN_OR_RETURN(d.val_idx, select_split(d.ps.records, o.splits, "val"));
+  } else {
+    for (size_t i = 0; i < d.ps.records.size(); ++i) (i % 10 == 9 ? d.val_idx : d.train_idx).push_back(i);
+  }
+  return d;
+}
+
+CaptionedImages subset(const LoadedData& d, const std::vector<size_t>& idx) {
+  CaptionedImages c;
+  c.size = d.ps.size;
+  for (size_t i : idx) {
+    c.pixels.push_back(d.ps.image(i));
+    c.captions.push_back(d.captions[i]);
+  }
+  return c;
+}
+
+Status write_tiles(const torch::Tensor& imgs, const std::string& dir, const std::vector<std::string>& names,
+                   int cols, std::vector<cv::Mat>* tiles_out) {
+  auto u8 = tensor_to_images(imgs);
+  const int S = imgs.size(2);
+  for (int64_t i = 0; i < imgs.size(0); ++i) {
+    cv::Mat rgb(S, S, CV_8UC3, u8.data() + i * S * S * 3), bgr;
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+    if (!dir.empty()) LF_RETURN_IF_ERROR(write_png(dir + "/" + names[i], bgr));
+    tiles_out->push_back(bgr.clone());
+  }
+  return Status::ok_status();
+}
+
+Status run_tokenizer(const GenOptions& o, const GlobalOptions& g) {
+  if (o.out.empty()) return Status::error("--out FILE.model is required");
+  LF_ASSIGN_OR_RETURN(LoadedData d, load_data(o));
+  LF_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::train(d.captions, {o.vocab, "bpe", g.seed}));
+  LF_RETURN_IF_ERROR(write_file_atomic(o.out, tok.model_bytes()));
+  int trunc = 0, maxlen = 0;
+  for (const auto& c : d.captions) {
+    int n = static_cast<int>(tok.encode_raw(c).size()) + 1;
+    maxlen = std::max(maxlen, n);
+    trunc += n > 64;
+  }
+  std::printf("tokenizer: vocab %d, longest caption %d tokens, %d of %zu over 64 -> %s\n", tok.vocab_size(),
+              maxlen, trunc, d.captions.size(), o.out.c_str());
+  return Status::ok_status();
+}
+
+Status run_train(const GenOptions& o, const GlobalOptions& g) {
+  if (o.out.empty()) return Status::error("train: --out DIR is required");
+  log_info("train " + o.to_json().dump());
+  LF_ASSIGN_OR_RETURN(LoadedData d, load_data(o));
+  LF_RETURN_IF_ERROR(make_dirs(o.out));
+  const std::string tok_path = o.out + "/tokenizer.model";
+  Result<Tokenizer> tok = Status::error("unset");
+  if (o.resume && file_exists(tok_path)) tok = Tokenizer::load_file(tok_path);
+  else if (!o.tokenizer.empty()) tok = Tokenizer::load_file(o.tokenizer);
+  else {
+    std::vector<std::string> corpus;
+    for (size_t i : d.train_idx) corpus.push_back(d.captions[i]);
+    tok = Tokenizer::train(corpus, {o.vocab, "bpe", g.seed});
+  }
+  if (!tok.ok()) return tok.status();
+  LF_RETURN_IF_ERROR(write_file_atomic(tok_path, tok->model_bytes()));
+  MMDiTConfig mc = MMDiTConfig::preset(o.preset);
+  mc.vocab_size = tok->vocab_size();
+  mc.image_size = d.ps.size;
+  if (!o.prediction.empty()) mc.prediction = o.prediction;
+  torch::manual_seed(g.seed);
+  MMDiT model(mc);
+  log_info("model: " + std::to_string(model->num_parameters()) + " parameters, " + std::to_string(mc.tokens()) +
+           " image tokens, preset " + o.preset);
+  GenTrainConfig tc;
+  tc.steps = o.steps;
+  tc.batch = o.batch;
+  tc.lr = o.lr;
+  tc.max_minutes = o.max_minutes;
+  tc.seed = g.seed;
+  tc.out = o.out;
+  tc.resume = o.resume;
+  tc.ckpt_every = o.ckpt_every;
+  tc.sample_every = o.sample_every;
+  tc.log_every = o.log_every;
+  tc.warmup = std::min<int64_t>(100, o.steps / 10 + 1);
+  tc.flow.prediction = mc.prediction;
+  // Validation prompts: the first validation caption of each label, then of each dx.
+  std::map<std::string, std::string> by_dx;
+  for (size_t i : d.val_idx) by_dx.emplace(d.ps.records[i].dx + std::to_string(d.ps.records[i].label), d.captions[i]);
+  for (auto& [k, c] : by_dx)
+    if (tc.val_prompts.size() < 8) tc.val_prompts.push_back(c);
+  auto train = subset(d, d.train_idx), val = subset(d, d.val_idx);
+  LF_ASSIGN_OR_RETURN(GenTrainResult r, train_generator(tc, model, *tok, train, &val));
+  nlohmann::json j = {{"step", r.step}, {"last_loss", r.last_loss}, {"seconds", r.seconds},
+                      {"images_per_second", r.images_per_second}, {"stopped_by_budget", r.stopped_by_budget},
+                      {"checkpoint", o.out + "/ema.safetensors"}};
+  if (g.json) emit_json(g, j);
+  else std::printf("trained to step %lld (%.1f img/s, last loss %.4f) -> %s/ema.safetensors\n",
+                   (long long)r.step, r.images_per_second, r.last_loss, o.out.c_str());
+  return Status::ok_status();
+}
+
+Status run_sample(const GenOptions& o, const GlobalOptions& g) {
+  if (o.checkpoint.empty()) return Status::error("sample: --checkpoint FILE is required");
+  if (o.out.empty()) return Status::error("sample: --out DIR is required");
+  std::vector<std::string> prompts = o.prompts;
+  if (!o.prompts_file.empty()) {
+    std::ifstream in(o.prompts_file);
+    if (!in) return Status::error(o.prompts_file + ": cannot open");
+    std::string line;
+    while (std::getline(in, line))
+      if (!line.empty()) prompts.push_back(line);
+  }
+  if (prompts.empty()) return Status::error("sample: give --prompt TEXT (repeatable) or --prompts-file FILE");
+  if (o.sampler != "euler" && o.sampler != "heun") return Status::error("--sampler must be euler or heun");
+  LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(o.checkpoint));
+  LF_RETURN_IF_ERROR(make_dirs(o.out));
+  std::vector<std::string> ps, names;
+  std::vector<uint64_t> seeds;
+  for (size_t p = 0; p < prompts.size(); ++p)
+    for (int i = 0; i < o.n; ++i) {
+      ps.push_back(prompts[p]);
+      seeds.push_back(g.seed * 1000003ULL + p * 100003ULL + i);
+      char nm[64];
+      std::snprintf(nm, sizeof nm, "p%03zu_%04d.png", p, i);
+      names.push_back(nm);
+    }
+  GenerateConfig gc;
+  gc.sampler.method = o.sampler;
+  gc.sampler.steps = o.sample_steps;
+  gc.sampler.shift = o.shift;
+  gc.cfg_scale = o.cfg;
+  Progress prog("sample", static_cast<int64_t>(ps.size()), "img");
+  std::vector<cv::Mat> tiles;
+  std::ostringstream manifest;
+  for (size_t s = 0; s < ps.size(); s += 16) {
+    size_t e = std::min(ps.size(), s + 16);
+    std::vector<std::string> bp(ps.begin() + s, ps.begin() + e);
+    std::vector<uint64_t> bs(seeds.begin() + s, seeds.begin() + e);
+    auto imgs = generate(gen.model, *gen.tok, gen.flow, bp, bs, gc);
+    LF_RETURN_IF_ERROR(write_tiles(imgs, o.out, std::vector<std::string>(names.begin() + s, names.begin() + e), o.n, &tiles));
+    for (size_t i = s; i < e; ++i)
+      manifest << nlohmann::json{{"file", names[i]}, {"prompt", ps[i]}, {"seed", seeds[i]},
+                                 {"steps", o.sample_steps}, {"cfg", o.cfg}, {"sampler", o.sampler},
+                                 {"shift", o.shift}, {"checkpoint", o.checkpoint},
+                                 {"checkpoint_hash", gen.hash}}.dump() << '\n';
+    prog.update(static_cast<int64_t>(e));
+  }
+  prog.finish();
+  LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/samples.jsonl", manifest.str()));
+  LF_RETURN_IF_ERROR(write_png(o.out + "/grid.png", make_grid(tiles, std::min(o.n, 16))));
+  if (!g.json) std::printf("wrote %zu images, grid.png and samples.jsonl to %s\n", ps.size(), o.out.c_str());
+  return Status::ok_status();
+}
+
+}  // namespace
+
+void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
+  static GenOptions o;
+  auto data_flags = [](CLI::App* s) {
+    s->add_option("--data", o.data, "prepared cache directory (lesionflow data prepare)");
+    s->add_option("--captions", o.captions, "captions.jsonl (id, caption); default: composed from metadata");
+    s->add_option("--splits", o.splits, "splits CSV: train on 'train', validate on 'val'");
+    s->add_option("--vocab", o.vocab, "tokenizer vocabulary size (upper bound)")->capture_default_str();
+  };
+  auto* text = app.add_subcommand("text", "tokenizer tools");
+  text->require_subcommand(1);
+  auto* tt = text->add_subcommand("train-tokenizer", "train a sentencepiece model on the captions");
+  data_flags(tt);
+  tt->add_option("--out", o.out, "output .model file")->required();
+  tt->callback([&g, run]() { *run = [&g]() { return run_tokenizer(o, g); }; });
+
+  auto* tr = app.add_subcommand("train", "train the text-to-image rectified-flow generator");
+  data_flags(tr);
+  tr->add_option("--tokenizer", o.tokenizer, "sentencepiece model (default: train one on the captions)");
+  tr->add_option("--preset", o.preset, "tiny | small | base")->capture_default_str();
+  tr->add_option("--prediction", o.prediction, "velocity | x (default: the preset's)");
+  tr->add_option("--steps", o.steps, "total optimisation steps")->capture_default_str();
+  tr->add_option("--batch", o.batch, "batch size")->capture_default_str();
+  tr->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
+  tr->add_option("--max-minutes", o.max_minutes, "wall-clock budget; checkpoint and stop (0 = none)");
+  tr->add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps")->capture_default_str();
+  tr->add_option("--sample-every", o.sample_every, "validation grid every N steps")->capture_default_str();
+  tr->add_option("--log-every", o.log_every, "metrics every N steps")->capture_default_str();
+  tr->add_flag("--resume", o.resume, "continue the run in --out exactly where it stopped");
+  tr->add_option("--out", o.out, "run directory")->required();
+  tr->callback([&g, run]() { *run = [&g]() { return run_train(o, g); }; });
+
+  auto* sa = app.add_subcommand("sample", "generate images from prompts with a trained generator");
+  sa->add_option("--checkpoint", o.checkpoint, "generator .safetensors (ema.safetensors of a run)")->required();
+  sa->add_option("--prompt", o.prompts, "prompt (repeatable)");
+  sa->add_option("--prompts-file", o.prompts_file, "one prompt per line");
+  sa->add_option("--n", o.n, "images per prompt")->capture_default_str();
+  sa->add_option("--steps", o.sample_steps, "sampler steps")->capture_default_str();
+  sa->add_option("--cfg", o.cfg, "classifier-free guidance scale (1 = off)")->capture_default_str();
+  sa->add_option("--sampler", o.sampler, "euler | heun")->capture_default_str();
+  sa->add_option("--shift", o.shift, "timestep shift of the schedule")->capture_default_str();
+  sa->add_option("--out", o.out, "output directory")->required();
+  sa->callback([&g, run]() { *run = [&g]() { return run_sample(o, g); }; });
+}
+
+}  // namespace lf::cli
