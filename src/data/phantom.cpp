@@ -28,8 +28,10 @@ std::array<uint8_t, 3> colour_rgb(int c) {
 }
 
 std::array<uint8_t, 3> skin_rgb(int f) {
-  static const uint8_t k[6][3] = {{242, 206, 192}, {226, 184, 160}, {204, 154, 122},
-                                  {168, 118, 86},  {122, 82, 58},   {84, 58, 42}};
+  // Chosen so the ITA angle of each falls in its band (I > 55, II 41-55, III 28-41, IV 10-28,
+  // V -30..10, VI < -30): 71.8, 46.3, 36.1, 18.2, -16.1, -57.8 degrees.
+  static const uint8_t k[6][3] = {{242, 206, 192}, {218, 170, 140}, {204, 154, 122},
+                                  {180, 130, 96},  {136, 94, 68},   {84, 58, 42}};
   f = std::clamp(f, 1, 6);
   return {k[f - 1][0], k[f - 1][1], k[f - 1][2]};
 }
@@ -130,7 +132,7 @@ void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb_out, cv::Mat*
   if (irr > 0) {
     int nh = 5;
     for (int i = 0; i < nh; ++i) {
-      int k = 5 + static_cast<int>(U(rng) * 10);  // 5..14
+      int k = 6 + static_cast<int>(U(rng) * 9);  // 6..14 (above the shape harmonics <= 5)
       if (p.asymmetry_axes == 0 && (k % 2)) ++k;  // even only
       double phase = p.asymmetry_axes == 2 ? U(rng) * 2 * M_PI : (U(rng) < 0.5 ? 0.0 : M_PI);
       hs.push_back({k, irr * 0.22 / std::sqrt(static_cast<double>(nh)) * (0.6 + 0.8 * U(rng)), phase});

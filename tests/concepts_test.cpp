@@ -1,0 +1,150 @@
+#include <opencv2/imgproc.hpp>
+
+#include "lesionflow/concepts.h"
+#include "lesionflow/io.h"
+#include "test_util.h"
+
+namespace lf {
+
+namespace {
+double dice(const cv::Mat& a, const cv::Mat& b) {
+  double inter = cv::countNonZero(a & b), s = cv::countNonZero(a) + cv::countNonZero(b);
+  return s > 0 ? 2 * inter / s : 1.0;
+}
+}  // namespace
+
+TEST(Concepts, PhantomAsymmetryColoursAndSegmentationMatchGroundTruth) {
+  int exact_asym = 0, n = 0;
+  double tp = 0, fp = 0, fn = 0, dice_sum = 0;
+  for (uint64_t s = 0; s < 120; ++s) {
+    PhantomParams p = sample_phantom_params(1000 + s);
+    cv::Mat rgb, mask, seg;
+    render_phantom(p, 128, &rgb, &mask);
+    Measurements m = measure_lesion(rgb, mask);  // given mask
+    ASSERT_TRUE(m.ok) << m.warning;
+    exact_asym += m.asymmetry == p.asymmetry_axes;
+    for (int c = 0; c < kNumColours; ++c) {
+      bool truth = p.colours & (1u << c);
+      tp += truth && m.colour_present[c];
+      fp += !truth && m.colour_present[c];
+      fn += truth && !m.colour_present[c];
+    }
+    segment_lesion(rgb, &seg);
+    dice_sum += dice(seg, mask);
+    ++n;
+  }
+  double f1 = 2 * tp / (2 * tp + fp + fn);
+  EXPECT_GE(exact_asym, 0.9 * n) << exact_asym << "/" << n;
+  EXPECT_GE(f1, 0.9);
+  EXPECT_GE(dice_sum / n, 0.85);
+  RecordProperty("asymmetry_exact", exact_asym);
+  std::printf("phantoms: asymmetry exact %d/%d, colour F1 %.3f, auto-segmentation Dice %.3f\n", exact_asym, n, f1,
+              dice_sum / n);
+}
+
+TEST(Concepts, BorderScoreIncreasesWithIrregularity) {
+  std::vector<double> mean_border;
+  for (double irr : {0.0, 0.25, 0.5, 0.75, 1.0}) {
+    double sum = 0;
+    for (int s = 0; s < 24; ++s) {
+      PhantomParams p;
+      p.irregularity = irr;
+      p.asymmetry_axes = s % 3;
+      p.diameter = 0.5 + 0.01 * (s % 10);
+      p.rotation = 0.37 * s;
+      p.seed = 77 + s;
+      cv::Mat rgb, mask;
+      render_phantom(p, 128, &rgb, &mask);
+      sum += measure_lesion(rgb, mask).border;
+    }
+    mean_border.push_back(sum / 24);
+  }
+  for (size_t i = 1; i < mean_border.size(); ++i)
+    EXPECT_GT(mean_border[i], mean_border[i - 1]) << "irregularity level " << i;
+  EXPECT_LT(mean_border.front(), 1.5);
+  EXPECT_GT(mean_border.back(), 5.0);
+}
+
+TEST(Concepts, SkinToneBandFromIta) {
+  for (int f = 1; f <= 6; ++f) {
+    PhantomParams p;
+    p.fitzpatrick = f;
+    p.colours = 1u << 5;  // black lesion: contrast on every skin
+    cv::Mat rgb, mask;
+    render_phantom(p, 96, &rgb, &mask);
+    EXPECT_EQ(measure_lesion(rgb, mask).fitzpatrick, f);
+  }
+}
+
+TEST(Concepts, BadInputsGiveWarningsAndHonestCaptions) {
+  Record r;
+  r.dx = "mel";
+  r.label = 1;
+  cv::Mat black(64, 64, CV_8UC3, cv::Scalar(0, 0, 0));
+  Measurements mb = measure_lesion(black, cv::Mat());
+  EXPECT_FALSE(mb.ok);
+  EXPECT_NE(mb.warning.find("black"), std::string::npos) << mb.warning;
+  auto rep = structured_report(facts_from_measurements(r, mb), mb);
+  EXPECT_NE(rep["shape"].get<std::string>().find("not measured"), std::string::npos);
+  std::string cap = compose_caption(facts_from_measurements(r, mb));
+  EXPECT_EQ(cap.find("asymmetric"), std::string::npos);
+  EXPECT_EQ(cap.find("colour"), std::string::npos);
+
+  auto skin = skin_rgb(2);
+  cv::Mat plain(64, 64, CV_8UC3, cv::Scalar(skin[0], skin[1], skin[2]));
+  Measurements mp = measure_lesion(plain, cv::Mat());
+  EXPECT_FALSE(mp.ok);
+  EXPECT_NE(mp.warning.find("no lesion"), std::string::npos) << mp.warning;
+
+  PhantomParams p;
+  p.colours = 0b001100;
+  cv::Mat rgb, mask;
+  render_phantom(p, 64, &rgb, &mask);
+  cv::Mat wrong(32, 32, CV_8UC1, cv::Scalar(255));
+  Measurements mw = measure_lesion(rgb, wrong);
+  EXPECT_TRUE(mw.ok);
+  EXPECT_EQ(mw.mask_source, "auto");
+  EXPECT_NE(mw.warning.find("differs from image"), std::string::npos);
+}
+
+TEST(Captions, ComposerStatesOnlyKnownFactsWithVariety) {
+  CaptionFacts f;
+  f.dx = "mel"; f.label = 1; f.age = 60; f.sex = "male"; f.site = "back";
+  f.asymmetry = 2; f.border = 6; f.colours = {"light brown", "dark brown", "blue-gray", "black"};
+  std::string c = compose_caption(f);
+  EXPECT_EQ(c, "dermoscopic image of a malignant melanoma on the back of a 60-year-old man; asymmetric in two "
+               "axes, irregular border, four colours: light brown, dark brown, blue-gray and black");
+  std::set<std::string> variants;
+  for (uint64_t s = 1; s < 40; ++s) {
+    std::string v = compose_caption(f, s);
+    EXPECT_NE(v.find("melanoma"), std::string::npos);
+    EXPECT_NE(v.find("blue-gray"), std::string::npos);
+    EXPECT_EQ(v, compose_caption(f, s));  // deterministic per seed
+    variants.insert(v);
+  }
+  EXPECT_GE(variants.size(), 5u);
+  CaptionFacts u;
+  EXPECT_EQ(compose_caption(u), "dermoscopic image of a skin lesion");
+}
+
+TEST(ConceptsData, HamSegmentationDiceAgainstProvidedMasks) {
+  if (!test::have_ham()) GTEST_SKIP();
+  auto ds = load_dataset("ham10000:" + test::ham_dir());
+  ASSERT_TRUE(ds.ok());
+  double sum = 0;
+  int n = 0;
+  for (size_t i = 12; i < ds->records.size(); i += 25) {  // disjoint from the tuning subset
+    auto img = read_image(ds->records[i].image_path);
+    auto gt = read_mask(ds->records[i].mask_path);
+    ASSERT_TRUE(img.ok() && gt.ok());
+    cv::Mat rgb, seg;
+    cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
+    segment_lesion(rgb, &seg);
+    sum += dice(seg, *gt);
+    ++n;
+  }
+  std::printf("HAM10000 auto-segmentation: mean Dice %.3f over %d images\n", sum / n, n);
+  EXPECT_GE(sum / n, 0.75);
+}
+
+}  // namespace lf
