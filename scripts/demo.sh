@@ -1,15 +1,33 @@
 #!/usr/bin/env bash
-# Set up, build and run the demo on the embedded phantom dataset (no files needed).
+# Set up, build and run the whole pipeline on the embedded phantom lesions (no files needed),
+# ending with a self-contained HTML report. Pipeline time after the build: about 6-8 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
 OUT=${OUT:-out/demo}
 LF=./build/lesionflow
+N=${N:-2000}
+TRAIN_MINUTES=${TRAIN_MINUTES:-4}
 mkdir -p "$OUT"
 $LF doctor
-$LF data phantom --n 32 --out "$OUT/phantoms"
-$LF data inspect --dataset phantom:2000 --json > "$OUT/summary.json"
-$LF data split --dataset phantom:2000 --out "$OUT/splits.csv"
-$LF data prepare --dataset phantom:2000 --out "$OUT/cache"
-echo "demo summary: $OUT/summary.json (phantom grid: $OUT/phantoms/grid.png)"
+$LF data phantom --n 32 --size 64 --out "$OUT/phantoms"
+$LF data inspect --dataset phantom:$N --json > "$OUT/summary.json"
+$LF data split --dataset phantom:$N --out "$OUT/splits.csv"
+$LF caption --dataset phantom:$N --out "$OUT/captions.jsonl" --quiet
+$LF data prepare --dataset phantom:$N --out "$OUT/cache32" --size 32 --quiet
+$LF train --data "$OUT/cache32" --captions "$OUT/captions.jsonl" --splits "$OUT/splits.csv" \
+    --preset tiny --steps 3000 --batch 32 --lr 1e-3 --max-minutes "$TRAIN_MINUTES" \
+    --sample-every 100 --val-every 50 --ckpt-every 250 --out "$OUT/generator"
+cat > "$OUT/prompts.txt" <<'P'
+dermoscopic image of a malignant melanoma on the back of a 65-year-old man; asymmetric in two axes, irregular border, four colours: white, dark brown, blue-gray and black
+dermoscopic image of a benign melanocytic nevus on the trunk of a 40-year-old woman; symmetric, regular border, one colour: light brown
+dermoscopic image of a benign melanocytic nevus on the back of a 30-year-old woman; symmetric, regular border, two colours: light brown and dark brown
+dermoscopic image of a malignant melanoma on the face of a 70-year-old woman; asymmetric in one axis, irregular border, three colours: red, dark brown and black
+P
+$LF sample --checkpoint "$OUT/generator/ema.safetensors" --prompts-file "$OUT/prompts.txt" \
+    --n 8 --steps 20 --cfg 3 --out "$OUT/samples"
+$LF report --title "lesionflow demo (phantom lesions)" --data-summary "$OUT/summary.json" \
+    --captions "$OUT/captions.jsonl" --train-run "$OUT/generator" --samples "$OUT/samples" \
+    --real "$OUT/cache32" --out "$OUT/report.html"
+echo "demo report: $(realpath "$OUT/report.html")"

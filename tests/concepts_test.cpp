@@ -125,6 +125,12 @@ TEST(Captions, ComposerStatesOnlyKnownFactsWithVariety) {
   EXPECT_GE(variants.size(), 5u);
   CaptionFacts u;
   EXPECT_EQ(compose_caption(u), "dermoscopic image of a skin lesion");
+  CaptionFacts k;
+  k.dx = "bkl"; k.label = 0; k.age = 80; k.sex = "female";
+  EXPECT_EQ(compose_caption(k), "dermoscopic image of a benign keratosis of an 80-year-old woman");
+  EXPECT_EQ(apply_template("{malignancy} {dx}[ on the {site}][, {colours}]", k), "benign benign keratosis");
+  k.site = "back";
+  EXPECT_EQ(apply_template("{dx}[ on the {site}][, {colours}]", k), "benign keratosis on the back");
 }
 
 TEST(ConceptsData, HamSegmentationDiceAgainstProvidedMasks) {

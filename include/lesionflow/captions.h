@@ -22,7 +22,9 @@ struct CaptionFacts {
   int fitzpatrick = -1;              // 1..6; -1 unknown
 };
 
-// Facts from metadata, plus the known ground truth for phantoms.
+// Facts given by the metadata alone (diagnosis, label, age, sex, site).
+CaptionFacts metadata_facts(const Record& r);
+// Metadata facts plus the known ground truth for phantoms.
 CaptionFacts facts_from_record(const Record& r);
 
 // Short caption (a few dozen tokens). variant_seed picks among paraphrases and the order of the
@@ -32,4 +34,12 @@ std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed = 0);
 std::string number_word(int n);  // 1 -> "one", ...
 std::string roman(int n);        // 1..6 -> "I".."VI"
 
+}  // namespace lf
+
+namespace lf {
+// User template (no recompiling): placeholders {dx} {malignancy} {site} {age} {sex}
+// {asymmetry} {border} {colours} {size} {skin}. A placeholder whose fact is unknown becomes
+// empty, and the whole "[ ... ]" group around it is dropped, e.g.
+//   "dermoscopy of {malignancy} {dx}[ on the {site}][; {colours}]"
+std::string apply_template(const std::string& tmpl, const CaptionFacts& f);
 }  // namespace lf

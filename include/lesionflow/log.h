@@ -17,7 +17,8 @@ void log_error(const std::string& msg);
 // Progress: "label  123/1000 (12.3%)  45.6 it/s  ETA 0:19" on stderr, throttled.
 class Progress {
  public:
-  Progress(std::string label, int64_t total, std::string unit = "it");
+  // `start`: work already done before this run (resumed training); rate and ETA count from it.
+  Progress(std::string label, int64_t total, std::string unit = "it", int64_t start = 0);
   void update(int64_t done, const std::string& extra = "");
   void finish(const std::string& extra = "");
   double elapsed_seconds() const;
@@ -25,7 +26,7 @@ class Progress {
 
  private:
   std::string label_, unit_;
-  int64_t total_;
+  int64_t total_, start_count_;
   std::chrono::steady_clock::time_point start_, last_print_;
   bool printed_ = false;
 };

@@ -16,13 +16,18 @@ std::string roman(int n) {
   return n >= 1 && n <= 6 ? k[n] : "?";
 }
 
-CaptionFacts facts_from_record(const Record& r) {
+CaptionFacts metadata_facts(const Record& r) {
   CaptionFacts f;
   f.dx = r.dx;
   f.label = r.label;
   f.age = r.age;
   f.sex = r.sex;
   f.site = r.site;
+  return f;
+}
+
+CaptionFacts facts_from_record(const Record& r) {
+  CaptionFacts f = metadata_facts(r);
   if (r.extra.contains("phantom")) {
     PhantomParams p = PhantomParams::from_json(r.extra["phantom"]);
     f.asymmetry = p.asymmetry_axes;
@@ -58,9 +63,10 @@ std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed) {
   std::string what;
   if (!f.dx.empty() && f.dx != "unk") {
     std::string name = dx_long_name(f.dx);
-    if (f.label == 1 && f.dx != "mel") what = "a malignant " + name;
-    else if (f.label == 1) what = "a malignant " + name;
-    else if (f.label == 0) what = "a benign " + name;
+    // Say benign/malignant once ("a benign keratosis", not "a benign benign keratosis").
+    bool says = name.find("benign") != std::string::npos || name.find("malignant") != std::string::npos;
+    if (f.label == 1 && !says) what = "a malignant " + name;
+    else if (f.label == 0 && !says) what = "a benign " + name;
     else what = "a " + name;
   } else {
     what = f.label == 1 ? "a malignant lesion" : f.label == 0 ? "a benign lesion" : "a skin lesion";
@@ -94,6 +100,55 @@ std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed) {
   if (!canon && clauses.size() > 1) std::shuffle(clauses.begin(), clauses.end(), rng);
   for (size_t i = 0; i < clauses.size(); ++i) s += (i == 0 ? "; " : ", ") + clauses[i];
   return s;
+}
+
+}  // namespace lf
+
+namespace lf {
+
+std::string apply_template(const std::string& tmpl, const CaptionFacts& f) {
+  auto value = [&](const std::string& key) -> std::string {
+    if (key == "dx") return f.dx.empty() || f.dx == "unk" ? "" : dx_long_name(f.dx);
+    if (key == "malignancy") return f.label == 1 ? "malignant" : f.label == 0 ? "benign" : "";
+    if (key == "site") return f.site == "unknown" ? "" : f.site;
+    if (key == "age") return f.age < 0 ? "" : std::to_string(static_cast<int>(f.age));
+    if (key == "sex") return f.sex == "unknown" ? "" : f.sex;
+    if (key == "asymmetry")
+      return f.asymmetry < 0 ? "" : f.asymmetry == 0 ? "symmetric" : f.asymmetry == 1 ? "asymmetric in one axis" : "asymmetric in two axes";
+    if (key == "border")
+      return f.border < 0 ? "" : f.border <= 1 ? "regular border" : f.border <= 4 ? "slightly irregular border" : "irregular border";
+    if (key == "colours") return join_list(f.colours);
+    if (key == "size")
+      return f.size_fraction <= 0 ? "" : f.size_fraction < 0.3 ? "small" : f.size_fraction < 0.55 ? "medium-sized" : "large";
+    if (key == "skin") return f.fitzpatrick < 1 ? "" : "fitzpatrick type " + roman(f.fitzpatrick) + " skin";
+    return "{" + key + "}";
+  };
+  // Expand placeholders; track whether each [group] had an unknown one.
+  std::string out, group;
+  bool in_group = false, group_ok = true;
+  for (size_t i = 0; i < tmpl.size(); ++i) {
+    char c = tmpl[i];
+    std::string& dst = in_group ? group : out;
+    if (c == '[' && !in_group) { in_group = true; group.clear(); group_ok = true; continue; }
+    if (c == ']' && in_group) { if (group_ok) out += group; in_group = false; continue; }
+    if (c == '{') {
+      size_t e = tmpl.find('}', i);
+      if (e != std::string::npos) {
+        std::string v = value(tmpl.substr(i + 1, e - i - 1));
+        if (v.empty()) group_ok = false;
+        dst += v;
+        i = e;
+        continue;
+      }
+    }
+    dst += c;
+  }
+  // Tidy doubled spaces left by empty placeholders outside groups.
+  std::string tidy;
+  for (char c : out)
+    if (!(c == ' ' && !tidy.empty() && tidy.back() == ' ')) tidy += c;
+  while (!tidy.empty() && tidy.back() == ' ') tidy.pop_back();
+  return tidy;
 }
 
 }  // namespace lf

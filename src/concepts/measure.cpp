@@ -363,12 +363,7 @@ nlohmann::json Measurements::to_json() const {
 }
 
 CaptionFacts facts_from_measurements(const Record& r, const Measurements& m) {
-  CaptionFacts f;
-  f.dx = r.dx;
-  f.label = r.label;
-  f.age = r.age;
-  f.sex = r.sex;
-  f.site = r.site;
+  CaptionFacts f = metadata_facts(r);
   if (!m.ok) return f;
   f.asymmetry = m.asymmetry;
   f.border = m.border;

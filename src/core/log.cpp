@@ -24,8 +24,8 @@ void log_info(const std::string& m) { emit(LogLevel::kInfo, "", m); }
 void log_warn(const std::string& m) { emit(LogLevel::kWarn, "warning: ", m); }
 void log_error(const std::string& m) { emit(LogLevel::kError, "error: ", m); }
 
-Progress::Progress(std::string label, int64_t total, std::string unit)
-    : label_(std::move(label)), unit_(std::move(unit)), total_(total) {
+Progress::Progress(std::string label, int64_t total, std::string unit, int64_t start)
+    : label_(std::move(label)), unit_(std::move(unit)), total_(total), start_count_(start) {
   start_ = last_print_ = std::chrono::steady_clock::now();
 }
 
@@ -55,7 +55,7 @@ void Progress::update(int64_t done, const std::string& extra) {
   last_print_ = now;
   printed_ = true;
   double el = elapsed_seconds();
-  double rate = el > 0 ? done / el : 0;
+  double rate = el > 0 ? (done - start_count_) / el : 0;
   double eta = (rate > 0 && total_ > 0) ? (total_ - done) / rate : -1;
   std::lock_guard<std::mutex> lock(g_mu);
   std::fprintf(stderr, "%s%s %lld/%lld (%.1f%%) %.1f %s/s elapsed %s ETA %s %s%s", tty ? "\r" : "",
@@ -72,7 +72,7 @@ void Progress::finish(const std::string& extra) {
   std::lock_guard<std::mutex> lock(g_mu);
   std::fprintf(stderr, "%s%s done: %lld %s in %s (%.1f %s/s) %s\n", isatty(2) ? "\r\x1b[K" : "",
                label_.c_str(), (long long)total_, unit_.c_str(), format_duration(el).c_str(),
-               el > 0 ? total_ / el : 0.0, unit_.c_str(), extra.c_str());
+               el > 0 ? (total_ - start_count_) / el : 0.0, unit_.c_str(), extra.c_str());
 }
 
 }  // namespace lf

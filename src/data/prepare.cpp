@@ -11,6 +11,7 @@
 
 #include "lesionflow/data.h"
 #include "lesionflow/io.h"
+#include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/phantom.h"
 
@@ -164,19 +165,8 @@ Result<PreparedSet> load_prepared(const std::string& dir) {
   ps.images.assign(im.data.begin(), im.data.end());
   ps.masks.assign(st.tensors["masks"].data.begin(), st.tensors["masks"].data.end());
   ps.has_mask.assign(st.tensors["has_mask"].data.begin(), st.tensors["has_mask"].data.end());
-  std::ifstream in(dir + "/records.jsonl");
-  if (!in) return Status::error(dir + "/records.jsonl: cannot open");
-  std::string line;
-  int ln = 0;
-  while (std::getline(in, line)) {
-    ++ln;
-    if (line.empty()) continue;
-    try {
-      ps.records.push_back(record_from_json(nlohmann::json::parse(line)));
-    } catch (const std::exception& e) {
-      return Status::error(dir + "/records.jsonl:" + std::to_string(ln) + ": invalid JSON: " + e.what());
-    }
-  }
+  LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(dir + "/records.jsonl"));
+  for (const auto& j : lines) ps.records.push_back(record_from_json(j));
   if (ps.count() != im.shape[0])
     return Status::error(dir + ": records.jsonl has " + std::to_string(ps.count()) +
                          " records but images has " + std::to_string(im.shape[0]));

@@ -343,7 +343,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   GenTrainResult res;
   auto t_start = std::chrono::steady_clock::now();
   const int64_t start_step = step;
-  Progress prog("train", cfg.steps, "step");
+  Progress prog("train", cfg.steps, "step", step);
   model->train();
   while (step < cfg.steps) {
     double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 60;

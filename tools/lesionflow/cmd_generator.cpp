@@ -8,6 +8,7 @@
 #include "lesionflow/captions.h"
 #include "lesionflow/data.h"
 #include "lesionflow/io.h"
+#include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/report.h"
 #include "lesionflow/tokenizer.h"
@@ -28,7 +29,7 @@ struct GenOptions {
   int batch = 32;
   double lr = 3e-4;
   double max_minutes = 0;
-  int ckpt_every = 250, sample_every = 500, log_every = 25;
+  int ckpt_every = 250, sample_every = 500, log_every = 25, val_every = 250;
   bool resume = false;
   std::string out;
   // sample
@@ -61,19 +62,11 @@ Result<LoadedData> load_data(const GenOptions& o) {
   LF_ASSIGN_OR_RETURN(d.ps, load_prepared(o.data));
   std::map<std::string, std::string> given;
   if (!o.captions.empty()) {
-    std::ifstream in(o.captions);
-    if (!in) return Status::error(o.captions + ": cannot open");
-    std::string line;
-    int ln = 0;
-    while (std::getline(in, line)) {
-      ++ln;
-      if (line.empty()) continue;
-      try {
-        auto j = nlohmann::json::parse(line);
-        given[j.at("id").get<std::string>()] = j.at("caption").get<std::string>();
-      } catch (const std::exception& e) {
-        return Status::error(o.captions + ":" + std::to_string(ln) + ": " + e.what());
-      }
+    LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(o.captions));
+    for (size_t i = 0; i < lines.size(); ++i) {
+      if (!lines[i].contains("id") || !lines[i].contains("caption"))
+        return Status::error(o.captions + ": record " + std::to_string(i + 1) + " lacks 'id' or 'caption'");
+      given[lines[i]["id"].get<std::string>()] = lines[i]["caption"].get<std::string>();
     }
   }
   for (const auto& r : d.ps.records) {
@@ -164,6 +157,7 @@ Status run_train(const GenOptions& o, const GlobalOptions& g) {
   tc.ckpt_every = o.ckpt_every;
   tc.sample_every = o.sample_every;
   tc.log_every = o.log_every;
+  tc.val_every = o.val_every;
   tc.warmup = std::min<int64_t>(100, o.steps / 10 + 1);
   tc.flow.prediction = mc.prediction;
   // Validation prompts: the first validation caption of each label, then of each dx.
@@ -264,6 +258,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps")->capture_default_str();
   tr->add_option("--sample-every", o.sample_every, "validation grid every N steps")->capture_default_str();
   tr->add_option("--log-every", o.log_every, "metrics every N steps")->capture_default_str();
+  tr->add_option("--val-every", o.val_every, "validation loss (EMA weights) every N steps")->capture_default_str();
   tr->add_flag("--resume", o.resume, "continue the run in --out exactly where it stopped");
   tr->add_option("--out", o.out, "run directory")->required();
   tr->callback([&g, run]() { *run = [&g]() { return run_train(o, g); }; });

@@ -1,0 +1,31 @@
+// JSON Lines reading with errors that name the file and line.
+#pragma once
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "lesionflow/status.h"
+
+namespace lf {
+
+// Every non-empty line parsed as JSON; a bad line is an error "PATH:LINE: ...".
+inline Result<std::vector<nlohmann::json>> read_jsonl(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::error(path + ": cannot open");
+  std::vector<nlohmann::json> out;
+  std::string line;
+  int ln = 0;
+  while (std::getline(in, line)) {
+    ++ln;
+    if (line.empty()) continue;
+    try {
+      out.push_back(nlohmann::json::parse(line));
+    } catch (const std::exception& e) {
+      return Status::error(path + ":" + std::to_string(ln) + ": invalid JSON: " + e.what());
+    }
+  }
+  return out;
+}
+
+}  // namespace lf
