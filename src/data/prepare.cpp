@@ -14,6 +14,7 @@
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/phantom.h"
+#include "lesionflow/record_pixels.h"
 
 namespace lf {
 
@@ -55,30 +56,18 @@ Result<PreparedSet> prepare(const Dataset& ds, const PrepareConfig& cfg, Prepare
       if (i >= n) break;
       const Record& r = ds.records[i];
       cv::Mat rgb, mask;
-      if (r.source == "phantom") {
-        PhantomParams p = PhantomParams::from_json(r.extra.at("phantom"));
-        render_phantom(p, S, &rgb, &mask);
-      } else {
-        auto img = read_image(r.image_path);
-        if (!img.ok()) {
-          errors[i] = img.status().message();
-        } else {
-          cv::cvtColor(fit_square(*img, cfg.fit, S, false), rgb, cv::COLOR_BGR2RGB);
-          if (!r.mask_path.empty()) {
-            auto m = read_mask(r.mask_path);
-            if (m.ok() && m->size() == img->size()) {
-              mask = fit_square(*m, cfg.fit, S, true);
-            } else if (m.ok()) {
-              std::lock_guard<std::mutex> lock(mu);
-              log_warn(r.mask_path + ": mask size " + std::to_string(m->cols) + "x" +
-                       std::to_string(m->rows) + " differs from image " + std::to_string(img->cols) +
-                       "x" + std::to_string(img->rows) + "; mask ignored");
-            } else {
-              std::lock_guard<std::mutex> lock(mu);
-              log_warn(m.status().message() + "; mask ignored");
-            }
-          }
-        }
+      std::string mask_warning;
+      Status st = load_record_pixels(r, S, &rgb, &mask, &mask_warning);
+      if (!st.ok()) {
+        errors[i] = st.message();
+        rgb = cv::Mat();
+      } else if (r.source != "phantom") {
+        rgb = fit_square(rgb, cfg.fit, S, false);
+        if (!mask.empty()) mask = fit_square(mask, cfg.fit, S, true);
+      }
+      if (!mask_warning.empty()) {
+        std::lock_guard<std::mutex> lock(mu);
+        log_warn(mask_warning);
       }
       if (!rgb.empty()) {
         std::memcpy(images.data() + i * S * S * 3, rgb.data, S * S * 3);

@@ -14,6 +14,7 @@
 #include "lesionflow/llm.h"
 #include "lesionflow/log.h"
 #include "lesionflow/metrics.h"
+#include "lesionflow/record_pixels.h"
 
 namespace lf::cli {
 namespace {
@@ -74,19 +75,12 @@ Status run_caption(const CaptionOptions& o, const GlobalOptions& g) {
       if (i >= n) break;
       const Record& r = ds.records[i];
       cv::Mat rgb, mask;
-      std::string err;
-      if (r.source == "phantom") {
-        render_phantom(PhantomParams::from_json(r.extra["phantom"]), 128, &rgb, &mask);
-      } else {
-        auto img = read_image(r.image_path);
-        if (!img.ok()) err = img.status().message();
-        else {
-          cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
-          if (!r.mask_path.empty()) {
-            auto mk = read_mask(r.mask_path);
-            if (mk.ok()) mask = *mk;
-          }
-        }
+      std::string mask_warning;
+      Status st = load_record_pixels(r, 128, &rgb, &mask, &mask_warning);
+      std::string err = st.ok() ? "" : st.message();
+      if (!mask_warning.empty()) {
+        std::lock_guard<std::mutex> lock(mu);
+        log_warn(mask_warning);
       }
       Item& it = items[i];
       if (!err.empty()) {

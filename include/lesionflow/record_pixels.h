@@ -1,0 +1,18 @@
+// Pixels of one dataset record: shared by `data prepare`, `caption` and the classifiers.
+#pragma once
+#include <opencv2/core.hpp>
+#include <string>
+
+#include "lesionflow/data.h"
+#include "lesionflow/status.h"
+
+namespace lf {
+
+// Loads a record's image as 8-bit RGB and its mask (CV_8U, same size) when one exists.
+// Phantom records are rendered at `phantom_size`. A missing or unreadable image is an error
+// naming the file; a mask that is unreadable or of the wrong size is dropped (mask stays
+// empty) and described in *mask_warning so callers can log it once.
+Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::Mat* mask,
+                          std::string* mask_warning);
+
+}  // namespace lf
