@@ -1,6 +1,8 @@
 // Classification metrics (no torch): ROC AUC with ties, ROC curve, accuracy, balanced accuracy,
 // sensitivity/specificity at a threshold.
 #pragma once
+#include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -15,5 +17,39 @@ struct BinaryMetrics {
   int tp = 0, tn = 0, fp = 0, fn = 0;
 };
 BinaryMetrics binary_metrics(const std::vector<double>& scores, const std::vector<int>& labels, double threshold);
+
+// Operating point chosen on a validation set: the threshold maximising Youden's J
+// (sensitivity + specificity - 1), midway between adjacent distinct scores. 0.5 if undefined.
+double youden_threshold(const std::vector<double>& scores, const std::vector<int>& labels);
+
+struct Interval {
+  double value = 0, lo = 0, hi = 0;  // point estimate and percentile bootstrap 95% CI
+};
+struct EvalSummary {
+  int n = 0, positives = 0;
+  double threshold = 0.5;
+  Interval auc, accuracy, balanced_accuracy, sensitivity, specificity;
+};
+// AUC and threshold metrics with percentile bootstrap CIs (B resamples of the test set,
+// seeded). NaN AUCs of resamples with one class are skipped.
+EvalSummary evaluate_binary(const std::vector<double>& scores, const std::vector<int>& labels,
+                            double threshold, int bootstrap = 1000, uint64_t seed = 0);
+
+// Per-subgroup metrics: groups[i] is image i's value of one attribute (e.g. sex "female").
+// Groups with fewer than min_n images or without both classes are listed but not ranked.
+struct GroupMetrics {
+  std::string attribute, group;
+  int n = 0, positives = 0;
+  double auc = 0, balanced_accuracy = 0, accuracy = 0;
+  bool ranked = false;
+};
+std::vector<GroupMetrics> group_metrics(const std::vector<double>& scores, const std::vector<int>& labels,
+                                        double threshold, const std::string& attribute,
+                                        const std::vector<std::string>& groups, int min_n = 20);
+// The ranked group with the lowest balanced accuracy (nullptr if none is ranked).
+const GroupMetrics* worst_group(const std::vector<GroupMetrics>& gm);
+
+// Mean and sample standard deviation (sd 0 for one value; NaNs ignored).
+std::pair<double, double> mean_sd(const std::vector<double>& v);
 
 }  // namespace lf

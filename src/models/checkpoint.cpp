@@ -47,8 +47,8 @@ SafeTensors module_to_safetensors(const torch::nn::Module& m, bool with_buffers)
 }
 
 Status save_module(const std::string& path, const torch::nn::Module& m,
-                   const std::map<std::string, std::string>& metadata) {
-  SafeTensors st = module_to_safetensors(m);
+                   const std::map<std::string, std::string>& metadata, bool with_buffers) {
+  SafeTensors st = module_to_safetensors(m, with_buffers);
   st.metadata = metadata;
   return save_safetensors(path, st);
 }
@@ -66,6 +66,14 @@ Status load_module_tensors(const SafeTensors& st, torch::nn::Module& m, const st
       return Status::error(os.str());
     }
     p.value().copy_(t.to(p.value().dtype()));
+  }
+  for (auto& b : m.named_buffers()) {  // running statistics etc.: restored when saved
+    auto it = st.tensors.find(b.key());
+    if (it == st.tensors.end()) continue;
+    LF_ASSIGN_OR_RETURN(torch::Tensor t, from_raw(it->second, path + ": '" + b.key() + "'"));
+    if (t.sizes() != b.value().sizes())
+      return Status::error(path + ": buffer '" + b.key() + "' has the wrong shape");
+    b.value().copy_(t.to(b.value().dtype()));
   }
   return Status::ok_status();
 }

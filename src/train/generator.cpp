@@ -11,6 +11,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/report.h"
 #include "models/checkpoint.h"
+#include "train/common.h"
 
 namespace lf {
 using torch::Tensor;
@@ -61,8 +62,7 @@ std::pair<Tensor, Tensor> trim_padding(const Tensor& ids, const Tensor& mask) {
 
 namespace {
 
-constexpr char kStateMagic[8] = {'L', 'F', 'S', 'T', 'A', 'T', 'E', '1'};
-constexpr uint32_t kStateVersion = 1;
+
 
 std::map<std::string, std::string> generator_metadata(const MMDiT& model, const Tokenizer& tok,
                                                       int64_t step, const FlowConfig& flow,
@@ -76,108 +76,6 @@ std::map<std::string, std::string> generator_metadata(const MMDiT& model, const 
           {"tokenizer_hash", tok.hash()},
           {"step", std::to_string(step)},
           {"weights", kind}};
-}
-
-Status save_state(const std::string& path, int64_t step, torch::optim::Optimizer& opt) {
-  std::ostringstream os;
-  os.write(kStateMagic, 8);
-  os.write(reinterpret_cast<const char*>(&kStateVersion), 4);
-  os.write(reinterpret_cast<const char*>(&step), 8);
-  std::ostringstream ob;
-  torch::serialize::OutputArchive ar;
-  opt.save(ar);
-  ar.save_to(ob);
-  std::string b = ob.str();
-  uint64_t n = b.size();
-  os.write(reinterpret_cast<const char*>(&n), 8);
-  os << b;
-  return write_file_atomic(path, os.str());
-}
-
-Result<int64_t> load_state(const std::string& path, torch::optim::Optimizer& opt) {
-  LF_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
-  if (bytes.size() < 28 || bytes.compare(0, 8, std::string(kStateMagic, 8)) != 0)
-    return Status::error(path + ": not a lesionflow training state (bad magic)");
-  uint32_t ver;
-  int64_t step;
-  uint64_t n;
-  std::memcpy(&ver, bytes.data() + 8, 4);
-  if (ver != kStateVersion) return Status::error(path + ": unsupported state version " + std::to_string(ver));
-  std::memcpy(&step, bytes.data() + 12, 8);
-  std::memcpy(&n, bytes.data() + 20, 8);
-  if (28 + n > bytes.size()) return Status::error(path + ": truncated training state");
-  std::istringstream is(bytes.substr(28, n));
-  try {
-    torch::serialize::InputArchive ar;
-    ar.load_from(is);
-    opt.load(ar);
-  } catch (const std::exception& e) {
-    return Status::error(path + ": cannot restore optimizer state: " + e.what());
-  }
-  return step;
-}
-
-double lr_at(const GenTrainConfig& c, int64_t step) {
-  if (step < c.warmup) return c.lr * (step + 1) / static_cast<double>(c.warmup);
-  double p = static_cast<double>(step - c.warmup) / std::max<int64_t>(1, c.steps - c.warmup);
-  p = std::min(1.0, p);
-  return c.lr * (c.min_lr_frac + (1 - c.min_lr_frac) * 0.5 * (1 + std::cos(M_PI * p)));
-}
-
-// Indices of the B images of a step: consecutive slices of per-epoch permutations.
-class BatchPlan {
- public:
-  BatchPlan(int64_t n, int B, uint64_t seed) : n_(n), B_(B), seed_(seed) {}
-  std::vector<int64_t> at(int64_t step) {
-    std::vector<int64_t> out(B_);
-    for (int i = 0; i < B_; ++i) {
-      int64_t g = step * B_ + i, e = g / n_;
-      if (e != epoch_) {
-        perm_.resize(n_);
-        std::iota(perm_.begin(), perm_.end(), 0);
-        std::mt19937_64 rng(seed_ * 7919 + e);
-        std::shuffle(perm_.begin(), perm_.end(), rng);
-        epoch_ = e;
-      }
-      out[i] = perm_[g % n_];
-    }
-    return out;
-  }
-
- private:
-  int64_t n_;
-  int B_;
-  uint64_t seed_;
-  int64_t epoch_ = -1;
-  std::vector<int64_t> perm_;
-};
-
-Tensor augment(Tensor x, std::mt19937_64& rng) {  // x: [C,H,W]
-  std::uniform_int_distribution<int> d4(0, 3), d2(0, 1);
-  int k = d4(rng);
-  if (k) x = torch::rot90(x, k, {1, 2});
-  if (d2(rng)) x = torch::flip(x, {2});
-  return x;
-}
-
-void append_line(const std::string& path, const std::string& line) {
-  std::ofstream f(path, std::ios::app);
-  f << line << '\n';
-}
-
-// Keep only metrics up to `step` (resume rewinds the log to the checkpoint).
-void truncate_metrics(const std::string& path, int64_t step) {
-  std::ifstream in(path);
-  if (!in) return;
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    try {
-      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
-    } catch (...) {
-    }
-  }
-  in.close();
-  (void)write_file_atomic(path, kept);
 }
 
 // Sum over channels of |mean_g - mean_r| + |std_g - std_r| (pixel values in [0,1]).
@@ -353,8 +251,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
       break;
     }
     if (cfg.stop_at_step >= 0 && step >= cfg.stop_at_step) break;
-    const double lr = lr_at(cfg, step);
-    for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+    const double lr = warmup_cosine_lr(cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_frac, step);
+    set_lr(opt, lr);
     auto idx = plan.at(step);
     std::mt19937_64 rng(cfg.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step) * 2654435761ULL + 1);
     std::vector<const uint8_t*> px;
@@ -362,7 +260,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     auto x0 = images_to_tensor(px, train.size);
     if (cfg.augment) {
       std::vector<Tensor> xs;
-      for (int64_t i = 0; i < x0.size(0); ++i) xs.push_back(augment(x0[i], rng));
+      for (int64_t i = 0; i < x0.size(0); ++i) xs.push_back(augment_dihedral(x0[i], rng));
       x0 = torch::stack(xs);
     }
     auto sel = torch::from_blob(idx.data(), {static_cast<int64_t>(idx.size())}, torch::kInt64).clone();

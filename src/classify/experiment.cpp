@@ -1,0 +1,186 @@
+#include "classify/experiment.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "lesionflow/io.h"
+#include "lesionflow/jsonl.h"
+#include "lesionflow/log.h"
+#include "lesionflow/metrics.h"
+
+namespace lf {
+
+Result<std::map<std::string, nlohmann::json>> load_caption_map(const std::string& path) {
+  std::map<std::string, nlohmann::json> m;
+  if (path.empty()) return m;
+  LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(path));
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (!lines[i].contains("id")) return Status::error(path + ": record " + std::to_string(i + 1) + " has no 'id'");
+    std::string id = lines[i]["id"].get<std::string>();  // before the move (C++17 evaluates the right side first)
+    m[id] = std::move(lines[i]);
+  }
+  return m;
+}
+
+Result<RealData> load_real_data(const std::string& dir, const std::string& splits, const std::string& captions) {
+  if (dir.empty()) return Status::error("--data CACHE_DIR is required (make one with 'lesionflow data prepare')");
+  if (splits.empty()) return Status::error("--splits CSV is required (make one with 'lesionflow data split')");
+  RealData d;
+  LF_ASSIGN_OR_RETURN(d.ps, load_prepared(dir));
+  LF_ASSIGN_OR_RETURN(d.train, select_split(d.ps.records, splits, "train"));
+  LF_ASSIGN_OR_RETURN(d.val, select_split(d.ps.records, splits, "val"));
+  LF_ASSIGN_OR_RETURN(d.test, select_split(d.ps.records, splits, "test"));
+  if (d.train.empty() || d.val.empty() || d.test.empty())
+    return Status::error(splits + ": needs non-empty train, val and test splits for " + dir);
+  LF_ASSIGN_OR_RETURN(d.captions, load_caption_map(captions));
+  return d;
+}
+
+Result<NamedSet> load_test_dataset(const std::string& spec, int size) {
+  LF_ASSIGN_OR_RETURN(Dataset ds, load_dataset(spec));
+  PrepareConfig pc;
+  pc.size = size;
+  PrepareStats st;
+  LF_ASSIGN_OR_RETURN(PreparedSet ps, prepare(ds, pc, &st));
+  if (st.skipped) log_warn(spec + ": " + std::to_string(st.skipped) + " unreadable images skipped");
+  std::vector<size_t> all(ps.records.size());
+  std::iota(all.begin(), all.end(), 0);
+  NamedSet n{spec, labeled_from_prepared(ps, all, nullptr)};
+  if (n.set.count() == 0) return Status::error(spec + ": no images with a benign/malignant label");
+  return n;
+}
+
+nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& set, double thr, uint64_t seed) {
+  auto e = evaluate_binary(s, set.labels, thr, 1000, seed);
+  auto iv = [](const Interval& i) { return nlohmann::json{{"value", i.value}, {"lo", i.lo}, {"hi", i.hi}}; };
+  nlohmann::json j = {{"n", e.n}, {"positives", e.positives}, {"threshold", thr}, {"auc", iv(e.auc)},
+                      {"accuracy", iv(e.accuracy)}, {"balanced_accuracy", iv(e.balanced_accuracy)},
+                      {"sensitivity", iv(e.sensitivity)}, {"specificity", iv(e.specificity)}};
+  auto roc = roc_curve(s, set.labels);
+  nlohmann::json pts = nlohmann::json::array();
+  size_t stride = std::max<size_t>(1, roc.size() / 100);
+  for (size_t i = 0; i < roc.size(); i += stride) pts.push_back({roc[i].first, roc[i].second});
+  pts.push_back({roc.back().first, roc.back().second});
+  j["roc"] = pts;
+  nlohmann::json groups = nlohmann::json::array();
+  const GroupMetrics* worst = nullptr;
+  std::vector<GroupMetrics> all;
+  for (std::string attr : {"sex", "age", "site", "skin"}) {
+    std::vector<std::string> g;
+    for (auto& m : set.groups) g.push_back(m.count(attr) ? m.at(attr) : "unknown");
+    auto gm = group_metrics(s, set.labels, thr, attr, g);
+    all.insert(all.end(), gm.begin(), gm.end());
+  }
+  for (auto& gm : all)
+    groups.push_back({{"attribute", gm.attribute}, {"group", gm.group}, {"n", gm.n}, {"positives", gm.positives},
+                      {"auc", std::isnan(gm.auc) ? nlohmann::json(nullptr) : nlohmann::json(gm.auc)},
+                      {"balanced_accuracy", gm.balanced_accuracy}, {"ranked", gm.ranked}});
+  worst = worst_group(all);
+  j["groups"] = groups;
+  if (worst)
+    j["worst_group"] = {{"attribute", worst->attribute}, {"group", worst->group}, {"n", worst->n},
+                        {"balanced_accuracy", worst->balanced_accuracy}};
+  return j;
+}
+
+Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, const LabeledSet* synthetic,
+                                   const std::vector<NamedSet>& extra_tests) {
+  const std::string result_path = job.train.out + "/result.json";
+  if (file_exists(result_path)) {
+    LF_ASSIGN_OR_RETURN(std::string txt, read_file(result_path));
+    try {
+      return nlohmann::json::parse(txt);
+    } catch (const std::exception& e) {
+      log_warn(result_path + ": unreadable (" + e.what() + "); running the job again");
+    }
+  }
+  if (job.arm != "real" && job.arm != "real+synthetic" && job.arm != "synthetic")
+    return Status::error("classify: arm must be real, real+synthetic or synthetic (got '" + job.arm + "')");
+  if (job.arm != "real" && (!synthetic || synthetic->count() == 0))
+    return Status::error("classify: arm '" + job.arm + "' needs a synthetic set");
+  // Real training subset: scarcity-sampled at the pool's malignant ratio, one image per lesion first.
+  std::vector<size_t> real_idx = real.train;
+  if (job.real_size > 0 && job.real_size < static_cast<int64_t>(real.train.size())) {
+    LF_ASSIGN_OR_RETURN(real_idx, scarcity_subset(real.ps.records, real.train, job.real_size, -1, job.seed));
+  }
+  LabeledSet train;
+  train.size = real.ps.size;
+  if (job.arm != "synthetic") train.append(labeled_from_prepared(real.ps, real_idx, &real.captions));
+  int64_t n_syn = 0;
+  if (job.arm == "real+synthetic") {
+    train.append(*synthetic, static_cast<float>(job.synthetic_weight));
+    n_syn = synthetic->count();
+  } else if (job.arm == "synthetic") {
+    int64_t want = job.synthetic_size > 0 ? job.synthetic_size : static_cast<int64_t>(real_idx.size());
+    want = std::min<int64_t>(want, synthetic->count());
+    std::vector<int64_t> idx(synthetic->count());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::mt19937_64 rng(job.seed * 31 + 7);
+    std::shuffle(idx.begin(), idx.end(), rng);
+    idx.resize(want);
+    train.append(synthetic->subset(idx));
+    n_syn = want;
+  }
+  if (synthetic && synthetic->size != train.size)
+    return Status::error("classify: synthetic images are " + std::to_string(synthetic->size) + "px, real " +
+                         std::to_string(train.size) + "px");
+  auto val = labeled_from_prepared(real.ps, real.val, &real.captions);
+  auto test = labeled_from_prepared(real.ps, real.test, &real.captions);
+  torch::manual_seed(job.seed);
+  ClassifierConfig mc = job.model;
+  mc.image_size = train.size;
+  Classifier model(mc);
+  ClsTrainConfig tc = job.train;
+  tc.seed = job.seed;
+  log_info("classify " + job.arm + " real " + std::to_string(job.arm == "synthetic" ? 0 : real_idx.size()) +
+           " synthetic " + std::to_string(n_syn) + " seed " + std::to_string(job.seed) + " (" + mc.arch + ") -> " + tc.out);
+  LF_ASSIGN_OR_RETURN(ClsTrainResult tr, train_classifier(tc, model, train, val));
+  nlohmann::json r = {{"arm", job.arm}, {"real_size", job.arm == "synthetic" ? 0 : static_cast<int64_t>(real_idx.size())},
+                      {"requested_real_size", job.real_size}, {"synthetic_size", n_syn}, {"seed", job.seed},
+                      {"arch", mc.arch}, {"model", mc.to_json()}, {"train", tc.to_json()},
+                      {"epochs_run", tr.epochs_run}, {"best_epoch", tr.best_epoch}, {"val_auc", tr.best_val_auc},
+                      {"threshold", tr.threshold}, {"train_seconds", tr.seconds},
+                      {"train_images_per_second", tr.images_per_second}};
+  r["test"] = evaluation_json(predict_malignant(model, test), test, tr.threshold, job.seed);
+  nlohmann::json extra = nlohmann::json::object();
+  for (auto& t : extra_tests) extra[t.name] = evaluation_json(predict_malignant(model, t.set), t.set, tr.threshold, job.seed);
+  r["extra_tests"] = extra;
+  LF_RETURN_IF_ERROR(write_file_atomic(result_path, r.dump(2) + "\n"));
+  return r;
+}
+
+nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
+  std::map<std::string, std::vector<const nlohmann::json*>> cells;  // key orders arch, size, arm
+  auto arm_rank = [](const std::string& a) { return a == "real" ? "0" : a == "real+synthetic" ? "1" : "2"; };
+  for (auto& r : results) {
+    char size[24];
+    std::snprintf(size, sizeof size, "%012lld", (long long)r.value("requested_real_size", int64_t{-1}));
+    cells[r.value("arch", "") + "|" + size + "|" + arm_rank(r.value("arm", ""))].push_back(&r);
+  }
+  nlohmann::json out = nlohmann::json::array();
+  for (auto& [key, rs] : cells) {
+    nlohmann::json c = {{"arch", rs[0]->value("arch", "")}, {"arm", rs[0]->value("arm", "")},
+                        {"real_size", rs[0]->value("requested_real_size", int64_t{-1})},
+                        {"real_images", rs[0]->value("real_size", int64_t{0})},
+                        {"synthetic_size", rs[0]->value("synthetic_size", int64_t{0})}, {"seeds", rs.size()}};
+    for (std::string m : {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"}) {
+      std::vector<double> v;
+      for (auto* r : rs) v.push_back((*r)["test"][m]["value"].get<double>());
+      auto [mean, sd] = mean_sd(v);
+      c[m] = {{"mean", mean}, {"sd", sd}, {"values", v}};
+      // CI of the first seed's run, for scale.
+      c[m]["ci_first_seed"] = {(*rs[0])["test"][m]["lo"], (*rs[0])["test"][m]["hi"]};
+    }
+    std::vector<double> wg;
+    for (auto* r : rs)
+      if ((*r)["test"].contains("worst_group")) wg.push_back((*r)["test"]["worst_group"]["balanced_accuracy"].get<double>());
+    auto [wm, ws] = mean_sd(wg);
+    c["worst_group_balanced_accuracy"] = {{"mean", wm}, {"sd", ws}, {"values", wg}};
+    if ((*rs[0])["test"].contains("worst_group")) c["worst_group_first_seed"] = (*rs[0])["test"]["worst_group"];
+    out.push_back(c);
+  }
+  return out;
+}
+
+}  // namespace lf

@@ -1,0 +1,38 @@
+// Generative audit: fidelity (Frechet distance, k-NN precision/recall in a feature space
+// trained here), classification accuracy score, memorisation (nearest real training image in
+// feature and pixel space) and concept adherence (the concepts module measures the images).
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "classify/classifier.h"
+#include "pch_torch.h"
+
+namespace lf {
+
+// Frechet distance between Gaussians fitted to feature rows a [N,F] and b [M,F] (float64
+// internally; the matrix square root via a symmetric eigendecomposition).
+double frechet_distance(const torch::Tensor& a, const torch::Tensor& b);
+// Improved precision/recall (Kynkaanniemi et al. 2019): a fake sample is "precise" if it lies in
+// the k-NN ball of some real sample, recall symmetrically.
+std::pair<double, double> knn_precision_recall(const torch::Tensor& real, const torch::Tensor& fake, int k = 3);
+// For each row of q, the index of and Euclidean distance to its nearest row of ref
+// (exclude_self: q and ref are the same set; skip the diagonal).
+std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const torch::Tensor& q, const torch::Tensor& ref,
+                                                                  bool exclude_self = false);
+
+struct AuditInputs {
+  Classifier* classifier = nullptr;  // trained on real data only: feature extractor + CAS
+  const LabeledSet* real_train = nullptr;
+  const LabeledSet* real_test = nullptr;
+  const LabeledSet* synthetic = nullptr;
+  std::vector<nlohmann::json> manifest;                   // synthetic manifest lines ("asked")
+  std::map<std::string, nlohmann::json> real_captions;    // id -> captions.jsonl record
+  int max_concept_images = 300;
+  int closest_pairs = 8;
+};
+// JSON with fd, precision/recall, cas, memorisation (+ closest pairs), concept_adherence.
+nlohmann::json run_audit(const AuditInputs& in);
+
+}  // namespace lf

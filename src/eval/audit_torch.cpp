@@ -1,0 +1,189 @@
+#include <algorithm>
+#include <cmath>
+#include <opencv2/core.hpp>
+#include <set>
+
+#include "eval/audit.h"
+#include "lesionflow/concepts.h"
+#include "lesionflow/metrics.h"
+
+namespace lf {
+using torch::Tensor;
+
+double frechet_distance(const Tensor& a0, const Tensor& b0) {
+  auto a = a0.to(torch::kFloat64), b = b0.to(torch::kFloat64);
+  auto mu_a = a.mean(0), mu_b = b.mean(0);
+  auto ca = a - mu_a, cb = b - mu_b;
+  auto sa = ca.t().mm(ca) / std::max<int64_t>(1, a.size(0) - 1);
+  auto sb = cb.t().mm(cb) / std::max<int64_t>(1, b.size(0) - 1);
+  // Tr sqrt(Sa Sb) = Tr sqrt(Sa^1/2 Sb Sa^1/2), a symmetric PSD matrix.
+  auto sym_sqrt = [](const Tensor& m) {
+    auto [w, v] = torch::linalg::eigh(m, "L");
+    return v.mm(torch::diag(w.clamp_min(0).sqrt())).mm(v.t());
+  };
+  auto ra = sym_sqrt(sa);
+  auto inner = ra.mm(sb).mm(ra);
+  inner = (inner + inner.t()) / 2;
+  auto ev = std::get<0>(torch::linalg::eigh(inner, "L")).clamp_min(0).sqrt().sum();
+  double d = (mu_a - mu_b).pow(2).sum().item<double>() + (sa.trace() + sb.trace() - 2 * ev).item<double>();
+  return std::max(0.0, d);
+}
+
+namespace {
+Tensor pairwise_dist(const Tensor& a, const Tensor& b) {
+  auto a2 = a.pow(2).sum(1, true), b2 = b.pow(2).sum(1, true).t();
+  return (a2 + b2 - 2 * a.mm(b.t())).clamp_min(0).sqrt();
+}
+Tensor kth_nn_radius(const Tensor& x, int k) {  // distance to the k-th nearest other row
+  auto d = pairwise_dist(x, x);
+  d.fill_diagonal_(std::numeric_limits<double>::infinity());
+  return std::get<0>(d.topk(std::min<int64_t>(k, x.size(0) - 1), 1, false)).select(1, -1);
+}
+double coverage_fraction(const Tensor& points, const Tensor& centres, const Tensor& radii) {
+  auto d = pairwise_dist(points, centres);
+  return (d <= radii.unsqueeze(0)).any(1).to(torch::kFloat64).mean().item<double>();
+}
+}  // namespace
+
+std::pair<double, double> knn_precision_recall(const Tensor& real0, const Tensor& fake0, int k) {
+  auto real = real0.to(torch::kFloat64), fake = fake0.to(torch::kFloat64);
+  if (real.size(0) <= k || fake.size(0) <= k) return {std::nan(""), std::nan("")};
+  double precision = coverage_fraction(fake, real, kth_nn_radius(real, k));
+  double recall = coverage_fraction(real, fake, kth_nn_radius(fake, k));
+  return {precision, recall};
+}
+
+std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const Tensor& q, const Tensor& ref, bool exclude_self) {
+  std::vector<int64_t> idx;
+  std::vector<double> dist;
+  auto r = ref.to(torch::kFloat64);
+  for (int64_t s = 0; s < q.size(0); s += 256) {
+    int64_t e = std::min(q.size(0), s + 256);
+    auto d = pairwise_dist(q.slice(0, s, e).to(torch::kFloat64), r);
+    if (exclude_self)
+      for (int64_t i = s; i < e; ++i)
+        if (i < d.size(1)) d[i - s][i] = std::numeric_limits<double>::infinity();
+    auto [v, ix] = d.min(1);
+    for (int64_t i = 0; i < v.size(0); ++i) {
+      dist.push_back(v[i].item<double>());
+      idx.push_back(ix[i].item<int64_t>());
+    }
+  }
+  return {idx, dist};
+}
+
+namespace {
+Tensor pixel_rows(const LabeledSet& s) {  // [N, S*S*3] in [0,1]
+  return torch::from_blob(const_cast<uint8_t*>(s.pixels.data()), {s.count(), s.size * s.size * 3}, torch::kUInt8)
+             .to(torch::kFloat32) / 255.0;
+}
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1)))];
+}
+
+// Agreement between the concepts a caption asked for and what the image shows.
+struct Adherence {
+  int n = 0, asym_exact = 0;
+  double colour_tp = 0, colour_fp = 0, colour_fn = 0, count_abs_diff = 0, border_abs_diff = 0;
+  void add(const nlohmann::json& asked, const Measurements& m) {
+    if (!m.ok || asked.is_null()) return;
+    ++n;
+    asym_exact += asked.value("asymmetry", -9) == m.asymmetry;
+    border_abs_diff += std::abs(asked.value("border", 0) - m.border);
+    count_abs_diff += std::abs(asked.value("colour_count", 0) - m.colour_count);
+    std::set<std::string> want, got;
+    for (auto& c : asked.value("colours", nlohmann::json::array())) want.insert(c.get<std::string>());
+    const nlohmann::json mj = m.to_json();  // keep the temporary alive for the loop
+    for (auto& c : mj["colours"]) got.insert(c.get<std::string>());
+    for (auto& c : got) (want.count(c) ? colour_tp : colour_fp) += 1;
+    for (auto& c : want) colour_fn += !got.count(c);
+  }
+  nlohmann::json to_json() const {
+    double f1 = colour_tp > 0 ? 2 * colour_tp / (2 * colour_tp + colour_fp + colour_fn) : 0;
+    return {{"n", n}, {"asymmetry_exact", n ? double(asym_exact) / n : 0}, {"colour_f1", f1},
+            {"colour_count_mae", n ? count_abs_diff / n : 0}, {"border_mae", n ? border_abs_diff / n : 0}};
+  }
+};
+Measurements measure_rgb(const LabeledSet& s, int64_t i) {
+  cv::Mat rgb(s.size, s.size, CV_8UC3, const_cast<uint8_t*>(s.image(i)));
+  return measure_lesion(rgb.clone(), cv::Mat());
+}
+}  // namespace
+
+nlohmann::json run_audit(const AuditInputs& in) {
+  nlohmann::json out;
+  auto& clf = *in.classifier;
+  const auto& tr = *in.real_train;
+  const auto& te = *in.real_test;
+  const auto& sy = *in.synthetic;
+  auto f_tr = extract_features(clf, tr.pixels.data(), tr.count(), tr.size);
+  auto f_te = extract_features(clf, te.pixels.data(), te.count(), te.size);
+  auto f_sy = extract_features(clf, sy.pixels.data(), sy.count(), sy.size);
+  // Fidelity: FD to the real test images, with the real-train vs real-test FD as the floor.
+  out["fd"] = {{"synthetic_vs_real_test", frechet_distance(f_sy, f_te)},
+               {"real_train_vs_real_test", frechet_distance(f_tr, f_te)},
+               {"feature", "penultimate layer of the real-only classifier (" + clf->config().arch + ")"}};
+  auto [prec, rec] = knn_precision_recall(f_te, f_sy, 3);
+  auto [prec0, rec0] = knn_precision_recall(f_te, f_tr.slice(0, 0, std::min<int64_t>(f_tr.size(0), f_sy.size(0))), 3);
+  out["precision_recall"] = {{"precision", prec}, {"recall", rec}, {"k", 3},
+                             {"real_train_precision", prec0}, {"real_train_recall", rec0}};
+  // Classification accuracy score: the real-data classifier labels the synthetic images.
+  auto p = predict_malignant(clf, sy);
+  double thr = 0.5;
+  auto m = binary_metrics(p, sy.labels, thr);
+  out["cas"] = {{"auc", roc_auc(p, sy.labels)}, {"accuracy", m.accuracy}, {"balanced_accuracy", m.balanced_accuracy},
+                {"sensitivity", m.sensitivity}, {"specificity", m.specificity}, {"threshold", thr}, {"n", sy.count()}};
+  // Memorisation: nearest real training image of each synthetic one. Threshold: the 1st
+  // percentile of real-train nearest-neighbour distances (two different real images).
+  nlohmann::json mem;
+  auto px_tr = pixel_rows(tr), px_sy = pixel_rows(sy);
+  for (std::string space : {"pixel", "feature"}) {
+    const Tensor& a = space == "pixel" ? px_sy : f_sy;
+    const Tensor& b = space == "pixel" ? px_tr : f_tr;
+    auto [nn_idx, nn_d] = nearest_rows(a, b);
+    int64_t n_ref = std::min<int64_t>(b.size(0), 1000);
+    auto [ri, rd] = nearest_rows(b.slice(0, 0, n_ref), b, true);
+    double thr_d = percentile(rd, 0.01);
+    int64_t flagged = 0;
+    for (double d : nn_d) flagged += d < thr_d;
+    nlohmann::json pairs = nlohmann::json::array();
+    std::vector<size_t> order(nn_d.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return nn_d[x] < nn_d[y]; });
+    for (size_t k = 0; k < order.size() && k < static_cast<size_t>(in.closest_pairs); ++k)
+      pairs.push_back({{"synthetic", sy.ids[order[k]]}, {"real", tr.ids[nn_idx[order[k]]]}, {"distance", nn_d[order[k]]},
+                       {"synthetic_index", order[k]}, {"real_index", nn_idx[order[k]]}});
+    mem[space] = {{"threshold_p01_real_nn", thr_d}, {"flagged", flagged},
+                  {"flagged_fraction", nn_d.empty() ? 0.0 : double(flagged) / nn_d.size()},
+                  {"median_nn_distance", percentile(nn_d, 0.5)}, {"real_median_nn_distance", percentile(rd, 0.5)},
+                  {"closest_pairs", pairs}};
+  }
+  out["memorisation"] = mem;
+  // Concept adherence, with real test images measured the same way (64 px, automatic mask)
+  // against their own captions as the reference for measurement noise.
+  std::map<std::string, const nlohmann::json*> asked_of;
+  for (auto& j : in.manifest)
+    if (j.contains("asked")) asked_of[j.value("id", "")] = &j["asked"];
+  Adherence syn, ref;
+  for (int64_t i = 0, k = 0; i < sy.count() && k < in.max_concept_images; ++i) {
+    auto it = asked_of.find(sy.ids[i]);
+    if (it == asked_of.end()) continue;
+    syn.add(*it->second, measure_rgb(sy, i));
+    ++k;
+  }
+  for (int64_t i = 0, k = 0; i < te.count() && k < in.max_concept_images; ++i) {
+    auto it = in.real_captions.find(te.ids[i]);
+    if (it == in.real_captions.end() || !it->second.contains("measured")) continue;
+    auto& mj = it->second["measured"];
+    nlohmann::json asked = {{"asymmetry", mj.value("asymmetry", -1)}, {"border", mj.value("border", 0)},
+                            {"colours", mj.value("colours", nlohmann::json::array())}, {"colour_count", mj.value("colour_count", 0)}};
+    ref.add(asked, measure_rgb(te, i));
+    ++k;
+  }
+  out["concept_adherence"] = {{"synthetic_vs_prompt", syn.to_json()}, {"real_64px_vs_own_caption", ref.to_json()}};
+  return out;
+}
+
+}  // namespace lf

@@ -1,0 +1,223 @@
+#include "synth/synth.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <opencv2/imgproc.hpp>
+#include <random>
+#include <set>
+
+#include "classify/classifier.h"
+#include "lesionflow/captions.h"
+#include "lesionflow/io.h"
+#include "lesionflow/jsonl.h"
+#include "lesionflow/log.h"
+#include "train/common.h"
+
+namespace lf {
+
+nlohmann::json SynthPlanConfig::to_json() const {
+  return {{"total", total}, {"balance", balance}, {"flatten", flatten}, {"attributes", attributes}, {"seed", seed}};
+}
+
+namespace {
+// Allocate `total` among weights by largest remainder (deterministic tie order).
+std::vector<int64_t> apportion(const std::vector<double>& w, int64_t total) {
+  std::vector<int64_t> out(w.size(), 0);
+  double sum = 0;
+  for (double x : w) sum += x;
+  if (sum <= 0 || total <= 0) return out;
+  std::vector<std::pair<double, size_t>> rem;
+  int64_t used = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    double q = total * w[i] / sum;
+    out[i] = static_cast<int64_t>(std::floor(q));
+    used += out[i];
+    rem.emplace_back(q - out[i], i);
+  }
+  std::stable_sort(rem.begin(), rem.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  for (size_t k = 0; used < total; ++k, ++used) out[rem[k % rem.size()].second]++;
+  return out;
+}
+
+// Water-filling: give each next image to the class with the fewest real + planned images.
+std::vector<int64_t> water_fill(const std::vector<int64_t>& real, int64_t total) {
+  std::vector<int64_t> add(real.size(), 0);
+  for (int64_t k = 0; k < total; ++k) {
+    size_t best = 0;
+    for (size_t c = 1; c < real.size(); ++c)
+      if (real[c] + add[c] < real[best] + add[best]) best = c;
+    add[best]++;
+  }
+  return add;
+}
+}  // namespace
+
+Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
+                                              const std::map<std::string, nlohmann::json>& captions,
+                                              const SynthPlanConfig& cfg, nlohmann::json* summary) {
+  if (cfg.total <= 0) return Status::error("synth: --total must be positive");
+  const bool fill = cfg.balance.rfind("fill-", 0) == 0;
+  const std::string by = fill ? cfg.balance.substr(5) : cfg.balance;
+  if (by != "label" && by != "dx" && by != "none")
+    return Status::error("synth: --balance must be label, dx, none, fill-label or fill-dx (got '" + cfg.balance + "')");
+  // Cells: (dx, attributes...) -> members.
+  struct Cell {
+    std::string dx;
+    int label;
+    std::map<std::string, std::string> sub;
+    std::vector<size_t> members;
+  };
+  std::map<std::string, Cell> cells;
+  for (size_t i = 0; i < real.size(); ++i) {
+    const Record& r = real[i];
+    if (r.label < 0) continue;
+    auto it = captions.find(r.id);
+    auto g = record_groups(r, it == captions.end() ? nullptr : &it->second);
+    std::map<std::string, std::string> sub;
+    std::string key = r.dx;
+    for (auto& a : cfg.attributes) {
+      sub[a] = g.count(a) ? g[a] : "unknown";
+      key += "|" + sub[a];
+    }
+    auto& c = cells[key];
+    c.dx = r.dx;
+    c.label = r.label;
+    c.sub = sub;
+    c.members.push_back(i);
+  }
+  if (cells.empty()) return Status::error("synth: no labelled real training records to plan from");
+  // Classes.
+  auto class_of = [&](const Cell& c) { return by == "label" ? std::to_string(c.label) : by == "dx" ? c.dx : std::string("all"); };
+  std::map<std::string, std::vector<std::string>> class_cells;
+  std::map<std::string, int64_t> class_real;
+  for (auto& [k, c] : cells) {
+    class_cells[class_of(c)].push_back(k);
+    class_real[class_of(c)] += static_cast<int64_t>(c.members.size());
+  }
+  std::vector<std::string> classes;
+  std::vector<int64_t> reals;
+  for (auto& [k, n] : class_real) {
+    classes.push_back(k);
+    reals.push_back(n);
+  }
+  // label/dx: the synthetic set itself has equal classes; fill-*: synthetic images go to the
+  // classes that are short of real images (water-filling) so real + synthetic is balanced.
+  auto per_class = fill ? water_fill(reals, cfg.total) : apportion(std::vector<double>(reals.size(), 1.0), cfg.total);
+  std::vector<SynthItem> plan;
+  nlohmann::json cell_json = nlohmann::json::array();
+  std::mt19937_64 rng(cfg.seed * 0x9E3779B97F4A7C15ULL + 77);
+  for (size_t ci = 0; ci < classes.size(); ++ci) {
+    auto& keys = class_cells[classes[ci]];
+    std::vector<double> w;
+    for (auto& k : keys) w.push_back(std::pow(static_cast<double>(cells[k].members.size()), cfg.flatten));
+    auto n_cell = apportion(w, per_class[ci]);
+    for (size_t j = 0; j < keys.size(); ++j) {
+      Cell& c = cells[keys[j]];
+      cell_json.push_back({{"dx", c.dx}, {"label", c.label}, {"subgroup", c.sub},
+                           {"real", c.members.size()}, {"synthetic", n_cell[j]}});
+      std::uniform_int_distribution<size_t> pick(0, c.members.size() - 1);
+      for (int64_t k = 0; k < n_cell[j]; ++k) {
+        const Record& src = real[c.members[pick(rng)]];
+        SynthItem it;
+        it.dx = c.dx;
+        it.label = c.label;
+        it.subgroup = c.sub;
+        it.source_id = src.id;
+        auto cap = captions.find(src.id);
+        if (cap != captions.end() && cap->second.contains("caption")) {
+          it.prompt = cap->second["caption"].get<std::string>();
+          if (cap->second.contains("measured")) {
+            auto& m = cap->second["measured"];
+            it.asked = {{"asymmetry", m.value("asymmetry", -1)}, {"border", m.value("border", -1)},
+                        {"colours", m.value("colours", nlohmann::json::array())},
+                        {"colour_count", m.value("colour_count", -1)}};
+          }
+        } else {
+          it.prompt = compose_caption(metadata_facts(src), rng() | 1);
+        }
+        plan.push_back(std::move(it));
+      }
+    }
+  }
+  // Stable ids and seeds in plan order.
+  for (size_t i = 0; i < plan.size(); ++i) {
+    char id[32];
+    std::snprintf(id, sizeof id, "synth_%06zu", i);
+    plan[i].index = static_cast<int64_t>(i);
+    plan[i].id = id;
+    plan[i].seed = cfg.seed * 1000003ULL + i * 7919ULL + 1;
+  }
+  if (summary) {
+    nlohmann::json cls = nlohmann::json::object();
+    for (size_t ci = 0; ci < classes.size(); ++ci) cls[classes[ci]] = {{"real", reals[ci]}, {"synthetic", per_class[ci]}};
+    *summary = {{"config", cfg.to_json()}, {"classes", cls}, {"cells", cell_json}, {"planned", plan.size()}};
+  }
+  return plan;
+}
+
+Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthItem>& plan,
+                                   const SynthGenConfig& cfg, const nlohmann::json& plan_summary) {
+  if (cfg.out.empty()) return Status::error("synth: --out is required");
+  LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/images"));
+  const std::string manifest = cfg.out + "/manifest.jsonl";
+  // Resume: items already in the manifest (whose image exists) are done.
+  std::set<std::string> done;
+  if (file_exists(manifest)) {
+    auto lines = read_jsonl(manifest);
+    if (!lines.ok()) return Status::error(manifest + ": cannot resume: " + lines.status().message());
+    std::string kept;
+    for (auto& j : *lines)
+      if (file_exists(cfg.out + "/" + j.value("file", ""))) {
+        done.insert(j.value("id", ""));
+        kept += j.dump() + "\n";
+      }
+    LF_RETURN_IF_ERROR(write_file_atomic(manifest, kept));
+  }
+  nlohmann::json plan_file = plan_summary;
+  plan_file["generator"] = cfg.generator_path;
+  plan_file["generator_hash"] = g.hash;
+  plan_file["sampler"] = {{"method", cfg.gen.sampler.method}, {"steps", cfg.gen.sampler.steps},
+                          {"shift", cfg.gen.sampler.shift}, {"cfg", cfg.gen.cfg_scale}};
+  LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/plan.json", plan_file.dump(2) + "\n"));
+  std::vector<const SynthItem*> todo;
+  for (auto& it : plan)
+    if (!done.count(it.id)) todo.push_back(&it);
+  if (!done.empty()) log_info("synth: " + std::to_string(done.size()) + " images already done, " + std::to_string(todo.size()) + " to go");
+  Progress prog("synth", static_cast<int64_t>(plan.size()), "img", static_cast<int64_t>(done.size()));
+  const int B = std::max(1, cfg.gen.batch);
+  int64_t made = 0;
+  for (size_t s = 0; s < todo.size(); s += B) {
+    std::vector<std::string> prompts;
+    std::vector<uint64_t> seeds;
+    for (size_t i = s; i < std::min(todo.size(), s + B); ++i) {
+      prompts.push_back(todo[i]->prompt);
+      seeds.push_back(todo[i]->seed);
+    }
+    auto imgs = generate(g.model, *g.tok, g.flow, prompts, seeds, cfg.gen);
+    auto u8 = tensor_to_images(imgs);
+    const int S = static_cast<int>(imgs.size(2));
+    std::string lines;
+    for (size_t k = 0; k < prompts.size(); ++k) {
+      const SynthItem& it = *todo[s + k];
+      cv::Mat rgb(S, S, CV_8UC3, u8.data() + k * S * S * 3), bgr;
+      cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+      std::string file = "images/" + it.id + ".png";
+      LF_RETURN_IF_ERROR(write_png(cfg.out + "/" + file, bgr));
+      nlohmann::json j = {{"id", it.id}, {"file", file}, {"prompt", it.prompt}, {"label", it.label}, {"dx", it.dx},
+                          {"subgroup", it.subgroup}, {"source_id", it.source_id}, {"seed", it.seed},
+                          {"sampler", cfg.gen.sampler.method}, {"steps", cfg.gen.sampler.steps},
+                          {"shift", cfg.gen.sampler.shift}, {"cfg", cfg.gen.cfg_scale},
+                          {"generator_hash", g.hash}, {"adapter_hash", cfg.adapter_hash}};
+      if (!it.asked.is_null()) j["asked"] = it.asked;
+      lines += j.dump() + "\n";
+    }
+    append_line(manifest, lines.substr(0, lines.size() - 1));  // after the PNGs: a line implies its image
+    made += static_cast<int64_t>(prompts.size());
+    prog.update(static_cast<int64_t>(done.size()) + made);
+  }
+  prog.finish();
+  return made;
+}
+
+}  // namespace lf

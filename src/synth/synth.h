@@ -1,0 +1,58 @@
+// Synthetic training sets: plan how many images per class x subgroup cell to generate, draw
+// prompts from the real captions of that cell, generate (resumably) with a provenance record
+// per image.
+#pragma once
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "lesionflow/data.h"
+#include "lesionflow/status.h"
+#include "train/generator.h"
+
+namespace lf {
+
+struct SynthPlanConfig {
+  int64_t total = 1000;             // synthetic images to generate
+  // label | dx: equal numbers per class in the synthetic set; fill-label | fill-dx: give the
+  // images to the classes short of real ones so real + synthetic is balanced; none: one class.
+  std::string balance = "label";
+  double flatten = 0.5;             // within a class, cell share ~ real_count^flatten (0 = uniform)
+  std::vector<std::string> attributes{"sex", "age"};  // subgroup attributes of a cell
+  uint64_t seed = 0;
+  nlohmann::json to_json() const;
+};
+
+struct SynthItem {
+  int64_t index = 0;
+  std::string id;      // synth_000123
+  std::string prompt;  // a real caption of the cell
+  std::string dx;
+  int label = -1;
+  std::map<std::string, std::string> subgroup;
+  std::string source_id;  // the real image whose caption is the prompt
+  nlohmann::json asked;   // measured concepts of that caption (for concept adherence)
+  uint64_t seed = 0;      // noise seed of this image
+};
+
+// Cells from the real training records; class totals equal (or, fill-*, water-filling: the
+// class with the fewest real + planned images gets the next one), cells within a class weighted by
+// real_count^flatten, rounding by largest remainder; all deterministic for the seed.
+// captions: id -> captions.jsonl record (prompt = its "caption"); records without one get a
+// caption composed from metadata.
+Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
+                                              const std::map<std::string, nlohmann::json>& captions,
+                                              const SynthPlanConfig& cfg, nlohmann::json* summary);
+
+struct SynthGenConfig {
+  GenerateConfig gen;  // sampler, steps, cfg scale, batch
+  std::string out;     // DIR: images/*.png, manifest.jsonl, plan.json
+  std::string generator_path, adapter_hash;
+};
+// Generates every planned item not yet in DIR/manifest.jsonl (resumable: an interrupted run
+// continues where it stopped and produces the same images). Returns the number generated now.
+Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthItem>& plan,
+                                   const SynthGenConfig& cfg, const nlohmann::json& plan_summary);
+
+}  // namespace lf

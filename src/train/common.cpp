@@ -1,0 +1,113 @@
+#include "train/common.h"
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+
+#include "lesionflow/io.h"
+
+namespace lf {
+using torch::Tensor;
+
+namespace {
+constexpr char kStateMagic[8] = {'L', 'F', 'S', 'T', 'A', 'T', 'E', '1'};
+constexpr uint32_t kStateVersion = 1;
+}  // namespace
+
+Status save_state(const std::string& path, int64_t step, torch::optim::Optimizer& opt) {
+  std::ostringstream os;
+  os.write(kStateMagic, 8);
+  os.write(reinterpret_cast<const char*>(&kStateVersion), 4);
+  os.write(reinterpret_cast<const char*>(&step), 8);
+  std::ostringstream ob;
+  torch::serialize::OutputArchive ar;
+  opt.save(ar);
+  ar.save_to(ob);
+  std::string b = ob.str();
+  uint64_t n = b.size();
+  os.write(reinterpret_cast<const char*>(&n), 8);
+  os << b;
+  return write_file_atomic(path, os.str());
+}
+
+Result<int64_t> load_state(const std::string& path, torch::optim::Optimizer& opt) {
+  LF_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
+  if (bytes.size() < 28 || bytes.compare(0, 8, std::string(kStateMagic, 8)) != 0)
+    return Status::error(path + ": not a lesionflow training state (bad magic)");
+  uint32_t ver;
+  int64_t step;
+  uint64_t n;
+  std::memcpy(&ver, bytes.data() + 8, 4);
+  if (ver != kStateVersion) return Status::error(path + ": unsupported state version " + std::to_string(ver));
+  std::memcpy(&step, bytes.data() + 12, 8);
+  std::memcpy(&n, bytes.data() + 20, 8);
+  if (28 + n > bytes.size()) return Status::error(path + ": truncated training state");
+  std::istringstream is(bytes.substr(28, n));
+  try {
+    torch::serialize::InputArchive ar;
+    ar.load_from(is);
+    opt.load(ar);
+  } catch (const std::exception& e) {
+    return Status::error(path + ": cannot restore optimizer state: " + e.what());
+  }
+  return step;
+}
+
+double warmup_cosine_lr(double lr, int64_t warmup, int64_t steps, double min_frac, int64_t step) {
+  if (step < warmup) return lr * (step + 1) / static_cast<double>(warmup);
+  double p = static_cast<double>(step - warmup) / std::max<int64_t>(1, steps - warmup);
+  p = std::min(1.0, p);
+  return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + std::cos(M_PI * p)));
+}
+
+void set_lr(torch::optim::Optimizer& opt, double lr) {
+  for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
+}
+
+std::vector<int64_t> BatchPlan::at(int64_t step) {
+  std::vector<int64_t> out(B_);
+  for (int i = 0; i < B_; ++i) {
+    int64_t g = step * B_ + i, e = g / n_;
+    if (e != epoch_) {
+      perm_.resize(n_);
+      std::iota(perm_.begin(), perm_.end(), 0);
+      std::mt19937_64 rng(seed_ * 7919 + e);
+      std::shuffle(perm_.begin(), perm_.end(), rng);
+      epoch_ = e;
+    }
+    out[i] = perm_[g % n_];
+  }
+  return out;
+}
+
+Tensor augment_dihedral(Tensor x, std::mt19937_64& rng) {  // x: [C,H,W]
+  std::uniform_int_distribution<int> d4(0, 3), d2(0, 1);
+  int k = d4(rng);
+  if (k) x = torch::rot90(x, k, {1, 2});
+  if (d2(rng)) x = torch::flip(x, {2});
+  return x;
+}
+
+void append_line(const std::string& path, const std::string& line) {
+  std::ofstream f(path, std::ios::app);
+  f << line << '\n';
+}
+
+// Keep only metrics up to `step` (resume rewinds the log to the checkpoint).
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      if (nlohmann::json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
+    } catch (...) {
+    }
+  }
+  in.close();
+  (void)write_file_atomic(path, kept);
+}
+
+}  // namespace lf

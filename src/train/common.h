@@ -1,0 +1,43 @@
+// Pieces shared by the training loops (generator, LoRA fine-tune, classifiers).
+#pragma once
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "lesionflow/status.h"
+#include "pch_torch.h"
+
+namespace lf {
+
+// Optimizer state + step, atomically (magic "LFSTATE1"); restores into a built optimizer.
+Status save_state(const std::string& path, int64_t step, torch::optim::Optimizer& opt);
+Result<int64_t> load_state(const std::string& path, torch::optim::Optimizer& opt);
+void set_lr(torch::optim::Optimizer& opt, double lr);  // AdamW param groups
+
+// Linear warm-up over `warmup` steps, then cosine from lr down to lr * min_frac at `steps`.
+double warmup_cosine_lr(double lr, int64_t warmup, int64_t steps, double min_frac, int64_t step);
+
+// Indices of the B images of a step: consecutive slices of per-epoch seeded permutations,
+// so the data order depends only on (seed, step) and a resumed run sees the same batches.
+class BatchPlan {
+ public:
+  BatchPlan(int64_t n, int B, uint64_t seed) : n_(n), B_(B), seed_(seed) {}
+  std::vector<int64_t> at(int64_t step);
+
+ private:
+  int64_t n_;
+  int B_;
+  uint64_t seed_;
+  int64_t epoch_ = -1;
+  std::vector<int64_t> perm_;
+};
+
+// Random element of the dihedral group (90-degree rotations, flips) on x: [C,H,W].
+torch::Tensor augment_dihedral(torch::Tensor x, std::mt19937_64& rng);
+
+void append_line(const std::string& path, const std::string& line);
+// Keep only metrics lines with "step" <= step (resume rewinds the log to the checkpoint).
+void truncate_metrics(const std::string& path, int64_t step);
+
+}  // namespace lf

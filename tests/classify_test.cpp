@@ -1,0 +1,358 @@
+// Classifiers, metrics (vs scikit-learn), synthetic-set planning/generation, audit measures,
+// and the end-to-end experiment + report rendered in headless Chromium.
+#include <cstdio>
+#include <fstream>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <random>
+#include <sstream>
+
+#include "classify/experiment.h"
+#include "eval/audit.h"
+#include "lesionflow/captions.h"
+#include "lesionflow/io.h"
+#include "lesionflow/jsonl.h"
+#include "lesionflow/metrics.h"
+#include "synth/synth.h"
+#include "test_util.h"
+
+using namespace lf;
+
+namespace {
+std::string run_capture(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+LabeledSet phantom_set(int n, int size, uint64_t seed) {
+  auto ds = load_dataset("phantom:" + std::to_string(n), {}, seed);
+  PrepareStats st;
+  auto ps = prepare(*ds, PrepareConfig{size, FitMode::kCrop, 2}, &st);
+  std::vector<size_t> all(ps->count());
+  std::iota(all.begin(), all.end(), 0);
+  return labeled_from_prepared(*ps, all, nullptr);
+}
+}  // namespace
+
+TEST(Metrics, MatchScikitLearnOnRandomData) {
+  std::mt19937_64 rng(5);
+  std::uniform_real_distribution<double> U(0, 1);
+  std::vector<double> s;
+  std::vector<int> y;
+  for (int i = 0; i < 500; ++i) {
+    y.push_back(U(rng) < 0.3);
+    double v = 0.3 * y.back() + U(rng);
+    s.push_back(std::round(v * 40) / 40);  // ties on purpose
+  }
+  std::string dir = test::tmp_dir("sklearn");
+  std::ofstream f(dir + "/d.csv");
+  for (size_t i = 0; i < s.size(); ++i) f << s[i] << "," << y[i] << "\n";
+  f.close();
+  const double thr = 0.6;
+  std::string py =
+      "import sys,numpy as np\nfrom sklearn.metrics import roc_auc_score,accuracy_score,balanced_accuracy_score,recall_score\n"
+      "d=np.loadtxt(sys.argv[1],delimiter=',');s,y=d[:,0],d[:,1].astype(int);p=(s>=float(sys.argv[2])).astype(int)\n"
+      "print('%.12f %.12f %.12f %.12f %.12f'%(roc_auc_score(y,s),accuracy_score(y,p),balanced_accuracy_score(y,p),"
+      "recall_score(y,p),recall_score(1-y,1-p)))\n";
+  std::ofstream(dir + "/m.py") << py;
+  std::string out = run_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv " + std::to_string(thr) + " 2>&1");
+  std::istringstream is(out);
+  double auc, acc, bacc, sens, spec;
+  ASSERT_TRUE(is >> auc >> acc >> bacc >> sens >> spec) << "python3 + scikit-learn needed (scripts/setup.sh --test): " << out;
+  // The CSV holds the scores as printed; compare on the same values.
+  std::vector<double> s2;
+  std::ifstream in(dir + "/d.csv");
+  std::string line;
+  while (std::getline(in, line)) s2.push_back(std::stod(line.substr(0, line.find(','))));
+  EXPECT_NEAR(roc_auc(s2, y), auc, 1e-6);
+  auto m = binary_metrics(s2, y, thr);
+  EXPECT_NEAR(m.accuracy, acc, 1e-6);
+  EXPECT_NEAR(m.balanced_accuracy, bacc, 1e-6);
+  EXPECT_NEAR(m.sensitivity, sens, 1e-6);
+  EXPECT_NEAR(m.specificity, spec, 1e-6);
+}
+
+TEST(Metrics, YoudenThresholdBootstrapAndWorstGroup) {
+  // Perfectly separable: the Youden threshold splits the classes.
+  std::vector<double> s{0.1, 0.2, 0.3, 0.7, 0.8, 0.9};
+  std::vector<int> y{0, 0, 0, 1, 1, 1};
+  double t = youden_threshold(s, y);
+  EXPECT_GT(t, 0.3);
+  EXPECT_LT(t, 0.7);
+  // Bootstrap CI brackets the point estimate and narrows with more data.
+  std::mt19937_64 rng(1);
+  std::normal_distribution<double> N(0, 1);
+  auto make = [&](int n, std::vector<double>* ss, std::vector<int>* yy) {
+    for (int i = 0; i < n; ++i) {
+      yy->push_back(i % 2);
+      ss->push_back(N(rng) + yy->back());
+    }
+  };
+  std::vector<double> s1, s2;
+  std::vector<int> y1, y2;
+  make(100, &s1, &y1);
+  make(2000, &s2, &y2);
+  auto e1 = evaluate_binary(s1, y1, 0.5, 500, 0), e2 = evaluate_binary(s2, y2, 0.5, 500, 0);
+  EXPECT_LE(e1.auc.lo, e1.auc.value);
+  EXPECT_GE(e1.auc.hi, e1.auc.value);
+  EXPECT_LT(e2.auc.hi - e2.auc.lo, e1.auc.hi - e1.auc.lo);
+  // Worst group: the small group and the one-class group are not ranked.
+  std::vector<double> gs;
+  std::vector<int> gy;
+  std::vector<std::string> g;
+  for (int i = 0; i < 40; ++i) {  // group a: perfect
+    gy.push_back(i % 2);
+    gs.push_back(gy.back());
+    g.push_back("a");
+  }
+  for (int i = 0; i < 40; ++i) {  // group b: always predicts malignant
+    gy.push_back(i % 2);
+    gs.push_back(1);
+    g.push_back("b");
+  }
+  for (int i = 0; i < 5; ++i) {  // group c: tiny and wrong
+    gy.push_back(i % 2);
+    gs.push_back(1 - i % 2);
+    g.push_back("c");
+  }
+  auto gm = group_metrics(gs, gy, 0.5, "x", g, 20);
+  auto* w = worst_group(gm);
+  ASSERT_NE(w, nullptr);
+  EXPECT_EQ(w->group, "b");
+  EXPECT_NEAR(w->balanced_accuracy, 0.5, 1e-12);
+}
+
+TEST(Audit, FrechetDistanceKnownAnswerAndPrecisionRecall) {
+  torch::manual_seed(0);
+  const int n = 20000, d = 4;
+  auto a = torch::randn({n, d}, torch::kFloat64);
+  auto mu = torch::tensor({1.0, -1.0, 0.5, 0.0}, torch::kFloat64);
+  auto b = torch::randn({n, d}, torch::kFloat64) * 2 + mu;
+  // ||mu||^2 + sum(1 + 4 - 2*sqrt(1*4)) = 2.25 + 4
+  EXPECT_NEAR(frechet_distance(a, b), 6.25, 0.2);
+  EXPECT_LT(frechet_distance(a.slice(0, 0, n / 2), a.slice(0, n / 2, n)), 0.02);
+  auto r = torch::randn({400, 3}, torch::kFloat64);
+  auto [p_same, r_same] = knn_precision_recall(r, r.clone(), 3);
+  EXPECT_DOUBLE_EQ(p_same, 1.0);
+  EXPECT_DOUBLE_EQ(r_same, 1.0);
+  auto [p_far, r_far] = knn_precision_recall(r, r + 100, 3);
+  EXPECT_DOUBLE_EQ(p_far, 0.0);
+  EXPECT_DOUBLE_EQ(r_far, 0.0);
+  auto [idx, dist] = nearest_rows(r.slice(0, 0, 5) + 1e-3, r);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(idx[i], i);
+}
+
+TEST(Synth, PlanBalancesClassesFlattensCellsAndIsDeterministic) {
+  auto ds = load_dataset("phantom:600", {}, 3);
+  std::map<std::string, nlohmann::json> caps;
+  int pos = 0;
+  for (auto& r : ds->records) pos += r.label == 1;
+  ASSERT_GT(pos, 0);
+  ASSERT_LT(pos, 600);
+  SynthPlanConfig c;
+  c.total = 200;
+  nlohmann::json summary;
+  auto plan = plan_synthetic(ds->records, caps, c, &summary);
+  LF_ASSERT_OK(plan);
+  ASSERT_EQ(plan->size(), 200u);
+  int syn_pos = 0;
+  for (auto& it : *plan) syn_pos += it.label == 1;
+  EXPECT_EQ(syn_pos, 100);  // equal classes in the synthetic set
+  // fill-label: everything goes to the minority class until it catches up.
+  c.balance = "fill-label";
+  auto fill = plan_synthetic(ds->records, caps, c, nullptr);
+  int minority = pos < 300 ? 1 : 0, fill_min = 0;
+  for (auto& it : *fill) fill_min += it.label == minority;
+  EXPECT_EQ(fill_min, std::min<int>(200, std::abs(600 - 2 * pos)) + (200 - std::min<int>(200, std::abs(600 - 2 * pos))) / 2);
+  // Deterministic for a seed; a different seed draws other prompts.
+  c.balance = "label";
+  auto again = plan_synthetic(ds->records, caps, c, nullptr);
+  c.seed = 1;
+  auto other = plan_synthetic(ds->records, caps, c, nullptr);
+  int same = 0, differ = 0;
+  for (size_t i = 0; i < plan->size(); ++i) {
+    same += (*plan)[i].prompt == (*again)[i].prompt && (*plan)[i].seed == (*again)[i].seed;
+    differ += (*plan)[i].source_id != (*other)[i].source_id;
+  }
+  EXPECT_EQ(same, 200);
+  EXPECT_GT(differ, 100);
+  // Flattening: with flatten 0 every cell of a class gets (almost) the same number.
+  c.flatten = 0;
+  nlohmann::json s0;
+  auto flat = plan_synthetic(ds->records, caps, c, &s0);
+  std::map<int, std::pair<int64_t, int64_t>> minmax;
+  for (auto& cell : s0["cells"]) {
+    int l = cell["label"];
+    int64_t n = cell["synthetic"];
+    if (!minmax.count(l)) minmax[l] = {n, n};
+    minmax[l].first = std::min(minmax[l].first, n);
+    minmax[l].second = std::max(minmax[l].second, n);
+  }
+  for (auto& [l, mm] : minmax) EXPECT_LE(mm.second - mm.first, 1) << "label " << l;
+  EXPECT_FALSE(plan_synthetic(ds->records, caps, SynthPlanConfig{10, "bogus"}, nullptr).ok());
+}
+
+TEST(Synth, GenerationResumesWithIdenticalImages) {
+  auto ds = load_dataset("phantom:50", {}, 1);
+  std::vector<std::string> corpus;
+  for (auto& r : ds->records) corpus.push_back(compose_caption(facts_from_record(r), 0));
+  auto tok = Tokenizer::train(corpus, {96, "bpe", 0});
+  ASSERT_TRUE(tok.ok()) << tok.status().message();
+  MMDiTConfig mc = MMDiTConfig::preset("tiny");
+  mc.image_size = 16;
+  mc.patch = 4;
+  mc.vocab_size = tok->vocab_size();
+  torch::manual_seed(0);
+  LoadedGenerator g;
+  g.model = MMDiT(mc);
+  g.tok = std::make_shared<Tokenizer>(std::move(*tok));
+  g.hash = "test";
+  SynthPlanConfig pc;
+  pc.total = 6;
+  nlohmann::json summary;
+  auto plan = plan_synthetic(ds->records, {}, pc, &summary);
+  LF_ASSERT_OK(plan);
+  SynthGenConfig sc;
+  sc.gen.sampler.steps = 3;
+  sc.gen.batch = 4;
+  sc.out = test::tmp_dir("synth_resume");
+  auto made = generate_synthetic(g, *plan, sc, summary);
+  LF_ASSERT_OK(made);
+  EXPECT_EQ(*made, 6);
+  auto first = read_file(sc.out + "/images/synth_000005.png");
+  ASSERT_TRUE(first.ok());
+  // Interrupt: lose the last two images and their manifest lines.
+  auto lines = *read_jsonl(sc.out + "/manifest.jsonl");
+  std::string kept;
+  for (int i = 0; i < 4; ++i) kept += lines[i].dump() + "\n";
+  ASSERT_TRUE(write_file_atomic(sc.out + "/manifest.jsonl", kept).ok());
+  std::filesystem::remove(sc.out + "/images/synth_000005.png");
+  std::filesystem::remove(sc.out + "/images/synth_000004.png");
+  auto again = generate_synthetic(g, *plan, sc, summary);
+  LF_ASSERT_OK(again);
+  EXPECT_EQ(*again, 2);
+  EXPECT_EQ(*read_file(sc.out + "/images/synth_000005.png"), *first);
+  auto all = *read_jsonl(sc.out + "/manifest.jsonl");
+  ASSERT_EQ(all.size(), 6u);
+  for (auto& j : all) {
+    EXPECT_TRUE(j.contains("prompt") && j.contains("seed") && j.contains("generator_hash") && j.contains("subgroup"));
+  }
+}
+
+TEST(Classifier, CnnAndVitOverfitASmallSetAndRoundTrip) {
+  auto set = phantom_set(48, 32, 2);
+  for (std::string arch : {"cnn", "vit"}) {
+    ClassifierConfig mc;
+    mc.arch = arch;
+    mc.image_size = 32;
+    mc.width = 16;
+    mc.vit_dim = 64;
+    mc.vit_depth = 2;
+    mc.dropout = 0;
+    torch::manual_seed(0);
+    Classifier m(mc);
+    ClsTrainConfig tc;
+    tc.epochs = arch == "cnn" ? 25 : 40;
+    tc.batch = 16;
+    tc.lr = arch == "cnn" ? 3e-3 : 1e-3;
+    tc.augment = false;
+    tc.patience = 1000;
+    tc.out = test::tmp_dir("cls_overfit_" + arch);
+    auto r = train_classifier(tc, m, set, set);
+    LF_ASSERT_OK(r);
+    auto p = predict_malignant(m, set);
+    EXPECT_GT(roc_auc(p, set.labels), 0.99) << arch;
+    EXPECT_GT(binary_metrics(p, set.labels, r->threshold).accuracy, 0.95) << arch;
+    // best.safetensors rebuilds the same model (BatchNorm statistics included).
+    auto lc = load_classifier(tc.out + "/best.safetensors");
+    LF_ASSERT_OK(lc);
+    auto p2 = predict_malignant(lc->model, set);
+    for (size_t i = 0; i < p.size(); ++i) ASSERT_NEAR(p[i], p2[i], 1e-6) << arch;
+    EXPECT_DOUBLE_EQ(lc->threshold, std::atof(std::to_string(r->threshold).c_str()));
+  }
+}
+
+TEST(Classifier, ResumeEqualsUninterruptedTraining) {
+  auto set = phantom_set(40, 16, 4);
+  ClassifierConfig mc;
+  mc.image_size = 16;
+  mc.width = 8;
+  // Uninterrupted: 4 epochs.
+  std::string a = test::tmp_dir("cls_resume_a"), b = test::tmp_dir("cls_resume_b");
+  auto train = [&](const std::string& dir, bool resume, double max_minutes_marker) {
+    torch::manual_seed(0);
+    Classifier m(mc);
+    ClsTrainConfig tc;
+    tc.epochs = 4;
+    tc.batch = 8;
+    tc.patience = 1000;
+    tc.out = dir;
+    tc.resume = resume;
+    tc.max_minutes = max_minutes_marker;
+    auto r = train_classifier(tc, m, set, set);
+    EXPECT_TRUE(r.ok()) << r.status().message();
+    return m;
+  };
+  train(a, false, 0);
+  // Interrupted after epoch 1 (a budget of ~0 minutes stops after the first epoch), then resumed.
+  train(b, false, 1e-9);
+  auto h1 = *read_jsonl(b + "/history.jsonl");
+  ASSERT_EQ(h1.size(), 1u);
+  train(b, true, 0);
+  auto wa = *load_safetensors(a + "/last.safetensors"), wb = *load_safetensors(b + "/last.safetensors");
+  ASSERT_EQ(wa.tensors.size(), wb.tensors.size());
+  for (auto& [k, t] : wa.tensors) EXPECT_EQ(t.data, wb.tensors[k].data) << k;
+  auto ha = *read_jsonl(a + "/history.jsonl"), hb = *read_jsonl(b + "/history.jsonl");
+  ASSERT_EQ(ha.size(), hb.size());
+  for (size_t i = 0; i < ha.size(); ++i) EXPECT_EQ(ha[i]["train_loss"], hb[i]["train_loss"]);
+}
+
+// The whole pipeline through the CLI on phantoms (tiny generator, 1 seed, 2 epochs), then the
+// report rendered by headless Chromium: the screenshot must show content, not a blank page.
+TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
+  std::string dir = test::tmp_dir("experiment_e2e");
+  std::string lf = std::string(LF_BINARY_DIR) + "/lesionflow";
+  auto sh = [&](const std::string& cmd) {
+    int rc = std::system((cmd + " > " + dir + "/log.txt 2>&1").c_str());
+    if (rc != 0) ADD_FAILURE() << cmd << "\n" << *read_file(dir + "/log.txt");
+    return rc == 0;
+  };
+  ASSERT_TRUE(sh(lf + " data split --dataset phantom:500 --out " + dir + "/splits.csv"));
+  ASSERT_TRUE(sh(lf + " caption --dataset phantom:500 --out " + dir + "/captions.jsonl --quiet"));
+  ASSERT_TRUE(sh(lf + " data prepare --dataset phantom:500 --size 16 --out " + dir + "/cache --quiet"));
+  std::ofstream(dir + "/config.json") << nlohmann::json{
+      {"data", dir + "/cache"}, {"splits", dir + "/splits.csv"}, {"captions", dir + "/captions.jsonl"},
+      {"generator", {{"train_args", {"--preset", "tiny", "--steps", "20", "--batch", "16", "--sample-every", "0", "--val-every", "0"}}}},
+      {"synth", {{"total", 40}, {"steps", 4}}},
+      {"real_sizes", {60}}, {"seeds", {0}}, {"classifier", {{"archs", {"cnn"}}, {"epochs", 2}, {"width", 8}}},
+      {"out", dir + "/exp"}}.dump();
+  ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
+  auto summary = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
+  ASSERT_EQ(summary["cells"].size(), 3u);  // real, real+synthetic, synthetic
+  EXPECT_EQ(summary["synthetic"]["images"], 40);
+  EXPECT_TRUE(summary["audit"].contains("fd") && summary["audit"].contains("memorisation"));
+  // Rerun: every stage is cached (no training), same summary cells.
+  ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
+  auto again = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
+  EXPECT_EQ(again["cells"], summary["cells"]);
+  ASSERT_TRUE(sh(lf + " report --experiment " + dir + "/exp --captions " + dir + "/captions.jsonl --out " + dir + "/report.html"));
+  std::string html = *read_file(dir + "/report.html");
+  EXPECT_NE(html.find("real+synthetic"), std::string::npos);
+  EXPECT_NE(html.find("Fréchet"), std::string::npos);
+  std::string shot = dir + "/shot.png";
+  std::system(("chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,1600 --screenshot=" + shot +
+               " file://" + dir + "/report.html > /dev/null 2>&1")
+                  .c_str());
+  cv::Mat img = cv::imread(shot);
+  ASSERT_FALSE(img.empty()) << "no screenshot from headless chromium (scripts/setup.sh --test installs it)";
+  cv::Mat grey;
+  cv::cvtColor(img, grey, cv::COLOR_BGR2GRAY);
+  double non_white = cv::countNonZero(grey < 200) / static_cast<double>(grey.total());
+  EXPECT_GT(non_white, 0.01) << "the rendered report looks blank";
+}
