@@ -177,7 +177,8 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow, cons
 }
 
 Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, const Tokenizer& tok,
-                                       const CaptionedImages& train, const CaptionedImages* val) {
+                                       const CaptionedImages& train, const CaptionedImages* val,
+                                       const TrainTarget* target) {
   if (train.count() == 0) return Status::error("train: no training images");
   if (cfg.out.empty()) return Status::error("train: --out is required");
   const auto& mc = model->config();
@@ -192,22 +193,46 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   auto [all_ids, all_mask] = tokenize_batch(tok, train.captions, mc.max_text_len);
   auto [empty_ids, empty_mask] = tokenize_batch(tok, {""}, mc.max_text_len);
 
-  MMDiT ema(mc);
+  // What is trained: every parameter (default) or the tensors of a target (LoRA adapters).
+  std::vector<Tensor> params = target ? target->params : model->parameters();
+  auto prepare = [&]() {
+    if (target && target->before_forward) target->before_forward();
+  };
+  // EMA of the trained tensors; swap_ema() exchanges them with the live values (for
+  // validation, sample grids and the EMA checkpoint) and swaps back when called again.
+  std::vector<Tensor> ema;
   {
     torch::NoGradGuard ng;
-    auto src = model->parameters(), dst = ema->parameters();
-    for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+    for (auto& p : params) ema.push_back(p.detach().clone());
   }
-  for (auto& p : ema->parameters()) p.set_requires_grad(false);
-  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay).betas({0.9, 0.99}));
+  auto swap_ema = [&]() {
+    torch::NoGradGuard ng;
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto tmp = params[i].detach().clone();
+      params[i].copy_(ema[i]);
+      ema[i].copy_(tmp);
+    }
+  };
+  auto save_weights = [&](const std::string& path, int64_t s, const std::string& kind) -> Status {
+    if (target) return target->save(path, s, kind);
+    return save_generator(path, model, tok, s, cfg.flow, kind);
+  };
+  auto load_weights = [&](const std::string& path) -> Status {
+    if (target) return target->load(path);
+    LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(path));
+    return load_module_tensors(w, *model, path);
+  };
+  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay).betas({0.9, 0.99}));
 
   int64_t step = 0;
   if (cfg.resume) {
     if (!file_exists(state)) return Status::error(state + ": nothing to resume (no training state in " + cfg.out + ")");
-    LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(ckpt));
-    LF_RETURN_IF_ERROR(load_module_tensors(w, *model, ckpt));
-    LF_ASSIGN_OR_RETURN(SafeTensors we, load_safetensors(ema_path));
-    LF_RETURN_IF_ERROR(load_module_tensors(we, *ema, ema_path));
+    LF_RETURN_IF_ERROR(load_weights(ema_path));
+    {
+      torch::NoGradGuard ng;
+      for (size_t i = 0; i < params.size(); ++i) ema[i].copy_(params[i]);
+    }
+    LF_RETURN_IF_ERROR(load_weights(ckpt));
     LF_ASSIGN_OR_RETURN(step, load_state(state, opt));
     truncate_metrics(metrics, step);
     log_info("resumed " + cfg.out + " at step " + std::to_string(step));
@@ -217,8 +242,11 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/options.json", nlohmann::json{{"train", cfg.to_json()}, {"model", mc.to_json()}}.dump(2) + "\n"));
 
   auto save_all = [&](int64_t s) -> Status {
-    LF_RETURN_IF_ERROR(save_generator(ckpt, model, tok, s, cfg.flow, "raw"));
-    LF_RETURN_IF_ERROR(save_generator(ema_path, ema, tok, s, cfg.flow, "ema"));
+    LF_RETURN_IF_ERROR(save_weights(ckpt, s, "raw"));
+    swap_ema();
+    Status st = save_weights(ema_path, s, "ema");
+    swap_ema();
+    LF_RETURN_IF_ERROR(st);
     return save_state(state, s, opt);  // written last: a state file implies matching weights
   };
 
@@ -276,6 +304,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     auto t = sample_timesteps(x0.size(0), cfg.flow, gen);
     auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32);
     auto fb = make_flow_batch(x0, noise, t);
+    prepare();
     auto per = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, cfg.flow);
     auto loss = per.mean();
     double lv = loss.item<double>();
@@ -286,13 +315,12 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     }
     opt.zero_grad();
     loss.backward();
-    double gnorm = torch::nn::utils::clip_grad_norm_(model->parameters(), cfg.grad_clip);
+    double gnorm = torch::nn::utils::clip_grad_norm_(params, cfg.grad_clip);
     opt.step();
     {
       torch::NoGradGuard ng;
       double d = std::min(cfg.ema_decay, (1.0 + step) / (10.0 + step));
-      auto src = model->parameters(), dst = ema->parameters();
-      for (size_t i = 0; i < src.size(); ++i) dst[i].mul_(d).add_(src[i], 1 - d);
+      for (size_t i = 0; i < params.size(); ++i) ema[i].mul_(d).add_(params[i], 1 - d);
     }
     ++step;
     bins.add(t, per);
@@ -316,7 +344,10 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     if (val_x.defined() && cfg.val_every > 0 && step % cfg.val_every == 0) {
       torch::NoGradGuard ng;
       auto fv = make_flow_batch(val_x, val_noise, val_t);
-      double vl = flow_loss_per_sample(ema->forward(fv.x_t, val_t, val_ids, val_mask), fv, cfg.flow).mean().item<double>();
+      swap_ema();
+      prepare();
+      double vl = flow_loss_per_sample(model->forward(fv.x_t, val_t, val_ids, val_mask), fv, cfg.flow).mean().item<double>();
+      swap_ema();
       append_line(metrics, nlohmann::json{{"step", step}, {"val_loss_ema", vl}}.dump());
     }
     if (cfg.sample_every > 0 && step % cfg.sample_every == 0 && !cfg.val_prompts.empty()) {
@@ -329,8 +360,14 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
         }
       GenerateConfig gc;
       gc.sampler.steps = 20;
-      ema->eval();
-      auto imgs = generate(ema, tok, cfg.flow, ps, seeds, gc);
+      swap_ema();
+      Tensor imgs;
+      {
+        torch::NoGradGuard ng;
+        prepare();
+        imgs = generate(model, tok, cfg.flow, ps, seeds, gc);
+      }
+      swap_ema();
       auto u8 = tensor_to_images(imgs);
       std::vector<cv::Mat> tiles;
       const int S = mc.image_size;

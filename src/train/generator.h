@@ -1,5 +1,6 @@
 // Training and sampling of the text-to-image generator.
 #pragma once
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -57,11 +58,22 @@ struct GenTrainResult {
   bool stopped_by_budget = false;
 };
 
+// What a training run optimises. Default (nullptr): every parameter of the model, with full
+// generator checkpoints. LoRA fine-tuning passes its adapter tensors, a hook that applies them
+// to the frozen base before every forward, and its own save/load of the adapter file.
+struct TrainTarget {
+  std::vector<torch::Tensor> params;
+  std::function<void()> before_forward;
+  std::function<Status(const std::string& path, int64_t step, const std::string& kind)> save;
+  std::function<Status(const std::string& path)> load;
+};
+
 // Run directory: checkpoint.safetensors (weights), ema.safetensors (EMA weights),
 // state.bin (optimizer + step; all other randomness is derived from (seed, step)),
 // metrics.jsonl, samples/step_XXXXXX.png, options.json.
 Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, const Tokenizer& tok,
-                                       const CaptionedImages& train, const CaptionedImages* val);
+                                       const CaptionedImages& train, const CaptionedImages* val,
+                                       const TrainTarget* target = nullptr);
 
 Status save_generator(const std::string& path, MMDiT& model, const Tokenizer& tok, int64_t step,
                       const FlowConfig& flow, const std::string& kind);

@@ -1,9 +1,15 @@
-// lesionflow text train-tokenizer | train | sample
+// lesionflow text train-tokenizer | train | sample | finetune | lora merge
+#include <algorithm>
+#include <random>
+#include <sstream>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <opencv2/imgproc.hpp>
 
+#include <sys/resource.h>
+
+#include "adapters/lora.h"
 #include "cli.h"
 #include "lesionflow/captions.h"
 #include "lesionflow/data.h"
@@ -16,6 +22,8 @@
 
 namespace lf::cli {
 namespace {
+
+std::pair<std::string, double> split_strength(const std::string& spec);
 
 struct GenOptions {
   std::string data;       // prepared cache dir
@@ -41,12 +49,23 @@ struct GenOptions {
   double cfg = 4.0;
   std::string sampler = "euler";
   double shift = 1.0;
+  std::vector<std::string> lora;  // sample: adapter[:strength] (repeatable)
+  // finetune
+  std::string base;
+  int rank = 16;
+  double alpha = 16;
+  std::string targets = "attn,mlp";
+  std::vector<std::string> rank_for, filter;
+  int64_t limit = 0;
+  bool full = false;
   nlohmann::json to_json() const {
     return {{"data", data}, {"captions", captions}, {"splits", splits}, {"tokenizer", tokenizer},
             {"vocab", vocab}, {"preset", preset}, {"prediction", prediction}, {"steps", steps},
             {"batch", batch}, {"lr", lr}, {"max_minutes", max_minutes}, {"resume", resume},
             {"out", out}, {"checkpoint", checkpoint}, {"prompts", prompts}, {"prompts_file", prompts_file},
-            {"n", n}, {"sample_steps", sample_steps}, {"cfg", cfg}, {"sampler", sampler}, {"shift", shift}};
+            {"n", n}, {"sample_steps", sample_steps}, {"cfg", cfg}, {"sampler", sampler}, {"shift", shift},
+            {"lora", lora}, {"base", base}, {"rank", rank}, {"alpha", alpha}, {"targets", targets},
+            {"rank_for", rank_for}, {"filter", filter}, {"limit", limit}, {"full", full}};
   }
 };
 
@@ -190,6 +209,18 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
   if (prompts.empty()) return Status::error("sample: give --prompt TEXT (repeatable) or --prompts-file FILE");
   if (o.sampler != "euler" && o.sampler != "heun") return Status::error("--sampler must be euler or heun");
   LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(o.checkpoint));
+  LoraRuntime lora(gen.model);
+  std::string adapter_hashes;
+  for (auto& spec : o.lora) {
+    auto [path, strength] = split_strength(spec);
+    LF_ASSIGN_OR_RETURN(auto a, LoraAdapter::load(path, gen.model, gen.hash));
+    LF_RETURN_IF_ERROR(lora.add(a, strength));
+    adapter_hashes += (adapter_hashes.empty() ? "" : ",") + a->hash + ":" + std::to_string(strength);
+  }
+  if (!o.lora.empty()) {
+    torch::NoGradGuard ng;
+    lora.apply();
+  }
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   std::vector<std::string> ps, names;
   std::vector<uint64_t> seeds;
@@ -219,13 +250,161 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
       manifest << nlohmann::json{{"file", names[i]}, {"prompt", ps[i]}, {"seed", seeds[i]},
                                  {"steps", o.sample_steps}, {"cfg", o.cfg}, {"sampler", o.sampler},
                                  {"shift", o.shift}, {"checkpoint", o.checkpoint},
-                                 {"checkpoint_hash", gen.hash}}.dump() << '\n';
+                                 {"checkpoint_hash", gen.hash}, {"adapters", adapter_hashes}}.dump() << '\n';
     prog.update(static_cast<int64_t>(e));
   }
   prog.finish();
   LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/samples.jsonl", manifest.str()));
   LF_RETURN_IF_ERROR(write_png(o.out + "/grid.png", make_grid(tiles, std::min(o.n, 16))));
   if (!g.json) std::printf("wrote %zu images, grid.png and samples.jsonl to %s\n", ps.size(), o.out.c_str());
+  return Status::ok_status();
+}
+
+// "path[:strength]" -> (path, strength); strength 1 when absent.
+std::pair<std::string, double> split_strength(const std::string& spec) {
+  auto c = spec.rfind(':');
+  if (c != std::string::npos && c + 1 < spec.size()) {
+    char* end = nullptr;
+    double v = std::strtod(spec.c_str() + c + 1, &end);
+    if (end && *end == '\0') return {spec.substr(0, c), v};
+  }
+  return {spec, 1.0};
+}
+
+long peak_rss_mb() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024;
+}
+
+// Records of the training split matching every --filter key=value (dx, site, sex, age band).
+std::vector<size_t> filtered(const LoadedData& d, const std::vector<size_t>& idx, const std::vector<std::string>& filters,
+                             int64_t limit, uint64_t seed) {
+  std::vector<size_t> out;
+  for (size_t i : idx) {
+    const Record& r = d.ps.records[i];
+    bool ok = true;
+    for (auto& f : filters) {
+      auto eq = f.find('=');
+      std::string k = f.substr(0, eq), v = eq == std::string::npos ? "" : f.substr(eq + 1);
+      std::string have = k == "dx" ? r.dx : k == "site" ? r.site : k == "sex" ? r.sex : k == "age" ? age_band(r.age) : "?";
+      ok = ok && have == v;
+    }
+    if (ok) out.push_back(i);
+  }
+  if (limit > 0 && static_cast<int64_t>(out.size()) > limit) {
+    std::mt19937_64 rng(seed + 4242);
+    std::shuffle(out.begin(), out.end(), rng);
+    out.resize(limit);
+    std::sort(out.begin(), out.end());
+  }
+  return out;
+}
+
+Status run_finetune(const GenOptions& o, const GlobalOptions& g) {
+  if (o.base.empty()) return Status::error("finetune: --base CHECKPOINT is required");
+  if (o.out.empty()) return Status::error("finetune: --out DIR is required");
+  for (auto& f : o.filter)
+    if (f.find('=') == std::string::npos || (f.rfind("dx=", 0) && f.rfind("site=", 0) && f.rfind("sex=", 0) && f.rfind("age=", 0)))
+      return Status::error("finetune: --filter '" + f + "' must be dx=, site=, sex= or age=VALUE");
+  LF_ASSIGN_OR_RETURN(LoadedGenerator base, load_generator(o.base));
+  LF_ASSIGN_OR_RETURN(LoadedData d, load_data(o));
+  if (d.ps.size != base.model->config().image_size)
+    return Status::error("finetune: the data is " + std::to_string(d.ps.size) + "px, the base model " +
+                         std::to_string(base.model->config().image_size) + "px");
+  auto tr_idx = filtered(d, d.train_idx, o.filter, o.limit, g.seed);
+  auto va_idx = filtered(d, d.val_idx, o.filter, 0, g.seed);
+  if (tr_idx.empty()) return Status::error("finetune: no training images match the filters");
+  LF_RETURN_IF_ERROR(make_dirs(o.out));
+  GenTrainConfig tc;
+  tc.steps = o.steps;
+  tc.batch = o.batch;
+  tc.lr = o.lr;
+  tc.max_minutes = o.max_minutes;
+  tc.seed = g.seed;
+  tc.out = o.out;
+  tc.resume = o.resume;
+  tc.ckpt_every = o.ckpt_every;
+  tc.sample_every = o.sample_every;
+  tc.log_every = o.log_every;
+  tc.val_every = o.val_every;
+  tc.warmup = std::min<int64_t>(50, o.steps / 10 + 1);
+  tc.flow = base.flow;
+  for (size_t k = 0; k < va_idx.size() && tc.val_prompts.size() < 6; ++k) tc.val_prompts.push_back(d.captions[va_idx[k]]);
+  if (tc.val_prompts.empty())
+    for (size_t k = 0; k < tr_idx.size() && tc.val_prompts.size() < 6; ++k) tc.val_prompts.push_back(d.captions[tr_idx[k]]);
+  auto train = subset(d, tr_idx), val = subset(d, va_idx);
+  const int64_t base_params = base.model->num_parameters();
+  nlohmann::json info = {{"base", o.base}, {"base_hash", base.hash}, {"train_images", tr_idx.size()},
+                         {"val_images", va_idx.size()}, {"filter", o.filter}, {"base_parameters", base_params}};
+  GenTrainResult r;
+  if (o.full) {
+    info["mode"] = "full";
+    info["trainable_parameters"] = base_params;
+    log_info("full fine-tune: " + std::to_string(base_params) + " trainable parameters on " + std::to_string(tr_idx.size()) + " images");
+    LF_ASSIGN_OR_RETURN(r, train_generator(tc, base.model, *base.tok, train, va_idx.empty() ? nullptr : &val));
+  } else {
+    LoraSpec spec;
+    std::stringstream ts(o.targets);
+    spec.targets.clear();
+    for (std::string t; std::getline(ts, t, ',');)
+      if (!t.empty()) spec.targets.push_back(t);
+    spec.rank = o.rank;
+    spec.alpha = o.alpha;
+    spec.seed = g.seed;
+    for (auto& rf : o.rank_for) {
+      auto eq = rf.find('=');
+      if (eq == std::string::npos) return Status::error("--rank-for '" + rf + "' must be GROUP=RANK");
+      spec.rank_for[rf.substr(0, eq)] = std::atoi(rf.c_str() + eq + 1);
+    }
+    LF_ASSIGN_OR_RETURN(auto adapter, LoraAdapter::create(base.model, spec));
+    LoraRuntime rt(base.model);
+    LF_RETURN_IF_ERROR(rt.add(adapter, 1.0));
+    rt.freeze_base();
+    nlohmann::json extra = {{"targets", spec.targets}, {"rank", spec.rank}, {"alpha", spec.alpha},
+                            {"rank_for", spec.rank_for}, {"filter", o.filter}, {"base", o.base}};
+    TrainTarget target;
+    target.params = adapter->parameters();
+    target.before_forward = [&rt]() { rt.apply(); };
+    target.save = [&](const std::string& path, int64_t step, const std::string& kind) {
+      extra["weights"] = kind;
+      return adapter->save(path, base.hash, step, extra.dump());
+    };
+    target.load = [&](const std::string& path) -> Status {
+      LF_ASSIGN_OR_RETURN(auto saved, LoraAdapter::load(path, base.model, base.hash));
+      torch::NoGradGuard ng;
+      auto dst = adapter->parameters(), src = saved->parameters();
+      if (dst.size() != src.size()) return Status::error(path + ": adapter layout differs from this run's");
+      for (size_t i = 0; i < dst.size(); ++i) dst[i].copy_(src[i]);
+      return Status::ok_status();
+    };
+    info["mode"] = "lora";
+    info["trainable_parameters"] = adapter->num_parameters();
+    info["lora_modules"] = adapter->modules().size();
+    log_info("LoRA fine-tune: " + std::to_string(adapter->num_parameters()) + " trainable parameters (" +
+             std::to_string(100.0 * adapter->num_parameters() / base_params) + "% of " + std::to_string(base_params) +
+             ") in " + std::to_string(adapter->modules().size()) + " modules, " + std::to_string(tr_idx.size()) + " images");
+    LF_ASSIGN_OR_RETURN(r, train_generator(tc, base.model, *base.tok, train, va_idx.empty() ? nullptr : &val, &target));
+  }
+  info["steps"] = r.step;
+  info["seconds"] = r.seconds;
+  info["steps_per_second"] = (r.step - (o.resume ? 0 : 0)) / std::max(r.seconds, 1e-9);
+  info["images_per_second"] = r.images_per_second;
+  info["peak_rss_mb"] = peak_rss_mb();
+  LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/finetune.json", info.dump(2) + "\n"));
+  if (g.json) emit_json(g, info);
+  else std::printf("%s fine-tune: %lld trainable parameters, %lld steps, %.2f img/s, peak RSS %ld MB -> %s/ema.safetensors\n",
+                   info["mode"].get<std::string>().c_str(), (long long)info["trainable_parameters"].get<int64_t>(),
+                   (long long)r.step, r.images_per_second, peak_rss_mb(), o.out.c_str());
+  return Status::ok_status();
+}
+
+Status run_lora_merge(const GenOptions& o, const GlobalOptions& g) {
+  if (o.lora.empty()) return Status::error("lora merge: give --adapter FILE[:STRENGTH] (repeatable)");
+  std::vector<std::pair<std::string, double>> ads;
+  for (auto& s : o.lora) ads.push_back(split_strength(s));
+  LF_RETURN_IF_ERROR(merge_lora(o.base, ads, o.out));
+  if (!g.json) std::printf("merged %zu adapter(s) into %s\n", ads.size(), o.out.c_str());
   return Status::ok_status();
 }
 
@@ -272,8 +451,39 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   sa->add_option("--cfg", o.cfg, "classifier-free guidance scale (1 = off)")->capture_default_str();
   sa->add_option("--sampler", o.sampler, "euler | heun")->capture_default_str();
   sa->add_option("--shift", o.shift, "timestep shift of the schedule")->capture_default_str();
+  sa->add_option("--lora", o.lora, "LoRA adapter FILE[:STRENGTH] applied at run time (repeatable)");
   sa->add_option("--out", o.out, "output directory")->required();
   sa->callback([&g, run]() { *run = [&g]() { return run_sample(o, g); }; });
+
+  auto* ft = app.add_subcommand("finetune", "adapt a trained generator to a subset with LoRA (or --full)");
+  data_flags(ft);
+  ft->add_option("--base", o.base, "base generator checkpoint")->required();
+  ft->add_option("--filter", o.filter, "train on images with dx=, site=, sex= or age=VALUE (repeatable, all must match)");
+  ft->add_option("--limit", o.limit, "at most N training images (seeded choice)")->capture_default_str();
+  ft->add_option("--rank", o.rank, "LoRA rank")->capture_default_str();
+  ft->add_option("--alpha", o.alpha, "LoRA alpha (scale alpha/rank)")->capture_default_str();
+  ft->add_option("--targets", o.targets, "attn,mlp,mod,io,text or re:REGEX")->capture_default_str();
+  ft->add_option("--rank-for", o.rank_for, "per-group rank, e.g. mod=4 (repeatable)");
+  ft->add_flag("--full", o.full, "full fine-tune of every weight (for comparison)");
+  ft->add_option("--steps", o.steps, "optimisation steps")->capture_default_str();
+  ft->add_option("--batch", o.batch, "batch size")->capture_default_str();
+  ft->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
+  ft->add_option("--max-minutes", o.max_minutes, "wall-clock budget (0 = none)");
+  ft->add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps")->capture_default_str();
+  ft->add_option("--sample-every", o.sample_every, "validation grid every N steps")->capture_default_str();
+  ft->add_option("--log-every", o.log_every, "metrics every N steps")->capture_default_str();
+  ft->add_option("--val-every", o.val_every, "validation loss every N steps")->capture_default_str();
+  ft->add_flag("--resume", o.resume, "continue the run in --out");
+  ft->add_option("--out", o.out, "run directory (adapter: ema.safetensors / checkpoint.safetensors)")->required();
+  ft->callback([&g, run]() { *run = [&g]() { return run_finetune(o, g); }; });
+
+  auto* lo = app.add_subcommand("lora", "LoRA adapter tools");
+  lo->require_subcommand(1);
+  auto* mg = lo->add_subcommand("merge", "merge adapters into a new full generator checkpoint");
+  mg->add_option("--base", o.base, "base generator checkpoint")->required();
+  mg->add_option("--adapter", o.lora, "adapter FILE[:STRENGTH] (repeatable)")->required();
+  mg->add_option("--out", o.out, "merged checkpoint")->required();
+  mg->callback([&g, run]() { *run = [&g]() { return run_lora_merge(o, g); }; });
 }
 
 }  // namespace lf::cli

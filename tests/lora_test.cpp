@@ -1,0 +1,173 @@
+// LoRA adapters: identity at B = 0, only adapter tensors train, merge == runtime, small files,
+// mismatched bases refused.
+#include <filesystem>
+
+#include "adapters/lora.h"
+#include "lesionflow/captions.h"
+#include "lesionflow/io.h"
+#include "models/checkpoint.h"
+#include "test_util.h"
+#include "train/generator.h"
+
+using namespace lf;
+
+namespace {
+struct Fixture {
+  PreparedSet ps;
+  CaptionedImages imgs;
+  std::shared_ptr<Tokenizer> tok;
+  MMDiT model{nullptr};
+  std::string base_path, base_hash;
+};
+
+Fixture make_fixture(const std::string& name) {
+  Fixture f;
+  auto ds = load_dataset("phantom:24", {}, 5);
+  PrepareStats st;
+  f.ps = *prepare(*ds, PrepareConfig{16, FitMode::kCrop, 2}, &st);
+  f.imgs.size = 16;
+  for (int64_t i = 0; i < f.ps.count(); ++i) {
+    f.imgs.pixels.push_back(f.ps.image(i));
+    f.imgs.captions.push_back(compose_caption(facts_from_record(f.ps.records[i]), 0));
+  }
+  f.tok = std::make_shared<Tokenizer>(*Tokenizer::train(f.imgs.captions, {96, "bpe", 0}));
+  MMDiTConfig mc = MMDiTConfig::preset("tiny");
+  mc.image_size = 16;
+  mc.patch = 4;
+  mc.vocab_size = f.tok->vocab_size();
+  torch::manual_seed(1);
+  f.model = MMDiT(mc);
+  {
+    // Stand-in for a trained base: adaLN-Zero starts with zero gates and a zero output layer,
+    // which would hide every change to the blocks.
+    torch::NoGradGuard ng;
+    for (auto& p : f.model->parameters()) p.add_(torch::randn(p.sizes()) * 0.05);
+  }
+  f.base_path = test::tmp_dir(name) + "/base.safetensors";
+  EXPECT_TRUE(save_generator(f.base_path, f.model, *f.tok, 0, FlowConfig{}, "raw").ok());
+  f.base_hash = *hash_file(f.base_path);
+  return f;
+}
+
+torch::Tensor forward_fixed(MMDiT& m, const Tokenizer& tok, int size) {
+  torch::NoGradGuard ng;
+  auto gen = at::detail::createCPUGenerator(77);
+  auto x = torch::randn({2, 3, size, size}, gen, torch::kFloat32);
+  auto t = torch::tensor({0.3f, 0.8f});
+  auto [ids, mask] = tokenize_batch(tok, {"dermoscopic image of a melanoma", "a nevus"}, m->config().max_text_len);
+  return m->forward(x, t, ids, mask);
+}
+
+void randomize_up(LoraAdapter& a, uint64_t seed) {
+  torch::NoGradGuard ng;
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (auto& m : a.modules()) const_cast<torch::Tensor&>(m.up).copy_(torch::randn(m.up.sizes(), gen) * 0.05);
+}
+}  // namespace
+
+TEST(Lora, ZeroUpIsExactlyTheBaseModel) {
+  auto f = make_fixture("lora_identity");
+  auto before = forward_fixed(f.model, *f.tok, 16);
+  auto a = LoraAdapter::create(f.model, LoraSpec{{"attn", "mlp", "mod"}, 4, 4});
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  EXPECT_GT((*a)->modules().size(), 8u);
+  LoraRuntime rt(f.model);
+  ASSERT_TRUE(rt.add(*a, 1.0).ok());
+  rt.apply();
+  EXPECT_TRUE(torch::equal(forward_fixed(f.model, *f.tok, 16), before));
+  // Non-zero B changes the output; removing the adapter restores the base exactly.
+  randomize_up(**a, 3);
+  rt.apply();
+  EXPECT_GT((forward_fixed(f.model, *f.tok, 16) - before).abs().max().item<double>(), 1e-4);
+  rt.remove();
+  EXPECT_TRUE(torch::equal(forward_fixed(f.model, *f.tok, 16), before));
+  EXPECT_FALSE(LoraAdapter::create(f.model, LoraSpec{{"bogus"}}).ok());
+}
+
+TEST(Lora, TrainingChangesOnlyTheAdapterAndMergeEqualsRuntime) {
+  auto f = make_fixture("lora_train");
+  std::vector<torch::Tensor> base_copy;
+  for (auto& p : f.model->parameters()) base_copy.push_back(p.detach().clone());
+  auto a = *LoraAdapter::create(f.model, LoraSpec{{"attn", "mlp"}, 4, 8});
+  LoraRuntime rt(f.model);
+  ASSERT_TRUE(rt.add(a, 1.0).ok());
+  rt.freeze_base();
+  GenTrainConfig tc;
+  tc.steps = 6;
+  tc.batch = 8;
+  tc.lr = 1e-2;
+  tc.warmup = 1;
+  tc.sample_every = 0;
+  tc.val_every = 0;
+  tc.ckpt_every = 0;
+  tc.out = test::tmp_dir("lora_train_run");
+  TrainTarget target;
+  target.params = a->parameters();
+  target.before_forward = [&rt]() { rt.apply(); };
+  target.save = [&](const std::string& p, int64_t step, const std::string&) { return a->save(p, f.base_hash, step); };
+  target.load = [](const std::string&) { return Status::ok_status(); };
+  auto r = train_generator(tc, f.model, *f.tok, f.imgs, nullptr, &target);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  auto params = f.model->parameters();
+  for (size_t i = 0; i < params.size(); ++i) ASSERT_TRUE(torch::equal(params[i], base_copy[i])) << "base tensor " << i << " changed";
+  double up_norm = 0;
+  for (auto& m : a->modules()) up_norm += m.up.abs().sum().item<double>();
+  EXPECT_GT(up_norm, 0) << "LoRA B stayed zero: nothing was trained";
+  // The run's adapter file holds only LoRA tensors.
+  auto st = *load_safetensors(tc.out + "/checkpoint.safetensors");
+  for (auto& [k, t] : st.tensors)
+    EXPECT_TRUE(k.find(".lora_down.weight") != std::string::npos || k.find(".lora_up.weight") != std::string::npos ||
+                k.find(".alpha") != std::string::npos)
+        << k;
+  // Two adapters at run time (strengths 1 and 0.5) == both merged into a checkpoint.
+  std::string dir = test::tmp_dir("lora_merge");
+  ASSERT_TRUE(a->save(dir + "/a.safetensors", f.base_hash, 6).ok());
+  auto b = *LoraAdapter::create(f.model, LoraSpec{{"mod"}, 2, 2, {}, 9});
+  randomize_up(*b, 4);
+  ASSERT_TRUE(b->save(dir + "/b.safetensors", f.base_hash, 0).ok());
+  LoraRuntime rt2(f.model);
+  ASSERT_TRUE(rt2.add(*LoraAdapter::load(dir + "/a.safetensors", f.model, f.base_hash), 1.0).ok());
+  ASSERT_TRUE(rt2.add(*LoraAdapter::load(dir + "/b.safetensors", f.model, f.base_hash), 0.5).ok());
+  {
+    torch::NoGradGuard ng;
+    rt2.apply();
+  }
+  auto runtime_out = forward_fixed(f.model, *f.tok, 16);
+  rt2.remove();
+  ASSERT_TRUE(merge_lora(f.base_path, {{dir + "/a.safetensors", 1.0}, {dir + "/b.safetensors", 0.5}}, dir + "/merged.safetensors").ok());
+  auto merged = load_generator(dir + "/merged.safetensors");
+  ASSERT_TRUE(merged.ok()) << merged.status().message();
+  auto merged_out = forward_fixed(merged->model, *merged->tok, 16);
+  EXPECT_LE((merged_out - runtime_out).abs().max().item<double>(), 1e-5);
+  EXPECT_GT((merged_out - forward_fixed(f.model, *f.tok, 16)).abs().max().item<double>(), 1e-4);  // not the base
+}
+
+TEST(Lora, AdapterIsSmallAndAMismatchedBaseIsRefused) {
+  // Rank 8 on attention + MLP of the small preset: adapter file <= 5% of the base checkpoint.
+  auto corpus = std::vector<std::string>{"dermoscopic image of a melanoma", "a benign nevus on the back"};
+  auto tok = *Tokenizer::train(corpus, {64, "bpe", 0});
+  MMDiTConfig mc = MMDiTConfig::preset("small");
+  mc.vocab_size = tok.vocab_size();
+  MMDiT small(mc);
+  std::string dir = test::tmp_dir("lora_size");
+  ASSERT_TRUE(save_generator(dir + "/base.safetensors", small, tok, 0, FlowConfig{}, "raw").ok());
+  auto a = *LoraAdapter::create(small, LoraSpec{{"attn", "mlp"}, 8, 8});
+  ASSERT_TRUE(a->save(dir + "/a.safetensors", *hash_file(dir + "/base.safetensors"), 0).ok());
+  double ratio = static_cast<double>(std::filesystem::file_size(dir + "/a.safetensors")) /
+                 std::filesystem::file_size(dir + "/base.safetensors");
+  EXPECT_LE(ratio, 0.05) << "adapter/base size ratio " << ratio;
+  EXPECT_GT(ratio, 0.001);
+  // Wrong base hash -> refused with a message naming both hashes.
+  auto wrong = LoraAdapter::load(dir + "/a.safetensors", small, "0000000000000000");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.status().message().find("refusing"), std::string::npos) << wrong.status().message();
+  // Right hash but another architecture (tiny) -> shapes or modules do not fit.
+  auto f = make_fixture("lora_size_tiny");
+  auto shapes = LoraAdapter::load(dir + "/a.safetensors", f.model, "");
+  ASSERT_FALSE(shapes.ok());
+  EXPECT_TRUE(shapes.status().message().find("do not fit") != std::string::npos ||
+              shapes.status().message().find("does not exist") != std::string::npos)
+      << shapes.status().message();
+  // merge refuses too.
+  EXPECT_FALSE(merge_lora(f.base_path, {{dir + "/a.safetensors", 1.0}}, dir + "/m.safetensors").ok());
+}
