@@ -28,6 +28,7 @@ void add_caption(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_generator(CLI::App& app, GlobalOptions& g, Runner* run);  // text, train, sample
 void add_report(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_classify(CLI::App& app, GlobalOptions& g, Runner* run);  // classify, synth, experiment
+void add_bench(CLI::App& app, GlobalOptions& g, Runner* run);
 
 // Print a JSON value (for --json) or nothing.
 inline void emit_json(const GlobalOptions& g, const nlohmann::json& j) {

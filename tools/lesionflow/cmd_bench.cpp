@@ -1,0 +1,292 @@
+// lesionflow bench: speed of the pipeline's stages in ONE run, against the machine's sgemm and
+// against the same models in python3-torch, interleaved so drift hits every variant alike.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <functional>
+#include <numeric>
+#include <opencv2/imgproc.hpp>
+
+#include "classify/classifier.h"
+#include "cli.h"
+#include "lesionflow/captions.h"
+#include "lesionflow/concepts.h"
+#include "lesionflow/io.h"
+#include "lesionflow/log.h"
+#include "lesionflow/record_pixels.h"
+#include "lesionflow/runtime.h"
+#include "train/common.h"
+#include "train/generator.h"
+
+namespace lf::cli {
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+struct BenchOptions {
+  int reps = 5;
+  std::string preset = "small";
+  int batch = 32, text_tokens = 40, sample_steps = 20;
+  double cfg = 4.0;
+  std::string data = "../shared/data/ham10000";
+  std::string python = "/usr/bin/python3";
+  std::string out = "bench/results";
+  bool no_python = false;
+};
+
+// Forward FLOPs of one image through the MMDiT (multiply-adds x 2), counted per layer from the
+// config; T text tokens. Norms, activations, RoPE and softmax are not counted (< 2%).
+double mmdit_forward_flops(const MMDiTConfig& c, int T) {
+  const double D = c.dim, Dt = c.text_dim, hid = c.mlp_ratio * c.dim, N = c.tokens(), L = N + T;
+  const double pd = c.patch * c.patch * c.channels, S2 = double(c.image_size) * c.image_size;
+  double mac = 0;
+  mac += c.text_layers * (T * 12 * Dt * Dt + 2 * T * T * Dt);              // text encoder
+  mac += 256 * D + D * D + Dt * D + D * D;                                  // timestep + pooled text
+  mac += N * pd * D + T * Dt * D;                                           // input projections
+  mac += c.double_blocks * (2 * 6 * D * D + L * (4 * D * D + 2 * D * hid) + 2 * L * L * D);
+  mac += c.single_blocks * (3 * D * D + L * (D * (3 * D + hid) + (D + hid) * D) + 2 * L * L * D);
+  mac += 2 * D * D + N * D * pd;                                            // final layer
+  const double rc = c.refine_channels, C = c.channels;
+  if (rc > 0) mac += S2 * 9 * (2 * C * rc + rc * rc + rc * C);             // conv refinement head
+  return 2 * mac;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+std::string run_capture(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+struct Variant {
+  std::string name, unit;
+  std::function<double()> run;  // one measurement: units per second
+  double flops_per_unit = 0;    // for achieved GFLOP/s (0: not counted)
+  std::vector<double> values;
+};
+
+Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
+  const int threads = get_threads();
+  log_info("bench: " + std::to_string(threads) + " threads, " + std::to_string(o.reps) + " repetitions, BLAS " + loaded_blas());
+  // Generator (random weights: speed does not depend on training).
+  std::vector<std::string> corpus;
+  auto phantoms = load_dataset("phantom:64", {}, 1);
+  for (auto& r : phantoms->records) corpus.push_back(compose_caption(facts_from_record(r), std::hash<std::string>{}(r.id) | 1));
+  auto tok_r = Tokenizer::train(corpus, {512, "bpe", 0});
+  if (!tok_r.ok()) return tok_r.status();
+  Tokenizer tok = std::move(*tok_r);
+  MMDiTConfig mc = MMDiTConfig::preset(o.preset);
+  mc.vocab_size = tok.vocab_size();
+  torch::manual_seed(0);
+  MMDiT model(mc);
+  const int S = mc.image_size, B = o.batch, T = o.text_tokens;
+  auto x0 = torch::randn({B, 3, S, S});
+  auto ids = torch::randint(3, mc.vocab_size, {B, T}, torch::kInt64);
+  auto mask = torch::ones({B, T}, torch::kBool);
+  FlowConfig flow;
+  flow.prediction = mc.prediction;
+  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(1e-4));
+  auto gen_step = [&]() {
+    auto gen = at::detail::createCPUGenerator(1);
+    auto t = sample_timesteps(B, flow, gen);
+    auto fb = make_flow_batch(x0, torch::randn_like(x0), t);
+    auto loss = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, flow).mean();
+    opt.zero_grad();
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
+    opt.step();
+  };
+  const double train_flops_per_img = 3 * mmdit_forward_flops(mc, T);
+  std::vector<Variant> vs;
+  vs.push_back({"sgemm 2048", "GFLOP/s", [] { return measure_sgemm_gflops(2048, 1.0); }});
+  vs.push_back({"generator train step (C++)", "img/s", [&] {
+                  auto t0 = Clock::now();
+                  for (int i = 0; i < 3; ++i) gen_step();
+                  return 3.0 * B / since(t0);
+                }, train_flops_per_img});
+  if (!o.no_python) {
+    std::string cmd = o.python + " scripts/bench_torch.py gen-train '" + mc.to_json().dump() + "' " + std::to_string(B) + " " +
+                      std::to_string(T) + " 3 " + std::to_string(threads) + " 2>/dev/null";
+    vs.push_back({"generator train step (python3-torch)", "img/s", [cmd] {
+                    auto out = run_capture(cmd);
+                    try {
+                      return nlohmann::json::parse(out)["images_per_second"].get<double>();
+                    } catch (...) {
+                      log_warn("python benchmark failed: " + out.substr(0, 200));
+                      return std::nan("");
+                    }
+                  }, train_flops_per_img});
+  }
+  std::vector<std::string> prompts(16, corpus[0]);
+  std::vector<uint64_t> seeds(16);
+  std::iota(seeds.begin(), seeds.end(), 1);
+  for (double cfg : {o.cfg, 1.0}) {
+    GenerateConfig gc;
+    gc.sampler.steps = o.sample_steps;
+    gc.cfg_scale = cfg;
+    gc.batch = 16;
+    vs.push_back({"sampling, " + std::to_string(o.sample_steps) + " Euler steps, " + (cfg == 1.0 ? std::string("no CFG") : "CFG " + std::to_string(cfg).substr(0, 3)), "img/s",
+                  [&model, &tok, &flow, prompts, seeds, gc] {
+                    auto t0 = Clock::now();
+                    generate(model, tok, flow, prompts, seeds, gc);
+                    return 16.0 / since(t0);
+                  }, (cfg == 1.0 ? 1 : 2) * o.sample_steps * mmdit_forward_flops(mc, T)});
+  }
+  // Classifiers at the same image size.
+  auto cls_set = std::make_shared<LabeledSet>();
+  {
+    auto ds = load_dataset("phantom:256", {}, 2);
+    PrepareStats st;
+    auto ps = prepare(*ds, PrepareConfig{S, FitMode::kCrop, threads}, &st);
+    std::vector<size_t> all(ps->count());
+    std::iota(all.begin(), all.end(), 0);
+    *cls_set = labeled_from_prepared(*ps, all, nullptr);
+  }
+  for (std::string arch : {"cnn", "vit"}) {
+    ClassifierConfig cc;
+    cc.arch = arch;
+    cc.image_size = S;
+    auto m = std::make_shared<Classifier>(cc);
+    auto copt = std::make_shared<torch::optim::AdamW>((*m)->parameters(), torch::optim::AdamWOptions(1e-3));
+    vs.push_back({arch + " classifier train (C++)", "img/s", [m, copt, cls_set] {
+                    (*m)->train();
+                    auto t0 = Clock::now();
+                    for (int i = 0; i < 4; ++i) {
+                      std::vector<const uint8_t*> px;
+                      std::vector<int64_t> y;
+                      for (int k = 0; k < 64; ++k) {
+                        px.push_back(cls_set->image((i * 64 + k) % cls_set->count()));
+                        y.push_back(cls_set->labels[(i * 64 + k) % cls_set->count()]);
+                      }
+                      auto loss = torch::nn::functional::cross_entropy((*m)->forward(images_to_tensor(px, cls_set->size)), torch::tensor(y));
+                      copt->zero_grad();
+                      loss.backward();
+                      copt->step();
+                    }
+                    return 256.0 / since(t0);
+                  }});
+    vs.push_back({arch + " classifier eval (C++)", "img/s", [m, cls_set] {
+                    auto t0 = Clock::now();
+                    predict_malignant(*m, *cls_set);
+                    return cls_set->count() / since(t0);
+                  }});
+    if (arch == "vit" && !o.no_python) {
+      std::string cmd = o.python + " scripts/bench_torch.py vit-train " + std::to_string(S) + " " + std::to_string(cc.patch) + " " +
+                        std::to_string(cc.vit_dim) + " " + std::to_string(cc.vit_depth) + " " + std::to_string(cc.vit_heads) +
+                        " 64 4 " + std::to_string(threads) + " 2>/dev/null";
+      vs.push_back({"vit classifier train (python3-torch)", "img/s", [cmd] {
+                      auto out = run_capture(cmd);
+                      try {
+                        return nlohmann::json::parse(out)["images_per_second"].get<double>();
+                      } catch (...) {
+                        return std::nan("");
+                      }
+                    }});
+    }
+  }
+  // Data preparation and captioning on real images when present (else phantoms).
+  std::string spec = file_exists(o.data + "/HAM10000_metadata.csv") ? "ham10000:" + o.data : "phantom:256";
+  LF_ASSIGN_OR_RETURN(Dataset ds, load_dataset(spec, {}, 0));
+  if (ds.records.size() > 256) ds.records.resize(256);
+  vs.push_back({"prepare at " + std::to_string(S) + " px (" + ds.kind + ")", "img/s", [ds, S, threads] {
+                  PrepareStats st;
+                  auto t0 = Clock::now();
+                  auto ps = prepare(ds, PrepareConfig{S, FitMode::kCrop, threads}, &st);
+                  return ds.records.size() / since(t0);
+                }});
+  vs.push_back({"captioning: measure ABC(D), 1 thread (" + ds.kind + ")", "img/s", [ds] {
+                  auto t0 = Clock::now();
+                  int n = 0;
+                  for (size_t i = 0; i < 24 && i < ds.records.size(); ++i) {
+                    cv::Mat rgb, mask;
+                    std::string w;
+                    if (!load_record_pixels(ds.records[i], 128, &rgb, &mask, &w).ok()) continue;
+                    measure_lesion(rgb, mask);
+                    ++n;
+                  }
+                  return n / since(t0);
+                }});
+  // Warm-up once, then interleaved repetitions.
+  Progress prog("bench", static_cast<int64_t>(vs.size()) * (o.reps + 1), "run");
+  int64_t done = 0;
+  for (auto& v : vs) {
+    v.run();
+    prog.update(++done, v.name + " (warm-up)");
+  }
+  for (int r = 0; r < o.reps; ++r)
+    for (auto& v : vs) {
+      v.values.push_back(v.run());
+      prog.update(++done, v.name);
+    }
+  prog.finish();
+  // Report.
+  const double sgemm = median(vs[0].values);
+  nlohmann::json res = {{"date", ""}, {"threads", threads}, {"blas", loaded_blas()}, {"torch", torch_version()},
+                        {"reps", o.reps}, {"preset", o.preset}, {"batch", B}, {"text_tokens", T},
+                        {"generator_parameters", model->num_parameters()},
+                        {"generator_train_gflop_per_image", train_flops_per_img / 1e9}, {"results", nlohmann::json::array()}};
+  std::time_t now = std::time(nullptr);
+  char date[32];
+  std::strftime(date, sizeof date, "%Y-%m-%d_%H%M", std::gmtime(&now));
+  res["date"] = date;
+  std::printf("\n%-48s %12s %10s %12s %10s\n", "benchmark", "median", "unit", "GFLOP/s", "of sgemm");
+  std::map<std::string, double> med;
+  for (auto& v : vs) {
+    double m = median(v.values);
+    med[v.name] = m;
+    double gf = v.flops_per_unit > 0 ? m * v.flops_per_unit / 1e9 : (v.unit == "GFLOP/s" ? m : std::nan(""));
+    nlohmann::json j = {{"name", v.name}, {"unit", v.unit}, {"median", m}, {"values", v.values}};
+    if (!std::isnan(gf)) {
+      j["gflops"] = gf;
+      j["fraction_of_sgemm"] = gf / sgemm;
+    }
+    res["results"].push_back(j);
+    if (std::isnan(gf)) std::printf("%-48s %12.2f %10s %12s %10s\n", v.name.c_str(), m, v.unit.c_str(), "-", "-");
+    else std::printf("%-48s %12.2f %10s %12.1f %9.0f%%\n", v.name.c_str(), m, v.unit.c_str(), gf, 100 * gf / sgemm);
+  }
+  nlohmann::json ratios = nlohmann::json::object();
+  auto ratio = [&](const std::string& key, const std::string& a, const std::string& b) {
+    if (med.count(a) && med.count(b) && med[b] > 0) ratios[key] = med[a] / med[b];
+  };
+  ratio("generator_train_cpp_over_python", "generator train step (C++)", "generator train step (python3-torch)");
+  ratio("vit_train_cpp_over_python", "vit classifier train (C++)", "vit classifier train (python3-torch)");
+  res["ratios"] = ratios;
+  for (auto& [k, v] : ratios.items()) std::printf("%-48s %12.2f x\n", k.c_str(), v.get<double>());
+  LF_RETURN_IF_ERROR(make_dirs(o.out));
+  std::string path = o.out + "/" + date + ".json";
+  LF_RETURN_IF_ERROR(write_file_atomic(path, res.dump(2) + "\n"));
+  std::printf("-> %s\n", path.c_str());
+  emit_json(g, res);
+  return Status::ok_status();
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app, GlobalOptions& g, Runner* run) {
+  static BenchOptions o;
+  auto* b = app.add_subcommand("bench", "speed of every stage vs sgemm and vs python3-torch (one interleaved run)");
+  b->add_option("--reps", o.reps, "repetitions per variant (median reported)")->capture_default_str();
+  b->add_option("--preset", o.preset, "generator preset")->capture_default_str();
+  b->add_option("--batch", o.batch, "generator training batch")->capture_default_str();
+  b->add_option("--text-tokens", o.text_tokens, "caption length in tokens")->capture_default_str();
+  b->add_option("--sample-steps", o.sample_steps, "sampler steps")->capture_default_str();
+  b->add_option("--cfg", o.cfg, "guidance scale of the CFG sampling variant")->capture_default_str();
+  b->add_option("--data", o.data, "HAM10000 root for the prepare/caption variants")->capture_default_str();
+  b->add_option("--python", o.python, "python with torch")->capture_default_str();
+  b->add_flag("--no-python", o.no_python, "skip the python3-torch variants");
+  b->add_option("--out", o.out, "results directory")->capture_default_str();
+  b->callback([&g, run]() { *run = [&g]() { return run_bench(o, g); }; });
+}
+
+}  // namespace lf::cli
