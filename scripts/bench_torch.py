@@ -22,6 +22,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmdit_reference as ref  # noqa: E402
 
 
+def timed(step, batch, steps):
+    """One warm-up step, then `steps` timed steps."""
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = time.perf_counter() - t0
+    return {"images_per_second": batch * steps / dt, "seconds": dt}
+
+
 def gen_train(cfg, batch, T, steps, threads):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -42,12 +52,7 @@ def gen_train(cfg, batch, T, steps, threads):
         torch.nn.utils.clip_grad_norm_(list(W.values()), 1.0)
         opt.step()
 
-    step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    dt = time.perf_counter() - t0
-    return {"images_per_second": batch * steps / dt, "seconds": dt}
+    return timed(step, batch, steps)
 
 
 class ViT(torch.nn.Module):
@@ -93,12 +98,7 @@ def vit_train(size, patch, dim, depth, heads, batch, steps, threads):
         loss.backward()
         opt.step()
 
-    step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    dt = time.perf_counter() - t0
-    return {"images_per_second": batch * steps / dt, "seconds": dt}
+    return timed(step, batch, steps)
 
 
 def main(argv):

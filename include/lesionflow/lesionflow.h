@@ -8,7 +8,15 @@
 //     -> MMDiT rectified-flow generator                      src/models/mmdit.h     `train`
 //        flow objective + Euler/Heun samplers                src/flow/flow.h
 //        trainer, checkpoints, generation                    src/train/generator.h  `sample`
+//        shared loop pieces (LR schedule, batches, state)    src/train/common.h
+//     -> LoRA adapters (finetune, runtime, merge)            src/adapters/lora.h    `finetune`, `lora merge`
+//     -> synthetic-set planner + resumable generation        src/synth/synth.h      `synth`
+//     -> CNN / ViT classifiers                               src/classify/classifier.h `classify train|eval`
+//        metrics (AUC, CIs, subgroups)                       lesionflow/metrics.h
+//        audit (FD, precision/recall, CAS, memorisation)     src/eval/audit.h       `fd`
+//        experiment runner (generator -> synth -> grid)      src/classify/experiment.h `experiment`
 //     -> HTML report                                         lesionflow/report.h    `report`
+//   speed: `bench` (tools/lesionflow/cmd_bench.cpp, scripts/bench_torch.py)
 //
 // Machine facts and settings: lesionflow/runtime.h (`doctor`). Errors are Status/Result values
 // (lesionflow/status.h); file formats are specified in docs/formats.md.

@@ -1,7 +1,8 @@
-// Pixels of one dataset record: shared by `data prepare`, `caption` and the classifiers.
+// Per-record helpers shared by the CLI stages: pixels of a record, attribute filters.
 #pragma once
 #include <opencv2/core.hpp>
 #include <string>
+#include <vector>
 
 #include "lesionflow/data.h"
 #include "lesionflow/status.h"
@@ -14,5 +15,10 @@ namespace lf {
 // empty) and described in *mask_warning so callers can log it once.
 Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::Mat* mask,
                           std::string* mask_warning);
+
+// Filters "key=value" on dx, site, sex or age (age band, e.g. "45-59"); all must match.
+bool record_matches(const Record& r, const std::vector<std::string>& filters);
+// Error naming the first filter that is not key=value with a known key.
+Status check_filters(const std::vector<std::string>& filters);
 
 }  // namespace lf

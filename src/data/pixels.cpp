@@ -34,4 +34,32 @@ Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::M
   return Status();
 }
 
+namespace {
+std::string attribute(const Record& r, const std::string& key) {
+  if (key == "dx") return r.dx;
+  if (key == "site") return r.site;
+  if (key == "sex") return r.sex;
+  if (key == "age") return age_band(r.age);
+  return "";
+}
+}  // namespace
+
+bool record_matches(const Record& r, const std::vector<std::string>& filters) {
+  for (const auto& f : filters) {
+    auto eq = f.find('=');
+    if (eq == std::string::npos || attribute(r, f.substr(0, eq)) != f.substr(eq + 1)) return false;
+  }
+  return true;
+}
+
+Status check_filters(const std::vector<std::string>& filters) {
+  for (const auto& f : filters) {
+    auto eq = f.find('=');
+    std::string k = eq == std::string::npos ? "" : f.substr(0, eq);
+    if (k != "dx" && k != "site" && k != "sex" && k != "age")
+      return Status::error("filter '" + f + "' must be dx=, site=, sex= or age=VALUE");
+  }
+  return Status();
+}
+
 }  // namespace lf

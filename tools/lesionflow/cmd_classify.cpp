@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
+#include <opencv2/imgproc.hpp>
 
 #include "classify/experiment.h"
 #include "cli.h"
@@ -10,6 +12,7 @@
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
+#include "lesionflow/record_pixels.h"
 #include "synth/synth.h"
 
 namespace lf::cli {
@@ -107,6 +110,63 @@ Status run_classify_eval(const ClassifyOptions& o, const GlobalOptions& g) {
   return Status::ok_status();
 }
 
+// ---- fd: distance of a folder of generated images to (a subset of) a real set ---------------
+struct FdOptions {
+  std::string features, data, splits, split = "train", images;
+  std::vector<std::string> filter;
+};
+
+Status run_fd(const FdOptions& o, const GlobalOptions& g) {
+  LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(o.features));
+  LF_ASSIGN_OR_RETURN(PreparedSet ps, load_prepared(o.data));
+  std::vector<size_t> idx;
+  if (!o.splits.empty()) {
+    LF_ASSIGN_OR_RETURN(idx, select_split(ps.records, o.splits, o.split));
+  } else {
+    idx.resize(ps.records.size());
+    std::iota(idx.begin(), idx.end(), 0);
+  }
+  LF_RETURN_IF_ERROR(check_filters(o.filter));
+  std::vector<size_t> keep;
+  for (auto i : idx)
+    if (record_matches(ps.records[i], o.filter)) keep.push_back(i);
+  if (keep.size() < 2) return Status::error("fd: fewer than 2 real images match the filters");
+  auto real = labeled_from_prepared(ps, keep, nullptr);
+  LabeledSet gen;
+  gen.size = ps.size;
+  int64_t bad = 0;
+  for (auto& e : std::filesystem::directory_iterator(o.images)) {
+    if (e.path().extension() != ".png" || e.path().filename() == "grid.png") continue;
+    auto img = read_image(e.path().string());
+    if (!img.ok()) {
+      ++bad;
+      continue;
+    }
+    cv::Mat rgb;
+    cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
+    if (rgb.rows != ps.size) cv::resize(rgb, rgb, cv::Size(ps.size, ps.size), 0, 0, cv::INTER_AREA);
+    gen.add(rgb.clone().data, 0, 1, e.path().filename().string(), "generated", {});
+  }
+  if (gen.count() < 2) return Status::error(o.images + ": fewer than 2 readable PNG images");
+  auto fr = extract_features(lc.model, real.pixels.data(), real.count(), real.size);
+  auto fg = extract_features(lc.model, gen.pixels.data(), gen.count(), gen.size);
+  double fd = frechet_distance(fg, fr);
+  // Pixel statistics: per-channel mean/std distance (0..1 scale), model-free.
+  auto stats = [](const LabeledSet& s) {
+    auto t = torch::from_blob(const_cast<uint8_t*>(s.pixels.data()), {s.count() * s.size * s.size, 3}, torch::kUInt8).to(torch::kFloat32) / 255;
+    return std::make_pair(t.mean(0), t.std(0));
+  };
+  auto [mr, sr] = stats(real);
+  auto [mg, sg] = stats(gen);
+  double pix = ((mr - mg).abs().sum() + (sr - sg).abs().sum()).item<double>();
+  nlohmann::json j = {{"fd", fd}, {"pixel_stat_distance", pix}, {"real_images", real.count()}, {"generated_images", gen.count()},
+                      {"skipped", bad}, {"filter", o.filter}, {"features", o.features}};
+  if (g.json) emit_json(g, j);
+  else std::printf("FD %.4f, pixel-statistics distance %.4f (%lld generated vs %lld real images)\n", fd, pix,
+                   (long long)gen.count(), (long long)real.count());
+  return Status::ok_status();
+}
+
 // ---- synth -------------------------------------------------------------------------------
 struct SynthOptions {
   std::string generator, data, splits, captions, out, balance = "label", sampler = "euler";
@@ -200,7 +260,7 @@ Status run_experiment(const ExperimentOptions& o, const GlobalOptions& g) {
       std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
       std::string cmd = "\"" + self + "\" train --data \"" + data + "\" --splits \"" + splits + "\"" +
                         (captions.empty() ? "" : " --captions \"" + captions + "\"") + " --out \"" + out + "/generator\"" +
-                        " --seed " + std::to_string(g.seed) + " --threads " + std::to_string(g.threads) + " --quiet";
+                        " --seed " + std::to_string(g.seed) + " --threads " + std::to_string(g.threads);
       for (auto& a : gj.value("train_args", nlohmann::json::array())) cmd += " " + a.get<std::string>();
       if (file_exists(out + "/generator/state.bin")) cmd += " --resume";
       log_info("experiment: training the generator: " + cmd);
@@ -380,6 +440,16 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   e->add_option("--test-dataset", o.test_datasets, "extra test datasets");
   e->add_option("--out", o.out, "metrics JSON");
   e->callback([&g, run]() { *run = [&g]() { return run_classify_eval(o, g); }; });
+
+  static FdOptions f;
+  auto* fdc = app.add_subcommand("fd", "Frechet distance of generated PNGs to (a filtered subset of) a real set");
+  fdc->add_option("--features", f.features, "classifier whose penultimate layer gives the features")->required();
+  fdc->add_option("--data", f.data, "prepared cache of the real set")->required();
+  fdc->add_option("--splits", f.splits, "splits CSV (default: all images)");
+  fdc->add_option("--split", f.split, "split name")->capture_default_str();
+  fdc->add_option("--filter", f.filter, "dx=, site=, sex= or age=VALUE (repeatable)");
+  fdc->add_option("--images", f.images, "directory of generated PNGs")->required();
+  fdc->callback([&g, run]() { *run = [&g]() { return run_fd(f, g); }; });
 
   static SynthOptions s;
   auto* y = app.add_subcommand("synth", "plan and generate a balanced synthetic training set");

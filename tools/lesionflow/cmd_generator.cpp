@@ -16,6 +16,7 @@
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
+#include "lesionflow/record_pixels.h"
 #include "lesionflow/report.h"
 #include "lesionflow/tokenizer.h"
 #include "train/generator.h"
@@ -281,17 +282,8 @@ long peak_rss_mb() {
 std::vector<size_t> filtered(const LoadedData& d, const std::vector<size_t>& idx, const std::vector<std::string>& filters,
                              int64_t limit, uint64_t seed) {
   std::vector<size_t> out;
-  for (size_t i : idx) {
-    const Record& r = d.ps.records[i];
-    bool ok = true;
-    for (auto& f : filters) {
-      auto eq = f.find('=');
-      std::string k = f.substr(0, eq), v = eq == std::string::npos ? "" : f.substr(eq + 1);
-      std::string have = k == "dx" ? r.dx : k == "site" ? r.site : k == "sex" ? r.sex : k == "age" ? age_band(r.age) : "?";
-      ok = ok && have == v;
-    }
-    if (ok) out.push_back(i);
-  }
+  for (size_t i : idx)
+    if (record_matches(d.ps.records[i], filters)) out.push_back(i);
   if (limit > 0 && static_cast<int64_t>(out.size()) > limit) {
     std::mt19937_64 rng(seed + 4242);
     std::shuffle(out.begin(), out.end(), rng);
@@ -304,9 +296,7 @@ std::vector<size_t> filtered(const LoadedData& d, const std::vector<size_t>& idx
 Status run_finetune(const GenOptions& o, const GlobalOptions& g) {
   if (o.base.empty()) return Status::error("finetune: --base CHECKPOINT is required");
   if (o.out.empty()) return Status::error("finetune: --out DIR is required");
-  for (auto& f : o.filter)
-    if (f.find('=') == std::string::npos || (f.rfind("dx=", 0) && f.rfind("site=", 0) && f.rfind("sex=", 0) && f.rfind("age=", 0)))
-      return Status::error("finetune: --filter '" + f + "' must be dx=, site=, sex= or age=VALUE");
+  LF_RETURN_IF_ERROR(check_filters(o.filter));
   LF_ASSIGN_OR_RETURN(LoadedGenerator base, load_generator(o.base));
   LF_ASSIGN_OR_RETURN(LoadedData d, load_data(o));
   if (d.ps.size != base.model->config().image_size)
@@ -418,6 +408,18 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
     s->add_option("--splits", o.splits, "splits CSV: train on 'train', validate on 'val'");
     s->add_option("--vocab", o.vocab, "tokenizer vocabulary size (upper bound)")->capture_default_str();
   };
+  // The training-loop flags shared by train and finetune.
+  auto loop_flags = [](CLI::App* s) {
+    s->add_option("--steps", o.steps, "total optimisation steps")->capture_default_str();
+    s->add_option("--batch", o.batch, "batch size")->capture_default_str();
+    s->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
+    s->add_option("--max-minutes", o.max_minutes, "wall-clock budget; checkpoint and stop (0 = none)");
+    s->add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps")->capture_default_str();
+    s->add_option("--sample-every", o.sample_every, "validation grid every N steps")->capture_default_str();
+    s->add_option("--log-every", o.log_every, "metrics every N steps")->capture_default_str();
+    s->add_option("--val-every", o.val_every, "validation loss (EMA weights) every N steps")->capture_default_str();
+    s->add_flag("--resume", o.resume, "continue the run in --out exactly where it stopped");
+  };
   auto* text = app.add_subcommand("text", "tokenizer tools");
   text->require_subcommand(1);
   auto* tt = text->add_subcommand("train-tokenizer", "train a sentencepiece model on the captions");
@@ -430,15 +432,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--tokenizer", o.tokenizer, "sentencepiece model (default: train one on the captions)");
   tr->add_option("--preset", o.preset, "tiny | small | base")->capture_default_str();
   tr->add_option("--prediction", o.prediction, "velocity | x (default: the preset's)");
-  tr->add_option("--steps", o.steps, "total optimisation steps")->capture_default_str();
-  tr->add_option("--batch", o.batch, "batch size")->capture_default_str();
-  tr->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
-  tr->add_option("--max-minutes", o.max_minutes, "wall-clock budget; checkpoint and stop (0 = none)");
-  tr->add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps")->capture_default_str();
-  tr->add_option("--sample-every", o.sample_every, "validation grid every N steps")->capture_default_str();
-  tr->add_option("--log-every", o.log_every, "metrics every N steps")->capture_default_str();
-  tr->add_option("--val-every", o.val_every, "validation loss (EMA weights) every N steps")->capture_default_str();
-  tr->add_flag("--resume", o.resume, "continue the run in --out exactly where it stopped");
+  loop_flags(tr);
   tr->add_option("--out", o.out, "run directory")->required();
   tr->callback([&g, run]() { *run = [&g]() { return run_train(o, g); }; });
 
@@ -465,15 +459,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   ft->add_option("--targets", o.targets, "attn,mlp,mod,io,text or re:REGEX")->capture_default_str();
   ft->add_option("--rank-for", o.rank_for, "per-group rank, e.g. mod=4 (repeatable)");
   ft->add_flag("--full", o.full, "full fine-tune of every weight (for comparison)");
-  ft->add_option("--steps", o.steps, "optimisation steps")->capture_default_str();
-  ft->add_option("--batch", o.batch, "batch size")->capture_default_str();
-  ft->add_option("--lr", o.lr, "peak learning rate")->capture_default_str();
-  ft->add_option("--max-minutes", o.max_minutes, "wall-clock budget (0 = none)");
-  ft->add_option("--ckpt-every", o.ckpt_every, "checkpoint every N steps")->capture_default_str();
-  ft->add_option("--sample-every", o.sample_every, "validation grid every N steps")->capture_default_str();
-  ft->add_option("--log-every", o.log_every, "metrics every N steps")->capture_default_str();
-  ft->add_option("--val-every", o.val_every, "validation loss every N steps")->capture_default_str();
-  ft->add_flag("--resume", o.resume, "continue the run in --out");
+  loop_flags(ft);
   ft->add_option("--out", o.out, "run directory (adapter: ema.safetensors / checkpoint.safetensors)")->required();
   ft->callback([&g, run]() { *run = [&g]() { return run_finetune(o, g); }; });
 
