@@ -24,6 +24,7 @@ std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const torch::T
 
 struct AuditInputs {
   Classifier* classifier = nullptr;  // trained on real data only: feature extractor + CAS
+  double threshold = 0.5;            // its operating point (picked on validation)
   const LabeledSet* real_train = nullptr;
   const LabeledSet* real_test = nullptr;
   const LabeledSet* synthetic = nullptr;

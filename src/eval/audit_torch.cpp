@@ -131,7 +131,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
                              {"real_train_precision", prec0}, {"real_train_recall", rec0}};
   // Classification accuracy score: the real-data classifier labels the synthetic images.
   auto p = predict_malignant(clf, sy);
-  double thr = 0.5;
+  double thr = in.threshold;
   auto m = binary_metrics(p, sy.labels, thr);
   out["cas"] = {{"auc", roc_auc(p, sy.labels)}, {"accuracy", m.accuracy}, {"balanced_accuracy", m.balanced_accuracy},
                 {"sensitivity", m.sensitivity}, {"specificity", m.specificity}, {"threshold", thr}, {"n", sy.count()}};

@@ -371,6 +371,7 @@ Status run_experiment(const ExperimentOptions& o, const GlobalOptions& g) {
       auto te = labeled_from_prepared(real.ps, real.test, &real.captions);
       AuditInputs ai;
       ai.classifier = &lc.model;
+      ai.threshold = lc.threshold;
       ai.real_train = &tr;
       ai.real_test = &te;
       ai.synthetic = &syn;

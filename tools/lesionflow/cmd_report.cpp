@@ -112,7 +112,13 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
     ser.name = arm;
     sc.push_back(ser);
   }
-  h << svg_line_plot(sc, "scarcity curve: test AUC vs real training images", "real images (requested)", "AUC", 460, 300);
+  std::set<double> sizes;
+  for (auto& ser : sc)
+    for (auto& p : ser.points) sizes.insert(p.first);
+  if (sizes.size() >= 2)
+    h << svg_line_plot(sc, "scarcity curve: test AUC vs real training images", "real images (requested)", "AUC", 460, 300);
+  else
+    h << "<p style='width:440px'>(scarcity curve: this experiment has one real training size)</p>";
   // ROC curves: first seed of each arm at the largest real size, first architecture.
   int64_t largest = 0;
   for (auto& r : s["runs"]) largest = std::max<int64_t>(largest, r.value("requested_real_size", int64_t{0}));
