@@ -302,6 +302,46 @@ TEST(Train, ResumeEqualsUninterruptedTraining) {
   EXPECT_EQ(la, lb);
 }
 
+TEST(Train, FrozenTextEncoderStaysFixedWhileTheRestTrains) {
+  auto d = toy_data(24, 16);
+  auto c = micro();
+  c.vocab_size = d.tok->vocab_size();
+  c.max_text_len = 64;
+  torch::manual_seed(0);
+  MMDiT m(c);
+  std::map<std::string, torch::Tensor> before;
+  TrainTarget target;  // what `lesionflow train --freeze-text` passes
+  for (auto& p : m->named_parameters()) {
+    before[p.key()] = p.value().detach().clone();
+    if (p.key().rfind("text.", 0) == 0) p.value().set_requires_grad(false);
+    else target.params.push_back(p.value());
+  }
+  GenTrainConfig tc;
+  tc.steps = 4;
+  tc.batch = 8;
+  tc.lr = 1e-2;
+  tc.warmup = 1;
+  tc.ckpt_every = 0;
+  tc.sample_every = 0;
+  tc.val_every = 0;
+  tc.out = test::tmp_dir("freeze_text");
+  ASSERT_TRUE(train_generator(tc, m, *d.tok, d.imgs, nullptr, &target).ok());
+  int text = 0, moved = 0;
+  for (auto& p : m->named_parameters()) {
+    bool same = torch::equal(p.value(), before[p.key()]);
+    if (p.key().rfind("text.", 0) == 0) {
+      ++text;
+      EXPECT_TRUE(same) << p.key();
+    } else {
+      moved += !same;
+    }
+  }
+  EXPECT_GT(text, 0);
+  EXPECT_GT(moved, 10);
+  // The checkpoint written through the default save path is a full generator.
+  EXPECT_TRUE(load_generator(tc.out + "/ema.safetensors").ok());
+}
+
 TEST(Train, NanLossStopsWithAMessage) {
   auto d = toy_data(16, 16);
   auto c = micro();

@@ -214,11 +214,11 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     }
   };
   auto save_weights = [&](const std::string& path, int64_t s, const std::string& kind) -> Status {
-    if (target) return target->save(path, s, kind);
+    if (target && target->save) return target->save(path, s, kind);
     return save_generator(path, model, tok, s, cfg.flow, kind);
   };
   auto load_weights = [&](const std::string& path) -> Status {
-    if (target) return target->load(path);
+    if (target && target->load) return target->load(path);
     LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(path));
     return load_module_tensors(w, *model, path);
   };

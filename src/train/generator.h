@@ -60,7 +60,8 @@ struct GenTrainResult {
 
 // What a training run optimises. Default (nullptr): every parameter of the model, with full
 // generator checkpoints. LoRA fine-tuning passes its adapter tensors, a hook that applies them
-// to the frozen base before every forward, and its own save/load of the adapter file.
+// to the frozen base before every forward, and its own save/load of the adapter file; a frozen
+// text encoder passes the other parameters and keeps the default (full checkpoint) save/load.
 struct TrainTarget {
   std::vector<torch::Tensor> params;
   std::function<void()> before_forward;

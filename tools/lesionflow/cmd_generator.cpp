@@ -59,6 +59,7 @@ struct GenOptions {
   std::vector<std::string> rank_for, filter;
   int64_t limit = 0;
   bool full = false;
+  bool freeze_text = false;  // train: keep the text encoder's weights fixed
   nlohmann::json to_json() const {
     return {{"data", data}, {"captions", captions}, {"splits", splits}, {"tokenizer", tokenizer},
             {"vocab", vocab}, {"preset", preset}, {"prediction", prediction}, {"steps", steps},
@@ -142,6 +143,24 @@ Status run_tokenizer(const GenOptions& o, const GlobalOptions& g) {
   return Status::ok_status();
 }
 
+// The training-loop settings shared by train and finetune (warm-up: 10% of the steps, capped).
+GenTrainConfig loop_config(const GenOptions& o, const GlobalOptions& g, int64_t max_warmup) {
+  GenTrainConfig tc;
+  tc.steps = o.steps;
+  tc.batch = o.batch;
+  tc.lr = o.lr;
+  tc.max_minutes = o.max_minutes;
+  tc.seed = g.seed;
+  tc.out = o.out;
+  tc.resume = o.resume;
+  tc.ckpt_every = o.ckpt_every;
+  tc.sample_every = o.sample_every;
+  tc.log_every = o.log_every;
+  tc.val_every = o.val_every;
+  tc.warmup = std::min<int64_t>(max_warmup, o.steps / 10 + 1);
+  return tc;
+}
+
 Status run_train(const GenOptions& o, const GlobalOptions& g) {
   if (o.out.empty()) return Status::error("train: --out DIR is required");
   log_info("train " + o.to_json().dump());
@@ -166,19 +185,7 @@ Status run_train(const GenOptions& o, const GlobalOptions& g) {
   MMDiT model(mc);
   log_info("model: " + std::to_string(model->num_parameters()) + " parameters, " + std::to_string(mc.tokens()) +
            " image tokens, preset " + o.preset);
-  GenTrainConfig tc;
-  tc.steps = o.steps;
-  tc.batch = o.batch;
-  tc.lr = o.lr;
-  tc.max_minutes = o.max_minutes;
-  tc.seed = g.seed;
-  tc.out = o.out;
-  tc.resume = o.resume;
-  tc.ckpt_every = o.ckpt_every;
-  tc.sample_every = o.sample_every;
-  tc.log_every = o.log_every;
-  tc.val_every = o.val_every;
-  tc.warmup = std::min<int64_t>(100, o.steps / 10 + 1);
+  GenTrainConfig tc = loop_config(o, g, 100);
   tc.flow.prediction = mc.prediction;
   // Validation prompts: the first validation caption of each label, then of each dx.
   std::map<std::string, std::string> by_dx;
@@ -186,7 +193,14 @@ Status run_train(const GenOptions& o, const GlobalOptions& g) {
   for (auto& [k, c] : by_dx)
     if (tc.val_prompts.size() < 8) tc.val_prompts.push_back(c);
   auto train = subset(d, d.train_idx), val = subset(d, d.val_idx);
-  LF_ASSIGN_OR_RETURN(GenTrainResult r, train_generator(tc, model, *tok, train, &val));
+  TrainTarget frozen_text;
+  if (o.freeze_text) {
+    for (auto& p : model->named_parameters())
+      if (p.key().rfind("text.", 0) == 0) p.value().set_requires_grad(false);
+      else frozen_text.params.push_back(p.value());
+    log_info("text encoder frozen: training " + std::to_string(frozen_text.params.size()) + " parameter tensors");
+  }
+  LF_ASSIGN_OR_RETURN(GenTrainResult r, train_generator(tc, model, *tok, train, &val, o.freeze_text ? &frozen_text : nullptr));
   nlohmann::json j = {{"step", r.step}, {"last_loss", r.last_loss}, {"seconds", r.seconds},
                       {"images_per_second", r.images_per_second}, {"stopped_by_budget", r.stopped_by_budget},
                       {"checkpoint", o.out + "/ema.safetensors"}};
@@ -306,19 +320,7 @@ Status run_finetune(const GenOptions& o, const GlobalOptions& g) {
   auto va_idx = filtered(d, d.val_idx, o.filter, 0, g.seed);
   if (tr_idx.empty()) return Status::error("finetune: no training images match the filters");
   LF_RETURN_IF_ERROR(make_dirs(o.out));
-  GenTrainConfig tc;
-  tc.steps = o.steps;
-  tc.batch = o.batch;
-  tc.lr = o.lr;
-  tc.max_minutes = o.max_minutes;
-  tc.seed = g.seed;
-  tc.out = o.out;
-  tc.resume = o.resume;
-  tc.ckpt_every = o.ckpt_every;
-  tc.sample_every = o.sample_every;
-  tc.log_every = o.log_every;
-  tc.val_every = o.val_every;
-  tc.warmup = std::min<int64_t>(50, o.steps / 10 + 1);
+  GenTrainConfig tc = loop_config(o, g, 50);
   tc.flow = base.flow;
   for (size_t k = 0; k < va_idx.size() && tc.val_prompts.size() < 6; ++k) tc.val_prompts.push_back(d.captions[va_idx[k]]);
   if (tc.val_prompts.empty())
@@ -432,6 +434,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--tokenizer", o.tokenizer, "sentencepiece model (default: train one on the captions)");
   tr->add_option("--preset", o.preset, "tiny | small | base")->capture_default_str();
   tr->add_option("--prediction", o.prediction, "velocity | x (default: the preset's)");
+  tr->add_flag("--freeze-text", o.freeze_text, "keep the text encoder at its initial (or --resume) weights");
   loop_flags(tr);
   tr->add_option("--out", o.out, "run directory")->required();
   tr->callback([&g, run]() { *run = [&g]() { return run_train(o, g); }; });
