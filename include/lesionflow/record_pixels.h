@@ -12,9 +12,8 @@ namespace lf {
 // Loads a record's image as 8-bit RGB and its mask (CV_8U, same size) when one exists.
 // Phantom records are rendered at `phantom_size`. A missing or unreadable image is an error
 // naming the file; a mask that is unreadable or of the wrong size is dropped (mask stays
-// empty) and described in *mask_warning so callers can log it once.
-Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::Mat* mask,
-                          std::string* mask_warning);
+// empty) with a warning naming the file (logging is thread-safe, workers may call this).
+Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::Mat* mask);
 
 // Filters "key=value" on dx, site, sex or age (age band, e.g. "45-59"); all must match.
 bool record_matches(const Record& r, const std::vector<std::string>& filters);

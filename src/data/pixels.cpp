@@ -1,16 +1,15 @@
 #include <opencv2/imgproc.hpp>
 
 #include "lesionflow/io.h"
+#include "lesionflow/log.h"
 #include "lesionflow/phantom.h"
 #include "lesionflow/record_pixels.h"
 
 namespace lf {
 
-Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::Mat* mask,
-                          std::string* mask_warning) {
+Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::Mat* mask) {
   *rgb = cv::Mat();
   *mask = cv::Mat();
-  if (mask_warning) mask_warning->clear();
   if (r.source == "phantom") {
     render_phantom(PhantomParams::from_json(r.extra.at("phantom")), phantom_size, rgb, mask);
     return Status();
@@ -30,7 +29,7 @@ Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::M
   } else {
     *mask = *m;
   }
-  if (mask_warning) *mask_warning = warn;
+  if (!warn.empty()) log_warn(warn);
   return Status();
 }
 

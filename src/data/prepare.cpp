@@ -56,18 +56,12 @@ Result<PreparedSet> prepare(const Dataset& ds, const PrepareConfig& cfg, Prepare
       if (i >= n) break;
       const Record& r = ds.records[i];
       cv::Mat rgb, mask;
-      std::string mask_warning;
-      Status st = load_record_pixels(r, S, &rgb, &mask, &mask_warning);
+      Status st = load_record_pixels(r, S, &rgb, &mask);
       if (!st.ok()) {
         errors[i] = st.message();
-        rgb = cv::Mat();
       } else if (r.source != "phantom") {
         rgb = fit_square(rgb, cfg.fit, S, false);
         if (!mask.empty()) mask = fit_square(mask, cfg.fit, S, true);
-      }
-      if (!mask_warning.empty()) {
-        std::lock_guard<std::mutex> lock(mu);
-        log_warn(mask_warning);
       }
       if (!rgb.empty()) {
         std::memcpy(images.data() + i * S * S * 3, rgb.data, S * S * 3);

@@ -210,8 +210,7 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
                   int n = 0;
                   for (size_t i = 0; i < 24 && i < ds.records.size(); ++i) {
                     cv::Mat rgb, mask;
-                    std::string w;
-                    if (!load_record_pixels(ds.records[i], 128, &rgb, &mask, &w).ok()) continue;
+                    if (!load_record_pixels(ds.records[i], 128, &rgb, &mask).ok()) continue;
                     measure_lesion(rgb, mask);
                     ++n;
                   }

@@ -75,13 +75,8 @@ Status run_caption(const CaptionOptions& o, const GlobalOptions& g) {
       if (i >= n) break;
       const Record& r = ds.records[i];
       cv::Mat rgb, mask;
-      std::string mask_warning;
-      Status st = load_record_pixels(r, 128, &rgb, &mask, &mask_warning);
+      Status st = load_record_pixels(r, 128, &rgb, &mask);
       std::string err = st.ok() ? "" : st.message();
-      if (!mask_warning.empty()) {
-        std::lock_guard<std::mutex> lock(mu);
-        log_warn(mask_warning);
-      }
       Item& it = items[i];
       if (!err.empty()) {
         it.line = {{"id", r.id}, {"error", err}};
