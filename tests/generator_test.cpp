@@ -70,6 +70,30 @@ TEST(MMDiT, ShapesAndParameterCount) {
   EXPECT_LT((y1 - y2).abs().max().item<float>(), 1e-5);
 }
 
+TEST(MMDiT, CachedTextAndOneTokenUnconditionalEqualThePaddedBatch) {
+  // The sampler encodes the text once and runs the empty caption as a 1-token sequence; both
+  // must give what the training-time forward gives on the padded batch.
+  torch::manual_seed(4);
+  MMDiT m(micro());
+  torch::NoGradGuard ng;
+  for (auto& p : m->parameters()) p.normal_(0, 0.2);  // zero-init heads would hide differences
+  auto x = torch::randn({3, 3, 16, 16}), t = torch::rand({3});
+  auto ids = torch::randint(3, 64, {3, 9}, torch::kInt64);
+  auto mask = torch::ones({3, 9}, torch::kBool);
+  mask[2].narrow(0, 6, 3).fill_(false);
+  auto full = m->forward(x, t, ids, mask);
+  EXPECT_GT(full.abs().max().item<float>(), 0.1f);
+  EXPECT_TRUE(torch::equal(m->forward(x, t, m->encode_text(ids, mask)), full));
+  auto empty_ids = torch::zeros({3, 9}, torch::kInt64), empty_mask = torch::zeros({3, 9}, torch::kBool);
+  empty_ids.select(1, 0).fill_(1);
+  empty_mask.select(1, 0).fill_(true);
+  auto padded = m->forward(x, t, empty_ids, empty_mask);
+  auto one = m->forward(x, t, m->encode_text(empty_ids.narrow(0, 0, 1).narrow(1, 0, 1),
+                                             empty_mask.narrow(0, 0, 1).narrow(1, 0, 1)).expand(3));
+  EXPECT_LT((one - padded).abs().max().item<float>(), 1e-5);
+  EXPECT_FALSE(torch::allclose(one, full, 1e-3, 1e-3));  // the condition matters
+}
+
 TEST(MMDiT, PatchifyRoundTrip) {
   auto x = torch::randn({2, 3, 16, 16});
   EXPECT_TRUE(torch::equal(unpatchify(patchify(x, 4), 4, 3, 16), x));
@@ -128,7 +152,7 @@ TEST(Flow, EulerIntegratesAKnownLinearFieldExactly) {
   VelocityFn v = [&](const Tensor& x, const Tensor& t) { return (x - mu) / t.view({-1, 1, 1, 1}); };
   auto noise = torch::randn({4, 3, 1, 1});
   for (int steps : {1, 3, 10}) {
-    for (const char* method : {"euler", "heun"}) {
+    for (const char* method : {"euler", "heun", "ab2", "dpm2m"}) {
       SamplerConfig sc;
       sc.steps = steps;
       sc.method = method;
@@ -140,6 +164,30 @@ TEST(Flow, EulerIntegratesAKnownLinearFieldExactly) {
   auto ts = sampling_schedule({"euler", 4, 1.0});
   EXPECT_EQ(ts.front(), 1.0);
   EXPECT_EQ(ts.back(), 0.0);
+}
+
+TEST(Flow, MultistepSamplersBeatEulerOnAGaussianWithKnownFlowMap) {
+  // Data N(mu, s^2): the exact velocity is affine in x and the flow map sends noise z to
+  // mu + s z. Curved trajectories (s < 1) separate first- from second-order samplers.
+  const double mu = 0.5, s = 0.3;
+  VelocityFn v = [&](const Tensor& x, const Tensor& t) {
+    auto tt = t.view({-1, 1, 1, 1}).to(torch::kFloat64);
+    auto var = (1 - tt).pow(2) * s * s + tt * tt, d = x - (1 - tt) * mu;
+    return tt / var * d - mu - (1 - tt) * s * s / var * d;
+  };
+  auto z = torch::linspace(-2, 2, 9, torch::kFloat64).view({9, 1, 1, 1});
+  auto exact = mu + s * z;
+  auto err = [&](const char* method, int steps) {
+    return (sample_flow(v, z, {method, steps, 1.0}) - exact).abs().max().item<double>();
+  };
+  EXPECT_GT(err("euler", 16), 0.05);
+  // Same number of network calls, several times smaller error.
+  EXPECT_LT(err("ab2", 8), err("euler", 8) / 3);
+  EXPECT_LT(err("dpm2m", 12), err("euler", 12) / 4);
+  // Doubling the steps: AB2's error falls ~4x (second order), Euler's ~2x (first order).
+  EXPECT_LT(err("ab2", 32), err("ab2", 16) / 3.5);
+  EXPECT_LT(err("ab2", 64), err("ab2", 32) / 3.5);
+  EXPECT_GT(err("euler", 32), err("euler", 16) / 2.5);
 }
 
 TEST(Flow, TwoGaussianToyReproducesMeanAndCovariance) {

@@ -1,5 +1,7 @@
 #include "flow/flow.h"
 
+#include <cmath>
+
 namespace lf {
 using torch::Tensor;
 
@@ -36,20 +38,52 @@ std::vector<double> sampling_schedule(const SamplerConfig& cfg) {
   return ts;
 }
 
+namespace {
+// log-SNR of x_t = (1-t) x0 + t eps: lambda = log((1-t)/t); -inf at t=1, +inf at t=0.
+double log_snr(double t) { return std::log(1.0 - t) - std::log(t); }
+}  // namespace
+
 Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg) {
   torch::NoGradGuard ng;
+  TORCH_CHECK(cfg.method == "euler" || cfg.method == "heun" || cfg.method == "ab2" || cfg.method == "dpm2m",
+              "unknown sampler '", cfg.method, "' (euler | heun | ab2 | dpm2m)");
   auto ts = sampling_schedule(cfg);
   const int64_t B = x.size(0);
+  Tensor x0_prev, v_prev;
+  double h_prev = 0, dt_prev = 0;
   for (int i = 0; i < cfg.steps; ++i) {
     double t0 = ts[i], t1 = ts[i + 1], dt = t1 - t0;
     auto v0 = v(x, torch::full({B}, t0));
-    if (cfg.method == "heun" && t1 > 0) {
+    if (cfg.method == "dpm2m") {
+      // DPM-Solver++(2M) in data-prediction form for alpha = 1-t, sigma = t:
+      //   x1 = (t1/t0) x + (1-t1)(1 - e^-h) D,  h = lambda(t1) - lambda(t0),
+      //   D = x0 (first step) or (1 + 1/2r) x0 - 1/2r x0_prev with r = h_prev / h.
+      // One network call per step, second order from the third step on (lambda(1) = -inf makes
+      // the first interval infinite, so the second step stays first order) except the last.
+      auto x0 = x - t0 * v0;
+      double h = log_snr(t1) - log_snr(t0);  // +inf when t0 = 1 or t1 = 0
+      Tensor D = x0;
+      if (x0_prev.defined() && std::isfinite(h_prev) && std::isfinite(h)) {
+        double r = h_prev / h;
+        D = x0 * (1 + 0.5 / r) - x0_prev * (0.5 / r);
+      }  // the last step (t1 = 0, h infinite) is first order: x = x0, as in k-diffusion
+      double e = std::isfinite(h) ? std::exp(-h) : 0.0;
+      x = x * (t1 / t0) + D * ((1 - t1) * (1 - e));
+      x0_prev = x0;
+      h_prev = h;
+    } else if (cfg.method == "ab2" && v_prev.defined()) {
+      // Variable-step Adams-Bashforth 2 on the velocity: one call per step, second order.
+      double r = dt / dt_prev;
+      x = x + dt * ((1 + 0.5 * r) * v0 - 0.5 * r * v_prev);
+    } else if (cfg.method == "heun" && t1 > 0) {
       auto x1 = x + dt * v0;
       auto v1 = v(x1, torch::full({B}, t1));
       x = x + dt * 0.5 * (v0 + v1);
     } else {
       x = x + dt * v0;
     }
+    v_prev = v0;
+    dt_prev = dt;
   }
   return x;
 }

@@ -33,15 +33,17 @@ torch::Tensor flow_loss_per_sample(const torch::Tensor& out, const FlowBatch& b,
 
 // ---- samplers ----
 using VelocityFn = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
+// ab2: Adams-Bashforth 2 on the velocity (variable step, Euler first step); dpm2m:
+// DPM-Solver++(2M) in data-prediction form. Both second order at the cost of Euler.
 struct SamplerConfig {
-  std::string method = "euler";  // euler | heun
+  std::string method = "euler";  // euler | heun | ab2 | dpm2m (ab2, dpm2m: 1 call per step)
   int steps = 20;
   double shift = 1.0;            // timestep shift of the sampling schedule
 };
 // Decreasing schedule from 1 to 0 with steps+1 entries.
 std::vector<double> sampling_schedule(const SamplerConfig& cfg);
-// Integrates dx/dt = v from t=1 (noise) to t=0. Number of velocity calls: steps (euler) or
-// 2*steps-1 (heun).
+// Integrates dx/dt = v from t=1 (noise) to t=0. Number of velocity calls: steps (euler, ab2, dpm2m)
+// or 2*steps-1 (heun).
 torch::Tensor sample_flow(const VelocityFn& v, torch::Tensor noise, const SamplerConfig& cfg);
 
 // Loss per timestep bin (10 bins over [0,1]) for logging.

@@ -146,17 +146,25 @@ int64_t MMDiTImpl::num_parameters() const {
 }
 
 Tensor MMDiTImpl::forward(const Tensor& x, const Tensor& t, const Tensor& ids, const Tensor& mask) {
-  const int64_t B = x.size(0), T = ids.size(1);
-  TORCH_CHECK(T <= c_.max_text_len, "text longer than max_text_len");
+  return forward(x, t, encode_text(ids, mask));
+}
+
+TextCond MMDiTImpl::encode_text(const Tensor& ids, const Tensor& mask) {
+  TORCH_CHECK(ids.size(1) <= c_.max_text_len, "text longer than max_text_len");
+  auto [txt_tokens, pooled] = text_(ids, mask);
+  return {txt_in_(txt_tokens), vec_in_->forward(pooled), mask};
+}
+
+Tensor MMDiTImpl::forward(const Tensor& x, const Tensor& t, const TextCond& text) {
+  const int64_t B = x.size(0), T = text.tokens.size(1);
   // Text rows of the RoPE tables are the identity; take T of them, then the image grid.
   const int64_t Tm = c_.max_text_len, N = rope_cos_.size(0) - Tm;
   auto cos = torch::cat({rope_cos_.narrow(0, 0, T), rope_cos_.narrow(0, Tm, N)}, 0);
   auto sin = torch::cat({rope_sin_.narrow(0, 0, T), rope_sin_.narrow(0, Tm, N)}, 0);
-  auto [txt_tokens, pooled] = text_(ids, mask);
-  auto vec = time_in_->forward(timestep_embedding(t, 256)) + vec_in_->forward(pooled);  // [B,D]
+  auto vec = time_in_->forward(timestep_embedding(t, 256)) + text.vec;  // [B,D]
   auto img = img_in_(patchify(x, c_.patch));  // [B,N,D]
-  auto txt = txt_in_(txt_tokens);             // [B,T,D]
-  auto key_mask = torch::cat({mask, torch::ones({B, img.size(1)}, mask.options())}, 1);  // [B,T+N]
+  auto txt = text.tokens;                     // [B,T,D]
+  auto key_mask = torch::cat({text.mask, torch::ones({B, img.size(1)}, text.mask.options())}, 1);  // [B,T+N]
   for (auto& m : *double_) std::tie(img, txt) = m->as<DoubleBlock>()->forward(img, txt, vec, cos, sin, key_mask);
   auto h = torch::cat({txt, img}, 1);
   for (auto& m : *single_) h = m->as<SingleBlock>()->forward(h, vec, cos, sin, key_mask);

@@ -54,12 +54,26 @@ class TextEncoderImpl : public torch::nn::Module {
 };
 TORCH_MODULE(TextEncoder);
 
+// The text side of the conditioning: depends on the caption only, so a sampler computes it once
+// per prompt batch instead of once per step.
+struct TextCond {
+  torch::Tensor tokens;  // [B,T,D] text tokens after the input projection
+  torch::Tensor vec;     // [B,D] pooled-text part of the modulation vector
+  torch::Tensor mask;    // [B,T] bool, true = real token
+  TextCond expand(int64_t B) const {  // a batch-1 condition repeated B times (views)
+    return {tokens.expand({B, -1, -1}), vec.expand({B, -1}), mask.expand({B, -1})};
+  }
+};
+
 class MMDiTImpl : public torch::nn::Module {
  public:
   explicit MMDiTImpl(const MMDiTConfig& c);
   // x: [B,C,H,W], t: [B] in [0,1], ids/mask: [B,T] -> network output [B,C,H,W]
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const torch::Tensor& ids,
                         const torch::Tensor& mask);
+  TextCond encode_text(const torch::Tensor& ids, const torch::Tensor& mask);
+  // Same as forward() with the text side precomputed by encode_text().
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& t, const TextCond& text);
   const MMDiTConfig& config() const { return c_; }
   int64_t num_parameters() const;
 

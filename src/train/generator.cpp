@@ -157,18 +157,16 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow, cons
     std::vector<std::string> ps(prompts.begin() + s, prompts.begin() + s + n);
     auto [ids_full, mask_full] = tokenize_batch(tok, ps, c.max_text_len);
     auto [ids, mask] = trim_padding(ids_full, mask_full);
-    const int64_t T = ids.size(1);
-    Tensor ids2 = ids, mask2 = mask;
+    // The text side is constant over the steps: encode it once. The unconditional branch is the
+    // empty caption (BOS only) run as its own 1-token sequence: padded keys are masked, so this
+    // equals the padded batch while saving the padded tokens' compute.
+    TextCond cond = model->encode_text(ids, mask), uncond;
     const bool guided = gc.cfg_scale != 1.0;
-    if (guided) {
-      ids2 = torch::cat({ids, eids.narrow(1, 0, T).expand({n, -1})}, 0);
-      mask2 = torch::cat({mask, emask.narrow(1, 0, T).expand({n, -1})}, 0);
-    }
+    if (guided) uncond = model->encode_text(eids.narrow(1, 0, 1), emask.narrow(1, 0, 1)).expand(n);
     VelocityFn v = [&](const Tensor& x, const Tensor& t) {
-      if (!guided) return to_velocity(model->forward(x, t, ids, mask), x, t, flow);
-      auto x2 = torch::cat({x, x}, 0), t2 = torch::cat({t, t}, 0);
-      auto v2 = to_velocity(model->forward(x2, t2, ids2, mask2), x2, t2, flow);
-      auto vc = v2.narrow(0, 0, n), vu = v2.narrow(0, n, n);
+      auto vc = to_velocity(model->forward(x, t, cond), x, t, flow);
+      if (!guided) return vc;
+      auto vu = to_velocity(model->forward(x, t, uncond), x, t, flow);
       return vu + gc.cfg_scale * (vc - vu);
     };
     outs.push_back(sample_flow(v, torch::cat(noise, 0), gc.sampler).clamp(-1, 1));

@@ -461,7 +461,7 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   y->add_option("--total", s.total, "synthetic images")->capture_default_str();
   y->add_option("--balance", s.balance, "label | dx (equal classes) | fill-label | fill-dx (top up the short classes) | none")->capture_default_str();
   y->add_option("--flatten", s.flatten, "cell share ~ real_count^flatten within a class")->capture_default_str();
-  y->add_option("--sampler", s.sampler, "euler | heun")->capture_default_str();
+  y->add_option("--sampler", s.sampler, "euler | heun | ab2 | dpm2m")->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))->capture_default_str();
   y->add_option("--steps", s.steps, "sampling steps")->capture_default_str();
   y->add_option("--cfg", s.cfg, "classifier-free guidance scale")->capture_default_str();
   y->add_option("--shift", s.shift, "timestep shift")->capture_default_str();

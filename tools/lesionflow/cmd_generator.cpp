@@ -222,7 +222,6 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
       if (!line.empty()) prompts.push_back(line);
   }
   if (prompts.empty()) return Status::error("sample: give --prompt TEXT (repeatable) or --prompts-file FILE");
-  if (o.sampler != "euler" && o.sampler != "heun") return Status::error("--sampler must be euler or heun");
   LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(o.checkpoint));
   LoraRuntime lora(gen.model);
   std::string adapter_hashes;
@@ -446,7 +445,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   sa->add_option("--n", o.n, "images per prompt")->capture_default_str();
   sa->add_option("--steps", o.sample_steps, "sampler steps")->capture_default_str();
   sa->add_option("--cfg", o.cfg, "classifier-free guidance scale (1 = off)")->capture_default_str();
-  sa->add_option("--sampler", o.sampler, "euler | heun")->capture_default_str();
+  sa->add_option("--sampler", o.sampler, "euler | heun | ab2 | dpm2m")->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))->capture_default_str();
   sa->add_option("--shift", o.shift, "timestep shift of the schedule")->capture_default_str();
   sa->add_option("--lora", o.lora, "LoRA adapter FILE[:STRENGTH] applied at run time (repeatable)");
   sa->add_option("--out", o.out, "output directory")->required();
