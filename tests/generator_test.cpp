@@ -108,7 +108,7 @@ TEST(MMDiT, AdaLNZeroInitMakesEveryBlockTheIdentity) {
   auto img = torch::randn({2, 16, 32}), txt = torch::randn({2, 5, 32}), vec = torch::randn({2, 32});
   auto [cos, sin] = rope_2d(4, 16, 100.0);
   cos = torch::cat({torch::ones({5, 8}), cos}); sin = torch::cat({torch::zeros({5, 8}), sin});
-  auto km = torch::ones({2, 21}, torch::kBool);
+  auto km = attention_bias(torch::ones({2, 21}, torch::kBool));  // all attended: undefined
   auto [i2, t2] = db->forward(img, txt, vec, cos, sin, km);
   EXPECT_TRUE(torch::equal(i2, img));
   EXPECT_TRUE(torch::equal(t2, txt));

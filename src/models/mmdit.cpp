@@ -80,13 +80,24 @@ Tensor unpatchify(const Tensor& x, int p, int c, int h) {
   return x.reshape({B, g, g, p, p, c}).permute({0, 5, 1, 3, 2, 4}).reshape({B, c, h, h});
 }
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_mask) {
-  auto scores = torch::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
-  if (key_mask.defined())
-    scores = scores.masked_fill(key_mask.logical_not().unsqueeze(1).unsqueeze(1), -1e9);
-  return torch::matmul(torch::softmax(scores, -1), v);
+Tensor attention_bias(const Tensor& key_mask) {
+  if (!key_mask.defined() || key_mask.all().item<bool>()) return {};
+  auto bias = torch::zeros(key_mask.sizes(), torch::dtype(torch::kFloat32).device(key_mask.device())).masked_fill(key_mask.logical_not(), -1e9);
+  return bias.view({key_mask.size(0), 1, 1, key_mask.size(1)});
 }
 
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_bias) {
+  const int64_t B = q.size(0), H = q.size(1), L = q.size(2), S = k.size(2), hd = q.size(3);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  auto q3 = q.reshape({B * H, L, hd}), k3t = k.reshape({B * H, S, hd}).transpose(1, 2);
+  Tensor scores;
+  if (key_bias.defined()) {
+    scores = torch::baddbmm(key_bias.expand({B, H, L, S}).reshape({B * H, L, S}), q3, k3t, 1.0, scale);
+  } else {
+    scores = torch::bmm(q3, k3t).mul_(scale);  // bmm keeps its inputs, not its output: in-place is safe
+  }
+  return torch::bmm(torch::softmax(scores, -1), v.reshape({B * H, S, hd})).view({B, H, L, hd});
+}
 
 // ---------------------------------------------------------------- text encoder
 TextEncoderImpl::TextEncoderImpl(const MMDiTConfig& c) : c_(c) {
@@ -100,7 +111,8 @@ TextEncoderImpl::TextEncoderImpl(const MMDiTConfig& c) : c_(c) {
 
 std::pair<Tensor, Tensor> TextEncoderImpl::forward(const Tensor& ids, const Tensor& mask) {
   auto x = tok_(ids) + pos_.narrow(1, 0, ids.size(1));  // [B,T,Dt]
-  for (auto& l : *layers_) x = l->as<TextLayer>()->forward(x, mask);
+  auto bias = attention_bias(mask);
+  for (auto& l : *layers_) x = l->as<TextLayer>()->forward(x, bias);
   x = norm_(x);
   auto m = mask.unsqueeze(-1).to(x.dtype());
   auto pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0);  // masked mean [B,Dt]
@@ -164,10 +176,10 @@ Tensor MMDiTImpl::forward(const Tensor& x, const Tensor& t, const TextCond& text
   auto vec = time_in_->forward(timestep_embedding(t, 256)) + text.vec;  // [B,D]
   auto img = img_in_(patchify(x, c_.patch));  // [B,N,D]
   auto txt = text.tokens;                     // [B,T,D]
-  auto key_mask = torch::cat({text.mask, torch::ones({B, img.size(1)}, text.mask.options())}, 1);  // [B,T+N]
-  for (auto& m : *double_) std::tie(img, txt) = m->as<DoubleBlock>()->forward(img, txt, vec, cos, sin, key_mask);
+  auto key_bias = attention_bias(torch::cat({text.mask, torch::ones({B, img.size(1)}, text.mask.options())}, 1));
+  for (auto& m : *double_) std::tie(img, txt) = m->as<DoubleBlock>()->forward(img, txt, vec, cos, sin, key_bias);
   auto h = torch::cat({txt, img}, 1);
-  for (auto& m : *single_) h = m->as<SingleBlock>()->forward(h, vec, cos, sin, key_mask);
+  for (auto& m : *single_) h = m->as<SingleBlock>()->forward(h, vec, cos, sin, key_bias);
   img = h.narrow(1, T, h.size(1) - T);
   auto fm = final_mod_(torch::silu(vec)).unsqueeze(1).chunk(2, -1);
   auto out = unpatchify(final_out_(modulate(ln(img), fm[0], fm[1])), c_.patch, c_.channels, c_.image_size);

@@ -97,8 +97,11 @@ std::pair<torch::Tensor, torch::Tensor> rope_2d(int grid, int head_dim, double t
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 torch::Tensor patchify(const torch::Tensor& x, int p);                  // [B,C,H,W] -> [B,N,p*p*C]
 torch::Tensor unpatchify(const torch::Tensor& x, int p, int c, int h);  // inverse
-// Joint attention with a key mask. q,k,v: [B,H,N,hd], key_mask: [B,N] bool (true = attend).
+// Additive attention bias from a key mask [B,N] bool (true = attend): [B,1,1,N] with 0 / -1e9,
+// or an undefined tensor when every key is attended (no masking work at all).
+torch::Tensor attention_bias(const torch::Tensor& key_mask);
+// softmax(q k^T / sqrt(hd) + bias) v with q,k,v: [B,H,N,hd]; scale and bias fused into the GEMM.
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                        const torch::Tensor& key_mask);
+                        const torch::Tensor& key_bias);
 
 }  // namespace lf

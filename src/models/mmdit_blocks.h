@@ -5,9 +5,12 @@
 namespace lf::mmdit_detail {
 using torch::Tensor;
 
+// One fused pass over x instead of a multiply and an add.
 inline Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale) {
-  return x * (1 + scale) + shift;
+  return torch::addcmul(shift, x, 1 + scale);
 }
+// x + gate * y in one pass (gated residual of adaLN-Zero).
+inline Tensor gated_add(const Tensor& x, const Tensor& gate, const Tensor& y) { return torch::addcmul(x, gate, y); }
 inline Tensor ln(const Tensor& x) { return torch::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6); }
 inline Tensor gelu_tanh(const Tensor& x) { return torch::gelu(x, "tanh"); }
 inline Tensor rms_norm(const Tensor& x, const Tensor& w) {
@@ -56,7 +59,7 @@ struct DoubleBlockImpl : torch::nn::Module {
   }
   // img [B,N,D], txt [B,T,D], vec [B,D]; cos/sin for the joint sequence [T+N, hd/2]
   std::pair<Tensor, Tensor> forward(Tensor img_x, Tensor txt_x, const Tensor& vec, const Tensor& cos,
-                                    const Tensor& sin, const Tensor& key_mask) {
+                                    const Tensor& sin, const Tensor& key_bias) {
     auto sv = torch::silu(vec);
     auto im = img->mod(sv).unsqueeze(1).chunk(6, -1), tm = txt->mod(sv).unsqueeze(1).chunk(6, -1);
     auto [iq, ik, iv] = split_heads(img->qkv(modulate(ln(img_x), im[0], im[1])), heads);
@@ -66,13 +69,13 @@ struct DoubleBlockImpl : torch::nn::Module {
     auto q = apply_rope(torch::cat({tq, iq}, 2), cos, sin);
     auto k = apply_rope(torch::cat({tk, ik}, 2), cos, sin);
     auto v = torch::cat({tv, iv}, 2);
-    auto a = merge_heads(attention(q, k, v, key_mask));
+    auto a = merge_heads(attention(q, k, v, key_bias));
     int64_t T = txt_x.size(1);
     auto ta = a.narrow(1, 0, T), ia = a.narrow(1, T, a.size(1) - T);
-    img_x = img_x + im[2] * img->proj(ia);
-    img_x = img_x + im[5] * img->mlp2(gelu_tanh(img->mlp1(modulate(ln(img_x), im[3], im[4]))));
-    txt_x = txt_x + tm[2] * txt->proj(ta);
-    txt_x = txt_x + tm[5] * txt->mlp2(gelu_tanh(txt->mlp1(modulate(ln(txt_x), tm[3], tm[4]))));
+    img_x = gated_add(img_x, im[2], img->proj(ia));
+    img_x = gated_add(img_x, im[5], img->mlp2(gelu_tanh(img->mlp1(modulate(ln(img_x), im[3], im[4])))));
+    txt_x = gated_add(txt_x, tm[2], txt->proj(ta));
+    txt_x = gated_add(txt_x, tm[5], txt->mlp2(gelu_tanh(txt->mlp1(modulate(ln(txt_x), tm[3], tm[4])))));
     return {img_x, txt_x};
   }
   int heads;
@@ -88,15 +91,15 @@ struct SingleBlockImpl : torch::nn::Module {
     q_norm = register_parameter("q_norm", torch::ones({dim / heads}));
     k_norm = register_parameter("k_norm", torch::ones({dim / heads}));
   }
-  Tensor forward(const Tensor& x, const Tensor& vec, const Tensor& cos, const Tensor& sin, const Tensor& key_mask) {
+  Tensor forward(const Tensor& x, const Tensor& vec, const Tensor& cos, const Tensor& sin, const Tensor& key_bias) {
     auto m = mod(torch::silu(vec)).unsqueeze(1).chunk(3, -1);
     auto h = lin1(modulate(ln(x), m[0], m[1]));
     auto parts = h.split_with_sizes({3 * dim, hidden}, -1);
     auto [q, k, v] = split_heads(parts[0], heads);
     q = apply_rope(rms_norm(q, q_norm), cos, sin);
     k = apply_rope(rms_norm(k, k_norm), cos, sin);
-    auto a = merge_heads(attention(q, k, v, key_mask));
-    return x + m[2] * lin2(torch::cat({a, gelu_tanh(parts[1])}, -1));
+    auto a = merge_heads(attention(q, k, v, key_bias));
+    return gated_add(x, m[2], lin2(torch::cat({a, gelu_tanh(parts[1])}, -1)));
   }
   int dim, heads, hidden;
   torch::nn::Linear mod{nullptr}, lin1{nullptr}, lin2{nullptr};
@@ -113,9 +116,9 @@ struct TextLayerImpl : torch::nn::Module {
     mlp1 = register_module("mlp1", linear(dim, 4 * dim));
     mlp2 = register_module("mlp2", linear(4 * dim, dim));
   }
-  Tensor forward(Tensor x, const Tensor& mask) {
+  Tensor forward(Tensor x, const Tensor& key_bias) {
     auto [q, k, v] = split_heads(qkv(ln1(x)), heads);
-    x = x + proj(merge_heads(attention(q, k, v, mask)));
+    x = x + proj(merge_heads(attention(q, k, v, key_bias)));
     return x + mlp2(gelu_tanh(mlp1(ln2(x))));
   }
   int heads;

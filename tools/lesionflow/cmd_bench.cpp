@@ -6,6 +6,7 @@
 #include <ctime>
 #include <functional>
 #include <numeric>
+#include <regex>
 #include <opencv2/imgproc.hpp>
 
 #include "classify/classifier.h"
@@ -33,6 +34,7 @@ struct BenchOptions {
   std::string python = "/usr/bin/python3";
   std::string out = "bench/results";
   bool no_python = false;
+  std::string only;  // regex: run only the variants whose name matches (sgemm always runs)
 };
 
 // Forward FLOPs of one image through the MMDiT (multiply-adds x 2), counted per layer from the
@@ -216,6 +218,13 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
                   }
                   return n / since(t0);
                 }});
+  if (!o.only.empty()) {
+    std::regex re(o.only, std::regex::icase);
+    std::vector<Variant> kept;
+    for (size_t i = 0; i < vs.size(); ++i)
+      if (i == 0 || std::regex_search(vs[i].name, re)) kept.push_back(std::move(vs[i]));
+    vs = std::move(kept);
+  }
   // Warm-up once, then interleaved repetitions.
   Progress prog("bench", static_cast<int64_t>(vs.size()) * (o.reps + 1), "run");
   int64_t done = 0;
@@ -284,6 +293,7 @@ void add_bench(CLI::App& app, GlobalOptions& g, Runner* run) {
   b->add_option("--data", o.data, "HAM10000 root for the prepare/caption variants")->capture_default_str();
   b->add_option("--python", o.python, "python with torch")->capture_default_str();
   b->add_flag("--no-python", o.no_python, "skip the python3-torch variants");
+  b->add_option("--only", o.only, "run only variants whose name matches this regex (sgemm always runs)");
   b->add_option("--out", o.out, "results directory")->capture_default_str();
   b->callback([&g, run]() { *run = [&g]() { return run_bench(o, g); }; });
 }
