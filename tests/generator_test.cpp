@@ -94,6 +94,30 @@ TEST(MMDiT, CachedTextAndOneTokenUnconditionalEqualThePaddedBatch) {
   EXPECT_FALSE(torch::allclose(one, full, 1e-3, 1e-3));  // the condition matters
 }
 
+TEST(MMDiT, ParallelAttentionMatchesPlainOpsForwardAndBackward) {
+  torch::manual_seed(6);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(2);  // the batch x heads items are split over threads
+  for (bool masked : {false, true}) {
+    auto q = torch::randn({3, 2, 11, 8}, torch::requires_grad()), k = torch::randn({3, 2, 11, 8}, torch::requires_grad());
+    auto v = torch::randn({3, 2, 11, 8}, torch::requires_grad());
+    auto mask = torch::ones({3, 11}, torch::kBool);
+    if (masked) mask[1].narrow(0, 4, 7).fill_(false);
+    auto go = torch::randn({3, 2, 11, 8});
+    auto out = attention(q, k, v, attention_bias(mask));
+    auto grads = torch::autograd::grad({out}, {q, k, v}, {go});
+    // Reference: the textbook formula with autograd.
+    auto s = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(8.0);
+    s = s.masked_fill(mask.logical_not().view({3, 1, 1, 11}), -1e9);
+    auto ref = torch::matmul(torch::softmax(s, -1), v);
+    auto rgrads = torch::autograd::grad({ref}, {q, k, v}, {go});
+    EXPECT_LT((out - ref).abs().max().item<float>(), 1e-5) << masked;
+    for (int i = 0; i < 3; ++i) EXPECT_LT((grads[i] - rgrads[i]).abs().max().item<float>(), 1e-5) << masked << i;
+    EXPECT_GT(rgrads[1].abs().max().item<float>(), 1e-3);
+  }
+  torch::set_num_threads(threads);
+}
+
 TEST(MMDiT, PatchifyRoundTrip) {
   auto x = torch::randn({2, 3, 16, 16});
   EXPECT_TRUE(torch::equal(unpatchify(patchify(x, 4), 4, 3, 16), x));

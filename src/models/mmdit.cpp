@@ -80,24 +80,7 @@ Tensor unpatchify(const Tensor& x, int p, int c, int h) {
   return x.reshape({B, g, g, p, p, c}).permute({0, 5, 1, 3, 2, 4}).reshape({B, c, h, h});
 }
 
-Tensor attention_bias(const Tensor& key_mask) {
-  if (!key_mask.defined() || key_mask.all().item<bool>()) return {};
-  auto bias = torch::zeros(key_mask.sizes(), torch::dtype(torch::kFloat32).device(key_mask.device())).masked_fill(key_mask.logical_not(), -1e9);
-  return bias.view({key_mask.size(0), 1, 1, key_mask.size(1)});
-}
-
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_bias) {
-  const int64_t B = q.size(0), H = q.size(1), L = q.size(2), S = k.size(2), hd = q.size(3);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  auto q3 = q.reshape({B * H, L, hd}), k3t = k.reshape({B * H, S, hd}).transpose(1, 2);
-  Tensor scores;
-  if (key_bias.defined()) {
-    scores = torch::baddbmm(key_bias.expand({B, H, L, S}).reshape({B * H, L, S}), q3, k3t, 1.0, scale);
-  } else {
-    scores = torch::bmm(q3, k3t).mul_(scale);  // bmm keeps its inputs, not its output: in-place is safe
-  }
-  return torch::bmm(torch::softmax(scores, -1), v.reshape({B * H, S, hd})).view({B, H, L, hd});
-}
+// attention_bias() and attention() live in attention.cpp.
 
 // ---------------------------------------------------------------- text encoder
 TextEncoderImpl::TextEncoderImpl(const MMDiTConfig& c) : c_(c) {

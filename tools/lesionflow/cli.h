@@ -5,6 +5,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <unistd.h>
 
 #include "lesionflow/status.h"
 
@@ -29,6 +30,14 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run);  // text, trai
 void add_report(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_classify(CLI::App& app, GlobalOptions& g, Runner* run);  // classify, synth, experiment
 void add_bench(CLI::App& app, GlobalOptions& g, Runner* run);
+
+// This binary's own path, for running a stage in a child process (a shell would resolve
+// /proc/self/exe to itself).
+inline std::string self_exe() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("lesionflow");
+}
 
 // Print a JSON value (for --json) or nothing.
 inline void emit_json(const GlobalOptions& g, const nlohmann::json& j) {

@@ -9,6 +9,10 @@
 #include <regex>
 #include <opencv2/imgproc.hpp>
 
+#include <sys/resource.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
+
+#include "adapters/lora.h"
 #include "classify/classifier.h"
 #include "cli.h"
 #include "lesionflow/captions.h"
@@ -34,6 +38,8 @@ struct BenchOptions {
   std::string python = "/usr/bin/python3";
   std::string out = "bench/results";
   bool no_python = false;
+  std::string child_memory;  // internal: "lora" | "full" -> print fine-tune memory as JSON
+  std::string profile;  // write a chrome trace of two generator training steps and stop
   std::string only;  // regex: run only the variants whose name matches (sgemm always runs)
 };
 
@@ -78,7 +84,82 @@ struct Variant {
   std::vector<double> values;
 };
 
+long rss_now_mb() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return resident * (sysconf(_SC_PAGESIZE) / 1024) / 1024;
+}
+long rss_peak_mb() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024;
+}
+
+// A generator fine-tune step, full (every weight trained) or LoRA (rank 16 on attn+mlp, base
+// frozen), on one fixed batch of random images: what `lesionflow finetune` does per step.
+struct FinetuneBench {
+  MMDiT model{nullptr};
+  std::shared_ptr<LoraAdapter> adapter;
+  std::unique_ptr<LoraRuntime> rt;
+  std::unique_ptr<torch::optim::AdamW> opt;
+  std::vector<torch::Tensor> params;
+  torch::Tensor x0, ids, mask;
+  FlowConfig flow;
+  FinetuneBench(const MMDiTConfig& mc, bool lora, int B, int T) : model(mc) {
+    x0 = torch::randn({B, mc.channels, mc.image_size, mc.image_size});
+    ids = torch::randint(3, mc.vocab_size, {B, T}, torch::kInt64);
+    mask = torch::ones({B, T}, torch::kBool);
+    flow.prediction = mc.prediction;
+    if (lora) {
+      adapter = std::move(LoraAdapter::create(model, LoraSpec{}).value());
+      rt = std::make_unique<LoraRuntime>(model);
+      (void)rt->add(adapter, 1.0);
+      rt->freeze_base();
+      params = adapter->parameters();
+    } else {
+      params = model->parameters();
+    }
+    opt = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(1e-4));
+  }
+  int64_t trainable() const {
+    int64_t n = 0;
+    for (auto& p : params) n += p.numel();
+    return n;
+  }
+  void step() {
+    if (rt) rt->apply();
+    auto gen = at::detail::createCPUGenerator(1);
+    auto t = sample_timesteps(x0.size(0), flow, gen);
+    auto fb = make_flow_batch(x0, torch::randn_like(x0), t);
+    auto loss = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, flow).mean();
+    opt->zero_grad();
+    loss.backward();
+    torch::nn::utils::clip_grad_norm_(params, 1.0);
+    opt->step();
+  }
+};
+
+// Child mode: memory of one fine-tune mode in a fresh process (peak RSS is per process).
+Status run_child_memory(const BenchOptions& o, const GlobalOptions& g) {
+  MMDiTConfig mc = MMDiTConfig::preset(o.preset);
+  mc.vocab_size = 512;
+  torch::manual_seed(0);
+  FinetuneBench fb(mc, o.child_memory == "lora", o.batch, o.text_tokens);
+  const long before = rss_now_mb();
+  for (int i = 0; i < 3; ++i) fb.step();
+  nlohmann::json j = {{"mode", o.child_memory}, {"trainable_parameters", fb.trainable()},
+                      {"base_parameters", fb.model->num_parameters()}, {"rss_before_mb", before},
+                      {"peak_rss_mb", rss_peak_mb()}, {"training_mb", rss_peak_mb() - before}};
+  std::printf("%s\n", j.dump().c_str());
+  (void)g;
+  return Status::ok_status();
+}
+
 Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
+  if (!o.child_memory.empty()) return run_child_memory(o, g);
   const int threads = get_threads();
   log_info("bench: " + std::to_string(threads) + " threads, " + std::to_string(o.reps) + " repetitions, BLAS " + loaded_blas());
   // Generator (random weights: speed does not depend on training).
@@ -110,6 +191,15 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
     opt.step();
   };
   const double train_flops_per_img = 3 * mmdit_forward_flops(mc, T);
+  if (!o.profile.empty()) {  // per-op times (chrome://tracing; scripts/profile_ops.py sums them)
+    gen_step();
+    {
+      torch::autograd::profiler::RecordProfile rp(o.profile);
+      for (int i = 0; i < 2; ++i) gen_step();
+    }
+    log_info("bench: wrote " + o.profile);
+    return Status::ok_status();
+  }
   std::vector<Variant> vs;
   vs.push_back({"sgemm 2048", "GFLOP/s", [] { return measure_sgemm_gflops(2048, 1.0); }});
   vs.push_back({"generator train step (C++)", "img/s", [&] {
@@ -129,6 +219,17 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
                       return std::nan("");
                     }
                   }, train_flops_per_img});
+  }
+  // LoRA vs full fine-tune of the same base: steps/s here, memory from one child process each.
+  auto ft_full = std::make_shared<FinetuneBench>(mc, false, B, T);
+  auto ft_lora = std::make_shared<FinetuneBench>(mc, true, B, T);
+  for (auto& [name, fb] : {std::pair{std::string("full"), ft_full}, std::pair{std::string("lora"), ft_lora}}) {
+    vs.push_back({"fine-tune step, " + name + (name == "lora" ? " (rank 16, attn+mlp)" : " (all weights)"), "steps/s",
+                  [fb = fb] {
+                    auto t0 = Clock::now();
+                    for (int i = 0; i < 2; ++i) fb->step();
+                    return 2.0 / since(t0);
+                  }});
   }
   std::vector<std::string> prompts(16, corpus[0]);
   std::vector<uint64_t> seeds(16);
@@ -238,6 +339,19 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
       prog.update(++done, v.name);
     }
   prog.finish();
+  // Fine-tune memory: each mode in its own process (peak RSS cannot be reset within one).
+  nlohmann::json ft_memory = nlohmann::json::object();
+  if (o.only.empty() || std::regex_search(std::string("fine-tune"), std::regex(o.only, std::regex::icase))) {
+    for (const char* mode : {"full", "lora"}) {
+      std::string out = run_capture("\"" + self_exe() + "\" bench --child-memory " + mode + " --preset " + o.preset + " --batch " +
+                                    std::to_string(B) + " --text-tokens " + std::to_string(T) + " 2>/dev/null");
+      try {
+        ft_memory[mode] = nlohmann::json::parse(out.substr(out.rfind('{')));
+      } catch (...) {
+        log_warn("fine-tune memory child failed: " + out.substr(0, 200));
+      }
+    }
+  }
   // Report.
   const double sgemm = median(vs[0].values);
   nlohmann::json res = {{"date", ""}, {"threads", threads}, {"blas", loaded_blas()}, {"torch", torch_version()},
@@ -269,7 +383,13 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
   };
   ratio("generator_train_cpp_over_python", "generator train step (C++)", "generator train step (python3-torch)");
   ratio("vit_train_cpp_over_python", "vit classifier train (C++)", "vit classifier train (python3-torch)");
+  ratio("finetune_lora_over_full_steps_per_second", "fine-tune step, lora (rank 16, attn+mlp)", "fine-tune step, full (all weights)");
   res["ratios"] = ratios;
+  res["finetune_memory"] = ft_memory;
+  for (auto& [mode, m] : ft_memory.items())
+    std::printf("%-48s %12lld params %8lld MB training memory (peak RSS %lld MB)\n", ("fine-tune " + mode).c_str(),
+                (long long)m.value("trainable_parameters", 0LL), (long long)m.value("training_mb", 0LL),
+                (long long)m.value("peak_rss_mb", 0LL));
   for (auto& [k, v] : ratios.items()) std::printf("%-48s %12.2f x\n", k.c_str(), v.get<double>());
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   std::string path = o.out + "/" + date + ".json";
@@ -293,6 +413,8 @@ void add_bench(CLI::App& app, GlobalOptions& g, Runner* run) {
   b->add_option("--data", o.data, "HAM10000 root for the prepare/caption variants")->capture_default_str();
   b->add_option("--python", o.python, "python with torch")->capture_default_str();
   b->add_flag("--no-python", o.no_python, "skip the python3-torch variants");
+  b->add_option("--child-memory", o.child_memory, "internal: measure one fine-tune mode's memory (lora|full)")->group("");
+  b->add_option("--profile", o.profile, "write a per-op chrome trace of two generator training steps and exit");
   b->add_option("--only", o.only, "run only variants whose name matches this regex (sgemm always runs)");
   b->add_option("--out", o.out, "results directory")->capture_default_str();
   b->callback([&g, run]() { *run = [&g]() { return run_bench(o, g); }; });

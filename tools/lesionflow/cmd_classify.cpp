@@ -256,9 +256,7 @@ Status run_experiment(const ExperimentOptions& o, const GlobalOptions& g) {
   if (gen_path.empty()) {
     gen_path = out + "/generator/ema.safetensors";
     if (!file_exists(out + "/generator/done")) {
-      // This binary's own path (a shell would resolve /proc/self/exe to itself).
-      std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-      std::string cmd = "\"" + self + "\" train --data \"" + data + "\" --splits \"" + splits + "\"" +
+      std::string cmd = "\"" + self_exe() + "\" train --data \"" + data + "\" --splits \"" + splits + "\"" +
                         (captions.empty() ? "" : " --captions \"" + captions + "\"") + " --out \"" + out + "/generator\"" +
                         " --seed " + std::to_string(g.seed) + " --threads " + std::to_string(g.threads);
       for (auto& a : gj.value("train_args", nlohmann::json::array())) cmd += " " + a.get<std::string>();
