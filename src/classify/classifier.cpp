@@ -194,8 +194,7 @@ Tensor ClassifierImpl::vit_features(const Tensor& x) {
   const int64_t L = t.size(1);
   for (size_t l = 0; l < qkv_.size(); ++l) {
     auto qkv = qkv_[l]->forward(ln1_[l]->forward(t)).view({N, L, 3, H, dh}).permute({2, 0, 3, 1, 4});
-    auto att = torch::softmax(torch::matmul(qkv[0], qkv[1].transpose(-2, -1)) / std::sqrt(double(dh)), -1);
-    auto o = torch::matmul(att, qkv[2]).transpose(1, 2).reshape({N, L, D});
+    auto o = attention(qkv[0], qkv[1], qkv[2], Tensor()).transpose(1, 2).reshape({N, L, D});  // models/mmdit.h
     t = t + proj_[l]->forward(o);
     t = t + fc2_[l]->forward(torch::gelu(fc1_[l]->forward(ln2_[l]->forward(t))));
   }
