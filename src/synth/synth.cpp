@@ -178,7 +178,8 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   plan_file["generator"] = cfg.generator_path;
   plan_file["generator_hash"] = g.hash;
   plan_file["sampler"] = {{"method", cfg.gen.sampler.method}, {"steps", cfg.gen.sampler.steps},
-                          {"shift", cfg.gen.sampler.shift}, {"cfg", cfg.gen.cfg_scale}};
+                          {"shift", cfg.gen.sampler.shift}, {"cfg", cfg.gen.cfg_scale},
+                          {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}}};
   LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/plan.json", plan_file.dump(2) + "\n"));
   std::vector<const SynthItem*> todo;
   for (auto& it : plan)
@@ -208,7 +209,7 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
                           {"subgroup", it.subgroup}, {"source_id", it.source_id}, {"seed", it.seed},
                           {"sampler", cfg.gen.sampler.method}, {"steps", cfg.gen.sampler.steps},
                           {"shift", cfg.gen.sampler.shift}, {"cfg", cfg.gen.cfg_scale},
-                          {"generator_hash", g.hash}, {"adapter_hash", cfg.adapter_hash}};
+                          {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}}, {"generator_hash", g.hash}, {"adapter_hash", cfg.adapter_hash}};
       if (!it.asked.is_null()) j["asked"] = it.asked;
       lines += j.dump() + "\n";
     }

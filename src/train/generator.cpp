@@ -165,7 +165,8 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow, cons
     if (guided) uncond = model->encode_text(eids.narrow(1, 0, 1), emask.narrow(1, 0, 1)).expand(n);
     VelocityFn v = [&](const Tensor& x, const Tensor& t) {
       auto vc = to_velocity(model->forward(x, t, cond), x, t, flow);
-      if (!guided) return vc;
+      const double tv = t[0].item<double>();
+      if (!guided || tv < gc.cfg_t_lo || tv > gc.cfg_t_hi) return vc;
       auto vu = to_velocity(model->forward(x, t, uncond), x, t, flow);
       return vu + gc.cfg_scale * (vc - vu);
     };

@@ -91,6 +91,9 @@ Result<LoadedGenerator> load_generator(const std::string& path);
 struct GenerateConfig {
   SamplerConfig sampler;
   double cfg_scale = 4.0;  // 1 = no guidance (one forward per step)
+  // Guidance only while lo <= t <= hi (Kynkaenniemi et al. 2024, guidance in a limited
+  // interval); outside it one conditional forward per step. Default: every step.
+  double cfg_t_lo = 0.0, cfg_t_hi = 1.0;
   int batch = 16;
 };
 // One image per (prompt, seed) pair; the noise of image i depends only on seeds[i].

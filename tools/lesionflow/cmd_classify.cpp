@@ -172,6 +172,7 @@ struct SynthOptions {
   std::string generator, data, splits, captions, out, balance = "label", sampler = "euler";
   int64_t total = 1000;
   double flatten = 0.5, cfg = 3.0, shift = 1.0;
+  std::vector<double> cfg_interval{0.0, 1.0};
   int steps = 12, batch = 16;
   bool plan_only = false;
 };
@@ -201,6 +202,8 @@ Status run_synth(const SynthOptions& o, const GlobalOptions& g) {
   sc.gen.sampler.steps = o.steps;
   sc.gen.sampler.shift = o.shift;
   sc.gen.cfg_scale = o.cfg;
+  sc.gen.cfg_t_lo = o.cfg_interval[0];
+  sc.gen.cfg_t_hi = o.cfg_interval[1];
   sc.gen.batch = o.batch;
   sc.out = o.out;
   sc.generator_path = o.generator;
@@ -285,6 +288,10 @@ Status run_experiment(const ExperimentOptions& o, const GlobalOptions& g) {
     sc.gen.sampler.steps = cfg_get<int>(sj, "steps", 12);
     sc.gen.sampler.shift = cfg_get<double>(sj, "shift", 1.0);
     sc.gen.cfg_scale = cfg_get<double>(sj, "cfg", 3.0);
+    auto ci = cfg_get<std::vector<double>>(sj, "cfg_interval", {0.0, 1.0});
+    if (ci.size() != 2) return Status::error(o.config + ": synth.cfg_interval must be [lo, hi]");
+    sc.gen.cfg_t_lo = ci[0];
+    sc.gen.cfg_t_hi = ci[1];
     sc.gen.batch = cfg_get<int>(sj, "batch", 16);
     sc.out = syn_dir;
     sc.generator_path = gen_path;
@@ -462,6 +469,8 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   y->add_option("--sampler", s.sampler, "euler | heun | ab2 | dpm2m")->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))->capture_default_str();
   y->add_option("--steps", s.steps, "sampling steps")->capture_default_str();
   y->add_option("--cfg", s.cfg, "classifier-free guidance scale")->capture_default_str();
+  y->add_option("--cfg-interval", s.cfg_interval, "guide only while LO <= t <= HI (t = 1 is noise)")
+      ->expected(2)->check(CLI::Range(0.0, 1.0))->capture_default_str();
   y->add_option("--shift", s.shift, "timestep shift")->capture_default_str();
   y->add_option("--batch", s.batch, "images per forward batch")->capture_default_str();
   y->add_flag("--plan-only", s.plan_only, "write plan.json and stop");

@@ -50,6 +50,7 @@ struct GenOptions {
   double cfg = 4.0;
   std::string sampler = "euler";
   double shift = 1.0;
+  std::vector<double> cfg_interval{0.0, 1.0};  // guidance only for t in [lo, hi]
   std::vector<std::string> lora;  // sample: adapter[:strength] (repeatable)
   // finetune
   std::string base;
@@ -66,7 +67,7 @@ struct GenOptions {
             {"batch", batch}, {"lr", lr}, {"max_minutes", max_minutes}, {"resume", resume},
             {"out", out}, {"checkpoint", checkpoint}, {"prompts", prompts}, {"prompts_file", prompts_file},
             {"n", n}, {"sample_steps", sample_steps}, {"cfg", cfg}, {"sampler", sampler}, {"shift", shift},
-            {"lora", lora}, {"base", base}, {"rank", rank}, {"alpha", alpha}, {"targets", targets},
+            {"cfg_interval", cfg_interval}, {"lora", lora}, {"base", base}, {"rank", rank}, {"alpha", alpha}, {"targets", targets},
             {"rank_for", rank_for}, {"filter", filter}, {"limit", limit}, {"full", full}};
   }
 };
@@ -251,6 +252,8 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
   gc.sampler.steps = o.sample_steps;
   gc.sampler.shift = o.shift;
   gc.cfg_scale = o.cfg;
+  gc.cfg_t_lo = o.cfg_interval[0];
+  gc.cfg_t_hi = o.cfg_interval[1];
   Progress prog("sample", static_cast<int64_t>(ps.size()), "img");
   std::vector<cv::Mat> tiles;
   std::ostringstream manifest;
@@ -262,7 +265,7 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
     LF_RETURN_IF_ERROR(write_tiles(imgs, o.out, std::vector<std::string>(names.begin() + s, names.begin() + e), o.n, &tiles));
     for (size_t i = s; i < e; ++i)
       manifest << nlohmann::json{{"file", names[i]}, {"prompt", ps[i]}, {"seed", seeds[i]},
-                                 {"steps", o.sample_steps}, {"cfg", o.cfg}, {"sampler", o.sampler},
+                                 {"steps", o.sample_steps}, {"cfg", o.cfg}, {"cfg_interval", o.cfg_interval}, {"sampler", o.sampler},
                                  {"shift", o.shift}, {"checkpoint", o.checkpoint},
                                  {"checkpoint_hash", gen.hash}, {"adapters", adapter_hashes}}.dump() << '\n';
     prog.update(static_cast<int64_t>(e));
@@ -445,6 +448,8 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   sa->add_option("--n", o.n, "images per prompt")->capture_default_str();
   sa->add_option("--steps", o.sample_steps, "sampler steps")->capture_default_str();
   sa->add_option("--cfg", o.cfg, "classifier-free guidance scale (1 = off)")->capture_default_str();
+  sa->add_option("--cfg-interval", o.cfg_interval, "guide only while LO <= t <= HI (t = 1 is noise)")
+      ->expected(2)->check(CLI::Range(0.0, 1.0))->capture_default_str();
   sa->add_option("--sampler", o.sampler, "euler | heun | ab2 | dpm2m")->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))->capture_default_str();
   sa->add_option("--shift", o.shift, "timestep shift of the schedule")->capture_default_str();
   sa->add_option("--lora", o.lora, "LoRA adapter FILE[:STRENGTH] applied at run time (repeatable)");
