@@ -10,6 +10,8 @@ namespace lf {
 // Sets torch intra-op threads (and OpenMP/OpenBLAS via omp_set_num_threads). n <= 0: all cores.
 void set_threads(int n);
 int get_threads();
+// glibc malloc settings for tensor workloads (large blocks stay on the heap); call at start-up.
+void tune_allocator();
 int hardware_threads();
 std::string torch_version();
 // Path of the libblas actually mapped into this process (from /proc/self/maps), or "".

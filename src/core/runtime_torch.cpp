@@ -1,3 +1,4 @@
+#include <malloc.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -22,6 +23,15 @@ void set_threads(int n) {
 }
 
 int get_threads() { return torch::get_num_threads(); }
+
+void tune_allocator() {
+  // glibc serves blocks above the (dynamic) mmap threshold with fresh mmap()s and returns freed
+  // heap tops to the kernel: a training step then page-faults through every large activation
+  // again. Keeping blocks up to 32 MiB (glibc's maximum) on the heap and trimming only above
+  // 1 GiB of free top memory measured +19% generator training throughput (docs/results.md).
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
 
 std::string torch_version() {
 #ifdef TORCH_VERSION

@@ -166,12 +166,7 @@ Tensor MMDiTImpl::forward(const Tensor& x, const Tensor& t, const TextCond& text
   img = h.narrow(1, T, h.size(1) - T);
   auto fm = final_mod_(torch::silu(vec)).unsqueeze(1).chunk(2, -1);
   auto out = unpatchify(final_out_(modulate(ln(img), fm[0], fm[1])), c_.patch, c_.channels, c_.image_size);
-  if (!refine_.is_empty()) {
-    static const bool cl = std::getenv("LF_CL") != nullptr;  // EXPERIMENT
-    auto in = torch::cat({out, x}, 1);
-    if (cl) in = in.contiguous(torch::MemoryFormat::ChannelsLast);
-    out = out + refine_->forward(in);
-  }
+  if (!refine_.is_empty()) out = out + refine_->forward(torch::cat({out, x}, 1));
   return out;
 }
 

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   }
   if (g.quiet) set_log_level(LogLevel::kWarn);
   if (g.verbose) set_log_level(LogLevel::kDebug);
+  tune_allocator();
   set_threads(g.threads);
   Status dev = check_device(g.device);
   if (!dev.ok()) {
