@@ -210,15 +210,22 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
   if (!o.no_python) {
     std::string cmd = o.python + " scripts/bench_torch.py gen-train '" + mc.to_json().dump() + "' " + std::to_string(B) + " " +
                       std::to_string(T) + " 3 " + std::to_string(threads) + " 2>/dev/null";
-    vs.push_back({"generator train step (python3-torch)", "img/s", [cmd] {
-                    auto out = run_capture(cmd);
-                    try {
-                      return nlohmann::json::parse(out)["images_per_second"].get<double>();
-                    } catch (...) {
-                      log_warn("python benchmark failed: " + out.substr(0, 200));
-                      return std::nan("");
-                    }
-                  }, train_flops_per_img});
+    // Twice: python's default glibc malloc, and the settings lesionflow applies to itself
+    // (tune_allocator), so the C++/python ratio can be read without the allocator's share.
+    const std::string tuned = "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 ";
+    for (const std::string& env : {std::string(), tuned}) {
+      std::string c = env + cmd;
+      vs.push_back({env.empty() ? "generator train step (python3-torch)" : "generator train step (python3-torch, same malloc settings)",
+                    "img/s", [c] {
+                      auto out = run_capture(c);
+                      try {
+                        return nlohmann::json::parse(out)["images_per_second"].get<double>();
+                      } catch (...) {
+                        log_warn("python benchmark failed: " + out.substr(0, 200));
+                        return std::nan("");
+                      }
+                    }, train_flops_per_img});
+    }
   }
   // LoRA vs full fine-tune of the same base: steps/s here, memory from one child process each.
   auto ft_full = std::make_shared<FinetuneBench>(mc, false, B, T);
@@ -382,6 +389,8 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
     if (med.count(a) && med.count(b) && med[b] > 0) ratios[key] = med[a] / med[b];
   };
   ratio("generator_train_cpp_over_python", "generator train step (C++)", "generator train step (python3-torch)");
+  ratio("generator_train_cpp_over_python_same_malloc", "generator train step (C++)",
+        "generator train step (python3-torch, same malloc settings)");
   ratio("vit_train_cpp_over_python", "vit classifier train (C++)", "vit classifier train (python3-torch)");
   ratio("finetune_lora_over_full_steps_per_second", "fine-tune step, lora (rank 16, attn+mlp)", "fine-tune step, full (all weights)");
   res["ratios"] = ratios;
