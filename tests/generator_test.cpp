@@ -21,6 +21,15 @@ MMDiTConfig micro() {
   c.vocab_size = 64;
   return c;
 }
+// A model of config c with every weight drawn N(0, sd) after seeding: non-trivial outputs
+// (the zero-initialised heads of a fresh model would hide differences).
+MMDiT random_model(const MMDiTConfig& c, uint64_t seed, double sd) {
+  torch::manual_seed(seed);
+  MMDiT m(c);
+  torch::NoGradGuard ng;
+  for (auto& p : m->parameters()) p.normal_(0, sd);
+  return m;
+}
 std::vector<std::string> phantom_captions(int n) {
   auto ds = load_dataset("phantom:" + std::to_string(n), {}, 3);
   std::vector<std::string> out;
@@ -73,10 +82,8 @@ TEST(MMDiT, ShapesAndParameterCount) {
 TEST(MMDiT, CachedTextAndOneTokenUnconditionalEqualThePaddedBatch) {
   // The sampler encodes the text once and runs the empty caption as a 1-token sequence; both
   // must give what the training-time forward gives on the padded batch.
-  torch::manual_seed(4);
-  MMDiT m(micro());
+  MMDiT m = random_model(micro(), 4, 0.2);
   torch::NoGradGuard ng;
-  for (auto& p : m->parameters()) p.normal_(0, 0.2);  // zero-init heads would hide differences
   auto x = torch::randn({3, 3, 16, 16}), t = torch::rand({3});
   auto ids = torch::randint(3, 64, {3, 9}, torch::kInt64);
   auto mask = torch::ones({3, 9}, torch::kBool);
@@ -124,12 +131,7 @@ TEST(Generate, SeedsFixTheImageAndTheGuidanceIntervalSkipsGuidance) {
   ASSERT_TRUE(tok.ok());
   auto c = micro();
   c.vocab_size = tok->vocab_size();
-  torch::manual_seed(8);
-  MMDiT m(c);
-  {
-    torch::NoGradGuard ng;
-    for (auto& p : m->parameters()) p.normal_(0, 0.2);
-  }
+  MMDiT m = random_model(c, 8, 0.2);
   FlowConfig flow;
   std::vector<std::string> prompts(caps.begin(), caps.begin() + 4);
   std::vector<uint64_t> seeds{11, 12, 13, 14};
@@ -290,12 +292,7 @@ TEST(Checkpoint, SaveLoadRoundTripIsBitExact) {
   ASSERT_TRUE(tok.ok());
   auto c = micro();
   c.vocab_size = tok->vocab_size();
-  torch::manual_seed(4);
-  MMDiT m(c);
-  {
-    torch::NoGradGuard ng;
-    for (auto& p : m->parameters()) p.normal_();
-  }
+  MMDiT m = random_model(c, 4, 1.0);
   std::string path = test::tmp_dir("ckpt") + "/g.safetensors";
   FlowConfig fc;
   fc.prediction = "x";

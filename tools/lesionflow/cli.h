@@ -5,6 +5,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "lesionflow/status.h"
@@ -37,6 +38,13 @@ inline std::string self_exe() {
   char buf[4096];
   ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
   return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("lesionflow");
+}
+
+// Peak resident memory of this process so far, MB.
+inline long peak_rss_mb() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1024;
 }
 
 // Print a JSON value (for --json) or nothing.

@@ -7,7 +7,6 @@
 #include <map>
 #include <opencv2/imgproc.hpp>
 
-#include <sys/resource.h>
 
 #include "adapters/lora.h"
 #include "cli.h"
@@ -288,11 +287,6 @@ std::pair<std::string, double> split_strength(const std::string& spec) {
   return {spec, 1.0};
 }
 
-long peak_rss_mb() {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1024;
-}
 
 // Records of the training split matching every --filter key=value (dx, site, sex, age band).
 std::vector<size_t> filtered(const LoadedData& d, const std::vector<size_t>& idx, const std::vector<std::string>& filters,
