@@ -105,12 +105,15 @@ TEST(MMDiT, ParallelAttentionMatchesPlainOpsForwardAndBackward) {
   torch::manual_seed(6);
   const int threads = torch::get_num_threads();
   torch::set_num_threads(2);  // the batch x heads items are split over threads
+  // float32 takes the direct-sgemm path, float64 the batched-GEMM fallback.
+  for (auto dtype : {torch::kFloat32, torch::kFloat64})
   for (bool masked : {false, true}) {
-    auto q = torch::randn({3, 2, 11, 8}, torch::requires_grad()), k = torch::randn({3, 2, 11, 8}, torch::requires_grad());
-    auto v = torch::randn({3, 2, 11, 8}, torch::requires_grad());
+    auto opt = torch::dtype(dtype).requires_grad(true);
+    auto q = torch::randn({3, 2, 11, 8}, opt), k = torch::randn({3, 2, 11, 8}, opt);
+    auto v = torch::randn({3, 2, 11, 8}, opt);
     auto mask = torch::ones({3, 11}, torch::kBool);
     if (masked) mask[1].narrow(0, 4, 7).fill_(false);
-    auto go = torch::randn({3, 2, 11, 8});
+    auto go = torch::randn({3, 2, 11, 8}, torch::dtype(dtype));
     auto out = attention(q, k, v, attention_bias(mask));
     auto grads = torch::autograd::grad({out}, {q, k, v}, {go});
     // Reference: the textbook formula with autograd.
@@ -200,6 +203,35 @@ TEST(MMDiT, RopeScoresDependOnlyOnRelativePosition) {
   // Norm preserving.
   auto x = torch::randn({1, 1, g * g, hd});
   EXPECT_NEAR(apply_rope(x, cos, sin).norm().item<double>(), x.norm().item<double>(), 1e-4);
+}
+
+TEST(MMDiT, FusedQkNormRopeMatchesComposedOpsForwardAndBackward) {
+  torch::manual_seed(8);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(2);  // rows and the weight-gradient partial sums are split over threads
+  const int64_t B = 3, H = 2, Ta = 5, Nb = 9, hd = 8;
+  auto [ic, is] = rope_2d(3, hd, 100.0);  // 9 image positions
+  auto cos = torch::cat({torch::ones({Ta, hd / 2}), ic}, 0), sin = torch::cat({torch::zeros({Ta, hd / 2}), is}, 0);
+  // Strided views as split_heads makes them: [B,L,3,H,hd] permuted to [B,H,L,hd].
+  auto ta = torch::randn({B, Ta, 3, H, hd}, torch::requires_grad()), tb = torch::randn({B, Nb, 3, H, hd}, torch::requires_grad());
+  auto wa = (1 + 0.3 * torch::randn({hd})).requires_grad_(), wb = (1 + 0.3 * torch::randn({hd})).requires_grad_();
+  auto xa = ta.permute({2, 0, 3, 1, 4})[1], xb = tb.permute({2, 0, 3, 1, 4})[1];
+  ASSERT_FALSE(xa.is_contiguous());
+  auto go = torch::randn({B, H, Ta + Nb, hd});
+  auto out = qk_norm_rope(xa, wa, xb, wb, cos, sin);
+  auto g = torch::autograd::grad({out}, {ta, wa, tb, wb}, {go});
+  auto rms = [](const torch::Tensor& x, const torch::Tensor& w) { return x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-6) * w; };
+  auto ref = apply_rope(torch::cat({rms(xa, wa), rms(xb, wb)}, 2), cos, sin);
+  auto rg = torch::autograd::grad({ref}, {ta, wa, tb, wb}, {go});
+  EXPECT_LT((out - ref).abs().max().item<float>(), 1e-5);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_LT((g[i] - rg[i]).abs().max().item<float>(), 1e-4 * (1 + rg[i].abs().max().item<float>())) << i;
+    EXPECT_GT(rg[i].abs().max().item<float>(), 1e-3) << i;
+  }
+  // One segment (single-stream blocks): the second is an empty view of the first.
+  auto one = qk_norm_rope(xb, wb, xb.narrow(2, Nb, 0), wb, ic, is);
+  EXPECT_LT((one - apply_rope(rms(xb, wb), ic, is)).abs().max().item<float>(), 1e-5);
+  torch::set_num_threads(threads);
 }
 
 TEST(Flow, EulerIntegratesAKnownLinearFieldExactly) {

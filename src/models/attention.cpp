@@ -5,6 +5,8 @@
 // backward are explicit (a custom autograd function); the math is the plain softmax attention.
 #include "models/mmdit.h"
 
+#include <dlfcn.h>
+
 #include <cmath>
 
 namespace lf {
@@ -13,6 +15,25 @@ using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
 namespace {
+
+// The process's Fortran sgemm_ (libtorch loads the system libblas.so.3: OpenBLAS after
+// scripts/setup.sh). Called per batch x head item it skips what bmm does per item on CPU
+// (select, as_strided, resolve_conj and a dispatch: ~3% of a training step). Looked up at run
+// time so that nothing links BLAS directly; when absent, the bmm path below is used.
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
+SgemmFn blas_sgemm() {
+  static const SgemmFn fn = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
+  return fn;
+}
+
+// Row-major C[M,N] = alpha * op(A) op(B) + beta * C, with lda/ldb/ldc the row strides. A
+// row-major matrix is its column-major transpose, so this is C^T = op(B)^T op(A)^T for BLAS.
+void gemm_rm(SgemmFn f, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+             int ldb, float beta, float* C, int ldc) {
+  const char tA = ta ? 'T' : 'N', tB = tb ? 'T' : 'N';
+  f(&tB, &tA, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+}
 
 // Runs fn(begin, end) over [0, n) in one chunk per intra-op thread. Grad mode is thread-local
 // and the pool's threads do not inherit it: every chunk runs without autograd.
@@ -24,6 +45,12 @@ void over_items(int64_t n, const F& fn) {
   });
 }
 
+// The direct path: float32 contiguous CPU tensors and a BLAS in the process.
+SgemmFn direct_gemm(const Tensor& q) {
+  if (q.scalar_type() != torch::kFloat32 || !q.is_contiguous()) return nullptr;
+  return blas_sgemm();
+}
+
 struct AttentionFn : public torch::autograd::Function<AttentionFn> {
   // q [BH,L,hd], k,v [BH,S,hd] contiguous; bias [BH,1,S] additive, or empty (autograd functions
   // cannot take undefined tensors).
@@ -32,6 +59,28 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
     const int64_t BH = q.size(0), L = q.size(1), S = k.size(1), hd = q.size(2);
     auto p = torch::empty({BH, L, S}, q.options());
     auto o = torch::empty({BH, L, hd}, q.options());
+    if (auto f = direct_gemm(q)) {
+      const int iL = static_cast<int>(L), iS = static_cast<int>(S), ih = static_cast<int>(hd);
+      const float sc = static_cast<float>(scale);
+      const float *Q = q.data_ptr<float>(), *K = k.data_ptr<float>(), *V = v.data_ptr<float>();
+      float *P = p.data_ptr<float>(), *O = o.data_ptr<float>();
+      const float* Bias = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+      over_items(BH, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          float* Pb = P + b * L * S;
+          if (Bias)
+            for (int64_t i = 0; i < L; ++i) std::copy(Bias + b * S, Bias + (b + 1) * S, Pb + i * S);
+          gemm_rm(f, false, true, iL, iS, ih, sc, Q + b * L * hd, ih, K + b * S * hd, ih, Bias ? 1.f : 0.f, Pb, iS);
+        }
+        auto pc = p.narrow(0, b0, b1 - b0);
+        at::_softmax_out(pc, pc, -1, false);
+        for (int64_t b = b0; b < b1; ++b)
+          gemm_rm(f, false, false, iL, ih, iS, 1.f, P + b * L * S, iS, V + b * S * hd, ih, 0.f, O + b * L * hd, ih);
+      });
+      ctx->save_for_backward({q, k, v, p});
+      ctx->saved_data["scale"] = scale;
+      return o;
+    }
     over_items(BH, [&](int64_t b0, int64_t b1) {
       const int64_t n = b1 - b0;
       auto pc = p.narrow(0, b0, n);
@@ -58,6 +107,29 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
     auto go = grads[0].contiguous();
     auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
     auto dp = torch::empty_like(p);
+    if (auto f = direct_gemm(q)) {
+      const int64_t L = q.size(1), S = k.size(1), hd = q.size(2);
+      const int iL = static_cast<int>(L), iS = static_cast<int>(S), ih = static_cast<int>(hd);
+      const float sc = static_cast<float>(scale);
+      const float *Q = q.data_ptr<float>(), *K = k.data_ptr<float>(), *V = v.data_ptr<float>();
+      const float *P = p.data_ptr<float>(), *GO = go.data_ptr<float>();
+      float *DQ = dq.data_ptr<float>(), *DK = dk.data_ptr<float>(), *DV = dv.data_ptr<float>(), *DP = dp.data_ptr<float>();
+      over_items(q.size(0), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const float *Pb = P + b * L * S, *GOb = GO + b * L * hd;
+          gemm_rm(f, true, false, iS, ih, iL, 1.f, Pb, iS, GOb, ih, 0.f, DV + b * S * hd, ih);             // dV = P^T dO
+          gemm_rm(f, false, true, iL, iS, ih, 1.f, GOb, ih, V + b * S * hd, ih, 0.f, DP + b * L * S, iS);  // dP = dO V^T
+        }
+        auto pc = p.narrow(0, b0, b1 - b0), dpc = dp.narrow(0, b0, b1 - b0);
+        at::_softmax_backward_data_out(dpc, dpc, pc, -1, pc.scalar_type());  // dS = P (dP - sum(dP P))
+        for (int64_t b = b0; b < b1; ++b) {
+          const float* DSb = DP + b * L * S;
+          gemm_rm(f, false, false, iL, ih, iS, sc, DSb, iS, K + b * S * hd, ih, 0.f, DQ + b * L * hd, ih);  // dQ = dS K s
+          gemm_rm(f, true, false, iS, ih, iL, sc, DSb, iS, Q + b * L * hd, ih, 0.f, DK + b * S * hd, ih);   // dK = dS^T Q s
+        }
+      });
+      return {dq, dk, dv, Tensor(), Tensor()};
+    }
     over_items(q.size(0), [&](int64_t b0, int64_t b1) {
       const int64_t n = b1 - b0;
       auto pc = p.narrow(0, b0, n), goc = go.narrow(0, b0, n), dpc = dp.narrow(0, b0, n);

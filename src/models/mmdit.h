@@ -95,6 +95,12 @@ torch::Tensor timestep_embedding(const torch::Tensor& t, int dim);  // [B] -> [B
 std::pair<torch::Tensor, torch::Tensor> rope_2d(int grid, int head_dim, double theta);
 // x: [B,H,N,hd]; rotates consecutive pairs by the angles in cos/sin [N,hd/2].
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+// Per-head RMS norm of q or k (weight wa on the rows of xa, wb on those of xb), then RoPE with
+// cos/sin [La+Lb, hd/2], returned as one [B,H,La+Lb,hd] tensor: the same as
+// apply_rope(cat({rms_norm(xa, wa), rms_norm(xb, wb)}, 2), cos, sin), fused into one pass each
+// way on CPU float32 (an explicit backward). xa, xb: [B,H,L,hd] views with a unit last stride.
+torch::Tensor qk_norm_rope(const torch::Tensor& xa, const torch::Tensor& wa, const torch::Tensor& xb,
+                           const torch::Tensor& wb, const torch::Tensor& cos, const torch::Tensor& sin);
 torch::Tensor patchify(const torch::Tensor& x, int p);                  // [B,C,H,W] -> [B,N,p*p*C]
 torch::Tensor unpatchify(const torch::Tensor& x, int p, int c, int h);  // inverse
 // Additive attention bias from a key mask [B,N] bool (true = attend): [B,1,1,N] with 0 / -1e9,

@@ -13,9 +13,6 @@ inline Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale
 inline Tensor gated_add(const Tensor& x, const Tensor& gate, const Tensor& y) { return torch::addcmul(x, gate, y); }
 inline Tensor ln(const Tensor& x) { return torch::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6); }
 inline Tensor gelu_tanh(const Tensor& x) { return torch::gelu(x, "tanh"); }
-inline Tensor rms_norm(const Tensor& x, const Tensor& w) {
-  return x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-6) * w;
-}
 // [B,N,3D] -> q,k,v [B,H,N,hd]
 inline std::tuple<Tensor, Tensor, Tensor> split_heads(const Tensor& qkv, int heads) {
   auto B = qkv.size(0), N = qkv.size(1), D = qkv.size(2) / 3;
@@ -64,10 +61,9 @@ struct DoubleBlockImpl : torch::nn::Module {
     auto im = img->mod(sv).unsqueeze(1).chunk(6, -1), tm = txt->mod(sv).unsqueeze(1).chunk(6, -1);
     auto [iq, ik, iv] = split_heads(img->qkv(modulate(ln(img_x), im[0], im[1])), heads);
     auto [tq, tk, tv] = split_heads(txt->qkv(modulate(ln(txt_x), tm[0], tm[1])), heads);
-    iq = rms_norm(iq, img->q_norm); ik = rms_norm(ik, img->k_norm);
-    tq = rms_norm(tq, txt->q_norm); tk = rms_norm(tk, txt->k_norm);
-    auto q = apply_rope(torch::cat({tq, iq}, 2), cos, sin);
-    auto k = apply_rope(torch::cat({tk, ik}, 2), cos, sin);
+    // QK norm per stream, RoPE on the joint sequence (text rows: identity), written joint.
+    auto q = qk_norm_rope(tq, txt->q_norm, iq, img->q_norm, cos, sin);
+    auto k = qk_norm_rope(tk, txt->k_norm, ik, img->k_norm, cos, sin);
     auto v = torch::cat({tv, iv}, 2);
     auto a = merge_heads(attention(q, k, v, key_bias));
     int64_t T = txt_x.size(1);
@@ -96,8 +92,9 @@ struct SingleBlockImpl : torch::nn::Module {
     auto h = lin1(modulate(ln(x), m[0], m[1]));
     auto parts = h.split_with_sizes({3 * dim, hidden}, -1);
     auto [q, k, v] = split_heads(parts[0], heads);
-    q = apply_rope(rms_norm(q, q_norm), cos, sin);
-    k = apply_rope(rms_norm(k, k_norm), cos, sin);
+    const int64_t L = q.size(2);  // one segment: the second is empty
+    q = qk_norm_rope(q, q_norm, q.narrow(2, L, 0), q_norm, cos, sin);
+    k = qk_norm_rope(k, k_norm, k.narrow(2, L, 0), k_norm, cos, sin);
     auto a = merge_heads(attention(q, k, v, key_bias));
     return gated_add(x, m[2], lin2(torch::cat({a, gelu_tanh(parts[1])}, -1)));
   }

@@ -159,11 +159,16 @@ Status run_fd(const FdOptions& o, const GlobalOptions& g) {
   auto [mr, sr] = stats(real);
   auto [mg, sg] = stats(gen);
   double pix = ((mr - mg).abs().sum() + (sr - sg).abs().sum()).item<double>();
+  // The feature classifier's own verdict: mean P(malignant) of each side (how "malignant-looking"
+  // the generated images are, next to the real images they are compared with).
+  auto mean_of = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / std::max<size_t>(1, v.size()); };
+  double pm_gen = mean_of(predict_malignant(lc.model, gen)), pm_real = mean_of(predict_malignant(lc.model, real));
   nlohmann::json j = {{"fd", fd}, {"pixel_stat_distance", pix}, {"real_images", real.count()}, {"generated_images", gen.count()},
+                      {"p_malignant_generated", pm_gen}, {"p_malignant_real", pm_real},
                       {"skipped", bad}, {"filter", o.filter}, {"features", o.features}};
   if (g.json) emit_json(g, j);
-  else std::printf("FD %.4f, pixel-statistics distance %.4f (%lld generated vs %lld real images)\n", fd, pix,
-                   (long long)gen.count(), (long long)real.count());
+  else std::printf("FD %.4f, pixel-statistics distance %.4f, mean P(malignant) %.3f generated vs %.3f real (%lld generated vs %lld real images)\n",
+                   fd, pix, pm_gen, pm_real, (long long)gen.count(), (long long)real.count());
   return Status::ok_status();
 }
 
