@@ -88,15 +88,24 @@ struct SingleBlockImpl : torch::nn::Module {
     k_norm = register_parameter("k_norm", torch::ones({dim / heads}));
   }
   Tensor forward(const Tensor& x, const Tensor& vec, const Tensor& cos, const Tensor& sin, const Tensor& key_bias) {
+    const int64_t B = x.size(0), L = x.size(1);
     auto m = mod(torch::silu(vec)).unsqueeze(1).chunk(3, -1);
-    auto h = lin1(modulate(ln(x), m[0], m[1]));
-    auto parts = h.split_with_sizes({3 * dim, hidden}, -1);
-    auto [q, k, v] = split_heads(parts[0], heads);
-    const int64_t L = q.size(2);  // one segment: the second is empty
+    auto xm = modulate(ln(x), m[0], m[1]).reshape({B * L, dim});
+    // lin1 as two GEMMs on row blocks of its weight: the attention and MLP inputs come out as
+    // separate contiguous tensors (no strided split; no cat of their gradients in backward).
+    // The weight member is read at call time, so a LoRA delta folded into it applies here too.
+    const auto &W1 = lin1->weight, &b1 = lin1->bias;
+    auto qkv = torch::addmm(b1.narrow(0, 0, 3 * dim), xm, W1.narrow(0, 0, 3 * dim).t()).view({B, L, 3 * dim});
+    auto mh = torch::addmm(b1.narrow(0, 3 * dim, hidden), xm, W1.narrow(0, 3 * dim, hidden).t());
+    auto [q, k, v] = split_heads(qkv, heads);
+    // One segment: the second is empty.
     q = qk_norm_rope(q, q_norm, q.narrow(2, L, 0), q_norm, cos, sin);
     k = qk_norm_rope(k, k_norm, k.narrow(2, L, 0), k_norm, cos, sin);
-    auto a = merge_heads(attention(q, k, v, key_bias));
-    return gated_add(x, m[2], lin2(torch::cat({a, gelu_tanh(parts[1])}, -1)));
+    auto a = merge_heads(attention(q, k, v, key_bias)).reshape({B * L, dim});
+    // lin2 on [attention, MLP] as two GEMMs on column blocks of its weight: no cat.
+    const auto& W2 = lin2->weight;
+    auto y = torch::addmm(lin2->bias, a, W2.narrow(1, 0, dim).t()).addmm_(gelu_tanh(mh), W2.narrow(1, dim, hidden).t());
+    return gated_add(x, m[2], y.view({B, L, dim}));
   }
   int dim, heads, hidden;
   torch::nn::Linear mod{nullptr}, lin1{nullptr}, lin2{nullptr};
