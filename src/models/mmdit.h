@@ -101,6 +101,8 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const
 // way on CPU float32 (an explicit backward). xa, xb: [B,H,L,hd] views with a unit last stride.
 torch::Tensor qk_norm_rope(const torch::Tensor& xa, const torch::Tensor& wa, const torch::Tensor& xb,
                            const torch::Tensor& wb, const torch::Tensor& cos, const torch::Tensor& sin);
+// torch::gelu(x, "tanh"); on CPU float32 one vectorised pass that keeps dy/dx for the backward.
+torch::Tensor gelu_tanh(const torch::Tensor& x);
 torch::Tensor patchify(const torch::Tensor& x, int p);                  // [B,C,H,W] -> [B,N,p*p*C]
 torch::Tensor unpatchify(const torch::Tensor& x, int p, int c, int h);  // inverse
 // Additive attention bias from a key mask [B,N] bool (true = attend): [B,1,1,N] with 0 / -1e9,

@@ -12,7 +12,6 @@ inline Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale
 // x + gate * y in one pass (gated residual of adaLN-Zero).
 inline Tensor gated_add(const Tensor& x, const Tensor& gate, const Tensor& y) { return torch::addcmul(x, gate, y); }
 inline Tensor ln(const Tensor& x) { return torch::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6); }
-inline Tensor gelu_tanh(const Tensor& x) { return torch::gelu(x, "tanh"); }
 // [B,N,3D] -> q,k,v [B,H,N,hd]
 inline std::tuple<Tensor, Tensor, Tensor> split_heads(const Tensor& qkv, int heads) {
   auto B = qkv.size(0), N = qkv.size(1), D = qkv.size(2) / 3;

@@ -1,0 +1,38 @@
+// GELU (tanh form) as one vectorised pass that also writes dy/dx (src/core/gelu_kernel.cpp), so
+// the backward is a single multiply instead of torch's recomputation of tanh.
+#include "core/gelu_kernel.h"
+#include "models/mmdit.h"
+
+namespace lf {
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+namespace {
+struct GeluTanhFn : public torch::autograd::Function<GeluTanhFn> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
+    auto y = torch::empty_like(x), d = torch::empty_like(x);
+    const float* X = x.data_ptr<float>();
+    float *Y = y.data_ptr<float>(), *D = d.data_ptr<float>();
+    at::parallel_for(0, x.numel(), 16384, [&](int64_t b, int64_t e) { gelu_tanh_fwd(X + b, Y + b, D + b, e - b); });
+    ctx->save_for_backward({d});
+    return y;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    return {grads[0] * ctx->get_saved_variables()[0]};
+  }
+};
+}  // namespace
+
+Tensor gelu_tanh(const Tensor& x) {
+  if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat32) return torch::gelu(x, "tanh");
+  if (torch::GradMode::is_enabled() && x.requires_grad()) return GeluTanhFn::apply(x.contiguous());
+  auto xc = x.contiguous();  // inference: no derivative to keep
+  auto y = torch::empty_like(xc);
+  const float* X = xc.data_ptr<float>();
+  float* Y = y.data_ptr<float>();
+  at::parallel_for(0, xc.numel(), 16384, [&](int64_t b, int64_t e) { gelu_tanh_fwd(X + b, Y + b, nullptr, e - b); });
+  return y;
+}
+
+}  // namespace lf
