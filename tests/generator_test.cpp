@@ -511,6 +511,89 @@ TEST(Train, NanLossStopsWithAMessage) {
   EXPECT_NE(r.status().message().find("loss is nan"), std::string::npos) << r.status().message();
 }
 
+TEST(Distill, TargetIsTheGuidedTeacherStepAndTheStudentLearnsIt) {
+  auto d = toy_data(24, 16);
+  auto c = micro();
+  c.vocab_size = d.tok->vocab_size();
+  c.max_text_len = 64;
+  MMDiT teacher = random_model(c, 21, 0.05), student = random_model(c, 21, 0.05);
+  FlowConfig fc;
+  auto x0 = images_to_tensor(d.imgs.pixels, 16);
+  auto [ids, mask] = tokenize_batch(*d.tok, d.imgs.captions, 64);
+  std::tie(ids, mask) = trim_padding(ids, mask);
+  auto gen = at::detail::createCPUGenerator(3);
+  auto t = torch::rand({x0.size(0)}, gen, torch::kFloat32) * 0.9 + 0.1;
+  auto fb = make_flow_batch(x0, torch::randn(x0.sizes(), gen, torch::kFloat32), t);
+  // Independent composition: padded empty caption, guided velocity, M explicit Euler substeps.
+  auto [eids, emask] = tokenize_batch(*d.tok, std::vector<std::string>(x0.size(0), ""), 64);
+  auto guided = [&](const Tensor& x, const Tensor& tt, double w) {
+    torch::NoGradGuard ng;
+    auto vc = teacher->forward(x, tt, ids, mask), vu = teacher->forward(x, tt, eids, emask);
+    return vu + w * (vc - vu);
+  };
+  {  // one substep: the guided velocity itself
+    TrainTarget tg;
+    add_distillation(tg, teacher, *d.tok, fc, DistillConfig{3.0, 2, 1, 0.5});
+    auto got = tg.target_velocity(fb.x_t, t, ids, mask);
+    EXPECT_LT((got - guided(fb.x_t, t, 3.0)).abs().max().item<float>(), 1e-4);
+  }
+  DistillConfig dc{3.0, 2, 3, 0.5};  // two student steps, three teacher steps each
+  TrainTarget tg;
+  tg.params = student->parameters();
+  add_distillation(tg, teacher, *d.tok, fc, dc);
+  {
+    auto t_end = (t - 0.5).clamp_min(0.0);
+    auto h = (t - t_end) / 3;
+    Tensor x = fb.x_t, tt = t;
+    for (int m = 0; m < 3; ++m) {
+      x = x - h.view({-1, 1, 1, 1}) * guided(x, tt, 3.0);
+      tt = tt - h;
+    }
+    auto expect = (fb.x_t - x) / (t - t_end).view({-1, 1, 1, 1});
+    auto got = tg.target_velocity(fb.x_t, t, ids, mask);
+    EXPECT_LT((got - expect).abs().max().item<float>(), 1e-4);
+    // The target is not the teacher's own conditional velocity (guidance and the jump matter).
+    torch::NoGradGuard ng;
+    EXPECT_GT((got - teacher->forward(fb.x_t, t, ids, mask)).pow(2).mean().item<float>(), 1e-4);
+  }
+  // Half the training timesteps sit on the student's grid {0.5, 1}.
+  auto ts = tg.timesteps(2000, gen);
+  double on_grid = ((ts == 0.5).logical_or(ts == 1.0)).to(torch::kFloat64).mean().item<double>();
+  EXPECT_NEAR(on_grid, 0.5, 0.05);
+  // Training the student through train_generator reduces its error against the target.
+  auto err = [&] {
+    torch::NoGradGuard ng;
+    return (student->forward(fb.x_t, t, ids, mask) - tg.target_velocity(fb.x_t, t, ids, mask)).pow(2).mean().item<double>();
+  };
+  const double before = err();
+  GenTrainConfig tc;
+  tc.steps = 60;
+  tc.batch = 8;
+  tc.lr = 2e-3;
+  tc.warmup = 5;
+  tc.caption_dropout = 0;
+  tc.augment = false;
+  tc.ckpt_every = tc.sample_every = tc.val_every = 0;
+  tc.out = test::tmp_dir("distill");
+  ASSERT_TRUE(train_generator(tc, student, *d.tok, d.imgs, nullptr, &tg).ok());
+  const double after = err();
+  EXPECT_LT(after, 0.5 * before) << "before " << before << " after " << after;
+  // The teacher is untouched, and a checkpoint carries the student's sampling settings.
+  MMDiT fresh = random_model(c, 21, 0.05);
+  for (auto& p : teacher->named_parameters()) ASSERT_TRUE(torch::equal(p.value(), fresh->named_parameters()[p.key()])) << p.key();
+  GenerateConfig sc;
+  sc.sampler.steps = 2;
+  sc.cfg_scale = 1.0;
+  ASSERT_TRUE(save_generator(tc.out + "/student.safetensors", student, *d.tok, 60, fc, "raw",
+                             {{"sampling", sampling_metadata(sc).dump()}}).ok());
+  auto loaded = load_generator(tc.out + "/student.safetensors");
+  LF_ASSERT_OK(loaded);
+  auto rec = recommended_sampling(loaded->metadata);
+  EXPECT_EQ(rec.sampler.steps, 2);
+  EXPECT_EQ(rec.cfg_scale, 1.0);
+  EXPECT_EQ(recommended_sampling({}).sampler.steps, 20);  // an ordinary checkpoint: the defaults
+}
+
 TEST(TrainSlow, OverfitsABatchOfEightPhantoms) {
   auto d = toy_data(8, 16);
   auto c = micro();

@@ -89,8 +89,79 @@ double colour_stat_distance(const Tensor& gen, const Tensor& real) {
 }  // namespace
 
 Status save_generator(const std::string& path, MMDiT& model, const Tokenizer& tok, int64_t step,
-                      const FlowConfig& flow, const std::string& kind) {
-  return save_module(path, *model, generator_metadata(model, tok, step, flow, kind));
+                      const FlowConfig& flow, const std::string& kind,
+                      const std::map<std::string, std::string>& extra_metadata) {
+  auto md = generator_metadata(model, tok, step, flow, kind);
+  for (const auto& [k, v] : extra_metadata) md[k] = v;
+  return save_module(path, *model, md);
+}
+
+nlohmann::json sampling_metadata(const GenerateConfig& gc) {
+  return {{"sampler", gc.sampler.method}, {"steps", gc.sampler.steps}, {"shift", gc.sampler.shift}, {"cfg", gc.cfg_scale}};
+}
+
+GenerateConfig recommended_sampling(const std::map<std::string, std::string>& metadata) {
+  GenerateConfig gc;
+  auto it = metadata.find("sampling");
+  if (it == metadata.end()) return gc;
+  auto j = nlohmann::json::parse(it->second, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return gc;
+  gc.sampler.method = j.value("sampler", gc.sampler.method);
+  gc.sampler.steps = j.value("steps", gc.sampler.steps);
+  gc.sampler.shift = j.value("shift", gc.sampler.shift);
+  gc.cfg_scale = j.value("cfg", gc.cfg_scale);
+  return gc;
+}
+
+void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok, const FlowConfig& flow,
+                      const DistillConfig& dc) {
+  teacher->eval();
+  for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+  TextCond uncond;
+  {
+    torch::NoGradGuard ng;
+    auto [eids, emask] = tokenize_batch(tok, {""}, teacher->config().max_text_len);
+    uncond = teacher->encode_text(eids.narrow(1, 0, 1), emask.narrow(1, 0, 1));
+  }
+  const double jump = dc.student_steps > 0 ? 1.0 / dc.student_steps : 0.0;
+  const int M = std::max(1, dc.substeps);
+  target.target_velocity = [teacher, uncond, flow, dc, jump, M](const Tensor& x_t, const Tensor& t, const Tensor& ids,
+                                                                const Tensor& mask) mutable {
+    torch::NoGradGuard ng;
+    const int64_t B = x_t.size(0);
+    TextCond cond = teacher->encode_text(ids, mask), un = uncond.expand(B);
+    auto guided = [&](const Tensor& x, const Tensor& tt) {
+      auto vc = to_velocity(teacher->forward(x, tt, cond), x, tt, flow);
+      if (dc.guidance == 1.0) return vc;
+      auto vu = to_velocity(teacher->forward(x, tt, un), x, tt, flow);
+      return vu + dc.guidance * (vc - vu);
+    };
+    if (jump <= 0) return guided(x_t, t);
+    // M equal Euler substeps from t down to max(t - jump, 0); the target is their mean velocity,
+    // i.e. (x_t - x_end) / (t - t_end).
+    auto h = (t - (t - jump).clamp_min(0.0)) / M;  // [B]
+    auto hb = h.view({B, 1, 1, 1});
+    Tensor x = x_t, tt = t, sum;
+    for (int m = 0; m < M; ++m) {
+      auto v = guided(x, tt);
+      sum = m == 0 ? v : sum + v;
+      if (m + 1 < M) {
+        x = x - hb * v;
+        tt = tt - h;
+      }
+    }
+    return sum / M;
+  };
+  if (dc.student_steps > 0 && dc.grid_fraction > 0) {
+    const int K = dc.student_steps;
+    const double frac = dc.grid_fraction;
+    target.timesteps = [flow, K, frac](int64_t B, at::Generator& gen) {
+      auto t = sample_timesteps(B, flow, gen);
+      auto u = torch::rand({B}, gen, torch::kFloat32);
+      auto k = torch::randint(1, K + 1, {B}, gen, torch::kInt64).to(torch::kFloat32) / K;  // 1/K .. 1
+      return torch::where(u < frac, k, t);
+    };
+  }
 }
 
 Result<LoadedGenerator> load_generator(const std::string& path) {
@@ -300,9 +371,10 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
       }
     std::tie(ids, mask) = trim_padding(ids, mask);
     auto gen = at::detail::createCPUGenerator(cfg.seed * 1000003ULL + static_cast<uint64_t>(step) + 17);
-    auto t = sample_timesteps(x0.size(0), cfg.flow, gen);
+    auto t = target && target->timesteps ? target->timesteps(x0.size(0), gen) : sample_timesteps(x0.size(0), cfg.flow, gen);
     auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32);
     auto fb = make_flow_batch(x0, noise, t);
+    if (target && target->target_velocity) fb.target_v = target->target_velocity(fb.x_t, t, ids, mask);
     prepare();
     auto per = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, cfg.flow);
     auto loss = per.mean();
@@ -343,6 +415,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     if (val_x.defined() && cfg.val_every > 0 && step % cfg.val_every == 0) {
       torch::NoGradGuard ng;
       auto fv = make_flow_batch(val_x, val_noise, val_t);
+      if (target && target->target_velocity) fv.target_v = target->target_velocity(fv.x_t, val_t, val_ids, val_mask);
       swap_ema();
       prepare();
       double vl = flow_loss_per_sample(model->forward(fv.x_t, val_t, val_ids, val_mask), fv, cfg.flow).mean().item<double>();
@@ -357,8 +430,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
           ps.push_back(p);
           seeds.push_back(1000 + s);
         }
-      GenerateConfig gc;
-      gc.sampler.steps = 20;
+      GenerateConfig gc = cfg.grid;
       swap_ema();
       Tensor imgs;
       {

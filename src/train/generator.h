@@ -1,6 +1,7 @@
 // Training and sampling of the text-to-image generator.
 #pragma once
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -25,6 +26,15 @@ torch::Tensor images_to_tensor(const std::vector<const uint8_t*>& px, int size);
 // [-1,1] float [N,3,S,S] -> uint8 NHWC RGB
 std::vector<uint8_t> tensor_to_images(const torch::Tensor& x);
 
+struct GenerateConfig {
+  SamplerConfig sampler;
+  double cfg_scale = 4.0;  // 1 = no guidance (one forward per step)
+  // Guidance only while lo <= t <= hi (Kynkaenniemi et al. 2024, guidance in a limited
+  // interval); outside it one conditional forward per step. Default: every step.
+  double cfg_t_lo = 0.0, cfg_t_hi = 1.0;
+  int batch = 16;
+};
+
 struct GenTrainConfig {
   int64_t steps = 2000;        // total planned steps (LR schedule spans these)
   int64_t stop_at_step = -1;   // stop early (simulated interruption; -1 = never)
@@ -47,6 +57,7 @@ struct GenTrainConfig {
   bool resume = false;
   FlowConfig flow;
   std::vector<std::string> val_prompts;  // for sample grids
+  GenerateConfig grid;                   // sampler settings of the sample grids
   nlohmann::json to_json() const;
 };
 
@@ -67,7 +78,31 @@ struct TrainTarget {
   std::function<void()> before_forward;
   std::function<Status(const std::string& path, int64_t step, const std::string& kind)> save;
   std::function<Status(const std::string& path)> load;
+  // Distillation: the regression target (a velocity) for x_t at t with caption ids/mask replaces
+  // the flow target eps - x0, in training and in the validation loss.
+  std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& ids,
+                              const torch::Tensor& mask)> target_velocity;
+  // Timesteps of a training batch (default: the flow's logit-normal draw).
+  std::function<torch::Tensor(int64_t B, at::Generator& gen)> timesteps;
 };
+
+// Guidance + step distillation (Meng et al. 2023, "On distillation of guided diffusion models",
+// adapted to rectified flow): a student that samples in `student_steps` Euler steps without
+// classifier-free guidance learns, for x_t at t, the teacher's guided displacement over one student
+// step, i.e. the mean guided velocity along `substeps` teacher Euler steps from t to t - 1/student_steps.
+struct DistillConfig {
+  double guidance = 4.0;  // the teacher's CFG scale baked into the student
+  int student_steps = 4;  // the student's Euler steps from t = 1 to 0
+  int substeps = 4;       // teacher Euler steps per student step (1 = guidance distillation only)
+  double grid_fraction = 0.5;  // share of training timesteps drawn on the student's step grid
+};
+// Target and timestep hooks for train_generator (the teacher runs without gradients).
+void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok, const FlowConfig& flow,
+                      const DistillConfig& dc);
+// Checkpoint metadata "sampling": the settings a checkpoint should be sampled with (written by
+// distillation); GenerateConfig defaults otherwise.
+GenerateConfig recommended_sampling(const std::map<std::string, std::string>& metadata);
+nlohmann::json sampling_metadata(const GenerateConfig& gc);
 
 // Run directory: checkpoint.safetensors (weights), ema.safetensors (EMA weights),
 // state.bin (optimizer + step; all other randomness is derived from (seed, step)),
@@ -77,7 +112,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
                                        const TrainTarget* target = nullptr);
 
 Status save_generator(const std::string& path, MMDiT& model, const Tokenizer& tok, int64_t step,
-                      const FlowConfig& flow, const std::string& kind);
+                      const FlowConfig& flow, const std::string& kind,
+                      const std::map<std::string, std::string>& extra_metadata = {});
 struct LoadedGenerator {
   MMDiT model{nullptr};
   std::shared_ptr<Tokenizer> tok;
@@ -88,14 +124,6 @@ struct LoadedGenerator {
 };
 Result<LoadedGenerator> load_generator(const std::string& path);
 
-struct GenerateConfig {
-  SamplerConfig sampler;
-  double cfg_scale = 4.0;  // 1 = no guidance (one forward per step)
-  // Guidance only while lo <= t <= hi (Kynkaenniemi et al. 2024, guidance in a limited
-  // interval); outside it one conditional forward per step. Default: every step.
-  double cfg_t_lo = 0.0, cfg_t_hi = 1.0;
-  int batch = 16;
-};
 // One image per (prompt, seed) pair; the noise of image i depends only on seeds[i].
 torch::Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
                        const std::vector<std::string>& prompts, const std::vector<uint64_t>& seeds,

@@ -44,11 +44,12 @@ struct BenchOptions {
 
 // Forward FLOPs of one image through the MMDiT (multiply-adds x 2), counted per layer from the
 // config; T text tokens. Norms, activations, RoPE and softmax are not counted (< 2%).
-double mmdit_forward_flops(const MMDiTConfig& c, int T) {
+// `text_encoder` = false leaves out the text encoder (sampling encodes each prompt once).
+double mmdit_forward_flops(const MMDiTConfig& c, int T, bool text_encoder = true) {
   const double D = c.dim, Dt = c.text_dim, hid = c.mlp_ratio * c.dim, N = c.tokens(), L = N + T;
   const double pd = c.patch * c.patch * c.channels, S2 = double(c.image_size) * c.image_size;
   double mac = 0;
-  mac += c.text_layers * (T * 12 * Dt * Dt + 2 * T * T * Dt);              // text encoder
+  if (text_encoder) mac += c.text_layers * (T * 12 * Dt * Dt + 2 * T * T * Dt);
   mac += 256 * D + D * D + Dt * D + D * D;                                  // timestep + pooled text
   mac += N * pd * D + T * Dt * D;                                           // input projections
   mac += c.double_blocks * (2 * 6 * D * D + L * (4 * D * D + 2 * D * hid) + 2 * L * L * D);
@@ -57,6 +58,16 @@ double mmdit_forward_flops(const MMDiTConfig& c, int T) {
   const double rc = c.refine_channels, C = c.channels;
   if (rc > 0) mac += S2 * 9 * (2 * C * rc + rc * rc + rc * C);             // conv refinement head
   return 2 * mac;
+}
+
+// FLOPs of sampling one image the way generate() does it: the prompt (T real tokens) is encoded
+// once, every step runs the image/text body; with guidance the unconditional branch is a
+// 1-token sequence, also encoded once.
+double mmdit_sample_flops(const MMDiTConfig& c, int T, int steps, bool guided) {
+  auto once = [&](int t) { return mmdit_forward_flops(c, t) - mmdit_forward_flops(c, t, false); };
+  double f = once(T) + steps * mmdit_forward_flops(c, T, false);
+  if (guided) f += once(1) + steps * mmdit_forward_flops(c, 1, false);
+  return f;
 }
 
 double median(std::vector<double> v) {
@@ -219,6 +230,7 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
                   return 2.0 / since(t0);
                 }});
   std::vector<std::string> prompts(16, corpus[0]);
+  const int prompt_tokens = tok.encode(corpus[0], mc.max_text_len).length;  // generate() trims the padding
   std::vector<uint64_t> seeds(16);
   std::iota(seeds.begin(), seeds.end(), 1);
   for (double cfg : {o.cfg, 1.0}) {
@@ -231,7 +243,7 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
                     auto t0 = Clock::now();
                     generate(model, tok, flow, prompts, seeds, gc);
                     return 16.0 / since(t0);
-                  }, (cfg == 1.0 ? 1 : 2) * o.sample_steps * mmdit_forward_flops(mc, T)});
+                  }, mmdit_sample_flops(mc, prompt_tokens, o.sample_steps, cfg != 1.0)});
   }
   // Classifiers at the same image size.
   auto cls_set = std::make_shared<LabeledSet>();

@@ -1,4 +1,4 @@
-// lesionflow text train-tokenizer | train | sample | finetune | lora merge
+// lesionflow text train-tokenizer | train | sample | finetune | distill | lora merge
 #include <algorithm>
 #include <random>
 #include <sstream>
@@ -51,6 +51,7 @@ struct GenOptions {
   double shift = 1.0;
   std::vector<double> cfg_interval{0.0, 1.0};  // guidance only for t in [lo, hi]
   std::vector<std::string> lora;  // sample: adapter[:strength] (repeatable)
+  bool sampler_given = false, steps_given = false, shift_given = false, cfg_given = false;  // set by CLI
   // finetune
   std::string base;
   int rank = 16;
@@ -60,6 +61,9 @@ struct GenOptions {
   int64_t limit = 0;
   bool full = false;
   bool freeze_text = false;  // train: keep the text encoder's weights fixed
+  // distill
+  std::string teacher;
+  DistillConfig distill;
   nlohmann::json to_json() const {
     return {{"data", data}, {"captions", captions}, {"splits", splits}, {"tokenizer", tokenizer},
             {"vocab", vocab}, {"preset", preset}, {"prediction", prediction}, {"steps", steps},
@@ -67,7 +71,9 @@ struct GenOptions {
             {"out", out}, {"checkpoint", checkpoint}, {"prompts", prompts}, {"prompts_file", prompts_file},
             {"n", n}, {"sample_steps", sample_steps}, {"cfg", cfg}, {"sampler", sampler}, {"shift", shift},
             {"cfg_interval", cfg_interval}, {"lora", lora}, {"base", base}, {"rank", rank}, {"alpha", alpha}, {"targets", targets},
-            {"rank_for", rank_for}, {"filter", filter}, {"limit", limit}, {"full", full}};
+            {"rank_for", rank_for}, {"filter", filter}, {"limit", limit}, {"full", full}, {"teacher", teacher},
+            {"guidance", distill.guidance}, {"student_steps", distill.student_steps}, {"substeps", distill.substeps},
+            {"grid_fraction", distill.grid_fraction}};
   }
 };
 
@@ -246,11 +252,14 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
       std::snprintf(nm, sizeof nm, "p%03zu_%04d.png", p, i);
       names.push_back(nm);
     }
-  GenerateConfig gc;
-  gc.sampler.method = o.sampler;
-  gc.sampler.steps = o.sample_steps;
-  gc.sampler.shift = o.shift;
-  gc.cfg_scale = o.cfg;
+  // The checkpoint's recommended settings (a distilled student: few steps, no guidance), then the
+  // flags given on the command line.
+  GenerateConfig gc = recommended_sampling(gen.metadata);
+  if (o.sampler_given) gc.sampler.method = o.sampler;
+  if (o.steps_given) gc.sampler.steps = o.sample_steps;
+  if (o.shift_given) gc.sampler.shift = o.shift;
+  if (o.cfg_given) gc.cfg_scale = o.cfg;
+  if (gen.metadata.count("sampling")) log_info("sampling settings: " + sampling_metadata(gc).dump() + " (checkpoint: " + gen.metadata["sampling"] + ")");
   gc.cfg_t_lo = o.cfg_interval[0];
   gc.cfg_t_hi = o.cfg_interval[1];
   Progress prog("sample", static_cast<int64_t>(ps.size()), "img");
@@ -264,8 +273,8 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
     LF_RETURN_IF_ERROR(write_tiles(imgs, o.out, std::vector<std::string>(names.begin() + s, names.begin() + e), o.n, &tiles));
     for (size_t i = s; i < e; ++i)
       manifest << nlohmann::json{{"file", names[i]}, {"prompt", ps[i]}, {"seed", seeds[i]},
-                                 {"steps", o.sample_steps}, {"cfg", o.cfg}, {"cfg_interval", o.cfg_interval}, {"sampler", o.sampler},
-                                 {"shift", o.shift}, {"checkpoint", o.checkpoint},
+                                 {"steps", gc.sampler.steps}, {"cfg", gc.cfg_scale}, {"cfg_interval", o.cfg_interval},
+                                 {"sampler", gc.sampler.method}, {"shift", gc.sampler.shift}, {"checkpoint", o.checkpoint},
                                  {"checkpoint_hash", gen.hash}, {"adapters", adapter_hashes}}.dump() << '\n';
     prog.update(static_cast<int64_t>(e));
   }
@@ -387,6 +396,47 @@ Status run_finetune(const GenOptions& o, const GlobalOptions& g) {
   return Status::ok_status();
 }
 
+Status run_distill(const GenOptions& o, const GlobalOptions& g) {
+  if (o.out.empty()) return Status::error("distill: --out DIR is required");
+  if (o.distill.student_steps < 1) return Status::error("distill: --student-steps must be >= 1");
+  LF_ASSIGN_OR_RETURN(LoadedGenerator teacher, load_generator(o.teacher));
+  LF_ASSIGN_OR_RETURN(LoadedGenerator student, load_generator(o.teacher));  // starts as the teacher
+  LF_ASSIGN_OR_RETURN(LoadedData d, load_data(o));
+  if (d.ps.size != teacher.model->config().image_size)
+    return Status::error("distill: the data is " + std::to_string(d.ps.size) + "px, the teacher " +
+                         std::to_string(teacher.model->config().image_size) + "px");
+  LF_RETURN_IF_ERROR(make_dirs(o.out));
+  GenTrainConfig tc = loop_config(o, g, 50);
+  tc.flow = teacher.flow;
+  tc.grid.sampler.steps = o.distill.student_steps;
+  tc.grid.cfg_scale = 1.0;
+  for (size_t k = 0; k < d.val_idx.size() && tc.val_prompts.size() < 6; ++k) tc.val_prompts.push_back(d.captions[d.val_idx[k]]);
+  auto train = subset(d, d.train_idx), val = subset(d, d.val_idx);
+  TrainTarget target;
+  target.params = student.model->parameters();
+  add_distillation(target, teacher.model, *teacher.tok, teacher.flow, o.distill);
+  const std::map<std::string, std::string> md = {
+      {"sampling", sampling_metadata(tc.grid).dump()},
+      {"distilled_from", nlohmann::json{{"teacher", o.teacher}, {"teacher_hash", teacher.hash},
+                                        {"guidance", o.distill.guidance}, {"student_steps", o.distill.student_steps},
+                                        {"substeps", o.distill.substeps}}.dump()}};
+  target.save = [&](const std::string& path, int64_t s, const std::string& kind) {
+    return save_generator(path, student.model, *student.tok, s, student.flow, kind, md);
+  };
+  log_info("distill: student of " + o.teacher + " for " + std::to_string(o.distill.student_steps) +
+           " Euler steps without guidance (teacher CFG " + std::to_string(o.distill.guidance) + ", " +
+           std::to_string(o.distill.substeps) + " teacher steps per student step)");
+  LF_ASSIGN_OR_RETURN(GenTrainResult r, train_generator(tc, student.model, *student.tok, train, &val, &target));
+  nlohmann::json j = {{"step", r.step}, {"last_loss", r.last_loss}, {"seconds", r.seconds},
+                      {"images_per_second", r.images_per_second}, {"stopped_by_budget", r.stopped_by_budget},
+                      {"checkpoint", o.out + "/ema.safetensors"}, {"sampling", nlohmann::json::parse(md.at("sampling"))}};
+  LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/distill.json", j.dump(2) + "\n"));
+  if (g.json) emit_json(g, j);
+  else std::printf("distilled to step %lld (%.1f img/s, last loss %.4f) -> %s/ema.safetensors (samples with %d steps, no CFG)\n",
+                   (long long)r.step, r.images_per_second, r.last_loss, o.out.c_str(), o.distill.student_steps);
+  return Status::ok_status();
+}
+
 Status run_lora_merge(const GenOptions& o, const GlobalOptions& g) {
   if (o.lora.empty()) return Status::error("lora merge: give --adapter FILE[:STRENGTH] (repeatable)");
   std::vector<std::pair<std::string, double>> ads;
@@ -440,12 +490,17 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   sa->add_option("--prompt", o.prompts, "prompt (repeatable)");
   sa->add_option("--prompts-file", o.prompts_file, "one prompt per line");
   sa->add_option("--n", o.n, "images per prompt")->capture_default_str();
-  sa->add_option("--steps", o.sample_steps, "sampler steps")->capture_default_str();
-  sa->add_option("--cfg", o.cfg, "classifier-free guidance scale (1 = off)")->capture_default_str();
+  // Unset sampler flags take the checkpoint's recommendation (a distilled student's), else these defaults.
+  sa->add_option("--steps", o.sample_steps, "sampler steps (default: the checkpoint's recommendation, else 20)")
+      ->each([](const std::string&) { o.steps_given = true; });
+  sa->add_option("--cfg", o.cfg, "classifier-free guidance scale, 1 = off (default: the checkpoint's, else 4)")
+      ->each([](const std::string&) { o.cfg_given = true; });
   sa->add_option("--cfg-interval", o.cfg_interval, "guide only while LO <= t <= HI (t = 1 is noise)")
       ->expected(2)->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  sa->add_option("--sampler", o.sampler, "euler | heun | ab2 | dpm2m")->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))->capture_default_str();
-  sa->add_option("--shift", o.shift, "timestep shift of the schedule")->capture_default_str();
+  sa->add_option("--sampler", o.sampler, "euler | heun | ab2 | dpm2m (default: the checkpoint's, else euler)")
+      ->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))->each([](const std::string&) { o.sampler_given = true; });
+  sa->add_option("--shift", o.shift, "timestep shift of the schedule (default: the checkpoint's, else 1)")
+      ->each([](const std::string&) { o.shift_given = true; });
   sa->add_option("--lora", o.lora, "LoRA adapter FILE[:STRENGTH] applied at run time (repeatable)");
   sa->add_option("--out", o.out, "output directory")->required();
   sa->callback([&g, run]() { *run = [&g]() { return run_sample(o, g); }; });
@@ -463,6 +518,19 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   loop_flags(ft);
   ft->add_option("--out", o.out, "run directory (adapter: ema.safetensors / checkpoint.safetensors)")->required();
   ft->callback([&g, run]() { *run = [&g]() { return run_finetune(o, g); }; });
+
+  auto* di = app.add_subcommand("distill", "distil a generator into a few-step student that needs no guidance");
+  data_flags(di);
+  di->add_option("--teacher", o.teacher, "teacher generator checkpoint (the student starts as a copy)")->required();
+  di->add_option("--guidance", o.distill.guidance, "teacher CFG scale baked into the student")->capture_default_str();
+  di->add_option("--student-steps", o.distill.student_steps, "Euler steps the student samples with")->capture_default_str();
+  di->add_option("--substeps", o.distill.substeps, "teacher Euler steps per student step (1 = guidance distillation only)")
+      ->check(CLI::Range(1, 64))->capture_default_str();
+  di->add_option("--grid-fraction", o.distill.grid_fraction, "share of training timesteps on the student's step grid")
+      ->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  loop_flags(di);
+  di->add_option("--out", o.out, "run directory (student: ema.safetensors)")->required();
+  di->callback([&g, run]() { *run = [&g]() { return run_distill(o, g); }; });
 
   auto* lo = app.add_subcommand("lora", "LoRA adapter tools");
   lo->require_subcommand(1);
