@@ -8,6 +8,7 @@
 #include "models/mmdit.h"
 #include "models/mmdit_blocks.h"
 #include "test_util.h"
+#include "train_util.h"
 #include "train/generator.h"
 
 namespace lf {
@@ -402,19 +403,11 @@ TEST(Train, ResumeEqualsUninterruptedTraining) {
   auto c = micro();
   c.vocab_size = d.tok->vocab_size();
   c.max_text_len = 64;
-  GenTrainConfig tc;
-  tc.steps = 6;
-  tc.batch = 8;
-  tc.lr = 1e-3;
-  tc.warmup = 2;
+  GenTrainConfig tc = test::short_run("resume_a", 6, 8, 1e-3, 2);
   tc.log_every = 1;
-  tc.ckpt_every = 0;
-  tc.sample_every = 0;
-  tc.val_every = 0;
   tc.seed = 5;
   torch::manual_seed(0);
   MMDiT a(c);
-  tc.out = test::tmp_dir("resume_a");
   ASSERT_TRUE(train_generator(tc, a, *d.tok, d.imgs, nullptr).ok());
   torch::manual_seed(0);
   MMDiT b(c);
@@ -462,15 +455,7 @@ TEST(Train, FrozenTextEncoderStaysFixedWhileTheRestTrains) {
     if (p.key().rfind("text.", 0) == 0) p.value().set_requires_grad(false);
     else target.params.push_back(p.value());
   }
-  GenTrainConfig tc;
-  tc.steps = 4;
-  tc.batch = 8;
-  tc.lr = 1e-2;
-  tc.warmup = 1;
-  tc.ckpt_every = 0;
-  tc.sample_every = 0;
-  tc.val_every = 0;
-  tc.out = test::tmp_dir("freeze_text");
+  GenTrainConfig tc = test::short_run("freeze_text", 4, 8, 1e-2, 1);
   ASSERT_TRUE(train_generator(tc, m, *d.tok, d.imgs, nullptr, &target).ok());
   int text = 0, moved = 0;
   for (auto& p : m->named_parameters()) {
@@ -494,14 +479,8 @@ TEST(Train, NanLossStopsWithAMessage) {
   c.vocab_size = d.tok->vocab_size();
   c.max_text_len = 64;
   MMDiT m(c);
-  GenTrainConfig tc;
-  tc.steps = 3;
-  tc.batch = 4;
-  tc.lr = 1e30;  // explodes
-  tc.warmup = 1;
+  GenTrainConfig tc = test::short_run("nan", 3, 4, 1e30, 1);  // lr explodes
   tc.grad_clip = 1e30;
-  tc.sample_every = tc.val_every = tc.ckpt_every = 0;
-  tc.out = test::tmp_dir("nan");
   {
     torch::NoGradGuard ng;
     for (auto& p : m->parameters()) p.fill_(std::numeric_limits<float>::quiet_NaN());
@@ -566,15 +545,9 @@ TEST(Distill, TargetIsTheGuidedTeacherStepAndTheStudentLearnsIt) {
     return (student->forward(fb.x_t, t, ids, mask) - tg.target_velocity(fb.x_t, t, ids, mask)).pow(2).mean().item<double>();
   };
   const double before = err();
-  GenTrainConfig tc;
-  tc.steps = 60;
-  tc.batch = 8;
-  tc.lr = 2e-3;
-  tc.warmup = 5;
+  GenTrainConfig tc = test::short_run("distill", 60, 8, 2e-3, 5);
   tc.caption_dropout = 0;
   tc.augment = false;
-  tc.ckpt_every = tc.sample_every = tc.val_every = 0;
-  tc.out = test::tmp_dir("distill");
   ASSERT_TRUE(train_generator(tc, student, *d.tok, d.imgs, nullptr, &tg).ok());
   const double after = err();
   EXPECT_LT(after, 0.5 * before) << "before " << before << " after " << after;

@@ -7,6 +7,7 @@
 #include "lesionflow/io.h"
 #include "models/checkpoint.h"
 #include "test_util.h"
+#include "train_util.h"
 #include "train/generator.h"
 
 using namespace lf;
@@ -92,15 +93,7 @@ TEST(Lora, TrainingChangesOnlyTheAdapterAndMergeEqualsRuntime) {
   LoraRuntime rt(f.model);
   ASSERT_TRUE(rt.add(a, 1.0).ok());
   rt.freeze_base();
-  GenTrainConfig tc;
-  tc.steps = 6;
-  tc.batch = 8;
-  tc.lr = 1e-2;
-  tc.warmup = 1;
-  tc.sample_every = 0;
-  tc.val_every = 0;
-  tc.ckpt_every = 0;
-  tc.out = test::tmp_dir("lora_train_run");
+  GenTrainConfig tc = test::short_run("lora_train_run", 6, 8, 1e-2, 1);
   TrainTarget target;
   target.params = a->parameters();
   target.before_forward = [&rt]() { rt.apply(); };

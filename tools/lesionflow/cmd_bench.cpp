@@ -31,7 +31,7 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 struct BenchOptions {
   int reps = 5;
   std::string preset = "small";
-  int batch = 32, text_tokens = 40, sample_steps = 20;
+  int batch = 32, text_tokens = 40, sample_steps = 20, distilled_steps = 4;
   double cfg = 4.0;
   std::string data = "../shared/data/ham10000";
   std::string python = "/usr/bin/python3";
@@ -233,17 +233,23 @@ Status run_bench(const BenchOptions& o, const GlobalOptions& g) {
   const int prompt_tokens = tok.encode(corpus[0], mc.max_text_len).length;  // generate() trims the padding
   std::vector<uint64_t> seeds(16);
   std::iota(seeds.begin(), seeds.end(), 1);
-  for (double cfg : {o.cfg, 1.0}) {
+  // The default sampler (20 Euler steps) with and without guidance, and a distilled student's
+  // settings (`lesionflow distill`: few Euler steps, no guidance; same network, so random weights
+  // time it as well as trained ones).
+  struct SampleVariant { int steps; double cfg; std::string label; };
+  for (const auto& sv : {SampleVariant{o.sample_steps, o.cfg, "CFG " + std::to_string(o.cfg).substr(0, 3)},
+                         SampleVariant{o.sample_steps, 1.0, "no CFG"},
+                         SampleVariant{o.distilled_steps, 1.0, "distilled student, no CFG"}}) {
     GenerateConfig gc;
-    gc.sampler.steps = o.sample_steps;
-    gc.cfg_scale = cfg;
+    gc.sampler.steps = sv.steps;
+    gc.cfg_scale = sv.cfg;
     gc.batch = 16;
-    vs.push_back({"sampling, " + std::to_string(o.sample_steps) + " Euler steps, " + (cfg == 1.0 ? std::string("no CFG") : "CFG " + std::to_string(cfg).substr(0, 3)), "img/s",
+    vs.push_back({"sampling, " + std::to_string(sv.steps) + " Euler steps, " + sv.label, "img/s",
                   [&model, &tok, &flow, prompts, seeds, gc] {
                     auto t0 = Clock::now();
                     generate(model, tok, flow, prompts, seeds, gc);
                     return 16.0 / since(t0);
-                  }, mmdit_sample_flops(mc, prompt_tokens, o.sample_steps, cfg != 1.0)});
+                  }, mmdit_sample_flops(mc, prompt_tokens, sv.steps, sv.cfg != 1.0)});
   }
   // Classifiers at the same image size.
   auto cls_set = std::make_shared<LabeledSet>();
@@ -412,6 +418,7 @@ void add_bench(CLI::App& app, GlobalOptions& g, Runner* run) {
   b->add_option("--batch", o.batch, "generator training batch")->capture_default_str();
   b->add_option("--text-tokens", o.text_tokens, "caption length in tokens")->capture_default_str();
   b->add_option("--sample-steps", o.sample_steps, "sampler steps")->capture_default_str();
+  b->add_option("--distilled-steps", o.distilled_steps, "steps of the distilled-student sampling variant")->capture_default_str();
   b->add_option("--cfg", o.cfg, "guidance scale of the CFG sampling variant")->capture_default_str();
   b->add_option("--data", o.data, "HAM10000 root for the prepare/caption variants")->capture_default_str();
   b->add_option("--python", o.python, "python with torch")->capture_default_str();
