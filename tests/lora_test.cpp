@@ -85,6 +85,57 @@ TEST(Lora, ZeroUpIsExactlyTheBaseModel) {
   EXPECT_FALSE(LoraAdapter::create(f.model, LoraSpec{{"bogus"}}).ok());
 }
 
+TEST(Lora, RankDropoutDropsWholeRankComponentsPerStepAndAveragesToTheAdapter) {
+  auto f = make_fixture("lora_dropout");
+  auto a = *LoraAdapter::create(f.model, LoraSpec{{"attn"}, 8, 8});
+  randomize_up(*a, 5);
+  const auto& m0 = a->modules().front();
+  auto* lin = f.model->named_modules()[m0.name]->as<torch::nn::LinearImpl>();
+  ASSERT_NE(lin, nullptr);
+  auto weight = [&] { return lin->weight.detach().clone(); };
+  LoraRuntime rt(f.model);
+  ASSERT_TRUE(rt.add(a, 1.0).ok());
+  rt.freeze_base();
+  rt.apply();
+  auto full = weight();
+  rt.remove();
+  auto base = weight();
+  auto delta = full - base;  // scale * B A
+  ASSERT_GT(delta.abs().max().item<double>(), 1e-4);
+  rt.set_rank_dropout(0.5, 11);
+  rt.apply(3);
+  auto d3 = weight() - base;
+  rt.apply(3);
+  EXPECT_TRUE(torch::equal(weight() - base, d3));  // the mask depends only on (seed, step)
+  rt.apply(4);
+  EXPECT_FALSE(torch::allclose(weight() - base, d3));
+  // d3 = scale * B diag(keep) A / (1 - p) with keep in {0,1}^r: solve for keep from each column of B.
+  auto BA = [&](const torch::Tensor& keep) { return (m0.scale() / 0.5) * (m0.up * keep.unsqueeze(0)).mm(m0.down); };
+  double best = 1e9;
+  for (int bits = 0; bits < (1 << m0.rank()); ++bits) {
+    auto keep = torch::zeros({m0.rank()});
+    for (int r = 0; r < m0.rank(); ++r) keep[r] = (bits >> r) & 1;
+    best = std::min(best, (BA(keep) - d3).abs().max().item<double>());
+  }
+  EXPECT_LT(best, 1e-6) << "the dropped delta is not B diag(mask) A / (1 - p)";
+  // Without grad (sampling, validation) or without a step: the whole adapter.
+  {
+    torch::NoGradGuard ng;
+    rt.apply(3);
+    EXPECT_TRUE(torch::allclose(weight() - base, delta, 1e-6, 1e-6));
+  }
+  rt.apply();
+  EXPECT_TRUE(torch::allclose(weight() - base, delta, 1e-6, 1e-6));
+  // Over many steps the dropped deltas average to the adapter (unbiased).
+  auto mean = torch::zeros_like(delta);
+  const int n = 400;
+  for (int s = 0; s < n; ++s) {
+    rt.apply(s);
+    mean += (weight() - base) / n;
+  }
+  EXPECT_LT((mean - delta).abs().max().item<double>(), 0.15 * delta.abs().max().item<double>());
+}
+
 TEST(Lora, TrainingChangesOnlyTheAdapterAndMergeEqualsRuntime) {
   auto f = make_fixture("lora_train");
   std::vector<torch::Tensor> base_copy;
@@ -96,7 +147,7 @@ TEST(Lora, TrainingChangesOnlyTheAdapterAndMergeEqualsRuntime) {
   GenTrainConfig tc = test::short_run("lora_train_run", 6, 8, 1e-2, 1);
   TrainTarget target;
   target.params = a->parameters();
-  target.before_forward = [&rt]() { rt.apply(); };
+  target.before_forward = [&rt](int64_t step) { rt.apply(step); };
   target.save = [&](const std::string& p, int64_t step, const std::string&) { return a->save(p, f.base_hash, step); };
   target.load = [](const std::string&) { return Status::ok_status(); };
   auto r = train_generator(tc, f.model, *f.tok, f.imgs, nullptr, &target);

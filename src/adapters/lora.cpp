@@ -1,5 +1,7 @@
 #include "adapters/lora.h"
 
+#include <optional>
+
 #include <cmath>
 #include <regex>
 #include <set>
@@ -173,11 +175,21 @@ Status LoraRuntime::add(std::shared_ptr<LoraAdapter> a, double strength) {
   return Status::ok_status();
 }
 
-void LoraRuntime::apply() {
+void LoraRuntime::apply(int64_t step) {
+  const bool drop = dropout_ > 0 && step >= 0 && torch::GradMode::is_enabled();
+  std::optional<at::Generator> gen;
+  if (drop) gen = at::detail::createCPUGenerator(dropout_seed_ * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step) + 7);
   std::map<std::string, Tensor> w;
   for (auto& [name, b] : base_) w[name] = b;
   for (auto& [a, s] : adapters_)
-    for (auto& m : a->modules()) w[m.name] = w[m.name] + (s * m.scale()) * m.up.mm(m.down);
+    for (auto& m : a->modules()) {
+      Tensor up = m.up;
+      if (drop) {  // B diag(mask) A / (1 - p): drop rank components
+        auto keep = (torch::rand({m.rank()}, *gen, torch::kFloat32) >= dropout_).to(m.up.scalar_type()) / (1.0 - dropout_);
+        up = up * keep.unsqueeze(0);
+      }
+      w[m.name] = w[m.name] + (s * m.scale()) * up.mm(m.down);
+    }
   for (auto& [name, lin] : linears_) lin->weight = w[name];
 }
 

@@ -7,8 +7,10 @@
 // Implementation: the frozen base weight W of each target is kept, and before a forward the
 // Linear's weight member is set to W + sum_i s_i (alpha_i / r_i) B_i A_i. Mathematically the
 // same as the side branch, exact when B = 0, and the registered parameter (what checkpoints
-// save) stays the untouched base tensor. Dropout on the LoRA path is not offered: with the
-// delta folded into the weight there is no separate activation to drop.
+// save) stays the untouched base tensor. With the delta folded into the weight there is no
+// separate activation to drop, so dropout on the LoRA path is rank dropout: each training step
+// drops every rank component of every module with probability p and scales the kept ones by
+// 1/(1-p) (kohya's rank_dropout); the mask depends only on (seed, step), so resume stays exact.
 #pragma once
 #include <map>
 #include <memory>
@@ -66,7 +68,10 @@ class LoraRuntime {
   explicit LoraRuntime(MMDiT& model) : model_(model) {}
   ~LoraRuntime() { remove(); }
   Status add(std::shared_ptr<LoraAdapter> a, double strength = 1.0);
-  void apply();   // with autograd when enabled (training), else a plain update
+  // With autograd when enabled (training), else a plain update. `step` >= 0 with grad mode on and
+  // rank dropout set: that step's dropout mask; otherwise the full adapters.
+  void apply(int64_t step = -1);
+  void set_rank_dropout(double p, uint64_t seed) { dropout_ = p; dropout_seed_ = seed; }
   void remove();  // weights back to the base tensors
   // Freeze every base parameter (requires_grad false).
   void freeze_base();
@@ -76,6 +81,8 @@ class LoraRuntime {
   std::vector<std::pair<std::shared_ptr<LoraAdapter>, double>> adapters_;
   std::map<std::string, torch::nn::Linear> linears_;
   std::map<std::string, torch::Tensor> base_;
+  double dropout_ = 0;
+  uint64_t dropout_seed_ = 0;
 };
 
 // Writes base + adapters (with strengths) as a new full generator checkpoint.

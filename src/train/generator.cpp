@@ -265,8 +265,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
 
   // What is trained: every parameter (default) or the tensors of a target (LoRA adapters).
   std::vector<Tensor> params = target ? target->params : model->parameters();
-  auto prepare = [&]() {
-    if (target && target->before_forward) target->before_forward();
+  auto prepare = [&](int64_t train_step) {
+    if (target && target->before_forward) target->before_forward(train_step);
   };
   // EMA of the trained tensors; swap_ema() exchanges them with the live values (for
   // validation, sample grids and the EMA checkpoint) and swaps back when called again.
@@ -375,7 +375,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32);
     auto fb = make_flow_batch(x0, noise, t);
     if (target && target->target_velocity) fb.target_v = target->target_velocity(fb.x_t, t, ids, mask);
-    prepare();
+    prepare(step);
     auto per = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, cfg.flow);
     auto loss = per.mean();
     double lv = loss.item<double>();
@@ -417,7 +417,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
       auto fv = make_flow_batch(val_x, val_noise, val_t);
       if (target && target->target_velocity) fv.target_v = target->target_velocity(fv.x_t, val_t, val_ids, val_mask);
       swap_ema();
-      prepare();
+      prepare(-1);
       double vl = flow_loss_per_sample(model->forward(fv.x_t, val_t, val_ids, val_mask), fv, cfg.flow).mean().item<double>();
       swap_ema();
       append_line(metrics, nlohmann::json{{"step", step}, {"val_loss_ema", vl}}.dump());
@@ -435,7 +435,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
       Tensor imgs;
       {
         torch::NoGradGuard ng;
-        prepare();
+        prepare(-1);
         imgs = generate(model, tok, cfg.flow, ps, seeds, gc);
       }
       swap_ema();

@@ -75,7 +75,7 @@ struct GenTrainResult {
 // text encoder passes the other parameters and keeps the default (full checkpoint) save/load.
 struct TrainTarget {
   std::vector<torch::Tensor> params;
-  std::function<void()> before_forward;
+  std::function<void(int64_t step)> before_forward;  // step of the training forward; -1: validation, sampling
   std::function<Status(const std::string& path, int64_t step, const std::string& kind)> save;
   std::function<Status(const std::string& path)> load;
   // Distillation: the regression target (a velocity) for x_t at t with caption ids/mask replaces

@@ -56,6 +56,7 @@ struct GenOptions {
   std::string base;
   int rank = 16;
   double alpha = 16;
+  double lora_dropout = 0;
   std::string targets = "attn,mlp";
   std::vector<std::string> rank_for, filter;
   int64_t limit = 0;
@@ -71,7 +72,7 @@ struct GenOptions {
             {"out", out}, {"checkpoint", checkpoint}, {"prompts", prompts}, {"prompts_file", prompts_file},
             {"n", n}, {"sample_steps", sample_steps}, {"cfg", cfg}, {"sampler", sampler}, {"shift", shift},
             {"cfg_interval", cfg_interval}, {"lora", lora}, {"base", base}, {"rank", rank}, {"alpha", alpha}, {"targets", targets},
-            {"rank_for", rank_for}, {"filter", filter}, {"limit", limit}, {"full", full}, {"teacher", teacher},
+            {"rank_for", rank_for}, {"lora_dropout", lora_dropout}, {"filter", filter}, {"limit", limit}, {"full", full}, {"teacher", teacher},
             {"guidance", distill.guidance}, {"student_steps", distill.student_steps}, {"substeps", distill.substeps},
             {"grid_fraction", distill.grid_fraction}};
   }
@@ -358,11 +359,12 @@ Status run_finetune(const GenOptions& o, const GlobalOptions& g) {
     LoraRuntime rt(base.model);
     LF_RETURN_IF_ERROR(rt.add(adapter, 1.0));
     rt.freeze_base();
-    nlohmann::json extra = {{"targets", spec.targets}, {"rank", spec.rank}, {"alpha", spec.alpha},
+    nlohmann::json extra = {{"targets", spec.targets}, {"rank", spec.rank}, {"alpha", spec.alpha}, {"lora_dropout", o.lora_dropout},
                             {"rank_for", spec.rank_for}, {"filter", o.filter}, {"base", o.base}};
     TrainTarget target;
     target.params = adapter->parameters();
-    target.before_forward = [&rt]() { rt.apply(); };
+    rt.set_rank_dropout(o.lora_dropout, g.seed);
+    target.before_forward = [&rt](int64_t step) { rt.apply(step); };
     target.save = [&](const std::string& path, int64_t step, const std::string& kind) {
       extra["weights"] = kind;
       return adapter->save(path, base.hash, step, extra.dump());
@@ -514,6 +516,8 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   ft->add_option("--alpha", o.alpha, "LoRA alpha (scale alpha/rank)")->capture_default_str();
   ft->add_option("--targets", o.targets, "attn,mlp,mod,io,text or re:REGEX")->capture_default_str();
   ft->add_option("--rank-for", o.rank_for, "per-group rank, e.g. mod=4 (repeatable)");
+  ft->add_option("--lora-dropout", o.lora_dropout, "rank dropout on the LoRA path: each step drops each rank component with probability P")
+      ->check(CLI::Range(0.0, 0.95))->capture_default_str();
   ft->add_flag("--full", o.full, "full fine-tune of every weight (for comparison)");
   loop_flags(ft);
   ft->add_option("--out", o.out, "run directory (adapter: ema.safetensors / checkpoint.safetensors)")->required();
