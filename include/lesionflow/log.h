@@ -20,7 +20,8 @@ class Progress {
   // `start`: work already done before this run (resumed training); rate and ETA count from it.
   Progress(std::string label, int64_t total, std::string unit = "it", int64_t start = 0);
   void update(int64_t done, const std::string& extra = "");
-  void finish(const std::string& extra = "");
+  // `done`: where the work ended when it stopped short of the total (time budget); -1 = total.
+  void finish(const std::string& extra = "", int64_t done = -1);
   double elapsed_seconds() const;
   static std::string format_duration(double seconds);
 

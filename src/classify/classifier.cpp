@@ -422,7 +422,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   LF_RETURN_IF_ERROR(save_classifier(best, model, res.threshold,
                                      {{"epoch", std::to_string(res.best_epoch)}, {"val_auc", std::to_string(res.best_val_auc)},
                                       {"train", cfg.to_json().dump()}}));
-  prog.finish();
+  prog.finish(res.stopped_early ? "(early stop)" : "", res.epochs_run > 0 ? static_cast<int64_t>(res.epochs_run) * steps_per_epoch : -1);
   return res;
 }
 

@@ -66,13 +66,14 @@ void Progress::update(int64_t done, const std::string& extra) {
   std::fflush(stderr);
 }
 
-void Progress::finish(const std::string& extra) {
+void Progress::finish(const std::string& extra, int64_t done) {
   if (log_level() > LogLevel::kInfo) return;
   double el = elapsed_seconds();
+  if (done < 0) done = total_;
   std::lock_guard<std::mutex> lock(g_mu);
   std::fprintf(stderr, "%s%s done: %lld %s in %s (%.1f %s/s) %s\n", isatty(2) ? "\r\x1b[K" : "",
-               label_.c_str(), (long long)total_, unit_.c_str(), format_duration(el).c_str(),
-               el > 0 ? (total_ - start_count_) / el : 0.0, unit_.c_str(), extra.c_str());
+               label_.c_str(), (long long)done, unit_.c_str(), format_duration(el).c_str(),
+               el > 0 ? (done - start_count_) / el : 0.0, unit_.c_str(), extra.c_str());
 }
 
 }  // namespace lf

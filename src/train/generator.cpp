@@ -460,7 +460,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   res.step = step;
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   res.images_per_second = (step - start_step) * cfg.batch / std::max(res.seconds, 1e-9);
-  prog.finish();
+  prog.finish(res.stopped_by_budget ? "(time budget)" : "", step);
   return res;
 }
 
