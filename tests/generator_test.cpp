@@ -565,6 +565,18 @@ TEST(Distill, TargetIsTheGuidedTeacherStepAndTheStudentLearnsIt) {
   EXPECT_EQ(rec.sampler.steps, 2);
   EXPECT_EQ(rec.cfg_scale, 1.0);
   EXPECT_EQ(recommended_sampling({}).sampler.steps, 20);  // an ordinary checkpoint: the defaults
+  // Flags given on the command line win; the others take the recommendation.
+  GenerateConfig cli;
+  cli.sampler.steps = 9;
+  cli.cfg_scale = 2.5;
+  SamplerFlags given;
+  given.steps = true;
+  apply_recommended_sampling(loaded->metadata, given, cli);
+  EXPECT_EQ(cli.sampler.steps, 9);
+  EXPECT_EQ(cli.cfg_scale, 1.0);
+  GenerateConfig plain = cli;
+  apply_recommended_sampling({}, SamplerFlags{}, plain);  // no recommendation: unchanged
+  EXPECT_EQ(plain.sampler.steps, 9);
 }
 
 TEST(TrainSlow, OverfitsABatchOfEightPhantoms) {

@@ -113,6 +113,18 @@ GenerateConfig recommended_sampling(const std::map<std::string, std::string>& me
   return gc;
 }
 
+void apply_recommended_sampling(const std::map<std::string, std::string>& metadata, const SamplerFlags& given,
+                                GenerateConfig& gc) {
+  auto it = metadata.find("sampling");
+  if (it == metadata.end()) return;
+  const GenerateConfig rec = recommended_sampling(metadata);
+  if (!given.sampler) gc.sampler.method = rec.sampler.method;
+  if (!given.steps) gc.sampler.steps = rec.sampler.steps;
+  if (!given.shift) gc.sampler.shift = rec.sampler.shift;
+  if (!given.cfg) gc.cfg_scale = rec.cfg_scale;
+  log_info("sampling settings " + sampling_metadata(gc).dump() + " (checkpoint recommends " + it->second + ")");
+}
+
 void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok, const FlowConfig& flow,
                       const DistillConfig& dc) {
   teacher->eval();

@@ -103,6 +103,14 @@ void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok, 
 // distillation); GenerateConfig defaults otherwise.
 GenerateConfig recommended_sampling(const std::map<std::string, std::string>& metadata);
 nlohmann::json sampling_metadata(const GenerateConfig& gc);
+// Which sampler settings the user gave on the command line.
+struct SamplerFlags {
+  bool sampler = false, steps = false, shift = false, cfg = false;
+};
+// If the checkpoint recommends sampling settings (a distilled student), they replace the fields
+// of `gc` whose flag was not given (logged); otherwise `gc` stays as it is.
+void apply_recommended_sampling(const std::map<std::string, std::string>& metadata, const SamplerFlags& given,
+                                GenerateConfig& gc);
 
 // Run directory: checkpoint.safetensors (weights), ema.safetensors (EMA weights),
 // state.bin (optimizer + step; all other randomness is derived from (seed, step)),

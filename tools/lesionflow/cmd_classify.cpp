@@ -180,7 +180,7 @@ struct SynthOptions {
   std::vector<double> cfg_interval{0.0, 1.0};
   int steps = 12, batch = 16;
   bool plan_only = false;
-  bool sampler_given = false, steps_given = false, cfg_given = false, shift_given = false;  // set by CLI
+  SamplerFlags given;  // which sampler flags were given (set by CLI)
 };
 
 Status run_synth(const SynthOptions& o, const GlobalOptions& g) {
@@ -208,14 +208,7 @@ Status run_synth(const SynthOptions& o, const GlobalOptions& g) {
   sc.gen.sampler.steps = o.steps;
   sc.gen.sampler.shift = o.shift;
   sc.gen.cfg_scale = o.cfg;
-  if (gen.metadata.count("sampling")) {  // a distilled student: its settings for the flags not given
-    GenerateConfig rec = recommended_sampling(gen.metadata);
-    if (!o.sampler_given) sc.gen.sampler.method = rec.sampler.method;
-    if (!o.steps_given) sc.gen.sampler.steps = rec.sampler.steps;
-    if (!o.shift_given) sc.gen.sampler.shift = rec.sampler.shift;
-    if (!o.cfg_given) sc.gen.cfg_scale = rec.cfg_scale;
-    log_info("synth: sampling settings " + sampling_metadata(sc.gen).dump() + " (checkpoint recommends " + gen.metadata["sampling"] + ")");
-  }
+  apply_recommended_sampling(gen.metadata, o.given, sc.gen);  // a distilled student's settings for flags not given
   sc.gen.cfg_t_lo = o.cfg_interval[0];
   sc.gen.cfg_t_hi = o.cfg_interval[1];
   sc.gen.batch = o.batch;
@@ -482,12 +475,12 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   y->add_option("--flatten", s.flatten, "cell share ~ real_count^flatten within a class")->capture_default_str();
   // Sampler flags not given: a distilled checkpoint's recommended settings, else these defaults.
   y->add_option("--sampler", s.sampler, "euler | heun | ab2 | dpm2m")->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))
-      ->capture_default_str()->each([](const std::string&) { s.sampler_given = true; });
-  y->add_option("--steps", s.steps, "sampling steps")->capture_default_str()->each([](const std::string&) { s.steps_given = true; });
-  y->add_option("--cfg", s.cfg, "classifier-free guidance scale")->capture_default_str()->each([](const std::string&) { s.cfg_given = true; });
+      ->capture_default_str()->each([](const std::string&) { s.given.sampler = true; });
+  y->add_option("--steps", s.steps, "sampling steps")->capture_default_str()->each([](const std::string&) { s.given.steps = true; });
+  y->add_option("--cfg", s.cfg, "classifier-free guidance scale")->capture_default_str()->each([](const std::string&) { s.given.cfg = true; });
   y->add_option("--cfg-interval", s.cfg_interval, "guide only while LO <= t <= HI (t = 1 is noise)")
       ->expected(2)->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  y->add_option("--shift", s.shift, "timestep shift")->capture_default_str()->each([](const std::string&) { s.shift_given = true; });
+  y->add_option("--shift", s.shift, "timestep shift")->capture_default_str()->each([](const std::string&) { s.given.shift = true; });
   y->add_option("--batch", s.batch, "images per forward batch")->capture_default_str();
   y->add_flag("--plan-only", s.plan_only, "write plan.json and stop");
   y->add_option("--out", s.out, "output directory")->required();

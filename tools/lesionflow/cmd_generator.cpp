@@ -51,7 +51,7 @@ struct GenOptions {
   double shift = 1.0;
   std::vector<double> cfg_interval{0.0, 1.0};  // guidance only for t in [lo, hi]
   std::vector<std::string> lora;  // sample: adapter[:strength] (repeatable)
-  bool sampler_given = false, steps_given = false, shift_given = false, cfg_given = false;  // set by CLI
+  SamplerFlags given;  // sample: which sampler flags were given (set by CLI)
   // finetune
   std::string base;
   int rank = 16;
@@ -253,14 +253,12 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
       std::snprintf(nm, sizeof nm, "p%03zu_%04d.png", p, i);
       names.push_back(nm);
     }
-  // The checkpoint's recommended settings (a distilled student: few steps, no guidance), then the
-  // flags given on the command line.
-  GenerateConfig gc = recommended_sampling(gen.metadata);
-  if (o.sampler_given) gc.sampler.method = o.sampler;
-  if (o.steps_given) gc.sampler.steps = o.sample_steps;
-  if (o.shift_given) gc.sampler.shift = o.shift;
-  if (o.cfg_given) gc.cfg_scale = o.cfg;
-  if (gen.metadata.count("sampling")) log_info("sampling settings: " + sampling_metadata(gc).dump() + " (checkpoint: " + gen.metadata["sampling"] + ")");
+  GenerateConfig gc;
+  gc.sampler.method = o.sampler;
+  gc.sampler.steps = o.sample_steps;
+  gc.sampler.shift = o.shift;
+  gc.cfg_scale = o.cfg;
+  apply_recommended_sampling(gen.metadata, o.given, gc);  // a distilled student's settings for flags not given
   gc.cfg_t_lo = o.cfg_interval[0];
   gc.cfg_t_hi = o.cfg_interval[1];
   Progress prog("sample", static_cast<int64_t>(ps.size()), "img");
@@ -417,8 +415,9 @@ Status run_distill(const GenOptions& o, const GlobalOptions& g) {
   TrainTarget target;
   target.params = student.model->parameters();
   add_distillation(target, teacher.model, *teacher.tok, teacher.flow, o.distill);
+  const nlohmann::json sampling = sampling_metadata(tc.grid);
   const std::map<std::string, std::string> md = {
-      {"sampling", sampling_metadata(tc.grid).dump()},
+      {"sampling", sampling.dump()},
       {"distilled_from", nlohmann::json{{"teacher", o.teacher}, {"teacher_hash", teacher.hash},
                                         {"guidance", o.distill.guidance}, {"student_steps", o.distill.student_steps},
                                         {"substeps", o.distill.substeps}}.dump()}};
@@ -431,7 +430,7 @@ Status run_distill(const GenOptions& o, const GlobalOptions& g) {
   LF_ASSIGN_OR_RETURN(GenTrainResult r, train_generator(tc, student.model, *student.tok, train, &val, &target));
   nlohmann::json j = {{"step", r.step}, {"last_loss", r.last_loss}, {"seconds", r.seconds},
                       {"images_per_second", r.images_per_second}, {"stopped_by_budget", r.stopped_by_budget},
-                      {"checkpoint", o.out + "/ema.safetensors"}, {"sampling", nlohmann::json::parse(md.at("sampling"))}};
+                      {"checkpoint", o.out + "/ema.safetensors"}, {"sampling", sampling}};
   LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/distill.json", j.dump(2) + "\n"));
   if (g.json) emit_json(g, j);
   else std::printf("distilled to step %lld (%.1f img/s, last loss %.4f) -> %s/ema.safetensors (samples with %d steps, no CFG)\n",
@@ -494,15 +493,15 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   sa->add_option("--n", o.n, "images per prompt")->capture_default_str();
   // Unset sampler flags take the checkpoint's recommendation (a distilled student's), else these defaults.
   sa->add_option("--steps", o.sample_steps, "sampler steps (default: the checkpoint's recommendation, else 20)")
-      ->each([](const std::string&) { o.steps_given = true; });
+      ->each([](const std::string&) { o.given.steps = true; });
   sa->add_option("--cfg", o.cfg, "classifier-free guidance scale, 1 = off (default: the checkpoint's, else 4)")
-      ->each([](const std::string&) { o.cfg_given = true; });
+      ->each([](const std::string&) { o.given.cfg = true; });
   sa->add_option("--cfg-interval", o.cfg_interval, "guide only while LO <= t <= HI (t = 1 is noise)")
       ->expected(2)->check(CLI::Range(0.0, 1.0))->capture_default_str();
   sa->add_option("--sampler", o.sampler, "euler | heun | ab2 | dpm2m (default: the checkpoint's, else euler)")
-      ->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))->each([](const std::string&) { o.sampler_given = true; });
+      ->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))->each([](const std::string&) { o.given.sampler = true; });
   sa->add_option("--shift", o.shift, "timestep shift of the schedule (default: the checkpoint's, else 1)")
-      ->each([](const std::string&) { o.shift_given = true; });
+      ->each([](const std::string&) { o.given.shift = true; });
   sa->add_option("--lora", o.lora, "LoRA adapter FILE[:STRENGTH] applied at run time (repeatable)");
   sa->add_option("--out", o.out, "output directory")->required();
   sa->callback([&g, run]() { *run = [&g]() { return run_sample(o, g); }; });
