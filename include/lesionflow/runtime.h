@@ -21,6 +21,20 @@ std::string active_blas_alternative();
 bool blas_is_openblas();
 // Median GFLOP/s of an n x n float matmul over about `seconds`.
 double measure_sgemm_gflops(int n, double seconds);
+// Median GFLOP/s of an n x n bfloat16 matmul (oneDNN on CPUs with AVX512_BF16/AMX).
+double measure_bf16_gemm_gflops(int n, double seconds);
+
+// Compute precision of the models' matrix products. fp32: everything in float32. bf16: the
+// GEMMs of linear layers run in bfloat16 (inputs and weights cast on the fly, fp32 master
+// weights, optimizer state and EMA); norms, softmax, attention, losses and the flow update stay
+// float32. auto: bf16 where the CPU has AVX512_BF16 or AMX-BF16, else fp32.
+enum class Precision { kFP32, kBF16 };
+Result<Precision> parse_precision(const std::string& name);  // fp32 | bf16 | auto
+const char* precision_name(Precision p);
+bool cpu_has_bf16();                   // avx512_bf16 or amx_bf16 in /proc/cpuinfo
+void set_compute_precision(Precision p);  // process-wide
+Precision compute_precision();
+
 // "cpu" or "cuda[:i]"; error when CUDA is asked for but libtorch has none.
 Status check_device(const std::string& device);
 

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include "classify/classifier.h"
 
 #include <chrono>
@@ -28,17 +29,24 @@ void LabeledSet::add(const uint8_t* px, int label, float weight, const std::stri
   ids.push_back(id);
   sources.push_back(source);
   groups.push_back(std::move(g));
+  cls.push_back(-1);
 }
 
 void LabeledSet::append(const LabeledSet& o, float scale) {
   if (size == 0) size = o.size;
-  for (int64_t i = 0; i < o.count(); ++i) add(o.image(i), o.labels[i], o.weights[i] * scale, o.ids[i], o.sources[i], o.groups[i]);
+  for (int64_t i = 0; i < o.count(); ++i) {
+    add(o.image(i), o.labels[i], o.weights[i] * scale, o.ids[i], o.sources[i], o.groups[i]);
+    cls.back() = o.cls[i];
+  }
 }
 
 LabeledSet LabeledSet::subset(const std::vector<int64_t>& idx) const {
   LabeledSet s;
   s.size = size;
-  for (auto i : idx) s.add(image(i), labels[i], weights[i], ids[i], sources[i], groups[i]);
+  for (auto i : idx) {
+    s.add(image(i), labels[i], weights[i], ids[i], sources[i], groups[i]);
+    s.cls.back() = cls[i];
+  }
   return s;
 }
 
@@ -56,7 +64,8 @@ std::map<std::string, std::string> record_groups(const Record& r, const nlohmann
 }
 
 LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t>& idx,
-                                 const std::map<std::string, nlohmann::json>* captions, float weight) {
+                                 const std::map<std::string, nlohmann::json>* captions, float weight,
+                                 const std::vector<std::string>* classes) {
   LabeledSet s;
   s.size = ps.size;
   for (auto i : idx) {
@@ -68,6 +77,10 @@ LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t
       if (it != captions->end()) cap = &it->second;
     }
     s.add(ps.image(i), r.label, weight, r.id, "real", record_groups(r, cap));
+    if (classes) {
+      auto it = std::find(classes->begin(), classes->end(), r.dx);
+      s.cls.back() = it == classes->end() ? -1 : static_cast<int>(it - classes->begin());
+    }
   }
   return s;
 }
@@ -103,7 +116,8 @@ Result<LabeledSet> load_synthetic(const std::string& dir, int size, float weight
 // ---- model ----------------------------------------------------------------------------
 nlohmann::json ClassifierConfig::to_json() const {
   return {{"arch", arch}, {"image_size", image_size}, {"width", width}, {"stem_stride", stem_stride}, {"vit_dim", vit_dim},
-          {"vit_depth", vit_depth}, {"vit_heads", vit_heads}, {"patch", patch}, {"dropout", dropout}};
+          {"vit_depth", vit_depth}, {"vit_heads", vit_heads}, {"patch", patch}, {"dropout", dropout},
+          {"classes", classes}, {"malignant", malignant}};
 }
 
 Result<ClassifierConfig> ClassifierConfig::from_json(const nlohmann::json& j) {
@@ -118,9 +132,13 @@ Result<ClassifierConfig> ClassifierConfig::from_json(const nlohmann::json& j) {
     c.vit_heads = j.value("vit_heads", c.vit_heads);
     c.patch = j.value("patch", c.patch);
     c.dropout = j.value("dropout", c.dropout);
+    c.classes = j.value("classes", c.classes);
+    c.malignant = j.value("malignant", c.malignant);
   } catch (const std::exception& e) {
     return Status::error(std::string("classifier config: ") + e.what());
   }
+  if (!c.classes.empty() && c.malignant.size() != c.classes.size())
+    return Status::error("classifier config: 'malignant' needs one flag per class");
   if (c.arch != "cnn" && c.arch != "vit") return Status::error("classifier config: arch must be cnn or vit, got '" + c.arch + "'");
   if (c.arch == "vit" && (c.image_size % c.patch != 0 || c.vit_dim % c.vit_heads != 0))
     return Status::error("classifier config: image_size must be a multiple of patch and vit_dim of vit_heads");
@@ -175,7 +193,7 @@ ClassifierImpl::ClassifierImpl(const ClassifierConfig& c) : cfg_(c) {
     norm_ = register_module("norm", nn::LayerNorm(nn::LayerNormOptions({D})));
   }
   drop_ = register_module("drop", nn::Dropout(c.dropout));
-  head_ = register_module("head", nn::Linear(c.feature_dim(), 2));
+  head_ = register_module("head", nn::Linear(c.feature_dim(), c.outputs()));
 }
 
 Tensor ClassifierImpl::cnn_features(const Tensor& x) {
@@ -242,18 +260,30 @@ Tensor batch_tensor(const LabeledSet& set, const std::vector<int64_t>& idx) {
 }
 }  // namespace
 
-std::vector<double> predict_malignant(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
+Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
   torch::NoGradGuard ng;
   model->eval();
-  std::vector<double> out;
-  out.reserve(n);
+  std::vector<Tensor> parts;
   for (int64_t s = 0; s < n; s += batch) {
     std::vector<const uint8_t*> px;
     for (int64_t i = s; i < std::min(n, s + batch); ++i) px.push_back(pixels + i * size * size * 3);
-    auto p = torch::softmax(model->forward(images_to_tensor(px, size)), 1).select(1, 1).to(torch::kFloat64).contiguous();
-    out.insert(out.end(), p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
+    parts.push_back(torch::softmax(model->forward(images_to_tensor(px, size)), 1));
   }
-  return out;
+  return parts.empty() ? torch::zeros({0, model->config().outputs()}) : torch::cat(parts);
+}
+
+std::vector<double> predict_malignant(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
+  auto pr = predict_proba(model, pixels, n, size, batch);
+  const auto& c = model->config();
+  Tensor p;
+  if (c.classes.empty()) {
+    p = pr.select(1, 1);
+  } else {
+    auto m = torch::tensor(std::vector<float>(c.malignant.begin(), c.malignant.end()), torch::kFloat32);
+    p = (pr * m).sum(1);
+  }
+  p = p.to(torch::kFloat64).contiguous();
+  return std::vector<double>(p.data_ptr<double>(), p.data_ptr<double>() + p.numel());
 }
 
 std::vector<double> predict_malignant(Classifier& model, const LabeledSet& set, int batch) {
@@ -278,7 +308,9 @@ Status save_classifier(const std::string& path, Classifier& model, double thresh
   meta["format"] = "lesionflow.classifier.v1";
   meta["config"] = model->config().to_json().dump();
   meta["threshold"] = std::to_string(threshold);
-  meta["classes"] = "benign,malignant";
+  std::string names;
+  for (const auto& c : model->config().classes) names += (names.empty() ? "" : ",") + c;
+  meta["classes"] = names.empty() ? "benign,malignant" : names;
   return save_module(path, *model, meta, /*with_buffers=*/true);
 }
 
@@ -315,12 +347,22 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   const int64_t N = train.count();
   const int64_t steps_per_epoch = std::max<int64_t>(1, N / cfg.batch);
   const int64_t total_steps = steps_per_epoch * cfg.epochs;
-  // Class weights (balanced) times source weights.
-  double npos = 0;
-  for (int l : train.labels) npos += l == 1;
-  double wpos = cfg.balanced && npos > 0 ? N / (2 * npos) : 1.0, wneg = cfg.balanced && npos < N ? N / (2 * (N - npos)) : 1.0;
+  // Targets: benign/malignant, or the dx class of a multi-class model. Class weights (balanced,
+  // N / (K N_c)) times source weights.
+  const int K = model->config().outputs();
+  const bool multi = !model->config().classes.empty();
+  std::vector<int> target(N);
+  for (int64_t i = 0; i < N; ++i) {
+    target[i] = multi ? train.cls[i] : train.labels[i];
+    if (target[i] < 0 || target[i] >= K)
+      return Status::error("classify: training image '" + train.ids[i] + "' has no class among the model's " +
+                           std::to_string(K) + " outputs");
+  }
+  std::vector<double> count(K, 0.0);
+  for (int y : target) count[y] += 1;
   std::vector<float> sample_w(N);
-  for (int64_t i = 0; i < N; ++i) sample_w[i] = train.weights[i] * static_cast<float>(train.labels[i] ? wpos : wneg);
+  for (int64_t i = 0; i < N; ++i)
+    sample_w[i] = train.weights[i] * static_cast<float>(cfg.balanced ? N / (K * count[target[i]]) : 1.0);
 
   torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
   ClsTrainResult res;
@@ -360,7 +402,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       std::vector<int64_t> y;
       std::vector<float> w;
       for (auto i : idx) {
-        y.push_back(train.labels[i]);
+        y.push_back(target[i]);
         w.push_back(sample_w[i]);
       }
       auto yt = torch::tensor(y, torch::kInt64), wt = torch::tensor(w, torch::kFloat32);

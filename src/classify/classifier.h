@@ -21,6 +21,7 @@ struct LabeledSet {
   std::vector<float> weights;
   std::vector<std::string> ids, sources;                   // source: "real" | "synthetic" | ...
   std::vector<std::map<std::string, std::string>> groups;  // sex, age, site, skin
+  std::vector<int> cls;  // class index for a multi-class (dx) classifier; -1 = none
   int64_t count() const { return static_cast<int64_t>(labels.size()); }
   const uint8_t* image(int64_t i) const { return pixels.data() + i * size * size * 3; }
   void add(const uint8_t* px, int label, float weight, const std::string& id, const std::string& source,
@@ -35,8 +36,10 @@ std::map<std::string, std::string> record_groups(const Record& r, const nlohmann
 std::string skin_band(int fitzpatrick);  // 1..6 -> "I-II" | "III-IV" | "V-VI", else "unknown"
 
 // Rows `idx` of a prepared cache (records with unknown label are skipped).
+// With `classes` (dx codes), each image's `cls` is the index of its dx (-1 when absent).
 LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t>& idx,
-                                 const std::map<std::string, nlohmann::json>* captions, float weight = 1.0f);
+                                 const std::map<std::string, nlohmann::json>* captions, float weight = 1.0f,
+                                 const std::vector<std::string>* classes = nullptr);
 // A synthetic set written by `lesionflow synth` (DIR/manifest.jsonl + PNGs), resized to `size`.
 // Unreadable images are skipped and counted in *skipped.
 Result<LabeledSet> load_synthetic(const std::string& dir, int size, float weight, int64_t* skipped);
@@ -48,6 +51,11 @@ struct ClassifierConfig {
   int stem_stride = 0;  // cnn: 0 = auto (2 from 64 px up, else 1)
   int vit_dim = 128, vit_depth = 6, vit_heads = 4, patch = 8;
   double dropout = 0.1;
+  // Outputs: empty `classes` = benign/malignant (2 logits); else one logit per dx code, and
+  // P(malignant) is the summed probability of the classes flagged in `malignant`.
+  std::vector<std::string> classes;
+  std::vector<int> malignant;
+  int outputs() const { return classes.empty() ? 2 : static_cast<int>(classes.size()); }
   nlohmann::json to_json() const;
   static Result<ClassifierConfig> from_json(const nlohmann::json& j);
   int64_t feature_dim() const;
@@ -103,6 +111,8 @@ struct ClsTrainResult {
 Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model, const LabeledSet& train,
                                         const LabeledSet& val);
 
+// Class probabilities [N, outputs] for images in [-1,1], eval mode.
+torch::Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch = 128);
 // P(malignant) for every image, eval mode, in batches.
 std::vector<double> predict_malignant(Classifier& model, const LabeledSet& set, int batch = 128);
 std::vector<double> predict_malignant(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch = 128);

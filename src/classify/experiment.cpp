@@ -106,7 +106,9 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
   }
   LabeledSet train;
   train.size = real.ps.size;
-  if (job.arm != "synthetic") train.append(labeled_from_prepared(real.ps, real_idx, &real.captions));
+  const std::vector<std::string>* classes = job.model.classes.empty() ? nullptr : &job.model.classes;
+  if (classes && job.arm != "real") return Status::error("classify: a dx classifier (--classes dx) trains on real images only");
+  if (job.arm != "synthetic") train.append(labeled_from_prepared(real.ps, real_idx, &real.captions, 1.0f, classes));
   int64_t n_syn = 0;
   if (job.arm == "real+synthetic") {
     train.append(*synthetic, static_cast<float>(job.synthetic_weight));
@@ -125,8 +127,8 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
   if (synthetic && synthetic->size != train.size)
     return Status::error("classify: synthetic images are " + std::to_string(synthetic->size) + "px, real " +
                          std::to_string(train.size) + "px");
-  auto val = labeled_from_prepared(real.ps, real.val, &real.captions);
-  auto test = labeled_from_prepared(real.ps, real.test, &real.captions);
+  auto val = labeled_from_prepared(real.ps, real.val, &real.captions, 1.0f, classes);
+  auto test = labeled_from_prepared(real.ps, real.test, &real.captions, 1.0f, classes);
   torch::manual_seed(job.seed);
   ClassifierConfig mc = job.model;
   mc.image_size = train.size;
@@ -143,6 +145,31 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
                       {"threshold", tr.threshold}, {"train_seconds", tr.seconds},
                       {"train_images_per_second", tr.images_per_second}};
   r["test"] = evaluation_json(predict_malignant(model, test), test, tr.threshold, job.seed);
+  if (classes) {  // dx accuracy and balanced (mean per-class recall) accuracy of the argmax
+    auto pred = predict_proba(model, test.pixels.data(), test.count(), test.size).argmax(1);
+    const int K = static_cast<int>(classes->size());
+    std::vector<double> hit(K, 0), n(K, 0);
+    double correct = 0, total = 0;
+    for (int64_t i = 0; i < test.count(); ++i) {
+      if (test.cls[i] < 0) continue;
+      const bool ok = pred[i].item<int64_t>() == test.cls[i];
+      correct += ok;
+      total += 1;
+      hit[test.cls[i]] += ok;
+      n[test.cls[i]] += 1;
+    }
+    double bal = 0;
+    int present = 0;
+    nlohmann::json per = nlohmann::json::object();
+    for (int k = 0; k < K; ++k)
+      if (n[k] > 0) {
+        bal += hit[k] / n[k];
+        ++present;
+        per[(*classes)[k]] = hit[k] / n[k];
+      }
+    r["test_dx"] = {{"accuracy", total > 0 ? correct / total : 0.0}, {"balanced_accuracy", present ? bal / present : 0.0},
+                    {"recall_per_class", per}, {"n", total}};
+  }
   nlohmann::json extra = nlohmann::json::object();
   for (auto& t : extra_tests) extra[t.name] = evaluation_json(predict_malignant(model, t.set), t.set, tr.threshold, job.seed);
   r["extra_tests"] = extra;

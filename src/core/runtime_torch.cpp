@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <thread>
@@ -97,6 +98,46 @@ Status check_device(const std::string& device) {
     return Status::ok_status();
   }
   return Status::error("--device " + device + ": expected cpu or cuda[:N]");
+}
+
+namespace {
+std::atomic<int> g_precision{0};
+}
+
+Result<Precision> parse_precision(const std::string& name) {
+  if (name == "fp32") return Precision::kFP32;
+  if (name == "bf16") return Precision::kBF16;
+  if (name == "auto") return cpu_has_bf16() ? Precision::kBF16 : Precision::kFP32;
+  return Status::error("--precision must be fp32, bf16 or auto (got '" + name + "')");
+}
+
+const char* precision_name(Precision p) { return p == Precision::kBF16 ? "bf16" : "fp32"; }
+
+bool cpu_has_bf16() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("flags", 0) == 0)
+      return line.find(" avx512_bf16") != std::string::npos || line.find(" amx_bf16") != std::string::npos;
+  return false;
+}
+
+void set_compute_precision(Precision p) { g_precision = static_cast<int>(p); }
+Precision compute_precision() { return static_cast<Precision>(g_precision.load(std::memory_order_relaxed)); }
+
+double measure_bf16_gemm_gflops(int n, double seconds) {
+  auto a = torch::randn({n, n}).to(torch::kBFloat16), b = torch::randn({n, n}).to(torch::kBFloat16);
+  std::vector<double> rates;
+  auto t_end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  (void)torch::mm(a, b);  // warm-up
+  while (std::chrono::steady_clock::now() < t_end || rates.size() < 3) {
+    auto t0 = std::chrono::steady_clock::now();
+    (void)torch::mm(a, b);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    rates.push_back(2.0 * n * n * n / s / 1e9);
+  }
+  std::sort(rates.begin(), rates.end());
+  return rates[rates.size() / 2];
 }
 
 }  // namespace lf

@@ -10,6 +10,8 @@ RawTensor to_raw(const torch::Tensor& t0) {
   else if (t.scalar_type() == torch::kUInt8) r.dtype = DType::kU8;
   else if (t.scalar_type() == torch::kInt32) r.dtype = DType::kI32;
   else if (t.scalar_type() == torch::kFloat64) r.dtype = DType::kF64;
+  else if (t.scalar_type() == torch::kFloat16) r.dtype = DType::kF16;    // shipped weights
+  else if (t.scalar_type() == torch::kBFloat16) r.dtype = DType::kBF16;
   else {
     t = t.to(torch::kFloat32);
     r.dtype = DType::kF32;

@@ -147,7 +147,7 @@ Tensor MMDiTImpl::forward(const Tensor& x, const Tensor& t, const Tensor& ids, c
 TextCond MMDiTImpl::encode_text(const Tensor& ids, const Tensor& mask) {
   TORCH_CHECK(ids.size(1) <= c_.max_text_len, "text longer than max_text_len");
   auto [txt_tokens, pooled] = text_(ids, mask);
-  return {txt_in_(txt_tokens), vec_in_->forward(pooled), mask};
+  return {lin(txt_in_, txt_tokens), vec_in_->forward(pooled), mask};
 }
 
 Tensor MMDiTImpl::forward(const Tensor& x, const Tensor& t, const TextCond& text) {
@@ -157,15 +157,15 @@ Tensor MMDiTImpl::forward(const Tensor& x, const Tensor& t, const TextCond& text
   auto cos = torch::cat({rope_cos_.narrow(0, 0, T), rope_cos_.narrow(0, Tm, N)}, 0);
   auto sin = torch::cat({rope_sin_.narrow(0, 0, T), rope_sin_.narrow(0, Tm, N)}, 0);
   auto vec = time_in_->forward(timestep_embedding(t, 256)) + text.vec;  // [B,D]
-  auto img = img_in_(patchify(x, c_.patch));  // [B,N,D]
+  auto img = lin(img_in_, patchify(x, c_.patch));  // [B,N,D]
   auto txt = text.tokens;                     // [B,T,D]
   auto key_bias = attention_bias(torch::cat({text.mask, torch::ones({B, img.size(1)}, text.mask.options())}, 1));
   for (auto& m : *double_) std::tie(img, txt) = m->as<DoubleBlock>()->forward(img, txt, vec, cos, sin, key_bias);
   auto h = torch::cat({txt, img}, 1);
   for (auto& m : *single_) h = m->as<SingleBlock>()->forward(h, vec, cos, sin, key_bias);
   img = h.narrow(1, T, h.size(1) - T);
-  auto fm = final_mod_(torch::silu(vec)).unsqueeze(1).chunk(2, -1);
-  auto out = unpatchify(final_out_(modulate(ln(img), fm[0], fm[1])), c_.patch, c_.channels, c_.image_size);
+  auto fm = lin(final_mod_, torch::silu(vec)).unsqueeze(1).chunk(2, -1);
+  auto out = unpatchify(lin(final_out_, modulate(ln(img), fm[0], fm[1])), c_.patch, c_.channels, c_.image_size);
   if (!refine_.is_empty()) out = out + refine_->forward(torch::cat({out, x}, 1));
   return out;
 }

@@ -1,5 +1,6 @@
 // Building blocks of the MMDiT (exposed for tests; include only from torch TUs).
 #pragma once
+#include "lesionflow/runtime.h"
 #include "models/mmdit.h"
 
 namespace lf::mmdit_detail {
@@ -20,6 +21,19 @@ inline std::tuple<Tensor, Tensor, Tensor> split_heads(const Tensor& qkv, int hea
 }
 inline Tensor merge_heads(const Tensor& x) {  // [B,H,N,hd] -> [B,N,D]
   return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
+}
+// y = x W^T + b; under Precision::kBF16 the GEMM runs in bfloat16 (x, W, b cast on the fly,
+// gradients flow back to the float32 master weights through the casts) and y returns to x's dtype.
+inline Tensor lin(torch::nn::Linear l, const Tensor& x) {  // l: a module handle (shared)
+  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32) return l->forward(x);
+  return torch::linear(x.to(torch::kBFloat16), l->weight.to(torch::kBFloat16), l->bias.to(torch::kBFloat16))
+      .to(torch::kFloat32);
+}
+// b + x W^T for x [M,K], W [N,K] (blocks of a fused weight), same precision rule as lin().
+inline Tensor addmm_p(const Tensor& b, const Tensor& x, const Tensor& W) {
+  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32) return torch::addmm(b, x, W.t());
+  const auto h = torch::kBFloat16;
+  return torch::addmm(b.to(h), x.to(h), W.to(h).t()).to(torch::kFloat32);
 }
 inline torch::nn::Linear linear(int in, int out, bool zero = false) {
   auto l = torch::nn::Linear(in, out);
@@ -57,9 +71,9 @@ struct DoubleBlockImpl : torch::nn::Module {
   std::pair<Tensor, Tensor> forward(Tensor img_x, Tensor txt_x, const Tensor& vec, const Tensor& cos,
                                     const Tensor& sin, const Tensor& key_bias) {
     auto sv = torch::silu(vec);
-    auto im = img->mod(sv).unsqueeze(1).chunk(6, -1), tm = txt->mod(sv).unsqueeze(1).chunk(6, -1);
-    auto [iq, ik, iv] = split_heads(img->qkv(modulate(ln(img_x), im[0], im[1])), heads);
-    auto [tq, tk, tv] = split_heads(txt->qkv(modulate(ln(txt_x), tm[0], tm[1])), heads);
+    auto im = lin(img->mod, sv).unsqueeze(1).chunk(6, -1), tm = lin(txt->mod, sv).unsqueeze(1).chunk(6, -1);
+    auto [iq, ik, iv] = split_heads(lin(img->qkv, modulate(ln(img_x), im[0], im[1])), heads);
+    auto [tq, tk, tv] = split_heads(lin(txt->qkv, modulate(ln(txt_x), tm[0], tm[1])), heads);
     // QK norm per stream, RoPE on the joint sequence (text rows: identity), written joint.
     auto q = qk_norm_rope(tq, txt->q_norm, iq, img->q_norm, cos, sin);
     auto k = qk_norm_rope(tk, txt->k_norm, ik, img->k_norm, cos, sin);
@@ -67,10 +81,10 @@ struct DoubleBlockImpl : torch::nn::Module {
     auto a = merge_heads(attention(q, k, v, key_bias));
     int64_t T = txt_x.size(1);
     auto ta = a.narrow(1, 0, T), ia = a.narrow(1, T, a.size(1) - T);
-    img_x = gated_add(img_x, im[2], img->proj(ia));
-    img_x = gated_add(img_x, im[5], img->mlp2(gelu_tanh(img->mlp1(modulate(ln(img_x), im[3], im[4])))));
-    txt_x = gated_add(txt_x, tm[2], txt->proj(ta));
-    txt_x = gated_add(txt_x, tm[5], txt->mlp2(gelu_tanh(txt->mlp1(modulate(ln(txt_x), tm[3], tm[4])))));
+    img_x = gated_add(img_x, im[2], lin(img->proj, ia));
+    img_x = gated_add(img_x, im[5], lin(img->mlp2, gelu_tanh(lin(img->mlp1, modulate(ln(img_x), im[3], im[4])))));
+    txt_x = gated_add(txt_x, tm[2], lin(txt->proj, ta));
+    txt_x = gated_add(txt_x, tm[5], lin(txt->mlp2, gelu_tanh(lin(txt->mlp1, modulate(ln(txt_x), tm[3], tm[4])))));
     return {img_x, txt_x};
   }
   int heads;
@@ -88,14 +102,14 @@ struct SingleBlockImpl : torch::nn::Module {
   }
   Tensor forward(const Tensor& x, const Tensor& vec, const Tensor& cos, const Tensor& sin, const Tensor& key_bias) {
     const int64_t B = x.size(0), L = x.size(1);
-    auto m = mod(torch::silu(vec)).unsqueeze(1).chunk(3, -1);
+    auto m = lin(mod, torch::silu(vec)).unsqueeze(1).chunk(3, -1);
     auto xm = modulate(ln(x), m[0], m[1]).reshape({B * L, dim});
     // lin1 as two GEMMs on row blocks of its weight: the attention and MLP inputs come out as
     // separate contiguous tensors (no strided split; no cat of their gradients in backward).
     // The weight member is read at call time, so a LoRA delta folded into it applies here too.
     const auto &W1 = lin1->weight, &b1 = lin1->bias;
-    auto qkv = torch::addmm(b1.narrow(0, 0, 3 * dim), xm, W1.narrow(0, 0, 3 * dim).t()).view({B, L, 3 * dim});
-    auto mh = torch::addmm(b1.narrow(0, 3 * dim, hidden), xm, W1.narrow(0, 3 * dim, hidden).t());
+    auto qkv = addmm_p(b1.narrow(0, 0, 3 * dim), xm, W1.narrow(0, 0, 3 * dim)).view({B, L, 3 * dim});
+    auto mh = addmm_p(b1.narrow(0, 3 * dim, hidden), xm, W1.narrow(0, 3 * dim, hidden));
     auto [q, k, v] = split_heads(qkv, heads);
     // One segment: the second is empty.
     q = qk_norm_rope(q, q_norm, q.narrow(2, L, 0), q_norm, cos, sin);
@@ -103,7 +117,13 @@ struct SingleBlockImpl : torch::nn::Module {
     auto a = merge_heads(attention(q, k, v, key_bias)).reshape({B * L, dim});
     // lin2 on [attention, MLP] as two GEMMs on column blocks of its weight: no cat.
     const auto& W2 = lin2->weight;
-    auto y = torch::addmm(lin2->bias, a, W2.narrow(1, 0, dim).t()).addmm_(gelu_tanh(mh), W2.narrow(1, dim, hidden).t());
+    Tensor y;
+    if (compute_precision() == Precision::kBF16) {  // both halves in bf16, summed in fp32
+      y = addmm_p(lin2->bias, a, W2.narrow(1, 0, dim)) +
+          addmm_p(torch::zeros_like(lin2->bias), gelu_tanh(mh), W2.narrow(1, dim, hidden));
+    } else {
+      y = torch::addmm(lin2->bias, a, W2.narrow(1, 0, dim).t()).addmm_(gelu_tanh(mh), W2.narrow(1, dim, hidden).t());
+    }
     return gated_add(x, m[2], y.view({B, L, dim}));
   }
   int dim, heads, hidden;
@@ -122,9 +142,9 @@ struct TextLayerImpl : torch::nn::Module {
     mlp2 = register_module("mlp2", linear(4 * dim, dim));
   }
   Tensor forward(Tensor x, const Tensor& key_bias) {
-    auto [q, k, v] = split_heads(qkv(ln1(x)), heads);
-    x = x + proj(merge_heads(attention(q, k, v, key_bias)));
-    return x + mlp2(gelu_tanh(mlp1(ln2(x))));
+    auto [q, k, v] = split_heads(lin(qkv, ln1(x)), heads);
+    x = x + lin(proj, merge_heads(attention(q, k, v, key_bias)));
+    return x + lin(mlp2, gelu_tanh(lin(mlp1, ln2(x))));
   }
   int heads;
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};

@@ -195,7 +195,7 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
       prompts.push_back(todo[i]->prompt);
       seeds.push_back(todo[i]->seed);
     }
-    auto imgs = generate(g.model, *g.tok, g.flow, prompts, seeds, cfg.gen);
+    auto imgs = generate_images(g, prompts, seeds, cfg.gen);
     auto u8 = tensor_to_images(imgs);
     const int S = static_cast<int>(imgs.size(2));
     std::string lines;

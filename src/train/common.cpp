@@ -90,6 +90,12 @@ Tensor augment_dihedral(Tensor x, std::mt19937_64& rng) {  // x: [C,H,W]
   return x;
 }
 
+Tensor dihedral(const Tensor& x, int k) {
+  const int64_t d = x.dim();
+  Tensor y = k % 4 ? torch::rot90(x, k % 4, {d - 2, d - 1}) : x;
+  return k >= 4 ? torch::flip(y, {d - 1}) : y;
+}
+
 void append_line(const std::string& path, const std::string& line) {
   std::ofstream f(path, std::ios::app);
   f << line << '\n';

@@ -35,6 +35,9 @@ class BatchPlan {
 
 // Random element of the dihedral group (90-degree rotations, flips) on x: [C,H,W].
 torch::Tensor augment_dihedral(torch::Tensor x, std::mt19937_64& rng);
+// Element k (0..7) of the dihedral group on the last two dims: k % 4 quarter turns, then a
+// horizontal flip when k >= 4. dihedral(x, 0) is x.
+torch::Tensor dihedral(const torch::Tensor& x, int k);
 
 void append_line(const std::string& path, const std::string& line);
 // Keep only metrics lines with "step" <= step (resume rewinds the log to the checkpoint).

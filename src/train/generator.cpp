@@ -11,6 +11,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/report.h"
 #include "models/checkpoint.h"
+#include "train/autoencoder.h"
 #include "train/common.h"
 
 namespace lf {
@@ -96,6 +97,10 @@ Status save_generator(const std::string& path, MMDiT& model, const Tokenizer& to
   return save_module(path, *model, md);
 }
 
+std::string ae_metadata(const std::string& ae_hash, const std::string& ae_file) {
+  return nlohmann::json{{"hash", ae_hash}, {"file", ae_file}}.dump();
+}
+
 nlohmann::json sampling_metadata(const GenerateConfig& gc) {
   return {{"sampler", gc.sampler.method}, {"steps", gc.sampler.steps}, {"shift", gc.sampler.shift}, {"cfg", gc.cfg_scale}};
 }
@@ -176,7 +181,7 @@ void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok, 
   }
 }
 
-Result<LoadedGenerator> load_generator(const std::string& path) {
+Result<LoadedGenerator> load_generator(const std::string& path, const std::string& ae_path) {
   LF_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
   LF_ASSIGN_OR_RETURN(SafeTensors st, parse_safetensors(bytes, path));
   if (st.metadata["format"] != "lesionflow.mmdit.v1")
@@ -220,7 +225,48 @@ Result<LoadedGenerator> load_generator(const std::string& path) {
   g.model->eval();
   g.hash = hash_bytes(bytes);
   g.metadata = st.metadata;
+  if (st.metadata.count("ae")) {
+    auto aj = nlohmann::json::parse(st.metadata["ae"], nullptr, false);
+    if (aj.is_discarded() || !aj.contains("hash"))
+      return Status::error(path + ": bad 'ae' metadata (the autoencoder record of a latent generator)");
+    const std::string want = aj["hash"].get<std::string>(), file = aj.value("file", "ae.safetensors");
+    std::string ap = ae_path;
+    if (ap.empty()) ap = (std::filesystem::path(path).parent_path() / file).string();
+    if (!file_exists(ap))
+      return Status::error(path + ": a latent generator needs its autoencoder '" + file + "' (hash " + want +
+                           "); it is not at " + ap + ": pass --ae FILE");
+    LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(ap));
+    if (la.hash != want)
+      return Status::error(ap + ": wrong autoencoder for " + path + " (the generator was trained on the latents of hash " +
+                           want + ", this file has hash " + la.hash + ")");
+    if (la.model->config().latent_channels != cfg.channels || la.model->config().latent_size() != cfg.image_size)
+      return Status::error(ap + ": autoencoder latents do not match the generator's input shape");
+    g.ae = la.model;
+    g.ae_path = ap;
+    g.ae_hash = la.hash;
+  } else if (!ae_path.empty()) {
+    return Status::error(path + ": a pixel-space generator was given an autoencoder (" + ae_path + ")");
+  }
   return g;
+}
+
+Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts, const std::vector<uint64_t>& seeds,
+                       const GenerateConfig& gc) {
+  auto x = generate(g.model, *g.tok, g.flow, prompts, seeds, gc);
+  if (!g.latent()) return x;
+  torch::NoGradGuard ng;
+  return g.ae->decode(x);
+}
+
+Status attach_latents(LoadedGenerator& g, const std::string& prepared_dir, const PreparedSet& ps,
+                      const std::vector<size_t>& idx, CaptionedImages& out) {
+  if (!g.latent()) return Status::ok_status();
+  std::vector<const uint8_t*> all;
+  for (int64_t i = 0; i < ps.count(); ++i) all.push_back(ps.image(i));
+  LF_ASSIGN_OR_RETURN(Tensor lat, latent_cache(prepared_dir, g.ae, g.ae_hash, all, ps.size));
+  std::vector<int64_t> sel(idx.begin(), idx.end());
+  out.latents = lat.index_select(0, torch::tensor(sel, torch::kInt64));
+  return Status::ok_status();
 }
 
 Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow, const std::vector<std::string>& prompts,
@@ -264,7 +310,12 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   if (train.count() == 0) return Status::error("train: no training images");
   if (cfg.out.empty()) return Status::error("train: --out is required");
   const auto& mc = model->config();
-  if (train.size != mc.image_size)
+  const bool latent = train.latents.defined();
+  if (latent && (train.latents.size(0) != train.count() || train.latents.size(2) != mc.channels ||
+                 train.latents.size(3) != mc.image_size))
+    return Status::error("train: the latents do not match the model's input (" + std::to_string(mc.channels) + "x" +
+                         std::to_string(mc.image_size) + "x" + std::to_string(mc.image_size) + ")");
+  if (!latent && train.size != mc.image_size)
     return Status::error("train: images are " + std::to_string(train.size) + "px but the model expects " +
                          std::to_string(mc.image_size) + "px (prepare the cache with --size " +
                          std::to_string(mc.image_size) + ")");
@@ -297,7 +348,9 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   };
   auto save_weights = [&](const std::string& path, int64_t s, const std::string& kind) -> Status {
     if (target && target->save) return target->save(path, s, kind);
-    return save_generator(path, model, tok, s, cfg.flow, kind);
+    std::map<std::string, std::string> extra;
+    if (!cfg.ae_hash.empty()) extra["ae"] = ae_metadata(cfg.ae_hash, cfg.ae_file);
+    return save_generator(path, model, tok, s, cfg.flow, kind, extra);
   };
   auto load_weights = [&](const std::string& path) -> Status {
     if (target && target->load) return target->load(path);
@@ -333,10 +386,11 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   };
 
   // Fixed validation batch (first up to 64 images) with fixed noise and timesteps.
-  Tensor val_x, val_ids, val_mask, val_noise, val_t;
+  Tensor val_x, val_px, val_ids, val_mask, val_noise, val_t;
   if (val && val->count() > 0) {
     int64_t nv = std::min<int64_t>(64, val->count());
-    val_x = images_to_tensor(std::vector<const uint8_t*>(val->pixels.begin(), val->pixels.begin() + nv), val->size);
+    val_px = images_to_tensor(std::vector<const uint8_t*>(val->pixels.begin(), val->pixels.begin() + nv), val->size);
+    val_x = latent && val->latents.defined() ? val->latents.narrow(0, 0, nv).select(1, 0).to(torch::kFloat32) : val_px;
     std::tie(val_ids, val_mask) = tokenize_batch(tok, std::vector<std::string>(val->captions.begin(), val->captions.begin() + nv), mc.max_text_len);
     std::tie(val_ids, val_mask) = trim_padding(val_ids, val_mask);
     auto g = at::detail::createCPUGenerator(cfg.seed + 99991);
@@ -365,10 +419,19 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     set_lr(opt, lr);
     auto idx = plan.at(step);
     std::mt19937_64 rng(cfg.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step) * 2654435761ULL + 1);
-    std::vector<const uint8_t*> px;
-    for (auto i : idx) px.push_back(train.pixels[i]);
-    auto x0 = images_to_tensor(px, train.size);
-    if (cfg.augment) {
+    Tensor x0;
+    if (latent) {  // cached latents of a random dihedral transform of each image
+      std::vector<int64_t> rows;
+      std::uniform_int_distribution<int> d8(0, 7);
+      const int64_t V = train.latents.size(1);
+      for (auto i : idx) rows.push_back(i * V + (cfg.augment && V == 8 ? d8(rng) : 0));
+      x0 = train.latents.flatten(0, 1).index_select(0, torch::tensor(rows, torch::kInt64)).to(torch::kFloat32);
+    } else {
+      std::vector<const uint8_t*> px;
+      for (auto i : idx) px.push_back(train.pixels[i]);
+      x0 = images_to_tensor(px, train.size);
+    }
+    if (cfg.augment && !latent) {
       std::vector<Tensor> xs;
       for (int64_t i = 0; i < x0.size(0); ++i) xs.push_back(augment_dihedral(x0[i], rng));
       x0 = torch::stack(xs);
@@ -449,11 +512,15 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
         torch::NoGradGuard ng;
         prepare(-1);
         imgs = generate(model, tok, cfg.flow, ps, seeds, gc);
+        if (!cfg.ae.is_empty()) {
+          Autoencoder ae = cfg.ae;  // a handle: decoding does not change the config
+          imgs = ae->decode(imgs);
+        }
       }
       swap_ema();
       auto u8 = tensor_to_images(imgs);
       std::vector<cv::Mat> tiles;
-      const int S = mc.image_size;
+      const int S = imgs.size(2);
       for (int64_t i = 0; i < imgs.size(0); ++i) {
         cv::Mat rgb(S, S, CV_8UC3, u8.data() + i * S * S * 3), bgr;
         cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
@@ -463,7 +530,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
       std::snprintf(name, sizeof name, "/samples/step_%06lld.png", static_cast<long long>(step));
       (void)write_png(cfg.out + name, make_grid(tiles, static_cast<int>(cfg.val_prompts.size())));
       nlohmann::json m = {{"step", step}, {"samples", std::string(name).substr(1)}};
-      if (val_x.defined()) m["colour_stat_distance"] = colour_stat_distance(imgs, val_x);
+      if (val_px.defined()) m["colour_stat_distance"] = colour_stat_distance(imgs, val_px);
       append_line(metrics, m.dump());
     }
     if (cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) LF_RETURN_IF_ERROR(save_all(step));

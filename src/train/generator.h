@@ -10,15 +10,20 @@
 #include "lesionflow/data.h"
 #include "lesionflow/status.h"
 #include "lesionflow/tokenizer.h"
+#include "models/autoencoder.h"
 #include "models/mmdit.h"
 
 namespace lf {
 
-// Images (uint8 NHWC, all the same side) with one caption each.
+// Images (uint8 NHWC, all the same side) with one caption each. For a latent generator,
+// `latents` holds each image's normalised autoencoder latents under the 8 dihedral transforms
+// ([N, 8, C, s, s], see encode_dihedral_latents): the model is trained on those, and the pixels
+// serve the colour statistics of the sample grids.
 struct CaptionedImages {
   int size = 0;
   std::vector<const uint8_t*> pixels;
   std::vector<std::string> captions;
+  torch::Tensor latents;
   int64_t count() const { return static_cast<int64_t>(pixels.size()); }
 };
 // [N,3,S,S] float in [-1,1]
@@ -58,6 +63,10 @@ struct GenTrainConfig {
   FlowConfig flow;
   std::vector<std::string> val_prompts;  // for sample grids
   GenerateConfig grid;                   // sampler settings of the sample grids
+  // Latent generator: the autoencoder that decodes the sample grids; its identity goes into
+  // every checkpoint's metadata (key "ae") so the checkpoint is never decoded by another one.
+  Autoencoder ae{nullptr};
+  std::string ae_hash, ae_file;
   nlohmann::json to_json() const;
 };
 
@@ -122,6 +131,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
 Status save_generator(const std::string& path, MMDiT& model, const Tokenizer& tok, int64_t step,
                       const FlowConfig& flow, const std::string& kind,
                       const std::map<std::string, std::string>& extra_metadata = {});
+// Metadata value "ae" of a latent generator: {"hash": <AE file hash>, "file": <AE file name>}.
+std::string ae_metadata(const std::string& ae_hash, const std::string& ae_file);
 struct LoadedGenerator {
   MMDiT model{nullptr};
   std::shared_ptr<Tokenizer> tok;
@@ -129,8 +140,20 @@ struct LoadedGenerator {
   int64_t step = 0;
   std::string hash;  // content hash of the checkpoint file
   std::map<std::string, std::string> metadata;
+  Autoencoder ae{nullptr};  // latent generators: the decoder (checked against the "ae" hash)
+  std::string ae_path, ae_hash;
+  bool latent() const { return !ae.is_empty(); }
 };
-Result<LoadedGenerator> load_generator(const std::string& path);
+// A latent generator's autoencoder is `ae_path` when given, else the file named in its metadata
+// next to the checkpoint; one whose hash differs from the checkpoint's record is refused.
+Result<LoadedGenerator> load_generator(const std::string& path, const std::string& ae_path = "");
+// generate() followed by the autoencoder's decoder for a latent generator: images [N,3,S,S] in [-1,1].
+torch::Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
+                              const std::vector<uint64_t>& seeds, const GenerateConfig& gc);
+// The images the generator is trained on: the latents of `images` (latent generator) or the images.
+// Attaches latents from the prepared cache's latent file (made on first use).
+Status attach_latents(LoadedGenerator& g, const std::string& prepared_dir, const PreparedSet& ps,
+                      const std::vector<size_t>& idx, CaptionedImages& out);
 
 // One image per (prompt, seed) pair; the noise of image i depends only on seeds[i].
 torch::Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,

@@ -17,6 +17,7 @@ struct GlobalOptions {
   int threads = 0;  // 0: all cores
   bool json = false;
   std::string device = "cpu";
+  std::string precision = "fp32";  // fp32 | bf16 | auto (GEMMs of the models in bfloat16)
   bool verbose = false, quiet = false;
   std::string command_line;
 };
@@ -31,6 +32,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run);  // text, trai
 void add_report(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_classify(CLI::App& app, GlobalOptions& g, Runner* run);  // classify, synth, experiment
 void add_bench(CLI::App& app, GlobalOptions& g, Runner* run);
+void add_ae(CLI::App& app, GlobalOptions& g, Runner* run);  // ae train | encode | eval
 
 // This binary's own path, for running a stage in a child process (a shell would resolve
 // /proc/self/exe to itself).

@@ -21,6 +21,7 @@ namespace {
 // ---- classify ---------------------------------------------------------------------------
 struct ClassifyOptions {
   std::string data, splits, captions, synthetic, arm = "real", arch = "cnn", out, model;
+  std::string classes = "binary";  // binary | dx
   std::vector<std::string> test_datasets;
   int64_t real_size = -1;
   int epochs = 20, batch = 64, width = 32, patience = 5;
@@ -70,6 +71,15 @@ Status run_classify_train(const ClassifyOptions& o, const GlobalOptions& g) {
   job.real_size = o.real_size;
   job.seed = g.seed;
   job.model = model_config(o.arch, o.width);
+  if (o.classes == "dx") {  // one output per diagnosis of the training split; malignant ones flagged
+    std::map<std::string, int> dx_label;
+    for (size_t i : real.train) dx_label[real.ps.records[i].dx] = std::max(dx_label[real.ps.records[i].dx], real.ps.records[i].label);
+    for (auto& [dx, l] : dx_label) {
+      job.model.classes.push_back(dx);
+      job.model.malignant.push_back(l == 1);
+    }
+    log_info("dx classifier over " + std::to_string(job.model.classes.size()) + " classes");
+  }
   job.train.epochs = o.epochs;
   job.train.batch = o.batch;
   job.train.lr = o.lr;
@@ -83,6 +93,9 @@ Status run_classify_train(const ClassifyOptions& o, const GlobalOptions& g) {
   if (g.json) emit_json(g, r);
   else {
     print_eval("test (" + std::to_string(r["test"]["n"].get<int>()) + " images)", r["test"]);
+    if (r.contains("test_dx"))
+      std::printf("test dx: accuracy %.3f  balanced accuracy %.3f (%d classes)\n", r["test_dx"]["accuracy"].get<double>(),
+                  r["test_dx"]["balanced_accuracy"].get<double>(), static_cast<int>(r["test_dx"]["recall_per_class"].size()));
     for (auto& [k, v] : r["extra_tests"].items()) print_eval(k, v);
     std::printf("-> %s/best.safetensors, %s/result.json\n", o.out.c_str(), o.out.c_str());
   }
@@ -435,6 +448,7 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   t->add_option("--arm", o.arm, "real | real+synthetic | synthetic")->capture_default_str();
   t->add_option("--real-size", o.real_size, "real training images (-1: all)")->capture_default_str();
   t->add_option("--arch", o.arch, "cnn | vit")->capture_default_str();
+  t->add_option("--classes", o.classes, "binary (benign/malignant) | dx (one output per diagnosis: the reference feature network)")->capture_default_str()->check(CLI::IsMember({"binary", "dx"}));
   t->add_option("--width", o.width, "CNN width")->capture_default_str();
   t->add_option("--epochs", o.epochs, "epochs")->capture_default_str();
   t->add_option("--batch", o.batch, "batch size")->capture_default_str();

@@ -24,6 +24,10 @@ namespace lf::cli {
 namespace {
 
 std::pair<std::string, double> split_strength(const std::string& spec);
+struct GenOptions;
+struct LoadedData;
+Status use_latent_space(LoadedGenerator& gen, const GenOptions& o, const LoadedData& d, const std::vector<size_t>& tr,
+                        const std::vector<size_t>& va, CaptionedImages& train, CaptionedImages& val, GenTrainConfig& tc);
 
 struct GenOptions {
   std::string data;       // prepared cache dir
@@ -33,6 +37,8 @@ struct GenOptions {
   int vocab = 512;
   std::string preset = "small";
   std::string prediction;  // override the preset's
+  std::string ae;          // train: autoencoder (latent generator); sample etc.: override the recorded one
+  int patch = 0;           // train: patch side (0 = the preset's, 2 on latents)
   int64_t steps = 2000;
   int batch = 32;
   double lr = 3e-4;
@@ -67,7 +73,7 @@ struct GenOptions {
   DistillConfig distill;
   nlohmann::json to_json() const {
     return {{"data", data}, {"captions", captions}, {"splits", splits}, {"tokenizer", tokenizer},
-            {"vocab", vocab}, {"preset", preset}, {"prediction", prediction}, {"steps", steps},
+            {"vocab", vocab}, {"preset", preset}, {"prediction", prediction}, {"ae", ae}, {"patch", patch}, {"steps", steps},
             {"batch", batch}, {"lr", lr}, {"max_minutes", max_minutes}, {"resume", resume},
             {"out", out}, {"checkpoint", checkpoint}, {"prompts", prompts}, {"prompts_file", prompts_file},
             {"n", n}, {"sample_steps", sample_steps}, {"cfg", cfg}, {"sampler", sampler}, {"shift", shift},
@@ -187,7 +193,25 @@ Status run_train(const GenOptions& o, const GlobalOptions& g) {
   MMDiTConfig mc = MMDiTConfig::preset(o.preset);
   mc.vocab_size = tok->vocab_size();
   mc.image_size = d.ps.size;
+  LoadedGenerator latent_space;  // only its autoencoder, for a latent generator
+  if (!o.ae.empty()) {
+    LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(o.ae));
+    if (la.model->config().image_size != d.ps.size)
+      return Status::error(o.ae + ": the autoencoder is for " + std::to_string(la.model->config().image_size) +
+                           "px images, the data is " + std::to_string(d.ps.size) + "px");
+    latent_space.ae = la.model;
+    latent_space.ae_hash = la.hash;
+    latent_space.ae_path = o.ae;
+    mc.image_size = la.model->config().latent_size();
+    mc.channels = la.model->config().latent_channels;
+    mc.patch = 2;
+    mc.prediction = "velocity";  // Flux's objective on latents (--prediction overrides)
+  }
+  if (o.patch > 0) mc.patch = o.patch;
   if (!o.prediction.empty()) mc.prediction = o.prediction;
+  if (mc.image_size % mc.patch != 0)
+    return Status::error("train: --patch " + std::to_string(mc.patch) + " does not divide the input side " +
+                         std::to_string(mc.image_size));
   torch::manual_seed(g.seed);
   MMDiT model(mc);
   log_info("model: " + std::to_string(model->num_parameters()) + " parameters, " + std::to_string(mc.tokens()) +
@@ -200,6 +224,10 @@ Status run_train(const GenOptions& o, const GlobalOptions& g) {
   for (auto& [k, c] : by_dx)
     if (tc.val_prompts.size() < 8) tc.val_prompts.push_back(c);
   auto train = subset(d, d.train_idx), val = subset(d, d.val_idx);
+  LF_RETURN_IF_ERROR(use_latent_space(latent_space, o, d, d.train_idx, d.val_idx, train, val, tc));
+  if (latent_space.latent())
+    log_info("latent generator on " + o.ae + " (" + std::to_string(mc.channels) + "x" + std::to_string(mc.image_size) +
+             "x" + std::to_string(mc.image_size) + " latents, patch " + std::to_string(mc.patch) + ")");
   TrainTarget frozen_text;
   if (o.freeze_text) {
     for (auto& p : model->named_parameters())
@@ -229,7 +257,7 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
       if (!line.empty()) prompts.push_back(line);
   }
   if (prompts.empty()) return Status::error("sample: give --prompt TEXT (repeatable) or --prompts-file FILE");
-  LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(o.checkpoint));
+  LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(o.checkpoint, o.ae));
   LoraRuntime lora(gen.model);
   std::string adapter_hashes;
   for (auto& spec : o.lora) {
@@ -268,7 +296,7 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
     size_t e = std::min(ps.size(), s + 16);
     std::vector<std::string> bp(ps.begin() + s, ps.begin() + e);
     std::vector<uint64_t> bs(seeds.begin() + s, seeds.begin() + e);
-    auto imgs = generate(gen.model, *gen.tok, gen.flow, bp, bs, gc);
+    auto imgs = generate_images(gen, bp, bs, gc);
     LF_RETURN_IF_ERROR(write_tiles(imgs, o.out, std::vector<std::string>(names.begin() + s, names.begin() + e), o.n, &tiles));
     for (size_t i = s; i < e; ++i)
       manifest << nlohmann::json{{"file", names[i]}, {"prompt", ps[i]}, {"seed", seeds[i]},
@@ -311,15 +339,39 @@ std::vector<size_t> filtered(const LoadedData& d, const std::vector<size_t>& idx
   return out;
 }
 
+// Side in pixels of the images a loaded generator makes (its autoencoder's for a latent one).
+int pixel_size(const LoadedGenerator& g) {
+  return g.latent() ? g.ae->config().image_size : g.model->config().image_size;
+}
+
+// A latent generator trains on cached latents (made on first use) and decodes its grids with its
+// autoencoder, whose identity every checkpoint of the run records.
+Status use_latent_space(LoadedGenerator& gen, const GenOptions& o, const LoadedData& d, const std::vector<size_t>& tr,
+                        const std::vector<size_t>& va, CaptionedImages& train, CaptionedImages& val, GenTrainConfig& tc) {
+  if (!gen.latent()) return Status::ok_status();
+  LF_RETURN_IF_ERROR(attach_latents(gen, o.data, d.ps, tr, train));
+  LF_RETURN_IF_ERROR(attach_latents(gen, o.data, d.ps, va, val));
+  tc.ae = gen.ae;
+  tc.ae_hash = gen.ae_hash;
+  tc.ae_file = std::filesystem::path(gen.ae_path).filename().string();
+  const std::string copy = o.out + "/" + tc.ae_file;
+  auto have = hash_file(copy);
+  if (!have.ok() || *have != gen.ae_hash) {
+    LF_ASSIGN_OR_RETURN(std::string bytes, read_file(gen.ae_path));
+    LF_RETURN_IF_ERROR(write_file_atomic(copy, bytes));
+  }
+  return Status::ok_status();
+}
+
 Status run_finetune(const GenOptions& o, const GlobalOptions& g) {
   if (o.base.empty()) return Status::error("finetune: --base CHECKPOINT is required");
   if (o.out.empty()) return Status::error("finetune: --out DIR is required");
   LF_RETURN_IF_ERROR(check_filters(o.filter));
-  LF_ASSIGN_OR_RETURN(LoadedGenerator base, load_generator(o.base));
+  LF_ASSIGN_OR_RETURN(LoadedGenerator base, load_generator(o.base, o.ae));
   LF_ASSIGN_OR_RETURN(LoadedData d, load_data(o));
-  if (d.ps.size != base.model->config().image_size)
+  if (d.ps.size != pixel_size(base))
     return Status::error("finetune: the data is " + std::to_string(d.ps.size) + "px, the base model " +
-                         std::to_string(base.model->config().image_size) + "px");
+                         std::to_string(pixel_size(base)) + "px");
   auto tr_idx = filtered(d, d.train_idx, o.filter, o.limit, g.seed);
   auto va_idx = filtered(d, d.val_idx, o.filter, 0, g.seed);
   if (tr_idx.empty()) return Status::error("finetune: no training images match the filters");
@@ -330,6 +382,7 @@ Status run_finetune(const GenOptions& o, const GlobalOptions& g) {
   if (tc.val_prompts.empty())
     for (size_t k = 0; k < tr_idx.size() && tc.val_prompts.size() < 6; ++k) tc.val_prompts.push_back(d.captions[tr_idx[k]]);
   auto train = subset(d, tr_idx), val = subset(d, va_idx);
+  LF_RETURN_IF_ERROR(use_latent_space(base, o, d, tr_idx, va_idx, train, val, tc));
   const int64_t base_params = base.model->num_parameters();
   nlohmann::json info = {{"base", o.base}, {"base_hash", base.hash}, {"train_images", tr_idx.size()},
                          {"val_images", va_idx.size()}, {"filter", o.filter}, {"base_parameters", base_params}};
@@ -399,12 +452,12 @@ Status run_finetune(const GenOptions& o, const GlobalOptions& g) {
 Status run_distill(const GenOptions& o, const GlobalOptions& g) {
   if (o.out.empty()) return Status::error("distill: --out DIR is required");
   if (o.distill.student_steps < 1) return Status::error("distill: --student-steps must be >= 1");
-  LF_ASSIGN_OR_RETURN(LoadedGenerator teacher, load_generator(o.teacher));
-  LF_ASSIGN_OR_RETURN(LoadedGenerator student, load_generator(o.teacher));  // starts as the teacher
+  LF_ASSIGN_OR_RETURN(LoadedGenerator teacher, load_generator(o.teacher, o.ae));
+  LF_ASSIGN_OR_RETURN(LoadedGenerator student, load_generator(o.teacher, o.ae));  // starts as the teacher
   LF_ASSIGN_OR_RETURN(LoadedData d, load_data(o));
-  if (d.ps.size != teacher.model->config().image_size)
+  if (d.ps.size != pixel_size(teacher))
     return Status::error("distill: the data is " + std::to_string(d.ps.size) + "px, the teacher " +
-                         std::to_string(teacher.model->config().image_size) + "px");
+                         std::to_string(pixel_size(teacher)) + "px");
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   GenTrainConfig tc = loop_config(o, g, 50);
   tc.flow = teacher.flow;
@@ -412,6 +465,7 @@ Status run_distill(const GenOptions& o, const GlobalOptions& g) {
   tc.grid.cfg_scale = 1.0;
   for (size_t k = 0; k < d.val_idx.size() && tc.val_prompts.size() < 6; ++k) tc.val_prompts.push_back(d.captions[d.val_idx[k]]);
   auto train = subset(d, d.train_idx), val = subset(d, d.val_idx);
+  LF_RETURN_IF_ERROR(use_latent_space(student, o, d, d.train_idx, d.val_idx, train, val, tc));
   TrainTarget target;
   target.params = student.model->parameters();
   add_distillation(target, teacher.model, *teacher.tok, teacher.flow, o.distill);
@@ -421,8 +475,10 @@ Status run_distill(const GenOptions& o, const GlobalOptions& g) {
       {"distilled_from", nlohmann::json{{"teacher", o.teacher}, {"teacher_hash", teacher.hash},
                                         {"guidance", o.distill.guidance}, {"student_steps", o.distill.student_steps},
                                         {"substeps", o.distill.substeps}}.dump()}};
+  std::map<std::string, std::string> student_md = md;
+  if (student.latent()) student_md["ae"] = ae_metadata(tc.ae_hash, tc.ae_file);
   target.save = [&](const std::string& path, int64_t s, const std::string& kind) {
-    return save_generator(path, student.model, *student.tok, s, student.flow, kind, md);
+    return save_generator(path, student.model, *student.tok, s, student.flow, kind, student_md);
   };
   log_info("distill: student of " + o.teacher + " for " + std::to_string(o.distill.student_steps) +
            " Euler steps without guidance (teacher CFG " + std::to_string(o.distill.guidance) + ", " +
@@ -481,6 +537,8 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--tokenizer", o.tokenizer, "sentencepiece model (default: train one on the captions)");
   tr->add_option("--preset", o.preset, "tiny | small | base")->capture_default_str();
   tr->add_option("--prediction", o.prediction, "velocity | x (default: the preset's)");
+  tr->add_option("--ae", o.ae, "autoencoder .safetensors: train a latent generator on its cached latents (ae encode)");
+  tr->add_option("--patch", o.patch, "patch side (default: the preset's; 2 on latents)")->check(CLI::Range(1, 32));
   tr->add_flag("--freeze-text", o.freeze_text, "keep the text encoder at its initial (or --resume) weights");
   loop_flags(tr);
   tr->add_option("--out", o.out, "run directory")->required();
@@ -502,6 +560,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}))->each([](const std::string&) { o.given.sampler = true; });
   sa->add_option("--shift", o.shift, "timestep shift of the schedule (default: the checkpoint's, else 1)")
       ->each([](const std::string&) { o.given.shift = true; });
+  sa->add_option("--ae", o.ae, "autoencoder of a latent generator (default: the file its checkpoint names, beside it)");
   sa->add_option("--lora", o.lora, "LoRA adapter FILE[:STRENGTH] applied at run time (repeatable)");
   sa->add_option("--out", o.out, "output directory")->required();
   sa->callback([&g, run]() { *run = [&g]() { return run_sample(o, g); }; });
@@ -509,6 +568,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   auto* ft = app.add_subcommand("finetune", "adapt a trained generator to a subset with LoRA (or --full)");
   data_flags(ft);
   ft->add_option("--base", o.base, "base generator checkpoint")->required();
+  ft->add_option("--ae", o.ae, "autoencoder of a latent base (default: the file its checkpoint names, beside it)");
   ft->add_option("--filter", o.filter, "train on images with dx=, site=, sex= or age=VALUE (repeatable, all must match)");
   ft->add_option("--limit", o.limit, "at most N training images (seeded choice)")->capture_default_str();
   ft->add_option("--rank", o.rank, "LoRA rank")->capture_default_str();
@@ -525,6 +585,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   auto* di = app.add_subcommand("distill", "distil a generator into a few-step student that needs no guidance");
   data_flags(di);
   di->add_option("--teacher", o.teacher, "teacher generator checkpoint (the student starts as a copy)")->required();
+  di->add_option("--ae", o.ae, "autoencoder of a latent teacher (default: the file its checkpoint names, beside it)");
   di->add_option("--guidance", o.distill.guidance, "teacher CFG scale baked into the student")->capture_default_str();
   di->add_option("--student-steps", o.distill.student_steps, "Euler steps the student samples with")->capture_default_str();
   di->add_option("--substeps", o.distill.substeps, "teacher Euler steps per student step (1 = guidance distillation only)")

@@ -18,12 +18,18 @@ int main(int argc, char** argv) {
   app.add_option("--threads", g.threads, "intra-op threads (0 = all cores)")->capture_default_str();
   app.add_flag("--json", g.json, "machine-readable JSON on stdout");
   app.add_option("--device", g.device, "cpu or cuda[:N]")->capture_default_str();
+  app.add_option("--precision", g.precision,
+                 "fp32 | bf16 | auto: matrix products of the models in bfloat16 (fp32 master weights); "
+                 "auto = bf16 where the CPU has AVX512_BF16 or AMX")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
   app.add_flag("--verbose", g.verbose, "debug logging");
   app.add_flag("--quiet", g.quiet, "warnings and errors only");
   cli::Runner run;
   cli::add_doctor(app, g, &run);
   cli::add_data(app, g, &run);
   cli::add_caption(app, g, &run);
+  cli::add_ae(app, g, &run);
   cli::add_generator(app, g, &run);
   cli::add_report(app, g, &run);
   cli::add_classify(app, g, &run);
@@ -45,6 +51,14 @@ int main(int argc, char** argv) {
   if (g.verbose) set_log_level(LogLevel::kDebug);
   tune_allocator();
   set_threads(g.threads);
+  auto prec = parse_precision(g.precision);
+  if (!prec.ok()) {
+    log_error(prec.status().message());
+    return 2;
+  }
+  set_compute_precision(*prec);
+  if (*prec == Precision::kBF16 && !cpu_has_bf16())
+    log_warn("--precision bf16 on a CPU without AVX512_BF16/AMX: bfloat16 GEMMs are emulated and slower than fp32");
   Status dev = check_device(g.device);
   if (!dev.ok()) {
     log_error(dev.message());

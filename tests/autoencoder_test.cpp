@@ -1,0 +1,270 @@
+// Autoencoder, latent generator and bf16 precision tests.
+#include <fstream>
+
+#include "lesionflow/captions.h"
+#include "lesionflow/io.h"
+#include "lesionflow/runtime.h"
+#include "models/autoencoder.h"
+#include "test_util.h"
+#include "train/autoencoder.h"
+#include "train/common.h"
+#include "train/generator.h"
+#include "train_util.h"
+
+namespace lf {
+using torch::Tensor;
+
+namespace {
+struct Phantoms {
+  PreparedSet ps;
+  std::vector<const uint8_t*> px;
+  std::vector<std::string> captions;
+};
+Phantoms phantoms(int n, int size, uint64_t seed) {
+  Phantoms p;
+  auto ds = load_dataset("phantom:" + std::to_string(n), {}, seed);
+  PrepareStats st;
+  p.ps = *prepare(*ds, PrepareConfig{size, FitMode::kCrop, 2}, &st);
+  for (int64_t i = 0; i < p.ps.count(); ++i) {
+    p.px.push_back(p.ps.image(i));
+    p.captions.push_back(compose_caption(facts_from_record(p.ps.records[i]), 0));
+  }
+  return p;
+}
+AEConfig small_ae(int size) {
+  AEConfig c;
+  c.image_size = size;
+  c.widths = {16, 32, 64};
+  c.latent_channels = 4;
+  return c;
+}
+MMDiTConfig latent_micro(int vocab) {
+  MMDiTConfig c = MMDiTConfig::preset("tiny");
+  c.image_size = 8; c.channels = 4; c.patch = 2; c.dim = 32; c.heads = 2; c.double_blocks = 1; c.single_blocks = 1;
+  c.refine_channels = 8; c.text_dim = 32; c.text_layers = 1; c.text_heads = 2; c.max_text_len = 64;
+  c.vocab_size = vocab; c.prediction = "velocity";
+  return c;
+}
+struct PrecisionGuard {  // restores fp32 after a test that switches to bf16
+  ~PrecisionGuard() { set_compute_precision(Precision::kFP32); }
+};
+}  // namespace
+
+TEST(Autoencoder, ShapesNormalisationAndDihedralLatents) {
+  torch::manual_seed(0);
+  Autoencoder ae(small_ae(32));
+  EXPECT_EQ(ae->config().factor(), 4);
+  EXPECT_EQ(ae->config().latent_size(), 8);
+  auto x = torch::rand({3, 3, 32, 32}) * 2 - 1;
+  auto [m, lv] = ae->encode_posterior(x);
+  EXPECT_EQ(m.sizes(), (std::vector<int64_t>{3, 4, 8, 8}));
+  EXPECT_EQ(ae->decode_raw(m).sizes(), x.sizes());
+  // encode/decode apply the stored shift and scale exactly inversely.
+  ae->config().latent_shift = 0.3;
+  ae->config().latent_scale = 2.0;
+  torch::NoGradGuard ng;
+  auto z = ae->encode(x);
+  EXPECT_TRUE(torch::allclose(z, (m - 0.3) * 2.0, 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(ae->decode(z), ae->decode_raw(m).clamp(-1, 1), 1e-4, 1e-4));
+  // The dihedral group: 8 distinct transforms, identity at k = 0.
+  auto img = torch::arange(16, torch::kFloat32).view({1, 1, 4, 4});
+  EXPECT_TRUE(torch::equal(dihedral(img, 0), img));
+  for (int a = 0; a < 8; ++a)
+    for (int b = a + 1; b < 8; ++b) EXPECT_FALSE(torch::equal(dihedral(img, a), dihedral(img, b))) << a << " " << b;
+  // Cached latents are the encodings of the transformed images.
+  auto p = phantoms(4, 32, 1);
+  auto lat = encode_dihedral_latents(ae, p.px, 32);
+  EXPECT_EQ(lat.sizes(), (std::vector<int64_t>{4, 8, 4, 8, 8}));
+  EXPECT_EQ(lat.scalar_type(), torch::kFloat16);
+  auto xs = images_to_tensor(p.px, 32);
+  auto want = ae->encode(dihedral(xs, 5));
+  EXPECT_TRUE(torch::allclose(lat.select(1, 5).to(torch::kFloat32), want, 1e-2, 1e-2));
+}
+
+TEST(Autoencoder, PsnrAndSsimKnownAnswers) {
+  auto a = torch::zeros({2, 3, 16, 16});
+  EXPECT_NEAR(ssim(a, a), 1.0, 1e-6);
+  // A uniform offset of 0.1 on [-1,1] is 0.05 on [0,1]: MSE 0.0025 -> 26.02 dB.
+  EXPECT_NEAR(psnr(a + 0.1, a), 26.0206, 1e-3);
+  EXPECT_LT(ssim(torch::rand({2, 3, 16, 16}) * 2 - 1, a), 0.1);
+}
+
+TEST(AutoencoderSlow, RoundTripOnPhantomsAfterShortTraining) {
+  auto train = phantoms(192, 32, 3), held = phantoms(32, 32, 77);
+  torch::manual_seed(0);
+  Autoencoder ae(small_ae(32));
+  const double before = evaluate_autoencoder(ae, held.px, 32).psnr;
+  AETrainConfig tc;
+  tc.steps = 300;
+  tc.batch = 16;
+  tc.lr = 2e-3;
+  tc.warmup = 20;
+  tc.gan_weight = 0;
+  tc.val_every = 0;
+  tc.ckpt_every = 0;
+  tc.out = test::tmp_dir("ae_roundtrip");
+  auto r = train_autoencoder(tc, ae, train.px, held.px, 32);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  // Held-out phantoms (other seeds) after 300 steps: measured 27.9 dB / SSIM 0.93 (untrained: ~8 dB).
+  EXPECT_GT(r->val_psnr, 25.0) << "before " << before;
+  EXPECT_GT(r->val_ssim, 0.85);
+  EXPECT_LT(before, 15.0);
+  // The checkpoint reloads with its measured latent normalisation: unit-variance latents.
+  auto la = load_autoencoder(tc.out + "/ae.safetensors");
+  ASSERT_TRUE(la.ok()) << la.status().message();
+  torch::NoGradGuard ng;
+  auto z = la->model->encode(images_to_tensor(train.px, 32));
+  EXPECT_NEAR(z.std().item<double>(), 1.0, 0.1);
+  EXPECT_NEAR(z.mean().item<double>(), 0.0, 0.1);
+  EXPECT_NEAR(evaluate_autoencoder(la->model, held.px, 32).psnr, r->val_psnr, 1e-3);
+}
+
+TEST(Autoencoder, LatentGeneratorRefusesAnotherAutoencoder) {
+  auto dir = test::tmp_dir("ae_refuse");
+  auto p = phantoms(8, 32, 2);
+  auto tok = std::make_shared<Tokenizer>(*Tokenizer::train(p.captions, {128, "bpe", 0}));
+  torch::manual_seed(1);
+  Autoencoder ae1(small_ae(32));
+  torch::manual_seed(2);
+  Autoencoder ae2(small_ae(32));
+  ASSERT_TRUE(save_autoencoder(dir + "/ae.safetensors", ae1, 0).ok());
+  ASSERT_TRUE(save_autoencoder(dir + "/other_ae.safetensors", ae2, 0).ok());
+  auto h1 = *hash_file(dir + "/ae.safetensors");
+  MMDiT m(latent_micro(tok->vocab_size()));
+  FlowConfig fc;
+  ASSERT_TRUE(save_generator(dir + "/gen.safetensors", m, *tok, 0, fc, "ema", {{"ae", ae_metadata(h1, "ae.safetensors")}}).ok());
+  // Found by name beside the checkpoint, hash checked.
+  auto ok = load_generator(dir + "/gen.safetensors");
+  ASSERT_TRUE(ok.ok()) << ok.status().message();
+  EXPECT_TRUE(ok->latent());
+  auto imgs = generate_images(*ok, {p.captions[0]}, {7}, GenerateConfig{SamplerConfig{"euler", 2, 1.0}, 1.0});
+  EXPECT_EQ(imgs.sizes(), (std::vector<int64_t>{1, 3, 32, 32}));  // decoded to pixels
+  // Another autoencoder: refused with both hashes named.
+  auto bad = load_generator(dir + "/gen.safetensors", dir + "/other_ae.safetensors");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("wrong autoencoder"), std::string::npos) << bad.status().message();
+  EXPECT_NE(bad.status().message().find(h1), std::string::npos);
+  // Missing: the error says which file and how to pass one.
+  std::filesystem::remove(dir + "/ae.safetensors");
+  auto missing = load_generator(dir + "/gen.safetensors");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("--ae"), std::string::npos) << missing.status().message();
+}
+
+TEST(AutoencoderSlow, LatentTrainingOverfitsASmallBatch) {
+  auto p = phantoms(8, 32, 4);
+  auto tok = std::make_shared<Tokenizer>(*Tokenizer::train(p.captions, {128, "bpe", 0}));
+  torch::manual_seed(3);
+  Autoencoder ae(small_ae(32));
+  calibrate_latents(ae, p.px, 32);
+  CaptionedImages data;
+  data.size = 32;
+  data.pixels = p.px;
+  data.captions = p.captions;
+  data.latents = encode_dihedral_latents(ae, p.px, 32);
+  auto c = latent_micro(tok->vocab_size());
+  torch::manual_seed(0);
+  MMDiT m(c);
+  GenTrainConfig tc = test::short_run("latent_overfit", 400, 8, 3e-3, 20);
+  tc.caption_dropout = 0;
+  tc.augment = false;
+  tc.log_every = 20;
+  tc.ae = ae;
+  tc.ae_hash = "test";
+  tc.ae_file = "ae.safetensors";
+  auto r = train_generator(tc, m, *tok, data, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  std::ifstream in(tc.out + "/metrics.jsonl");
+  std::string line;
+  std::vector<double> losses;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+  }
+  ASSERT_GE(losses.size(), 10u);
+  // Each caption names one latent: the velocity becomes predictable and the loss falls far.
+  EXPECT_LT(losses.back(), 0.35 * losses.front()) << losses.front() << " -> " << losses.back();
+  auto g = load_generator(tc.out + "/ema.safetensors", "");
+  EXPECT_FALSE(g.ok());  // "test" hash: the autoencoder beside it is not there
+}
+
+TEST(Precision, ParsesAndDetects) {
+  EXPECT_EQ(*parse_precision("fp32"), Precision::kFP32);
+  EXPECT_EQ(*parse_precision("bf16"), Precision::kBF16);
+  EXPECT_EQ(*parse_precision("auto"), cpu_has_bf16() ? Precision::kBF16 : Precision::kFP32);
+  EXPECT_FALSE(parse_precision("fp8").ok());
+}
+
+TEST(Precision, Bf16ForwardWithinToleranceOfFp32) {
+  PrecisionGuard guard;
+  auto c = MMDiTConfig::preset("tiny");
+  c.vocab_size = 64;
+  torch::manual_seed(0);
+  MMDiT m(c);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : m->parameters()) p.normal_(0, 0.05);
+  }
+  m->eval();
+  auto x = torch::randn({4, 3, 32, 32});
+  auto t = torch::rand({4});
+  auto ids = torch::randint(1, 64, {4, 12}, torch::kInt64);
+  auto mask = torch::ones({4, 12}, torch::kBool);
+  torch::NoGradGuard ng;
+  set_compute_precision(Precision::kFP32);
+  auto a = m->forward(x, t, ids, mask);
+  set_compute_precision(Precision::kBF16);
+  auto b = m->forward(x, t, ids, mask);
+  EXPECT_EQ(b.scalar_type(), torch::kFloat32);
+  // bf16 keeps 8 mantissa bits: relative error of the whole network's output below 3%.
+  double rel = ((a - b).norm() / a.norm()).item<double>();
+  EXPECT_LT(rel, 0.03);
+  EXPECT_GT(rel, 0.0);  // the bf16 path really ran
+}
+
+TEST(PrecisionSlow, Bf16TrainingTracksFp32AndResumesAcrossPrecisions) {
+  PrecisionGuard guard;
+  auto p = phantoms(64, 16, 5);
+  auto tok = std::make_shared<Tokenizer>(*Tokenizer::train(p.captions, {128, "bpe", 0}));
+  CaptionedImages data;
+  data.size = 16;
+  data.pixels = p.px;
+  data.captions = p.captions;
+  MMDiTConfig c = MMDiTConfig::preset("tiny");
+  c.image_size = 16; c.patch = 4; c.dim = 64; c.heads = 2; c.vocab_size = tok->vocab_size(); c.max_text_len = 64;
+  auto run = [&](Precision prec, const std::string& name, int64_t stop, bool resume) {
+    set_compute_precision(prec);
+    GenTrainConfig tc = test::short_run(resume ? name + "_unused" : name, 60, 16, 1e-3, 5);
+    if (resume) tc.out = std::filesystem::temp_directory_path().string() + "/lesionflow_test_" + name;
+    tc.log_every = 10;
+    tc.ckpt_every = 30;
+    tc.stop_at_step = stop;
+    tc.resume = resume;
+    torch::manual_seed(0);
+    MMDiT m(c);
+    auto r = train_generator(tc, m, *tok, data, nullptr);
+    EXPECT_TRUE(r.ok()) << r.status().message();
+    std::vector<double> losses;
+    std::ifstream in(tc.out + "/metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+    }
+    return losses;
+  };
+  auto f = run(Precision::kFP32, "prec_fp32", -1, false);
+  auto b = run(Precision::kBF16, "prec_bf16", -1, false);
+  ASSERT_EQ(f.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  for (size_t i = 0; i < f.size(); ++i) EXPECT_NEAR(b[i], f[i], 0.05 * f[i] + 0.01) << "log " << i;
+  EXPECT_LT(b.back(), 0.7 * b.front());
+  // fp32 to step 30, then bf16 from the checkpoint: continues at step 30 and tracks the fp32 run.
+  run(Precision::kFP32, "prec_mixed", 30, false);
+  auto mixed = run(Precision::kBF16, "prec_mixed", -1, true);
+  ASSERT_EQ(mixed.size(), 6u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_DOUBLE_EQ(mixed[i], f[i]);  // the fp32 half, kept
+  for (size_t i = 3; i < 6; ++i) EXPECT_NEAR(mixed[i], f[i], 0.05 * f[i] + 0.01) << "log " << i;
+}
+
+}  // namespace lf
