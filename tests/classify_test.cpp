@@ -356,3 +356,67 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   double non_white = cv::countNonZero(grey < 200) / static_cast<double>(grey.total());
   EXPECT_GT(non_white, 0.01) << "the rendered report looks blank";
 }
+
+namespace lf {
+TEST(Classifier, DxClassifierMapsClassesAndSumsMalignantProbabilities) {
+  auto ds = load_dataset("phantom:48", {}, 2);
+  PrepareStats st;
+  auto ps = prepare(*ds, PrepareConfig{32, FitMode::kCrop, 2}, &st);
+  std::vector<size_t> all(ps->count());
+  std::iota(all.begin(), all.end(), 0);
+  // Classes in an order where the malignant one is output 0 (a binary model reads output 1).
+  const std::vector<std::string> classes = {"mel", "nv", "bkl"};
+  auto set = labeled_from_prepared(*ps, all, nullptr, 1.0f, &classes);
+  for (int64_t i = 0; i < set.count(); ++i) ASSERT_EQ(set.cls[i], set.labels[i] ? 0 : 1);
+  ClassifierConfig mc;
+  mc.image_size = 32;
+  mc.width = 16;
+  mc.dropout = 0;
+  mc.classes = classes;
+  mc.malignant = {1, 0, 0};
+  torch::manual_seed(0);
+  Classifier m(mc);
+  ClsTrainConfig tc;
+  tc.epochs = 25;
+  tc.batch = 16;
+  tc.lr = 3e-3;
+  tc.augment = false;
+  tc.patience = 1000;
+  tc.out = test::tmp_dir("cls_dx");
+  LF_ASSERT_OK(train_classifier(tc, m, set, set));
+  auto p = predict_malignant(m, set);
+  EXPECT_GT(roc_auc(p, set.labels), 0.99);
+  auto pr = predict_proba(m, set.pixels.data(), set.count(), set.size);
+  EXPECT_EQ(pr.size(1), 3);
+  for (int64_t i = 0; i < set.count(); ++i) ASSERT_NEAR(p[i], pr[i][0].item<double>(), 1e-6);
+  auto lc = load_classifier(tc.out + "/best.safetensors");
+  LF_ASSERT_OK(lc);
+  EXPECT_EQ(lc->model->config().classes, classes);
+  EXPECT_EQ(lc->metadata["classes"], "mel,nv,bkl");
+  // An image without a class cannot train a dx model: a clear error.
+  set.cls[3] = -1;
+  tc.out = test::tmp_dir("cls_dx_bad");
+  Classifier m2(mc);
+  auto bad = train_classifier(tc, m2, set, set);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find(set.ids[3]), std::string::npos);
+}
+
+TEST(Audit, DensityCoverageAndFdIntervalKnownAnswers) {
+  torch::manual_seed(1);
+  auto r = torch::randn({500, 3}, torch::kFloat64);
+  auto [d_same, c_same] = density_coverage(r, r.clone(), 5);
+  EXPECT_NEAR(c_same, 1.0, 1e-12);
+  EXPECT_GT(d_same, 0.9);
+  auto [d_far, c_far] = density_coverage(r, r + 100, 5);
+  EXPECT_DOUBLE_EQ(d_far, 0.0);
+  EXPECT_DOUBLE_EQ(c_far, 0.0);
+  auto a = torch::randn({400, 3}, torch::kFloat64), b = torch::randn({400, 3}, torch::kFloat64) + 1.0;
+  auto [lo, hi] = frechet_distance_ci(a, b, 200, 3);
+  double fd = frechet_distance(a, b);  // about |mu|^2 = 3
+  EXPECT_LT(lo, fd);
+  EXPECT_GT(hi, fd);
+  EXPECT_LT(lo, 3.0);
+  EXPECT_GT(hi, 3.0);
+}
+}  // namespace lf

@@ -21,6 +21,9 @@ bool file_exists(const std::string& path);
 // FNV-1a 64-bit hex of bytes / of a file's contents (content hashes for provenance).
 std::string hash_bytes(const std::string& bytes);
 Result<std::string> hash_file(const std::string& path);
+// A model shipped in the repository's models/ folder: $LESIONFLOW_MODELS/file, ./models/file, or
+// the source tree's models/file (compiled in). "" when none exists.
+std::string shipped_model_path(const std::string& file);
 
 // ---- safetensors -----------------------------------------------------------
 enum class DType { kF32, kF64, kI64, kI32, kU8, kBF16, kF16 };

@@ -17,6 +17,10 @@ double frechet_distance(const torch::Tensor& a, const torch::Tensor& b);
 // Improved precision/recall (Kynkaanniemi et al. 2019): a fake sample is "precise" if it lies in
 // the k-NN ball of some real sample, recall symmetrically.
 std::pair<double, double> knn_precision_recall(const torch::Tensor& real, const torch::Tensor& fake, int k = 3);
+// Density and coverage (Naeem et al. 2020) of fake rows against the k-NN balls of real rows.
+std::pair<double, double> density_coverage(const torch::Tensor& real, const torch::Tensor& fake, int k = 5);
+// Bootstrap 95% interval of the Frechet distance (rows of both sets resampled `reps` times).
+std::pair<double, double> frechet_distance_ci(const torch::Tensor& a, const torch::Tensor& b, int reps, uint64_t seed);
 // For each row of q, the index of and Euclidean distance to its nearest row of ref
 // (exclude_self: q and ref are the same set; skip the diagonal).
 std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const torch::Tensor& q, const torch::Tensor& ref,
@@ -31,6 +35,8 @@ struct AuditInputs {
   std::vector<nlohmann::json> manifest;                   // synthetic manifest lines ("asked")
   std::map<std::string, nlohmann::json> real_captions;    // id -> captions.jsonl record
   int max_concept_images = 300;
+  int bootstrap = 100;        // FD interval resamples
+  std::string feature_name;   // how the report names the feature space
   int closest_pairs = 8;
 };
 // JSON with fd, precision/recall, cas, memorisation (+ closest pairs), concept_adherence.

@@ -45,6 +45,29 @@ double coverage_fraction(const Tensor& points, const Tensor& centres, const Tens
 }
 }  // namespace
 
+std::pair<double, double> density_coverage(const Tensor& real0, const Tensor& fake0, int k) {
+  auto real = real0.to(torch::kFloat64), fake = fake0.to(torch::kFloat64);
+  if (real.size(0) <= k || fake.size(0) < 1) return {std::nan(""), std::nan("")};
+  auto r = kth_nn_radius(real, k);                            // [N]
+  auto inside = pairwise_dist(fake, real) <= r.unsqueeze(0);  // [M,N]
+  double density = inside.to(torch::kFloat64).sum().item<double>() / (k * static_cast<double>(fake.size(0)));
+  double coverage = inside.any(0).to(torch::kFloat64).mean().item<double>();
+  return {density, coverage};
+}
+
+std::pair<double, double> frechet_distance_ci(const Tensor& a, const Tensor& b, int reps, uint64_t seed) {
+  std::vector<double> v;
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (int r = 0; r < reps; ++r) {
+    auto ia = torch::randint(a.size(0), {a.size(0)}, gen, torch::kInt64);
+    auto ib = torch::randint(b.size(0), {b.size(0)}, gen, torch::kInt64);
+    v.push_back(frechet_distance(a.index_select(0, ia), b.index_select(0, ib)));
+  }
+  std::sort(v.begin(), v.end());
+  if (v.empty()) return {std::nan(""), std::nan("")};
+  return {v[static_cast<size_t>(0.025 * (v.size() - 1))], v[static_cast<size_t>(0.975 * (v.size() - 1))]};
+}
+
 std::pair<double, double> knn_precision_recall(const Tensor& real0, const Tensor& fake0, int k) {
   auto real = real0.to(torch::kFloat64), fake = fake0.to(torch::kFloat64);
   if (real.size(0) <= k || fake.size(0) <= k) return {std::nan(""), std::nan("")};
@@ -103,6 +126,7 @@ struct Adherence {
   nlohmann::json to_json() const {
     double f1 = colour_tp > 0 ? 2 * colour_tp / (2 * colour_tp + colour_fp + colour_fn) : 0;
     return {{"n", n}, {"asymmetry_exact", n ? double(asym_exact) / n : 0}, {"colour_f1", f1},
+            {"asked_colour_presence", colour_tp + colour_fn > 0 ? colour_tp / (colour_tp + colour_fn) : 0.0},
             {"colour_count_mae", n ? count_abs_diff / n : 0}, {"border_mae", n ? border_abs_diff / n : 0}};
   }
 };
@@ -122,9 +146,22 @@ nlohmann::json run_audit(const AuditInputs& in) {
   auto f_te = extract_features(clf, te.pixels.data(), te.count(), te.size);
   auto f_sy = extract_features(clf, sy.pixels.data(), sy.count(), sy.size);
   // Fidelity: FD to the real test images, with the real-train vs real-test FD as the floor.
+  // The floor uses as many real training images as there are synthetic ones (FD is biased
+  // upward for small sets), with bootstrap 95% intervals over both sides.
+  auto f_tr_n = f_tr.slice(0, 0, std::min<int64_t>(f_tr.size(0), f_sy.size(0)));
+  auto ci_sy = frechet_distance_ci(f_sy, f_te, in.bootstrap, 11);
+  auto ci_tr = frechet_distance_ci(f_tr_n, f_te, in.bootstrap, 12);
   out["fd"] = {{"synthetic_vs_real_test", frechet_distance(f_sy, f_te)},
-               {"real_train_vs_real_test", frechet_distance(f_tr, f_te)},
-               {"feature", "penultimate layer of the real-only classifier (" + clf->config().arch + ")"}};
+               {"synthetic_vs_real_test_ci", {ci_sy.first, ci_sy.second}},
+               {"real_train_vs_real_test", frechet_distance(f_tr_n, f_te)},
+               {"real_train_vs_real_test_ci", {ci_tr.first, ci_tr.second}},
+               {"real_train_images", f_tr_n.size(0)},
+               {"feature", in.feature_name.empty() ? "penultimate layer of the real-only classifier (" + clf->config().arch + ")"
+                                                   : in.feature_name}};
+  auto [dens, cov] = density_coverage(f_te, f_sy, 5);
+  auto [dens0, cov0] = density_coverage(f_te, f_tr_n, 5);
+  out["density_coverage"] = {{"density", dens}, {"coverage", cov}, {"k", 5},
+                             {"real_train_density", dens0}, {"real_train_coverage", cov0}};
   auto [prec, rec] = knn_precision_recall(f_te, f_sy, 3);
   auto [prec0, rec0] = knn_precision_recall(f_te, f_tr.slice(0, 0, std::min<int64_t>(f_tr.size(0), f_sy.size(0))), 3);
   out["precision_recall"] = {{"precision", prec}, {"recall", rec}, {"k", 3},

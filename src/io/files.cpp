@@ -1,3 +1,4 @@
+#include <cstdlib>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -72,6 +73,20 @@ std::string hash_bytes(const std::string& bytes) {
 Result<std::string> hash_file(const std::string& path) {
   LF_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
   return hash_bytes(bytes);
+}
+
+std::string shipped_model_path(const std::string& file) {
+  std::vector<std::string> dirs;
+  if (const char* env = std::getenv("LESIONFLOW_MODELS")) dirs.push_back(env);
+  dirs.push_back("models");
+#ifdef LESIONFLOW_MODELS_DIR
+  dirs.push_back(LESIONFLOW_MODELS_DIR);
+#endif
+  for (const auto& d : dirs) {
+    std::string p = d + "/" + file;
+    if (file_exists(p)) return p;
+  }
+  return "";
 }
 
 }  // namespace lf

@@ -121,6 +121,9 @@ struct SamplerFlags {
 void apply_recommended_sampling(const std::map<std::string, std::string>& metadata, const SamplerFlags& given,
                                 GenerateConfig& gc);
 
+// The generator shipped in models/ (latent; its autoencoder beside it) that `sample` uses by default.
+inline const char* kShippedGenerator = "lesionflow_ham64.safetensors";
+
 // Run directory: checkpoint.safetensors (weights), ema.safetensors (EMA weights),
 // state.bin (optimizer + step; all other randomness is derived from (seed, step)),
 // metrics.jsonl, samples/step_XXXXXX.png, options.json.

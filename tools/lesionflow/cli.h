@@ -32,7 +32,9 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run);  // text, trai
 void add_report(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_classify(CLI::App& app, GlobalOptions& g, Runner* run);  // classify, synth, experiment
 void add_bench(CLI::App& app, GlobalOptions& g, Runner* run);
-void add_ae(CLI::App& app, GlobalOptions& g, Runner* run);  // ae train | encode | eval
+void add_ae(CLI::App& app, GlobalOptions& g, Runner* run);
+void add_audit(CLI::App& app, GlobalOptions& g, Runner* run);
+void add_export(CLI::App& app, GlobalOptions& g, Runner* run);  // weights for shipping  // audit in the reference feature space  // ae train | encode | eval
 
 // This binary's own path, for running a stage in a child process (a shell would resolve
 // /proc/self/exe to itself).

@@ -13,6 +13,7 @@
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/record_pixels.h"
+#include "pipeline/audit_run.h"
 #include "synth/synth.h"
 
 namespace lf::cli {
@@ -130,7 +131,9 @@ struct FdOptions {
 };
 
 Status run_fd(const FdOptions& o, const GlobalOptions& g) {
-  LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(o.features));
+  const std::string feat = o.features.empty() ? shipped_model_path(kReferenceNetworkFile) : o.features;
+  if (feat.empty()) return Status::error("fd: give --features (no shipped reference network found)");
+  LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(feat));
   LF_ASSIGN_OR_RETURN(PreparedSet ps, load_prepared(o.data));
   std::vector<size_t> idx;
   if (!o.splits.empty()) {
@@ -470,7 +473,7 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
 
   static FdOptions f;
   auto* fdc = app.add_subcommand("fd", "Frechet distance of generated PNGs to (a filtered subset of) a real set");
-  fdc->add_option("--features", f.features, "classifier whose penultimate layer gives the features")->required();
+  fdc->add_option("--features", f.features, "classifier whose penultimate layer gives the features (default: the shipped reference network)");
   fdc->add_option("--data", f.data, "prepared cache of the real set")->required();
   fdc->add_option("--splits", f.splits, "splits CSV (default: all images)");
   fdc->add_option("--split", f.split, "split name")->capture_default_str();

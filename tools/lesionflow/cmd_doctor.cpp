@@ -24,6 +24,11 @@ void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run) {
       j["device"] = g.device;
       double gf = measure_sgemm_gflops(1024, 1.0);
       j["sgemm_1024_gflops"] = gf;
+      const bool bf16 = cpu_has_bf16();
+      const double bf = measure_bf16_gemm_gflops(1024, 1.0);
+      j["cpu_bf16"] = bf16;
+      j["bf16_gemm_1024_gflops"] = bf;
+      j["precision_auto"] = bf16 ? "bf16" : "fp32";
       nlohmann::json data = nlohmann::json::object();
       for (std::string root : {data_root, std::string("../../shared/data"), std::string("shared/data")}) {
         std::string ham = root + "/ham10000/HAM10000_metadata.csv";
@@ -50,6 +55,9 @@ void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run) {
                     LESIONFLOW_VERSION, torch_version().c_str(), active_blas_alternative().c_str(),
                     blas_is_openblas() ? "OpenBLAS" : "NOT OpenBLAS", loaded_blas().c_str(),
                     get_threads(), hardware_threads(), g.device.c_str(), gf);
+        std::printf("bf16        %s; bf16 GEMM 1024 %.1f GFLOP/s (%.2fx fp32); --precision auto = %s\n",
+                    bf16 ? "AVX512_BF16/AMX present" : "no AVX512_BF16/AMX (bf16 would be emulated)", bf, bf / gf,
+                    bf16 ? "bf16" : "fp32");
         std::printf("HAM10000    %s\n", data.contains("ham10000") ? data["ham10000"].get<std::string>().c_str()
                                                                    : "not found");
         for (const auto& w : warnings) log_warn(w);

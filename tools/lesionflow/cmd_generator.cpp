@@ -246,7 +246,11 @@ Status run_train(const GenOptions& o, const GlobalOptions& g) {
 }
 
 Status run_sample(const GenOptions& o, const GlobalOptions& g) {
-  if (o.checkpoint.empty()) return Status::error("sample: --checkpoint FILE is required");
+  std::string ckpt = o.checkpoint.empty() ? shipped_model_path(kShippedGenerator) : o.checkpoint;
+  if (ckpt.empty())
+    return Status::error(std::string("sample: no --checkpoint given and the shipped model models/") + kShippedGenerator +
+                         " was not found");
+  if (o.checkpoint.empty()) log_info("using the shipped generator " + ckpt);
   if (o.out.empty()) return Status::error("sample: --out DIR is required");
   std::vector<std::string> prompts = o.prompts;
   if (!o.prompts_file.empty()) {
@@ -257,7 +261,7 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
       if (!line.empty()) prompts.push_back(line);
   }
   if (prompts.empty()) return Status::error("sample: give --prompt TEXT (repeatable) or --prompts-file FILE");
-  LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(o.checkpoint, o.ae));
+  LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(ckpt, o.ae));
   LoraRuntime lora(gen.model);
   std::string adapter_hashes;
   for (auto& spec : o.lora) {
@@ -301,7 +305,7 @@ Status run_sample(const GenOptions& o, const GlobalOptions& g) {
     for (size_t i = s; i < e; ++i)
       manifest << nlohmann::json{{"file", names[i]}, {"prompt", ps[i]}, {"seed", seeds[i]},
                                  {"steps", gc.sampler.steps}, {"cfg", gc.cfg_scale}, {"cfg_interval", o.cfg_interval},
-                                 {"sampler", gc.sampler.method}, {"shift", gc.sampler.shift}, {"checkpoint", o.checkpoint},
+                                 {"sampler", gc.sampler.method}, {"shift", gc.sampler.shift}, {"checkpoint", ckpt},
                                  {"checkpoint_hash", gen.hash}, {"adapters", adapter_hashes}}.dump() << '\n';
     prog.update(static_cast<int64_t>(e));
   }
@@ -545,7 +549,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->callback([&g, run]() { *run = [&g]() { return run_train(o, g); }; });
 
   auto* sa = app.add_subcommand("sample", "generate images from prompts with a trained generator");
-  sa->add_option("--checkpoint", o.checkpoint, "generator .safetensors (ema.safetensors of a run)")->required();
+  sa->add_option("--checkpoint", o.checkpoint, std::string("generator .safetensors (default: the shipped models/") + kShippedGenerator + ")");
   sa->add_option("--prompt", o.prompts, "prompt (repeatable)");
   sa->add_option("--prompts-file", o.prompts_file, "one prompt per line");
   sa->add_option("--n", o.n, "images per prompt")->capture_default_str();

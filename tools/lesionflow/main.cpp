@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
   cli::add_data(app, g, &run);
   cli::add_caption(app, g, &run);
   cli::add_ae(app, g, &run);
+  cli::add_audit(app, g, &run);
+  cli::add_export(app, g, &run);
   cli::add_generator(app, g, &run);
   cli::add_report(app, g, &run);
   cli::add_classify(app, g, &run);

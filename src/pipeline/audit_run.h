@@ -1,0 +1,26 @@
+// Audit of a synthetic set in the fixed reference feature space ("HAM-FD"): one call for the
+// CLI (`lesionflow audit`), the experiment runner and tests.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "lesionflow/status.h"
+
+namespace lf {
+
+// File name of the shipped reference feature network (a 7-class dx CNN on the HAM train split).
+inline const char* kReferenceNetworkFile = "ham_ref_cnn64.safetensors";
+
+struct AuditRunOptions {
+  std::string synthetic;  // DIR of `lesionflow synth` (manifest.jsonl + PNGs)
+  std::string data, splits, captions;  // the real set (prepared cache, splits CSV, captions.jsonl)
+  std::string features;   // classifier .safetensors; "" = the shipped reference network
+  int bootstrap = 100;
+  int max_concept_images = 300;
+};
+// Fidelity (FD with bootstrap CI and the real train-vs-test floor, precision/recall,
+// density/coverage), CAS (reference P(malignant) of the synthetic images vs their asked labels),
+// memorisation and concept adherence. The JSON names the feature network and its hash.
+Result<nlohmann::json> audit_synthetic_set(const AuditRunOptions& o);
+
+}  // namespace lf
