@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Grid of real images from a prepared cache: one row per dx, N images of a split each.
+
+  python3 scripts/real_grid.py cache/ham64 cache/ham_splits.csv test mel,nv,bkl,bcc,akiec,vasc,df 8 out.png
+
+Reads images.safetensors (U8 [N,S,S,3]) and records.jsonl with numpy only; writes an RGB PNG
+(zlib, no imaging library needed). Rows follow the order of the dx list.
+"""
+import csv
+import json
+import struct
+import sys
+import zlib
+
+import numpy as np
+
+
+def load_images(cache):
+    with open(cache + "/images.safetensors", "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    meta = header["images"]
+    a, b = meta["data_offsets"]
+    return np.frombuffer(data[a:b], dtype=np.uint8).reshape(meta["shape"])
+
+
+def write_png(path, rgb):
+    h, w, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+    def chunk(tag, body):
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    with open(path, "wb") as f:
+        f.write(png)
+
+
+def main():
+    cache, splits_csv, split, dxs, n, out = sys.argv[1:7]
+    n = int(n)
+    imgs = load_images(cache)
+    recs = [json.loads(l) for l in open(cache + "/records.jsonl")]
+    which = {r["id"]: r["split"] for r in csv.DictReader(open(splits_csv))}
+    S, pad = imgs.shape[1], 2
+    dxs = dxs.split(",")
+    grid = np.full((len(dxs) * (S + pad), n * (S + pad), 3), 255, np.uint8)
+    for row, dx in enumerate(dxs):
+        idx = [i for i, r in enumerate(recs) if r["dx"] == dx and which.get(r["id"]) == split][:n]
+        for col, i in enumerate(idx):
+            grid[row * (S + pad):row * (S + pad) + S, col * (S + pad):col * (S + pad) + S] = imgs[i]
+    write_png(out, grid)
+    print(f"wrote {out}: rows {','.join(dxs)}, {n} {split} images each")
+
+
+if __name__ == "__main__":
+    main()
