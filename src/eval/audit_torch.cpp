@@ -148,7 +148,10 @@ nlohmann::json run_audit(const AuditInputs& in) {
   // Fidelity: FD to the real test images, with the real-train vs real-test FD as the floor.
   // The floor uses as many real training images as there are synthetic ones (FD is biased
   // upward for small sets), with bootstrap 95% intervals over both sides.
-  auto f_tr_n = f_tr.slice(0, 0, std::min<int64_t>(f_tr.size(0), f_sy.size(0)));
+  // A seeded random subset: the training split is stored in metadata order (grouped by dx).
+  auto perm_gen = at::detail::createCPUGenerator(13);
+  auto f_tr_n = f_tr.index_select(0, torch::randperm(f_tr.size(0), perm_gen, torch::kInt64)
+                                         .slice(0, 0, std::min<int64_t>(f_tr.size(0), f_sy.size(0))));
   auto ci_sy = frechet_distance_ci(f_sy, f_te, in.bootstrap, 11);
   auto ci_tr = frechet_distance_ci(f_tr_n, f_te, in.bootstrap, 12);
   out["fd"] = {{"synthetic_vs_real_test", frechet_distance(f_sy, f_te)},
@@ -163,7 +166,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
   out["density_coverage"] = {{"density", dens}, {"coverage", cov}, {"k", 5},
                              {"real_train_density", dens0}, {"real_train_coverage", cov0}};
   auto [prec, rec] = knn_precision_recall(f_te, f_sy, 3);
-  auto [prec0, rec0] = knn_precision_recall(f_te, f_tr.slice(0, 0, std::min<int64_t>(f_tr.size(0), f_sy.size(0))), 3);
+  auto [prec0, rec0] = knn_precision_recall(f_te, f_tr_n, 3);
   out["precision_recall"] = {{"precision", prec}, {"recall", rec}, {"k", 3},
                              {"real_train_precision", prec0}, {"real_train_recall", rec0}};
   // Classification accuracy score: the real-data classifier labels the synthetic images.
