@@ -320,7 +320,11 @@ TEST(ShippedModel, LoadsAndSamplesSeedExactHamLikeImages) {
   auto a = generate_images(*g, {prompt, prompt}, {11, 12}, gc);
   auto b = generate_images(*g, {prompt}, {11}, gc);
   EXPECT_EQ(a.sizes(), (std::vector<int64_t>{2, 3, 64, 64}));
-  EXPECT_TRUE(torch::equal(a[0], b[0]));   // the noise of an image depends on its seed only
+  auto again = generate_images(*g, {prompt, prompt}, {11, 12}, gc);
+  EXPECT_TRUE(torch::equal(a, again));  // same seeds, same call: bit-identical
+  // The noise of an image depends on its seed only: the same image in a batch of one (GEMM
+  // blocking differs with the batch size, so equal up to float rounding).
+  EXPECT_LT((a[0] - b[0]).abs().max().item<double>(), 2e-3);
   EXPECT_FALSE(torch::equal(a[0], a[1]));  // different seeds, different lesions
   // Dermoscopy colour statistics: red above blue on average, neither black nor white images.
   auto mean = ((a + 1) / 2).mean({0, 2, 3});
