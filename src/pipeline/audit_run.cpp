@@ -22,6 +22,18 @@ Result<nlohmann::json> audit_synthetic_set(const AuditRunOptions& o) {
   LF_ASSIGN_OR_RETURN(LabeledSet syn, load_synthetic(o.synthetic, real.ps.size, 1.0f, &skipped));
   if (syn.count() < 10) return Status::error(o.synthetic + ": fewer than 10 readable synthetic images");
   if (skipped) log_warn(o.synthetic + ": " + std::to_string(skipped) + " unreadable images skipped");
+  LF_ASSIGN_OR_RETURN(std::string h, hash_file(feat));
+  const std::string name = "reference network " + feat + " (" + lc.model->config().arch + ", " +
+                           std::to_string(lc.model->config().outputs()) + " outputs, hash " + h + ")";
+  LF_ASSIGN_OR_RETURN(nlohmann::json out, audit_loaded(lc, real, syn, o.synthetic, o.bootstrap, o.max_concept_images, name));
+  out["feature_network"] = {{"path", feat}, {"hash", h}, {"metadata_val_auc", lc.metadata["val_auc"]}};
+  out["synthetic"] = {{"dir", o.synthetic}, {"images", syn.count()}, {"skipped", skipped}};
+  return out;
+}
+
+Result<nlohmann::json> audit_loaded(LoadedClassifier& lc, const RealData& real, const LabeledSet& syn,
+                                    const std::string& synthetic_dir, int bootstrap, int max_concept_images,
+                                    const std::string& feature_name) {
   auto tr = labeled_from_prepared(real.ps, real.train, &real.captions);
   auto te = labeled_from_prepared(real.ps, real.test, &real.captions);
   AuditInputs ai;
@@ -30,17 +42,12 @@ Result<nlohmann::json> audit_synthetic_set(const AuditRunOptions& o) {
   ai.real_train = &tr;
   ai.real_test = &te;
   ai.synthetic = &syn;
-  LF_ASSIGN_OR_RETURN(ai.manifest, read_jsonl(o.synthetic + "/manifest.jsonl"));
+  LF_ASSIGN_OR_RETURN(ai.manifest, read_jsonl(synthetic_dir + "/manifest.jsonl"));
   ai.real_captions = real.captions;
-  ai.bootstrap = o.bootstrap;
-  ai.max_concept_images = o.max_concept_images;
-  LF_ASSIGN_OR_RETURN(std::string h, hash_file(feat));
-  ai.feature_name = "reference network " + feat + " (" + lc.model->config().arch + ", " +
-                    std::to_string(lc.model->config().outputs()) + " outputs, hash " + h + ")";
-  nlohmann::json out = run_audit(ai);
-  out["feature_network"] = {{"path", feat}, {"hash", h}, {"metadata_val_auc", lc.metadata["val_auc"]}};
-  out["synthetic"] = {{"dir", o.synthetic}, {"images", syn.count()}, {"skipped", skipped}};
-  return out;
+  ai.bootstrap = bootstrap;
+  ai.max_concept_images = max_concept_images;
+  ai.feature_name = feature_name;
+  return run_audit(ai);
 }
 
 }  // namespace lf

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "classify/experiment.h"
 #include "lesionflow/status.h"
 
 namespace lf {
@@ -22,5 +23,10 @@ struct AuditRunOptions {
 // density/coverage), CAS (reference P(malignant) of the synthetic images vs their asked labels),
 // memorisation and concept adherence. The JSON names the feature network and its hash.
 Result<nlohmann::json> audit_synthetic_set(const AuditRunOptions& o);
+// The same audit with the pieces already loaded: features from `lc`, the real train/test splits
+// of `real`, the synthetic set `syn` written by synth in `synthetic_dir` (its manifest.jsonl).
+Result<nlohmann::json> audit_loaded(LoadedClassifier& lc, const RealData& real, const LabeledSet& syn,
+                                    const std::string& synthetic_dir, int bootstrap = 100, int max_concept_images = 300,
+                                    const std::string& feature_name = "");
 
 }  // namespace lf

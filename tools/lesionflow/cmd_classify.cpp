@@ -395,17 +395,7 @@ Status run_experiment(const ExperimentOptions& o, const GlobalOptions& g) {
       }
     if (!ref_dir.empty()) {
       LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(ref_dir + "/best.safetensors"));
-      auto tr = labeled_from_prepared(real.ps, real.train, &real.captions);
-      auto te = labeled_from_prepared(real.ps, real.test, &real.captions);
-      AuditInputs ai;
-      ai.classifier = &lc.model;
-      ai.threshold = lc.threshold;
-      ai.real_train = &tr;
-      ai.real_test = &te;
-      ai.synthetic = &syn;
-      LF_ASSIGN_OR_RETURN(ai.manifest, read_jsonl(syn_dir + "/manifest.jsonl"));
-      ai.real_captions = real.captions;
-      audit = run_audit(ai);
+      LF_ASSIGN_OR_RETURN(audit, audit_loaded(lc, real, syn, syn_dir));
       audit["feature_extractor"] = ref_dir + "/best.safetensors";
       LF_RETURN_IF_ERROR(write_file_atomic(out + "/audit.json", audit.dump(2) + "\n"));
     }
