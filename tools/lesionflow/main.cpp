@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   set_compute_precision(*prec);
+  if (g.precision != "fp32") log_info(std::string("compute precision: ") + precision_name(*prec) + " (--precision " + g.precision + ")");
   if (*prec == Precision::kBF16 && !cpu_has_bf16())
     log_warn("--precision bf16 on a CPU without AVX512_BF16/AMX: bfloat16 GEMMs are emulated and slower than fp32");
   Status dev = check_device(g.device);
