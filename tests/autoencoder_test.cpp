@@ -42,7 +42,7 @@ MMDiTConfig latent_micro(int vocab) {
   MMDiTConfig c = MMDiTConfig::preset("tiny");
   c.image_size = 8; c.channels = 4; c.patch = 2; c.dim = 32; c.heads = 2; c.double_blocks = 1; c.single_blocks = 1;
   c.refine_channels = 8; c.text_dim = 32; c.text_layers = 1; c.text_heads = 2; c.max_text_len = 64;
-  c.vocab_size = vocab; c.prediction = "velocity";
+  c.vocab_size = vocab; c.prediction = Prediction::kVelocity;
   return c;
 }
 struct PrecisionGuard {  // restores fp32 after a test that switches to bf16
@@ -139,7 +139,7 @@ TEST(Autoencoder, LatentGeneratorRefusesAnotherAutoencoder) {
   auto ok = load_generator(dir + "/gen.safetensors");
   ASSERT_TRUE(ok.ok()) << ok.status().message();
   EXPECT_TRUE(ok->latent());
-  auto imgs = generate_images(*ok, {p.captions[0]}, {7}, GenerateConfig{SamplerConfig{"euler", 2, 1.0}, 1.0});
+  auto imgs = generate_images(*ok, {p.captions[0]}, {7}, GenerateConfig{SamplerConfig{SamplerMethod::kEuler, 2, 1.0}, 1.0});
   EXPECT_EQ(imgs.sizes(), (std::vector<int64_t>{1, 3, 32, 32}));  // decoded to pixels
   // Another autoencoder: refused with both hashes named.
   auto bad = load_generator(dir + "/gen.safetensors", dir + "/other_ae.safetensors");
@@ -297,7 +297,7 @@ TEST(Autoencoder, Fp16ExportOfALatentGeneratorLoadsAndMatches) {
   ASSERT_TRUE(a.ok() && b.ok()) << b.status().message();
   auto st = load_safetensors(dir + "/out/shipped.safetensors");
   EXPECT_EQ(st->tensors.begin()->second.dtype, DType::kF16);
-  GenerateConfig gc{SamplerConfig{"euler", 4, 1.0}, 2.0};
+  GenerateConfig gc{SamplerConfig{SamplerMethod::kEuler, 4, 1.0}, 2.0};
   auto ia = generate_images(*a, {p.captions[0], p.captions[1]}, {1, 2}, gc);
   auto ib = generate_images(*b, {p.captions[0], p.captions[1]}, {1, 2}, gc);
   EXPECT_LT((ia - ib).abs().max().item<double>(), 0.05);  // fp16 rounding of the weights only

@@ -259,13 +259,13 @@ TEST(Flow, EulerIntegratesAKnownLinearFieldExactly) {
     for (const char* method : {"euler", "heun", "ab2", "dpm2m"}) {
       SamplerConfig sc;
       sc.steps = steps;
-      sc.method = method;
+      sc.method = *parse_sampler(method);
       sc.shift = 3.0;
       auto x = sample_flow(v, noise, sc);
       EXPECT_LT((x - mu).abs().max().item<float>(), 1e-5) << method << " " << steps;
     }
   }
-  auto ts = sampling_schedule({"euler", 4, 1.0});
+  auto ts = sampling_schedule({SamplerMethod::kEuler, 4, 1.0});
   EXPECT_EQ(ts.front(), 1.0);
   EXPECT_EQ(ts.back(), 0.0);
 }
@@ -282,7 +282,7 @@ TEST(Flow, MultistepSamplersBeatEulerOnAGaussianWithKnownFlowMap) {
   auto z = torch::linspace(-2, 2, 9, torch::kFloat64).view({9, 1, 1, 1});
   auto exact = mu + s * z;
   auto err = [&](const char* method, int steps) {
-    return (sample_flow(v, z, {method, steps, 1.0}) - exact).abs().max().item<double>();
+    return (sample_flow(v, z, {*parse_sampler(method), steps, 1.0}) - exact).abs().max().item<double>();
   };
   EXPECT_GT(err("euler", 16), 0.05);
   // Same number of network calls, several times smaller error.
@@ -323,7 +323,7 @@ TEST(Flow, TwoGaussianToyReproducesMeanAndCovariance) {
   VelocityFn v = [&](const Tensor& x, const Tensor& t) {
     return net->forward(torch::cat({x.view({-1, 2}), t.view({-1, 1})}, 1)).view({-1, 2, 1, 1});
   };
-  auto s = sample_flow(v, torch::randn({20000, 2, 1, 1}), {"heun", 60, 1.0}).view({20000, 2});
+  auto s = sample_flow(v, torch::randn({20000, 2, 1, 1}), {SamplerMethod::kHeun, 60, 1.0}).view({20000, 2});
   auto ref = draw(200000);
   auto m = s.mean(0), mr = ref.mean(0);
   auto cov = [](const Tensor& x) { auto c = x - x.mean(0); return c.t().mm(c) / (x.size(0) - 1); };
@@ -342,12 +342,12 @@ TEST(Checkpoint, SaveLoadRoundTripIsBitExact) {
   MMDiT m = random_model(c, 4, 1.0);
   std::string path = test::tmp_dir("ckpt") + "/g.safetensors";
   FlowConfig fc;
-  fc.prediction = "x";
+  fc.prediction = Prediction::kX;
   ASSERT_TRUE(save_generator(path, m, *tok, 7, fc, "raw").ok());
   auto g = load_generator(path);
   ASSERT_TRUE(g.ok()) << g.status().message();
   EXPECT_EQ(g->step, 7);
-  EXPECT_EQ(g->flow.prediction, "x");
+  EXPECT_EQ(g->flow.prediction, Prediction::kX);
   EXPECT_EQ(g->tok->hash(), tok->hash());
   auto a = m->named_parameters(), b = g->model->named_parameters();
   ASSERT_EQ(a.size(), b.size());
@@ -584,11 +584,11 @@ TEST(TrainSlow, OverfitsABatchOfEightPhantoms) {
   auto c = micro();
   c.vocab_size = d.tok->vocab_size();
   c.max_text_len = 64;
-  c.prediction = "x";
+  c.prediction = Prediction::kX;
   torch::manual_seed(0);
   MMDiT m(c);
   FlowConfig fc;
-  fc.prediction = "x";
+  fc.prediction = Prediction::kX;
   auto x0 = images_to_tensor(d.imgs.pixels, 16);
   auto [ids, mask] = tokenize_batch(*d.tok, d.imgs.captions, 64);
   std::tie(ids, mask) = trim_padding(ids, mask);

@@ -5,7 +5,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "lesionflow/data.h"
+#include "lesionflow/status.h"
 
 namespace lf {
 
@@ -42,4 +45,29 @@ namespace lf {
 // empty, and the whole "[ ... ]" group around it is dropped, e.g.
 //   "dermoscopy of {malignancy} {dx}[ on the {site}][; {colours}]"
 std::string apply_template(const std::string& tmpl, const CaptionFacts& f);
+
+// Captioning of a whole dataset (lesionflow caption): measures the ABC(D) concepts of every image
+// (given masks, else automatic segmentation), joins them with the metadata into captions.jsonl
+// (id, caption, canonical caption, structured report, measurements, dx, label) and writes
+// OUT.summary.json (errors, warnings, auto-segmentation Dice vs given masks, colours per dx, TDS AUC).
+struct CaptionRunOptions {
+  std::string dataset = "phantom:2000";  // dataset spec (see load_dataset)
+  std::string malignant;                 // dx codes counted as malignant ("" = the default map)
+  std::string out = "captions.jsonl";
+  std::string mask = "given";            // given | auto
+  std::string template_file;             // caption template (see apply_template); "" = the composer
+  int limit = 0;                         // only the first N images (0 = all)
+  double px_per_mm = 0;                  // image scale for diameters in mm (0 = unknown)
+  std::string llm_url, llm_model = "local";  // optional rewrite by an OpenAI-compatible server
+  double llm_timeout = 30;
+  uint64_t seed = 0;
+  int threads = 0;                       // measuring threads (0 = 2)
+  nlohmann::json to_json() const;
+};
+// Returns the summary JSON (+ "out" and "summary" paths).
+Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o);
+// Measures every PNG/JPEG of `images` (not grids or masks) into JSONL (file, measured); corrupt
+// images are skipped and counted. out_path "" = IMAGES/concepts.jsonl. {measured, skipped, out}.
+Result<nlohmann::json> measure_image_folder(const std::string& images, const std::string& out_path);
+
 }  // namespace lf

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,10 @@ struct Record {
 nlohmann::json record_to_json(const Record& r);
 Record record_from_json(const nlohmann::json& j);
 std::string age_band(double age);  // "<30", "30-44", "45-59", "60-74", "75+", "unknown"
+std::string skin_band(int fitzpatrick);  // 1..6 -> "I-II" | "III-IV" | "V-VI", else "unknown"
+// Subgroup attributes of a record: sex, age band, site, and skin-tone band when a caption
+// record (captions.jsonl line) gives the measured Fitzpatrick-like type.
+std::map<std::string, std::string> record_groups(const Record& r, const nlohmann::json* caption);
 
 struct Dataset {
   std::string kind;  // ham10000 | isic | folder | phantom
@@ -77,11 +82,39 @@ Result<std::vector<std::pair<std::string, std::string>>> read_splits(const std::
 Result<std::vector<size_t>> select_split(const std::vector<Record>& recs, const std::string& splits_csv,
                                          const std::string& name);
 
+// Like select_split, and without a splits file the default split: every 10th record is "val",
+// the rest "train" ("test" is empty).
+Result<std::vector<size_t>> split_or_default(const std::vector<Record>& recs, const std::string& splits_csv,
+                                             const std::string& name);
+
 // Scarcity: n training images (indices into `pool`) with malignant fraction `mal_frac`
 // (< 0: keep the pool's ratio); prefers one image per lesion; seeded.
 Result<std::vector<size_t>> scarcity_subset(const std::vector<Record>& recs,
                                             const std::vector<size_t>& pool, int64_t n,
                                             double mal_frac, uint64_t seed);
+
+// Makes the splits of `ds` (write_splits to `out`) and, when scarcity > 0, the scarcity subset of
+// its train split (OUT_STEM.scarcityN.csv with one id per line). Returns {splits, seed, counts:
+// {split: {images, dx_fraction}}, scarcity_subset?}.
+Result<nlohmann::json> split_dataset(const Dataset& ds, const SplitConfig& cfg, const std::string& out,
+                                     int64_t scarcity = 0, double malignant_fraction = -1);
+
+// Images with labels, a per-image loss weight and subgroup attributes.
+struct LabeledSet {
+  int size = 0;
+  std::vector<uint8_t> pixels;  // N*S*S*3 RGB, NHWC
+  std::vector<int> labels;
+  std::vector<float> weights;
+  std::vector<std::string> ids, sources;                   // source: "real" | "synthetic" | ...
+  std::vector<std::map<std::string, std::string>> groups;  // sex, age, site, skin
+  std::vector<int> cls;  // class index for a multi-class (dx) classifier; -1 = none
+  int64_t count() const { return static_cast<int64_t>(labels.size()); }
+  const uint8_t* image(int64_t i) const { return pixels.data() + i * size * size * 3; }
+  void add(const uint8_t* px, int label, float weight, const std::string& id, const std::string& source,
+           std::map<std::string, std::string> g);
+  void append(const LabeledSet& o, float weight_scale = 1.0f);
+  LabeledSet subset(const std::vector<int64_t>& idx) const;
+};
 
 // ---- prepared cache -------------------------------------------------------------
 enum class FitMode { kCrop, kPad };

@@ -24,6 +24,13 @@ Result<std::string> hash_file(const std::string& path);
 // A model shipped in the repository's models/ folder: $LESIONFLOW_MODELS/file, ./models/file, or
 // the source tree's models/file (compiled in). "" when none exists.
 std::string shipped_model_path(const std::string& file);
+// Standard base64 (RFC 4648, with padding); decoding skips characters outside the alphabet.
+std::string base64_encode(const std::string& bytes);
+std::string base64_decode(const std::string& text);
+// Runs a shell command and returns its standard output ("" when it cannot start).
+std::string run_command_capture(const std::string& cmd);
+// This program's own executable (/proc/self/exe), for running a stage in a child process.
+std::string self_executable_path();
 
 // ---- safetensors -----------------------------------------------------------
 enum class DType { kF32, kF64, kI64, kI32, kU8, kBF16, kF16 };

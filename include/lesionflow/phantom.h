@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "lesionflow/status.h"
+
 namespace cv {
 class Mat;
 }
@@ -44,5 +46,8 @@ PhantomParams sample_phantom_params(uint64_t seed);
 
 // Renders an RGB (note: RGB, not BGR) 8-bit image and a 0/255 mask of side `size`.
 void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb, cv::Mat* mask);
+
+// n phantoms with their masks (PNG), truth.jsonl (parameters, label) and grid.png in `dir`.
+Status write_phantom_folder(const std::string& dir, int n, int size, uint64_t seed);
 
 }  // namespace lf

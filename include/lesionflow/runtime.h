@@ -13,6 +13,9 @@ int get_threads();
 // glibc malloc settings for tensor workloads (large blocks stay on the heap); call at start-up.
 void tune_allocator();
 int hardware_threads();
+// Peak resident memory of this process so far, MB; resident memory now, MB.
+long peak_rss_mb();
+long rss_now_mb();
 std::string torch_version();
 // Path of the libblas actually mapped into this process (from /proc/self/maps), or "".
 std::string loaded_blas();

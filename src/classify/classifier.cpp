@@ -1,5 +1,7 @@
 #include <algorithm>
 #include "classify/classifier.h"
+#include "core/autocast.h"
+#include "lesionflow/runtime.h"
 
 #include <chrono>
 #include <cmath>
@@ -7,6 +9,7 @@
 #include <fstream>
 #include <opencv2/imgproc.hpp>
 #include <random>
+#include <regex>
 
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
@@ -14,55 +17,14 @@
 #include "lesionflow/metrics.h"
 #include "models/checkpoint.h"
 #include "train/common.h"
-#include "train/generator.h"
+#include "data/images_torch.h"
+#include "models/mmdit.h"
 
 namespace lf {
 using torch::Tensor;
 namespace nn = torch::nn;
 
 // ---- data -----------------------------------------------------------------------------
-void LabeledSet::add(const uint8_t* px, int label, float weight, const std::string& id, const std::string& source,
-                     std::map<std::string, std::string> g) {
-  pixels.insert(pixels.end(), px, px + size * size * 3);
-  labels.push_back(label);
-  weights.push_back(weight);
-  ids.push_back(id);
-  sources.push_back(source);
-  groups.push_back(std::move(g));
-  cls.push_back(-1);
-}
-
-void LabeledSet::append(const LabeledSet& o, float scale) {
-  if (size == 0) size = o.size;
-  for (int64_t i = 0; i < o.count(); ++i) {
-    add(o.image(i), o.labels[i], o.weights[i] * scale, o.ids[i], o.sources[i], o.groups[i]);
-    cls.back() = o.cls[i];
-  }
-}
-
-LabeledSet LabeledSet::subset(const std::vector<int64_t>& idx) const {
-  LabeledSet s;
-  s.size = size;
-  for (auto i : idx) {
-    s.add(image(i), labels[i], weights[i], ids[i], sources[i], groups[i]);
-    s.cls.back() = cls[i];
-  }
-  return s;
-}
-
-std::string skin_band(int f) {
-  if (f == 1 || f == 2) return "I-II";
-  if (f == 3 || f == 4) return "III-IV";
-  if (f == 5 || f == 6) return "V-VI";
-  return "unknown";
-}
-
-std::map<std::string, std::string> record_groups(const Record& r, const nlohmann::json* cap) {
-  std::map<std::string, std::string> g{{"sex", r.sex}, {"age", age_band(r.age)}, {"site", r.site}, {"skin", "unknown"}};
-  if (cap && cap->contains("measured")) g["skin"] = skin_band((*cap)["measured"].value("fitzpatrick", 0));
-  return g;
-}
-
 LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t>& idx,
                                  const std::map<std::string, nlohmann::json>* captions, float weight,
                                  const std::vector<std::string>* classes) {
@@ -114,8 +76,15 @@ Result<LabeledSet> load_synthetic(const std::string& dir, int size, float weight
 }
 
 // ---- model ----------------------------------------------------------------------------
+Result<ClassifierArch> parse_arch(const std::string& name) {
+  if (name == "cnn") return ClassifierArch::kCnn;
+  if (name == "vit") return ClassifierArch::kVit;
+  return Status::error("classifier arch must be cnn or vit, got '" + name + "'");
+}
+const char* arch_name(ClassifierArch a) { return a == ClassifierArch::kVit ? "vit" : "cnn"; }
+
 nlohmann::json ClassifierConfig::to_json() const {
-  return {{"arch", arch}, {"image_size", image_size}, {"width", width}, {"stem_stride", stem_stride}, {"vit_dim", vit_dim},
+  return {{"arch", arch_name(arch)}, {"image_size", image_size}, {"width", width}, {"stem_stride", stem_stride}, {"vit_dim", vit_dim},
           {"vit_depth", vit_depth}, {"vit_heads", vit_heads}, {"patch", patch}, {"dropout", dropout},
           {"classes", classes}, {"malignant", malignant}};
 }
@@ -123,7 +92,9 @@ nlohmann::json ClassifierConfig::to_json() const {
 Result<ClassifierConfig> ClassifierConfig::from_json(const nlohmann::json& j) {
   ClassifierConfig c;
   try {
-    c.arch = j.value("arch", c.arch);
+    auto arch = parse_arch(j.value("arch", std::string("cnn")));
+    if (!arch.ok()) return Status::error("classifier config: " + arch.status().message());
+    c.arch = *arch;
     c.image_size = j.value("image_size", c.image_size);
     c.width = j.value("width", c.width);
     c.stem_stride = j.value("stem_stride", c.stem_stride);
@@ -139,87 +110,31 @@ Result<ClassifierConfig> ClassifierConfig::from_json(const nlohmann::json& j) {
   }
   if (!c.classes.empty() && c.malignant.size() != c.classes.size())
     return Status::error("classifier config: 'malignant' needs one flag per class");
-  if (c.arch != "cnn" && c.arch != "vit") return Status::error("classifier config: arch must be cnn or vit, got '" + c.arch + "'");
-  if (c.arch == "vit" && (c.image_size % c.patch != 0 || c.vit_dim % c.vit_heads != 0))
+  if (c.arch == ClassifierArch::kVit && (c.image_size % c.patch != 0 || c.vit_dim % c.vit_heads != 0))
     return Status::error("classifier config: image_size must be a multiple of patch and vit_dim of vit_heads");
   return c;
 }
 
-int64_t ClassifierConfig::feature_dim() const { return arch == "cnn" ? width * 8 : vit_dim; }
-
-namespace {
-void add_conv_bn(nn::Sequential& s, int in, int out, int stride, bool relu) {
-  s->push_back(nn::Conv2d(nn::Conv2dOptions(in, out, 3).stride(stride).padding(1).bias(false)));
-  s->push_back(nn::BatchNorm2d(out));
-  if (relu) s->push_back(nn::ReLU(nn::ReLUOptions(true)));
-}
-}  // namespace
+int64_t ClassifierConfig::feature_dim() const { return arch == ClassifierArch::kCnn ? width * 8 : vit_dim; }
 
 ClassifierImpl::ClassifierImpl(const ClassifierConfig& c) : cfg_(c) {
-  if (c.arch == "cnn") {
-    // ResNet-style: stem, four stages of one basic block each (widths w, 2w, 4w, 8w; stride 2
-    // from the second stage), global average pooling.
+  if (c.arch == ClassifierArch::kCnn) {
     if (cfg_.stem_stride <= 0) cfg_.stem_stride = c.image_size >= 64 ? 2 : 1;
-    stem_ = nn::Sequential();
-    add_conv_bn(stem_, 3, c.width, cfg_.stem_stride, true);
-    register_module("stem", stem_);
-    int in = c.width;
-    for (int s = 0; s < 4; ++s) {
-      int out = c.width << s, stride = s == 0 ? 1 : 2;
-      nn::Sequential body;
-      add_conv_bn(body, in, out, stride, true);
-      add_conv_bn(body, out, out, 1, false);
-      blocks_.push_back(register_module("block" + std::to_string(s), body));
-      nn::Sequential sc;
-      if (in != out || stride != 1)
-        sc = nn::Sequential(nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)), nn::BatchNorm2d(out));
-      shortcuts_.push_back(register_module("shortcut" + std::to_string(s), sc));
-      in = out;
-    }
+    cnn_ = register_module("cnn", ResNetFeatures(c.width, cfg_.stem_stride));
   } else {
-    const int D = c.vit_dim, T = (c.image_size / c.patch) * (c.image_size / c.patch);
-    patch_embed_ = register_module("patch_embed", nn::Conv2d(nn::Conv2dOptions(3, D, c.patch).stride(c.patch)));
-    cls_ = register_parameter("cls", torch::zeros({1, 1, D}));
-    pos_ = register_parameter("pos", torch::randn({1, T + 1, D}) * 0.02);
-    for (int l = 0; l < c.vit_depth; ++l) {
-      auto n = std::to_string(l);
-      ln1_.push_back(register_module("ln1_" + n, nn::LayerNorm(nn::LayerNormOptions({D}))));
-      qkv_.push_back(register_module("qkv_" + n, nn::Linear(D, 3 * D)));
-      proj_.push_back(register_module("proj_" + n, nn::Linear(D, D)));
-      ln2_.push_back(register_module("ln2_" + n, nn::LayerNorm(nn::LayerNormOptions({D}))));
-      fc1_.push_back(register_module("fc1_" + n, nn::Linear(D, 4 * D)));
-      fc2_.push_back(register_module("fc2_" + n, nn::Linear(4 * D, D)));
-    }
-    norm_ = register_module("norm", nn::LayerNorm(nn::LayerNormOptions({D})));
+    vit_ = register_module("vit", ViTFeatures(c.image_size, c.patch, c.vit_dim, c.vit_depth, c.vit_heads));
   }
   drop_ = register_module("drop", nn::Dropout(c.dropout));
   head_ = register_module("head", nn::Linear(c.feature_dim(), c.outputs()));
 }
 
-Tensor ClassifierImpl::cnn_features(const Tensor& x) {
-  auto h = stem_->forward(x);
-  for (size_t s = 0; s < blocks_.size(); ++s) {
-    auto sc = shortcuts_[s]->size() ? shortcuts_[s]->forward(h) : h;
-    h = torch::relu(blocks_[s]->forward(h) + sc);
-  }
-  return h.mean({2, 3});
+// Under --precision bf16 the convolutions, linears and attention products run in bfloat16 (CPU
+// autocast); the features, head, loss and optimizer stay float32.
+Tensor ClassifierImpl::features(const Tensor& x) {
+  ScopedBf16Autocast autocast(compute_precision() == Precision::kBF16);
+  auto f = cfg_.arch == ClassifierArch::kCnn ? cnn_->forward(x) : vit_->forward(x);
+  return f.to(torch::kFloat32);
 }
-
-Tensor ClassifierImpl::vit_features(const Tensor& x) {
-  const int64_t N = x.size(0), D = cfg_.vit_dim, H = cfg_.vit_heads, dh = D / H;
-  auto t = patch_embed_->forward(x).flatten(2).transpose(1, 2);  // [N,T,D]
-  t = torch::cat({cls_.expand({N, 1, D}), t}, 1) + pos_;
-  const int64_t L = t.size(1);
-  for (size_t l = 0; l < qkv_.size(); ++l) {
-    auto qkv = qkv_[l]->forward(ln1_[l]->forward(t)).view({N, L, 3, H, dh}).permute({2, 0, 3, 1, 4});
-    auto o = attention(qkv[0], qkv[1], qkv[2], Tensor()).transpose(1, 2).reshape({N, L, D});  // models/mmdit.h
-    t = t + proj_[l]->forward(o);
-    t = t + fc2_[l]->forward(torch::gelu(fc1_[l]->forward(ln2_[l]->forward(t))));
-  }
-  return norm_->forward(t.select(1, 0));
-}
-
-Tensor ClassifierImpl::features(const Tensor& x) { return cfg_.arch == "cnn" ? cnn_features(x) : vit_features(x); }
 
 // ---- training ---------------------------------------------------------------------------
 nlohmann::json ClsTrainConfig::to_json() const {
@@ -314,6 +229,29 @@ Status save_classifier(const std::string& path, Classifier& model, double thresh
   return save_module(path, *model, meta, /*with_buffers=*/true);
 }
 
+// Checkpoints written before the backbones became modules of their own (models/cnn.h,
+// models/vit.h; e.g. the shipped reference network) name their tensors without the backbone
+// prefix ("stem.0.weight", "qkv_3.bias"): renamed here to the current names.
+static SafeTensors with_current_names(SafeTensors st, ClassifierArch arch) {
+  bool legacy = false;
+  for (auto& [k, t] : st.tensors)
+    if (k.rfind("cnn.", 0) != 0 && k.rfind("vit.", 0) != 0 && k.rfind("head.", 0) != 0) legacy = true;
+  if (!legacy) return st;
+  std::map<std::string, RawTensor> renamed;
+  static const std::regex block_re("^(ln1|qkv|proj|ln2|fc1|fc2)_([0-9]+)\\.(.*)$");
+  for (auto& [k, t] : st.tensors) {
+    std::string name = k;
+    std::smatch m;
+    if (k.rfind("head.", 0) == 0) name = k;
+    else if (arch == ClassifierArch::kCnn) name = "cnn." + k;
+    else if (std::regex_match(k, m, block_re)) name = "vit.blocks." + m[2].str() + "." + m[1].str() + "." + m[3].str();
+    else name = "vit." + k;
+    renamed[name] = std::move(t);
+  }
+  st.tensors = std::move(renamed);
+  return st;
+}
+
 Result<LoadedClassifier> load_classifier(const std::string& path) {
   LF_ASSIGN_OR_RETURN(SafeTensors st, load_safetensors(path));
   if (st.metadata["format"] != "lesionflow.classifier.v1")
@@ -327,6 +265,7 @@ Result<LoadedClassifier> load_classifier(const std::string& path) {
   LF_ASSIGN_OR_RETURN(ClassifierConfig cfg, ClassifierConfig::from_json(cj));
   LoadedClassifier lc;
   lc.model = Classifier(cfg);
+  st = with_current_names(std::move(st), cfg.arch);
   LF_RETURN_IF_ERROR(load_module_tensors(st, *lc.model, path));
   lc.threshold = std::atof(st.metadata["threshold"].c_str());
   lc.metadata = st.metadata;
@@ -369,6 +308,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   int epoch = 0, since_best = 0;
   if (cfg.resume && file_exists(state)) {
     LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(last));
+    w = with_current_names(std::move(w), model->config().arch);
     LF_RETURN_IF_ERROR(load_module_tensors(w, *model, last));
     LF_ASSIGN_OR_RETURN(int64_t e, load_state(state, opt));
     epoch = static_cast<int>(e);

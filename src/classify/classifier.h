@@ -9,31 +9,12 @@
 
 #include "lesionflow/data.h"
 #include "lesionflow/status.h"
+#include "models/cnn.h"
+#include "models/vit.h"
 #include "pch_torch.h"
 
 namespace lf {
 
-// Images with labels, a per-image loss weight and subgroup attributes.
-struct LabeledSet {
-  int size = 0;
-  std::vector<uint8_t> pixels;  // N*S*S*3 RGB, NHWC
-  std::vector<int> labels;
-  std::vector<float> weights;
-  std::vector<std::string> ids, sources;                   // source: "real" | "synthetic" | ...
-  std::vector<std::map<std::string, std::string>> groups;  // sex, age, site, skin
-  std::vector<int> cls;  // class index for a multi-class (dx) classifier; -1 = none
-  int64_t count() const { return static_cast<int64_t>(labels.size()); }
-  const uint8_t* image(int64_t i) const { return pixels.data() + i * size * size * 3; }
-  void add(const uint8_t* px, int label, float weight, const std::string& id, const std::string& source,
-           std::map<std::string, std::string> g);
-  void append(const LabeledSet& o, float weight_scale = 1.0f);
-  LabeledSet subset(const std::vector<int64_t>& idx) const;
-};
-
-// Subgroup attributes of a record: sex, age band, site, and skin-tone band when a caption
-// record (captions.jsonl line) gives the measured Fitzpatrick-like type.
-std::map<std::string, std::string> record_groups(const Record& r, const nlohmann::json* caption);
-std::string skin_band(int fitzpatrick);  // 1..6 -> "I-II" | "III-IV" | "V-VI", else "unknown"
 
 // Rows `idx` of a prepared cache (records with unknown label are skipped).
 // With `classes` (dx codes), each image's `cls` is the index of its dx (-1 when absent).
@@ -44,8 +25,13 @@ LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t
 // Unreadable images are skipped and counted in *skipped.
 Result<LabeledSet> load_synthetic(const std::string& dir, int size, float weight, int64_t* skipped);
 
+// Backbone of a classifier: models/cnn.h or models/vit.h.
+enum class ClassifierArch { kCnn, kVit };
+Result<ClassifierArch> parse_arch(const std::string& name);  // "cnn" | "vit"
+const char* arch_name(ClassifierArch a);
+
 struct ClassifierConfig {
-  std::string arch = "cnn";  // cnn | vit
+  ClassifierArch arch = ClassifierArch::kCnn;
   int image_size = 64;
   int width = 32;       // cnn: channels of the first stage (x2 per stage)
   int stem_stride = 0;  // cnn: 0 = auto (2 from 64 px up, else 1)
@@ -69,18 +55,9 @@ class ClassifierImpl : public torch::nn::Module {
   const ClassifierConfig& config() const { return cfg_; }
 
  private:
-  torch::Tensor cnn_features(const torch::Tensor& x);
-  torch::Tensor vit_features(const torch::Tensor& x);
   ClassifierConfig cfg_;
-  // cnn
-  torch::nn::Sequential stem_{nullptr};
-  std::vector<torch::nn::Sequential> blocks_, shortcuts_;
-  // vit
-  torch::nn::Conv2d patch_embed_{nullptr};
-  torch::Tensor cls_, pos_;
-  std::vector<torch::nn::LayerNorm> ln1_, ln2_;
-  std::vector<torch::nn::Linear> qkv_, proj_, fc1_, fc2_;
-  torch::nn::LayerNorm norm_{nullptr};
+  ResNetFeatures cnn_{nullptr};  // arch cnn
+  ViTFeatures vit_{nullptr};     // arch vit
   torch::nn::Dropout drop_{nullptr};
   torch::nn::Linear head_{nullptr};
 };

@@ -136,11 +136,11 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
   ClsTrainConfig tc = job.train;
   tc.seed = job.seed;
   log_info("classify " + job.arm + " real " + std::to_string(job.arm == "synthetic" ? 0 : real_idx.size()) +
-           " synthetic " + std::to_string(n_syn) + " seed " + std::to_string(job.seed) + " (" + mc.arch + ") -> " + tc.out);
+           " synthetic " + std::to_string(n_syn) + " seed " + std::to_string(job.seed) + " (" + arch_name(mc.arch) + ") -> " + tc.out);
   LF_ASSIGN_OR_RETURN(ClsTrainResult tr, train_classifier(tc, model, train, val));
   nlohmann::json r = {{"arm", job.arm}, {"real_size", job.arm == "synthetic" ? 0 : static_cast<int64_t>(real_idx.size())},
                       {"requested_real_size", job.real_size}, {"synthetic_size", n_syn}, {"seed", job.seed},
-                      {"arch", mc.arch}, {"model", mc.to_json()}, {"train", tc.to_json()},
+                      {"arch", arch_name(mc.arch)}, {"model", mc.to_json()}, {"train", tc.to_json()},
                       {"epochs_run", tr.epochs_run}, {"best_epoch", tr.best_epoch}, {"val_auc", tr.best_val_auc},
                       {"threshold", tr.threshold}, {"train_seconds", tr.seconds},
                       {"train_images_per_second", tr.images_per_second}};

@@ -13,6 +13,11 @@
 
 #include "lesionflow/phantom.h"
 
+#include <sstream>
+
+#include "lesionflow/io.h"
+#include "lesionflow/report.h"
+
 namespace lf {
 
 const std::array<std::string, kNumColours>& colour_names() {
@@ -208,6 +213,30 @@ void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb_out, cv::Mat*
   }
   *rgb_out = rgb;
   *mask_out = mask;
+}
+
+Status write_phantom_folder(const std::string& dir, int n, int size, uint64_t seed) {
+  if (dir.empty()) return Status::error("data phantom: --out DIR is required");
+  LF_RETURN_IF_ERROR(make_dirs(dir));
+  std::ostringstream truth;
+  std::vector<cv::Mat> tiles;
+  for (int i = 0; i < n; ++i) {
+    PhantomParams p = sample_phantom_params(seed * 1000003ULL + i);
+    cv::Mat rgb, mask, bgr;
+    render_phantom(p, size, &rgb, &mask);
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+    char name[64];
+    std::snprintf(name, sizeof name, "phantom_%05d", i);
+    LF_RETURN_IF_ERROR(write_png(dir + "/" + name + ".png", bgr));
+    tiles.push_back(bgr);
+    LF_RETURN_IF_ERROR(write_png(dir + "/" + name + "_mask.png", mask));
+    nlohmann::json j = p.to_json();
+    j["id"] = name;
+    j["label"] = p.label();
+    truth << j.dump() << '\n';
+  }
+  LF_RETURN_IF_ERROR(write_file_atomic(dir + "/truth.jsonl", truth.str()));
+  return write_png(dir + "/grid.png", make_grid(tiles, 8));
 }
 
 }  // namespace lf

@@ -386,4 +386,46 @@ json summarize(const Dataset& ds) {
           {"site", site}};
 }
 
+std::string skin_band(int f) {
+  if (f == 1 || f == 2) return "I-II";
+  if (f == 3 || f == 4) return "III-IV";
+  if (f == 5 || f == 6) return "V-VI";
+  return "unknown";
+}
+
+std::map<std::string, std::string> record_groups(const Record& r, const nlohmann::json* cap) {
+  std::map<std::string, std::string> g{{"sex", r.sex}, {"age", age_band(r.age)}, {"site", r.site}, {"skin", "unknown"}};
+  if (cap && cap->contains("measured")) g["skin"] = skin_band((*cap)["measured"].value("fitzpatrick", 0));
+  return g;
+}
+
+void LabeledSet::add(const uint8_t* px, int label, float weight, const std::string& id, const std::string& source,
+                     std::map<std::string, std::string> g) {
+  pixels.insert(pixels.end(), px, px + size * size * 3);
+  labels.push_back(label);
+  weights.push_back(weight);
+  ids.push_back(id);
+  sources.push_back(source);
+  groups.push_back(std::move(g));
+  cls.push_back(-1);
+}
+
+void LabeledSet::append(const LabeledSet& o, float scale) {
+  if (size == 0) size = o.size;
+  for (int64_t i = 0; i < o.count(); ++i) {
+    add(o.image(i), o.labels[i], o.weights[i] * scale, o.ids[i], o.sources[i], o.groups[i]);
+    cls.back() = o.cls[i];
+  }
+}
+
+LabeledSet LabeledSet::subset(const std::vector<int64_t>& idx) const {
+  LabeledSet s;
+  s.size = size;
+  for (auto i : idx) {
+    s.add(image(i), labels[i], weights[i], ids[i], sources[i], groups[i]);
+    s.cls.back() = cls[i];
+  }
+  return s;
+}
+
 }  // namespace lf

@@ -115,4 +115,45 @@ Result<std::vector<size_t>> scarcity_subset(const std::vector<Record>& recs, con
   return a;
 }
 
+Result<nlohmann::json> split_dataset(const Dataset& ds, const SplitConfig& cfg, const std::string& out,
+                                     int64_t scarcity, double malignant_fraction) {
+  if (out.empty()) return Status::error("data split: --out FILE.csv is required");
+  LF_ASSIGN_OR_RETURN(auto split, make_splits(ds.records, cfg));
+  LF_RETURN_IF_ERROR(write_splits(out, ds.records, split));
+  nlohmann::json j = {{"splits", out}, {"seed", cfg.seed}};
+  std::map<std::string, std::map<std::string, int64_t>> dx_by_split;
+  std::map<std::string, int64_t> n_by_split;
+  for (size_t i = 0; i < split.size(); ++i) {
+    dx_by_split[split[i]][ds.records[i].dx]++;
+    n_by_split[split[i]]++;
+  }
+  for (auto& [s, m] : dx_by_split) {
+    j["counts"][s]["images"] = n_by_split[s];
+    for (auto& [dx, c] : m) j["counts"][s]["dx_fraction"][dx] = double(c) / n_by_split[s];
+  }
+  if (scarcity > 0) {
+    std::vector<size_t> pool;
+    for (size_t i = 0; i < split.size(); ++i)
+      if (split[i] == "train") pool.push_back(i);
+    LF_ASSIGN_OR_RETURN(auto sub, scarcity_subset(ds.records, pool, scarcity, malignant_fraction, cfg.seed));
+    std::ostringstream os;
+    os << "id\n";
+    for (size_t i : sub) os << csv_escape(ds.records[i].id) << '\n';
+    std::string path = out.substr(0, out.rfind('.')) + ".scarcity" + std::to_string(scarcity) + ".csv";
+    LF_RETURN_IF_ERROR(write_file_atomic(path, os.str()));
+    j["scarcity_subset"] = path;
+  }
+  return j;
+}
+
+Result<std::vector<size_t>> split_or_default(const std::vector<Record>& recs, const std::string& splits_csv,
+                                             const std::string& name) {
+  if (!splits_csv.empty()) return select_split(recs, splits_csv, name);
+  std::vector<size_t> idx;
+  if (name == "test") return idx;
+  for (size_t i = 0; i < recs.size(); ++i)
+    if ((i % 10 == 9) == (name == "val")) idx.push_back(i);
+  return idx;
+}
+
 }  // namespace lf

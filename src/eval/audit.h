@@ -6,7 +6,9 @@
 #include <string>
 #include <vector>
 
-#include "classify/classifier.h"
+#include <functional>
+
+#include "lesionflow/data.h"
 #include "pch_torch.h"
 
 namespace lf {
@@ -27,7 +29,10 @@ std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const torch::T
                                                                   bool exclude_self = false);
 
 struct AuditInputs {
-  Classifier* classifier = nullptr;  // trained on real data only: feature extractor + CAS
+  // The reference network (trained on real data only): feature rows [n,F] of n images of side
+  // `size`, and P(malignant) per image (the classification accuracy score).
+  std::function<torch::Tensor(const uint8_t* px, int64_t n, int size)> features;
+  std::function<std::vector<double>(const LabeledSet&)> p_malignant;
   double threshold = 0.5;            // its operating point (picked on validation)
   const LabeledSet* real_train = nullptr;
   const LabeledSet* real_test = nullptr;
@@ -36,7 +41,7 @@ struct AuditInputs {
   std::map<std::string, nlohmann::json> real_captions;    // id -> captions.jsonl record
   int max_concept_images = 300;
   int bootstrap = 100;        // FD interval resamples
-  std::string feature_name;   // how the report names the feature space
+  std::string feature_name = "penultimate layer of the real-only classifier";  // how the report names the features
   int closest_pairs = 8;
 };
 // JSON with fd, precision/recall, cas, memorisation (+ closest pairs), concept_adherence.

@@ -138,13 +138,12 @@ Measurements measure_rgb(const LabeledSet& s, int64_t i) {
 
 nlohmann::json run_audit(const AuditInputs& in) {
   nlohmann::json out;
-  auto& clf = *in.classifier;
   const auto& tr = *in.real_train;
   const auto& te = *in.real_test;
   const auto& sy = *in.synthetic;
-  auto f_tr = extract_features(clf, tr.pixels.data(), tr.count(), tr.size);
-  auto f_te = extract_features(clf, te.pixels.data(), te.count(), te.size);
-  auto f_sy = extract_features(clf, sy.pixels.data(), sy.count(), sy.size);
+  auto f_tr = in.features(tr.pixels.data(), tr.count(), tr.size);
+  auto f_te = in.features(te.pixels.data(), te.count(), te.size);
+  auto f_sy = in.features(sy.pixels.data(), sy.count(), sy.size);
   // Fidelity: FD to the real test images, with the real-train vs real-test FD as the floor.
   // The floor uses as many real training images as there are synthetic ones (FD is biased
   // upward for small sets), with bootstrap 95% intervals over both sides.
@@ -159,8 +158,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
                {"real_train_vs_real_test", frechet_distance(f_tr_n, f_te)},
                {"real_train_vs_real_test_ci", {ci_tr.first, ci_tr.second}},
                {"real_train_images", f_tr_n.size(0)},
-               {"feature", in.feature_name.empty() ? "penultimate layer of the real-only classifier (" + clf->config().arch + ")"
-                                                   : in.feature_name}};
+               {"feature", in.feature_name}};
   auto [dens, cov] = density_coverage(f_te, f_sy, 5);
   auto [dens0, cov0] = density_coverage(f_te, f_tr_n, 5);
   out["density_coverage"] = {{"density", dens}, {"coverage", cov}, {"k", 5},
@@ -170,7 +168,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
   out["precision_recall"] = {{"precision", prec}, {"recall", rec}, {"k", 3},
                              {"real_train_precision", prec0}, {"real_train_recall", rec0}};
   // Classification accuracy score: the real-data classifier labels the synthetic images.
-  auto p = predict_malignant(clf, sy);
+  auto p = in.p_malignant(sy);
   double thr = in.threshold;
   auto m = binary_metrics(p, sy.labels, thr);
   out["cas"] = {{"auc", roc_auc(p, sy.labels)}, {"accuracy", m.accuracy}, {"balanced_accuracy", m.balanced_accuracy},

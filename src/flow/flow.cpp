@@ -3,6 +3,57 @@
 #include <cmath>
 
 namespace lf {
+
+Result<Prediction> parse_prediction(const std::string& name) {
+  if (name == "velocity") return Prediction::kVelocity;
+  if (name == "x") return Prediction::kX;
+  return Status::error("unknown prediction '" + name + "' (velocity | x)");
+}
+const char* prediction_name(Prediction p) { return p == Prediction::kX ? "x" : "velocity"; }
+
+Result<SamplerMethod> parse_sampler(const std::string& name) {
+  if (name == "euler") return SamplerMethod::kEuler;
+  if (name == "heun") return SamplerMethod::kHeun;
+  if (name == "ab2") return SamplerMethod::kAb2;
+  if (name == "dpm2m") return SamplerMethod::kDpm2m;
+  return Status::error("unknown sampler '" + name + "' (euler | heun | ab2 | dpm2m)");
+}
+const char* sampler_name(SamplerMethod m) {
+  switch (m) {
+    case SamplerMethod::kHeun: return "heun";
+    case SamplerMethod::kAb2: return "ab2";
+    case SamplerMethod::kDpm2m: return "dpm2m";
+    default: return "euler";
+  }
+}
+
+void to_json(nlohmann::json& j, Prediction p) { j = prediction_name(p); }
+void from_json(const nlohmann::json& j, Prediction& p) {
+  auto r = parse_prediction(j.is_string() ? j.get<std::string>() : j.dump());
+  if (!r.ok()) throw std::invalid_argument(r.status().message());
+  p = *r;
+}
+void to_json(nlohmann::json& j, SamplerMethod m) { j = sampler_name(m); }
+void from_json(const nlohmann::json& j, SamplerMethod& m) {
+  auto r = parse_sampler(j.is_string() ? j.get<std::string>() : j.dump());
+  if (!r.ok()) throw std::invalid_argument(r.status().message());
+  m = *r;
+}
+
+nlohmann::json FlowConfig::to_json() const {
+  return {{"prediction", prediction}, {"logit_mean", logit_mean}, {"logit_std", logit_std}, {"shift", shift},
+          {"x_pred_t_min", x_pred_t_min}};
+}
+
+FlowConfig FlowConfig::from_json(const nlohmann::json& j) {
+  FlowConfig f;
+  f.prediction = j.value("prediction", f.prediction);
+  f.logit_mean = j.value("logit_mean", f.logit_mean);
+  f.logit_std = j.value("logit_std", f.logit_std);
+  f.shift = j.value("shift", f.shift);
+  f.x_pred_t_min = j.value("x_pred_t_min", f.x_pred_t_min);
+  return f;
+}
 using torch::Tensor;
 
 double shift_time(double t, double s) { return s * t / (1.0 + (s - 1.0) * t); }
@@ -15,7 +66,7 @@ Tensor sample_timesteps(int64_t B, const FlowConfig& cfg, at::Generator& gen) {
 }
 
 Tensor to_velocity(const Tensor& out, const Tensor& x_t, const Tensor& t, const FlowConfig& cfg) {
-  if (cfg.prediction == "x") {
+  if (cfg.prediction == Prediction::kX) {
     auto tt = t.clamp_min(cfg.x_pred_t_min).view({-1, 1, 1, 1});
     return (x_t - out) / tt;  // x_t = (1-t) x0 + t eps  =>  v = eps - x0 = (x_t - x0) / t
   }
@@ -45,8 +96,6 @@ double log_snr(double t) { return std::log(1.0 - t) - std::log(t); }
 
 Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg) {
   torch::NoGradGuard ng;
-  TORCH_CHECK(cfg.method == "euler" || cfg.method == "heun" || cfg.method == "ab2" || cfg.method == "dpm2m",
-              "unknown sampler '", cfg.method, "' (euler | heun | ab2 | dpm2m)");
   auto ts = sampling_schedule(cfg);
   const int64_t B = x.size(0);
   Tensor x0_prev, v_prev;
@@ -54,7 +103,7 @@ Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg) {
   for (int i = 0; i < cfg.steps; ++i) {
     double t0 = ts[i], t1 = ts[i + 1], dt = t1 - t0;
     auto v0 = v(x, torch::full({B}, t0));
-    if (cfg.method == "dpm2m") {
+    if (cfg.method == SamplerMethod::kDpm2m) {
       // DPM-Solver++(2M) in data-prediction form for alpha = 1-t, sigma = t:
       //   x1 = (t1/t0) x + (1-t1)(1 - e^-h) D,  h = lambda(t1) - lambda(t0),
       //   D = x0 (first step) or (1 + 1/2r) x0 - 1/2r x0_prev with r = h_prev / h.
@@ -71,11 +120,11 @@ Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg) {
       x = x * (t1 / t0) + D * ((1 - t1) * (1 - e));
       x0_prev = x0;
       h_prev = h;
-    } else if (cfg.method == "ab2" && v_prev.defined()) {
+    } else if (cfg.method == SamplerMethod::kAb2 && v_prev.defined()) {
       // Variable-step Adams-Bashforth 2 on the velocity: one call per step, second order.
       double r = dt / dt_prev;
       x = x + dt * ((1 + 0.5 * r) * v0 - 0.5 * r * v_prev);
-    } else if (cfg.method == "heun" && t1 > 0) {
+    } else if (cfg.method == SamplerMethod::kHeun && t1 > 0) {
       auto x1 = x + dt * v0;
       auto v1 = v(x1, torch::full({B}, t1));
       x = x + dt * 0.5 * (v0 + v1);

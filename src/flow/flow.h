@@ -5,16 +5,35 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "lesionflow/status.h"
 #include "pch_torch.h"
 
 namespace lf {
 
+// What the network outputs: the velocity eps - x0, or the clean image x0 (turned into a velocity).
+enum class Prediction { kVelocity, kX };
+Result<Prediction> parse_prediction(const std::string& name);  // "velocity" | "x"
+const char* prediction_name(Prediction p);
+// Sampler of the flow ODE (see sample_flow).
+enum class SamplerMethod { kEuler, kHeun, kAb2, kDpm2m };
+Result<SamplerMethod> parse_sampler(const std::string& name);  // "euler" | "heun" | "ab2" | "dpm2m"
+const char* sampler_name(SamplerMethod m);
+// JSON as their names; an unknown name throws std::invalid_argument with the parse error.
+void to_json(nlohmann::json& j, Prediction p);
+void from_json(const nlohmann::json& j, Prediction& p);
+void to_json(nlohmann::json& j, SamplerMethod m);
+void from_json(const nlohmann::json& j, SamplerMethod& m);
+
 struct FlowConfig {
-  std::string prediction = "velocity";  // velocity | x (network outputs the clean image)
+  Prediction prediction = Prediction::kVelocity;  // velocity | x (network outputs the clean image)
   double logit_mean = 0.0;              // logit-normal timestep sampling: t = sigmoid(N(m, s))
   double logit_std = 1.0;
   double shift = 1.0;                   // timestep shift t' = s t / (1 + (s - 1) t); 1 = none
   double x_pred_t_min = 0.05;           // clamp t when turning an x-prediction into a velocity
+  nlohmann::json to_json() const;
+  static FlowConfig from_json(const nlohmann::json& j);  // absent keys keep their defaults
 };
 
 // t in (0,1), [B], drawn logit-normal then shifted.
@@ -36,7 +55,7 @@ using VelocityFn = std::function<torch::Tensor(const torch::Tensor& x_t, const t
 // ab2: Adams-Bashforth 2 on the velocity (variable step, Euler first step); dpm2m:
 // DPM-Solver++(2M) in data-prediction form. Both second order at the cost of Euler.
 struct SamplerConfig {
-  std::string method = "euler";  // euler | heun | ab2 | dpm2m (ab2, dpm2m: 1 call per step)
+  SamplerMethod method = SamplerMethod::kEuler;  // euler | heun | ab2 | dpm2m (ab2, dpm2m: 1 call per step)
   int steps = 20;
   double shift = 1.0;            // timestep shift of the sampling schedule
 };

@@ -14,7 +14,7 @@ MMDiTConfig MMDiTConfig::preset(const std::string& name) {
     c.image_size = 32; c.patch = 4; c.dim = 96; c.heads = 3; c.double_blocks = 2; c.single_blocks = 2;
     c.refine_channels = 16; c.text_dim = 96; c.text_layers = 2; c.text_heads = 3; c.max_text_len = 48;
   } else if (name == "small") {
-    c.prediction = "x";
+    c.prediction = Prediction::kX;
   } else if (name == "base") {
     c.patch = 4; c.dim = 512; c.heads = 8; c.double_blocks = 8; c.single_blocks = 8;
     c.refine_channels = 64; c.text_dim = 512; c.text_layers = 6; c.text_heads = 8;

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "flow/flow.h"
 #include "pch_torch.h"
 
 namespace lf {
@@ -30,7 +31,7 @@ struct MMDiTConfig {
   int text_layers = 4;      // text encoder layers
   int text_heads = 4;       // text encoder heads
   double rope_theta = 100.0;  // RoPE base for 2D positions (small grids)
-  std::string prediction = "velocity";  // velocity | x (network predicts the clean image)
+  Prediction prediction = Prediction::kVelocity;  // velocity | x (network predicts the clean image)
 
   static MMDiTConfig preset(const std::string& name);  // tiny | small | base
   nlohmann::json to_json() const;

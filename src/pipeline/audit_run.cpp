@@ -23,7 +23,7 @@ Result<nlohmann::json> audit_synthetic_set(const AuditRunOptions& o) {
   if (syn.count() < 10) return Status::error(o.synthetic + ": fewer than 10 readable synthetic images");
   if (skipped) log_warn(o.synthetic + ": " + std::to_string(skipped) + " unreadable images skipped");
   LF_ASSIGN_OR_RETURN(std::string h, hash_file(feat));
-  const std::string name = "reference network " + feat + " (" + lc.model->config().arch + ", " +
+  const std::string name = "reference network " + feat + " (" + arch_name(lc.model->config().arch) + ", " +
                            std::to_string(lc.model->config().outputs()) + " outputs, hash " + h + ")";
   LF_ASSIGN_OR_RETURN(nlohmann::json out, audit_loaded(lc, real, syn, o.synthetic, o.bootstrap, o.max_concept_images, name));
   out["feature_network"] = {{"path", feat}, {"hash", h}, {"metadata_val_auc", lc.metadata["val_auc"]}};
@@ -37,7 +37,9 @@ Result<nlohmann::json> audit_loaded(LoadedClassifier& lc, const RealData& real, 
   auto tr = labeled_from_prepared(real.ps, real.train, &real.captions);
   auto te = labeled_from_prepared(real.ps, real.test, &real.captions);
   AuditInputs ai;
-  ai.classifier = &lc.model;
+  Classifier model = lc.model;
+  ai.features = [model](const uint8_t* px, int64_t n, int size) mutable { return extract_features(model, px, n, size); };
+  ai.p_malignant = [model](const LabeledSet& s) mutable { return predict_malignant(model, s); };
   ai.threshold = lc.threshold;
   ai.real_train = &tr;
   ai.real_test = &te;
@@ -46,7 +48,8 @@ Result<nlohmann::json> audit_loaded(LoadedClassifier& lc, const RealData& real, 
   ai.real_captions = real.captions;
   ai.bootstrap = bootstrap;
   ai.max_concept_images = max_concept_images;
-  ai.feature_name = feature_name;
+  ai.feature_name = !feature_name.empty() ? feature_name
+                                          : std::string("penultimate layer of the real-only classifier (") + arch_name(model->config().arch) + ")";
   return run_audit(ai);
 }
 

@@ -5,6 +5,7 @@
 #include <opencv2/imgproc.hpp>
 #include <sstream>
 
+#include "lesionflow/io.h"
 #include "lesionflow/report.h"
 
 namespace lf {
@@ -25,28 +26,6 @@ cv::Mat make_grid(const std::vector<cv::Mat>& tiles, int cols, int pad) {
   return grid;
 }
 
-std::string base64_encode(const std::string& in) {
-  static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    out += k[v >> 18];
-    out += k[(v >> 12) & 63];
-    out += k[(v >> 6) & 63];
-    out += k[v & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    if (i + 1 < in.size()) v |= uint8_t(in[i + 1]) << 8;
-    out += k[v >> 18];
-    out += k[(v >> 12) & 63];
-    out += i + 1 < in.size() ? k[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
-}
 
 std::string png_data_uri(const cv::Mat& bgr) {
   std::vector<uchar> buf;

@@ -7,7 +7,6 @@
 #include <random>
 #include <set>
 
-#include "classify/classifier.h"
 #include "lesionflow/captions.h"
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"

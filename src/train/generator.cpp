@@ -18,26 +18,13 @@ namespace lf {
 using torch::Tensor;
 namespace fs = std::filesystem;
 
-Tensor images_to_tensor(const std::vector<const uint8_t*>& px, int S) {
-  auto out = torch::empty({static_cast<int64_t>(px.size()), S, S, 3}, torch::kUInt8);
-  for (size_t i = 0; i < px.size(); ++i) std::memcpy(out[i].data_ptr(), px[i], S * S * 3);
-  return out.permute({0, 3, 1, 2}).to(torch::kFloat32).div_(127.5).sub_(1.0).contiguous();
-}
-
-std::vector<uint8_t> tensor_to_images(const Tensor& x) {
-  auto u = x.detach().to(torch::kCPU).clamp(-1, 1).add(1).mul(127.5).round().to(torch::kUInt8)
-               .permute({0, 2, 3, 1}).contiguous();
-  return std::vector<uint8_t>(u.data_ptr<uint8_t>(), u.data_ptr<uint8_t>() + u.numel());
-}
-
 nlohmann::json GenTrainConfig::to_json() const {
   return {{"steps", steps}, {"batch", batch}, {"lr", lr}, {"weight_decay", weight_decay},
           {"warmup", warmup}, {"min_lr_frac", min_lr_frac}, {"grad_clip", grad_clip},
           {"ema_decay", ema_decay}, {"caption_dropout", caption_dropout}, {"augment", augment},
           {"log_every", log_every}, {"ckpt_every", ckpt_every}, {"sample_every", sample_every},
           {"val_every", val_every}, {"max_minutes", max_minutes}, {"seed", seed}, {"out", out},
-          {"flow", {{"prediction", flow.prediction}, {"logit_mean", flow.logit_mean},
-                    {"logit_std", flow.logit_std}, {"shift", flow.shift}}},
+          {"flow", flow.to_json()},
           {"val_prompts", val_prompts}};
 }
 
@@ -70,9 +57,7 @@ std::map<std::string, std::string> generator_metadata(const MMDiT& model, const 
                                                       const std::string& kind) {
   return {{"format", "lesionflow.mmdit.v1"},
           {"config", model->config().to_json().dump()},
-          {"flow", nlohmann::json{{"prediction", flow.prediction}, {"logit_mean", flow.logit_mean},
-                                  {"logit_std", flow.logit_std}, {"shift", flow.shift},
-                                  {"x_pred_t_min", flow.x_pred_t_min}}.dump()},
+          {"flow", flow.to_json().dump()},
           {"tokenizer_model", base64_encode(tok.model_bytes())},
           {"tokenizer_hash", tok.hash()},
           {"step", std::to_string(step)},
@@ -190,33 +175,13 @@ Result<LoadedGenerator> load_generator(const std::string& path, const std::strin
   MMDiTConfig cfg;
   try {
     cfg = MMDiTConfig::from_json(nlohmann::json::parse(st.metadata["config"]));
-    auto fj = nlohmann::json::parse(st.metadata["flow"]);
-    g.flow.prediction = fj.value("prediction", "velocity");
-    g.flow.logit_mean = fj.value("logit_mean", 0.0);
-    g.flow.logit_std = fj.value("logit_std", 1.0);
-    g.flow.shift = fj.value("shift", 1.0);
-    g.flow.x_pred_t_min = fj.value("x_pred_t_min", 0.05);
+    g.flow = FlowConfig::from_json(nlohmann::json::parse(st.metadata["flow"]));
     g.step = std::stoll(st.metadata["step"]);
   } catch (const std::exception& e) {
     return Status::error(path + ": bad metadata: " + e.what());
   }
   // Tokenizer model is embedded (base64) so the checkpoint alone rebuilds everything.
-  std::string b64 = st.metadata["tokenizer_model"], raw;
-  {
-    static const std::string k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    uint32_t acc = 0;
-    int bits = 0;
-    for (char c : b64) {
-      auto p = k.find(c);
-      if (p == std::string::npos) continue;
-      acc = (acc << 6) | static_cast<uint32_t>(p);
-      bits += 6;
-      if (bits >= 8) {
-        bits -= 8;
-        raw.push_back(static_cast<char>((acc >> bits) & 0xff));
-      }
-    }
-  }
+  const std::string raw = base64_decode(st.metadata["tokenizer_model"]);
   auto tok = Tokenizer::from_bytes(raw);
   if (!tok.ok()) return tok.status().with_context(path);
   g.tok = std::make_shared<Tokenizer>(std::move(tok).value());

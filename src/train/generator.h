@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "data/images_torch.h"
 #include "flow/flow.h"
 #include "lesionflow/data.h"
 #include "lesionflow/status.h"
@@ -26,10 +27,6 @@ struct CaptionedImages {
   torch::Tensor latents;
   int64_t count() const { return static_cast<int64_t>(pixels.size()); }
 };
-// [N,3,S,S] float in [-1,1]
-torch::Tensor images_to_tensor(const std::vector<const uint8_t*>& px, int size);
-// [-1,1] float [N,3,S,S] -> uint8 NHWC RGB
-std::vector<uint8_t> tensor_to_images(const torch::Tensor& x);
 
 struct GenerateConfig {
   SamplerConfig sampler;

@@ -5,10 +5,14 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <sys/resource.h>
-#include <unistd.h>
 
+#include "lesionflow/runtime.h"
 #include "lesionflow/status.h"
+
+namespace lf {
+struct GenerateConfig;
+struct SamplerFlags;
+}  // namespace lf
 
 namespace lf::cli {
 
@@ -28,28 +32,18 @@ using Runner = std::function<Status()>;
 void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_data(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_caption(CLI::App& app, GlobalOptions& g, Runner* run);
-void add_generator(CLI::App& app, GlobalOptions& g, Runner* run);  // text, train, sample
+void add_generator(CLI::App& app, GlobalOptions& g, Runner* run);  // text, train, sample, finetune, distill, lora
 void add_report(CLI::App& app, GlobalOptions& g, Runner* run);
-void add_classify(CLI::App& app, GlobalOptions& g, Runner* run);  // classify, synth, experiment
+void add_classify(CLI::App& app, GlobalOptions& g, Runner* run);  // classify train | eval
+void add_synth(CLI::App& app, GlobalOptions& g, Runner* run);     // fd, synth, experiment
 void add_bench(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_ae(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_audit(CLI::App& app, GlobalOptions& g, Runner* run);
-void add_export(CLI::App& app, GlobalOptions& g, Runner* run);  // weights for shipping  // audit in the reference feature space  // ae train | encode | eval
+void add_export(CLI::App& app, GlobalOptions& g, Runner* run);  // weights for shipping
 
-// This binary's own path, for running a stage in a child process (a shell would resolve
-// /proc/self/exe to itself).
-inline std::string self_exe() {
-  char buf[4096];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("lesionflow");
-}
-
-// Peak resident memory of this process so far, MB.
-inline long peak_rss_mb() {
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1024;
-}
+// --sampler, --steps, --cfg, --cfg-interval, --shift into `gc` (its values are the defaults);
+// `given` records which were given (the others may take a checkpoint's recommendation).
+void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given);
 
 // Print a JSON value (for --json) or nothing.
 inline void emit_json(const GlobalOptions& g, const nlohmann::json& j) {

@@ -1,110 +1,11 @@
-// lesionflow ae train | encode | eval: the autoencoder of the latent flow.
-#include <algorithm>
-
+// lesionflow ae train | encode | eval: flags -> AERunOptions -> src/pipeline/ae_runs.cpp.
 #include "cli.h"
-#include "lesionflow/data.h"
-#include "lesionflow/io.h"
-#include "lesionflow/log.h"
-#include "train/autoencoder.h"
+#include "pipeline/ae_runs.h"
 
 namespace lf::cli {
-namespace {
-
-struct AEOptions {
-  std::string data, splits, out, ae;
-  int latent_channels = 4;
-  std::vector<int> widths{32, 64, 128};
-  int res_blocks = 1;
-  AETrainConfig train;
-  std::string split = "val";  // eval
-  nlohmann::json to_json() const {
-    return {{"data", data}, {"splits", splits}, {"out", out}, {"ae", ae}, {"latent_channels", latent_channels},
-            {"widths", widths}, {"res_blocks", res_blocks}, {"train", train.to_json()}, {"split", split}};
-  }
-};
-
-// Pointers to the images of one split of a prepared cache (all records when no splits file:
-// every 10th record is validation).
-Result<std::vector<const uint8_t*>> split_images(const PreparedSet& ps, const std::string& splits, const std::string& name) {
-  std::vector<size_t> idx;
-  if (!splits.empty()) {
-    LF_ASSIGN_OR_RETURN(idx, select_split(ps.records, splits, name));
-  } else {
-    for (size_t i = 0; i < ps.records.size(); ++i)
-      if ((i % 10 == 9) == (name != "train")) idx.push_back(i);
-  }
-  std::vector<const uint8_t*> out;
-  for (size_t i : idx) out.push_back(ps.image(i));
-  return out;
-}
-
-Status run_ae_train(AEOptions o, const GlobalOptions& g) {
-  if (o.data.empty()) return Status::error("ae train: --data CACHE_DIR is required");
-  log_info("ae train " + o.to_json().dump());
-  LF_ASSIGN_OR_RETURN(PreparedSet ps, load_prepared(o.data));
-  LF_ASSIGN_OR_RETURN(auto train, split_images(ps, o.splits, "train"));
-  LF_ASSIGN_OR_RETURN(auto val, split_images(ps, o.splits, "val"));
-  AEConfig c;
-  c.image_size = ps.size;
-  c.latent_channels = o.latent_channels;
-  c.widths = o.widths;
-  c.res_blocks = o.res_blocks;
-  LF_ASSIGN_OR_RETURN(c, AEConfig::from_json(c.to_json()));  // validates
-  torch::manual_seed(g.seed);
-  Autoencoder ae(c);
-  int64_t np = 0;
-  for (auto& p : ae->parameters()) np += p.numel();
-  log_info("autoencoder: " + std::to_string(np) + " parameters, f=" + std::to_string(c.factor()) + ", latent " +
-           std::to_string(c.latent_channels) + "x" + std::to_string(c.latent_size()) + "x" +
-           std::to_string(c.latent_size()));
-  o.train.seed = g.seed;
-  o.train.out = o.out;
-  o.train.warmup = std::min<int64_t>(o.train.warmup, o.train.steps / 10 + 1);
-  LF_ASSIGN_OR_RETURN(AETrainResult r, train_autoencoder(o.train, ae, train, val, ps.size));
-  nlohmann::json j = {{"step", r.step}, {"seconds", r.seconds}, {"images_per_second", r.images_per_second},
-                      {"val_psnr", r.val_psnr}, {"val_ssim", r.val_ssim}, {"stopped_by_budget", r.stopped_by_budget},
-                      {"checkpoint", o.out + "/ae.safetensors"}};
-  if (g.json) emit_json(g, j);
-  else std::printf("autoencoder trained to step %lld (%.1f img/s): validation PSNR %.2f dB, SSIM %.4f -> %s/ae.safetensors\n",
-                   (long long)r.step, r.images_per_second, r.val_psnr, r.val_ssim, o.out.c_str());
-  return Status::ok_status();
-}
-
-Status run_ae_encode(const AEOptions& o, const GlobalOptions& g) {
-  LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(o.ae));
-  LF_ASSIGN_OR_RETURN(PreparedSet ps, load_prepared(o.data));
-  if (ps.size != la.model->config().image_size)
-    return Status::error(o.data + ": images are " + std::to_string(ps.size) + "px, " + o.ae + " expects " +
-                         std::to_string(la.model->config().image_size) + "px");
-  std::vector<const uint8_t*> all;
-  for (int64_t i = 0; i < ps.count(); ++i) all.push_back(ps.image(i));
-  LF_ASSIGN_OR_RETURN(torch::Tensor lat, latent_cache(o.data, la.model, la.hash, all, ps.size));
-  const std::string path = latent_cache_path(o.data, la.hash);
-  if (g.json) emit_json(g, {{"latents", path}, {"shape", lat.sizes().vec()}});
-  else std::printf("latents %s of %lld images (8 dihedral variants each) -> %s\n",
-                   c10::str(lat.sizes()).c_str(), (long long)ps.count(), path.c_str());
-  return Status::ok_status();
-}
-
-Status run_ae_eval(const AEOptions& o, const GlobalOptions& g) {
-  LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(o.ae));
-  LF_ASSIGN_OR_RETURN(PreparedSet ps, load_prepared(o.data));
-  if (ps.size != la.model->config().image_size)
-    return Status::error(o.data + ": images are " + std::to_string(ps.size) + "px, " + o.ae + " expects " +
-                         std::to_string(la.model->config().image_size) + "px");
-  LF_ASSIGN_OR_RETURN(auto imgs, split_images(ps, o.splits, o.split));
-  AEEval e = evaluate_autoencoder(la.model, imgs, ps.size);
-  nlohmann::json j = {{"split", o.split}, {"images", e.images}, {"psnr", e.psnr}, {"ssim", e.ssim}, {"ae", o.ae}};
-  if (g.json) emit_json(g, j);
-  else std::printf("%s: %lld %s images, PSNR %.2f dB, SSIM %.4f\n", o.ae.c_str(), (long long)e.images,
-                   o.split.c_str(), e.psnr, e.ssim);
-  return Status::ok_status();
-}
-
-}  // namespace
 
 void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
-  static AEOptions o;
+  static AERunOptions o;
   auto* ae = app.add_subcommand("ae", "autoencoder of the latent flow: train, encode a prepared cache, evaluate");
   ae->require_subcommand(1);
   auto* tr = ae->add_subcommand("train", "train the autoencoder on the train split of a prepared cache");
@@ -125,17 +26,43 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--ckpt-every", o.train.ckpt_every, "checkpoint every N steps")->capture_default_str()->check(CLI::PositiveNumber);
   tr->add_option("--val-every", o.train.val_every, "validation PSNR/SSIM and recon grid every N steps")->capture_default_str()->check(CLI::NonNegativeNumber);
   tr->add_flag("--resume", o.train.resume, "continue the run in --out exactly where it stopped");
-  tr->callback([&g, run]() { *run = [&g]() { return run_ae_train(o, g); }; });
+  tr->callback([&g, run]() {
+    *run = [&g]() -> Status {
+      o.seed = g.seed;
+      LF_ASSIGN_OR_RETURN(nlohmann::json j, run_ae_training(o));
+      if (g.json) emit_json(g, j);
+      else std::printf("autoencoder trained to step %lld (%.1f img/s): validation PSNR %.2f dB, SSIM %.4f -> %s\n",
+                       (long long)j["step"].get<int64_t>(), j["images_per_second"].get<double>(), j["val_psnr"].get<double>(),
+                       j["val_ssim"].get<double>(), j["checkpoint"].get<std::string>().c_str());
+      return Status::ok_status();
+    };
+  });
   auto* en = ae->add_subcommand("encode", "cache the latents of a prepared set (8 dihedral variants per image)");
   en->add_option("--ae", o.ae, "autoencoder .safetensors")->required();
   en->add_option("--data", o.data, "prepared cache directory (latents_<hash>.safetensors is written there)")->required();
-  en->callback([&g, run]() { *run = [&g]() { return run_ae_encode(o, g); }; });
+  en->callback([&g, run]() {
+    *run = [&g]() -> Status {
+      LF_ASSIGN_OR_RETURN(nlohmann::json j, run_ae_encoding(o));
+      if (g.json) emit_json(g, j);
+      else std::printf("latents %s of %lld images (8 dihedral variants each) -> %s\n", j["shape"].dump().c_str(),
+                       (long long)j["images"].get<int64_t>(), j["latents"].get<std::string>().c_str());
+      return Status::ok_status();
+    };
+  });
   auto* ev = ae->add_subcommand("eval", "reconstruction PSNR/SSIM on a split");
   ev->add_option("--ae", o.ae, "autoencoder .safetensors")->required();
   ev->add_option("--data", o.data, "prepared cache directory")->required();
   ev->add_option("--splits", o.splits, "splits CSV");
   ev->add_option("--split", o.split, "train | val | test")->capture_default_str()->check(CLI::IsMember({"train", "val", "test"}));
-  ev->callback([&g, run]() { *run = [&g]() { return run_ae_eval(o, g); }; });
+  ev->callback([&g, run]() {
+    *run = [&g]() -> Status {
+      LF_ASSIGN_OR_RETURN(nlohmann::json j, run_ae_evaluation(o));
+      if (g.json) emit_json(g, j);
+      else std::printf("%s: %lld %s images, PSNR %.2f dB, SSIM %.4f\n", o.ae.c_str(), (long long)j["images"].get<int64_t>(),
+                       o.split.c_str(), j["psnr"].get<double>(), j["ssim"].get<double>());
+      return Status::ok_status();
+    };
+  });
 }
 
 }  // namespace lf::cli

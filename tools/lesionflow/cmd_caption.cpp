@@ -1,232 +1,57 @@
-// lesionflow caption (dataset -> captions.jsonl) and lesionflow concepts measure (a folder of images).
-#include <atomic>
-#include <filesystem>
-#include <map>
-#include <mutex>
-#include <opencv2/imgproc.hpp>
-#include <sstream>
-#include <thread>
-
+// lesionflow caption (dataset -> captions.jsonl) and lesionflow concepts measure (a folder of
+// images): flags -> src/concepts/caption_dataset.cpp.
 #include "cli.h"
-#include "lesionflow/concepts.h"
-#include "lesionflow/data.h"
-#include "lesionflow/io.h"
-#include "lesionflow/llm.h"
-#include "lesionflow/log.h"
-#include "lesionflow/metrics.h"
-#include "lesionflow/record_pixels.h"
+#include "lesionflow/captions.h"
 
 namespace lf::cli {
-namespace {
-
-struct CaptionOptions {
-  std::string dataset = "phantom:2000";
-  std::string malignant;
-  std::string out = "captions.jsonl";
-  std::string mask = "given";  // given | auto
-  std::string template_file;
-  int limit = 0;
-  double px_per_mm = 0;
-  std::string images;  // concepts measure
-  std::string llm_url, llm_model = "local";
-  double llm_timeout = 30;
-  nlohmann::json to_json() const {
-    return {{"dataset", dataset}, {"malignant", malignant}, {"out", out}, {"mask", mask},
-            {"template", template_file}, {"limit", limit}, {"px_per_mm", px_per_mm}, {"images", images},
-            {"llm_url", llm_url}, {"llm_model", llm_model}, {"llm_timeout", llm_timeout}};
-  }
-};
-
-struct Item {
-  nlohmann::json line;
-  Measurements m;
-  double dice = -1;
-};
-
-double dice(const cv::Mat& a, const cv::Mat& b) {
-  double s = cv::countNonZero(a) + cv::countNonZero(b);
-  return s > 0 ? 2.0 * cv::countNonZero(a & b) / s : 1.0;
-}
-
-Status run_caption(const CaptionOptions& o, const GlobalOptions& g) {
-  if (o.mask != "given" && o.mask != "auto") return Status::error("--mask must be given or auto");
-  log_info("caption " + o.to_json().dump());
-  LF_ASSIGN_OR_RETURN(LabelMap lm, LabelMap::parse(o.malignant));
-  LF_ASSIGN_OR_RETURN(Dataset ds, load_dataset(o.dataset, lm, g.seed));
-  std::string tmpl;
-  if (!o.template_file.empty()) {
-    LF_ASSIGN_OR_RETURN(tmpl, read_file(o.template_file));
-  }
-  while (!tmpl.empty() && (tmpl.back() == '\n' || tmpl.back() == '\r')) tmpl.pop_back();
-  std::unique_ptr<LlmRewriter> llm;
-  if (!o.llm_url.empty())
-    llm = std::make_unique<LlmRewriter>(LlmConfig{o.llm_url, o.llm_model, o.llm_timeout, o.out + ".llm_cache.jsonl"});
-  const int64_t n = o.limit > 0 ? std::min<int64_t>(o.limit, ds.records.size()) : ds.records.size();
-  std::vector<Item> items(n);
-  std::atomic<int64_t> next{0}, done{0};
-  std::mutex mu;
-  Progress prog("caption", n, "img");
-  MeasureConfig mc;
-  mc.px_per_mm = o.px_per_mm;
-  cv::setNumThreads(1);
-  auto worker = [&]() {
-    for (;;) {
-      int64_t i = next++;
-      if (i >= n) break;
-      const Record& r = ds.records[i];
-      cv::Mat rgb, mask;
-      Status st = load_record_pixels(r, 128, &rgb, &mask);
-      std::string err = st.ok() ? "" : st.message();
-      Item& it = items[i];
-      if (!err.empty()) {
-        it.line = {{"id", r.id}, {"error", err}};
-      } else {
-        cv::Mat given = mask;
-        it.m = measure_lesion(rgb, o.mask == "given" ? given : cv::Mat(), mc);
-        if (!given.empty() && given.size() == rgb.size()) {
-          cv::Mat auto_mask;
-          segment_lesion(rgb, &auto_mask);
-          it.dice = dice(auto_mask, given > 127);
-        }
-        CaptionFacts f = facts_from_measurements(r, it.m);
-        auto rep = structured_report(f, it.m);
-        uint64_t variant = std::hash<std::string>{}(r.id + std::to_string(g.seed)) | 1;
-        std::string caption = tmpl.empty() ? compose_caption(f, variant) : apply_template(tmpl, f);
-        if (llm) caption = llm->rewrite(f, caption);
-        it.line = {{"id", r.id}, {"caption", caption},
-                   {"caption_canonical", compose_caption(f, 0)}, {"report", rep},
-                   {"report_prose", report_prose(rep)}, {"measured", it.m.to_json()},
-                   {"mask_source", it.m.mask_source}, {"confidence", it.m.mask_confidence},
-                   {"dx", r.dx}, {"label", r.label}};
-        if (!it.m.warning.empty()) {
-          it.line["warning"] = it.m.warning;
-          std::lock_guard<std::mutex> lock(mu);
-          log_warn(r.id + ": " + it.m.warning);
-        }
-        if (it.dice >= 0) it.line["auto_mask_dice"] = it.dice;
-      }
-      int64_t d = ++done;
-      if (d % 50 == 0 || d == n) {
-        std::lock_guard<std::mutex> lock(mu);
-        prog.update(d);
-      }
-    }
-  };
-  std::vector<std::thread> th;
-  for (int t = 0; t < std::max(1, g.threads > 0 ? g.threads : 2); ++t) th.emplace_back(worker);
-  for (auto& t : th) t.join();
-  prog.finish();
-  // Write + summarise.
-  std::ostringstream os;
-  std::map<std::string, std::vector<double>> colours_by_dx;
-  std::vector<double> dices, tds;
-  std::vector<int> melnv;
-  int64_t errors = 0, warnings = 0;
-  for (auto& it : items) {
-    os << it.line.dump() << '\n';
-    if (it.line.contains("error")) { errors++; continue; }
-    if (it.line.contains("warning")) warnings++;
-    std::string dx = it.line["dx"];
-    if (it.m.ok) colours_by_dx[dx].push_back(it.m.colour_count);
-    if (it.dice >= 0) dices.push_back(it.dice);
-    if (it.m.ok && (dx == "mel" || dx == "nv")) {
-      tds.push_back(it.m.tds);
-      melnv.push_back(dx == "mel");
-    }
-  }
-  LF_RETURN_IF_ERROR(write_file_atomic(o.out, os.str()));
-  nlohmann::json llm_stats;
-  if (llm) {
-    LF_RETURN_IF_ERROR(llm->save_cache());
-    auto st = llm->stats();
-    llm_stats = {{"requests", st.requests}, {"rewritten", st.rewritten}, {"cached", st.cached},
-                 {"failed_fell_back", st.failed}, {"rejected_fell_back", st.rejected}};
-    log_info("LLM rewrite: " + llm_stats.dump());
-  }
-  nlohmann::json s = {{"images", n}, {"errors", errors}, {"warnings", warnings}, {"seconds", prog.elapsed_seconds()},
-                      {"options", o.to_json()}};
-  if (llm) s["llm"] = llm_stats;
-  if (!dices.empty()) {
-    std::sort(dices.begin(), dices.end());
-    double mean = 0;
-    for (double d : dices) mean += d;
-    s["auto_segmentation_dice"] = {{"mean", mean / dices.size()}, {"p10", dices[dices.size() / 10]},
-                                   {"median", dices[dices.size() / 2]}, {"p90", dices[dices.size() * 9 / 10]},
-                                   {"n", dices.size()}};
-  }
-  for (auto& [dx, v] : colours_by_dx) {
-    double mean = 0;
-    std::vector<int> hist(7, 0);
-    for (double c : v) { mean += c; hist[std::min(6, static_cast<int>(c))]++; }
-    s["colours_by_dx"][dx] = {{"mean_colour_count", mean / v.size()}, {"histogram_0_to_6", hist}, {"n", v.size()}};
-  }
-  if (!tds.empty()) s["tds_auc_mel_vs_nv"] = roc_auc(tds, melnv);
-  std::string summary = o.out.substr(0, o.out.rfind('.')) + ".summary.json";
-  LF_RETURN_IF_ERROR(write_file_atomic(summary, s.dump(2) + "\n"));
-  if (g.json) emit_json(g, s);
-  else {
-    std::printf("captioned %lld images (%lld errors, %lld warnings) -> %s; summary %s\n", (long long)n,
-                (long long)errors, (long long)warnings, o.out.c_str(), summary.c_str());
-    if (s.contains("auto_segmentation_dice")) std::printf("auto-segmentation Dice vs given masks: mean %.3f\n", s["auto_segmentation_dice"]["mean"].get<double>());
-    if (s.contains("tds_auc_mel_vs_nv")) std::printf("TDS AUC melanoma vs nevus: %.3f\n", s["tds_auc_mel_vs_nv"].get<double>());
-  }
-  return Status::ok_status();
-}
-
-Status run_measure(const CaptionOptions& o, const GlobalOptions& g) {
-  namespace fs = std::filesystem;
-  if (!fs::is_directory(o.images)) return Status::error(o.images + ": not a directory");
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(o.images)) {
-    auto ext = e.path().extension().string();
-    if (ext == ".png" || ext == ".jpg" || ext == ".jpeg")
-      if (e.path().filename().string().find("grid") == std::string::npos &&
-          e.path().filename().string().find("_mask") == std::string::npos)
-        files.push_back(e.path());
-  }
-  std::sort(files.begin(), files.end());
-  std::ostringstream os;
-  int64_t bad = 0;
-  for (const auto& f : files) {
-    auto img = read_image(f.string());
-    if (!img.ok()) {
-      log_warn("skipped: " + img.status().message());
-      bad++;
-      continue;
-    }
-    cv::Mat rgb;
-    cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
-    auto m = measure_lesion(rgb, cv::Mat());
-    os << nlohmann::json{{"file", f.filename().string()}, {"measured", m.to_json()}}.dump() << '\n';
-  }
-  std::string out = o.out == "captions.jsonl" ? o.images + "/concepts.jsonl" : o.out;
-  LF_RETURN_IF_ERROR(write_file_atomic(out, os.str()));
-  if (!g.json) std::printf("measured %zu images (%lld skipped) -> %s\n", files.size() - bad, (long long)bad, out.c_str());
-  return Status::ok_status();
-}
-
-}  // namespace
 
 void add_caption(CLI::App& app, GlobalOptions& g, Runner* run) {
-  static CaptionOptions o;
+  static CaptionRunOptions o;
   auto* c = app.add_subcommand("caption", "measure ABC(D) concepts and write concept-rich captions.jsonl");
   c->add_option("--dataset", o.dataset, "dataset spec (see data --help)")->capture_default_str();
   c->add_option("--malignant", o.malignant, "dx codes counted as malignant");
   c->add_option("--out", o.out, "captions JSONL")->capture_default_str();
-  c->add_option("--mask", o.mask, "given (use dataset masks when present) | auto (always segment)")->capture_default_str();
+  c->add_option("--mask", o.mask, "given (use dataset masks when present) | auto (always segment)")
+      ->capture_default_str()->check(CLI::IsMember({"given", "auto"}));
   c->add_option("--template", o.template_file, "caption template file with {dx} {site} {colours} ... placeholders");
   c->add_option("--limit", o.limit, "only the first N images");
   c->add_option("--px-per-mm", o.px_per_mm, "image scale for diameters in mm");
   c->add_option("--llm-url", o.llm_url, "OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1 (optional rewrite)");
   c->add_option("--llm-model", o.llm_model, "model name sent to the server")->capture_default_str();
   c->add_option("--llm-timeout", o.llm_timeout, "seconds per request before falling back")->capture_default_str();
-  c->callback([&g, run]() { *run = [&g]() { return run_caption(o, g); }; });
+  c->callback([&g, run]() {
+    *run = [&g]() -> Status {
+      o.seed = g.seed;
+      o.threads = g.threads;
+      LF_ASSIGN_OR_RETURN(nlohmann::json s, caption_dataset(o));
+      if (g.json) emit_json(g, s);
+      else {
+        std::printf("captioned %lld images (%lld errors, %lld warnings) -> %s; summary %s\n", (long long)s["images"].get<int64_t>(),
+                    (long long)s["errors"].get<int64_t>(), (long long)s["warnings"].get<int64_t>(), o.out.c_str(),
+                    s["summary"].get<std::string>().c_str());
+        if (s.contains("auto_segmentation_dice"))
+          std::printf("auto-segmentation Dice vs given masks: mean %.3f\n", s["auto_segmentation_dice"]["mean"].get<double>());
+        if (s.contains("tds_auc_mel_vs_nv")) std::printf("TDS AUC melanoma vs nevus: %.3f\n", s["tds_auc_mel_vs_nv"].get<double>());
+      }
+      return Status::ok_status();
+    };
+  });
+
+  static std::string images, out;
   auto* cc = app.add_subcommand("concepts", "concept tools");
   cc->require_subcommand(1);
   auto* m = cc->add_subcommand("measure", "measure generated images the same way (concept adherence)");
-  m->add_option("--images", o.images, "directory of PNG/JPEG images")->required();
-  m->add_option("--out", o.out, "output JSONL (default IMAGES/concepts.jsonl)");
-  m->callback([&g, run]() { *run = [&g]() { return run_measure(o, g); }; });
+  m->add_option("--images", images, "directory of PNG/JPEG images")->required();
+  m->add_option("--out", out, "output JSONL (default IMAGES/concepts.jsonl)");
+  m->callback([&g, run]() {
+    *run = [&g]() -> Status {
+      LF_ASSIGN_OR_RETURN(nlohmann::json j, measure_image_folder(images, out));
+      if (g.json) emit_json(g, j);
+      else std::printf("measured %lld images (%lld skipped) -> %s\n", (long long)j["measured"].get<int64_t>(),
+                       (long long)j["skipped"].get<int64_t>(), j["out"].get<std::string>().c_str());
+      return Status::ok_status();
+    };
+  });
 }
 
 }  // namespace lf::cli

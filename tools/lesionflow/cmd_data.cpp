@@ -60,37 +60,12 @@ Status run_inspect(const DataOptions& o, const GlobalOptions& g) {
 }
 
 Status run_split(const DataOptions& o, const GlobalOptions& g) {
-  if (o.out.empty()) return Status::error("data split: --out FILE.csv is required");
   LF_ASSIGN_OR_RETURN(Dataset ds, open(o, g));
-  SplitConfig sc{o.train, o.val, o.test, g.seed};
-  LF_ASSIGN_OR_RETURN(auto split, make_splits(ds.records, sc));
-  LF_RETURN_IF_ERROR(write_splits(o.out, ds.records, split));
-  nlohmann::json j = {{"splits", o.out}, {"options", o.to_json()}, {"seed", g.seed}};
-  std::map<std::string, std::map<std::string, int64_t>> dx_by_split;
-  std::map<std::string, int64_t> n_by_split;
-  for (size_t i = 0; i < split.size(); ++i) {
-    dx_by_split[split[i]][ds.records[i].dx]++;
-    n_by_split[split[i]]++;
-  }
-  for (auto& [s, m] : dx_by_split) {
-    j["counts"][s]["images"] = n_by_split[s];
-    for (auto& [dx, c] : m) j["counts"][s]["dx_fraction"][dx] = double(c) / n_by_split[s];
-  }
-  if (o.scarcity > 0) {
-    std::vector<size_t> pool;
-    for (size_t i = 0; i < split.size(); ++i)
-      if (split[i] == "train") pool.push_back(i);
-    LF_ASSIGN_OR_RETURN(auto sub, scarcity_subset(ds.records, pool, o.scarcity, o.malignant_fraction, g.seed));
-    std::ostringstream os;
-    os << "id\n";
-    for (size_t i : sub) os << csv_escape(ds.records[i].id) << '\n';
-    std::string path = o.out.substr(0, o.out.rfind('.')) + ".scarcity" + std::to_string(o.scarcity) + ".csv";
-    LF_RETURN_IF_ERROR(write_file_atomic(path, os.str()));
-    j["scarcity_subset"] = path;
-  }
+  LF_ASSIGN_OR_RETURN(nlohmann::json j, split_dataset(ds, {o.train, o.val, o.test, g.seed}, o.out, o.scarcity, o.malignant_fraction));
+  j["options"] = o.to_json();
   if (g.json) emit_json(g, j);
   else {
-    for (auto& [s, n] : n_by_split) std::printf("%-5s %lld images\n", s.c_str(), (long long)n);
+    for (auto& [s, c] : j["counts"].items()) std::printf("%-5s %lld images\n", s.c_str(), (long long)c["images"].get<int64_t>());
     std::printf("wrote %s\n", o.out.c_str());
     if (j.contains("scarcity_subset")) std::printf("wrote %s\n", j["scarcity_subset"].get<std::string>().c_str());
   }
@@ -121,27 +96,7 @@ Status run_prepare(const DataOptions& o, const GlobalOptions& g) {
 }
 
 Status run_phantom(const DataOptions& o, const GlobalOptions& g) {
-  if (o.out.empty()) return Status::error("data phantom: --out DIR is required");
-  LF_RETURN_IF_ERROR(make_dirs(o.out));
-  std::ostringstream truth;
-  std::vector<cv::Mat> tiles;
-  for (int i = 0; i < o.n; ++i) {
-    PhantomParams p = sample_phantom_params(g.seed * 1000003ULL + i);
-    cv::Mat rgb, mask, bgr;
-    render_phantom(p, o.size, &rgb, &mask);
-    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
-    char name[64];
-    std::snprintf(name, sizeof name, "phantom_%05d", i);
-    LF_RETURN_IF_ERROR(write_png(o.out + "/" + name + ".png", bgr));
-    tiles.push_back(bgr);
-    LF_RETURN_IF_ERROR(write_png(o.out + "/" + name + "_mask.png", mask));
-    nlohmann::json j = p.to_json();
-    j["id"] = name;
-    j["label"] = p.label();
-    truth << j.dump() << '\n';
-  }
-  LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/truth.jsonl", truth.str()));
-  LF_RETURN_IF_ERROR(write_png(o.out + "/grid.png", make_grid(tiles, 8)));
+  LF_RETURN_IF_ERROR(write_phantom_folder(o.out, o.n, o.size, g.seed));
   if (!g.json) std::printf("wrote %d phantoms + masks + truth.jsonl to %s\n", o.n, o.out.c_str());
   return Status::ok_status();
 }

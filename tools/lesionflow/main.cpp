@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   cli::add_generator(app, g, &run);
   cli::add_report(app, g, &run);
   cli::add_classify(app, g, &run);
+  cli::add_synth(app, g, &run);
   cli::add_bench(app, g, &run);
   // Global flags (--json, --seed, ...) may also follow the subcommand.
   std::function<void(CLI::App*)> fall = [&](CLI::App* a) {

@@ -1,0 +1,29 @@
+// lesionflow bench: speed of the pipeline's stages in ONE run, against the machine's sgemm and
+// against the same models in python3-torch, interleaved so drift hits every variant alike.
+// Prints a table and writes OUT/DATE.json.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "lesionflow/status.h"
+
+namespace lf {
+
+struct BenchOptions {
+  int reps = 5;
+  std::string preset = "small";
+  int batch = 32, text_tokens = 40, sample_steps = 20, distilled_steps = 4;
+  double cfg = 4.0;
+  std::string data = "../shared/data/ham10000";
+  std::string python = "/usr/bin/python3";
+  std::string out = "bench/results";
+  bool no_python = false;
+  std::string child_memory;  // internal: "lora" | "full" -> print fine-tune memory as JSON
+  std::string profile;  // write a chrome trace of two generator training steps and stop
+  std::string only;  // regex: run only the variants whose name matches (sgemm always runs)
+};
+
+// Runs the benchmark (or, with child_memory set, one fine-tune memory probe printed as JSON).
+Result<nlohmann::json> run_bench(const BenchOptions& o);
+
+}  // namespace lf

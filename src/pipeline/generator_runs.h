@@ -1,0 +1,111 @@
+// The generator stages as library calls: tokenizer, train, sample, finetune (LoRA or full),
+// distill. The CLI, the experiment runner and tests call these with an options struct; each
+// returns a JSON summary of what it did (the CLI prints it).
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "lesionflow/data.h"
+#include "lesionflow/status.h"
+#include "train/generator.h"
+
+namespace lf {
+
+// Where the captioned training images come from.
+struct GenDataSpec {
+  std::string data;      // prepared cache dir
+  std::string captions;  // captions.jsonl (id, caption); default: composed from metadata
+  std::string splits;    // splits CSV: train on "train", validate on "val" (default: every 10th record is val)
+};
+
+struct GenData {
+  PreparedSet ps;
+  std::vector<std::string> captions;  // per record
+  std::vector<size_t> train_idx, val_idx;
+  CaptionedImages subset(const std::vector<size_t>& idx) const;
+};
+Result<GenData> load_gen_data(const GenDataSpec& spec);
+
+// The training-loop settings shared by train, finetune and distill.
+struct LoopOptions {
+  int64_t steps = 2000;
+  int batch = 32;
+  double lr = 3e-4;
+  double max_minutes = 0;
+  int ckpt_every = 250, sample_every = 500, log_every = 25, val_every = 250;
+  bool resume = false;
+};
+
+struct TokenizerRunOptions {
+  GenDataSpec data;
+  int vocab = 512;
+  std::string out;  // .model file
+  uint64_t seed = 0;
+};
+// {vocab, longest_caption_tokens, over_64, captions, out}
+Result<nlohmann::json> run_tokenizer_training(const TokenizerRunOptions& o);
+
+struct TrainRunOptions {
+  GenDataSpec data;
+  LoopOptions loop;
+  std::string tokenizer;  // sentencepiece model; trained on the train captions if empty
+  int vocab = 512;
+  std::string preset = "small";
+  std::string prediction;  // override the preset's ("" = keep)
+  std::string ae;          // autoencoder: train a latent generator on its cached latents
+  int patch = 0;           // 0 = the preset's (2 on latents)
+  bool freeze_text = false;
+  std::string out;
+  uint64_t seed = 0;
+  nlohmann::json to_json() const;
+};
+// Trains (or resumes) a generator in `out`; {step, last_loss, seconds, images_per_second,
+// stopped_by_budget, checkpoint}.
+Result<nlohmann::json> run_generator_training(const TrainRunOptions& o);
+
+struct SampleRunOptions {
+  std::string checkpoint;  // "" = the shipped generator
+  std::string ae;          // override the autoencoder the checkpoint names
+  std::vector<std::string> prompts;
+  std::string prompts_file;  // one prompt per line (added to prompts)
+  int n = 16;                // images per prompt
+  GenerateConfig gen;        // sampler, steps, cfg, interval (flags not given: the checkpoint's recommendation)
+  SamplerFlags given;
+  std::vector<std::string> lora;  // adapter[:strength]
+  std::string out;
+  uint64_t seed = 0;
+};
+// PNGs, grid.png and samples.jsonl in `out`; {images, out, checkpoint}.
+Result<nlohmann::json> run_sampling(const SampleRunOptions& o);
+
+struct FinetuneRunOptions {
+  GenDataSpec data;
+  LoopOptions loop;
+  std::string base, ae, out;
+  std::vector<std::string> filter;  // key=value, all must match
+  int64_t limit = 0;                // at most N training images (seeded choice)
+  bool full = false;                // every weight instead of LoRA
+  int rank = 16;
+  double alpha = 16, lora_dropout = 0;
+  std::string targets = "attn,mlp";
+  std::vector<std::string> rank_for;  // GROUP=RANK
+  uint64_t seed = 0;
+};
+// Writes finetune.json; returns its content.
+Result<nlohmann::json> run_finetune(const FinetuneRunOptions& o);
+
+struct DistillRunOptions {
+  GenDataSpec data;
+  LoopOptions loop;
+  std::string teacher, ae, out;
+  DistillConfig distill;
+  uint64_t seed = 0;
+};
+// Writes distill.json; returns its content.
+Result<nlohmann::json> run_distill(const DistillRunOptions& o);
+
+// "path[:strength]" -> (path, strength); strength 1 when absent.
+std::pair<std::string, double> split_strength(const std::string& spec);
+
+}  // namespace lf
