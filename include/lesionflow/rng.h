@@ -25,6 +25,7 @@ enum class Stream : uint64_t {
   kLoraDropout = 15,   // LoRA rank dropout, index = step
   kSampleImage = 16,   // `sample`: noise of each image, index = prompt * 2^20 + image
   kFinetuneSubset = 17,  // `finetune --limit`: seeded choice of the training images
+  kClsDropout = 18,    // classifier dropout, index = epoch
 };
 
 // SplitMix64 finaliser: a bijective 64-bit mix.

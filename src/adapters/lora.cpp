@@ -1,4 +1,5 @@
 #include "adapters/lora.h"
+#include "lesionflow/rng.h"
 
 #include <optional>
 
@@ -71,7 +72,7 @@ Result<std::shared_ptr<LoraAdapter>> LoraAdapter::create(MMDiT& model, const Lor
   if (targets.empty()) return Status::error("lora: the targets select no Linear layer of this model");
   auto lins = named_linears(model);
   auto a = std::make_shared<LoraAdapter>();
-  auto gen = at::detail::createCPUGenerator(spec.seed * 7919 + 13);
+  auto gen = at::detail::createCPUGenerator(derive_seed(spec.seed, Stream::kLoraInit));
   for (auto& [name, group] : targets) {
     auto& w = lins.at(name)->weight;
     int r = spec.rank_for.count(group) ? spec.rank_for.at(group) : spec.rank;
@@ -178,7 +179,7 @@ Status LoraRuntime::add(std::shared_ptr<LoraAdapter> a, double strength) {
 void LoraRuntime::apply(int64_t step) {
   const bool drop = dropout_ > 0 && step >= 0 && torch::GradMode::is_enabled();
   std::optional<at::Generator> gen;
-  if (drop) gen = at::detail::createCPUGenerator(dropout_seed_ * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step) + 7);
+  if (drop) gen = at::detail::createCPUGenerator(derive_seed(dropout_seed_, Stream::kLoraDropout, static_cast<uint64_t>(step)));
   std::map<std::string, Tensor> w;
   for (auto& [name, b] : base_) w[name] = b;
   for (auto& [a, s] : adapters_)

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include "classify/classifier.h"
+#include "lesionflow/rng.h"
 #include "core/autocast.h"
 #include "lesionflow/runtime.h"
 
@@ -325,7 +326,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   auto t0 = std::chrono::steady_clock::now();
   int64_t seen = 0;
   for (; epoch < cfg.epochs; ++epoch) {
-    torch::manual_seed(cfg.seed * 1000003ULL + epoch);  // dropout: same stream after a resume
+    torch::manual_seed(derive_seed(cfg.seed, Stream::kClsDropout, epoch));  // dropout: same stream after a resume
     model->train();
     double loss_sum = 0;
     for (int64_t b = 0; b < steps_per_epoch; ++b) {
@@ -334,7 +335,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       auto idx = plan.at(step);
       auto x = batch_tensor(train, idx);
       if (cfg.augment) {
-        std::mt19937_64 rng(cfg.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step) * 2654435761ULL + 3);
+        std::mt19937_64 rng(derive_seed(cfg.seed, Stream::kClsBatches, step));
         std::vector<Tensor> xs;
         for (int64_t i = 0; i < x.size(0); ++i) xs.push_back(augment_lesion(x[i], rng));
         x = torch::stack(xs);

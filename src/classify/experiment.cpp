@@ -1,4 +1,5 @@
 #include "classify/experiment.h"
+#include "lesionflow/rng.h"
 
 #include <algorithm>
 #include <cmath>
@@ -118,7 +119,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
     want = std::min<int64_t>(want, synthetic->count());
     std::vector<int64_t> idx(synthetic->count());
     std::iota(idx.begin(), idx.end(), 0);
-    std::mt19937_64 rng(job.seed * 31 + 7);
+    std::mt19937_64 rng(derive_seed(job.seed, Stream::kClsSubset));
     std::shuffle(idx.begin(), idx.end(), rng);
     idx.resize(want);
     train.append(synthetic->subset(idx));

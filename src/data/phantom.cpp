@@ -12,6 +12,7 @@
 #include <random>
 
 #include "lesionflow/phantom.h"
+#include "lesionflow/rng.h"
 
 #include <sstream>
 
@@ -76,7 +77,7 @@ double PhantomParams::tds() const {
 }
 
 PhantomParams sample_phantom_params(uint64_t seed) {
-  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 12345);
+  std::mt19937_64 rng(mix64(seed));
   std::uniform_real_distribution<double> U(0.0, 1.0);
   PhantomParams p;
   p.seed = seed;
@@ -221,7 +222,7 @@ Status write_phantom_folder(const std::string& dir, int n, int size, uint64_t se
   std::ostringstream truth;
   std::vector<cv::Mat> tiles;
   for (int i = 0; i < n; ++i) {
-    PhantomParams p = sample_phantom_params(seed * 1000003ULL + i);
+    PhantomParams p = sample_phantom_params(derive_seed(seed, Stream::kPhantom, i));
     cv::Mat rgb, mask, bgr;
     render_phantom(p, size, &rgb, &mask);
     cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "lesionflow/data.h"
+#include "lesionflow/rng.h"
 #include "lesionflow/io.h"
 #include "lesionflow/phantom.h"
 
@@ -342,7 +343,7 @@ Result<Dataset> load_dataset(const std::string& spec, const LabelMap& labels, ui
     static const char* kSites[] = {"back", "trunk", "lower extremity", "upper extremity", "abdomen",
                                    "face", "chest", "scalp"};
     for (int64_t i = 0; i < n; ++i) {
-      uint64_t s = seed * 1000003ULL + static_cast<uint64_t>(i);
+      uint64_t s = derive_seed(seed, Stream::kPhantom, static_cast<uint64_t>(i));
       PhantomParams p = sample_phantom_params(s);
       std::mt19937_64 rng(s ^ 0xA5A5A5A5ULL);
       std::uniform_real_distribution<double> U(0, 1);

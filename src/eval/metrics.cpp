@@ -1,4 +1,5 @@
 #include "lesionflow/metrics.h"
+#include "lesionflow/rng.h"
 
 #include <algorithm>
 #include <cmath>
@@ -107,7 +108,7 @@ EvalSummary evaluate_binary(const std::vector<double>& s, const std::vector<int>
   e.threshold = thr;
   auto m = binary_metrics(s, y, thr);
   std::vector<double> auc, acc, bacc, sens, spec;
-  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 12345);
+  std::mt19937_64 rng(derive_seed(seed, Stream::kBootstrap));
   std::uniform_int_distribution<size_t> pick(0, s.empty() ? 0 : s.size() - 1);
   std::vector<double> bs(s.size());
   std::vector<int> by(s.size());

@@ -1,5 +1,6 @@
 // The generator stages as library calls (see generator_runs.h).
 #include "pipeline/generator_runs.h"
+#include "lesionflow/rng.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -66,7 +67,7 @@ std::vector<size_t> filtered(const GenData& d, const std::vector<size_t>& idx, c
   for (size_t i : idx)
     if (record_matches(d.ps.records[i], filters)) out.push_back(i);
   if (limit > 0 && static_cast<int64_t>(out.size()) > limit) {
-    std::mt19937_64 rng(seed + 4242);
+    std::mt19937_64 rng(derive_seed(seed, Stream::kFinetuneSubset));
     std::shuffle(out.begin(), out.end(), rng);
     out.resize(limit);
     std::sort(out.begin(), out.end());
@@ -256,7 +257,7 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
   for (size_t p = 0; p < prompts.size(); ++p)
     for (int i = 0; i < o.n; ++i) {
       ps.push_back(prompts[p]);
-      seeds.push_back(o.seed * 1000003ULL + p * 100003ULL + i);
+      seeds.push_back(derive_seed(o.seed, Stream::kSampleImage, (static_cast<uint64_t>(p) << 20) + i));
       char nm[64];
       std::snprintf(nm, sizeof nm, "p%03zu_%04d.png", p, i);
       names.push_back(nm);

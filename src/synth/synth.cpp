@@ -1,4 +1,5 @@
 #include "synth/synth.h"
+#include "lesionflow/rng.h"
 
 #include <algorithm>
 #include <cmath>
@@ -105,7 +106,7 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   auto per_class = fill ? water_fill(reals, cfg.total) : apportion(std::vector<double>(reals.size(), 1.0), cfg.total);
   std::vector<SynthItem> plan;
   nlohmann::json cell_json = nlohmann::json::array();
-  std::mt19937_64 rng(cfg.seed * 0x9E3779B97F4A7C15ULL + 77);
+  std::mt19937_64 rng(derive_seed(cfg.seed, Stream::kSynthPlan));
   for (size_t ci = 0; ci < classes.size(); ++ci) {
     auto& keys = class_cells[classes[ci]];
     std::vector<double> w;
@@ -145,7 +146,7 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
     std::snprintf(id, sizeof id, "synth_%06zu", i);
     plan[i].index = static_cast<int64_t>(i);
     plan[i].id = id;
-    plan[i].seed = cfg.seed * 1000003ULL + i * 7919ULL + 1;
+    plan[i].seed = derive_seed(cfg.seed, Stream::kSynthImage, i);
   }
   if (summary) {
     nlohmann::json cls = nlohmann::json::object();

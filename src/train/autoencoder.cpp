@@ -1,4 +1,5 @@
 #include "train/autoencoder.h"
+#include "lesionflow/rng.h"
 
 #include <chrono>
 #include <opencv2/imgproc.hpp>
@@ -158,13 +159,13 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
     std::vector<const uint8_t*> px;
     for (auto i : idx) px.push_back(train[i]);
     auto x = images_to_tensor(px, size);
-    std::mt19937_64 rng(cfg.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step) * 2654435761ULL + 7);
+    std::mt19937_64 rng(derive_seed(cfg.seed, Stream::kAeBatches, step));
     if (cfg.augment) {
       std::vector<Tensor> xs;
       for (int64_t i = 0; i < x.size(0); ++i) xs.push_back(augment_dihedral(x[i], rng));
       x = torch::stack(xs);
     }
-    auto gen = at::detail::createCPUGenerator(cfg.seed * 1000003ULL + static_cast<uint64_t>(step) + 29);
+    auto gen = at::detail::createCPUGenerator(derive_seed(cfg.seed, Stream::kAeNoise, step));
     auto [mean, logvar] = ae->encode_posterior(x);
     auto z = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen, torch::kFloat32);
     auto y = ae->decode_raw(z);

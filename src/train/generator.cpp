@@ -1,4 +1,5 @@
 #include "train/generator.h"
+#include "lesionflow/rng.h"
 
 #include <chrono>
 #include <filesystem>
@@ -358,7 +359,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     val_x = latent && val->latents.defined() ? val->latents.narrow(0, 0, nv).select(1, 0).to(torch::kFloat32) : val_px;
     std::tie(val_ids, val_mask) = tokenize_batch(tok, std::vector<std::string>(val->captions.begin(), val->captions.begin() + nv), mc.max_text_len);
     std::tie(val_ids, val_mask) = trim_padding(val_ids, val_mask);
-    auto g = at::detail::createCPUGenerator(cfg.seed + 99991);
+    auto g = at::detail::createCPUGenerator(derive_seed(cfg.seed, Stream::kGenValidation));
     val_noise = torch::randn(val_x.sizes(), g, torch::kFloat32);
     val_t = (torch::arange(nv, torch::kFloat32) + 0.5) / nv;  // stratified over (0,1)
   }
@@ -383,7 +384,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     const double lr = warmup_cosine_lr(cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_frac, step);
     set_lr(opt, lr);
     auto idx = plan.at(step);
-    std::mt19937_64 rng(cfg.seed * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(step) * 2654435761ULL + 1);
+    std::mt19937_64 rng(derive_seed(cfg.seed, Stream::kGenBatches, step));
     Tensor x0;
     if (latent) {  // cached latents of a random dihedral transform of each image
       std::vector<int64_t> rows;
@@ -410,7 +411,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
         mask[i].copy_(empty_mask[0]);
       }
     std::tie(ids, mask) = trim_padding(ids, mask);
-    auto gen = at::detail::createCPUGenerator(cfg.seed * 1000003ULL + static_cast<uint64_t>(step) + 17);
+    auto gen = at::detail::createCPUGenerator(derive_seed(cfg.seed, Stream::kGenNoise, step));
     auto t = target && target->timesteps ? target->timesteps(x0.size(0), gen) : sample_timesteps(x0.size(0), cfg.flow, gen);
     auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32);
     auto fb = make_flow_batch(x0, noise, t);
