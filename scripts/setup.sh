@@ -23,7 +23,7 @@ pkgs=(build-essential cmake ninja-build ccache pkg-config git
       libsentencepiece-dev sentencepiece libcpp-httplib-dev
       libgtest-dev libgmock-dev googletest libbenchmark-dev)
 if [[ $want_test -eq 1 ]]; then
-  pkgs+=(python3 python3-numpy python3-torch python3-sklearn chromium)
+  pkgs+=(python3 python3-numpy python3-torch python3-sklearn chromium clang-format)
 fi
 
 missing=()

@@ -1,10 +1,11 @@
 // Autoencoder, latent generator and bf16 precision tests.
+#include "models/autoencoder.h"
+
 #include <fstream>
 
 #include "lesionflow/captions.h"
 #include "lesionflow/io.h"
 #include "lesionflow/runtime.h"
-#include "models/autoencoder.h"
 #include "test_util.h"
 #include "train/autoencoder.h"
 #include "train/common.h"
@@ -40,9 +41,20 @@ AEConfig small_ae(int size) {
 }
 MMDiTConfig latent_micro(int vocab) {
   MMDiTConfig c = MMDiTConfig::preset("tiny");
-  c.image_size = 8; c.channels = 4; c.patch = 2; c.dim = 32; c.heads = 2; c.double_blocks = 1; c.single_blocks = 1;
-  c.refine_channels = 8; c.text_dim = 32; c.text_layers = 1; c.text_heads = 2; c.max_text_len = 64;
-  c.vocab_size = vocab; c.prediction = Prediction::kVelocity;
+  c.image_size = 8;
+  c.channels = 4;
+  c.patch = 2;
+  c.dim = 32;
+  c.heads = 2;
+  c.double_blocks = 1;
+  c.single_blocks = 1;
+  c.refine_channels = 8;
+  c.text_dim = 32;
+  c.text_layers = 1;
+  c.text_heads = 2;
+  c.max_text_len = 64;
+  c.vocab_size = vocab;
+  c.prediction = Prediction::kVelocity;
   return c;
 }
 struct PrecisionGuard {  // restores fp32 after a test that switches to bf16
@@ -70,7 +82,8 @@ TEST(Autoencoder, ShapesNormalisationAndDihedralLatents) {
   auto img = torch::arange(16, torch::kFloat32).view({1, 1, 4, 4});
   EXPECT_TRUE(torch::equal(dihedral(img, 0), img));
   for (int a = 0; a < 8; ++a)
-    for (int b = a + 1; b < 8; ++b) EXPECT_FALSE(torch::equal(dihedral(img, a), dihedral(img, b))) << a << " " << b;
+    for (int b = a + 1; b < 8; ++b)
+      EXPECT_FALSE(torch::equal(dihedral(img, a), dihedral(img, b))) << a << " " << b;
   // Cached latents are the encodings of the transformed images.
   auto p = phantoms(4, 32, 1);
   auto lat = encode_dihedral_latents(ae, p.px, 32);
@@ -107,7 +120,8 @@ TEST(AutoencoderSlow, RoundTripOnPhantomsAfterShortTraining) {
   ASSERT_TRUE(r.ok()) << r.status().message();
   // Held-out phantoms (other seeds) after 500 steps: measured 25.1 dB, SSIM 0.67 (untrained:
   // 12.1 dB); the bounds leave about 1 dB / 0.07 for thread-count and library differences.
-  std::printf("phantom AE: PSNR %.2f dB (before %.2f), SSIM %.3f\n", r->val_psnr, before, r->val_ssim);
+  std::printf("phantom AE: PSNR %.2f dB (before %.2f), SSIM %.3f\n", r->val_psnr, before,
+              r->val_ssim);
   EXPECT_GT(r->val_psnr, 24.0) << "before " << before;
   EXPECT_GT(r->val_ssim, 0.6);
   EXPECT_LT(before, 15.0);
@@ -134,23 +148,28 @@ TEST(Autoencoder, LatentGeneratorRefusesAnotherAutoencoder) {
   auto h1 = *hash_file(dir + "/ae.safetensors");
   MMDiT m(latent_micro(tok->vocab_size()));
   FlowConfig fc;
-  ASSERT_TRUE(save_generator(dir + "/gen.safetensors", m, *tok, 0, fc, "ema", {{"ae", ae_metadata(h1, "ae.safetensors")}}).ok());
+  ASSERT_TRUE(save_generator(dir + "/gen.safetensors", m, *tok, 0, fc, "ema",
+                             {{"ae", ae_metadata(h1, "ae.safetensors")}})
+                  .ok());
   // Found by name beside the checkpoint, hash checked.
   auto ok = load_generator(dir + "/gen.safetensors");
   ASSERT_TRUE(ok.ok()) << ok.status().message();
   EXPECT_TRUE(ok->latent());
-  auto imgs = generate_images(*ok, {p.captions[0]}, {7}, GenerateConfig{SamplerConfig{SamplerMethod::kEuler, 2, 1.0}, 1.0});
+  auto imgs = generate_images(*ok, {p.captions[0]}, {7},
+                              GenerateConfig{SamplerConfig{SamplerMethod::kEuler, 2, 1.0}, 1.0});
   EXPECT_EQ(imgs.sizes(), (std::vector<int64_t>{1, 3, 32, 32}));  // decoded to pixels
   // Another autoencoder: refused with both hashes named.
   auto bad = load_generator(dir + "/gen.safetensors", dir + "/other_ae.safetensors");
   ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("wrong autoencoder"), std::string::npos) << bad.status().message();
+  EXPECT_NE(bad.status().message().find("wrong autoencoder"), std::string::npos)
+      << bad.status().message();
   EXPECT_NE(bad.status().message().find(h1), std::string::npos);
   // Missing: the error says which file and how to pass one.
   std::filesystem::remove(dir + "/ae.safetensors");
   auto missing = load_generator(dir + "/gen.safetensors");
   ASSERT_FALSE(missing.ok());
-  EXPECT_NE(missing.status().message().find("--ae"), std::string::npos) << missing.status().message();
+  EXPECT_NE(missing.status().message().find("--ae"), std::string::npos)
+      << missing.status().message();
 }
 
 TEST(AutoencoderSlow, LatentTrainingOverfitsASmallBatch) {
@@ -233,11 +252,17 @@ TEST(PrecisionSlow, Bf16TrainingTracksFp32AndResumesAcrossPrecisions) {
   data.pixels = p.px;
   data.captions = p.captions;
   MMDiTConfig c = MMDiTConfig::preset("tiny");
-  c.image_size = 16; c.patch = 4; c.dim = 64; c.heads = 2; c.vocab_size = tok->vocab_size(); c.max_text_len = 64;
+  c.image_size = 16;
+  c.patch = 4;
+  c.dim = 64;
+  c.heads = 2;
+  c.vocab_size = tok->vocab_size();
+  c.max_text_len = 64;
   auto run = [&](Precision prec, const std::string& name, int64_t stop, bool resume) {
     set_compute_precision(prec);
     GenTrainConfig tc = test::short_run(resume ? name + "_unused" : name, 60, 16, 1e-3, 5);
-    if (resume) tc.out = std::filesystem::temp_directory_path().string() + "/lesionflow_test_" + name;
+    if (resume)
+      tc.out = std::filesystem::temp_directory_path().string() + "/lesionflow_test_" + name;
     tc.log_every = 10;
     tc.ckpt_every = 30;
     tc.stop_at_step = stop;
@@ -288,9 +313,12 @@ TEST(Autoencoder, Fp16ExportOfALatentGeneratorLoadsAndMatches) {
     for (auto& t : m->parameters()) t.normal_(0, 0.05);
   }
   FlowConfig fc;
-  ASSERT_TRUE(save_generator(dir + "/gen.safetensors", m, *tok, 0, fc, "ema",
-                             {{"ae", ae_metadata(*hash_file(dir + "/ae.safetensors"), "ae.safetensors")}}).ok());
-  ASSERT_TRUE(export_generator(dir + "/gen.safetensors", dir + "/out/shipped.safetensors", "fp16").ok());
+  ASSERT_TRUE(
+      save_generator(dir + "/gen.safetensors", m, *tok, 0, fc, "ema",
+                     {{"ae", ae_metadata(*hash_file(dir + "/ae.safetensors"), "ae.safetensors")}})
+          .ok());
+  ASSERT_TRUE(
+      export_generator(dir + "/gen.safetensors", dir + "/out/shipped.safetensors", "fp16").ok());
   ASSERT_TRUE(file_exists(dir + "/out/shipped_ae.safetensors"));
   auto a = load_generator(dir + "/gen.safetensors");
   auto b = load_generator(dir + "/out/shipped.safetensors");
@@ -313,7 +341,8 @@ TEST(ShippedModel, LoadsAndSamplesSeedExactHamLikeImages) {
   ASSERT_TRUE(g.ok()) << g.status().message();
   ASSERT_TRUE(g->latent());
   const std::string prompt =
-      "dermoscopic image of a malignant melanoma on the back of a 65-year-old man; asymmetric, irregular border, "
+      "dermoscopic image of a malignant melanoma on the back of a 65-year-old man; asymmetric, "
+      "irregular border, "
       "blue-gray and black";
   GenerateConfig gc;
   gc.sampler.steps = 8;

@@ -13,8 +13,8 @@
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/metrics.h"
-#include "lesionflow/runtime.h"
 #include "lesionflow/pipeline.h"
+#include "lesionflow/runtime.h"
 #include "synth/synth.h"
 #include "test_util.h"
 
@@ -48,15 +48,20 @@ TEST(Metrics, MatchScikitLearnOnRandomData) {
   f.close();
   const double thr = 0.6;
   std::string py =
-      "import sys,numpy as np\nfrom sklearn.metrics import roc_auc_score,accuracy_score,balanced_accuracy_score,recall_score\n"
-      "d=np.loadtxt(sys.argv[1],delimiter=',');s,y=d[:,0],d[:,1].astype(int);p=(s>=float(sys.argv[2])).astype(int)\n"
-      "print('%.12f %.12f %.12f %.12f %.12f'%(roc_auc_score(y,s),accuracy_score(y,p),balanced_accuracy_score(y,p),"
+      "import sys,numpy as np\nfrom sklearn.metrics import "
+      "roc_auc_score,accuracy_score,balanced_accuracy_score,recall_score\n"
+      "d=np.loadtxt(sys.argv[1],delimiter=',');s,y=d[:,0],d[:,1].astype(int);p=(s>=float(sys.argv["
+      "2])).astype(int)\n"
+      "print('%.12f %.12f %.12f %.12f "
+      "%.12f'%(roc_auc_score(y,s),accuracy_score(y,p),balanced_accuracy_score(y,p),"
       "recall_score(y,p),recall_score(1-y,1-p)))\n";
   std::ofstream(dir + "/m.py") << py;
-  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv " + std::to_string(thr) + " 2>&1");
+  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv " +
+                                        std::to_string(thr) + " 2>&1");
   std::istringstream is(out);
   double auc, acc, bacc, sens, spec;
-  ASSERT_TRUE(is >> auc >> acc >> bacc >> sens >> spec) << "python3 + scikit-learn needed (scripts/setup.sh --test): " << out;
+  ASSERT_TRUE(is >> auc >> acc >> bacc >> sens >> spec)
+      << "python3 + scikit-learn needed (scripts/setup.sh --test): " << out;
   // The CSV holds the scores as printed; compare on the same values.
   std::vector<double> s2;
   std::ifstream in(dir + "/d.csv");
@@ -161,7 +166,8 @@ TEST(Synth, PlanBalancesClassesFlattensCellsAndIsDeterministic) {
   auto fill = plan_synthetic(ds->records, caps, c, nullptr);
   int minority = pos < 300 ? 1 : 0, fill_min = 0;
   for (auto& it : *fill) fill_min += it.label == minority;
-  EXPECT_EQ(fill_min, std::min<int>(200, std::abs(600 - 2 * pos)) + (200 - std::min<int>(200, std::abs(600 - 2 * pos))) / 2);
+  EXPECT_EQ(fill_min, std::min<int>(200, std::abs(600 - 2 * pos)) +
+                          (200 - std::min<int>(200, std::abs(600 - 2 * pos))) / 2);
   // Deterministic for a seed; a different seed draws other prompts.
   c.balance = "label";
   auto again = plan_synthetic(ds->records, caps, c, nullptr);
@@ -233,7 +239,8 @@ TEST(Synth, GenerationResumesWithIdenticalImages) {
   auto all = *read_jsonl(sc.out + "/manifest.jsonl");
   ASSERT_EQ(all.size(), 6u);
   for (auto& j : all) {
-    EXPECT_TRUE(j.contains("prompt") && j.contains("seed") && j.contains("generator_hash") && j.contains("subgroup"));
+    EXPECT_TRUE(j.contains("prompt") && j.contains("seed") && j.contains("generator_hash") &&
+                j.contains("subgroup"));
   }
 }
 
@@ -297,7 +304,8 @@ TEST(Classifier, ResumeEqualsUninterruptedTraining) {
   auto h1 = *read_jsonl(b + "/history.jsonl");
   ASSERT_EQ(h1.size(), 1u);
   train(b, true, 0);
-  auto wa = *load_safetensors(a + "/last.safetensors"), wb = *load_safetensors(b + "/last.safetensors");
+  auto wa = *load_safetensors(a + "/last.safetensors"),
+       wb = *load_safetensors(b + "/last.safetensors");
   ASSERT_EQ(wa.tensors.size(), wb.tensors.size());
   for (auto& [k, t] : wa.tensors) EXPECT_EQ(t.data, wb.tensors[k].data) << k;
   auto ha = *read_jsonl(a + "/history.jsonl"), hb = *read_jsonl(b + "/history.jsonl");
@@ -317,12 +325,20 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   };
   ASSERT_TRUE(sh(lf + " data split --dataset phantom:500 --out " + dir + "/splits.csv"));
   ASSERT_TRUE(sh(lf + " caption --dataset phantom:500 --out " + dir + "/captions.jsonl --quiet"));
-  ASSERT_TRUE(sh(lf + " data prepare --dataset phantom:500 --size 16 --out " + dir + "/cache --quiet"));
+  ASSERT_TRUE(
+      sh(lf + " data prepare --dataset phantom:500 --size 16 --out " + dir + "/cache --quiet"));
   std::ofstream(dir + "/config.json") << nlohmann::json{
-      {"data", dir + "/cache"}, {"splits", dir + "/splits.csv"}, {"captions", dir + "/captions.jsonl"},
-      {"generator", {{"train_args", {"--preset", "tiny", "--steps", "20", "--batch", "16", "--sample-every", "0", "--val-every", "0"}}}},
+      {"data", dir + "/cache"},
+      {"splits", dir + "/splits.csv"},
+      {"captions", dir + "/captions.jsonl"},
+      {"generator",
+       {{"train_args",
+         {"--preset", "tiny", "--steps", "20", "--batch", "16", "--sample-every", "0",
+          "--val-every", "0"}}}},
       {"synth", {{"total", 40}, {"steps", 4}}},
-      {"real_sizes", {60}}, {"seeds", {0}}, {"classifier", {{"archs", {"cnn"}}, {"epochs", 2}, {"width", 8}}},
+      {"real_sizes", {60}},
+      {"seeds", {0}},
+      {"classifier", {{"archs", {"cnn"}}, {"epochs", 2}, {"width", 8}}},
       {"out", dir + "/exp"}}.dump();
   ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
   auto summary = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
@@ -333,16 +349,19 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
   auto again = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
   EXPECT_EQ(again["cells"], summary["cells"]);
-  ASSERT_TRUE(sh(lf + " report --experiment " + dir + "/exp --captions " + dir + "/captions.jsonl --out " + dir + "/report.html"));
+  ASSERT_TRUE(sh(lf + " report --experiment " + dir + "/exp --captions " + dir +
+                 "/captions.jsonl --out " + dir + "/report.html"));
   std::string html = *read_file(dir + "/report.html");
   EXPECT_NE(html.find("real+synthetic"), std::string::npos);
   EXPECT_NE(html.find("Fréchet"), std::string::npos);
   std::string shot = dir + "/shot.png";
-  std::system(("chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1200,1600 --screenshot=" + shot +
-               " file://" + dir + "/report.html > /dev/null 2>&1")
+  std::system(("chromium --headless --no-sandbox --disable-gpu --hide-scrollbars "
+               "--window-size=1200,1600 --screenshot=" +
+               shot + " file://" + dir + "/report.html > /dev/null 2>&1")
                   .c_str());
   cv::Mat img = cv::imread(shot);
-  ASSERT_FALSE(img.empty()) << "no screenshot from headless chromium (scripts/setup.sh --test installs it)";
+  ASSERT_FALSE(img.empty())
+      << "no screenshot from headless chromium (scripts/setup.sh --test installs it)";
   cv::Mat grey;
   cv::cvtColor(img, grey, cv::COLOR_BGR2GRAY);
   double non_white = cv::countNonZero(grey < 200) / static_cast<double>(grey.total());
@@ -403,7 +422,8 @@ TEST(Audit, DensityCoverageAndFdIntervalKnownAnswers) {
   auto [d_far, c_far] = density_coverage(r, r + 100, 5);
   EXPECT_DOUBLE_EQ(d_far, 0.0);
   EXPECT_DOUBLE_EQ(c_far, 0.0);
-  auto a = torch::randn({400, 3}, torch::kFloat64), b = torch::randn({400, 3}, torch::kFloat64) + 1.0;
+  auto a = torch::randn({400, 3}, torch::kFloat64),
+       b = torch::randn({400, 3}, torch::kFloat64) + 1.0;
   auto [lo, hi] = frechet_distance_ci(a, b, 200, 3);
   double fd = frechet_distance(a, b);  // about |mu|^2 = 3
   EXPECT_LT(lo, fd);
@@ -446,8 +466,10 @@ TEST(ClassifierSlow, Bf16AucWithinOneHundredthOfFp32OnPhantoms) {
 // The experiment trains its generator in-process; its options come from generator.train and
 // generator.train_args (CLI flags), and a typo is an error that names the known options.
 TEST(Experiment, GeneratorTrainingOptionsFromObjectAndFlags) {
-  nlohmann::json g = {{"train", {{"preset", "tiny"}, {"steps", 300}, {"lr", 1e-3}}},
-                      {"train_args", {"--batch", "24", "--sample-every", "0", "--freeze-text", "--max-minutes", "2.5"}}};
+  nlohmann::json g = {
+      {"train", {{"preset", "tiny"}, {"steps", 300}, {"lr", 1e-3}}},
+      {"train_args",
+       {"--batch", "24", "--sample-every", "0", "--freeze-text", "--max-minutes", "2.5"}}};
   auto t = experiment_train_options(g);
   LF_ASSERT_OK(t);
   EXPECT_EQ(t->preset, "tiny");

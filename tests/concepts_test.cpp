@@ -1,6 +1,7 @@
+#include "lesionflow/concepts.h"
+
 #include <opencv2/imgproc.hpp>
 
-#include "lesionflow/concepts.h"
 #include "lesionflow/io.h"
 #include "test_util.h"
 
@@ -38,8 +39,8 @@ TEST(Concepts, PhantomAsymmetryColoursAndSegmentationMatchGroundTruth) {
   EXPECT_GE(f1, 0.9);
   EXPECT_GE(dice_sum / n, 0.85);
   RecordProperty("asymmetry_exact", exact_asym);
-  std::printf("phantoms: asymmetry exact %d/%d, colour F1 %.3f, auto-segmentation Dice %.3f\n", exact_asym, n, f1,
-              dice_sum / n);
+  std::printf("phantoms: asymmetry exact %d/%d, colour F1 %.3f, auto-segmentation Dice %.3f\n",
+              exact_asym, n, f1, dice_sum / n);
 }
 
 TEST(Concepts, BorderScoreIncreasesWithIrregularity) {
@@ -109,11 +110,19 @@ TEST(Concepts, BadInputsGiveWarningsAndHonestCaptions) {
 
 TEST(Captions, ComposerStatesOnlyKnownFactsWithVariety) {
   CaptionFacts f;
-  f.dx = "mel"; f.label = 1; f.age = 60; f.sex = "male"; f.site = "back";
-  f.asymmetry = 2; f.border = 6; f.colours = {"light brown", "dark brown", "blue-gray", "black"};
+  f.dx = "mel";
+  f.label = 1;
+  f.age = 60;
+  f.sex = "male";
+  f.site = "back";
+  f.asymmetry = 2;
+  f.border = 6;
+  f.colours = {"light brown", "dark brown", "blue-gray", "black"};
   std::string c = compose_caption(f);
-  EXPECT_EQ(c, "dermoscopic image of a malignant melanoma on the back of a 60-year-old man; asymmetric in two "
-               "axes, irregular border, four colours: light brown, dark brown, blue-gray and black");
+  EXPECT_EQ(c,
+            "dermoscopic image of a malignant melanoma on the back of a 60-year-old man; "
+            "asymmetric in two "
+            "axes, irregular border, four colours: light brown, dark brown, blue-gray and black");
   std::set<std::string> variants;
   for (uint64_t s = 1; s < 40; ++s) {
     std::string v = compose_caption(f, s);
@@ -126,9 +135,13 @@ TEST(Captions, ComposerStatesOnlyKnownFactsWithVariety) {
   CaptionFacts u;
   EXPECT_EQ(compose_caption(u), "dermoscopic image of a skin lesion");
   CaptionFacts k;
-  k.dx = "bkl"; k.label = 0; k.age = 80; k.sex = "female";
+  k.dx = "bkl";
+  k.label = 0;
+  k.age = 80;
+  k.sex = "female";
   EXPECT_EQ(compose_caption(k), "dermoscopic image of a benign keratosis of an 80-year-old woman");
-  EXPECT_EQ(apply_template("{malignancy} {dx}[ on the {site}][, {colours}]", k), "benign benign keratosis");
+  EXPECT_EQ(apply_template("{malignancy} {dx}[ on the {site}][, {colours}]", k),
+            "benign benign keratosis");
   k.site = "back";
   EXPECT_EQ(apply_template("{dx}[ on the {site}][, {colours}]", k), "benign keratosis on the back");
 }

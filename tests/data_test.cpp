@@ -1,8 +1,9 @@
+#include "lesionflow/data.h"
+
 #include <map>
 #include <opencv2/core.hpp>
 #include <set>
 
-#include "lesionflow/data.h"
 #include "lesionflow/io.h"
 #include "lesionflow/phantom.h"
 #include "test_util.h"
@@ -57,16 +58,21 @@ TEST(Readers, ImageFolder) {
 TEST(Readers, BadCsvErrorsNameFileLineAndColumn) {
   auto a = read_ham10000(test::data_dir() + "/bad_missing_column", {});
   ASSERT_FALSE(a.ok());
-  EXPECT_NE(a.status().message().find("HAM10000_metadata.csv: missing required column 'dx'"), std::string::npos)
+  EXPECT_NE(a.status().message().find("HAM10000_metadata.csv: missing required column 'dx'"),
+            std::string::npos)
       << a.status().message();
   auto b = read_ham10000(test::data_dir() + "/bad_unknown_dx", {});
   ASSERT_FALSE(b.ok());
-  EXPECT_NE(b.status().message().find("HAM10000_metadata.csv:3: column 'dx': unknown dx code 'xyz'"),
-            std::string::npos) << b.status().message();
+  EXPECT_NE(
+      b.status().message().find("HAM10000_metadata.csv:3: column 'dx': unknown dx code 'xyz'"),
+      std::string::npos)
+      << b.status().message();
   auto c = read_ham10000(test::data_dir() + "/bad_missing_image", {});
   ASSERT_FALSE(c.ok());
-  EXPECT_NE(c.status().message().find("HAM10000_metadata.csv:3: column 'image_id': image 'IMG_9999' not found"),
-            std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find(
+                "HAM10000_metadata.csv:3: column 'image_id': image 'IMG_9999' not found"),
+            std::string::npos)
+      << c.status().message();
   EXPECT_FALSE(load_dataset("nonsense:x").ok());
 }
 
@@ -136,7 +142,8 @@ TEST(Splits, GroupedStratifiedDeterministic) {
   EXPECT_NEAR(tot["train"] / 3000.0, 0.7, 0.01);
   EXPECT_NEAR(tot["test"] / 3000.0, 0.2, 0.01);
   double mel_train = double(cnt["train"]["mel"]) / tot["train"];
-  for (const char* s : {"val", "test"}) EXPECT_NEAR(double(cnt[s]["mel"]) / tot[s], mel_train, 0.01);
+  for (const char* s : {"val", "test"})
+    EXPECT_NEAR(double(cnt[s]["mel"]) / tot[s], mel_train, 0.01);
 }
 
 TEST(Splits, ScarcitySubsetHasRequestedSizeAndRatio) {
@@ -177,15 +184,20 @@ TEST(Phantom, ColoursAskedForArePresentAndOthersAbsent) {
           auto ref = colour_rgb(c);
           double d = 0;
           for (int k = 0; k < 3; ++k) d += (px[k] - ref[k]) * double(px[k] - ref[k]);
-          if (d < bd) { bd = d; best = c; }
+          if (d < bd) {
+            bd = d;
+            best = c;
+          }
         }
         counts[best]++;
       }
     ASSERT_GT(lesion, 500);
     for (int c = 0; c < kNumColours; ++c) {
       bool asked = mask_bits & (1u << c);
-      if (asked) EXPECT_GT(counts[c], lesion / 20) << colour_names()[c];
-      else EXPECT_EQ(counts[c], 0) << colour_names()[c];
+      if (asked)
+        EXPECT_GT(counts[c], lesion / 20) << colour_names()[c];
+      else
+        EXPECT_EQ(counts[c], 0) << colour_names()[c];
     }
   }
 }
@@ -195,12 +207,18 @@ static int asymmetric_axes(const cv::Mat& mask) {
   double m00 = 0, m10 = 0, m01 = 0;
   for (int y = 0; y < mask.rows; ++y)
     for (int x = 0; x < mask.cols; ++x)
-      if (mask.at<uint8_t>(y, x)) { m00++; m10 += x; m01 += y; }
+      if (mask.at<uint8_t>(y, x)) {
+        m00++;
+        m10 += x;
+        m01 += y;
+      }
   double cx = m10 / m00, cy = m01 / m00, mu20 = 0, mu02 = 0, mu11 = 0;
   for (int y = 0; y < mask.rows; ++y)
     for (int x = 0; x < mask.cols; ++x)
       if (mask.at<uint8_t>(y, x)) {
-        mu20 += (x - cx) * (x - cx); mu02 += (y - cy) * (y - cy); mu11 += (x - cx) * (y - cy);
+        mu20 += (x - cx) * (x - cx);
+        mu02 += (y - cy) * (y - cy);
+        mu11 += (x - cx) * (y - cy);
       }
   double th = 0.5 * std::atan2(2 * mu11, mu20 - mu02);
   int n = 0;
@@ -211,8 +229,10 @@ static int asymmetric_axes(const cv::Mat& mask) {
       for (int x = 0; x < mask.cols; ++x) {
         if (!mask.at<uint8_t>(y, x)) continue;
         double dx = x - cx, dy = y - cy;
-        int rx = static_cast<int>(std::lround(cx + c * dx + s * dy)), ry = static_cast<int>(std::lround(cy + s * dx - c * dy));
-        bool in = rx >= 0 && ry >= 0 && rx < mask.cols && ry < mask.rows && mask.at<uint8_t>(ry, rx);
+        int rx = static_cast<int>(std::lround(cx + c * dx + s * dy)),
+            ry = static_cast<int>(std::lround(cy + s * dx - c * dy));
+        bool in =
+            rx >= 0 && ry >= 0 && rx < mask.cols && ry < mask.rows && mask.at<uint8_t>(ry, rx);
         mism += !in;
       }
     n += mism > 0.05 * m00;
@@ -251,7 +271,9 @@ TEST(Phantom, DiameterAndDeterminism) {
   double eq_diam = 2 * std::sqrt(area / M_PI) / 64;
   EXPECT_NEAR(eq_diam, 0.5, 0.06);
   // Label rule documented in phantom.h.
-  p.asymmetry_axes = 2; p.colours = 0b111100; p.irregularity = 0.5;
+  p.asymmetry_axes = 2;
+  p.colours = 0b111100;
+  p.irregularity = 0.5;
   EXPECT_DOUBLE_EQ(p.tds(), 1.3 * 2 + 0.1 * 4 + 0.5 * 4);
   EXPECT_EQ(p.label(), 1);
 }
@@ -310,11 +332,14 @@ TEST(HamData, SplitHasNoLesionInTwoSplitsAndBalancedClasses) {
   for (auto& [l, s] : where) ASSERT_EQ(s.size(), 1u) << "lesion " << l << " in two splits";
   for (const char* dx : {"nv", "mel", "bkl", "bcc", "akiec", "vasc", "df"}) {
     double f = double(cnt["train"][dx]) / tot["train"];
-    for (const char* s : {"val", "test"}) EXPECT_NEAR(double(cnt[s][dx]) / tot[s], f, 0.01) << dx << " " << s;
+    for (const char* s : {"val", "test"})
+      EXPECT_NEAR(double(cnt[s][dx]) / tot[s], f, 0.01) << dx << " " << s;
   }
   std::string dir = test::tmp_dir("hamsplit");
   ASSERT_TRUE(write_splits(dir + "/a.csv", ds->records, *sp).ok());
-  ASSERT_TRUE(write_splits(dir + "/b.csv", ds->records, *make_splits(ds->records, {0.7, 0.1, 0.2, 0})).ok());
+  ASSERT_TRUE(
+      write_splits(dir + "/b.csv", ds->records, *make_splits(ds->records, {0.7, 0.1, 0.2, 0}))
+          .ok());
   EXPECT_EQ(*read_file(dir + "/a.csv"), *read_file(dir + "/b.csv"));
   auto test_idx = select_split(ds->records, dir + "/a.csv", "test");
   ASSERT_TRUE(test_idx.ok());
@@ -338,7 +363,8 @@ TEST(HamData, PrepareAllAt64AndReloadPixels) {
   EXPECT_EQ(back->images, ps->images);
   // Mask coverage sane: lesions cover between 1% and 100% of the crop on average.
   double cover = 0;
-  for (int64_t i = 0; i < back->count(); ++i) cover += cv::countNonZero(cv::Mat(64, 64, CV_8UC1, (void*)back->mask(i))) / 4096.0;
+  for (int64_t i = 0; i < back->count(); ++i)
+    cover += cv::countNonZero(cv::Mat(64, 64, CV_8UC1, (void*)back->mask(i))) / 4096.0;
   cover /= back->count();
   EXPECT_GT(cover, 0.05);
   EXPECT_LT(cover, 0.8);

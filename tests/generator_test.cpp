@@ -1,3 +1,5 @@
+#include "train/generator.h"
+
 #include <sstream>
 
 #include "flow/flow.h"
@@ -9,7 +11,6 @@
 #include "models/mmdit_blocks.h"
 #include "test_util.h"
 #include "train_util.h"
-#include "train/generator.h"
 
 namespace lf {
 using torch::Tensor;
@@ -17,8 +18,17 @@ using torch::Tensor;
 namespace {
 MMDiTConfig micro() {
   MMDiTConfig c = MMDiTConfig::preset("tiny");
-  c.image_size = 16; c.patch = 4; c.dim = 32; c.heads = 2; c.double_blocks = 1; c.single_blocks = 1;
-  c.refine_channels = 8; c.text_dim = 32; c.text_layers = 1; c.text_heads = 2; c.max_text_len = 16;
+  c.image_size = 16;
+  c.patch = 4;
+  c.dim = 32;
+  c.heads = 2;
+  c.double_blocks = 1;
+  c.single_blocks = 1;
+  c.refine_channels = 8;
+  c.text_dim = 32;
+  c.text_layers = 1;
+  c.text_heads = 2;
+  c.max_text_len = 16;
   c.vocab_size = 64;
   return c;
 }
@@ -92,12 +102,15 @@ TEST(MMDiT, CachedTextAndOneTokenUnconditionalEqualThePaddedBatch) {
   auto full = m->forward(x, t, ids, mask);
   EXPECT_GT(full.abs().max().item<float>(), 0.1f);
   EXPECT_TRUE(torch::equal(m->forward(x, t, m->encode_text(ids, mask)), full));
-  auto empty_ids = torch::zeros({3, 9}, torch::kInt64), empty_mask = torch::zeros({3, 9}, torch::kBool);
+  auto empty_ids = torch::zeros({3, 9}, torch::kInt64),
+       empty_mask = torch::zeros({3, 9}, torch::kBool);
   empty_ids.select(1, 0).fill_(1);
   empty_mask.select(1, 0).fill_(true);
   auto padded = m->forward(x, t, empty_ids, empty_mask);
-  auto one = m->forward(x, t, m->encode_text(empty_ids.narrow(0, 0, 1).narrow(1, 0, 1),
-                                             empty_mask.narrow(0, 0, 1).narrow(1, 0, 1)).expand(3));
+  auto one = m->forward(x, t,
+                        m->encode_text(empty_ids.narrow(0, 0, 1).narrow(1, 0, 1),
+                                       empty_mask.narrow(0, 0, 1).narrow(1, 0, 1))
+                            .expand(3));
   EXPECT_LT((one - padded).abs().max().item<float>(), 1e-5);
   EXPECT_FALSE(torch::allclose(one, full, 1e-3, 1e-3));  // the condition matters
 }
@@ -108,24 +121,25 @@ TEST(MMDiT, ParallelAttentionMatchesPlainOpsForwardAndBackward) {
   torch::set_num_threads(2);  // the batch x heads items are split over threads
   // float32 takes the direct-sgemm path, float64 the batched-GEMM fallback.
   for (auto dtype : {torch::kFloat32, torch::kFloat64})
-  for (bool masked : {false, true}) {
-    auto opt = torch::dtype(dtype).requires_grad(true);
-    auto q = torch::randn({3, 2, 11, 8}, opt), k = torch::randn({3, 2, 11, 8}, opt);
-    auto v = torch::randn({3, 2, 11, 8}, opt);
-    auto mask = torch::ones({3, 11}, torch::kBool);
-    if (masked) mask[1].narrow(0, 4, 7).fill_(false);
-    auto go = torch::randn({3, 2, 11, 8}, torch::dtype(dtype));
-    auto out = attention(q, k, v, attention_bias(mask));
-    auto grads = torch::autograd::grad({out}, {q, k, v}, {go});
-    // Reference: the textbook formula with autograd.
-    auto s = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(8.0);
-    s = s.masked_fill(mask.logical_not().view({3, 1, 1, 11}), -1e9);
-    auto ref = torch::matmul(torch::softmax(s, -1), v);
-    auto rgrads = torch::autograd::grad({ref}, {q, k, v}, {go});
-    EXPECT_LT((out - ref).abs().max().item<float>(), 1e-5) << masked;
-    for (int i = 0; i < 3; ++i) EXPECT_LT((grads[i] - rgrads[i]).abs().max().item<float>(), 1e-5) << masked << i;
-    EXPECT_GT(rgrads[1].abs().max().item<float>(), 1e-3);
-  }
+    for (bool masked : {false, true}) {
+      auto opt = torch::dtype(dtype).requires_grad(true);
+      auto q = torch::randn({3, 2, 11, 8}, opt), k = torch::randn({3, 2, 11, 8}, opt);
+      auto v = torch::randn({3, 2, 11, 8}, opt);
+      auto mask = torch::ones({3, 11}, torch::kBool);
+      if (masked) mask[1].narrow(0, 4, 7).fill_(false);
+      auto go = torch::randn({3, 2, 11, 8}, torch::dtype(dtype));
+      auto out = attention(q, k, v, attention_bias(mask));
+      auto grads = torch::autograd::grad({out}, {q, k, v}, {go});
+      // Reference: the textbook formula with autograd.
+      auto s = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(8.0);
+      s = s.masked_fill(mask.logical_not().view({3, 1, 1, 11}), -1e9);
+      auto ref = torch::matmul(torch::softmax(s, -1), v);
+      auto rgrads = torch::autograd::grad({ref}, {q, k, v}, {go});
+      EXPECT_LT((out - ref).abs().max().item<float>(), 1e-5) << masked;
+      for (int i = 0; i < 3; ++i)
+        EXPECT_LT((grads[i] - rgrads[i]).abs().max().item<float>(), 1e-5) << masked << i;
+      EXPECT_GT(rgrads[1].abs().max().item<float>(), 1e-3);
+    }
   torch::set_num_threads(threads);
 }
 
@@ -168,7 +182,8 @@ TEST(MMDiT, AdaLNZeroInitMakesEveryBlockTheIdentity) {
   SingleBlock sb(32, 2, 64);
   auto img = torch::randn({2, 16, 32}), txt = torch::randn({2, 5, 32}), vec = torch::randn({2, 32});
   auto [cos, sin] = rope_2d(4, 16, 100.0);
-  cos = torch::cat({torch::ones({5, 8}), cos}); sin = torch::cat({torch::zeros({5, 8}), sin});
+  cos = torch::cat({torch::ones({5, 8}), cos});
+  sin = torch::cat({torch::zeros({5, 8}), sin});
   auto km = attention_bias(torch::ones({2, 21}, torch::kBool));  // all attended: undefined
   auto [i2, t2] = db->forward(img, txt, vec, cos, sin, km);
   EXPECT_TRUE(torch::equal(i2, img));
@@ -177,8 +192,8 @@ TEST(MMDiT, AdaLNZeroInitMakesEveryBlockTheIdentity) {
   EXPECT_TRUE(torch::equal(sb->forward(h, vec, cos, sin, km), h));
   // ...and the whole model outputs exactly zero at init (final layer and refine head zeroed).
   MMDiT m(micro());
-  auto y = m->forward(torch::randn({2, 3, 16, 16}), torch::rand({2}), torch::zeros({2, 16}, torch::kInt64),
-                      torch::ones({2, 16}, torch::kBool));
+  auto y = m->forward(torch::randn({2, 3, 16, 16}), torch::rand({2}),
+                      torch::zeros({2, 16}, torch::kInt64), torch::ones({2, 16}, torch::kBool));
   EXPECT_EQ(y.abs().max().item<float>(), 0.0f);
   // After a perturbation of the modulation the block is no longer the identity (test can fail).
   torch::NoGradGuard ng;
@@ -212,21 +227,28 @@ TEST(MMDiT, FusedQkNormRopeMatchesComposedOpsForwardAndBackward) {
   torch::set_num_threads(2);  // rows and the weight-gradient partial sums are split over threads
   const int64_t B = 3, H = 2, Ta = 5, Nb = 9, hd = 8;
   auto [ic, is] = rope_2d(3, hd, 100.0);  // 9 image positions
-  auto cos = torch::cat({torch::ones({Ta, hd / 2}), ic}, 0), sin = torch::cat({torch::zeros({Ta, hd / 2}), is}, 0);
+  auto cos = torch::cat({torch::ones({Ta, hd / 2}), ic}, 0),
+       sin = torch::cat({torch::zeros({Ta, hd / 2}), is}, 0);
   // Strided views as split_heads makes them: [B,L,3,H,hd] permuted to [B,H,L,hd].
-  auto ta = torch::randn({B, Ta, 3, H, hd}, torch::requires_grad()), tb = torch::randn({B, Nb, 3, H, hd}, torch::requires_grad());
-  auto wa = (1 + 0.3 * torch::randn({hd})).requires_grad_(), wb = (1 + 0.3 * torch::randn({hd})).requires_grad_();
+  auto ta = torch::randn({B, Ta, 3, H, hd}, torch::requires_grad()),
+       tb = torch::randn({B, Nb, 3, H, hd}, torch::requires_grad());
+  auto wa = (1 + 0.3 * torch::randn({hd})).requires_grad_(),
+       wb = (1 + 0.3 * torch::randn({hd})).requires_grad_();
   auto xa = ta.permute({2, 0, 3, 1, 4})[1], xb = tb.permute({2, 0, 3, 1, 4})[1];
   ASSERT_FALSE(xa.is_contiguous());
   auto go = torch::randn({B, H, Ta + Nb, hd});
   auto out = qk_norm_rope(xa, wa, xb, wb, cos, sin);
   auto g = torch::autograd::grad({out}, {ta, wa, tb, wb}, {go});
-  auto rms = [](const torch::Tensor& x, const torch::Tensor& w) { return x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-6) * w; };
+  auto rms = [](const torch::Tensor& x, const torch::Tensor& w) {
+    return x * torch::rsqrt(x.pow(2).mean(-1, true) + 1e-6) * w;
+  };
   auto ref = apply_rope(torch::cat({rms(xa, wa), rms(xb, wb)}, 2), cos, sin);
   auto rg = torch::autograd::grad({ref}, {ta, wa, tb, wb}, {go});
   EXPECT_LT((out - ref).abs().max().item<float>(), 1e-5);
   for (int i = 0; i < 4; ++i) {
-    EXPECT_LT((g[i] - rg[i]).abs().max().item<float>(), 1e-4 * (1 + rg[i].abs().max().item<float>())) << i;
+    EXPECT_LT((g[i] - rg[i]).abs().max().item<float>(),
+              1e-4 * (1 + rg[i].abs().max().item<float>()))
+        << i;
     EXPECT_GT(rg[i].abs().max().item<float>(), 1e-3) << i;
   }
   // One segment (single-stream blocks): the second is an empty view of the first.
@@ -242,7 +264,8 @@ TEST(MMDiT, FusedGeluMatchesTorchForwardAndBackward) {
   auto y = gelu_tanh(x);
   auto ref = torch::gelu(x, "tanh");
   EXPECT_LT((y - ref).abs().max().item<float>(), 2e-6);
-  auto g = torch::autograd::grad({y}, {x}, {go})[0], rg = torch::autograd::grad({ref}, {x}, {go})[0];
+  auto g = torch::autograd::grad({y}, {x}, {go})[0],
+       rg = torch::autograd::grad({ref}, {x}, {go})[0];
   EXPECT_LT((g - rg).abs().max().item<float>(), 1e-5 * (1 + rg.abs().max().item<float>()));
   EXPECT_FALSE(torch::isnan(g).any().item<bool>());
   torch::NoGradGuard ng;  // the inference path
@@ -282,7 +305,10 @@ TEST(Flow, MultistepSamplersBeatEulerOnAGaussianWithKnownFlowMap) {
   auto z = torch::linspace(-2, 2, 9, torch::kFloat64).view({9, 1, 1, 1});
   auto exact = mu + s * z;
   auto err = [&](const char* method, int steps) {
-    return (sample_flow(v, z, {*parse_sampler(method), steps, 1.0}) - exact).abs().max().item<double>();
+    return (sample_flow(v, z, {*parse_sampler(method), steps, 1.0}) - exact)
+        .abs()
+        .max()
+        .item<double>();
   };
   EXPECT_GT(err("euler", 16), 0.05);
   // Same number of network calls, several times smaller error.
@@ -302,8 +328,9 @@ TEST(Flow, TwoGaussianToyReproducesMeanAndCovariance) {
     auto mean = comp * torch::tensor({4.0f, 0.5f}) + torch::tensor({-2.0f, 0.0f});
     return mean + 0.5 * torch::randn({n, 2});
   };
-  torch::nn::Sequential net(torch::nn::Linear(3, 128), torch::nn::SiLU(), torch::nn::Linear(128, 128),
-                            torch::nn::SiLU(), torch::nn::Linear(128, 2));
+  torch::nn::Sequential net(torch::nn::Linear(3, 128), torch::nn::SiLU(),
+                            torch::nn::Linear(128, 128), torch::nn::SiLU(),
+                            torch::nn::Linear(128, 2));
   torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(2e-3));
   FlowConfig fc;
   auto gen = at::detail::createCPUGenerator(5);
@@ -314,7 +341,8 @@ TEST(Flow, TwoGaussianToyReproducesMeanAndCovariance) {
     auto x0 = draw(kB).view({kB, 2, 1, 1});
     auto t = sample_timesteps(kB, fc, gen);
     auto fb = make_flow_batch(x0, torch::randn({kB, 2, 1, 1}), t);
-    auto out = net->forward(torch::cat({fb.x_t.view({kB, 2}), t.view({kB, 1})}, 1)).view({kB, 2, 1, 1});
+    auto out =
+        net->forward(torch::cat({fb.x_t.view({kB, 2}), t.view({kB, 1})}, 1)).view({kB, 2, 1, 1});
     auto loss = flow_loss_per_sample(out, fb, fc).mean();
     opt.zero_grad();
     loss.backward();
@@ -323,10 +351,14 @@ TEST(Flow, TwoGaussianToyReproducesMeanAndCovariance) {
   VelocityFn v = [&](const Tensor& x, const Tensor& t) {
     return net->forward(torch::cat({x.view({-1, 2}), t.view({-1, 1})}, 1)).view({-1, 2, 1, 1});
   };
-  auto s = sample_flow(v, torch::randn({20000, 2, 1, 1}), {SamplerMethod::kHeun, 60, 1.0}).view({20000, 2});
+  auto s = sample_flow(v, torch::randn({20000, 2, 1, 1}), {SamplerMethod::kHeun, 60, 1.0})
+               .view({20000, 2});
   auto ref = draw(200000);
   auto m = s.mean(0), mr = ref.mean(0);
-  auto cov = [](const Tensor& x) { auto c = x - x.mean(0); return c.t().mm(c) / (x.size(0) - 1); };
+  auto cov = [](const Tensor& x) {
+    auto c = x - x.mean(0);
+    return c.t().mm(c) / (x.size(0) - 1);
+  };
   auto C = cov(s), Cr = cov(ref);
   double scale = std::sqrt(Cr.trace().item<double>());
   EXPECT_LT((m - mr).abs().max().item<double>(), 0.05 * scale) << m << mr;
@@ -370,7 +402,8 @@ TEST(Parity, MMDiTForwardMatchesIndependentPythonTorch) {
   MMDiT m(cfg);
   ASSERT_TRUE(load_module_tensors(*st, *m, path).ok());
   auto get = [&](const char* k) { return *from_raw(st->tensors.at(k), k); };
-  auto out = m->forward(get("input.x"), get("input.t"), get("input.ids"), get("input.mask").to(torch::kBool));
+  auto out = m->forward(get("input.x"), get("input.t"), get("input.ids"),
+                        get("input.mask").to(torch::kBool));
   double diff = (out - get("expected.out")).abs().max().item<double>();
   EXPECT_LE(diff, 1e-4);
   EXPECT_GT(get("expected.out").abs().max().item<double>(), 0.1);  // not a trivial all-zero fixture
@@ -452,8 +485,10 @@ TEST(Train, FrozenTextEncoderStaysFixedWhileTheRestTrains) {
   TrainTarget target;  // what `lesionflow train --freeze-text` passes
   for (auto& p : m->named_parameters()) {
     before[p.key()] = p.value().detach().clone();
-    if (p.key().rfind("text.", 0) == 0) p.value().set_requires_grad(false);
-    else target.params.push_back(p.value());
+    if (p.key().rfind("text.", 0) == 0)
+      p.value().set_requires_grad(false);
+    else
+      target.params.push_back(p.value());
   }
   GenTrainConfig tc = test::short_run("freeze_text", 4, 8, 1e-2, 1);
   ASSERT_TRUE(train_generator(tc, m, *d.tok, d.imgs, nullptr, &target).ok());
@@ -542,7 +577,10 @@ TEST(Distill, TargetIsTheGuidedTeacherStepAndTheStudentLearnsIt) {
   // Training the student through train_generator reduces its error against the target.
   auto err = [&] {
     torch::NoGradGuard ng;
-    return (student->forward(fb.x_t, t, ids, mask) - tg.target_velocity(fb.x_t, t, ids, mask)).pow(2).mean().item<double>();
+    return (student->forward(fb.x_t, t, ids, mask) - tg.target_velocity(fb.x_t, t, ids, mask))
+        .pow(2)
+        .mean()
+        .item<double>();
   };
   const double before = err();
   GenTrainConfig tc = test::short_run("distill", 60, 8, 2e-3, 5);
@@ -553,12 +591,14 @@ TEST(Distill, TargetIsTheGuidedTeacherStepAndTheStudentLearnsIt) {
   EXPECT_LT(after, 0.5 * before) << "before " << before << " after " << after;
   // The teacher is untouched, and a checkpoint carries the student's sampling settings.
   MMDiT fresh = random_model(c, 21, 0.05);
-  for (auto& p : teacher->named_parameters()) ASSERT_TRUE(torch::equal(p.value(), fresh->named_parameters()[p.key()])) << p.key();
+  for (auto& p : teacher->named_parameters())
+    ASSERT_TRUE(torch::equal(p.value(), fresh->named_parameters()[p.key()])) << p.key();
   GenerateConfig sc;
   sc.sampler.steps = 2;
   sc.cfg_scale = 1.0;
   ASSERT_TRUE(save_generator(tc.out + "/student.safetensors", student, *d.tok, 60, fc, "raw",
-                             {{"sampling", sampling_metadata(sc).dump()}}).ok());
+                             {{"sampling", sampling_metadata(sc).dump()}})
+                  .ok());
   auto loaded = load_generator(tc.out + "/student.safetensors");
   LF_ASSERT_OK(loaded);
   auto rec = recommended_sampling(loaded->metadata);

@@ -1,7 +1,8 @@
-#include <set>
-#include <cstring>
-
 #include "lesionflow/io.h"
+
+#include <cstring>
+#include <set>
+
 #include "lesionflow/rng.h"
 #include "test_util.h"
 
@@ -10,7 +11,8 @@ namespace lf {
 TEST(Safetensors, RoundTripIsBitExactAndReadableHeader) {
   SafeTensors st;
   float v[6] = {1.5f, -2.f, 3.25f, 0.f, 1e-7f, -1e9f};
-  st.tensors["a.weight"] = RawTensor{DType::kF32, {2, 3}, std::string(reinterpret_cast<char*>(v), sizeof v)};
+  st.tensors["a.weight"] =
+      RawTensor{DType::kF32, {2, 3}, std::string(reinterpret_cast<char*>(v), sizeof v)};
   st.tensors["b"] = RawTensor{DType::kU8, {4}, std::string("\x01\x02\x03\xff", 4)};
   st.metadata["config"] = "{\"x\":1}";
   std::string path = test::tmp_dir("st") + "/t.safetensors";
@@ -42,11 +44,14 @@ TEST(Safetensors, TruncatedFileIsAClearError) {
 
 TEST(Csv, QuotesAndLineNumbers) {
   std::string dir = test::tmp_dir("csv");
-  ASSERT_TRUE(write_file_atomic(dir + "/a.csv", "a,b\r\n1,\"x,\"\"y\"\"\"\n\n2,\"multi\nline\"\n3,4,5\n").ok());
+  ASSERT_TRUE(
+      write_file_atomic(dir + "/a.csv", "a,b\r\n1,\"x,\"\"y\"\"\"\n\n2,\"multi\nline\"\n3,4,5\n")
+          .ok());
   auto t = read_csv(dir + "/a.csv");
   ASSERT_FALSE(t.ok());
   EXPECT_NE(t.status().message().find("a.csv:6"), std::string::npos) << t.status().message();
-  ASSERT_TRUE(write_file_atomic(dir + "/b.csv", "a,b\n1,\"x,\"\"y\"\"\"\n2,\"multi\nline\"\n").ok());
+  ASSERT_TRUE(
+      write_file_atomic(dir + "/b.csv", "a,b\n1,\"x,\"\"y\"\"\"\n2,\"multi\nline\"\n").ok());
   auto u = read_csv(dir + "/b.csv");
   ASSERT_TRUE(u.ok()) << u.status().message();
   ASSERT_EQ(u->rows.size(), 2u);
@@ -57,7 +62,8 @@ TEST(Csv, QuotesAndLineNumbers) {
 
 TEST(ImageIo, BadFilesGiveNamedErrors) {
   std::string d = test::data_dir() + "/bad/images/";
-  for (const char* f : {"IMG_0004.jpg", "IMG_0005.jpg", "IMG_0006.jpg", "IMG_0007.png", "missing.jpg"}) {
+  for (const char* f :
+       {"IMG_0004.jpg", "IMG_0005.jpg", "IMG_0006.jpg", "IMG_0007.png", "missing.jpg"}) {
     auto r = read_image(d + f);
     ASSERT_FALSE(r.ok()) << f;
     EXPECT_NE(r.status().message().find(f), std::string::npos) << r.status().message();

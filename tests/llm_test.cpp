@@ -1,9 +1,10 @@
+#include "lesionflow/llm.h"
+
 #include <httplib.h>
 
 #include <atomic>
 #include <thread>
 
-#include "lesionflow/llm.h"
 #include "test_util.h"
 
 namespace lf {
@@ -21,15 +22,21 @@ struct Stub {
       hits++;
       auto body = nlohmann::json::parse(req.body);
       auto facts = nlohmann::json::parse(body["messages"][1]["content"].get<std::string>());
-      std::string cap = "A " + facts["diagnosis"].get<std::string>() + " seen on the " + facts["body_site"].get<std::string>() +
-                        " of a " + facts["age"].get<std::string>() + " year old, asymmetric, with ";
+      std::string cap = "A " + facts["diagnosis"].get<std::string>() + " seen on the " +
+                        facts["body_site"].get<std::string>() + " of a " +
+                        facts["age"].get<std::string>() + " year old, asymmetric, with ";
       auto cols = facts["colours"];
       for (size_t i = 0; i < cols.size(); ++i)
         if (!(mode == 1 && i == 0)) cap += cols[i].get<std::string>() + " ";
-      if (mode == 2) { res.status = 500; return; }
+      if (mode == 2) {
+        res.status = 500;
+        return;
+      }
       if (mode == 3) std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-      res.set_content(nlohmann::json{{"choices", {{{"message", {{"role", "assistant"}, {"content", cap}}}}}}}.dump(),
-                      "application/json");
+      res.set_content(
+          nlohmann::json{{"choices", {{{"message", {{"role", "assistant"}, {"content", cap}}}}}}}
+              .dump(),
+          "application/json");
     });
     port = srv.bind_to_any_port("127.0.0.1");
     th = std::thread([this] { srv.listen_after_bind(); });
@@ -43,22 +50,36 @@ struct Stub {
 
 TEST(Llm, FactCheckRejectsDroppedOrContradictedFacts) {
   CaptionFacts f;
-  f.dx = "mel"; f.label = 1; f.site = "back"; f.age = 60; f.asymmetry = 2;
+  f.dx = "mel";
+  f.label = 1;
+  f.site = "back";
+  f.age = 60;
+  f.asymmetry = 2;
   f.colours = {"dark brown", "black"};
   std::string why;
-  EXPECT_TRUE(caption_keeps_facts("An asymmetric melanoma on the back of a 60-year-old, dark brown and black", f, &why)) << why;
-  EXPECT_FALSE(caption_keeps_facts("An asymmetric melanoma on the back of a 60-year-old, dark brown", f, &why));
+  EXPECT_TRUE(caption_keeps_facts(
+      "An asymmetric melanoma on the back of a 60-year-old, dark brown and black", f, &why))
+      << why;
+  EXPECT_FALSE(caption_keeps_facts(
+      "An asymmetric melanoma on the back of a 60-year-old, dark brown", f, &why));
   EXPECT_NE(why.find("black"), std::string::npos);
-  EXPECT_FALSE(caption_keeps_facts("An asymmetric melanoma on the back of a 60-year-old, dark brown, black and red", f, &why));
-  EXPECT_FALSE(caption_keeps_facts("A symmetric melanoma on the back of a 60-year-old, dark brown and black", f, &why));
-  EXPECT_FALSE(caption_keeps_facts("A benign asymmetric melanoma on the back of a 60-year-old, dark brown and black", f, &why));
+  EXPECT_FALSE(caption_keeps_facts(
+      "An asymmetric melanoma on the back of a 60-year-old, dark brown, black and red", f, &why));
+  EXPECT_FALSE(caption_keeps_facts(
+      "A symmetric melanoma on the back of a 60-year-old, dark brown and black", f, &why));
+  EXPECT_FALSE(caption_keeps_facts(
+      "A benign asymmetric melanoma on the back of a 60-year-old, dark brown and black", f, &why));
 }
 
 TEST(Llm, RewritesAgainstALocalStubWithCacheFallbackAndTimeout) {
   Stub stub;
   ASSERT_GT(stub.port, 0);
   CaptionFacts f;
-  f.dx = "mel"; f.label = 1; f.site = "back"; f.age = 60; f.asymmetry = 2;
+  f.dx = "mel";
+  f.label = 1;
+  f.site = "back";
+  f.age = 60;
+  f.asymmetry = 2;
   f.colours = {"dark brown", "black"};
   std::string cache = test::tmp_dir("llm") + "/cache.jsonl";
   LlmConfig cfg{"http://127.0.0.1:" + std::to_string(stub.port) + "/v1", "stub", 0.5, cache};

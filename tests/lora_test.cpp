@@ -1,14 +1,15 @@
 // LoRA adapters: identity at B = 0, only adapter tensors train, merge == runtime, small files,
 // mismatched bases refused.
+#include "adapters/lora.h"
+
 #include <filesystem>
 
-#include "adapters/lora.h"
 #include "lesionflow/captions.h"
 #include "lesionflow/io.h"
 #include "models/checkpoint.h"
 #include "test_util.h"
-#include "train_util.h"
 #include "train/generator.h"
+#include "train_util.h"
 
 using namespace lf;
 
@@ -55,14 +56,16 @@ torch::Tensor forward_fixed(MMDiT& m, const Tokenizer& tok, int size) {
   auto gen = at::detail::createCPUGenerator(77);
   auto x = torch::randn({2, 3, size, size}, gen, torch::kFloat32);
   auto t = torch::tensor({0.3f, 0.8f});
-  auto [ids, mask] = tokenize_batch(tok, {"dermoscopic image of a melanoma", "a nevus"}, m->config().max_text_len);
+  auto [ids, mask] =
+      tokenize_batch(tok, {"dermoscopic image of a melanoma", "a nevus"}, m->config().max_text_len);
   return m->forward(x, t, ids, mask);
 }
 
 void randomize_up(LoraAdapter& a, uint64_t seed) {
   torch::NoGradGuard ng;
   auto gen = at::detail::createCPUGenerator(seed);
-  for (auto& m : a.modules()) const_cast<torch::Tensor&>(m.up).copy_(torch::randn(m.up.sizes(), gen) * 0.05);
+  for (auto& m : a.modules())
+    const_cast<torch::Tensor&>(m.up).copy_(torch::randn(m.up.sizes(), gen) * 0.05);
 }
 }  // namespace
 
@@ -109,8 +112,11 @@ TEST(Lora, RankDropoutDropsWholeRankComponentsPerStepAndAveragesToTheAdapter) {
   EXPECT_TRUE(torch::equal(weight() - base, d3));  // the mask depends only on (seed, step)
   rt.apply(4);
   EXPECT_FALSE(torch::allclose(weight() - base, d3));
-  // d3 = scale * B diag(keep) A / (1 - p) with keep in {0,1}^r: solve for keep from each column of B.
-  auto BA = [&](const torch::Tensor& keep) { return (m0.scale() / 0.5) * (m0.up * keep.unsqueeze(0)).mm(m0.down); };
+  // d3 = scale * B diag(keep) A / (1 - p) with keep in {0,1}^r: solve for keep from each column of
+  // B.
+  auto BA = [&](const torch::Tensor& keep) {
+    return (m0.scale() / 0.5) * (m0.up * keep.unsqueeze(0)).mm(m0.down);
+  };
   double best = 1e9;
   for (int bits = 0; bits < (1 << m0.rank()); ++bits) {
     auto keep = torch::zeros({m0.rank()});
@@ -148,19 +154,23 @@ TEST(Lora, TrainingChangesOnlyTheAdapterAndMergeEqualsRuntime) {
   TrainTarget target;
   target.params = a->parameters();
   target.before_forward = [&rt](int64_t step) { rt.apply(step); };
-  target.save = [&](const std::string& p, int64_t step, const std::string&) { return a->save(p, f.base_hash, step); };
+  target.save = [&](const std::string& p, int64_t step, const std::string&) {
+    return a->save(p, f.base_hash, step);
+  };
   target.load = [](const std::string&) { return Status::ok_status(); };
   auto r = train_generator(tc, f.model, *f.tok, f.imgs, nullptr, &target);
   ASSERT_TRUE(r.ok()) << r.status().message();
   auto params = f.model->parameters();
-  for (size_t i = 0; i < params.size(); ++i) ASSERT_TRUE(torch::equal(params[i], base_copy[i])) << "base tensor " << i << " changed";
+  for (size_t i = 0; i < params.size(); ++i)
+    ASSERT_TRUE(torch::equal(params[i], base_copy[i])) << "base tensor " << i << " changed";
   double up_norm = 0;
   for (auto& m : a->modules()) up_norm += m.up.abs().sum().item<double>();
   EXPECT_GT(up_norm, 0) << "LoRA B stayed zero: nothing was trained";
   // The run's adapter file holds only LoRA tensors.
   auto st = *load_safetensors(tc.out + "/checkpoint.safetensors");
   for (auto& [k, t] : st.tensors)
-    EXPECT_TRUE(k.find(".lora_down.weight") != std::string::npos || k.find(".lora_up.weight") != std::string::npos ||
+    EXPECT_TRUE(k.find(".lora_down.weight") != std::string::npos ||
+                k.find(".lora_up.weight") != std::string::npos ||
                 k.find(".alpha") != std::string::npos)
         << k;
   // Two adapters at run time (strengths 1 and 0.5) == both merged into a checkpoint.
@@ -178,17 +188,22 @@ TEST(Lora, TrainingChangesOnlyTheAdapterAndMergeEqualsRuntime) {
   }
   auto runtime_out = forward_fixed(f.model, *f.tok, 16);
   rt2.remove();
-  ASSERT_TRUE(merge_lora(f.base_path, {{dir + "/a.safetensors", 1.0}, {dir + "/b.safetensors", 0.5}}, dir + "/merged.safetensors").ok());
+  ASSERT_TRUE(merge_lora(f.base_path,
+                         {{dir + "/a.safetensors", 1.0}, {dir + "/b.safetensors", 0.5}},
+                         dir + "/merged.safetensors")
+                  .ok());
   auto merged = load_generator(dir + "/merged.safetensors");
   ASSERT_TRUE(merged.ok()) << merged.status().message();
   auto merged_out = forward_fixed(merged->model, *merged->tok, 16);
   EXPECT_LE((merged_out - runtime_out).abs().max().item<double>(), 1e-5);
-  EXPECT_GT((merged_out - forward_fixed(f.model, *f.tok, 16)).abs().max().item<double>(), 1e-4);  // not the base
+  EXPECT_GT((merged_out - forward_fixed(f.model, *f.tok, 16)).abs().max().item<double>(),
+            1e-4);  // not the base
 }
 
 TEST(Lora, AdapterIsSmallAndAMismatchedBaseIsRefused) {
   // Rank 8 on attention + MLP of the small preset: adapter file <= 5% of the base checkpoint.
-  auto corpus = std::vector<std::string>{"dermoscopic image of a melanoma", "a benign nevus on the back"};
+  auto corpus =
+      std::vector<std::string>{"dermoscopic image of a melanoma", "a benign nevus on the back"};
   auto tok = *Tokenizer::train(corpus, {64, "bpe", 0});
   MMDiTConfig mc = MMDiTConfig::preset("small");
   mc.vocab_size = tok.vocab_size();
@@ -204,7 +219,8 @@ TEST(Lora, AdapterIsSmallAndAMismatchedBaseIsRefused) {
   // Wrong base hash -> refused with a message naming both hashes.
   auto wrong = LoraAdapter::load(dir + "/a.safetensors", small, "0000000000000000");
   ASSERT_FALSE(wrong.ok());
-  EXPECT_NE(wrong.status().message().find("refusing"), std::string::npos) << wrong.status().message();
+  EXPECT_NE(wrong.status().message().find("refusing"), std::string::npos)
+      << wrong.status().message();
   // Right hash but another architecture (tiny) -> shapes or modules do not fit.
   auto f = make_fixture("lora_size_tiny");
   auto shapes = LoraAdapter::load(dir + "/a.safetensors", f.model, "");
@@ -213,5 +229,6 @@ TEST(Lora, AdapterIsSmallAndAMismatchedBaseIsRefused) {
               shapes.status().message().find("does not exist") != std::string::npos)
       << shapes.status().message();
   // merge refuses too.
-  EXPECT_FALSE(merge_lora(f.base_path, {{dir + "/a.safetensors", 1.0}}, dir + "/m.safetensors").ok());
+  EXPECT_FALSE(
+      merge_lora(f.base_path, {{dir + "/a.safetensors", 1.0}}, dir + "/m.safetensors").ok());
 }

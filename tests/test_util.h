@@ -18,8 +18,8 @@ inline std::string tmp_dir(const std::string& name) {
 }
 }  // namespace lf::test
 
-#define LF_ASSERT_OK(expr)                                  \
-  do {                                                      \
-    auto lf_s_ = (expr);                                    \
-    ASSERT_TRUE(lf_s_.ok()) << lf_s_.status().message();    \
+#define LF_ASSERT_OK(expr)                               \
+  do {                                                   \
+    auto lf_s_ = (expr);                                 \
+    ASSERT_TRUE(lf_s_.ok()) << lf_s_.status().message(); \
   } while (0)

@@ -7,7 +7,8 @@
 
 namespace lf::test {
 // A short, quiet run in a fresh temp directory `name`: no checkpoints, grids or validation.
-inline GenTrainConfig short_run(const std::string& name, int64_t steps, int batch, double lr, int64_t warmup) {
+inline GenTrainConfig short_run(const std::string& name, int64_t steps, int batch, double lr,
+                                int64_t warmup) {
   GenTrainConfig tc;
   tc.steps = steps;
   tc.batch = batch;

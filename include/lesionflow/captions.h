@@ -1,11 +1,10 @@
 // Caption composer: clinical facts (measured or given) -> short caption. Unknown stays unknown.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "lesionflow/data.h"
 #include "lesionflow/status.h"
@@ -13,9 +12,9 @@
 namespace lf {
 
 struct CaptionFacts {
-  std::string dx;                    // code; "" unknown
-  int label = -1;                    // 0 benign, 1 malignant, -1 unknown
-  double age = -1;                   // years; < 0 unknown
+  std::string dx;   // code; "" unknown
+  int label = -1;   // 0 benign, 1 malignant, -1 unknown
+  double age = -1;  // years; < 0 unknown
   std::string sex = "unknown";
   std::string site = "unknown";
   int asymmetry = -1;                // 0..2 asymmetric axes; -1 unknown
@@ -49,19 +48,20 @@ std::string apply_template(const std::string& tmpl, const CaptionFacts& f);
 // Captioning of a whole dataset (lesionflow caption): measures the ABC(D) concepts of every image
 // (given masks, else automatic segmentation), joins them with the metadata into captions.jsonl
 // (id, caption, canonical caption, structured report, measurements, dx, label) and writes
-// OUT.summary.json (errors, warnings, auto-segmentation Dice vs given masks, colours per dx, TDS AUC).
+// OUT.summary.json (errors, warnings, auto-segmentation Dice vs given masks, colours per dx, TDS
+// AUC).
 struct CaptionRunOptions {
   std::string dataset = "phantom:2000";  // dataset spec (see load_dataset)
   std::string malignant;                 // dx codes counted as malignant ("" = the default map)
   std::string out = "captions.jsonl";
-  std::string mask = "given";            // given | auto
-  std::string template_file;             // caption template (see apply_template); "" = the composer
-  int limit = 0;                         // only the first N images (0 = all)
-  double px_per_mm = 0;                  // image scale for diameters in mm (0 = unknown)
+  std::string mask = "given";  // given | auto
+  std::string template_file;   // caption template (see apply_template); "" = the composer
+  int limit = 0;               // only the first N images (0 = all)
+  double px_per_mm = 0;        // image scale for diameters in mm (0 = unknown)
   std::string llm_url, llm_model = "local";  // optional rewrite by an OpenAI-compatible server
   double llm_timeout = 30;
   uint64_t seed = 0;
-  int threads = 0;                       // measuring threads (0 = 2)
+  int threads = 0;  // measuring threads (0 = 2)
   nlohmann::json to_json() const;
 };
 // Returns the summary JSON (+ "out" and "summary" paths).

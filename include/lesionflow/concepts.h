@@ -15,9 +15,9 @@ class Mat;
 namespace lf {
 
 struct Segmentation {
-  std::string source;         // "given" | "auto" | "none"
-  double confidence = 0;      // 0..1
-  std::string warning;        // why it failed or is doubtful
+  std::string source;     // "given" | "auto" | "none"
+  double confidence = 0;  // 0..1
+  std::string warning;    // why it failed or is doubtful
 };
 
 // Hair suppression (black-hat + inpaint). rgb: 8-bit RGB.
@@ -33,18 +33,20 @@ struct Measurements {
   std::string mask_source;
   double mask_confidence = 0;
   // size
-  double area_fraction = 0;     // lesion pixels / image pixels
-  double diameter_px = 0;       // maximum Feret diameter
-  double diameter_mm = -1;      // when a scale is given
+  double area_fraction = 0;  // lesion pixels / image pixels
+  double diameter_px = 0;    // maximum Feret diameter
+  double diameter_mm = -1;   // when a scale is given
   // asymmetry about the two principal axes (0 = major)
-  std::array<double, 2> shape_mismatch{0, 0};   // |M xor mirror(M)| / |M|
-  std::array<double, 2> colour_mismatch{0, 0};  // fraction of overlapping pixels whose colour class differs
-  int asymmetry = 0;                            // 0..2 asymmetric axes
+  std::array<double, 2> shape_mismatch{0, 0};  // |M xor mirror(M)| / |M|
+  std::array<double, 2> colour_mismatch{
+      0, 0};          // fraction of overlapping pixels whose colour class differs
+  int asymmetry = 0;  // 0..2 asymmetric axes
   // border
-  double compactness = 0;       // P^2 / (4 pi A), 1 for a disc
-  double solidity = 0;          // A / convex hull area
-  std::array<double, 8> sector_irregularity{};  // residual radius std / mean radius per 45-degree sector
-  int border = 0;               // 0..8 irregular sectors
+  double compactness = 0;  // P^2 / (4 pi A), 1 for a disc
+  double solidity = 0;     // A / convex hull area
+  std::array<double, 8>
+      sector_irregularity{};  // residual radius std / mean radius per 45-degree sector
+  int border = 0;             // 0..8 irregular sectors
   // colour
   std::array<double, kNumColours> colour_fraction{};  // of lesion pixels
   std::array<bool, kNumColours> colour_present{};
@@ -52,20 +54,20 @@ struct Measurements {
   std::string dominant_colour;
   double colour_variability = 0;  // std of L* inside the lesion
   // skin
-  double ita = 0;                 // individual typology angle of the surrounding skin (degrees)
-  int fitzpatrick = -1;           // I..VI-like band from ITA
+  double ita = 0;        // individual typology angle of the surrounding skin (degrees)
+  int fitzpatrick = -1;  // I..VI-like band from ITA
   // total dermoscopy score without D (structures are not measured)
   double tds = 0;
   nlohmann::json to_json() const;
 };
 
 struct MeasureConfig {
-  double min_colour_fraction = 0.05;  // a colour counts when it covers >= 5% of the lesion
-  double max_colour_distance = 28.0;  // CIELAB ΔE to the nearest reference colour
-  double shape_asym_threshold = 0.10; // axis asymmetric when shape mismatch exceeds this...
+  double min_colour_fraction = 0.05;    // a colour counts when it covers >= 5% of the lesion
+  double max_colour_distance = 28.0;    // CIELAB ΔE to the nearest reference colour
+  double shape_asym_threshold = 0.10;   // axis asymmetric when shape mismatch exceeds this...
   double colour_asym_threshold = 0.30;  // ...or colour mismatch exceeds this
-  double sector_threshold = 0.035;    // sector irregular when residual/mean radius exceeds this
-  double px_per_mm = 0;               // scale, 0 = unknown
+  double sector_threshold = 0.035;      // sector irregular when residual/mean radius exceeds this
+  double px_per_mm = 0;                 // scale, 0 = unknown
 };
 
 // rgb: 8-bit RGB image; mask: 0/255 or empty (then segmented automatically).

@@ -2,9 +2,9 @@
 // phantom), lesion-grouped stratified splits, scarcity subsets, the prepared cache.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -25,24 +25,24 @@ const std::vector<std::string>& known_dx_codes();
 std::string dx_long_name(const std::string& dx);  // "mel" -> "melanoma"
 
 struct Record {
-  std::string id;          // image id (unique within a dataset)
-  std::string image_path;  // empty for procedurally generated images
-  std::string mask_path;   // optional
-  std::string dx;          // lower-case code: nv, mel, bkl, bcc, akiec, vasc, df, scc, unk
-  int label = -1;          // 0 benign, 1 malignant, -1 unknown
-  std::string lesion_id;   // grouping key for splits (may be empty)
-  std::string patient_id;  // grouping key when no lesion id
-  double age = -1;         // years; < 0 unknown
+  std::string id;                // image id (unique within a dataset)
+  std::string image_path;        // empty for procedurally generated images
+  std::string mask_path;         // optional
+  std::string dx;                // lower-case code: nv, mel, bkl, bcc, akiec, vasc, df, scc, unk
+  int label = -1;                // 0 benign, 1 malignant, -1 unknown
+  std::string lesion_id;         // grouping key for splits (may be empty)
+  std::string patient_id;        // grouping key when no lesion id
+  double age = -1;               // years; < 0 unknown
   std::string sex = "unknown";   // male | female | unknown
   std::string site = "unknown";  // body site (HAM "localization")
   std::string dx_type;           // histo | follow_up | consensus | confocal | ...
   std::string source;            // dataset kind
   nlohmann::json extra = nlohmann::json::object();  // e.g. phantom ground truth
-  std::string group_key() const;  // lesion_id, else patient_id, else id
+  std::string group_key() const;                    // lesion_id, else patient_id, else id
 };
 nlohmann::json record_to_json(const Record& r);
 Record record_from_json(const nlohmann::json& j);
-std::string age_band(double age);  // "<30", "30-44", "45-59", "60-74", "75+", "unknown"
+std::string age_band(double age);        // "<30", "30-44", "45-59", "60-74", "75+", "unknown"
 std::string skin_band(int fitzpatrick);  // 1..6 -> "I-II" | "III-IV" | "V-VI", else "unknown"
 // Subgroup attributes of a record: sex, age band, site, and skin-tone band when a caption
 // record (captions.jsonl line) gives the measured Fitzpatrick-like type.
@@ -73,18 +73,20 @@ struct SplitConfig {
 };
 // Returns one of "train"/"val"/"test" per record: stratified by dx, grouped by group_key()
 // (no group in two splits), deterministic for a seed.
-Result<std::vector<std::string>> make_splits(const std::vector<Record>& recs, const SplitConfig& cfg);
+Result<std::vector<std::string>> make_splits(const std::vector<Record>& recs,
+                                             const SplitConfig& cfg);
 Status write_splits(const std::string& path, const std::vector<Record>& recs,
                     const std::vector<std::string>& split);
 // Map id -> split read from a splits CSV (id,group,dx,label,split).
 Result<std::vector<std::pair<std::string, std::string>>> read_splits(const std::string& path);
 // Indices of records whose split is `name`, using a splits file.
-Result<std::vector<size_t>> select_split(const std::vector<Record>& recs, const std::string& splits_csv,
-                                         const std::string& name);
+Result<std::vector<size_t>> select_split(const std::vector<Record>& recs,
+                                         const std::string& splits_csv, const std::string& name);
 
 // Like select_split, and without a splits file the default split: every 10th record is "val",
 // the rest "train" ("test" is empty).
-Result<std::vector<size_t>> split_or_default(const std::vector<Record>& recs, const std::string& splits_csv,
+Result<std::vector<size_t>> split_or_default(const std::vector<Record>& recs,
+                                             const std::string& splits_csv,
                                              const std::string& name);
 
 // Scarcity: n training images (indices into `pool`) with malignant fraction `mal_frac`
@@ -96,8 +98,9 @@ Result<std::vector<size_t>> scarcity_subset(const std::vector<Record>& recs,
 // Makes the splits of `ds` (write_splits to `out`) and, when scarcity > 0, the scarcity subset of
 // its train split (OUT_STEM.scarcityN.csv with one id per line). Returns {splits, seed, counts:
 // {split: {images, dx_fraction}}, scarcity_subset?}.
-Result<nlohmann::json> split_dataset(const Dataset& ds, const SplitConfig& cfg, const std::string& out,
-                                     int64_t scarcity = 0, double malignant_fraction = -1);
+Result<nlohmann::json> split_dataset(const Dataset& ds, const SplitConfig& cfg,
+                                     const std::string& out, int64_t scarcity = 0,
+                                     double malignant_fraction = -1);
 
 // Images with labels, a per-image loss weight and subgroup attributes.
 struct LabeledSet {
@@ -110,8 +113,8 @@ struct LabeledSet {
   std::vector<int> cls;  // class index for a multi-class (dx) classifier; -1 = none
   int64_t count() const { return static_cast<int64_t>(labels.size()); }
   const uint8_t* image(int64_t i) const { return pixels.data() + i * size * size * 3; }
-  void add(const uint8_t* px, int label, float weight, const std::string& id, const std::string& source,
-           std::map<std::string, std::string> g);
+  void add(const uint8_t* px, int label, float weight, const std::string& id,
+           const std::string& source, std::map<std::string, std::string> g);
   void append(const LabeledSet& o, float weight_scale = 1.0f);
   LabeledSet subset(const std::vector<int64_t>& idx) const;
 };
@@ -119,7 +122,7 @@ struct LabeledSet {
 // ---- prepared cache -------------------------------------------------------------
 enum class FitMode { kCrop, kPad };
 struct PrepareConfig {
-  int size = 64;               // output side (32, 64, 128, ...)
+  int size = 64;                 // output side (32, 64, 128, ...)
   FitMode fit = FitMode::kCrop;  // keep aspect: centre crop or pad (edge replicate)
   int threads = 2;
 };

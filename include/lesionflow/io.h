@@ -45,8 +45,8 @@ struct RawTensor {
 };
 
 struct SafeTensors {
-  std::map<std::string, RawTensor> tensors;              // sorted by name
-  std::map<std::string, std::string> metadata;           // "__metadata__"
+  std::map<std::string, RawTensor> tensors;     // sorted by name
+  std::map<std::string, std::string> metadata;  // "__metadata__"
 };
 
 Status save_safetensors(const std::string& path, const SafeTensors& st);  // atomic

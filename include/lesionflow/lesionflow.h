@@ -2,22 +2,33 @@
 // (lesionflow/pipeline.h for the torch stages: options struct in, JSON summary out) and a
 // subcommand (tools/lesionflow only maps flags to those calls):
 //
-//   dataset (HAM10000 | ISIC CSV | ImageFolder | phantom)   lesionflow/data.h      `data inspect|split|prepare|phantom`
+//   dataset (HAM10000 | ISIC CSV | ImageFolder | phantom)   lesionflow/data.h      `data
+//   inspect|split|prepare|phantom`
 //     -> prepared cache (images.safetensors + records.jsonl) lesionflow/data.h      `data prepare`
-//     -> measured concepts + captions.jsonl                  lesionflow/captions.h  `caption` (caption_dataset),
-//                                                            lesionflow/concepts.h  `concepts measure`
-//     -> tokenizer (sentencepiece via a dlmopen shim)        lesionflow/tokenizer.h `text train-tokenizer`
-//     -> autoencoder of the latent flow                      src/pipeline/ae_runs.h `ae train|encode|eval`
-//     -> MMDiT rectified-flow generator                      src/models/mmdit.h     `train` (pipeline/generator_runs.h)
+//     -> measured concepts + captions.jsonl                  lesionflow/captions.h  `caption`
+//     (caption_dataset),
+//                                                            lesionflow/concepts.h  `concepts
+//                                                            measure`
+//     -> tokenizer (sentencepiece via a dlmopen shim)        lesionflow/tokenizer.h `text
+//     train-tokenizer`
+//     -> autoencoder of the latent flow                      src/pipeline/ae_runs.h `ae
+//     train|encode|eval`
+//     -> MMDiT rectified-flow generator                      src/models/mmdit.h     `train`
+//     (pipeline/generator_runs.h)
 //        flow objective + samplers                           src/flow/flow.h
 //        trainer, checkpoints, generation                    src/train/generator.h  `sample`
-//     -> LoRA adapters (finetune, runtime, merge)            src/adapters/lora.h    `finetune`, `lora merge`
-//     -> synthetic-set planner + resumable generation        src/synth/synth.h      `synth` (pipeline/classify_runs.h)
-//     -> CNN / ViT classifiers (models/cnn.h, models/vit.h)  src/classify/classifier.h `classify train|eval`
+//     -> LoRA adapters (finetune, runtime, merge)            src/adapters/lora.h    `finetune`,
+//     `lora merge`
+//     -> synthetic-set planner + resumable generation        src/synth/synth.h      `synth`
+//     (pipeline/classify_runs.h)
+//     -> CNN / ViT classifiers (models/cnn.h, models/vit.h)  src/classify/classifier.h `classify
+//     train|eval`
 //        metrics (AUC, CIs, subgroups)                       lesionflow/metrics.h
-//        audit (FD, precision/recall, CAS, memorisation)     src/eval/audit.h       `audit`, `fd` (pipeline/audit_run.h)
-//        experiment runner (generator -> synth -> grid)      src/pipeline/experiment_run.h `experiment`
-//     -> HTML report                                         lesionflow/report.h    `report` (write_html_report)
+//        audit (FD, precision/recall, CAS, memorisation)     src/eval/audit.h       `audit`, `fd`
+//        (pipeline/audit_run.h) experiment runner (generator -> synth -> grid)
+//        src/pipeline/experiment_run.h `experiment`
+//     -> HTML report                                         lesionflow/report.h    `report`
+//     (write_html_report)
 //   speed: `bench` (src/pipeline/bench.h, scripts/bench_torch.py)
 //
 // Layers and the include rule: docs/architecture.md. Machine facts and settings:

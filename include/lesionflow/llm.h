@@ -16,7 +16,7 @@ struct LlmConfig {
   std::string url;              // e.g. http://127.0.0.1:8080/v1
   std::string model = "local";  // "model" field of the request
   double timeout_seconds = 30;
-  std::string cache_path;       // JSONL cache keyed by content hash ("" = in memory only)
+  std::string cache_path;  // JSONL cache keyed by content hash ("" = in memory only)
 };
 
 // True when `text` names every given fact and contradicts none (colour names not measured,

@@ -11,12 +11,14 @@ namespace lf {
 // Mann-Whitney AUC (ties count half). labels: 0/1. NaN when one class is absent.
 double roc_auc(const std::vector<double>& scores, const std::vector<int>& labels);
 // ROC points (fpr, tpr) from the highest threshold down, including (0,0) and (1,1).
-std::vector<std::pair<double, double>> roc_curve(const std::vector<double>& scores, const std::vector<int>& labels);
+std::vector<std::pair<double, double>> roc_curve(const std::vector<double>& scores,
+                                                 const std::vector<int>& labels);
 struct BinaryMetrics {
   double accuracy = 0, balanced_accuracy = 0, sensitivity = 0, specificity = 0;
   int tp = 0, tn = 0, fp = 0, fn = 0;
 };
-BinaryMetrics binary_metrics(const std::vector<double>& scores, const std::vector<int>& labels, double threshold);
+BinaryMetrics binary_metrics(const std::vector<double>& scores, const std::vector<int>& labels,
+                             double threshold);
 
 // Operating point chosen on a validation set: the threshold maximising Youden's J
 // (sensitivity + specificity - 1), midway between adjacent distinct scores. 0.5 if undefined.
@@ -43,8 +45,9 @@ struct GroupMetrics {
   double auc = 0, balanced_accuracy = 0, accuracy = 0;
   bool ranked = false;
 };
-std::vector<GroupMetrics> group_metrics(const std::vector<double>& scores, const std::vector<int>& labels,
-                                        double threshold, const std::string& attribute,
+std::vector<GroupMetrics> group_metrics(const std::vector<double>& scores,
+                                        const std::vector<int>& labels, double threshold,
+                                        const std::string& attribute,
                                         const std::vector<std::string>& groups, int min_n = 20);
 // The ranked group with the lowest balanced accuracy (nullptr if none is ranked).
 const GroupMetrics* worst_group(const std::vector<GroupMetrics>& gm);

@@ -23,19 +23,19 @@ std::array<uint8_t, 3> colour_rgb(int colour);
 std::array<uint8_t, 3> skin_rgb(int fitzpatrick);
 
 struct PhantomParams {
-  int fitzpatrick = 2;          // 1..6 skin tone band
-  int asymmetry_axes = 0;       // 0: symmetric about both principal axes, 1: one, 2: none
-  double irregularity = 0.0;    // 0..1 border irregularity (high-frequency notches/lobes)
-  uint32_t colours = 1u << 2;   // bitmask over DermColour (at least one bit)
-  double diameter = 0.45;       // lesion diameter as a fraction of image side (0.15..0.8)
-  double rotation = 0.0;        // radians, orientation of the principal axes
-  bool hair = false;            // dark hair strands over the image
-  bool vignette = false;        // dark dermoscope vignette in the corners
-  uint64_t seed = 0;            // texture/noise/hair randomness
+  int fitzpatrick = 2;         // 1..6 skin tone band
+  int asymmetry_axes = 0;      // 0: symmetric about both principal axes, 1: one, 2: none
+  double irregularity = 0.0;   // 0..1 border irregularity (high-frequency notches/lobes)
+  uint32_t colours = 1u << 2;  // bitmask over DermColour (at least one bit)
+  double diameter = 0.45;      // lesion diameter as a fraction of image side (0.15..0.8)
+  double rotation = 0.0;       // radians, orientation of the principal axes
+  bool hair = false;           // dark hair strands over the image
+  bool vignette = false;       // dark dermoscope vignette in the corners
+  uint64_t seed = 0;           // texture/noise/hair randomness
   nlohmann::json to_json() const;
   static PhantomParams from_json(const nlohmann::json& j);
   int num_colours() const;
-  int border_score() const;     // round(8 * irregularity): 0..8 like the ABCD B criterion
+  int border_score() const;  // round(8 * irregularity): 0..8 like the ABCD B criterion
   // Documented label rule: phantom TDS = 1.3*A + 0.1*B + 0.5*C; malignant iff TDS >= 4.25.
   double tds() const;
   int label() const { return tds() >= 4.25 ? 1 : 0; }

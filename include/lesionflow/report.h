@@ -36,7 +36,7 @@ struct ReportOptions {
   std::string data_summary;          // JSON from data inspect
   std::string experiment;            // experiment directory (summary.json, audit, synthetic/)
   std::string title = "lesionflow report";
-  std::string command_line;          // shown on the page
+  std::string command_line;  // shown on the page
   std::string out = "report.html";
 };
 // Writes one self-contained HTML page (images embedded as data URIs) to o.out.

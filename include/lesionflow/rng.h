@@ -8,24 +8,24 @@ namespace lf {
 
 // The named streams (values are part of the results' reproducibility: never renumber).
 enum class Stream : uint64_t {
-  kSplits = 1,         // lesion-grouped train/val/test assignment
-  kScarcity = 2,       // scarcity subset of the training split
-  kPhantom = 3,        // phantom parameters, index = image
-  kBootstrap = 4,      // bootstrap resamples of metrics
-  kSynthPlan = 5,      // synthetic-set plan (cells, prompts)
-  kSynthImage = 6,     // noise seed of each planned synthetic image, index = item
-  kClsBatches = 7,     // classifier epoch order and augmentation, index = epoch/step
-  kClsSubset = 8,      // real subset of a classifier job
-  kGenBatches = 9,     // generator batch order and augmentation, index = step
-  kGenNoise = 10,      // generator noise and timesteps, index = step
-  kGenValidation = 11, // generator validation noise
-  kAeBatches = 12,     // autoencoder batches, index = step
-  kAeNoise = 13,       // autoencoder posterior noise, index = step
-  kLoraInit = 14,      // LoRA A matrices
-  kLoraDropout = 15,   // LoRA rank dropout, index = step
-  kSampleImage = 16,   // `sample`: noise of each image, index = prompt * 2^20 + image
+  kSplits = 1,           // lesion-grouped train/val/test assignment
+  kScarcity = 2,         // scarcity subset of the training split
+  kPhantom = 3,          // phantom parameters, index = image
+  kBootstrap = 4,        // bootstrap resamples of metrics
+  kSynthPlan = 5,        // synthetic-set plan (cells, prompts)
+  kSynthImage = 6,       // noise seed of each planned synthetic image, index = item
+  kClsBatches = 7,       // classifier epoch order and augmentation, index = epoch/step
+  kClsSubset = 8,        // real subset of a classifier job
+  kGenBatches = 9,       // generator batch order and augmentation, index = step
+  kGenNoise = 10,        // generator noise and timesteps, index = step
+  kGenValidation = 11,   // generator validation noise
+  kAeBatches = 12,       // autoencoder batches, index = step
+  kAeNoise = 13,         // autoencoder posterior noise, index = step
+  kLoraInit = 14,        // LoRA A matrices
+  kLoraDropout = 15,     // LoRA rank dropout, index = step
+  kSampleImage = 16,     // `sample`: noise of each image, index = prompt * 2^20 + image
   kFinetuneSubset = 17,  // `finetune --limit`: seeded choice of the training images
-  kClsDropout = 18,    // classifier dropout, index = epoch
+  kClsDropout = 18,      // classifier dropout, index = epoch
 };
 
 // SplitMix64 finaliser: a bijective 64-bit mix.

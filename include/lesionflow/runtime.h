@@ -34,7 +34,7 @@ double measure_bf16_gemm_gflops(int n, double seconds);
 enum class Precision { kFP32, kBF16 };
 Result<Precision> parse_precision(const std::string& name);  // fp32 | bf16 | auto
 const char* precision_name(Precision p);
-bool cpu_has_bf16();                   // avx512_bf16 or amx_bf16 in /proc/cpuinfo
+bool cpu_has_bf16();                      // avx512_bf16 or amx_bf16 in /proc/cpuinfo
 void set_compute_precision(Precision p);  // process-wide
 Precision compute_precision();
 

@@ -31,8 +31,8 @@ class Status {
 template <class T>
 class Result {
  public:
-  Result(T v) : v_(std::move(v)) {}                 // NOLINT (implicit by design)
-  Result(Status s) : v_(std::move(s)) {}            // NOLINT
+  Result(T v) : v_(std::move(v)) {}       // NOLINT (implicit by design)
+  Result(Status s) : v_(std::move(s)) {}  // NOLINT
   bool ok() const { return std::holds_alternative<T>(v_); }
   const Status& status() const {
     static const Status kOk;
@@ -56,14 +56,13 @@ class Result {
 #define LF_CONCAT_INNER(a, b) a##b
 #define LF_CONCAT(a, b) LF_CONCAT_INNER(a, b)
 // Return the Status if it is an error.
-#define LF_RETURN_IF_ERROR(expr)             \
-  do {                                       \
-    ::lf::Status lf_st_ = (expr);            \
-    if (!lf_st_.ok()) return lf_st_;         \
+#define LF_RETURN_IF_ERROR(expr)     \
+  do {                               \
+    ::lf::Status lf_st_ = (expr);    \
+    if (!lf_st_.ok()) return lf_st_; \
   } while (0)
 // lhs = value of a Result, or return its Status.
-#define LF_ASSIGN_OR_RETURN(lhs, expr)                          \
-  auto LF_CONCAT(lf_res_, __LINE__) = (expr);                   \
-  if (!LF_CONCAT(lf_res_, __LINE__).ok())                       \
-    return LF_CONCAT(lf_res_, __LINE__).status();               \
+#define LF_ASSIGN_OR_RETURN(lhs, expr)                                                  \
+  auto LF_CONCAT(lf_res_, __LINE__) = (expr);                                           \
+  if (!LF_CONCAT(lf_res_, __LINE__).ok()) return LF_CONCAT(lf_res_, __LINE__).status(); \
   lhs = std::move(LF_CONCAT(lf_res_, __LINE__)).value()

@@ -26,7 +26,8 @@ struct Encoded {
 class Tokenizer {
  public:
   // Trains on lines of text; the model file bytes are kept (and saved inside checkpoints).
-  static Result<Tokenizer> train(const std::vector<std::string>& corpus, const TokenizerTrainConfig& cfg);
+  static Result<Tokenizer> train(const std::vector<std::string>& corpus,
+                                 const TokenizerTrainConfig& cfg);
   static Result<Tokenizer> load_file(const std::string& model_path);
   static Result<Tokenizer> from_bytes(const std::string& model_bytes);
   Tokenizer();

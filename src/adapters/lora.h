@@ -49,8 +49,10 @@ class LoraAdapter {
   // New adapter for `model` (A Kaiming-uniform, B zero).
   static Result<std::shared_ptr<LoraAdapter>> create(MMDiT& model, const LoraSpec& spec);
   // An adapter file for this base: refused (with the reason) if the base hash or any shape differs.
-  static Result<std::shared_ptr<LoraAdapter>> load(const std::string& path, MMDiT& model, const std::string& base_hash);
-  Status save(const std::string& path, const std::string& base_hash, int64_t step, const std::string& extra_json = "{}") const;
+  static Result<std::shared_ptr<LoraAdapter>> load(const std::string& path, MMDiT& model,
+                                                   const std::string& base_hash);
+  Status save(const std::string& path, const std::string& base_hash, int64_t step,
+              const std::string& extra_json = "{}") const;
 
   std::vector<torch::Tensor> parameters() const;
   int64_t num_parameters() const;
@@ -71,7 +73,10 @@ class LoraRuntime {
   // With autograd when enabled (training), else a plain update. `step` >= 0 with grad mode on and
   // rank dropout set: that step's dropout mask; otherwise the full adapters.
   void apply(int64_t step = -1);
-  void set_rank_dropout(double p, uint64_t seed) { dropout_ = p; dropout_seed_ = seed; }
+  void set_rank_dropout(double p, uint64_t seed) {
+    dropout_ = p;
+    dropout_seed_ = seed;
+  }
   void remove();  // weights back to the base tensors
   // Freeze every base parameter (requires_grad false).
   void freeze_base();
@@ -86,7 +91,8 @@ class LoraRuntime {
 };
 
 // Writes base + adapters (with strengths) as a new full generator checkpoint.
-Status merge_lora(const std::string& base_path, const std::vector<std::pair<std::string, double>>& adapters,
+Status merge_lora(const std::string& base_path,
+                  const std::vector<std::pair<std::string, double>>& adapters,
                   const std::string& out_path);
 
 }  // namespace lf

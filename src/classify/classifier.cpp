@@ -1,9 +1,6 @@
-#include <algorithm>
 #include "classify/classifier.h"
-#include "lesionflow/rng.h"
-#include "core/autocast.h"
-#include "lesionflow/runtime.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -12,14 +9,17 @@
 #include <random>
 #include <regex>
 
+#include "core/autocast.h"
+#include "data/images_torch.h"
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/metrics.h"
+#include "lesionflow/rng.h"
+#include "lesionflow/runtime.h"
 #include "models/checkpoint.h"
-#include "train/common.h"
-#include "data/images_torch.h"
 #include "models/mmdit.h"
+#include "train/common.h"
 
 namespace lf {
 using torch::Tensor;
@@ -27,8 +27,8 @@ namespace nn = torch::nn;
 
 // ---- data -----------------------------------------------------------------------------
 LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t>& idx,
-                                 const std::map<std::string, nlohmann::json>* captions, float weight,
-                                 const std::vector<std::string>* classes) {
+                                 const std::map<std::string, nlohmann::json>* captions,
+                                 float weight, const std::vector<std::string>* classes) {
   LabeledSet s;
   s.size = ps.size;
   for (auto i : idx) {
@@ -48,7 +48,8 @@ LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t
   return s;
 }
 
-Result<LabeledSet> load_synthetic(const std::string& dir, int size, float weight, int64_t* skipped) {
+Result<LabeledSet> load_synthetic(const std::string& dir, int size, float weight,
+                                  int64_t* skipped) {
   const std::string manifest = dir + "/manifest.jsonl";
   LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(manifest));
   LabeledSet s;
@@ -64,7 +65,8 @@ Result<LabeledSet> load_synthetic(const std::string& dir, int size, float weight
     }
     cv::Mat rgb;
     cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
-    if (rgb.rows != size || rgb.cols != size) cv::resize(rgb, rgb, cv::Size(size, size), 0, 0, cv::INTER_AREA);
+    if (rgb.rows != size || rgb.cols != size)
+      cv::resize(rgb, rgb, cv::Size(size, size), 0, 0, cv::INTER_AREA);
     if (!rgb.isContinuous()) rgb = rgb.clone();
     std::map<std::string, std::string> g;
     if (j.contains("subgroup"))
@@ -85,9 +87,10 @@ Result<ClassifierArch> parse_arch(const std::string& name) {
 const char* arch_name(ClassifierArch a) { return a == ClassifierArch::kVit ? "vit" : "cnn"; }
 
 nlohmann::json ClassifierConfig::to_json() const {
-  return {{"arch", arch_name(arch)}, {"image_size", image_size}, {"width", width}, {"stem_stride", stem_stride}, {"vit_dim", vit_dim},
-          {"vit_depth", vit_depth}, {"vit_heads", vit_heads}, {"patch", patch}, {"dropout", dropout},
-          {"classes", classes}, {"malignant", malignant}};
+  return {{"arch", arch_name(arch)},    {"image_size", image_size}, {"width", width},
+          {"stem_stride", stem_stride}, {"vit_dim", vit_dim},       {"vit_depth", vit_depth},
+          {"vit_heads", vit_heads},     {"patch", patch},           {"dropout", dropout},
+          {"classes", classes},         {"malignant", malignant}};
 }
 
 Result<ClassifierConfig> ClassifierConfig::from_json(const nlohmann::json& j) {
@@ -111,19 +114,24 @@ Result<ClassifierConfig> ClassifierConfig::from_json(const nlohmann::json& j) {
   }
   if (!c.classes.empty() && c.malignant.size() != c.classes.size())
     return Status::error("classifier config: 'malignant' needs one flag per class");
-  if (c.arch == ClassifierArch::kVit && (c.image_size % c.patch != 0 || c.vit_dim % c.vit_heads != 0))
-    return Status::error("classifier config: image_size must be a multiple of patch and vit_dim of vit_heads");
+  if (c.arch == ClassifierArch::kVit &&
+      (c.image_size % c.patch != 0 || c.vit_dim % c.vit_heads != 0))
+    return Status::error(
+        "classifier config: image_size must be a multiple of patch and vit_dim of vit_heads");
   return c;
 }
 
-int64_t ClassifierConfig::feature_dim() const { return arch == ClassifierArch::kCnn ? width * 8 : vit_dim; }
+int64_t ClassifierConfig::feature_dim() const {
+  return arch == ClassifierArch::kCnn ? width * 8 : vit_dim;
+}
 
 ClassifierImpl::ClassifierImpl(const ClassifierConfig& c) : cfg_(c) {
   if (c.arch == ClassifierArch::kCnn) {
     if (cfg_.stem_stride <= 0) cfg_.stem_stride = c.image_size >= 64 ? 2 : 1;
     cnn_ = register_module("cnn", ResNetFeatures(c.width, cfg_.stem_stride));
   } else {
-    vit_ = register_module("vit", ViTFeatures(c.image_size, c.patch, c.vit_dim, c.vit_depth, c.vit_heads));
+    vit_ = register_module("vit",
+                           ViTFeatures(c.image_size, c.patch, c.vit_dim, c.vit_depth, c.vit_heads));
   }
   drop_ = register_module("drop", nn::Dropout(c.dropout));
   head_ = register_module("head", nn::Linear(c.feature_dim(), c.outputs()));
@@ -139,9 +147,17 @@ Tensor ClassifierImpl::features(const Tensor& x) {
 
 // ---- training ---------------------------------------------------------------------------
 nlohmann::json ClsTrainConfig::to_json() const {
-  return {{"epochs", epochs}, {"batch", batch}, {"lr", lr}, {"weight_decay", weight_decay},
-          {"warmup_epochs", warmup_epochs}, {"balanced", balanced}, {"augment", augment},
-          {"patience", patience}, {"max_minutes", max_minutes}, {"seed", seed}, {"out", out}};
+  return {{"epochs", epochs},
+          {"batch", batch},
+          {"lr", lr},
+          {"weight_decay", weight_decay},
+          {"warmup_epochs", warmup_epochs},
+          {"balanced", balanced},
+          {"augment", augment},
+          {"patience", patience},
+          {"max_minutes", max_minutes},
+          {"seed", seed},
+          {"out", out}};
 }
 
 namespace {
@@ -150,13 +166,17 @@ namespace {
 Tensor augment_lesion(Tensor x, std::mt19937_64& rng) {
   std::uniform_real_distribution<double> U(0, 1);
   const int64_t S = x.size(1);
-  double scale = 0.7 + 0.3 * U(rng), ar = std::exp(std::log(0.75) + (std::log(4.0 / 3) - std::log(0.75)) * U(rng));
+  double scale = 0.7 + 0.3 * U(rng),
+         ar = std::exp(std::log(0.75) + (std::log(4.0 / 3) - std::log(0.75)) * U(rng));
   int64_t w = std::clamp<int64_t>(std::lround(S * std::sqrt(scale * ar)), 8, S);
   int64_t h = std::clamp<int64_t>(std::lround(S * std::sqrt(scale / ar)), 8, S);
-  int64_t x0 = static_cast<int64_t>(U(rng) * (S - w + 1)), y0 = static_cast<int64_t>(U(rng) * (S - h + 1));
+  int64_t x0 = static_cast<int64_t>(U(rng) * (S - w + 1)),
+          y0 = static_cast<int64_t>(U(rng) * (S - h + 1));
   x = x.slice(1, y0, y0 + h).slice(2, x0, x0 + w).unsqueeze(0);
-  x = torch::nn::functional::interpolate(
-          x, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{S, S}).mode(torch::kBilinear).align_corners(false))
+  x = torch::nn::functional::interpolate(x, torch::nn::functional::InterpolateFuncOptions()
+                                                .size(std::vector<int64_t>{S, S})
+                                                .mode(torch::kBilinear)
+                                                .align_corners(false))
           .squeeze(0);
   x = augment_dihedral(x, rng);
   auto p = (x + 1) * 0.5;
@@ -188,14 +208,16 @@ Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int si
   return parts.empty() ? torch::zeros({0, model->config().outputs()}) : torch::cat(parts);
 }
 
-std::vector<double> predict_malignant(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
+std::vector<double> predict_malignant(Classifier& model, const uint8_t* pixels, int64_t n, int size,
+                                      int batch) {
   auto pr = predict_proba(model, pixels, n, size, batch);
   const auto& c = model->config();
   Tensor p;
   if (c.classes.empty()) {
     p = pr.select(1, 1);
   } else {
-    auto m = torch::tensor(std::vector<float>(c.malignant.begin(), c.malignant.end()), torch::kFloat32);
+    auto m =
+        torch::tensor(std::vector<float>(c.malignant.begin(), c.malignant.end()), torch::kFloat32);
     p = (pr * m).sum(1);
   }
   p = p.to(torch::kFloat64).contiguous();
@@ -236,17 +258,22 @@ Status save_classifier(const std::string& path, Classifier& model, double thresh
 static SafeTensors with_current_names(SafeTensors st, ClassifierArch arch) {
   bool legacy = false;
   for (auto& [k, t] : st.tensors)
-    if (k.rfind("cnn.", 0) != 0 && k.rfind("vit.", 0) != 0 && k.rfind("head.", 0) != 0) legacy = true;
+    if (k.rfind("cnn.", 0) != 0 && k.rfind("vit.", 0) != 0 && k.rfind("head.", 0) != 0)
+      legacy = true;
   if (!legacy) return st;
   std::map<std::string, RawTensor> renamed;
   static const std::regex block_re("^(ln1|qkv|proj|ln2|fc1|fc2)_([0-9]+)\\.(.*)$");
   for (auto& [k, t] : st.tensors) {
     std::string name = k;
     std::smatch m;
-    if (k.rfind("head.", 0) == 0) name = k;
-    else if (arch == ClassifierArch::kCnn) name = "cnn." + k;
-    else if (std::regex_match(k, m, block_re)) name = "vit.blocks." + m[2].str() + "." + m[1].str() + "." + m[3].str();
-    else name = "vit." + k;
+    if (k.rfind("head.", 0) == 0)
+      name = k;
+    else if (arch == ClassifierArch::kCnn)
+      name = "cnn." + k;
+    else if (std::regex_match(k, m, block_re))
+      name = "vit.blocks." + m[2].str() + "." + m[1].str() + "." + m[3].str();
+    else
+      name = "vit." + k;
     renamed[name] = std::move(t);
   }
   st.tensors = std::move(renamed);
@@ -256,7 +283,8 @@ static SafeTensors with_current_names(SafeTensors st, ClassifierArch arch) {
 Result<LoadedClassifier> load_classifier(const std::string& path) {
   LF_ASSIGN_OR_RETURN(SafeTensors st, load_safetensors(path));
   if (st.metadata["format"] != "lesionflow.classifier.v1")
-    return Status::error(path + ": not a lesionflow classifier (metadata format '" + st.metadata["format"] + "')");
+    return Status::error(path + ": not a lesionflow classifier (metadata format '" +
+                         st.metadata["format"] + "')");
   nlohmann::json cj;
   try {
     cj = nlohmann::json::parse(st.metadata["config"]);
@@ -274,13 +302,14 @@ Result<LoadedClassifier> load_classifier(const std::string& path) {
   return lc;
 }
 
-Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model, const LabeledSet& train,
-                                        const LabeledSet& val) {
+Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model,
+                                        const LabeledSet& train, const LabeledSet& val) {
   if (train.count() < 2) return Status::error("classify: fewer than 2 training images");
   if (cfg.out.empty()) return Status::error("classify: an output directory is required");
   if (train.size != model->config().image_size)
-    return Status::error("classify: images are " + std::to_string(train.size) + "px, the model expects " +
-                         std::to_string(model->config().image_size) + "px");
+    return Status::error("classify: images are " + std::to_string(train.size) +
+                         "px, the model expects " + std::to_string(model->config().image_size) +
+                         "px");
   LF_RETURN_IF_ERROR(make_dirs(cfg.out));
   const std::string last = cfg.out + "/last.safetensors", best = cfg.out + "/best.safetensors",
                     state = cfg.out + "/state.bin", hist = cfg.out + "/history.jsonl";
@@ -295,16 +324,18 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   for (int64_t i = 0; i < N; ++i) {
     target[i] = multi ? train.cls[i] : train.labels[i];
     if (target[i] < 0 || target[i] >= K)
-      return Status::error("classify: training image '" + train.ids[i] + "' has no class among the model's " +
-                           std::to_string(K) + " outputs");
+      return Status::error("classify: training image '" + train.ids[i] +
+                           "' has no class among the model's " + std::to_string(K) + " outputs");
   }
   std::vector<double> count(K, 0.0);
   for (int y : target) count[y] += 1;
   std::vector<float> sample_w(N);
   for (int64_t i = 0; i < N; ++i)
-    sample_w[i] = train.weights[i] * static_cast<float>(cfg.balanced ? N / (K * count[target[i]]) : 1.0);
+    sample_w[i] =
+        train.weights[i] * static_cast<float>(cfg.balanced ? N / (K * count[target[i]]) : 1.0);
 
-  torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
+  torch::optim::AdamW opt(model->parameters(),
+                          torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
   ClsTrainResult res;
   int epoch = 0, since_best = 0;
   if (cfg.resume && file_exists(state)) {
@@ -326,12 +357,14 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   auto t0 = std::chrono::steady_clock::now();
   int64_t seen = 0;
   for (; epoch < cfg.epochs; ++epoch) {
-    torch::manual_seed(derive_seed(cfg.seed, Stream::kClsDropout, epoch));  // dropout: same stream after a resume
+    torch::manual_seed(
+        derive_seed(cfg.seed, Stream::kClsDropout, epoch));  // dropout: same stream after a resume
     model->train();
     double loss_sum = 0;
     for (int64_t b = 0; b < steps_per_epoch; ++b) {
       const int64_t step = epoch * steps_per_epoch + b;
-      set_lr(opt, warmup_cosine_lr(cfg.lr, cfg.warmup_epochs * steps_per_epoch, total_steps, 0.01, step));
+      set_lr(opt, warmup_cosine_lr(cfg.lr, cfg.warmup_epochs * steps_per_epoch, total_steps, 0.01,
+                                   step));
       auto idx = plan.at(step);
       auto x = batch_tensor(train, idx);
       if (cfg.augment) {
@@ -347,13 +380,15 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
         w.push_back(sample_w[i]);
       }
       auto yt = torch::tensor(y, torch::kInt64), wt = torch::tensor(w, torch::kFloat32);
-      auto per = torch::nn::functional::cross_entropy(model->forward(x), yt,
-                                                      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+      auto per = torch::nn::functional::cross_entropy(
+          model->forward(x), yt,
+          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
       auto loss = (per * wt).sum() / wt.sum();
       double lv = loss.item<double>();
       if (!std::isfinite(lv))
-        return Status::error("classify: loss is " + std::to_string(lv) + " at epoch " + std::to_string(epoch) +
-                             " step " + std::to_string(b) + "; stopped (last good weights in " + last + "); try a lower --lr");
+        return Status::error("classify: loss is " + std::to_string(lv) + " at epoch " +
+                             std::to_string(epoch) + " step " + std::to_string(b) +
+                             "; stopped (last good weights in " + last + "); try a lower --lr");
       opt.zero_grad();
       loss.backward();
       torch::nn::utils::clip_grad_norm_(model->parameters(), 5.0);
@@ -376,19 +411,25 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
     } else {
       ++since_best;
     }
-    append_line(hist, nlohmann::json{{"step", epoch + 1}, {"epoch", epoch + 1}, {"train_loss", loss_sum / steps_per_epoch},
-                                     {"val_auc", std::isnan(val_auc) ? nlohmann::json(nullptr) : nlohmann::json(val_auc)}}
+    append_line(hist, nlohmann::json{{"step", epoch + 1},
+                                     {"epoch", epoch + 1},
+                                     {"train_loss", loss_sum / steps_per_epoch},
+                                     {"val_auc", std::isnan(val_auc) ? nlohmann::json(nullptr)
+                                                                     : nlohmann::json(val_auc)}}
                           .dump());
     LF_RETURN_IF_ERROR(save_classifier(last, model, 0.5,
                                        {{"best_epoch", std::to_string(res.best_epoch)},
                                         {"best_val_auc", std::to_string(res.best_val_auc)},
                                         {"since_best", std::to_string(since_best)}}));
-    LF_RETURN_IF_ERROR(save_state(state, epoch + 1, opt));  // last: a state implies matching weights
+    LF_RETURN_IF_ERROR(
+        save_state(state, epoch + 1, opt));  // last: a state implies matching weights
     res.epochs_run = epoch + 1;
-    double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
+    double minutes =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
     if (since_best >= cfg.patience) {
       res.stopped_early = true;
-      log_info("early stop after epoch " + std::to_string(epoch + 1) + " (best " + std::to_string(res.best_epoch) + ")");
+      log_info("early stop after epoch " + std::to_string(epoch + 1) + " (best " +
+               std::to_string(res.best_epoch) + ")");
       break;
     }
     if (cfg.max_minutes > 0 && minutes >= cfg.max_minutes) {
@@ -403,9 +444,11 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   LF_RETURN_IF_ERROR(load_module_tensors(bw, *model, best));
   if (val.count() > 0) res.threshold = youden_threshold(predict_malignant(model, val), val.labels);
   LF_RETURN_IF_ERROR(save_classifier(best, model, res.threshold,
-                                     {{"epoch", std::to_string(res.best_epoch)}, {"val_auc", std::to_string(res.best_val_auc)},
+                                     {{"epoch", std::to_string(res.best_epoch)},
+                                      {"val_auc", std::to_string(res.best_val_auc)},
                                       {"train", cfg.to_json().dump()}}));
-  prog.finish(res.stopped_early ? "(early stop)" : "", res.epochs_run > 0 ? static_cast<int64_t>(res.epochs_run) * steps_per_epoch : -1);
+  prog.finish(res.stopped_early ? "(early stop)" : "",
+              res.epochs_run > 0 ? static_cast<int64_t>(res.epochs_run) * steps_per_epoch : -1);
   return res;
 }
 

@@ -15,11 +15,11 @@
 
 namespace lf {
 
-
 // Rows `idx` of a prepared cache (records with unknown label are skipped).
 // With `classes` (dx codes), each image's `cls` is the index of its dx (-1 when absent).
 LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t>& idx,
-                                 const std::map<std::string, nlohmann::json>* captions, float weight = 1.0f,
+                                 const std::map<std::string, nlohmann::json>* captions,
+                                 float weight = 1.0f,
                                  const std::vector<std::string>* classes = nullptr);
 // A synthetic set written by `lesionflow synth` (DIR/manifest.jsonl + PNGs), resized to `size`.
 // Unreadable images are skipped and counted in *skipped.
@@ -51,7 +51,9 @@ class ClassifierImpl : public torch::nn::Module {
  public:
   explicit ClassifierImpl(const ClassifierConfig& c);
   torch::Tensor features(const torch::Tensor& x);  // x [N,3,S,S] in [-1,1] -> [N,F]
-  torch::Tensor forward(const torch::Tensor& x) { return head_->forward(drop_->forward(features(x))); }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return head_->forward(drop_->forward(features(x)));
+  }
   const ClassifierConfig& config() const { return cfg_; }
 
  private:
@@ -69,12 +71,12 @@ struct ClsTrainConfig {
   double lr = 1e-3;
   double weight_decay = 0.05;
   int warmup_epochs = 1;
-  bool balanced = true;   // class weights N / (2 N_c) on the loss
-  bool augment = true;    // dihedral, random resized crop, colour jitter
-  int patience = 5;       // epochs without validation-AUC improvement before stopping
-  double max_minutes = 0; // budget: stop after the epoch that crosses it
+  bool balanced = true;    // class weights N / (2 N_c) on the loss
+  bool augment = true;     // dihedral, random resized crop, colour jitter
+  int patience = 5;        // epochs without validation-AUC improvement before stopping
+  double max_minutes = 0;  // budget: stop after the epoch that crosses it
   uint64_t seed = 0;
-  std::string out;        // run directory
+  std::string out;  // run directory
   bool resume = false;
   nlohmann::json to_json() const;
 };
@@ -85,16 +87,19 @@ struct ClsTrainResult {
 };
 // Run directory: best.safetensors (weights of the best validation epoch, threshold picked on
 // validation in the metadata), last.safetensors + state.bin (resume), history.jsonl.
-Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model, const LabeledSet& train,
-                                        const LabeledSet& val);
+Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model,
+                                        const LabeledSet& train, const LabeledSet& val);
 
 // Class probabilities [N, outputs] for images in [-1,1], eval mode.
-torch::Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch = 128);
+torch::Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size,
+                            int batch = 128);
 // P(malignant) for every image, eval mode, in batches.
 std::vector<double> predict_malignant(Classifier& model, const LabeledSet& set, int batch = 128);
-std::vector<double> predict_malignant(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch = 128);
+std::vector<double> predict_malignant(Classifier& model, const uint8_t* pixels, int64_t n, int size,
+                                      int batch = 128);
 // Penultimate features [N,F] (float, CPU).
-torch::Tensor extract_features(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch = 128);
+torch::Tensor extract_features(Classifier& model, const uint8_t* pixels, int64_t n, int size,
+                               int batch = 128);
 
 Status save_classifier(const std::string& path, Classifier& model, double threshold,
                        const std::map<std::string, std::string>& extra = {});

@@ -1,5 +1,4 @@
 #include "classify/experiment.h"
-#include "lesionflow/rng.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,6 +8,7 @@
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/metrics.h"
+#include "lesionflow/rng.h"
 
 namespace lf {
 
@@ -17,16 +17,22 @@ Result<std::map<std::string, nlohmann::json>> load_caption_map(const std::string
   if (path.empty()) return m;
   LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(path));
   for (size_t i = 0; i < lines.size(); ++i) {
-    if (!lines[i].contains("id")) return Status::error(path + ": record " + std::to_string(i + 1) + " has no 'id'");
-    std::string id = lines[i]["id"].get<std::string>();  // before the move (C++17 evaluates the right side first)
+    if (!lines[i].contains("id"))
+      return Status::error(path + ": record " + std::to_string(i + 1) + " has no 'id'");
+    std::string id =
+        lines[i]["id"]
+            .get<std::string>();  // before the move (C++17 evaluates the right side first)
     m[id] = std::move(lines[i]);
   }
   return m;
 }
 
-Result<RealData> load_real_data(const std::string& dir, const std::string& splits, const std::string& captions) {
-  if (dir.empty()) return Status::error("--data CACHE_DIR is required (make one with 'lesionflow data prepare')");
-  if (splits.empty()) return Status::error("--splits CSV is required (make one with 'lesionflow data split')");
+Result<RealData> load_real_data(const std::string& dir, const std::string& splits,
+                                const std::string& captions) {
+  if (dir.empty())
+    return Status::error("--data CACHE_DIR is required (make one with 'lesionflow data prepare')");
+  if (splits.empty())
+    return Status::error("--splits CSV is required (make one with 'lesionflow data split')");
   RealData d;
   LF_ASSIGN_OR_RETURN(d.ps, load_prepared(dir));
   LF_ASSIGN_OR_RETURN(d.train, select_split(d.ps.records, splits, "train"));
@@ -52,12 +58,20 @@ Result<NamedSet> load_test_dataset(const std::string& spec, int size) {
   return n;
 }
 
-nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& set, double thr, uint64_t seed) {
+nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& set, double thr,
+                               uint64_t seed) {
   auto e = evaluate_binary(s, set.labels, thr, 1000, seed);
-  auto iv = [](const Interval& i) { return nlohmann::json{{"value", i.value}, {"lo", i.lo}, {"hi", i.hi}}; };
-  nlohmann::json j = {{"n", e.n}, {"positives", e.positives}, {"threshold", thr}, {"auc", iv(e.auc)},
-                      {"accuracy", iv(e.accuracy)}, {"balanced_accuracy", iv(e.balanced_accuracy)},
-                      {"sensitivity", iv(e.sensitivity)}, {"specificity", iv(e.specificity)}};
+  auto iv = [](const Interval& i) {
+    return nlohmann::json{{"value", i.value}, {"lo", i.lo}, {"hi", i.hi}};
+  };
+  nlohmann::json j = {{"n", e.n},
+                      {"positives", e.positives},
+                      {"threshold", thr},
+                      {"auc", iv(e.auc)},
+                      {"accuracy", iv(e.accuracy)},
+                      {"balanced_accuracy", iv(e.balanced_accuracy)},
+                      {"sensitivity", iv(e.sensitivity)},
+                      {"specificity", iv(e.specificity)}};
   auto roc = roc_curve(s, set.labels);
   nlohmann::json pts = nlohmann::json::array();
   size_t stride = std::max<size_t>(1, roc.size() / 100);
@@ -74,18 +88,26 @@ nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& s
     all.insert(all.end(), gm.begin(), gm.end());
   }
   for (auto& gm : all)
-    groups.push_back({{"attribute", gm.attribute}, {"group", gm.group}, {"n", gm.n}, {"positives", gm.positives},
-                      {"auc", std::isnan(gm.auc) ? nlohmann::json(nullptr) : nlohmann::json(gm.auc)},
-                      {"balanced_accuracy", gm.balanced_accuracy}, {"ranked", gm.ranked}});
+    groups.push_back(
+        {{"attribute", gm.attribute},
+         {"group", gm.group},
+         {"n", gm.n},
+         {"positives", gm.positives},
+         {"auc", std::isnan(gm.auc) ? nlohmann::json(nullptr) : nlohmann::json(gm.auc)},
+         {"balanced_accuracy", gm.balanced_accuracy},
+         {"ranked", gm.ranked}});
   worst = worst_group(all);
   j["groups"] = groups;
   if (worst)
-    j["worst_group"] = {{"attribute", worst->attribute}, {"group", worst->group}, {"n", worst->n},
+    j["worst_group"] = {{"attribute", worst->attribute},
+                        {"group", worst->group},
+                        {"n", worst->n},
                         {"balanced_accuracy", worst->balanced_accuracy}};
   return j;
 }
 
-Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, const LabeledSet* synthetic,
+Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
+                                   const LabeledSet* synthetic,
                                    const std::vector<NamedSet>& extra_tests) {
   const std::string result_path = job.train.out + "/result.json";
   if (file_exists(result_path)) {
@@ -97,25 +119,32 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
     }
   }
   if (job.arm != "real" && job.arm != "real+synthetic" && job.arm != "synthetic")
-    return Status::error("classify: arm must be real, real+synthetic or synthetic (got '" + job.arm + "')");
+    return Status::error("classify: arm must be real, real+synthetic or synthetic (got '" +
+                         job.arm + "')");
   if (job.arm != "real" && (!synthetic || synthetic->count() == 0))
     return Status::error("classify: arm '" + job.arm + "' needs a synthetic set");
-  // Real training subset: scarcity-sampled at the pool's malignant ratio, one image per lesion first.
+  // Real training subset: scarcity-sampled at the pool's malignant ratio, one image per lesion
+  // first.
   std::vector<size_t> real_idx = real.train;
   if (job.real_size > 0 && job.real_size < static_cast<int64_t>(real.train.size())) {
-    LF_ASSIGN_OR_RETURN(real_idx, scarcity_subset(real.ps.records, real.train, job.real_size, -1, job.seed));
+    LF_ASSIGN_OR_RETURN(real_idx,
+                        scarcity_subset(real.ps.records, real.train, job.real_size, -1, job.seed));
   }
   LabeledSet train;
   train.size = real.ps.size;
-  const std::vector<std::string>* classes = job.model.classes.empty() ? nullptr : &job.model.classes;
-  if (classes && job.arm != "real") return Status::error("classify: a dx classifier (--classes dx) trains on real images only");
-  if (job.arm != "synthetic") train.append(labeled_from_prepared(real.ps, real_idx, &real.captions, 1.0f, classes));
+  const std::vector<std::string>* classes =
+      job.model.classes.empty() ? nullptr : &job.model.classes;
+  if (classes && job.arm != "real")
+    return Status::error("classify: a dx classifier (--classes dx) trains on real images only");
+  if (job.arm != "synthetic")
+    train.append(labeled_from_prepared(real.ps, real_idx, &real.captions, 1.0f, classes));
   int64_t n_syn = 0;
   if (job.arm == "real+synthetic") {
     train.append(*synthetic, static_cast<float>(job.synthetic_weight));
     n_syn = synthetic->count();
   } else if (job.arm == "synthetic") {
-    int64_t want = job.synthetic_size > 0 ? job.synthetic_size : static_cast<int64_t>(real_idx.size());
+    int64_t want =
+        job.synthetic_size > 0 ? job.synthetic_size : static_cast<int64_t>(real_idx.size());
     want = std::min<int64_t>(want, synthetic->count());
     std::vector<int64_t> idx(synthetic->count());
     std::iota(idx.begin(), idx.end(), 0);
@@ -126,8 +155,8 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
     n_syn = want;
   }
   if (synthetic && synthetic->size != train.size)
-    return Status::error("classify: synthetic images are " + std::to_string(synthetic->size) + "px, real " +
-                         std::to_string(train.size) + "px");
+    return Status::error("classify: synthetic images are " + std::to_string(synthetic->size) +
+                         "px, real " + std::to_string(train.size) + "px");
   auto val = labeled_from_prepared(real.ps, real.val, &real.captions, 1.0f, classes);
   auto test = labeled_from_prepared(real.ps, real.test, &real.captions, 1.0f, classes);
   torch::manual_seed(job.seed);
@@ -136,15 +165,26 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
   Classifier model(mc);
   ClsTrainConfig tc = job.train;
   tc.seed = job.seed;
-  log_info("classify " + job.arm + " real " + std::to_string(job.arm == "synthetic" ? 0 : real_idx.size()) +
-           " synthetic " + std::to_string(n_syn) + " seed " + std::to_string(job.seed) + " (" + arch_name(mc.arch) + ") -> " + tc.out);
+  log_info("classify " + job.arm + " real " +
+           std::to_string(job.arm == "synthetic" ? 0 : real_idx.size()) + " synthetic " +
+           std::to_string(n_syn) + " seed " + std::to_string(job.seed) + " (" + arch_name(mc.arch) +
+           ") -> " + tc.out);
   LF_ASSIGN_OR_RETURN(ClsTrainResult tr, train_classifier(tc, model, train, val));
-  nlohmann::json r = {{"arm", job.arm}, {"real_size", job.arm == "synthetic" ? 0 : static_cast<int64_t>(real_idx.size())},
-                      {"requested_real_size", job.real_size}, {"synthetic_size", n_syn}, {"seed", job.seed},
-                      {"arch", arch_name(mc.arch)}, {"model", mc.to_json()}, {"train", tc.to_json()},
-                      {"epochs_run", tr.epochs_run}, {"best_epoch", tr.best_epoch}, {"val_auc", tr.best_val_auc},
-                      {"threshold", tr.threshold}, {"train_seconds", tr.seconds},
-                      {"train_images_per_second", tr.images_per_second}};
+  nlohmann::json r = {
+      {"arm", job.arm},
+      {"real_size", job.arm == "synthetic" ? 0 : static_cast<int64_t>(real_idx.size())},
+      {"requested_real_size", job.real_size},
+      {"synthetic_size", n_syn},
+      {"seed", job.seed},
+      {"arch", arch_name(mc.arch)},
+      {"model", mc.to_json()},
+      {"train", tc.to_json()},
+      {"epochs_run", tr.epochs_run},
+      {"best_epoch", tr.best_epoch},
+      {"val_auc", tr.best_val_auc},
+      {"threshold", tr.threshold},
+      {"train_seconds", tr.seconds},
+      {"train_images_per_second", tr.images_per_second}};
   r["test"] = evaluation_json(predict_malignant(model, test), test, tr.threshold, job.seed);
   if (classes) {  // dx accuracy and balanced (mean per-class recall) accuracy of the argmax
     auto pred = predict_proba(model, test.pixels.data(), test.count(), test.size).argmax(1);
@@ -168,11 +208,14 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
         ++present;
         per[(*classes)[k]] = hit[k] / n[k];
       }
-    r["test_dx"] = {{"accuracy", total > 0 ? correct / total : 0.0}, {"balanced_accuracy", present ? bal / present : 0.0},
-                    {"recall_per_class", per}, {"n", total}};
+    r["test_dx"] = {{"accuracy", total > 0 ? correct / total : 0.0},
+                    {"balanced_accuracy", present ? bal / present : 0.0},
+                    {"recall_per_class", per},
+                    {"n", total}};
   }
   nlohmann::json extra = nlohmann::json::object();
-  for (auto& t : extra_tests) extra[t.name] = evaluation_json(predict_malignant(model, t.set), t.set, tr.threshold, job.seed);
+  for (auto& t : extra_tests)
+    extra[t.name] = evaluation_json(predict_malignant(model, t.set), t.set, tr.threshold, job.seed);
   r["extra_tests"] = extra;
   LF_RETURN_IF_ERROR(write_file_atomic(result_path, r.dump(2) + "\n"));
   return r;
@@ -180,18 +223,23 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, cons
 
 nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
   std::map<std::string, std::vector<const nlohmann::json*>> cells;  // key orders arch, size, arm
-  auto arm_rank = [](const std::string& a) { return a == "real" ? "0" : a == "real+synthetic" ? "1" : "2"; };
+  auto arm_rank = [](const std::string& a) {
+    return a == "real" ? "0" : a == "real+synthetic" ? "1" : "2";
+  };
   for (auto& r : results) {
     char size[24];
-    std::snprintf(size, sizeof size, "%012lld", (long long)r.value("requested_real_size", int64_t{-1}));
+    std::snprintf(size, sizeof size, "%012lld",
+                  (long long)r.value("requested_real_size", int64_t{-1}));
     cells[r.value("arch", "") + "|" + size + "|" + arm_rank(r.value("arm", ""))].push_back(&r);
   }
   nlohmann::json out = nlohmann::json::array();
   for (auto& [key, rs] : cells) {
-    nlohmann::json c = {{"arch", rs[0]->value("arch", "")}, {"arm", rs[0]->value("arm", "")},
+    nlohmann::json c = {{"arch", rs[0]->value("arch", "")},
+                        {"arm", rs[0]->value("arm", "")},
                         {"real_size", rs[0]->value("requested_real_size", int64_t{-1})},
                         {"real_images", rs[0]->value("real_size", int64_t{0})},
-                        {"synthetic_size", rs[0]->value("synthetic_size", int64_t{0})}, {"seeds", rs.size()}};
+                        {"synthetic_size", rs[0]->value("synthetic_size", int64_t{0})},
+                        {"seeds", rs.size()}};
     for (std::string m : {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"}) {
       std::vector<double> v;
       for (auto* r : rs) v.push_back((*r)["test"][m]["value"].get<double>());
@@ -202,10 +250,12 @@ nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
     }
     std::vector<double> wg;
     for (auto* r : rs)
-      if ((*r)["test"].contains("worst_group")) wg.push_back((*r)["test"]["worst_group"]["balanced_accuracy"].get<double>());
+      if ((*r)["test"].contains("worst_group"))
+        wg.push_back((*r)["test"]["worst_group"]["balanced_accuracy"].get<double>());
     auto [wm, ws] = mean_sd(wg);
     c["worst_group_balanced_accuracy"] = {{"mean", wm}, {"sd", ws}, {"values", wg}};
-    if ((*rs[0])["test"].contains("worst_group")) c["worst_group_first_seed"] = (*rs[0])["test"]["worst_group"];
+    if ((*rs[0])["test"].contains("worst_group"))
+      c["worst_group_first_seed"] = (*rs[0])["test"]["worst_group"];
     out.push_back(c);
   }
   return out;

@@ -33,23 +33,24 @@ struct NamedSet {
 Result<NamedSet> load_test_dataset(const std::string& spec, int size);
 
 struct ClsJob {
-  std::string arm = "real";   // real | real+synthetic | synthetic
-  int64_t real_size = -1;     // -1: the whole training split
+  std::string arm = "real";  // real | real+synthetic | synthetic
+  int64_t real_size = -1;    // -1: the whole training split
   uint64_t seed = 0;
   ClassifierConfig model;
-  ClsTrainConfig train;       // train.out = job directory
+  ClsTrainConfig train;  // train.out = job directory
   double synthetic_weight = 1.0;
   int64_t synthetic_size = -1;  // synthetic-only arm: -1 = as many as real_size
 };
 // Trains (or, when DIR/result.json exists, loads) one classifier and evaluates it on the real
 // test split and each extra test set. Returns the result JSON (also written to DIR/result.json).
-Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real, const LabeledSet* synthetic,
+Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
+                                   const LabeledSet* synthetic,
                                    const std::vector<NamedSet>& extra_tests);
 
 // Metrics of one scored test set: EvalSummary with CIs, ROC curve (subsampled), per-group and
 // worst-group metrics.
-nlohmann::json evaluation_json(const std::vector<double>& scores, const LabeledSet& set, double threshold,
-                               uint64_t seed);
+nlohmann::json evaluation_json(const std::vector<double>& scores, const LabeledSet& set,
+                               double threshold, uint64_t seed);
 
 // Mean +- sd over seeds of each (arm, real_size, arch) cell of a list of job results.
 nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results);

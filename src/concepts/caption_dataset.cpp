@@ -34,9 +34,18 @@ double dice(const cv::Mat& a, const cv::Mat& b) {
 }  // namespace
 
 nlohmann::json CaptionRunOptions::to_json() const {
-  return {{"dataset", dataset}, {"malignant", malignant}, {"out", out}, {"mask", mask}, {"template", template_file},
-          {"limit", limit}, {"px_per_mm", px_per_mm}, {"llm_url", llm_url}, {"llm_model", llm_model},
-          {"llm_timeout", llm_timeout}, {"seed", seed}, {"threads", threads}};
+  return {{"dataset", dataset},
+          {"malignant", malignant},
+          {"out", out},
+          {"mask", mask},
+          {"template", template_file},
+          {"limit", limit},
+          {"px_per_mm", px_per_mm},
+          {"llm_url", llm_url},
+          {"llm_model", llm_model},
+          {"llm_timeout", llm_timeout},
+          {"seed", seed},
+          {"threads", threads}};
 }
 
 Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
@@ -51,7 +60,8 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
   while (!tmpl.empty() && (tmpl.back() == '\n' || tmpl.back() == '\r')) tmpl.pop_back();
   std::unique_ptr<LlmRewriter> llm;
   if (!o.llm_url.empty())
-    llm = std::make_unique<LlmRewriter>(LlmConfig{o.llm_url, o.llm_model, o.llm_timeout, o.out + ".llm_cache.jsonl"});
+    llm = std::make_unique<LlmRewriter>(
+        LlmConfig{o.llm_url, o.llm_model, o.llm_timeout, o.out + ".llm_cache.jsonl"});
   const int64_t n = o.limit > 0 ? std::min<int64_t>(o.limit, ds.records.size()) : ds.records.size();
   std::vector<Item> items(n);
   std::atomic<int64_t> next{0}, done{0};
@@ -84,11 +94,16 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
         uint64_t variant = std::hash<std::string>{}(r.id + std::to_string(o.seed)) | 1;
         std::string caption = tmpl.empty() ? compose_caption(f, variant) : apply_template(tmpl, f);
         if (llm) caption = llm->rewrite(f, caption);
-        it.line = {{"id", r.id}, {"caption", caption},
-                   {"caption_canonical", compose_caption(f, 0)}, {"report", rep},
-                   {"report_prose", report_prose(rep)}, {"measured", it.m.to_json()},
-                   {"mask_source", it.m.mask_source}, {"confidence", it.m.mask_confidence},
-                   {"dx", r.dx}, {"label", r.label}};
+        it.line = {{"id", r.id},
+                   {"caption", caption},
+                   {"caption_canonical", compose_caption(f, 0)},
+                   {"report", rep},
+                   {"report_prose", report_prose(rep)},
+                   {"measured", it.m.to_json()},
+                   {"mask_source", it.m.mask_source},
+                   {"confidence", it.m.mask_confidence},
+                   {"dx", r.dx},
+                   {"label", r.label}};
         if (!it.m.warning.empty()) {
           it.line["warning"] = it.m.warning;
           std::lock_guard<std::mutex> lock(mu);
@@ -115,7 +130,10 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
   int64_t errors = 0, warnings = 0;
   for (auto& it : items) {
     os << it.line.dump() << '\n';
-    if (it.line.contains("error")) { errors++; continue; }
+    if (it.line.contains("error")) {
+      errors++;
+      continue;
+    }
     if (it.line.contains("warning")) warnings++;
     std::string dx = it.line["dx"];
     if (it.m.ok) colours_by_dx[dx].push_back(it.m.colour_count);
@@ -130,26 +148,38 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
   if (llm) {
     LF_RETURN_IF_ERROR(llm->save_cache());
     auto st = llm->stats();
-    llm_stats = {{"requests", st.requests}, {"rewritten", st.rewritten}, {"cached", st.cached},
-                 {"failed_fell_back", st.failed}, {"rejected_fell_back", st.rejected}};
+    llm_stats = {{"requests", st.requests},
+                 {"rewritten", st.rewritten},
+                 {"cached", st.cached},
+                 {"failed_fell_back", st.failed},
+                 {"rejected_fell_back", st.rejected}};
     log_info("LLM rewrite: " + llm_stats.dump());
   }
-  nlohmann::json s = {{"images", n}, {"errors", errors}, {"warnings", warnings}, {"seconds", prog.elapsed_seconds()},
+  nlohmann::json s = {{"images", n},
+                      {"errors", errors},
+                      {"warnings", warnings},
+                      {"seconds", prog.elapsed_seconds()},
                       {"options", o.to_json()}};
   if (llm) s["llm"] = llm_stats;
   if (!dices.empty()) {
     std::sort(dices.begin(), dices.end());
     double mean = 0;
     for (double d : dices) mean += d;
-    s["auto_segmentation_dice"] = {{"mean", mean / dices.size()}, {"p10", dices[dices.size() / 10]},
-                                   {"median", dices[dices.size() / 2]}, {"p90", dices[dices.size() * 9 / 10]},
+    s["auto_segmentation_dice"] = {{"mean", mean / dices.size()},
+                                   {"p10", dices[dices.size() / 10]},
+                                   {"median", dices[dices.size() / 2]},
+                                   {"p90", dices[dices.size() * 9 / 10]},
                                    {"n", dices.size()}};
   }
   for (auto& [dx, v] : colours_by_dx) {
     double mean = 0;
     std::vector<int> hist(7, 0);
-    for (double c : v) { mean += c; hist[std::min(6, static_cast<int>(c))]++; }
-    s["colours_by_dx"][dx] = {{"mean_colour_count", mean / v.size()}, {"histogram_0_to_6", hist}, {"n", v.size()}};
+    for (double c : v) {
+      mean += c;
+      hist[std::min(6, static_cast<int>(c))]++;
+    }
+    s["colours_by_dx"][dx] = {
+        {"mean_colour_count", mean / v.size()}, {"histogram_0_to_6", hist}, {"n", v.size()}};
   }
   if (!tds.empty()) s["tds_auc_mel_vs_nv"] = roc_auc(tds, melnv);
   std::string summary = o.out.substr(0, o.out.rfind('.')) + ".summary.json";
@@ -159,7 +189,8 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
   return s;
 }
 
-Result<nlohmann::json> measure_image_folder(const std::string& images, const std::string& out_path) {
+Result<nlohmann::json> measure_image_folder(const std::string& images,
+                                            const std::string& out_path) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(images)) return Status::error(images + ": not a directory");
   std::vector<fs::path> files;
@@ -187,8 +218,8 @@ Result<nlohmann::json> measure_image_folder(const std::string& images, const std
   }
   const std::string out = out_path.empty() ? images + "/concepts.jsonl" : out_path;
   LF_RETURN_IF_ERROR(write_file_atomic(out, os.str()));
-  return nlohmann::json{{"measured", static_cast<int64_t>(files.size()) - bad}, {"skipped", bad}, {"out", out}};
+  return nlohmann::json{
+      {"measured", static_cast<int64_t>(files.size()) - bad}, {"skipped", bad}, {"out", out}};
 }
-
 
 }  // namespace lf

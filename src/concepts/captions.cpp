@@ -59,15 +59,20 @@ const char* pick(R& rng, std::initializer_list<const char*> options, bool canoni
 std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed) {
   const bool canon = variant_seed == 0;
   std::mt19937_64 rng(variant_seed);
-  std::string head = pick(rng, {"dermoscopic image of", "dermoscopy of", "dermatoscopic photo of"}, canon);
+  std::string head =
+      pick(rng, {"dermoscopic image of", "dermoscopy of", "dermatoscopic photo of"}, canon);
   std::string what;
   if (!f.dx.empty() && f.dx != "unk") {
     std::string name = dx_long_name(f.dx);
     // Say benign/malignant once ("a benign keratosis", not "a benign benign keratosis").
-    bool says = name.find("benign") != std::string::npos || name.find("malignant") != std::string::npos;
-    if (f.label == 1 && !says) what = "a malignant " + name;
-    else if (f.label == 0 && !says) what = "a benign " + name;
-    else what = "a " + name;
+    bool says =
+        name.find("benign") != std::string::npos || name.find("malignant") != std::string::npos;
+    if (f.label == 1 && !says)
+      what = "a malignant " + name;
+    else if (f.label == 0 && !says)
+      what = "a benign " + name;
+    else
+      what = "a " + name;
   } else {
     what = f.label == 1 ? "a malignant lesion" : f.label == 0 ? "a benign lesion" : "a skin lesion";
   }
@@ -75,25 +80,41 @@ std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed) {
   if (!f.site.empty() && f.site != "unknown") s += " on the " + f.site;
   std::string person;
   if (f.age >= 0) person = std::to_string(static_cast<int>(f.age)) + "-year-old ";
-  if (f.sex == "male") person += "man";
-  else if (f.sex == "female") person += "woman";
-  else if (!person.empty()) person += "patient";
-  if (!person.empty()) s += std::string(" of a") + (person[0] == '8' || person.rfind("11-", 0) == 0 || person.rfind("18-", 0) == 0 ? "n " : " ") + person;
+  if (f.sex == "male")
+    person += "man";
+  else if (f.sex == "female")
+    person += "woman";
+  else if (!person.empty())
+    person += "patient";
+  if (!person.empty())
+    s += std::string(" of a") +
+         (person[0] == '8' || person.rfind("11-", 0) == 0 || person.rfind("18-", 0) == 0 ? "n "
+                                                                                         : " ") +
+         person;
   std::vector<std::string> clauses;
-  if (f.asymmetry == 0) clauses.push_back(pick(rng, {"symmetric", "symmetric in both axes"}, canon));
-  else if (f.asymmetry == 1) clauses.push_back(pick(rng, {"asymmetric in one axis", "asymmetry in one axis"}, canon));
-  else if (f.asymmetry == 2) clauses.push_back(pick(rng, {"asymmetric in two axes", "asymmetry in both axes"}, canon));
+  if (f.asymmetry == 0)
+    clauses.push_back(pick(rng, {"symmetric", "symmetric in both axes"}, canon));
+  else if (f.asymmetry == 1)
+    clauses.push_back(pick(rng, {"asymmetric in one axis", "asymmetry in one axis"}, canon));
+  else if (f.asymmetry == 2)
+    clauses.push_back(pick(rng, {"asymmetric in two axes", "asymmetry in both axes"}, canon));
   if (f.border >= 0) {
-    if (f.border <= 1) clauses.push_back(pick(rng, {"regular border", "smooth sharp border"}, canon));
-    else if (f.border <= 4) clauses.push_back(pick(rng, {"slightly irregular border", "mildly irregular border"}, canon));
-    else clauses.push_back(pick(rng, {"irregular border", "ragged irregular border"}, canon));
+    if (f.border <= 1)
+      clauses.push_back(pick(rng, {"regular border", "smooth sharp border"}, canon));
+    else if (f.border <= 4)
+      clauses.push_back(pick(rng, {"slightly irregular border", "mildly irregular border"}, canon));
+    else
+      clauses.push_back(pick(rng, {"irregular border", "ragged irregular border"}, canon));
   }
   if (!f.colours.empty()) {
     int n = static_cast<int>(f.colours.size());
-    clauses.push_back(number_word(n) + (n == 1 ? " colour: " : " colours: ") + join_list(f.colours));
+    clauses.push_back(number_word(n) + (n == 1 ? " colour: " : " colours: ") +
+                      join_list(f.colours));
   }
   if (f.size_fraction > 0) {
-    const char* sz = f.size_fraction < 0.3 ? "small" : f.size_fraction < 0.55 ? "medium-sized" : "large";
+    const char* sz = f.size_fraction < 0.3    ? "small"
+                     : f.size_fraction < 0.55 ? "medium-sized"
+                                              : "large";
     clauses.push_back(std::string(sz) + " lesion");
   }
   if (f.fitzpatrick >= 1) clauses.push_back("fitzpatrick type " + roman(f.fitzpatrick) + " skin");
@@ -114,13 +135,23 @@ std::string apply_template(const std::string& tmpl, const CaptionFacts& f) {
     if (key == "age") return f.age < 0 ? "" : std::to_string(static_cast<int>(f.age));
     if (key == "sex") return f.sex == "unknown" ? "" : f.sex;
     if (key == "asymmetry")
-      return f.asymmetry < 0 ? "" : f.asymmetry == 0 ? "symmetric" : f.asymmetry == 1 ? "asymmetric in one axis" : "asymmetric in two axes";
+      return f.asymmetry < 0    ? ""
+             : f.asymmetry == 0 ? "symmetric"
+             : f.asymmetry == 1 ? "asymmetric in one axis"
+                                : "asymmetric in two axes";
     if (key == "border")
-      return f.border < 0 ? "" : f.border <= 1 ? "regular border" : f.border <= 4 ? "slightly irregular border" : "irregular border";
+      return f.border < 0    ? ""
+             : f.border <= 1 ? "regular border"
+             : f.border <= 4 ? "slightly irregular border"
+                             : "irregular border";
     if (key == "colours") return join_list(f.colours);
     if (key == "size")
-      return f.size_fraction <= 0 ? "" : f.size_fraction < 0.3 ? "small" : f.size_fraction < 0.55 ? "medium-sized" : "large";
-    if (key == "skin") return f.fitzpatrick < 1 ? "" : "fitzpatrick type " + roman(f.fitzpatrick) + " skin";
+      return f.size_fraction <= 0     ? ""
+             : f.size_fraction < 0.3  ? "small"
+             : f.size_fraction < 0.55 ? "medium-sized"
+                                      : "large";
+    if (key == "skin")
+      return f.fitzpatrick < 1 ? "" : "fitzpatrick type " + roman(f.fitzpatrick) + " skin";
     return "{" + key + "}";
   };
   // Expand placeholders; track whether each [group] had an unknown one.
@@ -129,8 +160,17 @@ std::string apply_template(const std::string& tmpl, const CaptionFacts& f) {
   for (size_t i = 0; i < tmpl.size(); ++i) {
     char c = tmpl[i];
     std::string& dst = in_group ? group : out;
-    if (c == '[' && !in_group) { in_group = true; group.clear(); group_ok = true; continue; }
-    if (c == ']' && in_group) { if (group_ok) out += group; in_group = false; continue; }
+    if (c == '[' && !in_group) {
+      in_group = true;
+      group.clear();
+      group_ok = true;
+      continue;
+    }
+    if (c == ']' && in_group) {
+      if (group_ok) out += group;
+      in_group = false;
+      continue;
+    }
     if (c == '{') {
       size_t e = tmpl.find('}', i);
       if (e != std::string::npos) {

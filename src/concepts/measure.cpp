@@ -79,7 +79,8 @@ void remove_hair(const cv::Mat& rgb, cv::Mat* out) {
   cv::Mat gray, bh, hair;
   cv::cvtColor(rgb, gray, cv::COLOR_RGB2GRAY);
   int k = std::max(3, std::min(rgb.cols, rgb.rows) / 20) | 1;
-  cv::morphologyEx(gray, bh, cv::MORPH_BLACKHAT, cv::getStructuringElement(cv::MORPH_ELLIPSE, {k, k}));
+  cv::morphologyEx(gray, bh, cv::MORPH_BLACKHAT,
+                   cv::getStructuringElement(cv::MORPH_ELLIPSE, {k, k}));
   cv::threshold(bh, hair, 18, 255, cv::THRESH_BINARY);
   // Hairs are thin and long: drop blobs whose area is large relative to their length.
   cv::dilate(hair, hair, cv::Mat(), {-1, -1}, 1);
@@ -101,7 +102,8 @@ Segmentation segment_lesion(const cv::Mat& rgb_in, cv::Mat* mask_out) {
   *mask_out = cv::Mat::zeros(lab.size(), CV_8UC1);
   if (mean_lab[0] < 5) {
     seg.source = "none";
-    seg.warning = "image is almost black (mean L* " + std::to_string(mean_lab[0]) + "): no lesion measured";
+    seg.warning =
+        "image is almost black (mean L* " + std::to_string(mean_lab[0]) + "): no lesion measured";
     return seg;
   }
   // Skin reference from a ring along the image border.
@@ -116,7 +118,10 @@ Segmentation segment_lesion(const cv::Mat& rgb_in, cv::Mat* mask_out) {
   cv::Mat d8(lab.size(), CV_8UC1);
   for (int y = 0; y < H; ++y)
     for (int x = 0; x < W; ++x)
-      d8.at<uint8_t>(y, x) = vig.at<uint8_t>(y, x) ? 0 : cv::saturate_cast<uint8_t>(delta_e(lab.at<cv::Vec3f>(y, x), skin) * 2.55);
+      d8.at<uint8_t>(y, x) =
+          vig.at<uint8_t>(y, x)
+              ? 0
+              : cv::saturate_cast<uint8_t>(delta_e(lab.at<cv::Vec3f>(y, x), skin) * 2.55);
   cv::GaussianBlur(d8, d8, {3, 3}, 0);
   cv::Mat bin;
   double thr = cv::threshold(d8, bin, 0, 255, cv::THRESH_BINARY | cv::THRESH_OTSU);
@@ -164,7 +169,8 @@ Segmentation segment_lesion(const cv::Mat& rgb_in, cv::Mat* mask_out) {
   fill_holes(m);
   double frac = cv::countNonZero(m) / double(W * H);
   seg.confidence = std::clamp(eta, 0.0, 1.0) * (frac > 0.005 && frac < 0.9 ? 1.0 : 0.3);
-  if (seg.confidence < 0.3) seg.warning = "low-confidence segmentation (" + std::to_string(seg.confidence) + ")";
+  if (seg.confidence < 0.3)
+    seg.warning = "low-confidence segmentation (" + std::to_string(seg.confidence) + ")";
   *mask_out = m;
   return seg;
 }
@@ -178,7 +184,8 @@ int fitzpatrick_from_ita(double ita) {
   return 6;
 }
 
-Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in, const MeasureConfig& cfg) {
+Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in,
+                            const MeasureConfig& cfg) {
   Measurements m;
   cv::Mat rgb;
   remove_hair(rgb_in, &rgb);
@@ -190,8 +197,8 @@ Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in, const
   } else {
     if (!mask_in.empty())
       m.warning = "mask size " + std::to_string(mask_in.cols) + "x" + std::to_string(mask_in.rows) +
-                  " differs from image " + std::to_string(rgb.cols) + "x" + std::to_string(rgb.rows) +
-                  "; segmented automatically. ";
+                  " differs from image " + std::to_string(rgb.cols) + "x" +
+                  std::to_string(rgb.rows) + "; segmented automatically. ";
     Segmentation s = segment_lesion(rgb_in, &mask);
     m.mask_source = s.source;
     m.mask_confidence = s.confidence;
@@ -209,8 +216,9 @@ Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in, const
   // Feret diameter from the convex hull.
   std::vector<std::vector<cv::Point>> contours;
   cv::findContours(mask.clone(), contours, cv::RETR_EXTERNAL, cv::CHAIN_APPROX_NONE);
-  auto& c = *std::max_element(contours.begin(), contours.end(),
-                              [](auto& a, auto& b) { return cv::contourArea(a) < cv::contourArea(b); });
+  auto& c = *std::max_element(contours.begin(), contours.end(), [](auto& a, auto& b) {
+    return cv::contourArea(a) < cv::contourArea(b);
+  });
   std::vector<cv::Point> hull;
   cv::convexHull(c, hull);
   for (size_t i = 0; i < hull.size(); ++i)
@@ -236,7 +244,10 @@ Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in, const
       float bd = 1e9f;
       for (int k = 0; k < kNumColours; ++k) {
         float d = delta_e(p, refs[k]);
-        if (d < bd) { bd = d; best = k; }
+        if (d < bd) {
+          bd = d;
+          best = k;
+        }
       }
       if (bd <= cfg.max_colour_distance) {
         cls.at<int8_t>(y, x) = static_cast<int8_t>(best);
@@ -270,7 +281,10 @@ Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in, const
         int rx = static_cast<int>(std::lround(cx + c2 * dx + s2 * dy));
         int ry = static_cast<int>(std::lround(cy + s2 * dx - c2 * dy));
         bool in = rx >= 0 && ry >= 0 && rx < W && ry < H && mask.at<uint8_t>(ry, rx);
-        if (!in) { miss++; continue; }
+        if (!in) {
+          miss++;
+          continue;
+        }
         int8_t c1 = cls.at<int8_t>(y, x), c2c = cls.at<int8_t>(ry, rx);
         if (c1 >= 0 && c2c >= 0) {
           both++;
@@ -279,7 +293,8 @@ Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in, const
       }
     m.shape_mismatch[a] = miss / area;
     m.colour_mismatch[a] = both > 0 ? diff / both : 0;
-    m.asymmetry += (m.shape_mismatch[a] > cfg.shape_asym_threshold || m.colour_mismatch[a] > cfg.colour_asym_threshold);
+    m.asymmetry += (m.shape_mismatch[a] > cfg.shape_asym_threshold ||
+                    m.colour_mismatch[a] > cfg.colour_asym_threshold);
   }
 
   // Border: radius function about the centroid, angle from the major axis, 2-degree bins.
@@ -287,14 +302,21 @@ Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in, const
   std::vector<double> r(nb, -1);
   for (const auto& p : c) {
     double ang = std::atan2(p.y + 0.5 - cy, p.x + 0.5 - cx) - theta;
-    int b = static_cast<int>(std::floor((ang / (2 * M_PI) - std::floor(ang / (2 * M_PI))) * nb)) % nb;
+    int b =
+        static_cast<int>(std::floor((ang / (2 * M_PI) - std::floor(ang / (2 * M_PI))) * nb)) % nb;
     r[b] = std::max(r[b], std::hypot(p.x + 0.5 - cx, p.y + 0.5 - cy));
   }
   for (int i = 0; i < nb; ++i)  // fill empty bins from neighbours
     if (r[i] < 0)
       for (int k = 1; k < nb; ++k) {
-        if (r[(i + k) % nb] >= 0) { r[i] = r[(i + k) % nb]; break; }
-        if (r[(i - k + nb) % nb] >= 0) { r[i] = r[(i - k + nb) % nb]; break; }
+        if (r[(i + k) % nb] >= 0) {
+          r[i] = r[(i + k) % nb];
+          break;
+        }
+        if (r[(i - k + nb) % nb] >= 0) {
+          r[i] = r[(i - k + nb) % nb];
+          break;
+        }
       }
   // Smooth fit: Fourier harmonics 0..5 (the overall shape); residual = border irregularity.
   std::vector<double> fit(nb, 0.0);
@@ -347,16 +369,27 @@ nlohmann::json Measurements::to_json() const {
     cols[colour_names()[k]] = colour_fraction[k];
     if (colour_present[k]) present.push_back(colour_names()[k]);
   }
-  nlohmann::json j = {{"ok", ok}, {"mask_source", mask_source}, {"mask_confidence", mask_confidence}};
+  nlohmann::json j = {
+      {"ok", ok}, {"mask_source", mask_source}, {"mask_confidence", mask_confidence}};
   if (!warning.empty()) j["warning"] = warning;
   if (!ok) return j;
-  j.update({{"area_fraction", area_fraction}, {"diameter_px", diameter_px},
-            {"shape_mismatch", shape_mismatch}, {"colour_mismatch", colour_mismatch},
-            {"asymmetry", asymmetry}, {"compactness", compactness}, {"solidity", solidity},
-            {"sector_irregularity", sector_irregularity}, {"border", border},
-            {"colour_fraction", cols}, {"colours", present}, {"colour_count", colour_count},
-            {"dominant_colour", dominant_colour}, {"colour_variability", colour_variability},
-            {"ita", ita}, {"fitzpatrick", fitzpatrick}, {"tds", tds},
+  j.update({{"area_fraction", area_fraction},
+            {"diameter_px", diameter_px},
+            {"shape_mismatch", shape_mismatch},
+            {"colour_mismatch", colour_mismatch},
+            {"asymmetry", asymmetry},
+            {"compactness", compactness},
+            {"solidity", solidity},
+            {"sector_irregularity", sector_irregularity},
+            {"border", border},
+            {"colour_fraction", cols},
+            {"colours", present},
+            {"colour_count", colour_count},
+            {"dominant_colour", dominant_colour},
+            {"colour_variability", colour_variability},
+            {"ita", ita},
+            {"fitzpatrick", fitzpatrick},
+            {"tds", tds},
             {"tds_note", "TDS without D (dermoscopic structures are not measured)"}});
   if (diameter_mm > 0) j["diameter_mm"] = diameter_mm;
   return j;
@@ -384,24 +417,36 @@ nlohmann::json structured_report(const CaptionFacts& f, const Measurements& m) {
   nlohmann::json j;
   j["patient_info"] = patient;
   if (!m.ok) {
-    for (const char* k : {"lesion_colour", "colour_variability", "shape", "shape_variability", "size",
-                          "border_definition", "fitzpatrick_skin_type"})
+    for (const char* k : {"lesion_colour", "colour_variability", "shape", "shape_variability",
+                          "size", "border_definition", "fitzpatrick_skin_type"})
       j[k] = "not measured (" + (m.warning.empty() ? std::string("no lesion") : m.warning) + ")";
   } else {
     std::string cl;
     for (size_t i = 0; i < f.colours.size(); ++i) cl += (i ? ", " : "") + f.colours[i];
-    j["lesion_colour"] = f.colours.empty() ? "none of the six dermoscopic colours dominates" : cl + " (dominant: " + m.dominant_colour + ")";
-    j["colour_variability"] = m.colour_count >= 3 ? "high (" + number_word(m.colour_count) + " colours)"
-                              : m.colour_count == 2 ? "moderate (two colours)" : "low (one colour)";
-    j["shape"] = m.asymmetry == 0 ? "symmetric about both principal axes"
-                 : m.asymmetry == 1 ? "asymmetric about one principal axis" : "asymmetric about both principal axes";
-    j["shape_variability"] = m.solidity > 0.93 ? "smooth convex outline" : m.solidity > 0.85 ? "slightly lobulated outline" : "lobulated, notched outline";
+    j["lesion_colour"] = f.colours.empty() ? "none of the six dermoscopic colours dominates"
+                                           : cl + " (dominant: " + m.dominant_colour + ")";
+    j["colour_variability"] = m.colour_count >= 3
+                                  ? "high (" + number_word(m.colour_count) + " colours)"
+                              : m.colour_count == 2 ? "moderate (two colours)"
+                                                    : "low (one colour)";
+    j["shape"] = m.asymmetry == 0   ? "symmetric about both principal axes"
+                 : m.asymmetry == 1 ? "asymmetric about one principal axis"
+                                    : "asymmetric about both principal axes";
+    j["shape_variability"] = m.solidity > 0.93   ? "smooth convex outline"
+                             : m.solidity > 0.85 ? "slightly lobulated outline"
+                                                 : "lobulated, notched outline";
     char buf[96];
-    std::snprintf(buf, sizeof buf, "%.1f%% of the image, diameter %.0f px", 100 * m.area_fraction, m.diameter_px);
+    std::snprintf(buf, sizeof buf, "%.1f%% of the image, diameter %.0f px", 100 * m.area_fraction,
+                  m.diameter_px);
     j["size"] = buf;
     j["border_definition"] = std::to_string(m.border) + " of 8 border sectors irregular" +
-                             (m.border <= 1 ? " (regular)" : m.border <= 4 ? " (slightly irregular)" : " (irregular)");
-    j["fitzpatrick_skin_type"] = m.fitzpatrick > 0 ? "type " + roman(m.fitzpatrick) + " (ITA " + std::to_string(static_cast<int>(std::lround(m.ita))) + " degrees)" : unk;
+                             (m.border <= 1   ? " (regular)"
+                              : m.border <= 4 ? " (slightly irregular)"
+                                              : " (irregular)");
+    j["fitzpatrick_skin_type"] =
+        m.fitzpatrick > 0 ? "type " + roman(m.fitzpatrick) + " (ITA " +
+                                std::to_string(static_cast<int>(std::lround(m.ita))) + " degrees)"
+                          : unk;
   }
   j["texture"] = "not measured";
   j["dermoscopic_patterns"] = "not measured (structures are not detected; TDS computed without D)";
@@ -419,9 +464,10 @@ nlohmann::json structured_report(const CaptionFacts& f, const Measurements& m) {
 
 std::string report_prose(const nlohmann::json& r) {
   std::string s;
-  for (const char* k : {"patient_info", "lesion_colour", "colour_variability", "shape", "shape_variability",
-                        "size", "border_definition", "texture", "dermoscopic_patterns", "elevation",
-                        "fitzpatrick_skin_type", "additional_features"}) {
+  for (const char* k :
+       {"patient_info", "lesion_colour", "colour_variability", "shape", "shape_variability", "size",
+        "border_definition", "texture", "dermoscopic_patterns", "elevation",
+        "fitzpatrick_skin_type", "additional_features"}) {
     if (!r.contains(k)) continue;
     std::string key = k;
     std::replace(key.begin(), key.end(), '_', ' ');

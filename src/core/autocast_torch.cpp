@@ -1,7 +1,7 @@
 // bf16 CPU autocast scope (see autocast.h).
-#include "core/autocast.h"
-
 #include <ATen/autocast_mode.h>
+
+#include "core/autocast.h"
 
 namespace lf {
 

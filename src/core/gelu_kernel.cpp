@@ -10,11 +10,13 @@ namespace {
 
 inline float exp_inline(float x) {
   x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
-  const float kLog2e = 1.44269504f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f, kRound = 12582912.f;  // 1.5*2^23
+  const float kLog2e = 1.44269504f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f,
+              kRound = 12582912.f;                 // 1.5*2^23
   const float n = (x * kLog2e + kRound) - kRound;  // round to nearest
   const float r = (x - n * kLn2Hi) - n * kLn2Lo;
   const float p =
-      1.f + r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720))))));
+      1.f +
+      r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720))))));
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
@@ -23,9 +25,10 @@ inline float exp_inline(float x) {
 
 }  // namespace
 
-__attribute__((target_clones("avx2", "default"))) void gelu_tanh_fwd(const float* x, float* y, float* d, int64_t n) {
+__attribute__((target_clones("avx2", "default"))) void gelu_tanh_fwd(const float* x, float* y,
+                                                                     float* d, int64_t n) {
   const float kA = 0.7978845608f, kB = 0.044715f;  // sqrt(2/pi)
-  if (!d) {  // inference: no derivative
+  if (!d) {                                        // inference: no derivative
     for (int64_t i = 0; i < n; ++i) {
       const float v = x[i];
       y[i] = v / (1.f + exp_inline(-2.f * kA * v * (1.f + kB * v * v)));
@@ -34,8 +37,8 @@ __attribute__((target_clones("avx2", "default"))) void gelu_tanh_fwd(const float
   }
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i], v2 = v * v;
-    const float u2 = 2.f * kA * v * (1.f + kB * v2);        // 2u
-    const float s = 1.f / (1.f + exp_inline(-u2));          // sigmoid(2u) = (1 + tanh(u)) / 2
+    const float u2 = 2.f * kA * v * (1.f + kB * v2);  // 2u
+    const float s = 1.f / (1.f + exp_inline(-u2));    // sigmoid(2u) = (1 + tanh(u)) / 2
     y[i] = v * s;
     d[i] = s + v * s * (1.f - s) * 2.f * kA * (1.f + 3.f * kB * v2);
   }

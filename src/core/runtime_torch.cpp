@@ -4,9 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <thread>
 
@@ -67,7 +67,8 @@ std::string loaded_blas() {
     auto pos = line.find('/');
     if (pos == std::string::npos) continue;
     std::string path = line.substr(pos);
-    if (path.find("libblas.so") != std::string::npos || path.find("libopenblas") != std::string::npos) {
+    if (path.find("libblas.so") != std::string::npos ||
+        path.find("libopenblas") != std::string::npos) {
       char buf[4096];
       ssize_t k = readlink(path.c_str(), buf, sizeof buf - 1);
       found = k > 0 ? std::string(buf, k) : path;
@@ -78,7 +79,8 @@ std::string loaded_blas() {
 }
 
 std::string active_blas_alternative() {
-  for (const char* p : {"/usr/lib/x86_64-linux-gnu/libblas.so.3", "/usr/lib/aarch64-linux-gnu/libblas.so.3"}) {
+  for (const char* p :
+       {"/usr/lib/x86_64-linux-gnu/libblas.so.3", "/usr/lib/aarch64-linux-gnu/libblas.so.3"}) {
     char buf[4096];
     if (realpath(p, buf)) return buf;
   }
@@ -111,7 +113,8 @@ Status check_device(const std::string& device) {
   if (device.rfind("cuda", 0) == 0) {
     if (!torch::cuda::is_available())
       return Status::error("--device " + device +
-                           ": this libtorch build has no usable CUDA device (Debian's libtorch is CPU-only); use --device cpu");
+                           ": this libtorch build has no usable CUDA device (Debian's libtorch is "
+                           "CPU-only); use --device cpu");
     return Status::ok_status();
   }
   return Status::error("--device " + device + ": expected cpu or cuda[:N]");
@@ -135,12 +138,15 @@ bool cpu_has_bf16() {
   std::string line;
   while (std::getline(in, line))
     if (line.rfind("flags", 0) == 0)
-      return line.find(" avx512_bf16") != std::string::npos || line.find(" amx_bf16") != std::string::npos;
+      return line.find(" avx512_bf16") != std::string::npos ||
+             line.find(" amx_bf16") != std::string::npos;
   return false;
 }
 
 void set_compute_precision(Precision p) { g_precision = static_cast<int>(p); }
-Precision compute_precision() { return static_cast<Precision>(g_precision.load(std::memory_order_relaxed)); }
+Precision compute_precision() {
+  return static_cast<Precision>(g_precision.load(std::memory_order_relaxed));
+}
 
 double measure_bf16_gemm_gflops(int n, double seconds) {
   auto a = torch::randn({n, n}).to(torch::kBFloat16), b = torch::randn({n, n}).to(torch::kBFloat16);

@@ -12,8 +12,15 @@ torch::Tensor images_to_tensor(const std::vector<const uint8_t*>& px, int S) {
 }
 
 std::vector<uint8_t> tensor_to_images(const torch::Tensor& x) {
-  auto u = x.detach().to(torch::kCPU).clamp(-1, 1).add(1).mul(127.5).round().to(torch::kUInt8)
-               .permute({0, 2, 3, 1}).contiguous();
+  auto u = x.detach()
+               .to(torch::kCPU)
+               .clamp(-1, 1)
+               .add(1)
+               .mul(127.5)
+               .round()
+               .to(torch::kUInt8)
+               .permute({0, 2, 3, 1})
+               .contiguous();
   return std::vector<uint8_t>(u.data_ptr<uint8_t>(), u.data_ptr<uint8_t>() + u.numel());
 }
 

@@ -7,17 +7,16 @@
 // Colours fill concentric zones of equal area in normalised radius ρ = |p-c| / r(θ), so the
 // colour pattern has the same symmetry as the shape. No blending between zones: each lesion
 // pixel is exactly one of the six dermoscopic colours (plus mild noise).
+#include "lesionflow/phantom.h"
+
 #include <cmath>
 #include <opencv2/imgproc.hpp>
 #include <random>
-
-#include "lesionflow/phantom.h"
-#include "lesionflow/rng.h"
-
 #include <sstream>
 
 #include "lesionflow/io.h"
 #include "lesionflow/report.h"
+#include "lesionflow/rng.h"
 
 namespace lf {
 
@@ -46,12 +45,18 @@ nlohmann::json PhantomParams::to_json() const {
   nlohmann::json cols = nlohmann::json::array();
   for (int c = 0; c < kNumColours; ++c)
     if (colours & (1u << c)) cols.push_back(colour_names()[c]);
-  return {{"fitzpatrick", fitzpatrick}, {"asymmetry_axes", asymmetry_axes},
-          {"irregularity", irregularity}, {"border_score", border_score()},
-          {"colours", cols},           {"colour_mask", colours},
-          {"diameter", diameter},      {"rotation", rotation},
-          {"hair", hair},              {"vignette", vignette},
-          {"seed", seed},              {"tds", tds()}};
+  return {{"fitzpatrick", fitzpatrick},
+          {"asymmetry_axes", asymmetry_axes},
+          {"irregularity", irregularity},
+          {"border_score", border_score()},
+          {"colours", cols},
+          {"colour_mask", colours},
+          {"diameter", diameter},
+          {"rotation", rotation},
+          {"hair", hair},
+          {"vignette", vignette},
+          {"seed", seed},
+          {"tds", tds()}};
 }
 
 PhantomParams PhantomParams::from_json(const nlohmann::json& j) {
@@ -138,17 +143,19 @@ void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb_out, cv::Mat*
   if (irr > 0) {
     int nh = 5;
     for (int i = 0; i < nh; ++i) {
-      int k = 6 + static_cast<int>(U(rng) * 9);  // 6..14 (above the shape harmonics <= 5)
+      int k = 6 + static_cast<int>(U(rng) * 9);   // 6..14 (above the shape harmonics <= 5)
       if (p.asymmetry_axes == 0 && (k % 2)) ++k;  // even only
       double phase = p.asymmetry_axes == 2 ? U(rng) * 2 * M_PI : (U(rng) < 0.5 ? 0.0 : M_PI);
-      hs.push_back({k, irr * 0.22 / std::sqrt(static_cast<double>(nh)) * (0.6 + 0.8 * U(rng)), phase});
+      hs.push_back(
+          {k, irr * 0.22 / std::sqrt(static_cast<double>(nh)) * (0.6 + 0.8 * U(rng)), phase});
     }
   }
   const double R = 0.5 * p.diameter * size;
   const double cx = 0.5 * size + (U(rng) - 0.5) * 0.08 * size;
   const double cy = 0.5 * size + (U(rng) - 0.5) * 0.08 * size;
   // Colour zones, inner to outer.
-  static const int kOrder[kNumColours] = {4, 5, 3, 0, 1, 2};  // blue-gray, black, dark brown, white, red, light brown
+  static const int kOrder[kNumColours] = {
+      4, 5, 3, 0, 1, 2};  // blue-gray, black, dark brown, white, red, light brown
   std::vector<int> zones;
   for (int c : kOrder)
     if (p.colours & (1u << c)) zones.push_back(c);
@@ -191,7 +198,8 @@ void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb_out, cv::Mat*
       }
       if (p.vignette) {
         double d = std::sqrt((x + 0.5 - size / 2.0) * (x + 0.5 - size / 2.0) +
-                             (y + 0.5 - size / 2.0) * (y + 0.5 - size / 2.0)) / (0.5 * size);
+                             (y + 0.5 - size / 2.0) * (y + 0.5 - size / 2.0)) /
+                   (0.5 * size);
         double v = d > 0.95 ? std::max(0.08, 1.0 - 2.5 * (d - 0.95)) : 1.0;
         for (double& c : col) c *= v;
       }
@@ -202,7 +210,8 @@ void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb_out, cv::Mat*
     int n = 2 + static_cast<int>(U(rng) * 6);
     for (int i = 0; i < n; ++i) {
       cv::Point2d a(U(rng) * size, U(rng) * size), b(U(rng) * size, U(rng) * size);
-      cv::Point2d m((a.x + b.x) / 2 + (U(rng) - 0.5) * size * 0.3, (a.y + b.y) / 2 + (U(rng) - 0.5) * size * 0.3);
+      cv::Point2d m((a.x + b.x) / 2 + (U(rng) - 0.5) * size * 0.3,
+                    (a.y + b.y) / 2 + (U(rng) - 0.5) * size * 0.3);
       std::vector<cv::Point> pts;
       for (int s = 0; s <= 16; ++s) {
         double t = s / 16.0;

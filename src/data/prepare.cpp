@@ -118,18 +118,25 @@ Status save_prepared(const std::string& dir, const PreparedSet& ps, const Prepar
   LF_RETURN_IF_ERROR(make_dirs(dir));
   const int64_t n = ps.count(), S = ps.size;
   SafeTensors st;
-  st.tensors["images"] = RawTensor{DType::kU8, {n, S, S, 3}, std::string(ps.images.begin(), ps.images.end())};
-  st.tensors["masks"] = RawTensor{DType::kU8, {n, S, S}, std::string(ps.masks.begin(), ps.masks.end())};
-  st.tensors["has_mask"] = RawTensor{DType::kU8, {n}, std::string(ps.has_mask.begin(), ps.has_mask.end())};
+  st.tensors["images"] =
+      RawTensor{DType::kU8, {n, S, S, 3}, std::string(ps.images.begin(), ps.images.end())};
+  st.tensors["masks"] =
+      RawTensor{DType::kU8, {n, S, S}, std::string(ps.masks.begin(), ps.masks.end())};
+  st.tensors["has_mask"] =
+      RawTensor{DType::kU8, {n}, std::string(ps.has_mask.begin(), ps.has_mask.end())};
   st.metadata["format"] = "lesionflow.prepared.v1";
   st.metadata["size"] = std::to_string(S);
   LF_RETURN_IF_ERROR(save_safetensors(dir + "/images.safetensors", st));
   std::ostringstream os;
   for (const auto& r : ps.records) os << record_to_json(r).dump() << '\n';
   LF_RETURN_IF_ERROR(write_file_atomic(dir + "/records.jsonl", os.str()));
-  nlohmann::json summary = {{"count", n}, {"size", S}, {"ok", stats.ok}, {"skipped", stats.skipped},
+  nlohmann::json summary = {{"count", n},
+                            {"size", S},
+                            {"ok", stats.ok},
+                            {"skipped", stats.skipped},
                             {"skipped_messages", stats.skipped_messages},
-                            {"masks_missing", stats.masks_missing}, {"seconds", stats.seconds}};
+                            {"masks_missing", stats.masks_missing},
+                            {"seconds", stats.seconds}};
   return write_file_atomic(dir + "/prepare.json", summary.dump(2) + "\n");
 }
 
@@ -137,7 +144,8 @@ Result<PreparedSet> load_prepared(const std::string& dir) {
   LF_ASSIGN_OR_RETURN(SafeTensors st, load_safetensors(dir + "/images.safetensors"));
   const std::string f = dir + "/images.safetensors";
   if (st.metadata["format"] != "lesionflow.prepared.v1")
-    return Status::error(f + ": not a lesionflow prepared cache (format '" + st.metadata["format"] + "')");
+    return Status::error(f + ": not a lesionflow prepared cache (format '" + st.metadata["format"] +
+                         "')");
   for (const char* k : {"images", "masks", "has_mask"})
     if (!st.tensors.count(k)) return Status::error(f + ": missing tensor '" + k + "'");
   PreparedSet ps;

@@ -5,9 +5,9 @@
 #include <sstream>
 
 #include "lesionflow/data.h"
-#include "lesionflow/rng.h"
 #include "lesionflow/io.h"
 #include "lesionflow/phantom.h"
+#include "lesionflow/rng.h"
 
 namespace lf {
 namespace fs = std::filesystem;
@@ -30,17 +30,17 @@ Result<LabelMap> LabelMap::parse(const std::string& list) {
 }
 
 const std::vector<std::string>& known_dx_codes() {
-  static const std::vector<std::string> k = {"nv", "mel", "bkl", "bcc", "akiec",
-                                             "vasc", "df", "scc", "unk"};
+  static const std::vector<std::string> k = {"nv",   "mel", "bkl", "bcc", "akiec",
+                                             "vasc", "df",  "scc", "unk"};
   return k;
 }
 
 std::string dx_long_name(const std::string& dx) {
   static const std::map<std::string, std::string> k = {
-      {"nv", "melanocytic nevus"},   {"mel", "melanoma"},
-      {"bkl", "benign keratosis"},   {"bcc", "basal cell carcinoma"},
-      {"akiec", "actinic keratosis"}, {"vasc", "vascular lesion"},
-      {"df", "dermatofibroma"},      {"scc", "squamous cell carcinoma"},
+      {"nv", "melanocytic nevus"},      {"mel", "melanoma"},
+      {"bkl", "benign keratosis"},      {"bcc", "basal cell carcinoma"},
+      {"akiec", "actinic keratosis"},   {"vasc", "vascular lesion"},
+      {"df", "dermatofibroma"},         {"scc", "squamous cell carcinoma"},
       {"unk", "lesion of unknown type"}};
   auto it = k.find(dx);
   return it == k.end() ? dx : it->second;
@@ -62,10 +62,18 @@ std::string age_band(double age) {
 }
 
 json record_to_json(const Record& r) {
-  json j = {{"id", r.id},       {"image_path", r.image_path}, {"mask_path", r.mask_path},
-            {"dx", r.dx},       {"label", r.label},           {"lesion_id", r.lesion_id},
-            {"patient_id", r.patient_id}, {"age", r.age},     {"sex", r.sex},
-            {"site", r.site},   {"dx_type", r.dx_type},       {"source", r.source}};
+  json j = {{"id", r.id},
+            {"image_path", r.image_path},
+            {"mask_path", r.mask_path},
+            {"dx", r.dx},
+            {"label", r.label},
+            {"lesion_id", r.lesion_id},
+            {"patient_id", r.patient_id},
+            {"age", r.age},
+            {"sex", r.sex},
+            {"site", r.site},
+            {"dx_type", r.dx_type},
+            {"source", r.source}};
   if (!r.extra.empty()) j["extra"] = r.extra;
   return j;
 }
@@ -192,7 +200,8 @@ Result<Dataset> read_isic_csv(const std::string& csv, const std::string& image_d
   std::string base = fs::path(csv).parent_path().string();
   if (base.empty()) base = ".";
   std::vector<std::string> dirs;
-  if (!image_dir_in.empty()) dirs.push_back(image_dir_in);
+  if (!image_dir_in.empty())
+    dirs.push_back(image_dir_in);
   else
     for (std::string d : {base, base + "/images", base + "/train", base + "/jpeg/train"})
       if (fs::is_directory(d)) dirs.push_back(d);
@@ -200,27 +209,40 @@ Result<Dataset> read_isic_csv(const std::string& csv, const std::string& image_d
   int c_id = -1;
   for (const char* name : {"image_id", "image_name", "image"})
     if (c_id < 0) c_id = t.column(name);
-  if (c_id < 0) return Status::error(csv + ": missing required column 'image_id' (or 'image'/'image_name')");
+  if (c_id < 0)
+    return Status::error(csv + ": missing required column 'image_id' (or 'image'/'image_name')");
   // Which layout?
   enum { k2017, k2019, k2020 } layout;
   static const std::vector<std::pair<std::string, std::string>> k2019cols = {
-      {"MEL", "mel"}, {"NV", "nv"}, {"BCC", "bcc"}, {"AK", "akiec"}, {"AKIEC", "akiec"},
-      {"BKL", "bkl"}, {"DF", "df"}, {"VASC", "vasc"}, {"SCC", "scc"}, {"UNK", "unk"}};
-  if (t.column("melanoma") >= 0 && t.column("seborrheic_keratosis") >= 0) layout = k2017;
-  else if (t.column("MEL") >= 0 && t.column("NV") >= 0) layout = k2019;
-  else if (t.column("target") >= 0 || t.column("benign_malignant") >= 0) layout = k2020;
+      {"MEL", "mel"}, {"NV", "nv"}, {"BCC", "bcc"},   {"AK", "akiec"}, {"AKIEC", "akiec"},
+      {"BKL", "bkl"}, {"DF", "df"}, {"VASC", "vasc"}, {"SCC", "scc"},  {"UNK", "unk"}};
+  if (t.column("melanoma") >= 0 && t.column("seborrheic_keratosis") >= 0)
+    layout = k2017;
+  else if (t.column("MEL") >= 0 && t.column("NV") >= 0)
+    layout = k2019;
+  else if (t.column("target") >= 0 || t.column("benign_malignant") >= 0)
+    layout = k2020;
   else
-    return Status::error(csv + ": unrecognised ISIC layout: need 'melanoma'+'seborrheic_keratosis' "
-                               "(2017/2018), one-hot 'MEL','NV',... (2019) or 'target' (2020) columns");
+    return Status::error(csv +
+                         ": unrecognised ISIC layout: need 'melanoma'+'seborrheic_keratosis' "
+                         "(2017/2018), one-hot 'MEL','NV',... (2019) or 'target' (2020) columns");
   static const std::map<std::string, std::string> k2020dx = {
-      {"nevus", "nv"}, {"melanoma", "mel"}, {"seborrheic keratosis", "bkl"},
-      {"lentigo nos", "bkl"}, {"lichenoid keratosis", "bkl"}, {"solar lentigo", "bkl"},
-      {"cafe-au-lait macule", "bkl"}, {"atypical melanocytic proliferation", "nv"},
-      {"unknown", "unk"}, {"", "unk"}};
+      {"nevus", "nv"},
+      {"melanoma", "mel"},
+      {"seborrheic keratosis", "bkl"},
+      {"lentigo nos", "bkl"},
+      {"lichenoid keratosis", "bkl"},
+      {"solar lentigo", "bkl"},
+      {"cafe-au-lait macule", "bkl"},
+      {"atypical melanocytic proliferation", "nv"},
+      {"unknown", "unk"},
+      {"", "unk"}};
   const int c_pat = t.column("patient_id"), c_les = t.column("lesion_id");
-  const int c_sex = t.column("sex"), c_age = t.column("age_approx") >= 0 ? t.column("age_approx") : t.column("age");
-  const int c_site = t.column("anatom_site_general_challenge") >= 0 ? t.column("anatom_site_general_challenge")
-                                                                    : t.column("anatom_site_general");
+  const int c_sex = t.column("sex"),
+            c_age = t.column("age_approx") >= 0 ? t.column("age_approx") : t.column("age");
+  const int c_site = t.column("anatom_site_general_challenge") >= 0
+                         ? t.column("anatom_site_general_challenge")
+                         : t.column("anatom_site_general");
   for (size_t i = 0; i < t.rows.size(); ++i) {
     const auto& row = t.rows[i];
     Record r;
@@ -246,8 +268,9 @@ Result<Dataset> read_isic_csv(const std::string& csv, const std::string& image_d
           return Status::error(where(t, i, c) + ": expected a number, found '" + row[c] + "'");
         }
       }
-      if (r.dx.empty()) return Status::error(t.path + ":" + std::to_string(t.line_numbers[i]) +
-                                             ": no diagnosis column is set to 1");
+      if (r.dx.empty())
+        return Status::error(t.path + ":" + std::to_string(t.line_numbers[i]) +
+                             ": no diagnosis column is set to 1");
     } else {
       int c_dx = t.column("diagnosis");
       std::string d = c_dx >= 0 ? lower(row[c_dx]) : "";
@@ -264,8 +287,10 @@ Result<Dataset> read_isic_csv(const std::string& csv, const std::string& image_d
     r.label = labels.label_of(r.dx);
     if (layout == k2020) {
       int c_t = t.column("target"), c_bm = t.column("benign_malignant");
-      if (c_t >= 0) r.label = (row[c_t] == "1") ? 1 : 0;
-      else r.label = lower(row[c_bm]) == "malignant" ? 1 : 0;
+      if (c_t >= 0)
+        r.label = (row[c_t] == "1") ? 1 : 0;
+      else
+        r.label = lower(row[c_bm]) == "malignant" ? 1 : 0;
     }
     if (c_pat >= 0) r.patient_id = row[c_pat];
     if (c_les >= 0) r.lesion_id = row[c_les];
@@ -290,13 +315,16 @@ Result<Dataset> read_image_folder(const std::string& root, const LabelMap& label
   for (const auto& e : fs::directory_iterator(root))
     if (e.is_directory()) classes.push_back(e.path());
   std::sort(classes.begin(), classes.end());
-  if (classes.empty()) return Status::error(root + ": ImageFolder layout needs root/<class>/*.jpg, found no class folders");
+  if (classes.empty())
+    return Status::error(root +
+                         ": ImageFolder layout needs root/<class>/*.jpg, found no class folders");
   for (const auto& cdir : classes) {
     std::string cls = lower(cdir.filename().string());
     std::vector<fs::path> files;
     for (const auto& e : fs::directory_iterator(cdir)) {
       std::string ext = lower(e.path().extension().string());
-      if (e.is_regular_file() && (ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp"))
+      if (e.is_regular_file() &&
+          (ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp"))
         files.push_back(e.path());
     }
     std::sort(files.begin(), files.end());
@@ -305,9 +333,13 @@ Result<Dataset> read_image_folder(const std::string& root, const LabelMap& label
       r.id = cls + "/" + f.stem().string();
       r.image_path = f.string();
       r.source = "folder";
-      if (cls == "malignant") { r.dx = "unk"; r.label = 1; }
-      else if (cls == "benign") { r.dx = "unk"; r.label = 0; }
-      else {
+      if (cls == "malignant") {
+        r.dx = "unk";
+        r.label = 1;
+      } else if (cls == "benign") {
+        r.dx = "unk";
+        r.label = 0;
+      } else {
         r.dx = cls;
         r.label = labels.label_of(cls);
       }
@@ -319,14 +351,16 @@ Result<Dataset> read_image_folder(const std::string& root, const LabelMap& label
 
 Result<Dataset> load_dataset(const std::string& spec, const LabelMap& labels, uint64_t seed) {
   auto colon = spec.find(':');
-  std::string kind = spec.substr(0, colon), arg = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  std::string kind = spec.substr(0, colon),
+              arg = colon == std::string::npos ? "" : spec.substr(colon + 1);
   if (kind == "ham10000" || kind == "ham") {
     if (arg.empty()) return Status::error("dataset '" + spec + "': expected ham10000:PATH");
     return read_ham10000(arg, labels);
   }
   if (kind == "isic") {
     auto c2 = arg.find(':');
-    return read_isic_csv(arg.substr(0, c2), c2 == std::string::npos ? "" : arg.substr(c2 + 1), labels);
+    return read_isic_csv(arg.substr(0, c2), c2 == std::string::npos ? "" : arg.substr(c2 + 1),
+                         labels);
   }
   if (kind == "folder" || kind == "imagefolder") return read_image_folder(arg, labels);
   if (kind == "phantom") {
@@ -340,8 +374,8 @@ Result<Dataset> load_dataset(const std::string& spec, const LabelMap& labels, ui
     }
     if (n <= 0) return Status::error("dataset '" + spec + "': N must be positive");
     Dataset ds{"phantom", "", {}};
-    static const char* kSites[] = {"back", "trunk", "lower extremity", "upper extremity", "abdomen",
-                                   "face", "chest", "scalp"};
+    static const char* kSites[] = {"back",    "trunk", "lower extremity", "upper extremity",
+                                   "abdomen", "face",  "chest",           "scalp"};
     for (int64_t i = 0; i < n; ++i) {
       uint64_t s = derive_seed(seed, Stream::kPhantom, static_cast<uint64_t>(i));
       PhantomParams p = sample_phantom_params(s);
@@ -355,7 +389,9 @@ Result<Dataset> load_dataset(const std::string& spec, const LabelMap& labels, ui
       r.label = p.label();
       r.dx = r.label ? "mel" : "nv";
       r.sex = U(rng) < 0.5 ? "male" : "female";
-      r.age = std::clamp(std::round((r.label ? 62 : 45) + 14 * (U(rng) + U(rng) + U(rng) - 1.5) * 1.6) / 5 * 5, 5.0, 90.0);
+      r.age = std::clamp(
+          std::round((r.label ? 62 : 45) + 14 * (U(rng) + U(rng) + U(rng) - 1.5) * 1.6) / 5 * 5,
+          5.0, 90.0);
       r.site = kSites[static_cast<int>(U(rng) * 8) % 8];
       r.dx_type = "phantom";
       r.source = "phantom";
@@ -381,9 +417,15 @@ json summarize(const Dataset& ds) {
     groups.insert(r.group_key());
     masks += !r.mask_path.empty() || r.source == "phantom";
   }
-  return {{"kind", ds.kind},   {"root", ds.root},  {"images", ds.records.size()},
-          {"lesions", groups.size()}, {"with_mask", masks}, {"dx", dx},
-          {"label", label},    {"sex", sex},       {"age_band", age},
+  return {{"kind", ds.kind},
+          {"root", ds.root},
+          {"images", ds.records.size()},
+          {"lesions", groups.size()},
+          {"with_mask", masks},
+          {"dx", dx},
+          {"label", label},
+          {"sex", sex},
+          {"age_band", age},
           {"site", site}};
 }
 
@@ -395,13 +437,15 @@ std::string skin_band(int f) {
 }
 
 std::map<std::string, std::string> record_groups(const Record& r, const nlohmann::json* cap) {
-  std::map<std::string, std::string> g{{"sex", r.sex}, {"age", age_band(r.age)}, {"site", r.site}, {"skin", "unknown"}};
-  if (cap && cap->contains("measured")) g["skin"] = skin_band((*cap)["measured"].value("fitzpatrick", 0));
+  std::map<std::string, std::string> g{
+      {"sex", r.sex}, {"age", age_band(r.age)}, {"site", r.site}, {"skin", "unknown"}};
+  if (cap && cap->contains("measured"))
+    g["skin"] = skin_band((*cap)["measured"].value("fitzpatrick", 0));
   return g;
 }
 
-void LabeledSet::add(const uint8_t* px, int label, float weight, const std::string& id, const std::string& source,
-                     std::map<std::string, std::string> g) {
+void LabeledSet::add(const uint8_t* px, int label, float weight, const std::string& id,
+                     const std::string& source, std::map<std::string, std::string> g) {
   pixels.insert(pixels.end(), px, px + size * size * 3);
   labels.push_back(label);
   weights.push_back(weight);

@@ -5,12 +5,13 @@
 #include <sstream>
 
 #include "lesionflow/data.h"
-#include "lesionflow/rng.h"
 #include "lesionflow/io.h"
+#include "lesionflow/rng.h"
 
 namespace lf {
 
-Result<std::vector<std::string>> make_splits(const std::vector<Record>& recs, const SplitConfig& cfg) {
+Result<std::vector<std::string>> make_splits(const std::vector<Record>& recs,
+                                             const SplitConfig& cfg) {
   const double fr[3] = {cfg.train, cfg.val, cfg.test};
   static const char* kNames[3] = {"train", "val", "test"};
   if (std::abs(fr[0] + fr[1] + fr[2] - 1.0) > 1e-6 || fr[0] < 0 || fr[1] < 0 || fr[2] < 0)
@@ -54,8 +55,8 @@ Status write_splits(const std::string& path, const std::vector<Record>& recs,
   std::ostringstream os;
   os << "id,group,dx,label,split\n";
   for (size_t i = 0; i < recs.size(); ++i)
-    os << csv_escape(recs[i].id) << ',' << csv_escape(recs[i].group_key()) << ',' << recs[i].dx << ','
-       << recs[i].label << ',' << split[i] << '\n';
+    os << csv_escape(recs[i].id) << ',' << csv_escape(recs[i].group_key()) << ',' << recs[i].dx
+       << ',' << recs[i].label << ',' << split[i] << '\n';
   return write_file_atomic(path, os.str());
 }
 
@@ -74,8 +75,8 @@ Result<std::vector<std::pair<std::string, std::string>>> read_splits(const std::
   return out;
 }
 
-Result<std::vector<size_t>> select_split(const std::vector<Record>& recs, const std::string& splits_csv,
-                                         const std::string& name) {
+Result<std::vector<size_t>> select_split(const std::vector<Record>& recs,
+                                         const std::string& splits_csv, const std::string& name) {
   LF_ASSIGN_OR_RETURN(auto pairs, read_splits(splits_csv));
   std::map<std::string, std::string> m(pairs.begin(), pairs.end());
   std::vector<size_t> idx;
@@ -89,8 +90,9 @@ Result<std::vector<size_t>> select_split(const std::vector<Record>& recs, const 
   return idx;
 }
 
-Result<std::vector<size_t>> scarcity_subset(const std::vector<Record>& recs, const std::vector<size_t>& pool,
-                                            int64_t n, double mal_frac, uint64_t seed) {
+Result<std::vector<size_t>> scarcity_subset(const std::vector<Record>& recs,
+                                            const std::vector<size_t>& pool, int64_t n,
+                                            double mal_frac, uint64_t seed) {
   if (n <= 0) return Status::error("scarcity: N must be positive");
   std::vector<size_t> pos, neg;
   for (size_t i : pool) (recs[i].label == 1 ? pos : neg).push_back(i);
@@ -118,8 +120,9 @@ Result<std::vector<size_t>> scarcity_subset(const std::vector<Record>& recs, con
   return a;
 }
 
-Result<nlohmann::json> split_dataset(const Dataset& ds, const SplitConfig& cfg, const std::string& out,
-                                     int64_t scarcity, double malignant_fraction) {
+Result<nlohmann::json> split_dataset(const Dataset& ds, const SplitConfig& cfg,
+                                     const std::string& out, int64_t scarcity,
+                                     double malignant_fraction) {
   if (out.empty()) return Status::error("data split: --out FILE.csv is required");
   LF_ASSIGN_OR_RETURN(auto split, make_splits(ds.records, cfg));
   LF_RETURN_IF_ERROR(write_splits(out, ds.records, split));
@@ -138,18 +141,21 @@ Result<nlohmann::json> split_dataset(const Dataset& ds, const SplitConfig& cfg, 
     std::vector<size_t> pool;
     for (size_t i = 0; i < split.size(); ++i)
       if (split[i] == "train") pool.push_back(i);
-    LF_ASSIGN_OR_RETURN(auto sub, scarcity_subset(ds.records, pool, scarcity, malignant_fraction, cfg.seed));
+    LF_ASSIGN_OR_RETURN(auto sub,
+                        scarcity_subset(ds.records, pool, scarcity, malignant_fraction, cfg.seed));
     std::ostringstream os;
     os << "id\n";
     for (size_t i : sub) os << csv_escape(ds.records[i].id) << '\n';
-    std::string path = out.substr(0, out.rfind('.')) + ".scarcity" + std::to_string(scarcity) + ".csv";
+    std::string path =
+        out.substr(0, out.rfind('.')) + ".scarcity" + std::to_string(scarcity) + ".csv";
     LF_RETURN_IF_ERROR(write_file_atomic(path, os.str()));
     j["scarcity_subset"] = path;
   }
   return j;
 }
 
-Result<std::vector<size_t>> split_or_default(const std::vector<Record>& recs, const std::string& splits_csv,
+Result<std::vector<size_t>> split_or_default(const std::vector<Record>& recs,
+                                             const std::string& splits_csv,
                                              const std::string& name) {
   if (!splits_csv.empty()) return select_split(recs, splits_csv, name);
   std::vector<size_t> idx;

@@ -2,11 +2,10 @@
 // trained here), classification accuracy score, memorisation (nearest real training image in
 // feature and pixel space) and concept adherence (the concepts module measures the images).
 #pragma once
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <functional>
 
 #include "lesionflow/data.h"
 #include "pch_torch.h"
@@ -18,14 +17,18 @@ namespace lf {
 double frechet_distance(const torch::Tensor& a, const torch::Tensor& b);
 // Improved precision/recall (Kynkaanniemi et al. 2019): a fake sample is "precise" if it lies in
 // the k-NN ball of some real sample, recall symmetrically.
-std::pair<double, double> knn_precision_recall(const torch::Tensor& real, const torch::Tensor& fake, int k = 3);
+std::pair<double, double> knn_precision_recall(const torch::Tensor& real, const torch::Tensor& fake,
+                                               int k = 3);
 // Density and coverage (Naeem et al. 2020) of fake rows against the k-NN balls of real rows.
-std::pair<double, double> density_coverage(const torch::Tensor& real, const torch::Tensor& fake, int k = 5);
+std::pair<double, double> density_coverage(const torch::Tensor& real, const torch::Tensor& fake,
+                                           int k = 5);
 // Bootstrap 95% interval of the Frechet distance (rows of both sets resampled `reps` times).
-std::pair<double, double> frechet_distance_ci(const torch::Tensor& a, const torch::Tensor& b, int reps, uint64_t seed);
+std::pair<double, double> frechet_distance_ci(const torch::Tensor& a, const torch::Tensor& b,
+                                              int reps, uint64_t seed);
 // For each row of q, the index of and Euclidean distance to its nearest row of ref
 // (exclude_self: q and ref are the same set; skip the diagonal).
-std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const torch::Tensor& q, const torch::Tensor& ref,
+std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const torch::Tensor& q,
+                                                                  const torch::Tensor& ref,
                                                                   bool exclude_self = false);
 
 struct AuditInputs {
@@ -33,15 +36,16 @@ struct AuditInputs {
   // `size`, and P(malignant) per image (the classification accuracy score).
   std::function<torch::Tensor(const uint8_t* px, int64_t n, int size)> features;
   std::function<std::vector<double>(const LabeledSet&)> p_malignant;
-  double threshold = 0.5;            // its operating point (picked on validation)
+  double threshold = 0.5;  // its operating point (picked on validation)
   const LabeledSet* real_train = nullptr;
   const LabeledSet* real_test = nullptr;
   const LabeledSet* synthetic = nullptr;
-  std::vector<nlohmann::json> manifest;                   // synthetic manifest lines ("asked")
-  std::map<std::string, nlohmann::json> real_captions;    // id -> captions.jsonl record
+  std::vector<nlohmann::json> manifest;                 // synthetic manifest lines ("asked")
+  std::map<std::string, nlohmann::json> real_captions;  // id -> captions.jsonl record
   int max_concept_images = 300;
-  int bootstrap = 100;        // FD interval resamples
-  std::string feature_name = "penultimate layer of the real-only classifier";  // how the report names the features
+  int bootstrap = 100;  // FD interval resamples
+  std::string feature_name =
+      "penultimate layer of the real-only classifier";  // how the report names the features
   int closest_pairs = 8;
 };
 // JSON with fd, precision/recall, cas, memorisation (+ closest pairs), concept_adherence.

@@ -25,7 +25,8 @@ double frechet_distance(const Tensor& a0, const Tensor& b0) {
   auto inner = ra.mm(sb).mm(ra);
   inner = (inner + inner.t()) / 2;
   auto ev = std::get<0>(torch::linalg::eigh(inner, "L")).clamp_min(0).sqrt().sum();
-  double d = (mu_a - mu_b).pow(2).sum().item<double>() + (sa.trace() + sb.trace() - 2 * ev).item<double>();
+  double d =
+      (mu_a - mu_b).pow(2).sum().item<double>() + (sa.trace() + sb.trace() - 2 * ev).item<double>();
   return std::max(0.0, d);
 }
 
@@ -50,12 +51,14 @@ std::pair<double, double> density_coverage(const Tensor& real0, const Tensor& fa
   if (real.size(0) <= k || fake.size(0) < 1) return {std::nan(""), std::nan("")};
   auto r = kth_nn_radius(real, k);                            // [N]
   auto inside = pairwise_dist(fake, real) <= r.unsqueeze(0);  // [M,N]
-  double density = inside.to(torch::kFloat64).sum().item<double>() / (k * static_cast<double>(fake.size(0)));
+  double density =
+      inside.to(torch::kFloat64).sum().item<double>() / (k * static_cast<double>(fake.size(0)));
   double coverage = inside.any(0).to(torch::kFloat64).mean().item<double>();
   return {density, coverage};
 }
 
-std::pair<double, double> frechet_distance_ci(const Tensor& a, const Tensor& b, int reps, uint64_t seed) {
+std::pair<double, double> frechet_distance_ci(const Tensor& a, const Tensor& b, int reps,
+                                              uint64_t seed) {
   std::vector<double> v;
   auto gen = at::detail::createCPUGenerator(seed);
   for (int r = 0; r < reps; ++r) {
@@ -65,7 +68,8 @@ std::pair<double, double> frechet_distance_ci(const Tensor& a, const Tensor& b, 
   }
   std::sort(v.begin(), v.end());
   if (v.empty()) return {std::nan(""), std::nan("")};
-  return {v[static_cast<size_t>(0.025 * (v.size() - 1))], v[static_cast<size_t>(0.975 * (v.size() - 1))]};
+  return {v[static_cast<size_t>(0.025 * (v.size() - 1))],
+          v[static_cast<size_t>(0.975 * (v.size() - 1))]};
 }
 
 std::pair<double, double> knn_precision_recall(const Tensor& real0, const Tensor& fake0, int k) {
@@ -76,7 +80,9 @@ std::pair<double, double> knn_precision_recall(const Tensor& real0, const Tensor
   return {precision, recall};
 }
 
-std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const Tensor& q, const Tensor& ref, bool exclude_self) {
+std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const Tensor& q,
+                                                                  const Tensor& ref,
+                                                                  bool exclude_self) {
   std::vector<int64_t> idx;
   std::vector<double> dist;
   auto r = ref.to(torch::kFloat64);
@@ -97,8 +103,10 @@ std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const Tensor& 
 
 namespace {
 Tensor pixel_rows(const LabeledSet& s) {  // [N, S*S*3] in [0,1]
-  return torch::from_blob(const_cast<uint8_t*>(s.pixels.data()), {s.count(), s.size * s.size * 3}, torch::kUInt8)
-             .to(torch::kFloat32) / 255.0;
+  return torch::from_blob(const_cast<uint8_t*>(s.pixels.data()), {s.count(), s.size * s.size * 3},
+                          torch::kUInt8)
+             .to(torch::kFloat32) /
+         255.0;
 }
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return std::nan("");
@@ -117,7 +125,8 @@ struct Adherence {
     border_abs_diff += std::abs(asked.value("border", 0) - m.border);
     count_abs_diff += std::abs(asked.value("colour_count", 0) - m.colour_count);
     std::set<std::string> want, got;
-    for (auto& c : asked.value("colours", nlohmann::json::array())) want.insert(c.get<std::string>());
+    for (auto& c : asked.value("colours", nlohmann::json::array()))
+      want.insert(c.get<std::string>());
     const nlohmann::json mj = m.to_json();  // keep the temporary alive for the loop
     for (auto& c : mj["colours"]) got.insert(c.get<std::string>());
     for (auto& c : got) (want.count(c) ? colour_tp : colour_fp) += 1;
@@ -125,9 +134,13 @@ struct Adherence {
   }
   nlohmann::json to_json() const {
     double f1 = colour_tp > 0 ? 2 * colour_tp / (2 * colour_tp + colour_fp + colour_fn) : 0;
-    return {{"n", n}, {"asymmetry_exact", n ? double(asym_exact) / n : 0}, {"colour_f1", f1},
-            {"asked_colour_presence", colour_tp + colour_fn > 0 ? colour_tp / (colour_tp + colour_fn) : 0.0},
-            {"colour_count_mae", n ? count_abs_diff / n : 0}, {"border_mae", n ? border_abs_diff / n : 0}};
+    return {{"n", n},
+            {"asymmetry_exact", n ? double(asym_exact) / n : 0},
+            {"colour_f1", f1},
+            {"asked_colour_presence",
+             colour_tp + colour_fn > 0 ? colour_tp / (colour_tp + colour_fn) : 0.0},
+            {"colour_count_mae", n ? count_abs_diff / n : 0},
+            {"border_mae", n ? border_abs_diff / n : 0}};
   }
 };
 Measurements measure_rgb(const LabeledSet& s, int64_t i) {
@@ -149,8 +162,9 @@ nlohmann::json run_audit(const AuditInputs& in) {
   // upward for small sets), with bootstrap 95% intervals over both sides.
   // A seeded random subset: the training split is stored in metadata order (grouped by dx).
   auto perm_gen = at::detail::createCPUGenerator(13);
-  auto f_tr_n = f_tr.index_select(0, torch::randperm(f_tr.size(0), perm_gen, torch::kInt64)
-                                         .slice(0, 0, std::min<int64_t>(f_tr.size(0), f_sy.size(0))));
+  auto f_tr_n =
+      f_tr.index_select(0, torch::randperm(f_tr.size(0), perm_gen, torch::kInt64)
+                               .slice(0, 0, std::min<int64_t>(f_tr.size(0), f_sy.size(0))));
   auto ci_sy = frechet_distance_ci(f_sy, f_te, in.bootstrap, 11);
   auto ci_tr = frechet_distance_ci(f_tr_n, f_te, in.bootstrap, 12);
   out["fd"] = {{"synthetic_vs_real_test", frechet_distance(f_sy, f_te)},
@@ -161,18 +175,29 @@ nlohmann::json run_audit(const AuditInputs& in) {
                {"feature", in.feature_name}};
   auto [dens, cov] = density_coverage(f_te, f_sy, 5);
   auto [dens0, cov0] = density_coverage(f_te, f_tr_n, 5);
-  out["density_coverage"] = {{"density", dens}, {"coverage", cov}, {"k", 5},
-                             {"real_train_density", dens0}, {"real_train_coverage", cov0}};
+  out["density_coverage"] = {{"density", dens},
+                             {"coverage", cov},
+                             {"k", 5},
+                             {"real_train_density", dens0},
+                             {"real_train_coverage", cov0}};
   auto [prec, rec] = knn_precision_recall(f_te, f_sy, 3);
   auto [prec0, rec0] = knn_precision_recall(f_te, f_tr_n, 3);
-  out["precision_recall"] = {{"precision", prec}, {"recall", rec}, {"k", 3},
-                             {"real_train_precision", prec0}, {"real_train_recall", rec0}};
+  out["precision_recall"] = {{"precision", prec},
+                             {"recall", rec},
+                             {"k", 3},
+                             {"real_train_precision", prec0},
+                             {"real_train_recall", rec0}};
   // Classification accuracy score: the real-data classifier labels the synthetic images.
   auto p = in.p_malignant(sy);
   double thr = in.threshold;
   auto m = binary_metrics(p, sy.labels, thr);
-  out["cas"] = {{"auc", roc_auc(p, sy.labels)}, {"accuracy", m.accuracy}, {"balanced_accuracy", m.balanced_accuracy},
-                {"sensitivity", m.sensitivity}, {"specificity", m.specificity}, {"threshold", thr}, {"n", sy.count()}};
+  out["cas"] = {{"auc", roc_auc(p, sy.labels)},
+                {"accuracy", m.accuracy},
+                {"balanced_accuracy", m.balanced_accuracy},
+                {"sensitivity", m.sensitivity},
+                {"specificity", m.specificity},
+                {"threshold", thr},
+                {"n", sy.count()}};
   // Memorisation: nearest real training image of each synthetic one. Threshold: the 1st
   // percentile of real-train nearest-neighbour distances (two different real images).
   nlohmann::json mem;
@@ -191,11 +216,16 @@ nlohmann::json run_audit(const AuditInputs& in) {
     std::iota(order.begin(), order.end(), 0);
     std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return nn_d[x] < nn_d[y]; });
     for (size_t k = 0; k < order.size() && k < static_cast<size_t>(in.closest_pairs); ++k)
-      pairs.push_back({{"synthetic", sy.ids[order[k]]}, {"real", tr.ids[nn_idx[order[k]]]}, {"distance", nn_d[order[k]]},
-                       {"synthetic_index", order[k]}, {"real_index", nn_idx[order[k]]}});
-    mem[space] = {{"threshold_p01_real_nn", thr_d}, {"flagged", flagged},
+      pairs.push_back({{"synthetic", sy.ids[order[k]]},
+                       {"real", tr.ids[nn_idx[order[k]]]},
+                       {"distance", nn_d[order[k]]},
+                       {"synthetic_index", order[k]},
+                       {"real_index", nn_idx[order[k]]}});
+    mem[space] = {{"threshold_p01_real_nn", thr_d},
+                  {"flagged", flagged},
                   {"flagged_fraction", nn_d.empty() ? 0.0 : double(flagged) / nn_d.size()},
-                  {"median_nn_distance", percentile(nn_d, 0.5)}, {"real_median_nn_distance", percentile(rd, 0.5)},
+                  {"median_nn_distance", percentile(nn_d, 0.5)},
+                  {"real_median_nn_distance", percentile(rd, 0.5)},
                   {"closest_pairs", pairs}};
   }
   out["memorisation"] = mem;
@@ -215,12 +245,15 @@ nlohmann::json run_audit(const AuditInputs& in) {
     auto it = in.real_captions.find(te.ids[i]);
     if (it == in.real_captions.end() || !it->second.contains("measured")) continue;
     auto& mj = it->second["measured"];
-    nlohmann::json asked = {{"asymmetry", mj.value("asymmetry", -1)}, {"border", mj.value("border", 0)},
-                            {"colours", mj.value("colours", nlohmann::json::array())}, {"colour_count", mj.value("colour_count", 0)}};
+    nlohmann::json asked = {{"asymmetry", mj.value("asymmetry", -1)},
+                            {"border", mj.value("border", 0)},
+                            {"colours", mj.value("colours", nlohmann::json::array())},
+                            {"colour_count", mj.value("colour_count", 0)}};
     ref.add(asked, measure_rgb(te, i));
     ++k;
   }
-  out["concept_adherence"] = {{"synthetic_vs_prompt", syn.to_json()}, {"real_64px_vs_own_caption", ref.to_json()}};
+  out["concept_adherence"] = {{"synthetic_vs_prompt", syn.to_json()},
+                              {"real_64px_vs_own_caption", ref.to_json()}};
   return out;
 }
 

@@ -1,11 +1,12 @@
 #include "lesionflow/metrics.h"
-#include "lesionflow/rng.h"
 
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <numeric>
 #include <random>
+
+#include "lesionflow/rng.h"
 
 namespace lf {
 
@@ -34,7 +35,8 @@ double roc_auc(const std::vector<double>& s, const std::vector<int>& y) {
   return (sum - npos * (npos + 1) / 2) / (npos * nneg);
 }
 
-std::vector<std::pair<double, double>> roc_curve(const std::vector<double>& s, const std::vector<int>& y) {
+std::vector<std::pair<double, double>> roc_curve(const std::vector<double>& s,
+                                                 const std::vector<int>& y) {
   std::vector<size_t> idx(s.size());
   std::iota(idx.begin(), idx.end(), 0);
   std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return s[a] > s[b]; });
@@ -43,7 +45,8 @@ std::vector<std::pair<double, double>> roc_curve(const std::vector<double>& s, c
   double tp = 0, fp = 0;
   for (size_t i = 0; i < idx.size(); ++i) {
     (y[idx[i]] == 1 ? tp : fp) += 1;
-    if (i + 1 == idx.size() || s[idx[i + 1]] != s[idx[i]]) pts.emplace_back(N > 0 ? fp / N : 0, P > 0 ? tp / P : 0);
+    if (i + 1 == idx.size() || s[idx[i + 1]] != s[idx[i]])
+      pts.emplace_back(N > 0 ? fp / N : 0, P > 0 ? tp / P : 0);
   }
   return pts;
 }
@@ -52,8 +55,10 @@ BinaryMetrics binary_metrics(const std::vector<double>& s, const std::vector<int
   BinaryMetrics m;
   for (size_t i = 0; i < s.size(); ++i) {
     bool pred = s[i] >= thr;
-    if (y[i] == 1) (pred ? m.tp : m.fn)++;
-    else (pred ? m.fp : m.tn)++;
+    if (y[i] == 1)
+      (pred ? m.tp : m.fn)++;
+    else
+      (pred ? m.fp : m.tn)++;
   }
   double n = s.size();
   m.accuracy = n > 0 ? (m.tp + m.tn) / n : 0;
@@ -93,7 +98,9 @@ Interval percentile_ci(double value, std::vector<double> v) {
   Interval r{value, value, value};
   if (v.empty()) return r;
   std::sort(v.begin(), v.end());
-  auto q = [&](double p) { return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))]; };
+  auto q = [&](double p) {
+    return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+  };
   r.lo = q(0.025);
   r.hi = q(0.975);
   return r;
@@ -133,9 +140,9 @@ EvalSummary evaluate_binary(const std::vector<double>& s, const std::vector<int>
   return e;
 }
 
-std::vector<GroupMetrics> group_metrics(const std::vector<double>& s, const std::vector<int>& y, double thr,
-                                        const std::string& attribute, const std::vector<std::string>& groups,
-                                        int min_n) {
+std::vector<GroupMetrics> group_metrics(const std::vector<double>& s, const std::vector<int>& y,
+                                        double thr, const std::string& attribute,
+                                        const std::vector<std::string>& groups, int min_n) {
   std::map<std::string, std::vector<size_t>> members;
   for (size_t i = 0; i < groups.size() && i < s.size(); ++i) members[groups[i]].push_back(i);
   std::vector<GroupMetrics> out;

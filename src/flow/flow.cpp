@@ -20,10 +20,14 @@ Result<SamplerMethod> parse_sampler(const std::string& name) {
 }
 const char* sampler_name(SamplerMethod m) {
   switch (m) {
-    case SamplerMethod::kHeun: return "heun";
-    case SamplerMethod::kAb2: return "ab2";
-    case SamplerMethod::kDpm2m: return "dpm2m";
-    default: return "euler";
+    case SamplerMethod::kHeun:
+      return "heun";
+    case SamplerMethod::kAb2:
+      return "ab2";
+    case SamplerMethod::kDpm2m:
+      return "dpm2m";
+    default:
+      return "euler";
   }
 }
 
@@ -41,7 +45,10 @@ void from_json(const nlohmann::json& j, SamplerMethod& m) {
 }
 
 nlohmann::json FlowConfig::to_json() const {
-  return {{"prediction", prediction}, {"logit_mean", logit_mean}, {"logit_std", logit_std}, {"shift", shift},
+  return {{"prediction", prediction},
+          {"logit_mean", logit_mean},
+          {"logit_std", logit_std},
+          {"shift", shift},
           {"x_pred_t_min", x_pred_t_min}};
 }
 
@@ -85,7 +92,8 @@ Tensor flow_loss_per_sample(const Tensor& out, const FlowBatch& b, const FlowCon
 
 std::vector<double> sampling_schedule(const SamplerConfig& cfg) {
   std::vector<double> ts(cfg.steps + 1);
-  for (int i = 0; i <= cfg.steps; ++i) ts[i] = shift_time(1.0 - static_cast<double>(i) / cfg.steps, cfg.shift);
+  for (int i = 0; i <= cfg.steps; ++i)
+    ts[i] = shift_time(1.0 - static_cast<double>(i) / cfg.steps, cfg.shift);
   return ts;
 }
 

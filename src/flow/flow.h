@@ -2,10 +2,9 @@
 // samplers only see velocity(x_t, t).
 #pragma once
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "lesionflow/status.h"
 #include "pch_torch.h"
@@ -28,10 +27,10 @@ void from_json(const nlohmann::json& j, SamplerMethod& m);
 
 struct FlowConfig {
   Prediction prediction = Prediction::kVelocity;  // velocity | x (network outputs the clean image)
-  double logit_mean = 0.0;              // logit-normal timestep sampling: t = sigmoid(N(m, s))
+  double logit_mean = 0.0;  // logit-normal timestep sampling: t = sigmoid(N(m, s))
   double logit_std = 1.0;
-  double shift = 1.0;                   // timestep shift t' = s t / (1 + (s - 1) t); 1 = none
-  double x_pred_t_min = 0.05;           // clamp t when turning an x-prediction into a velocity
+  double shift = 1.0;          // timestep shift t' = s t / (1 + (s - 1) t); 1 = none
+  double x_pred_t_min = 0.05;  // clamp t when turning an x-prediction into a velocity
   nlohmann::json to_json() const;
   static FlowConfig from_json(const nlohmann::json& j);  // absent keys keep their defaults
 };
@@ -40,24 +39,27 @@ struct FlowConfig {
 torch::Tensor sample_timesteps(int64_t B, const FlowConfig& cfg, at::Generator& gen);
 double shift_time(double t, double shift);
 // Network output -> velocity estimate.
-torch::Tensor to_velocity(const torch::Tensor& out, const torch::Tensor& x_t, const torch::Tensor& t,
-                          const FlowConfig& cfg);
+torch::Tensor to_velocity(const torch::Tensor& out, const torch::Tensor& x_t,
+                          const torch::Tensor& t, const FlowConfig& cfg);
 
 struct FlowBatch {
   torch::Tensor x_t, t, target_v;  // target velocity eps - x0
 };
-FlowBatch make_flow_batch(const torch::Tensor& x0, const torch::Tensor& noise, const torch::Tensor& t);
+FlowBatch make_flow_batch(const torch::Tensor& x0, const torch::Tensor& noise,
+                          const torch::Tensor& t);
 // Per-sample MSE between the velocity implied by `out` and the target: [B].
-torch::Tensor flow_loss_per_sample(const torch::Tensor& out, const FlowBatch& b, const FlowConfig& cfg);
+torch::Tensor flow_loss_per_sample(const torch::Tensor& out, const FlowBatch& b,
+                                   const FlowConfig& cfg);
 
 // ---- samplers ----
 using VelocityFn = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
 // ab2: Adams-Bashforth 2 on the velocity (variable step, Euler first step); dpm2m:
 // DPM-Solver++(2M) in data-prediction form. Both second order at the cost of Euler.
 struct SamplerConfig {
-  SamplerMethod method = SamplerMethod::kEuler;  // euler | heun | ab2 | dpm2m (ab2, dpm2m: 1 call per step)
+  SamplerMethod method =
+      SamplerMethod::kEuler;  // euler | heun | ab2 | dpm2m (ab2, dpm2m: 1 call per step)
   int steps = 20;
-  double shift = 1.0;            // timestep shift of the sampling schedule
+  double shift = 1.0;  // timestep shift of the sampling schedule
 };
 // Decreasing schedule from 1 to 0 with steps+1 entries.
 std::vector<double> sampling_schedule(const SamplerConfig& cfg);

@@ -12,8 +12,10 @@ std::string csv_escape(const std::string& f) {
   if (f.find_first_of(",\"\n\r") == std::string::npos) return f;
   std::string out = "\"";
   for (char c : f) {
-    if (c == '"') out += "\"\"";
-    else out += c;
+    if (c == '"')
+      out += "\"\"";
+    else
+      out += c;
   }
   return out + "\"";
 }
@@ -84,7 +86,8 @@ Result<CsvTable> read_csv(const std::string& path) {
       field_started = true;
     }
   }
-  if (in_quotes) return Status::error(path + ":" + std::to_string(row_line) + ": unterminated quoted field");
+  if (in_quotes)
+    return Status::error(path + ":" + std::to_string(row_line) + ": unterminated quoted field");
   if (!field.empty() || !row.empty()) LF_RETURN_IF_ERROR(end_row());
   if (t.header.empty()) return Status::error(path + ": empty CSV file (no header)");
   return t;

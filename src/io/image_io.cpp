@@ -10,7 +10,8 @@ Result<cv::Mat> read_image(const std::string& path) {
   LF_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
   if (bytes.empty()) return Status::error(path + ": image file is empty (0 bytes)");
   // libjpeg decodes a truncated JPEG with a grey tail and only a warning: reject it here.
-  if (bytes.size() >= 2 && static_cast<uchar>(bytes[0]) == 0xFF && static_cast<uchar>(bytes[1]) == 0xD8) {
+  if (bytes.size() >= 2 && static_cast<uchar>(bytes[0]) == 0xFF &&
+      static_cast<uchar>(bytes[1]) == 0xD8) {
     size_t tail = bytes.size() > 64 ? bytes.size() - 64 : 0;
     if (bytes.find("\xFF\xD9", tail) == std::string::npos)
       return Status::error(path + ": truncated JPEG (no end-of-image marker)");
@@ -22,7 +23,8 @@ Result<cv::Mat> read_image(const std::string& path) {
   } catch (const cv::Exception& e) {
     return Status::error(path + ": cannot decode image: " + e.what());
   }
-  if (img.empty()) return Status::error(path + ": not a decodable image (corrupt or unknown format)");
+  if (img.empty())
+    return Status::error(path + ": not a decodable image (corrupt or unknown format)");
   return img;
 }
 

@@ -8,23 +8,37 @@ using nlohmann::json;
 
 const char* dtype_name(DType d) {
   switch (d) {
-    case DType::kF32: return "F32";
-    case DType::kF64: return "F64";
-    case DType::kI64: return "I64";
-    case DType::kI32: return "I32";
-    case DType::kU8: return "U8";
-    case DType::kBF16: return "BF16";
-    case DType::kF16: return "F16";
+    case DType::kF32:
+      return "F32";
+    case DType::kF64:
+      return "F64";
+    case DType::kI64:
+      return "I64";
+    case DType::kI32:
+      return "I32";
+    case DType::kU8:
+      return "U8";
+    case DType::kBF16:
+      return "BF16";
+    case DType::kF16:
+      return "F16";
   }
   return "?";
 }
 
 size_t dtype_size(DType d) {
   switch (d) {
-    case DType::kF64: case DType::kI64: return 8;
-    case DType::kF32: case DType::kI32: return 4;
-    case DType::kBF16: case DType::kF16: return 2;
-    case DType::kU8: return 1;
+    case DType::kF64:
+    case DType::kI64:
+      return 8;
+    case DType::kF32:
+    case DType::kI32:
+      return 4;
+    case DType::kBF16:
+    case DType::kF16:
+      return 2;
+    case DType::kU8:
+      return 1;
   }
   return 1;
 }
@@ -72,11 +86,14 @@ Status save_safetensors(const std::string& path, const SafeTensors& st) {
 }
 
 Result<SafeTensors> parse_safetensors(const std::string& bytes, const std::string& name) {
-  if (bytes.size() < 8) return Status::error(name + ": not a safetensors file (shorter than 8 bytes)");
+  if (bytes.size() < 8)
+    return Status::error(name + ": not a safetensors file (shorter than 8 bytes)");
   uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
-  if (n > bytes.size() - 8) return Status::error(name + ": safetensors header length " +
-                                                 std::to_string(n) + " exceeds file size");
+  for (int i = 0; i < 8; ++i)
+    n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  if (n > bytes.size() - 8)
+    return Status::error(name + ": safetensors header length " + std::to_string(n) +
+                         " exceeds file size");
   json header;
   try {
     header = json::parse(bytes.substr(8, n));
@@ -99,7 +116,8 @@ Result<SafeTensors> parse_safetensors(const std::string& bytes, const std::strin
       t.shape = it->at("shape").get<std::vector<int64_t>>();
       auto off = it->at("data_offsets").get<std::vector<uint64_t>>();
       if (off.size() != 2 || off[1] < off[0] || base + off[1] > bytes.size())
-        return Status::error(name + ": tensor '" + it.key() + "' data_offsets out of range (truncated file?)");
+        return Status::error(name + ": tensor '" + it.key() +
+                             "' data_offsets out of range (truncated file?)");
       if (off[1] - off[0] != static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype))
         return Status::error(name + ": tensor '" + it.key() + "' byte size does not match shape");
       t.data = bytes.substr(base + off[0], off[1] - off[0]);

@@ -3,11 +3,11 @@
 // barrier cost more than the arithmetic. This version splits the batch x heads items over the
 // intra-op threads instead; inside a parallel region each GEMM runs single-threaded. Forward and
 // backward are explicit (a custom autograd function); the math is the plain softmax attention.
-#include "models/mmdit.h"
-
 #include <dlfcn.h>
 
 #include <cmath>
+
+#include "models/mmdit.h"
 
 namespace lf {
 using torch::Tensor;
@@ -20,8 +20,9 @@ namespace {
 // scripts/setup.sh). Called per batch x head item it skips what bmm does per item on CPU
 // (select, as_strided, resolve_conj and a dispatch: ~3% of a training step). Looked up at run
 // time so that nothing links BLAS directly; when absent, the bmm path below is used.
-using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
-                         const int*, const float*, const int*, const float*, float*, const int*);
+using SgemmFn = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
+                         const float*, const int*, const float*, const int*, const float*, float*,
+                         const int*);
 SgemmFn blas_sgemm() {
   static const SgemmFn fn = reinterpret_cast<SgemmFn>(dlsym(RTLD_DEFAULT, "sgemm_"));
   return fn;
@@ -29,8 +30,8 @@ SgemmFn blas_sgemm() {
 
 // Row-major C[M,N] = alpha * op(A) op(B) + beta * C, with lda/ldb/ldc the row strides. A
 // row-major matrix is its column-major transpose, so this is C^T = op(B)^T op(A)^T for BLAS.
-void gemm_rm(SgemmFn f, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
-             int ldb, float beta, float* C, int ldc) {
+void gemm_rm(SgemmFn f, bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+             const float* B, int ldb, float beta, float* C, int ldc) {
   const char tA = ta ? 'T' : 'N', tB = tb ? 'T' : 'N';
   f(&tB, &tA, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
 }
@@ -54,8 +55,8 @@ SgemmFn direct_gemm(const Tensor& q) {
 struct AttentionFn : public torch::autograd::Function<AttentionFn> {
   // q [BH,L,hd], k,v [BH,S,hd] contiguous; bias [BH,1,S] additive, or empty (autograd functions
   // cannot take undefined tensors).
-  static Tensor forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& bias,
-                        double scale) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& bias, double scale) {
     const int64_t BH = q.size(0), L = q.size(1), S = k.size(1), hd = q.size(2);
     auto p = torch::empty({BH, L, S}, q.options());
     auto o = torch::empty({BH, L, hd}, q.options());
@@ -70,12 +71,14 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
           float* Pb = P + b * L * S;
           if (Bias)
             for (int64_t i = 0; i < L; ++i) std::copy(Bias + b * S, Bias + (b + 1) * S, Pb + i * S);
-          gemm_rm(f, false, true, iL, iS, ih, sc, Q + b * L * hd, ih, K + b * S * hd, ih, Bias ? 1.f : 0.f, Pb, iS);
+          gemm_rm(f, false, true, iL, iS, ih, sc, Q + b * L * hd, ih, K + b * S * hd, ih,
+                  Bias ? 1.f : 0.f, Pb, iS);
         }
         auto pc = p.narrow(0, b0, b1 - b0);
         at::_softmax_out(pc, pc, -1, false);
         for (int64_t b = b0; b < b1; ++b)
-          gemm_rm(f, false, false, iL, ih, iS, 1.f, P + b * L * S, iS, V + b * S * hd, ih, 0.f, O + b * L * hd, ih);
+          gemm_rm(f, false, false, iL, ih, iS, 1.f, P + b * L * S, iS, V + b * S * hd, ih, 0.f,
+                  O + b * L * hd, ih);
       });
       ctx->save_for_backward({q, k, v, p});
       ctx->saved_data["scale"] = scale;
@@ -113,19 +116,25 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
       const float sc = static_cast<float>(scale);
       const float *Q = q.data_ptr<float>(), *K = k.data_ptr<float>(), *V = v.data_ptr<float>();
       const float *P = p.data_ptr<float>(), *GO = go.data_ptr<float>();
-      float *DQ = dq.data_ptr<float>(), *DK = dk.data_ptr<float>(), *DV = dv.data_ptr<float>(), *DP = dp.data_ptr<float>();
+      float *DQ = dq.data_ptr<float>(), *DK = dk.data_ptr<float>(), *DV = dv.data_ptr<float>(),
+            *DP = dp.data_ptr<float>();
       over_items(q.size(0), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
           const float *Pb = P + b * L * S, *GOb = GO + b * L * hd;
-          gemm_rm(f, true, false, iS, ih, iL, 1.f, Pb, iS, GOb, ih, 0.f, DV + b * S * hd, ih);             // dV = P^T dO
-          gemm_rm(f, false, true, iL, iS, ih, 1.f, GOb, ih, V + b * S * hd, ih, 0.f, DP + b * L * S, iS);  // dP = dO V^T
+          gemm_rm(f, true, false, iS, ih, iL, 1.f, Pb, iS, GOb, ih, 0.f, DV + b * S * hd,
+                  ih);  // dV = P^T dO
+          gemm_rm(f, false, true, iL, iS, ih, 1.f, GOb, ih, V + b * S * hd, ih, 0.f, DP + b * L * S,
+                  iS);  // dP = dO V^T
         }
         auto pc = p.narrow(0, b0, b1 - b0), dpc = dp.narrow(0, b0, b1 - b0);
-        at::_softmax_backward_data_out(dpc, dpc, pc, -1, pc.scalar_type());  // dS = P (dP - sum(dP P))
+        at::_softmax_backward_data_out(dpc, dpc, pc, -1,
+                                       pc.scalar_type());  // dS = P (dP - sum(dP P))
         for (int64_t b = b0; b < b1; ++b) {
           const float* DSb = DP + b * L * S;
-          gemm_rm(f, false, false, iL, ih, iS, sc, DSb, iS, K + b * S * hd, ih, 0.f, DQ + b * L * hd, ih);  // dQ = dS K s
-          gemm_rm(f, true, false, iS, ih, iL, sc, DSb, iS, Q + b * L * hd, ih, 0.f, DK + b * S * hd, ih);   // dK = dS^T Q s
+          gemm_rm(f, false, false, iL, ih, iS, sc, DSb, iS, K + b * S * hd, ih, 0.f,
+                  DQ + b * L * hd, ih);  // dQ = dS K s
+          gemm_rm(f, true, false, iS, ih, iL, sc, DSb, iS, Q + b * L * hd, ih, 0.f, DK + b * S * hd,
+                  ih);  // dK = dS^T Q s
         }
       });
       return {dq, dk, dv, Tensor(), Tensor()};
@@ -134,12 +143,13 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
       const int64_t n = b1 - b0;
       auto pc = p.narrow(0, b0, n), goc = go.narrow(0, b0, n), dpc = dp.narrow(0, b0, n);
       auto dvc = dv.narrow(0, b0, n), dqc = dq.narrow(0, b0, n), dkc = dk.narrow(0, b0, n);
-      at::bmm_out(dvc, pc.transpose(1, 2), goc);                       // dV = P^T dO
-      at::bmm_out(dpc, goc, v.narrow(0, b0, n).transpose(1, 2));       // dP = dO V^T
-      at::_softmax_backward_data_out(dpc, dpc, pc, -1, pc.scalar_type());  // dS = P (dP - sum(dP P))
-      at::bmm_out(dqc, dpc, k.narrow(0, b0, n));                       // dQ = dS K scale
+      at::bmm_out(dvc, pc.transpose(1, 2), goc);                  // dV = P^T dO
+      at::bmm_out(dpc, goc, v.narrow(0, b0, n).transpose(1, 2));  // dP = dO V^T
+      at::_softmax_backward_data_out(dpc, dpc, pc, -1,
+                                     pc.scalar_type());  // dS = P (dP - sum(dP P))
+      at::bmm_out(dqc, dpc, k.narrow(0, b0, n));         // dQ = dS K scale
       dqc.mul_(scale);
-      at::bmm_out(dkc, dpc.transpose(1, 2), q.narrow(0, b0, n));       // dK = dS^T Q scale
+      at::bmm_out(dkc, dpc.transpose(1, 2), q.narrow(0, b0, n));  // dK = dS^T Q scale
       dkc.mul_(scale);
     });
     return {dq, dk, dv, Tensor(), Tensor()};
@@ -150,8 +160,9 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
 
 Tensor attention_bias(const Tensor& key_mask) {
   if (!key_mask.defined() || key_mask.all().item<bool>()) return {};
-  auto bias = torch::zeros(key_mask.sizes(), torch::dtype(torch::kFloat32).device(key_mask.device()))
-                  .masked_fill(key_mask.logical_not(), -1e9);
+  auto bias =
+      torch::zeros(key_mask.sizes(), torch::dtype(torch::kFloat32).device(key_mask.device()))
+          .masked_fill(key_mask.logical_not(), -1e9);
   return bias.view({key_mask.size(0), 1, 1, key_mask.size(1)});
 }
 
@@ -161,13 +172,15 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor
   if (!q.device().is_cpu()) {  // CUDA: batched GEMMs are efficient there
     auto q3 = q.reshape({B * H, L, hd}), k3t = k.reshape({B * H, S, hd}).transpose(1, 2);
     auto scores = key_bias.defined()
-                      ? torch::baddbmm(key_bias.expand({B, H, L, S}).reshape({B * H, L, S}), q3, k3t, 1.0, scale)
+                      ? torch::baddbmm(key_bias.expand({B, H, L, S}).reshape({B * H, L, S}), q3,
+                                       k3t, 1.0, scale)
                       : torch::bmm(q3, k3t).mul_(scale);
     return torch::bmm(torch::softmax(scores, -1), v.reshape({B * H, S, hd})).view({B, H, L, hd});
   }
   Tensor bias = torch::empty({0}, q.options());
   if (key_bias.defined()) bias = key_bias.expand({B, H, 1, S}).reshape({B * H, 1, S}).contiguous();
-  auto o = AttentionFn::apply(q.reshape({B * H, L, hd}).contiguous(), k.reshape({B * H, S, hd}).contiguous(),
+  auto o = AttentionFn::apply(q.reshape({B * H, L, hd}).contiguous(),
+                              k.reshape({B * H, S, hd}).contiguous(),
                               v.reshape({B * H, S, hd}).contiguous(), bias, scale);
   return o.view({B, H, L, hd});
 }

@@ -9,8 +9,9 @@ namespace F = torch::nn::functional;
 using torch::Tensor;
 
 nlohmann::json AEConfig::to_json() const {
-  return {{"image_size", image_size}, {"channels", channels}, {"latent_channels", latent_channels},
-          {"widths", widths}, {"res_blocks", res_blocks}, {"latent_shift", latent_shift},
+  return {{"image_size", image_size},           {"channels", channels},
+          {"latent_channels", latent_channels}, {"widths", widths},
+          {"res_blocks", res_blocks},           {"latent_shift", latent_shift},
           {"latent_scale", latent_scale}};
 }
 
@@ -27,11 +28,14 @@ Result<AEConfig> AEConfig::from_json(const nlohmann::json& j) {
   } catch (const std::exception& e) {
     return Status::error(std::string("autoencoder config: ") + e.what());
   }
-  if (c.widths.size() < 2 || c.widths.size() > 5) return Status::error("autoencoder config: 2..5 widths (f = 2..16)");
+  if (c.widths.size() < 2 || c.widths.size() > 5)
+    return Status::error("autoencoder config: 2..5 widths (f = 2..16)");
   if (c.image_size % c.factor() != 0)
     return Status::error("autoencoder config: image size " + std::to_string(c.image_size) +
-                         " is not divisible by the downsampling factor " + std::to_string(c.factor()));
-  if (c.latent_channels < 1 || c.latent_channels > 64) return Status::error("autoencoder config: latent channels 1..64");
+                         " is not divisible by the downsampling factor " +
+                         std::to_string(c.factor()));
+  if (c.latent_channels < 1 || c.latent_channels > 64)
+    return Status::error("autoencoder config: latent channels 1..64");
   return c;
 }
 
@@ -65,8 +69,9 @@ class UpsampleImpl : public nn::Module {
     conv_ = register_module("conv", nn::Conv2d(nn::Conv2dOptions(cin, cout, 3).padding(1)));
   }
   Tensor forward(const Tensor& x) {
-    return conv_->forward(F::interpolate(
-        x, F::InterpolateFuncOptions().scale_factor(std::vector<double>{2.0, 2.0}).mode(torch::kNearest)));
+    return conv_->forward(F::interpolate(x, F::InterpolateFuncOptions()
+                                                .scale_factor(std::vector<double>{2.0, 2.0})
+                                                .mode(torch::kNearest)));
   }
 
  private:
@@ -95,17 +100,21 @@ AutoencoderImpl::AutoencoderImpl(const AEConfig& c) : c_(c) {
   enc_ = nn::Sequential();
   enc_->push_back("conv_in", nn::Conv2d(nn::Conv2dOptions(c.channels, w[0], 3).padding(1)));
   for (int l = 0; l + 1 < L; ++l) {
-    for (int r = 0; r < c.res_blocks; ++r) enc_->push_back("res" + std::to_string(l) + "_" + std::to_string(r), ResBlock(w[l], w[l]));
-    enc_->push_back("down" + std::to_string(l), nn::Conv2d(nn::Conv2dOptions(w[l], w[l + 1], 4).stride(2).padding(1)));
+    for (int r = 0; r < c.res_blocks; ++r)
+      enc_->push_back("res" + std::to_string(l) + "_" + std::to_string(r), ResBlock(w[l], w[l]));
+    enc_->push_back("down" + std::to_string(l),
+                    nn::Conv2d(nn::Conv2dOptions(w[l], w[l + 1], 4).stride(2).padding(1)));
   }
   enc_->push_back("mid", ResBlock(w[L - 1], w[L - 1]));
   enc_->push_back("out", OutHead(w[L - 1], 2 * c.latent_channels));
   dec_ = nn::Sequential();
-  dec_->push_back("conv_in", nn::Conv2d(nn::Conv2dOptions(c.latent_channels, w[L - 1], 3).padding(1)));
+  dec_->push_back("conv_in",
+                  nn::Conv2d(nn::Conv2dOptions(c.latent_channels, w[L - 1], 3).padding(1)));
   dec_->push_back("mid", ResBlock(w[L - 1], w[L - 1]));
   for (int l = L - 2; l >= 0; --l) {
     for (int r = 0; r < c.res_blocks; ++r)
-      dec_->push_back("res" + std::to_string(l) + "_" + std::to_string(r), ResBlock(w[l + 1], w[l + 1]));
+      dec_->push_back("res" + std::to_string(l) + "_" + std::to_string(r),
+                      ResBlock(w[l + 1], w[l + 1]));
     dec_->push_back("up" + std::to_string(l), Upsample(w[l + 1], w[l]));
   }
   dec_->push_back("res_out", ResBlock(w[0], w[0]));
@@ -135,9 +144,11 @@ PatchDiscriminatorImpl::PatchDiscriminatorImpl(int channels, int width) {
       "net", nn::Sequential(nn::Conv2d(nn::Conv2dOptions(channels, width, 4).stride(2).padding(1)),
                             nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(0.2)),
                             nn::Conv2d(nn::Conv2dOptions(width, 2 * width, 4).stride(2).padding(1)),
-                            nn::GroupNorm(8, 2 * width), nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(0.2)),
+                            nn::GroupNorm(8, 2 * width),
+                            nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(0.2)),
                             nn::Conv2d(nn::Conv2dOptions(2 * width, 4 * width, 3).padding(1)),
-                            nn::GroupNorm(8, 4 * width), nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(0.2)),
+                            nn::GroupNorm(8, 4 * width),
+                            nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(0.2)),
                             nn::Conv2d(nn::Conv2dOptions(4 * width, 1, 3).padding(1))));
 }
 
@@ -174,7 +185,8 @@ Result<LoadedAutoencoder> load_autoencoder(const std::string& path) {
 }
 
 double psnr(const Tensor& a, const Tensor& b) {
-  auto mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean({1, 2, 3}).clamp_min(1e-10);  // [B]
+  auto mse =
+      ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean({1, 2, 3}).clamp_min(1e-10);  // [B]
   return (-10.0 * torch::log10(mse)).mean().item<double>();
 }
 

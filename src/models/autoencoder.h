@@ -1,7 +1,8 @@
 // Convolutional autoencoder (the latent space of the latent rectified flow, as Flux's VAE is for
 // Flux): image [B,3,S,S] in [-1,1] <-> latent [B,C,S/f,S/f] with f = 2^(widths.size()-1).
-//   encoder: conv_in -> per level (res blocks, stride-2 conv) -> mid res block -> GN/SiLU/conv -> (mean, logvar)
-//   decoder: conv_in -> mid res block -> per level (res blocks, nearest x2 + conv) -> GN/SiLU/conv
+//   encoder: conv_in -> per level (res blocks, stride-2 conv) -> mid res block -> GN/SiLU/conv ->
+//   (mean, logvar) decoder: conv_in -> mid res block -> per level (res blocks, nearest x2 + conv)
+//   -> GN/SiLU/conv
 // A small KL term keeps the posterior a Gaussian; the cached latent of an image is the posterior
 // mean. Latents are normalised with a shift and scale measured on the training split (stored in
 // the config and so in the checkpoint metadata): z = (mean - shift) * scale has unit variance.
@@ -17,13 +18,13 @@
 namespace lf {
 
 struct AEConfig {
-  int image_size = 64;               // input side in pixels
-  int channels = 3;                  // image channels
-  int latent_channels = 4;           // C of the latent
+  int image_size = 64;                      // input side in pixels
+  int channels = 3;                         // image channels
+  int latent_channels = 4;                  // C of the latent
   std::vector<int> widths = {32, 64, 128};  // width per resolution level; f = 2^(levels-1)
-  int res_blocks = 1;                // residual blocks per level (encoder and decoder)
-  double latent_shift = 0.0;         // measured after training: mean of the posterior means
-  double latent_scale = 1.0;         // measured after training: 1 / their standard deviation
+  int res_blocks = 1;                       // residual blocks per level (encoder and decoder)
+  double latent_shift = 0.0;                // measured after training: mean of the posterior means
+  double latent_scale = 1.0;                // measured after training: 1 / their standard deviation
   int factor() const { return 1 << (static_cast<int>(widths.size()) - 1); }
   int latent_size() const { return image_size / factor(); }
   nlohmann::json to_json() const;

@@ -5,13 +5,20 @@ namespace lf {
 RawTensor to_raw(const torch::Tensor& t0) {
   auto t = t0.detach().to(torch::kCPU).contiguous();
   RawTensor r;
-  if (t.scalar_type() == torch::kFloat32) r.dtype = DType::kF32;
-  else if (t.scalar_type() == torch::kInt64) r.dtype = DType::kI64;
-  else if (t.scalar_type() == torch::kUInt8) r.dtype = DType::kU8;
-  else if (t.scalar_type() == torch::kInt32) r.dtype = DType::kI32;
-  else if (t.scalar_type() == torch::kFloat64) r.dtype = DType::kF64;
-  else if (t.scalar_type() == torch::kFloat16) r.dtype = DType::kF16;    // shipped weights
-  else if (t.scalar_type() == torch::kBFloat16) r.dtype = DType::kBF16;
+  if (t.scalar_type() == torch::kFloat32)
+    r.dtype = DType::kF32;
+  else if (t.scalar_type() == torch::kInt64)
+    r.dtype = DType::kI64;
+  else if (t.scalar_type() == torch::kUInt8)
+    r.dtype = DType::kU8;
+  else if (t.scalar_type() == torch::kInt32)
+    r.dtype = DType::kI32;
+  else if (t.scalar_type() == torch::kFloat64)
+    r.dtype = DType::kF64;
+  else if (t.scalar_type() == torch::kFloat16)
+    r.dtype = DType::kF16;  // shipped weights
+  else if (t.scalar_type() == torch::kBFloat16)
+    r.dtype = DType::kBF16;
   else {
     t = t.to(torch::kFloat32);
     r.dtype = DType::kF32;
@@ -24,14 +31,29 @@ RawTensor to_raw(const torch::Tensor& t0) {
 Result<torch::Tensor> from_raw(const RawTensor& r, const std::string& name) {
   torch::ScalarType st;
   switch (r.dtype) {
-    case DType::kF32: st = torch::kFloat32; break;
-    case DType::kF64: st = torch::kFloat64; break;
-    case DType::kI64: st = torch::kInt64; break;
-    case DType::kI32: st = torch::kInt32; break;
-    case DType::kU8: st = torch::kUInt8; break;
-    case DType::kBF16: st = torch::kBFloat16; break;
-    case DType::kF16: st = torch::kFloat16; break;
-    default: return Status::error(name + ": unsupported dtype");
+    case DType::kF32:
+      st = torch::kFloat32;
+      break;
+    case DType::kF64:
+      st = torch::kFloat64;
+      break;
+    case DType::kI64:
+      st = torch::kInt64;
+      break;
+    case DType::kI32:
+      st = torch::kInt32;
+      break;
+    case DType::kU8:
+      st = torch::kUInt8;
+      break;
+    case DType::kBF16:
+      st = torch::kBFloat16;
+      break;
+    case DType::kF16:
+      st = torch::kFloat16;
+      break;
+    default:
+      return Status::error(name + ": unsupported dtype");
   }
   auto t = torch::empty(r.shape, torch::TensorOptions().dtype(st));
   if (static_cast<size_t>(t.numel() * t.element_size()) != r.data.size())

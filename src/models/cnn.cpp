@@ -25,7 +25,8 @@ ResNetFeaturesImpl::ResNetFeaturesImpl(int width, int stem_stride) {
     blocks_.push_back(register_module("block" + std::to_string(s), body));
     nn::Sequential sc;
     if (in != out || stride != 1)
-      sc = nn::Sequential(nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)), nn::BatchNorm2d(out));
+      sc = nn::Sequential(nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false)),
+                          nn::BatchNorm2d(out));
     shortcuts_.push_back(register_module("shortcut" + std::to_string(s), sc));
     in = out;
   }

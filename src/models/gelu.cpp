@@ -14,7 +14,8 @@ struct GeluTanhFn : public torch::autograd::Function<GeluTanhFn> {
     auto y = torch::empty_like(x), d = torch::empty_like(x);
     const float* X = x.data_ptr<float>();
     float *Y = y.data_ptr<float>(), *D = d.data_ptr<float>();
-    at::parallel_for(0, x.numel(), 16384, [&](int64_t b, int64_t e) { gelu_tanh_fwd(X + b, Y + b, D + b, e - b); });
+    at::parallel_for(0, x.numel(), 16384,
+                     [&](int64_t b, int64_t e) { gelu_tanh_fwd(X + b, Y + b, D + b, e - b); });
     ctx->save_for_backward({d});
     return y;
   }
@@ -31,7 +32,8 @@ Tensor gelu_tanh(const Tensor& x) {
   auto y = torch::empty_like(xc);
   const float* X = xc.data_ptr<float>();
   float* Y = y.data_ptr<float>();
-  at::parallel_for(0, xc.numel(), 16384, [&](int64_t b, int64_t e) { gelu_tanh_fwd(X + b, Y + b, nullptr, e - b); });
+  at::parallel_for(0, xc.numel(), 16384,
+                   [&](int64_t b, int64_t e) { gelu_tanh_fwd(X + b, Y + b, nullptr, e - b); });
   return y;
 }
 

@@ -15,22 +15,22 @@
 namespace lf {
 
 struct MMDiTConfig {
-  int image_size = 64;      // input side in pixels
-  int channels = 3;         // image channels
-  int patch = 8;            // pixel patch side (64/8 -> 64 tokens)
-  int dim = 256;            // transformer width
-  int heads = 4;            // attention heads (dim / heads must be divisible by 4 for 2D RoPE)
-  int double_blocks = 4;    // double-stream (text + image) blocks
-  int single_blocks = 4;    // single-stream blocks
-  double mlp_ratio = 4.0;   // MLP hidden = mlp_ratio * dim
-  int refine_channels = 32; // conv refinement head width (0 = none)
+  int image_size = 64;       // input side in pixels
+  int channels = 3;          // image channels
+  int patch = 8;             // pixel patch side (64/8 -> 64 tokens)
+  int dim = 256;             // transformer width
+  int heads = 4;             // attention heads (dim / heads must be divisible by 4 for 2D RoPE)
+  int double_blocks = 4;     // double-stream (text + image) blocks
+  int single_blocks = 4;     // single-stream blocks
+  double mlp_ratio = 4.0;    // MLP hidden = mlp_ratio * dim
+  int refine_channels = 32;  // conv refinement head width (0 = none)
   // text encoder
-  int vocab_size = 512;     // tokenizer vocabulary (set from the tokenizer)
-  int max_text_len = 64;    // tokens incl. BOS
-  int text_dim = 256;       // text encoder width
-  int text_layers = 4;      // text encoder layers
-  int text_heads = 4;       // text encoder heads
-  double rope_theta = 100.0;  // RoPE base for 2D positions (small grids)
+  int vocab_size = 512;                           // tokenizer vocabulary (set from the tokenizer)
+  int max_text_len = 64;                          // tokens incl. BOS
+  int text_dim = 256;                             // text encoder width
+  int text_layers = 4;                            // text encoder layers
+  int text_heads = 4;                             // text encoder heads
+  double rope_theta = 100.0;                      // RoPE base for 2D positions (small grids)
   Prediction prediction = Prediction::kVelocity;  // velocity | x (network predicts the clean image)
 
   static MMDiTConfig preset(const std::string& name);  // tiny | small | base
@@ -44,7 +44,8 @@ class TextEncoderImpl : public torch::nn::Module {
  public:
   explicit TextEncoderImpl(const MMDiTConfig& c);
   // ids: [B,T] int64, mask: [B,T] bool -> tokens [B,T,Dt], pooled [B,Dt]
-  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& ids, const torch::Tensor& mask);
+  std::pair<torch::Tensor, torch::Tensor> forward(const torch::Tensor& ids,
+                                                  const torch::Tensor& mask);
 
  private:
   MMDiTConfig c_;
@@ -58,9 +59,9 @@ TORCH_MODULE(TextEncoder);
 // The text side of the conditioning: depends on the caption only, so a sampler computes it once
 // per prompt batch instead of once per step.
 struct TextCond {
-  torch::Tensor tokens;  // [B,T,D] text tokens after the input projection
-  torch::Tensor vec;     // [B,D] pooled-text part of the modulation vector
-  torch::Tensor mask;    // [B,T] bool, true = real token
+  torch::Tensor tokens;               // [B,T,D] text tokens after the input projection
+  torch::Tensor vec;                  // [B,D] pooled-text part of the modulation vector
+  torch::Tensor mask;                 // [B,T] bool, true = real token
   TextCond expand(int64_t B) const {  // a batch-1 condition repeated B times (views)
     return {tokens.expand({B, -1, -1}), vec.expand({B, -1}), mask.expand({B, -1})};
   }
@@ -95,13 +96,15 @@ torch::Tensor timestep_embedding(const torch::Tensor& t, int dim);  // [B] -> [B
 // 2D RoPE tables for a gs x gs grid: cos/sin [gs*gs, head_dim/2].
 std::pair<torch::Tensor, torch::Tensor> rope_2d(int grid, int head_dim, double theta);
 // x: [B,H,N,hd]; rotates consecutive pairs by the angles in cos/sin [N,hd/2].
-torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
+                         const torch::Tensor& sin);
 // Per-head RMS norm of q or k (weight wa on the rows of xa, wb on those of xb), then RoPE with
 // cos/sin [La+Lb, hd/2], returned as one [B,H,La+Lb,hd] tensor: the same as
 // apply_rope(cat({rms_norm(xa, wa), rms_norm(xb, wb)}, 2), cos, sin), fused into one pass each
 // way on CPU float32 (an explicit backward). xa, xb: [B,H,L,hd] views with a unit last stride.
-torch::Tensor qk_norm_rope(const torch::Tensor& xa, const torch::Tensor& wa, const torch::Tensor& xb,
-                           const torch::Tensor& wb, const torch::Tensor& cos, const torch::Tensor& sin);
+torch::Tensor qk_norm_rope(const torch::Tensor& xa, const torch::Tensor& wa,
+                           const torch::Tensor& xb, const torch::Tensor& wb,
+                           const torch::Tensor& cos, const torch::Tensor& sin);
 // torch::gelu(x, "tanh"); on CPU float32 one vectorised pass that keeps dy/dx for the backward.
 torch::Tensor gelu_tanh(const torch::Tensor& x);
 torch::Tensor patchify(const torch::Tensor& x, int p);                  // [B,C,H,W] -> [B,N,p*p*C]

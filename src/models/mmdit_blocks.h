@@ -11,7 +11,9 @@ inline Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale
   return torch::addcmul(shift, x, 1 + scale);
 }
 // x + gate * y in one pass (gated residual of adaLN-Zero).
-inline Tensor gated_add(const Tensor& x, const Tensor& gate, const Tensor& y) { return torch::addcmul(x, gate, y); }
+inline Tensor gated_add(const Tensor& x, const Tensor& gate, const Tensor& y) {
+  return torch::addcmul(x, gate, y);
+}
 inline Tensor ln(const Tensor& x) { return torch::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6); }
 // [B,N,3D] -> q,k,v [B,H,N,hd]
 inline std::tuple<Tensor, Tensor, Tensor> split_heads(const Tensor& qkv, int heads) {
@@ -25,13 +27,16 @@ inline Tensor merge_heads(const Tensor& x) {  // [B,H,N,hd] -> [B,N,D]
 // y = x W^T + b; under Precision::kBF16 the GEMM runs in bfloat16 (x, W, b cast on the fly,
 // gradients flow back to the float32 master weights through the casts) and y returns to x's dtype.
 inline Tensor lin(torch::nn::Linear l, const Tensor& x) {  // l: a module handle (shared)
-  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32) return l->forward(x);
-  return torch::linear(x.to(torch::kBFloat16), l->weight.to(torch::kBFloat16), l->bias.to(torch::kBFloat16))
+  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
+    return l->forward(x);
+  return torch::linear(x.to(torch::kBFloat16), l->weight.to(torch::kBFloat16),
+                       l->bias.to(torch::kBFloat16))
       .to(torch::kFloat32);
 }
 // b + x W^T for x [M,K], W [N,K] (blocks of a fused weight), same precision rule as lin().
 inline Tensor addmm_p(const Tensor& b, const Tensor& x, const Tensor& W) {
-  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32) return torch::addmm(b, x, W.t());
+  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
+    return torch::addmm(b, x, W.t());
   const auto h = torch::kBFloat16;
   return torch::addmm(b.to(h), x.to(h), W.to(h).t()).to(torch::kFloat32);
 }
@@ -68,10 +73,11 @@ struct DoubleBlockImpl : torch::nn::Module {
     txt = register_module("txt", Stream(dim, heads, hidden));
   }
   // img [B,N,D], txt [B,T,D], vec [B,D]; cos/sin for the joint sequence [T+N, hd/2]
-  std::pair<Tensor, Tensor> forward(Tensor img_x, Tensor txt_x, const Tensor& vec, const Tensor& cos,
-                                    const Tensor& sin, const Tensor& key_bias) {
+  std::pair<Tensor, Tensor> forward(Tensor img_x, Tensor txt_x, const Tensor& vec,
+                                    const Tensor& cos, const Tensor& sin, const Tensor& key_bias) {
     auto sv = torch::silu(vec);
-    auto im = lin(img->mod, sv).unsqueeze(1).chunk(6, -1), tm = lin(txt->mod, sv).unsqueeze(1).chunk(6, -1);
+    auto im = lin(img->mod, sv).unsqueeze(1).chunk(6, -1),
+         tm = lin(txt->mod, sv).unsqueeze(1).chunk(6, -1);
     auto [iq, ik, iv] = split_heads(lin(img->qkv, modulate(ln(img_x), im[0], im[1])), heads);
     auto [tq, tk, tv] = split_heads(lin(txt->qkv, modulate(ln(txt_x), tm[0], tm[1])), heads);
     // QK norm per stream, RoPE on the joint sequence (text rows: identity), written joint.
@@ -82,9 +88,11 @@ struct DoubleBlockImpl : torch::nn::Module {
     int64_t T = txt_x.size(1);
     auto ta = a.narrow(1, 0, T), ia = a.narrow(1, T, a.size(1) - T);
     img_x = gated_add(img_x, im[2], lin(img->proj, ia));
-    img_x = gated_add(img_x, im[5], lin(img->mlp2, gelu_tanh(lin(img->mlp1, modulate(ln(img_x), im[3], im[4])))));
+    img_x = gated_add(img_x, im[5],
+                      lin(img->mlp2, gelu_tanh(lin(img->mlp1, modulate(ln(img_x), im[3], im[4])))));
     txt_x = gated_add(txt_x, tm[2], lin(txt->proj, ta));
-    txt_x = gated_add(txt_x, tm[5], lin(txt->mlp2, gelu_tanh(lin(txt->mlp1, modulate(ln(txt_x), tm[3], tm[4])))));
+    txt_x = gated_add(txt_x, tm[5],
+                      lin(txt->mlp2, gelu_tanh(lin(txt->mlp1, modulate(ln(txt_x), tm[3], tm[4])))));
     return {img_x, txt_x};
   }
   int heads;
@@ -100,7 +108,8 @@ struct SingleBlockImpl : torch::nn::Module {
     q_norm = register_parameter("q_norm", torch::ones({dim / heads}));
     k_norm = register_parameter("k_norm", torch::ones({dim / heads}));
   }
-  Tensor forward(const Tensor& x, const Tensor& vec, const Tensor& cos, const Tensor& sin, const Tensor& key_bias) {
+  Tensor forward(const Tensor& x, const Tensor& vec, const Tensor& cos, const Tensor& sin,
+                 const Tensor& key_bias) {
     const int64_t B = x.size(0), L = x.size(1);
     auto m = lin(mod, torch::silu(vec)).unsqueeze(1).chunk(3, -1);
     auto xm = modulate(ln(x), m[0], m[1]).reshape({B * L, dim});
@@ -108,7 +117,8 @@ struct SingleBlockImpl : torch::nn::Module {
     // separate contiguous tensors (no strided split; no cat of their gradients in backward).
     // The weight member is read at call time, so a LoRA delta folded into it applies here too.
     const auto &W1 = lin1->weight, &b1 = lin1->bias;
-    auto qkv = addmm_p(b1.narrow(0, 0, 3 * dim), xm, W1.narrow(0, 0, 3 * dim)).view({B, L, 3 * dim});
+    auto qkv =
+        addmm_p(b1.narrow(0, 0, 3 * dim), xm, W1.narrow(0, 0, 3 * dim)).view({B, L, 3 * dim});
     auto mh = addmm_p(b1.narrow(0, 3 * dim, hidden), xm, W1.narrow(0, 3 * dim, hidden));
     auto [q, k, v] = split_heads(qkv, heads);
     // One segment: the second is empty.
@@ -122,7 +132,8 @@ struct SingleBlockImpl : torch::nn::Module {
       y = addmm_p(lin2->bias, a, W2.narrow(1, 0, dim)) +
           addmm_p(torch::zeros_like(lin2->bias), gelu_tanh(mh), W2.narrow(1, dim, hidden));
     } else {
-      y = torch::addmm(lin2->bias, a, W2.narrow(1, 0, dim).t()).addmm_(gelu_tanh(mh), W2.narrow(1, dim, hidden).t());
+      y = torch::addmm(lin2->bias, a, W2.narrow(1, 0, dim).t())
+              .addmm_(gelu_tanh(mh), W2.narrow(1, dim, hidden).t());
     }
     return gated_add(x, m[2], y.view({B, L, dim}));
   }
@@ -151,6 +162,5 @@ struct TextLayerImpl : torch::nn::Module {
   torch::nn::Linear qkv{nullptr}, proj{nullptr}, mlp1{nullptr}, mlp2{nullptr};
 };
 TORCH_MODULE(TextLayer);
-
 
 }  // namespace lf::mmdit_detail

@@ -2,9 +2,9 @@
 // rows, each with its own norm weight) written straight into one joint tensor. Composed from
 // torch ops this is ~6 passes for the norm, 4 multiplies, 2 adds, a stack and two selects for
 // RoPE, and a strided cat per tensor, each again in backward; here it is one pass each way.
-#include "models/mmdit.h"
-
 #include <cmath>
+
+#include "models/mmdit.h"
 
 namespace lf {
 using torch::Tensor;
@@ -21,14 +21,23 @@ struct Segments {
   int64_t La, Lb, H, hd;
   int64_t sa[3], sb[3];  // strides (b, h, l) of xa and xb; the last dim is unit-stride
   const float* row(int64_t b, int64_t h, int64_t l) const {
-    return l < La ? xa + b * sa[0] + h * sa[1] + l * sa[2] : xb + b * sb[0] + h * sb[1] + (l - La) * sb[2];
+    return l < La ? xa + b * sa[0] + h * sa[1] + l * sa[2]
+                  : xb + b * sb[0] + h * sb[1] + (l - La) * sb[2];
   }
   const float* weight(int64_t l) const { return l < La ? wa : wb; }
 };
 
 Segments segments(const Tensor& xa, const Tensor& wa, const Tensor& xb, const Tensor& wb) {
-  Segments s{xa.data_ptr<float>(), xb.data_ptr<float>(), wa.data_ptr<float>(), wb.data_ptr<float>(),
-             xa.size(2), xb.size(2), xa.size(1), xa.size(3), {}, {}};
+  Segments s{xa.data_ptr<float>(),
+             xb.data_ptr<float>(),
+             wa.data_ptr<float>(),
+             wb.data_ptr<float>(),
+             xa.size(2),
+             xb.size(2),
+             xa.size(1),
+             xa.size(3),
+             {},
+             {}};
   for (int d = 0; d < 3; ++d) {
     s.sa[d] = xa.stride(d);
     s.sb[d] = xb.stride(d);
@@ -46,8 +55,8 @@ void over_row_chunks(int64_t rows, int64_t chunks, const F& fn) {
 }
 
 struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& xa, const Tensor& wa, const Tensor& xb, const Tensor& wb,
-                        const Tensor& cos, const Tensor& sin) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& xa, const Tensor& wa, const Tensor& xb,
+                        const Tensor& wb, const Tensor& cos, const Tensor& sin) {
     const auto sg = segments(xa, wa, xb, wb);
     const int64_t B = xa.size(0), L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
     auto out = torch::empty({B, sg.H, L, hd}, xa.options());
@@ -76,7 +85,8 @@ struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto sv = ctx->get_saved_variables();
-    const Tensor &xa = sv[0], &wa = sv[1], &xb = sv[2], &wb = sv[3], &cos = sv[4], &sin = sv[5], &rinv = sv[6];
+    const Tensor &xa = sv[0], &wa = sv[1], &xb = sv[2], &wb = sv[3], &cos = sv[4], &sin = sv[5],
+                 &rinv = sv[6];
     const auto sg = segments(xa, wa, xb, wb);
     const int64_t B = xa.size(0), H = sg.H, L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
     auto go = grads[0].contiguous();
@@ -93,12 +103,14 @@ struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t l = r % L, h = (r / L) % H, b = r / (L * H);
         const bool in_a = l < sg.La;
-        const float *x = sg.row(b, h, l), *w = sg.weight(l), *c = C + l * half, *s = S + l * half, *g = G + r * hd;
+        const float *x = sg.row(b, h, l), *w = sg.weight(l), *c = C + l * half, *s = S + l * half,
+                    *g = G + r * hd;
         double* gw = gw_acc + (in_a ? 0 : hd);
         const float ri = R[r];
         float dot = 0;
         for (int64_t j = 0; j < half; ++j) {  // undo the rotation, then through the weight
-          const float gy0 = g[2 * j] * c[j] + g[2 * j + 1] * s[j], gy1 = -g[2 * j] * s[j] + g[2 * j + 1] * c[j];
+          const float gy0 = g[2 * j] * c[j] + g[2 * j + 1] * s[j],
+                      gy1 = -g[2 * j] * s[j] + g[2 * j + 1] * c[j];
           const float n0 = x[2 * j] * ri, n1 = x[2 * j + 1] * ri;
           gw[2 * j] += gy0 * n0;
           gw[2 * j + 1] += gy1 * n1;
@@ -109,7 +121,8 @@ struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
           dot += gn[2 * j] * n0 + gn[2 * j + 1] * n1;
         }
         dot /= static_cast<float>(hd);
-        float* gx = in_a ? GA + ((b * H + h) * sg.La + l) * hd : GB + ((b * H + h) * sg.Lb + (l - sg.La)) * hd;
+        float* gx = in_a ? GA + ((b * H + h) * sg.La + l) * hd
+                         : GB + ((b * H + h) * sg.Lb + (l - sg.La)) * hd;
         for (int64_t i = 0; i < hd; ++i) gx[i] = ri * (gn[i] - n[i] * dot);
       }
     });
@@ -122,18 +135,25 @@ struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
   }
 };
 
-Tensor rms_norm_ref(const Tensor& x, const Tensor& w) { return x * torch::rsqrt(x.pow(2).mean(-1, true) + kEps) * w; }
+Tensor rms_norm_ref(const Tensor& x, const Tensor& w) {
+  return x * torch::rsqrt(x.pow(2).mean(-1, true) + kEps) * w;
+}
 
 }  // namespace
 
-Tensor qk_norm_rope(const Tensor& xa, const Tensor& wa, const Tensor& xb, const Tensor& wb, const Tensor& cos,
-                    const Tensor& sin) {
-  TORCH_CHECK(xa.dim() == 4 && xb.dim() == 4 && xa.size(3) % 2 == 0, "qk_norm_rope: q/k are [B,H,L,hd], hd even");
-  TORCH_CHECK(cos.size(0) == xa.size(2) + xb.size(2), "qk_norm_rope: cos/sin need one row per sequence position");
-  const bool fused = xa.device().is_cpu() && xa.scalar_type() == torch::kFloat32 && xb.scalar_type() == torch::kFloat32 &&
-                     xa.stride(3) == 1 && xb.stride(3) == 1 && wa.is_contiguous() && wb.is_contiguous() &&
-                     cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == torch::kFloat32;
-  if (!fused) return apply_rope(torch::cat({rms_norm_ref(xa, wa), rms_norm_ref(xb, wb)}, 2), cos, sin);
+Tensor qk_norm_rope(const Tensor& xa, const Tensor& wa, const Tensor& xb, const Tensor& wb,
+                    const Tensor& cos, const Tensor& sin) {
+  TORCH_CHECK(xa.dim() == 4 && xb.dim() == 4 && xa.size(3) % 2 == 0,
+              "qk_norm_rope: q/k are [B,H,L,hd], hd even");
+  TORCH_CHECK(cos.size(0) == xa.size(2) + xb.size(2),
+              "qk_norm_rope: cos/sin need one row per sequence position");
+  const bool fused = xa.device().is_cpu() && xa.scalar_type() == torch::kFloat32 &&
+                     xb.scalar_type() == torch::kFloat32 && xa.stride(3) == 1 &&
+                     xb.stride(3) == 1 && wa.is_contiguous() && wb.is_contiguous() &&
+                     cos.is_contiguous() && sin.is_contiguous() &&
+                     cos.scalar_type() == torch::kFloat32;
+  if (!fused)
+    return apply_rope(torch::cat({rms_norm_ref(xa, wa), rms_norm_ref(xb, wb)}, 2), cos, sin);
   return QkNormRopeFn::apply(xa, wa, xb, wb, cos, sin);
 }
 

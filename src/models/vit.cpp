@@ -26,7 +26,8 @@ Tensor ViTBlockImpl::forward(const Tensor& t) {
 
 ViTFeaturesImpl::ViTFeaturesImpl(int image_size, int patch, int D, int depth, int heads) : dim_(D) {
   const int T = (image_size / patch) * (image_size / patch);
-  patch_embed_ = register_module("patch_embed", nn::Conv2d(nn::Conv2dOptions(3, D, patch).stride(patch)));
+  patch_embed_ =
+      register_module("patch_embed", nn::Conv2d(nn::Conv2dOptions(3, D, patch).stride(patch)));
   cls_ = register_parameter("cls", torch::zeros({1, 1, D}));
   pos_ = register_parameter("pos", torch::randn({1, T + 1, D}) * 0.02);
   blocks_ = register_module("blocks", nn::ModuleList());

@@ -12,7 +12,8 @@ namespace {
 
 // Pointers to the images of one split of a prepared cache (all records when no splits file:
 // every 10th record is validation).
-Result<std::vector<const uint8_t*>> split_images(const PreparedSet& ps, const std::string& splits, const std::string& name) {
+Result<std::vector<const uint8_t*>> split_images(const PreparedSet& ps, const std::string& splits,
+                                                 const std::string& name) {
   LF_ASSIGN_OR_RETURN(auto idx, split_or_default(ps.records, splits, name));
   std::vector<const uint8_t*> out;
   for (size_t i : idx) out.push_back(ps.image(i));
@@ -22,8 +23,16 @@ Result<std::vector<const uint8_t*>> split_images(const PreparedSet& ps, const st
 }  // namespace
 
 nlohmann::json AERunOptions::to_json() const {
-  return {{"data", data}, {"splits", splits}, {"out", out}, {"ae", ae}, {"latent_channels", latent_channels},
-          {"widths", widths}, {"res_blocks", res_blocks}, {"train", train.to_json()}, {"split", split}, {"seed", seed}};
+  return {{"data", data},
+          {"splits", splits},
+          {"out", out},
+          {"ae", ae},
+          {"latent_channels", latent_channels},
+          {"widths", widths},
+          {"res_blocks", res_blocks},
+          {"train", train.to_json()},
+          {"split", split},
+          {"seed", seed}};
 }
 
 Result<nlohmann::json> run_ae_training(AERunOptions o) {
@@ -42,15 +51,19 @@ Result<nlohmann::json> run_ae_training(AERunOptions o) {
   Autoencoder ae(c);
   int64_t np = 0;
   for (auto& p : ae->parameters()) np += p.numel();
-  log_info("autoencoder: " + std::to_string(np) + " parameters, f=" + std::to_string(c.factor()) + ", latent " +
-           std::to_string(c.latent_channels) + "x" + std::to_string(c.latent_size()) + "x" +
-           std::to_string(c.latent_size()));
+  log_info("autoencoder: " + std::to_string(np) + " parameters, f=" + std::to_string(c.factor()) +
+           ", latent " + std::to_string(c.latent_channels) + "x" + std::to_string(c.latent_size()) +
+           "x" + std::to_string(c.latent_size()));
   o.train.seed = o.seed;
   o.train.out = o.out;
   o.train.warmup = std::min<int64_t>(o.train.warmup, o.train.steps / 10 + 1);
   LF_ASSIGN_OR_RETURN(AETrainResult r, train_autoencoder(o.train, ae, train, val, ps.size));
-  nlohmann::json j = {{"step", r.step}, {"seconds", r.seconds}, {"images_per_second", r.images_per_second},
-                      {"val_psnr", r.val_psnr}, {"val_ssim", r.val_ssim}, {"stopped_by_budget", r.stopped_by_budget},
+  nlohmann::json j = {{"step", r.step},
+                      {"seconds", r.seconds},
+                      {"images_per_second", r.images_per_second},
+                      {"val_psnr", r.val_psnr},
+                      {"val_ssim", r.val_ssim},
+                      {"stopped_by_budget", r.stopped_by_budget},
                       {"checkpoint", o.out + "/ae.safetensors"}};
   return j;
 }
@@ -60,8 +73,8 @@ static Status load_ae_and_data(const AERunOptions& o, LoadedAutoencoder* la, Pre
   LF_ASSIGN_OR_RETURN(*la, load_autoencoder(o.ae));
   LF_ASSIGN_OR_RETURN(*ps, load_prepared(o.data));
   if (ps->size != la->model->config().image_size)
-    return Status::error(o.data + ": images are " + std::to_string(ps->size) + "px, " + o.ae + " expects " +
-                         std::to_string(la->model->config().image_size) + "px");
+    return Status::error(o.data + ": images are " + std::to_string(ps->size) + "px, " + o.ae +
+                         " expects " + std::to_string(la->model->config().image_size) + "px");
   return Status::ok_status();
 }
 
@@ -82,7 +95,8 @@ Result<nlohmann::json> run_ae_evaluation(const AERunOptions& o) {
   LF_RETURN_IF_ERROR(load_ae_and_data(o, &la, &ps));
   LF_ASSIGN_OR_RETURN(auto imgs, split_images(ps, o.splits, o.split));
   AEEval e = evaluate_autoencoder(la.model, imgs, ps.size);
-  nlohmann::json j = {{"split", o.split}, {"images", e.images}, {"psnr", e.psnr}, {"ssim", e.ssim}, {"ae", o.ae}};
+  nlohmann::json j = {
+      {"split", o.split}, {"images", e.images}, {"psnr", e.psnr}, {"ssim", e.ssim}, {"ae", o.ae}};
   return j;
 }
 

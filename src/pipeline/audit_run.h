@@ -13,9 +13,9 @@ namespace lf {
 inline const char* kReferenceNetworkFile = "ham_ref_cnn64.safetensors";
 
 struct AuditRunOptions {
-  std::string synthetic;  // DIR of `lesionflow synth` (manifest.jsonl + PNGs)
+  std::string synthetic;               // DIR of `lesionflow synth` (manifest.jsonl + PNGs)
   std::string data, splits, captions;  // the real set (prepared cache, splits CSV, captions.jsonl)
-  std::string features;   // classifier .safetensors; "" = the shipped reference network
+  std::string features;  // classifier .safetensors; "" = the shipped reference network
   int bootstrap = 100;
   int max_concept_images = 300;
 };
@@ -25,8 +25,9 @@ struct AuditRunOptions {
 Result<nlohmann::json> audit_synthetic_set(const AuditRunOptions& o);
 // The same audit with the pieces already loaded: features from `lc`, the real train/test splits
 // of `real`, the synthetic set `syn` written by synth in `synthetic_dir` (its manifest.jsonl).
-Result<nlohmann::json> audit_loaded(LoadedClassifier& lc, const RealData& real, const LabeledSet& syn,
-                                    const std::string& synthetic_dir, int bootstrap = 100, int max_concept_images = 300,
+Result<nlohmann::json> audit_loaded(LoadedClassifier& lc, const RealData& real,
+                                    const LabeledSet& syn, const std::string& synthetic_dir,
+                                    int bootstrap = 100, int max_concept_images = 300,
                                     const std::string& feature_name = "");
 
 }  // namespace lf

@@ -1,19 +1,20 @@
 // lesionflow bench: speed of the pipeline's stages in ONE run, against the machine's sgemm and
 // against the same models in python3-torch, interleaved so drift hits every variant alike.
+#include "pipeline/bench.h"
+
+#include <torch/csrc/autograd/profiler_legacy.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <functional>
 #include <numeric>
-#include <regex>
 #include <opencv2/imgproc.hpp>
-
-#include <torch/csrc/autograd/profiler_legacy.h>
+#include <regex>
 
 #include "adapters/lora.h"
 #include "classify/classifier.h"
-#include "pipeline/bench.h"
 #include "lesionflow/captions.h"
 #include "lesionflow/concepts.h"
 #include "lesionflow/io.h"
@@ -26,8 +27,9 @@
 namespace lf {
 namespace {
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 // Forward FLOPs of one image through the MMDiT (multiply-adds x 2), counted per layer from the
 // config; T text tokens. Norms, activations, RoPE and softmax are not counted (< 2%).
@@ -37,13 +39,13 @@ double mmdit_forward_flops(const MMDiTConfig& c, int T, bool text_encoder = true
   const double pd = c.patch * c.patch * c.channels, S2 = double(c.image_size) * c.image_size;
   double mac = 0;
   if (text_encoder) mac += c.text_layers * (T * 12 * Dt * Dt + 2 * T * T * Dt);
-  mac += 256 * D + D * D + Dt * D + D * D;                                  // timestep + pooled text
-  mac += N * pd * D + T * Dt * D;                                           // input projections
+  mac += 256 * D + D * D + Dt * D + D * D;  // timestep + pooled text
+  mac += N * pd * D + T * Dt * D;           // input projections
   mac += c.double_blocks * (2 * 6 * D * D + L * (4 * D * D + 2 * D * hid) + 2 * L * L * D);
   mac += c.single_blocks * (3 * D * D + L * (D * (3 * D + hid) + (D + hid) * D) + 2 * L * L * D);
-  mac += 2 * D * D + N * D * pd;                                            // final layer
+  mac += 2 * D * D + N * D * pd;  // final layer
   const double rc = c.refine_channels, C = c.channels;
-  if (rc > 0) mac += S2 * 9 * (2 * C * rc + rc * rc + rc * C);             // conv refinement head
+  if (rc > 0) mac += S2 * 9 * (2 * C * rc + rc * rc + rc * C);  // conv refinement head
   return 2 * mac;
 }
 
@@ -63,14 +65,12 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-
 struct Variant {
   std::string name, unit;
   std::function<double()> run;  // one measurement: units per second
   double flops_per_unit = 0;    // for achieved GFLOP/s (0: not counted)
   std::vector<double> values;
 };
-
 
 // A generator fine-tune step, full (every weight trained) or LoRA (rank 16 on attn+mlp, base
 // frozen), on one fixed batch of random images: what `lesionflow finetune` does per step.
@@ -124,9 +124,12 @@ Status run_child_memory(const BenchOptions& o) {
   FinetuneBench fb(mc, o.child_memory == "lora", o.batch, o.text_tokens);
   const long before = rss_now_mb();
   for (int i = 0; i < 3; ++i) fb.step();
-  nlohmann::json j = {{"mode", o.child_memory}, {"trainable_parameters", fb.trainable()},
-                      {"base_parameters", fb.model->num_parameters()}, {"rss_before_mb", before},
-                      {"peak_rss_mb", peak_rss_mb()}, {"training_mb", peak_rss_mb() - before}};
+  nlohmann::json j = {{"mode", o.child_memory},
+                      {"trainable_parameters", fb.trainable()},
+                      {"base_parameters", fb.model->num_parameters()},
+                      {"rss_before_mb", before},
+                      {"peak_rss_mb", peak_rss_mb()},
+                      {"training_mb", peak_rss_mb() - before}};
   std::printf("%s\n", j.dump().c_str());
   return Status::ok_status();
 }
@@ -139,11 +142,13 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
     return nlohmann::json{};
   }
   const int threads = get_threads();
-  log_info("bench: " + std::to_string(threads) + " threads, " + std::to_string(o.reps) + " repetitions, BLAS " + loaded_blas());
+  log_info("bench: " + std::to_string(threads) + " threads, " + std::to_string(o.reps) +
+           " repetitions, BLAS " + loaded_blas());
   // Generator (random weights: speed does not depend on training).
   std::vector<std::string> corpus;
   auto phantoms = load_dataset("phantom:64", {}, 1);
-  for (auto& r : phantoms->records) corpus.push_back(compose_caption(facts_from_record(r), std::hash<std::string>{}(r.id) | 1));
+  for (auto& r : phantoms->records)
+    corpus.push_back(compose_caption(facts_from_record(r), std::hash<std::string>{}(r.id) | 1));
   auto tok_r = Tokenizer::train(corpus, {512, "bpe", 0});
   if (!tok_r.ok()) return tok_r.status();
   Tokenizer tok = std::move(*tok_r);
@@ -169,11 +174,13 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   }
   std::vector<Variant> vs;
   vs.push_back({"sgemm 2048", "GFLOP/s", [] { return measure_sgemm_gflops(2048, 1.0); }});
-  vs.push_back({"generator train step (C++)", "img/s", [&] {
+  vs.push_back({"generator train step (C++)", "img/s",
+                [&] {
                   auto t0 = Clock::now();
                   for (int i = 0; i < 3; ++i) gen_step();
                   return 3.0 * B / since(t0);
-                }, train_flops_per_img});
+                },
+                train_flops_per_img});
   // bf16 rows (issue 20) where the CPU has AVX512_BF16/AMX: the same step with the GEMMs in
   // bfloat16 (fp32 master weights), against a same-run bf16 GEMM.
   const bool bf16 = cpu_has_bf16();
@@ -188,22 +195,30 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   };
   if (bf16) {
     vs.push_back({"bf16 GEMM 2048", "GFLOP/s", [] { return measure_bf16_gemm_gflops(2048, 1.0); }});
-    vs.push_back({"generator train step, bf16 (C++)", "img/s", at_precision(Precision::kBF16, [&] {
-                    auto t0 = Clock::now();
-                    for (int i = 0; i < 3; ++i) gen_step();
-                    return 3.0 * B / since(t0);
-                  }), train_flops_per_img});
+    vs.push_back({"generator train step, bf16 (C++)", "img/s",
+                  at_precision(Precision::kBF16,
+                               [&] {
+                                 auto t0 = Clock::now();
+                                 for (int i = 0; i < 3; ++i) gen_step();
+                                 return 3.0 * B / since(t0);
+                               }),
+                  train_flops_per_img});
   }
   if (!o.no_python) {
-    std::string cmd = o.python + " scripts/bench_torch.py gen-train '" + mc.to_json().dump() + "' " + std::to_string(B) + " " +
-                      std::to_string(T) + " 3 " + std::to_string(threads) + " 2>/dev/null";
+    std::string cmd = o.python + " scripts/bench_torch.py gen-train '" + mc.to_json().dump() +
+                      "' " + std::to_string(B) + " " + std::to_string(T) + " 3 " +
+                      std::to_string(threads) + " 2>/dev/null";
     // Twice: python's default glibc malloc, and the settings lesionflow applies to itself
     // (tune_allocator), so the C++/python ratio can be read without the allocator's share.
-    const std::string tuned = "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 ";
+    const std::string tuned =
+        "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold="
+        "1073741824 ";
     for (const std::string& env : {std::string(), tuned}) {
       std::string c = env + cmd;
-      vs.push_back({env.empty() ? "generator train step (python3-torch)" : "generator train step (python3-torch, same malloc settings)",
-                    "img/s", [c] {
+      vs.push_back({env.empty() ? "generator train step (python3-torch)"
+                                : "generator train step (python3-torch, same malloc settings)",
+                    "img/s",
+                    [c] {
                       auto out = run_command_capture(c);
                       try {
                         return nlohmann::json::parse(out)["images_per_second"].get<double>();
@@ -211,7 +226,8 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
                         log_warn("python benchmark failed: " + out.substr(0, 200));
                         return std::nan("");
                       }
-                    }, train_flops_per_img});
+                    },
+                    train_flops_per_img});
     }
   }
   // LoRA fine-tune of the same base (the full fine-tune is the training row above): steps/s
@@ -223,16 +239,22 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
                   return 2.0 / since(t0);
                 }});
   std::vector<std::string> prompts(16, corpus[0]);
-  const int prompt_tokens = tok.encode(corpus[0], mc.max_text_len).length;  // generate() trims the padding
+  const int prompt_tokens =
+      tok.encode(corpus[0], mc.max_text_len).length;  // generate() trims the padding
   std::vector<uint64_t> seeds(16);
   std::iota(seeds.begin(), seeds.end(), 1);
   // The default sampler (20 Euler steps) with and without guidance, and a distilled student's
   // settings (`lesionflow distill`: few Euler steps, no guidance; same network, so random weights
   // time it as well as trained ones).
-  struct SampleVariant { int steps; double cfg; std::string label; };
-  for (const auto& sv : {SampleVariant{o.sample_steps, o.cfg, "CFG " + std::to_string(o.cfg).substr(0, 3)},
-                         SampleVariant{o.sample_steps, 1.0, "no CFG"},
-                         SampleVariant{o.distilled_steps, 1.0, "distilled student, no CFG"}}) {
+  struct SampleVariant {
+    int steps;
+    double cfg;
+    std::string label;
+  };
+  for (const auto& sv :
+       {SampleVariant{o.sample_steps, o.cfg, "CFG " + std::to_string(o.cfg).substr(0, 3)},
+        SampleVariant{o.sample_steps, 1.0, "no CFG"},
+        SampleVariant{o.distilled_steps, 1.0, "distilled student, no CFG"}}) {
     GenerateConfig gc;
     gc.sampler.steps = sv.steps;
     gc.cfg_scale = sv.cfg;
@@ -242,14 +264,19 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
                     auto t0 = Clock::now();
                     generate(model, tok, flow, prompts, seeds, gc);
                     return 16.0 / since(t0);
-                  }, mmdit_sample_flops(mc, prompt_tokens, sv.steps, sv.cfg != 1.0)});
+                  },
+                  mmdit_sample_flops(mc, prompt_tokens, sv.steps, sv.cfg != 1.0)});
     if (bf16 && sv.cfg != 1.0)
-      vs.push_back({"sampling, " + std::to_string(sv.steps) + " Euler steps, " + sv.label + ", bf16", "img/s",
-                    at_precision(Precision::kBF16, [&model, &tok, &flow, prompts, seeds, gc] {
-                      auto t0 = Clock::now();
-                      generate(model, tok, flow, prompts, seeds, gc);
-                      return 16.0 / since(t0);
-                    }), mmdit_sample_flops(mc, prompt_tokens, sv.steps, true)});
+      vs.push_back(
+          {"sampling, " + std::to_string(sv.steps) + " Euler steps, " + sv.label + ", bf16",
+           "img/s",
+           at_precision(Precision::kBF16,
+                        [&model, &tok, &flow, prompts, seeds, gc] {
+                          auto t0 = Clock::now();
+                          generate(model, tok, flow, prompts, seeds, gc);
+                          return 16.0 / since(t0);
+                        }),
+           mmdit_sample_flops(mc, prompt_tokens, sv.steps, true)});
   }
   // Classifiers at the same image size.
   auto cls_set = std::make_shared<LabeledSet>();
@@ -266,34 +293,39 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
     cc.arch = *parse_arch(arch);
     cc.image_size = S;
     auto m = std::make_shared<Classifier>(cc);
-    auto copt = std::make_shared<torch::optim::AdamW>((*m)->parameters(), torch::optim::AdamWOptions(1e-3));
+    auto copt =
+        std::make_shared<torch::optim::AdamW>((*m)->parameters(), torch::optim::AdamWOptions(1e-3));
     auto cls_train = [m, copt, cls_set] {
-                    (*m)->train();
-                    auto t0 = Clock::now();
-                    for (int i = 0; i < 4; ++i) {
-                      std::vector<const uint8_t*> px;
-                      std::vector<int64_t> y;
-                      for (int k = 0; k < 64; ++k) {
-                        px.push_back(cls_set->image((i * 64 + k) % cls_set->count()));
-                        y.push_back(cls_set->labels[(i * 64 + k) % cls_set->count()]);
-                      }
-                      auto loss = torch::nn::functional::cross_entropy((*m)->forward(images_to_tensor(px, cls_set->size)), torch::tensor(y));
-                      copt->zero_grad();
-                      loss.backward();
-                      copt->step();
-                    }
-                    return 256.0 / since(t0);
-                  };
+      (*m)->train();
+      auto t0 = Clock::now();
+      for (int i = 0; i < 4; ++i) {
+        std::vector<const uint8_t*> px;
+        std::vector<int64_t> y;
+        for (int k = 0; k < 64; ++k) {
+          px.push_back(cls_set->image((i * 64 + k) % cls_set->count()));
+          y.push_back(cls_set->labels[(i * 64 + k) % cls_set->count()]);
+        }
+        auto loss = torch::nn::functional::cross_entropy(
+            (*m)->forward(images_to_tensor(px, cls_set->size)), torch::tensor(y));
+        copt->zero_grad();
+        loss.backward();
+        copt->step();
+      }
+      return 256.0 / since(t0);
+    };
     vs.push_back({arch + " classifier train (C++)", "img/s", cls_train});
-    if (bf16) vs.push_back({arch + " classifier train, bf16 (C++)", "img/s", at_precision(Precision::kBF16, cls_train)});
+    if (bf16)
+      vs.push_back({arch + " classifier train, bf16 (C++)", "img/s",
+                    at_precision(Precision::kBF16, cls_train)});
     vs.push_back({arch + " classifier eval (C++)", "img/s", [m, cls_set] {
                     auto t0 = Clock::now();
                     predict_malignant(*m, *cls_set);
                     return cls_set->count() / since(t0);
                   }});
     if (arch == "vit" && !o.no_python) {
-      std::string cmd = o.python + " scripts/bench_torch.py vit-train " + std::to_string(S) + " " + std::to_string(cc.patch) + " " +
-                        std::to_string(cc.vit_dim) + " " + std::to_string(cc.vit_depth) + " " + std::to_string(cc.vit_heads) +
+      std::string cmd = o.python + " scripts/bench_torch.py vit-train " + std::to_string(S) + " " +
+                        std::to_string(cc.patch) + " " + std::to_string(cc.vit_dim) + " " +
+                        std::to_string(cc.vit_depth) + " " + std::to_string(cc.vit_heads) +
                         " 64 4 " + std::to_string(threads) + " 2>/dev/null";
       vs.push_back({"vit classifier train (python3-torch)", "img/s", [cmd] {
                       auto out = run_command_capture(cmd);
@@ -306,15 +338,17 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
     }
   }
   // Data preparation and captioning on real images when present (else phantoms).
-  std::string spec = file_exists(o.data + "/HAM10000_metadata.csv") ? "ham10000:" + o.data : "phantom:256";
+  std::string spec =
+      file_exists(o.data + "/HAM10000_metadata.csv") ? "ham10000:" + o.data : "phantom:256";
   LF_ASSIGN_OR_RETURN(Dataset ds, load_dataset(spec, {}, 0));
   if (ds.records.size() > 256) ds.records.resize(256);
-  vs.push_back({"prepare at " + std::to_string(S) + " px (" + ds.kind + ")", "img/s", [ds, S, threads] {
-                  PrepareStats st;
-                  auto t0 = Clock::now();
-                  auto ps = prepare(ds, PrepareConfig{S, FitMode::kCrop, threads}, &st);
-                  return ds.records.size() / since(t0);
-                }});
+  vs.push_back(
+      {"prepare at " + std::to_string(S) + " px (" + ds.kind + ")", "img/s", [ds, S, threads] {
+         PrepareStats st;
+         auto t0 = Clock::now();
+         auto ps = prepare(ds, PrepareConfig{S, FitMode::kCrop, threads}, &st);
+         return ds.records.size() / since(t0);
+       }});
   vs.push_back({"captioning: measure ABC(D), 1 thread (" + ds.kind + ")", "img/s", [ds] {
                   auto t0 = Clock::now();
                   int n = 0;
@@ -348,10 +382,13 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   prog.finish();
   // Fine-tune memory: each mode in its own process (peak RSS cannot be reset within one).
   nlohmann::json ft_memory = nlohmann::json::object();
-  if (o.only.empty() || std::regex_search(std::string("fine-tune"), std::regex(o.only, std::regex::icase))) {
+  if (o.only.empty() ||
+      std::regex_search(std::string("fine-tune"), std::regex(o.only, std::regex::icase))) {
     for (const char* mode : {"full", "lora"}) {
-      std::string out = run_command_capture("\"" + self_executable_path() + "\" bench --child-memory " + mode + " --preset " + o.preset + " --batch " +
-                                    std::to_string(B) + " --text-tokens " + std::to_string(T) + " 2>/dev/null");
+      std::string out =
+          run_command_capture("\"" + self_executable_path() + "\" bench --child-memory " + mode +
+                              " --preset " + o.preset + " --batch " + std::to_string(B) +
+                              " --text-tokens " + std::to_string(T) + " 2>/dev/null");
       try {
         ft_memory[mode] = nlohmann::json::parse(out.substr(out.rfind('{')));
       } catch (...) {
@@ -361,55 +398,78 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   }
   // Report.
   const double sgemm = median(vs[0].values);
-  nlohmann::json res = {{"date", ""}, {"threads", threads}, {"blas", loaded_blas()}, {"torch", torch_version()},
-                        {"reps", o.reps}, {"preset", o.preset}, {"batch", B}, {"text_tokens", T},
+  nlohmann::json res = {{"date", ""},
+                        {"threads", threads},
+                        {"blas", loaded_blas()},
+                        {"torch", torch_version()},
+                        {"reps", o.reps},
+                        {"preset", o.preset},
+                        {"batch", B},
+                        {"text_tokens", T},
                         {"generator_parameters", model->num_parameters()},
-                        {"generator_train_gflop_per_image", train_flops_per_img / 1e9}, {"results", nlohmann::json::array()}};
+                        {"generator_train_gflop_per_image", train_flops_per_img / 1e9},
+                        {"results", nlohmann::json::array()}};
   std::time_t now = std::time(nullptr);
   char date[32];
   std::strftime(date, sizeof date, "%Y-%m-%d_%H%M", std::gmtime(&now));
   res["date"] = date;
-  std::printf("\n%-48s %12s %10s %12s %10s\n", "benchmark", "median", "unit", "GFLOP/s", "of sgemm");
+  std::printf("\n%-48s %12s %10s %12s %10s\n", "benchmark", "median", "unit", "GFLOP/s",
+              "of sgemm");
   std::map<std::string, double> med;
   for (auto& v : vs) {
     double m = median(v.values);
     med[v.name] = m;
-    double gf = v.flops_per_unit > 0 ? m * v.flops_per_unit / 1e9 : (v.unit == "GFLOP/s" ? m : std::nan(""));
+    double gf = v.flops_per_unit > 0 ? m * v.flops_per_unit / 1e9
+                                     : (v.unit == "GFLOP/s" ? m : std::nan(""));
     nlohmann::json j = {{"name", v.name}, {"unit", v.unit}, {"median", m}, {"values", v.values}};
     if (!std::isnan(gf)) {
       j["gflops"] = gf;
       j["fraction_of_sgemm"] = gf / sgemm;
     }
     res["results"].push_back(j);
-    if (std::isnan(gf)) std::printf("%-48s %12.2f %10s %12s %10s\n", v.name.c_str(), m, v.unit.c_str(), "-", "-");
-    else std::printf("%-48s %12.2f %10s %12.1f %9.0f%%\n", v.name.c_str(), m, v.unit.c_str(), gf, 100 * gf / sgemm);
+    if (std::isnan(gf))
+      std::printf("%-48s %12.2f %10s %12s %10s\n", v.name.c_str(), m, v.unit.c_str(), "-", "-");
+    else
+      std::printf("%-48s %12.2f %10s %12.1f %9.0f%%\n", v.name.c_str(), m, v.unit.c_str(), gf,
+                  100 * gf / sgemm);
   }
   nlohmann::json ratios = nlohmann::json::object();
   auto ratio = [&](const std::string& key, const std::string& a, const std::string& b) {
     if (med.count(a) && med.count(b) && med[b] > 0) ratios[key] = med[a] / med[b];
   };
-  ratio("generator_train_cpp_over_python", "generator train step (C++)", "generator train step (python3-torch)");
+  ratio("generator_train_cpp_over_python", "generator train step (C++)",
+        "generator train step (python3-torch)");
   ratio("generator_train_cpp_over_python_same_malloc", "generator train step (C++)",
         "generator train step (python3-torch, same malloc settings)");
-  ratio("vit_train_cpp_over_python", "vit classifier train (C++)", "vit classifier train (python3-torch)");
-  ratio("generator_train_bf16_over_fp32", "generator train step, bf16 (C++)", "generator train step (C++)");
-  ratio("generator_train_bf16_over_python_fp32", "generator train step, bf16 (C++)", "generator train step (python3-torch)");
-  ratio("sampling_cfg_bf16_over_fp32", "sampling, " + std::to_string(o.sample_steps) + " Euler steps, CFG " + std::to_string(o.cfg).substr(0, 3) + ", bf16",
-        "sampling, " + std::to_string(o.sample_steps) + " Euler steps, CFG " + std::to_string(o.cfg).substr(0, 3));
-  ratio("cnn_train_bf16_over_fp32", "cnn classifier train, bf16 (C++)", "cnn classifier train (C++)");
-  ratio("vit_train_bf16_over_fp32", "vit classifier train, bf16 (C++)", "vit classifier train (C++)");
-  if (med.count("bf16 GEMM 2048") && med.count("generator train step, bf16 (C++)") && med["bf16 GEMM 2048"] > 0)
+  ratio("vit_train_cpp_over_python", "vit classifier train (C++)",
+        "vit classifier train (python3-torch)");
+  ratio("generator_train_bf16_over_fp32", "generator train step, bf16 (C++)",
+        "generator train step (C++)");
+  ratio("generator_train_bf16_over_python_fp32", "generator train step, bf16 (C++)",
+        "generator train step (python3-torch)");
+  ratio("sampling_cfg_bf16_over_fp32",
+        "sampling, " + std::to_string(o.sample_steps) + " Euler steps, CFG " +
+            std::to_string(o.cfg).substr(0, 3) + ", bf16",
+        "sampling, " + std::to_string(o.sample_steps) + " Euler steps, CFG " +
+            std::to_string(o.cfg).substr(0, 3));
+  ratio("cnn_train_bf16_over_fp32", "cnn classifier train, bf16 (C++)",
+        "cnn classifier train (C++)");
+  ratio("vit_train_bf16_over_fp32", "vit classifier train, bf16 (C++)",
+        "vit classifier train (C++)");
+  if (med.count("bf16 GEMM 2048") && med.count("generator train step, bf16 (C++)") &&
+      med["bf16 GEMM 2048"] > 0)
     ratios["generator_train_bf16_fraction_of_bf16_gemm"] =
         med["generator train step, bf16 (C++)"] * train_flops_per_img / 1e9 / med["bf16 GEMM 2048"];
-  if (med.count("fine-tune step, lora (rank 16, attn+mlp)") && med.count("generator train step (C++)"))
+  if (med.count("fine-tune step, lora (rank 16, attn+mlp)") &&
+      med.count("generator train step (C++)"))
     ratios["finetune_lora_over_full_steps_per_second"] =
         med["fine-tune step, lora (rank 16, attn+mlp)"] / (med["generator train step (C++)"] / B);
   res["ratios"] = ratios;
   res["finetune_memory"] = ft_memory;
   for (auto& [mode, m] : ft_memory.items())
-    std::printf("%-48s %12lld params %8lld MB training memory (peak RSS %lld MB)\n", ("fine-tune " + mode).c_str(),
-                (long long)m.value("trainable_parameters", 0LL), (long long)m.value("training_mb", 0LL),
-                (long long)m.value("peak_rss_mb", 0LL));
+    std::printf("%-48s %12lld params %8lld MB training memory (peak RSS %lld MB)\n",
+                ("fine-tune " + mode).c_str(), (long long)m.value("trainable_parameters", 0LL),
+                (long long)m.value("training_mb", 0LL), (long long)m.value("peak_rss_mb", 0LL));
   for (auto& [k, v] : ratios.items()) std::printf("%-48s %12.2f x\n", k.c_str(), v.get<double>());
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   std::string path = o.out + "/" + date + ".json";

@@ -19,8 +19,8 @@ struct BenchOptions {
   std::string out = "bench/results";
   bool no_python = false;
   std::string child_memory;  // internal: "lora" | "full" -> print fine-tune memory as JSON
-  std::string profile;  // write a chrome trace of two generator training steps and stop
-  std::string only;  // regex: run only the variants whose name matches (sgemm always runs)
+  std::string profile;       // write a chrome trace of two generator training steps and stop
+  std::string only;          // regex: run only the variants whose name matches (sgemm always runs)
 };
 
 // Runs the benchmark (or, with child_memory set, one fine-tune memory probe printed as JSON).

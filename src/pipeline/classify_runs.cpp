@@ -30,7 +30,8 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o) {
   if (!o.synthetic.empty()) {
     int64_t skipped = 0;
     LF_ASSIGN_OR_RETURN(syn, load_synthetic(o.synthetic, real.ps.size, 1.0f, &skipped));
-    if (skipped) log_warn(o.synthetic + ": " + std::to_string(skipped) + " synthetic images skipped");
+    if (skipped)
+      log_warn(o.synthetic + ": " + std::to_string(skipped) + " synthetic images skipped");
   }
   LF_ASSIGN_OR_RETURN(auto extra, load_test_datasets(o.test_datasets, real.ps.size));
   ClsJob job;
@@ -39,9 +40,12 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o) {
   job.seed = o.seed;
   LF_ASSIGN_OR_RETURN(job.model.arch, parse_arch(o.arch));
   job.model.width = o.width;
-  if (o.classes == "dx") {  // one output per diagnosis of the training split; malignant ones flagged
+  if (o.classes ==
+      "dx") {  // one output per diagnosis of the training split; malignant ones flagged
     std::map<std::string, int> dx_label;
-    for (size_t i : real.train) dx_label[real.ps.records[i].dx] = std::max(dx_label[real.ps.records[i].dx], real.ps.records[i].label);
+    for (size_t i : real.train)
+      dx_label[real.ps.records[i].dx] =
+          std::max(dx_label[real.ps.records[i].dx], real.ps.records[i].label);
     for (auto& [dx, l] : dx_label) {
       job.model.classes.push_back(dx);
       job.model.malignant.push_back(l == 1);
@@ -68,20 +72,25 @@ Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o) {
   std::vector<NamedSet> sets;
   if (!o.data.empty()) {
     LF_ASSIGN_OR_RETURN(RealData real, load_real_data(o.data, o.splits, o.captions));
-    sets.push_back({"test split of " + o.data, labeled_from_prepared(real.ps, real.test, &real.captions)});
+    sets.push_back(
+        {"test split of " + o.data, labeled_from_prepared(real.ps, real.test, &real.captions)});
   }
-  LF_ASSIGN_OR_RETURN(auto extra, load_test_datasets(o.test_datasets, lc.model->config().image_size));
+  LF_ASSIGN_OR_RETURN(auto extra,
+                      load_test_datasets(o.test_datasets, lc.model->config().image_size));
   for (auto& e : extra) sets.push_back(std::move(e));
   if (sets.empty()) return Status::error("classify eval: give --data/--splits or --test-dataset");
   nlohmann::json out = nlohmann::json::object();
-  for (auto& s : sets) out[s.name] = evaluation_json(predict_malignant(lc.model, s.set), s.set, lc.threshold, o.seed);
+  for (auto& s : sets)
+    out[s.name] = evaluation_json(predict_malignant(lc.model, s.set), s.set, lc.threshold, o.seed);
   if (!o.out.empty()) LF_RETURN_IF_ERROR(write_file_atomic(o.out, out.dump(2) + "\n"));
   return out;
 }
 
 Result<nlohmann::json> run_fd(const FdOptions& o) {
-  const std::string feat = o.features.empty() ? shipped_model_path(kReferenceNetworkFile) : o.features;
-  if (feat.empty()) return Status::error("fd: give --features (no shipped reference network found)");
+  const std::string feat =
+      o.features.empty() ? shipped_model_path(kReferenceNetworkFile) : o.features;
+  if (feat.empty())
+    return Status::error("fd: give --features (no shipped reference network found)");
   LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(feat));
   LF_ASSIGN_OR_RETURN(PreparedSet ps, load_prepared(o.data));
   std::vector<size_t> idx;
@@ -118,7 +127,10 @@ Result<nlohmann::json> run_fd(const FdOptions& o) {
   double fd = frechet_distance(fg, fr);
   // Pixel statistics: per-channel mean/std distance (0..1 scale), model-free.
   auto stats = [](const LabeledSet& s) {
-    auto t = torch::from_blob(const_cast<uint8_t*>(s.pixels.data()), {s.count() * s.size * s.size, 3}, torch::kUInt8).to(torch::kFloat32) / 255;
+    auto t = torch::from_blob(const_cast<uint8_t*>(s.pixels.data()),
+                              {s.count() * s.size * s.size, 3}, torch::kUInt8)
+                 .to(torch::kFloat32) /
+             255;
     return std::make_pair(t.mean(0), t.std(0));
   };
   auto [mr, sr] = stats(real);
@@ -126,16 +138,26 @@ Result<nlohmann::json> run_fd(const FdOptions& o) {
   double pix = ((mr - mg).abs().sum() + (sr - sg).abs().sum()).item<double>();
   // The feature classifier's own verdict: mean P(malignant) of each side (how "malignant-looking"
   // the generated images are, next to the real images they are compared with).
-  auto mean_of = [](const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / std::max<size_t>(1, v.size()); };
-  double pm_gen = mean_of(predict_malignant(lc.model, gen)), pm_real = mean_of(predict_malignant(lc.model, real));
-  return nlohmann::json{{"fd", fd}, {"pixel_stat_distance", pix}, {"real_images", real.count()}, {"generated_images", gen.count()},
-                        {"p_malignant_generated", pm_gen}, {"p_malignant_real", pm_real},
-                        {"skipped", bad}, {"filter", o.filter}, {"features", feat}};
+  auto mean_of = [](const std::vector<double>& v) {
+    return std::accumulate(v.begin(), v.end(), 0.0) / std::max<size_t>(1, v.size());
+  };
+  double pm_gen = mean_of(predict_malignant(lc.model, gen)),
+         pm_real = mean_of(predict_malignant(lc.model, real));
+  return nlohmann::json{{"fd", fd},
+                        {"pixel_stat_distance", pix},
+                        {"real_images", real.count()},
+                        {"generated_images", gen.count()},
+                        {"p_malignant_generated", pm_gen},
+                        {"p_malignant_real", pm_real},
+                        {"skipped", bad},
+                        {"filter", o.filter},
+                        {"features", feat}};
 }
 
 Result<nlohmann::json> run_synth(const SynthRunOptions& o) {
   if (o.out.empty()) return Status::error("synth: --out DIR is required");
-  if (o.generator.empty() && !o.plan_only) return Status::error("synth: --generator CHECKPOINT is required");
+  if (o.generator.empty() && !o.plan_only)
+    return Status::error("synth: --generator CHECKPOINT is required");
   LF_ASSIGN_OR_RETURN(RealData real, load_real_data(o.data, o.splits, o.captions));
   std::vector<Record> train;
   for (auto i : real.train) train.push_back(real.ps.records[i]);
@@ -146,19 +168,24 @@ Result<nlohmann::json> run_synth(const SynthRunOptions& o) {
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   if (o.plan_only) {
     LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/plan.json", summary.dump(2) + "\n"));
-    return nlohmann::json{{"planned", plan.size()}, {"generated_now", 0}, {"plan", o.out + "/plan.json"}};
+    return nlohmann::json{
+        {"planned", plan.size()}, {"generated_now", 0}, {"plan", o.out + "/plan.json"}};
   }
   LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(o.generator));
   SynthGenConfig sc;
   sc.gen = o.gen;
-  apply_recommended_sampling(gen.metadata, o.given, sc.gen);  // a distilled student's settings for flags not given
+  apply_recommended_sampling(gen.metadata, o.given,
+                             sc.gen);  // a distilled student's settings for flags not given
   sc.out = o.out;
   sc.generator_path = o.generator;
   auto t0 = std::chrono::steady_clock::now();
   LF_ASSIGN_OR_RETURN(int64_t made, generate_synthetic(gen, plan, sc, summary));
   double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return nlohmann::json{{"planned", plan.size()}, {"generated_now", made}, {"seconds", sec},
-                        {"images_per_second", made / std::max(sec, 1e-9)}, {"manifest", o.out + "/manifest.jsonl"}};
+  return nlohmann::json{{"planned", plan.size()},
+                        {"generated_now", made},
+                        {"seconds", sec},
+                        {"images_per_second", made / std::max(sec, 1e-9)},
+                        {"manifest", o.out + "/manifest.jsonl"}};
 }
 
 }  // namespace lf

@@ -17,8 +17,8 @@ Result<std::vector<NamedSet>> load_test_datasets(const std::vector<std::string>&
 
 struct ClassifyTrainOptions {
   std::string data, splits, captions, synthetic, out;
-  std::string arm = "real";       // real | real+synthetic | synthetic
-  std::string arch = "cnn";       // cnn | vit
+  std::string arm = "real";        // real | real+synthetic | synthetic
+  std::string arch = "cnn";        // cnn | vit
   std::string classes = "binary";  // binary | dx (one output per diagnosis)
   std::vector<std::string> test_datasets;
   int64_t real_size = -1;
@@ -31,32 +31,36 @@ struct ClassifyTrainOptions {
 Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o);
 
 struct ClassifyEvalOptions {
-  std::string model;                     // best.safetensors
-  std::string data, splits, captions;    // optional: the test split of a prepared cache
+  std::string model;                   // best.safetensors
+  std::string data, splits, captions;  // optional: the test split of a prepared cache
   std::vector<std::string> test_datasets;
-  std::string out;                       // optional metrics JSON
+  std::string out;  // optional metrics JSON
   uint64_t seed = 0;
 };
 // {set name: evaluation_json}
 Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o);
 
 struct FdOptions {
-  std::string features;  // classifier whose penultimate layer gives the features ("" = shipped reference network)
+  std::string features;  // classifier whose penultimate layer gives the features ("" = shipped
+                         // reference network)
   std::string data, splits, split = "train", images;
   std::vector<std::string> filter;
 };
-// {fd, pixel_stat_distance, real_images, generated_images, p_malignant_generated, p_malignant_real, skipped, ...}
+// {fd, pixel_stat_distance, real_images, generated_images, p_malignant_generated, p_malignant_real,
+// skipped, ...}
 Result<nlohmann::json> run_fd(const FdOptions& o);
 
 struct SynthRunOptions {
   std::string generator, data, splits, captions, out;
-  SynthPlanConfig plan;   // total, balance, flatten (plan.seed = seed)
-  GenerateConfig gen;     // sampler settings
-  SamplerFlags given;     // which sampler flags the user gave (the rest: a checkpoint's recommendation)
+  SynthPlanConfig plan;  // total, balance, flatten (plan.seed = seed)
+  GenerateConfig gen;    // sampler settings
+  SamplerFlags
+      given;  // which sampler flags the user gave (the rest: a checkpoint's recommendation)
   bool plan_only = false;
   uint64_t seed = 0;
 };
-// plan.json (plan_only) or the synthetic set with manifest.jsonl; {planned, generated_now, seconds, images_per_second, manifest}.
+// plan.json (plan_only) or the synthetic set with manifest.jsonl; {planned, generated_now, seconds,
+// images_per_second, manifest}.
 Result<nlohmann::json> run_synth(const SynthRunOptions& o);
 
 }  // namespace lf

@@ -23,15 +23,18 @@ Status set_train_option(TrainRunOptions& t, const std::string& key, const nlohma
   auto num = [&](auto& field) -> Status {
     using F = std::decay_t<decltype(field)>;
     try {
-      if (v.is_string()) field = static_cast<F>(std::stod(v.get<std::string>()));
-      else field = v.get<F>();
+      if (v.is_string())
+        field = static_cast<F>(std::stod(v.get<std::string>()));
+      else
+        field = v.get<F>();
     } catch (const std::exception&) {
       return Status::error("generator." + key + ": not a number: " + v.dump());
     }
     return Status::ok_status();
   };
   auto str = [&](std::string& field) -> Status {
-    if (!v.is_string()) return Status::error("generator." + key + ": expected a string, got " + v.dump());
+    if (!v.is_string())
+      return Status::error("generator." + key + ": expected a string, got " + v.dump());
     field = v.get<std::string>();
     return Status::ok_status();
   };
@@ -53,9 +56,10 @@ Status set_train_option(TrainRunOptions& t, const std::string& key, const nlohma
     t.freeze_text = v.is_boolean() ? v.get<bool>() : true;
     return Status::ok_status();
   }
-  return Status::error("generator: unknown training option '" + key +
-                       "' (known: preset, prediction, ae, tokenizer, vocab, patch, steps, batch, lr, max_minutes, "
-                       "ckpt_every, sample_every, log_every, val_every, freeze_text)");
+  return Status::error(
+      "generator: unknown training option '" + key +
+      "' (known: preset, prediction, ae, tokenizer, vocab, patch, steps, batch, lr, max_minutes, "
+      "ckpt_every, sample_every, log_every, val_every, freeze_text)");
 }
 
 }  // namespace
@@ -72,20 +76,23 @@ Result<nlohmann::json> read_experiment_config(const std::string& path) {
 Result<TrainRunOptions> experiment_train_options(const nlohmann::json& gj) {
   TrainRunOptions t;
   if (gj.contains("train")) {
-    if (!gj["train"].is_object()) return Status::error("generator.train must be an object of training options");
+    if (!gj["train"].is_object())
+      return Status::error("generator.train must be an object of training options");
     for (auto& [k, v] : gj["train"].items()) LF_RETURN_IF_ERROR(set_train_option(t, k, v));
   }
   auto args = gj.value("train_args", nlohmann::json::array());
   for (size_t i = 0; i < args.size(); ++i) {
     std::string flag = args[i].get<std::string>();
-    if (flag.rfind("--", 0) != 0) return Status::error("generator.train_args: expected a --flag, got '" + flag + "'");
+    if (flag.rfind("--", 0) != 0)
+      return Status::error("generator.train_args: expected a --flag, got '" + flag + "'");
     std::string key = flag.substr(2);
     std::replace(key.begin(), key.end(), '-', '_');
     if (key == "freeze_text") {
       t.freeze_text = true;
       continue;
     }
-    if (i + 1 >= args.size()) return Status::error("generator.train_args: " + flag + " lacks its value");
+    if (i + 1 >= args.size())
+      return Status::error("generator.train_args: " + flag + " lacks its value");
     LF_RETURN_IF_ERROR(set_train_option(t, key, args[++i]));
   }
   return t;
@@ -97,15 +104,22 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
   if (out.empty()) return Status::error(o.config_name + ": no \"out\" directory (or give --out)");
   LF_RETURN_IF_ERROR(make_dirs(out));
   auto t_start = std::chrono::steady_clock::now();
-  auto minutes = [&]() { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 60; };
-  double budget = o.budget_minutes > 0 ? o.budget_minutes : cfg_get<double>(c, "budget_minutes", 0.0);
-  LF_RETURN_IF_ERROR(write_file_atomic(out + "/config.json", nlohmann::json{{"config", c}, {"command_line", o.command_line}}.dump(2) + "\n"));
+  auto minutes = [&]() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 60;
+  };
+  double budget =
+      o.budget_minutes > 0 ? o.budget_minutes : cfg_get<double>(c, "budget_minutes", 0.0);
+  LF_RETURN_IF_ERROR(write_file_atomic(
+      out + "/config.json",
+      nlohmann::json{{"config", c}, {"command_line", o.command_line}}.dump(2) + "\n"));
   // 1. data
-  const std::string data = cfg_get<std::string>(c, "data", ""), splits = cfg_get<std::string>(c, "splits", ""),
+  const std::string data = cfg_get<std::string>(c, "data", ""),
+                    splits = cfg_get<std::string>(c, "splits", ""),
                     captions = cfg_get<std::string>(c, "captions", "");
   LF_ASSIGN_OR_RETURN(RealData real, load_real_data(data, splits, captions));
   std::vector<std::string> tests = o.test_datasets;
-  for (auto& t : c.value("test_datasets", nlohmann::json::array())) tests.push_back(t.get<std::string>());
+  for (auto& t : c.value("test_datasets", nlohmann::json::array()))
+    tests.push_back(t.get<std::string>());
   LF_ASSIGN_OR_RETURN(auto extra, load_test_datasets(tests, real.ps.size));
   // 2. generator: a given checkpoint, or train one (resumably) in this process.
   auto gj = c.value("generator", nlohmann::json::object());
@@ -120,7 +134,8 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       t.loop.resume = file_exists(out + "/generator/state.bin");
       log_info("experiment: training the generator " + t.to_json().dump());
       auto r = run_generator_training(t);
-      if (!r.ok()) return Status::error("experiment: generator training failed: " + r.status().message());
+      if (!r.ok())
+        return Status::error("experiment: generator training failed: " + r.status().message());
       LF_RETURN_IF_ERROR(write_file_atomic(out + "/generator/done", "ok\n"));
     }
   }
@@ -139,12 +154,14 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     LF_ASSIGN_OR_RETURN(auto plan, plan_synthetic(train, real.captions, pc, &summary));
     LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(gen_path));
     SynthGenConfig sc;
-    LF_ASSIGN_OR_RETURN(sc.gen.sampler.method, parse_sampler(cfg_get<std::string>(sj, "sampler", "euler")));
+    LF_ASSIGN_OR_RETURN(sc.gen.sampler.method,
+                        parse_sampler(cfg_get<std::string>(sj, "sampler", "euler")));
     sc.gen.sampler.steps = cfg_get<int>(sj, "steps", 12);
     sc.gen.sampler.shift = cfg_get<double>(sj, "shift", 1.0);
     sc.gen.cfg_scale = cfg_get<double>(sj, "cfg", 3.0);
     auto ci = cfg_get<std::vector<double>>(sj, "cfg_interval", {0.0, 1.0});
-    if (ci.size() != 2) return Status::error(o.config_name + ": synth.cfg_interval must be [lo, hi]");
+    if (ci.size() != 2)
+      return Status::error(o.config_name + ": synth.cfg_interval must be [lo, hi]");
     sc.gen.cfg_t_lo = ci[0];
     sc.gen.cfg_t_hi = ci[1];
     sc.gen.batch = cfg_get<int>(sj, "batch", 16);
@@ -154,14 +171,19 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     LF_ASSIGN_OR_RETURN(int64_t made, generate_synthetic(gen, plan, sc, summary));
     if (made > 0) {
       double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      LF_RETURN_IF_ERROR(write_file_atomic(syn_dir + "/speed.json", nlohmann::json{{"images", made}, {"seconds", sec}, {"images_per_second", made / sec}}.dump() + "\n"));
+      LF_RETURN_IF_ERROR(write_file_atomic(
+          syn_dir + "/speed.json",
+          nlohmann::json{{"images", made}, {"seconds", sec}, {"images_per_second", made / sec}}
+                  .dump() +
+              "\n"));
     }
   }
   int64_t skipped = 0;
   LF_ASSIGN_OR_RETURN(LabeledSet syn, load_synthetic(syn_dir, real.ps.size, 1.0f, &skipped));
   // 4. classifiers over arms x real sizes x seeds x architectures.
   auto cj = c.value("classifier", nlohmann::json::object());
-  std::vector<std::string> arms = cfg_get<std::vector<std::string>>(c, "arms", {"real", "real+synthetic", "synthetic"});
+  std::vector<std::string> arms =
+      cfg_get<std::vector<std::string>>(c, "arms", {"real", "real+synthetic", "synthetic"});
   std::vector<int64_t> sizes = cfg_get<std::vector<int64_t>>(c, "real_sizes", {500});
   std::vector<uint64_t> seeds = cfg_get<std::vector<uint64_t>>(c, "seeds", {0, 1, 2});
   std::vector<std::string> archs = cfg_get<std::vector<std::string>>(cj, "archs", {"cnn"});
@@ -174,7 +196,8 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     for (auto n : sizes)
       for (auto& arm : arms)
         for (auto s : seeds) {
-          // The extra architectures are measured once (first size, first seed), as the budget allows.
+          // The extra architectures are measured once (first size, first seed), as the budget
+          // allows.
           if (arch != archs[0] && (n != sizes[0] || s != seeds[0])) continue;
           ClsJob j;
           j.arm = arm;
@@ -184,15 +207,18 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
           j.model.width = cfg_get<int>(cj, "width", 32);
           j.train.epochs = cfg_get<int>(cj, "epochs", 20);
           j.train.batch = cfg_get<int>(cj, "batch", 64);
-          j.train.lr = cfg_get<double>(cj, arch == "vit" ? "vit_lr" : "lr", arch == "vit" ? 5e-4 : 1e-3);
+          j.train.lr =
+              cfg_get<double>(cj, arch == "vit" ? "vit_lr" : "lr", arch == "vit" ? 5e-4 : 1e-3);
           j.train.patience = cfg_get<int>(cj, "patience", 5);
           j.train.resume = true;
           j.synthetic_weight = cfg_get<double>(c, "synthetic_weight", 1.0);
           char dir[160];
           std::snprintf(dir, sizeof dir, "/classifiers/%s_%s_n%lld_s%llu", arch.c_str(),
-                        arm == "real+synthetic" ? "realsyn" : arm.c_str(), (long long)n, (unsigned long long)s);
+                        arm == "real+synthetic" ? "realsyn" : arm.c_str(), (long long)n,
+                        (unsigned long long)s);
           j.train.out = out + dir;
-          double cost = (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) + (arm == "real+synthetic" ? syn.count() : 0);
+          double cost = (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) +
+                        (arm == "real+synthetic" ? syn.count() : 0);
           jobs.push_back({j, cost * (arch == "vit" ? 3.0 : 1.0)});
         }
   // Budget: scale the epochs of every job by one factor so the planned work fits what is left.
@@ -205,7 +231,8 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     double need = work / ips / 60;
     if (need > left && left > 0) {
       double f = left / need;
-      for (auto& p : jobs) p.job.train.epochs = std::max(2, static_cast<int>(p.job.train.epochs * f));
+      for (auto& p : jobs)
+        p.job.train.epochs = std::max(2, static_cast<int>(p.job.train.epochs * f));
       log_info("experiment: budget " + std::to_string(left) + " min for ~" + std::to_string(need) +
                " min of training: epochs scaled by " + std::to_string(f));
     }
@@ -222,7 +249,8 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
   {
     std::string ref_dir;
     for (auto& p : jobs)
-      if (p.job.arm == "real" && arch_name(p.job.model.arch) == archs[0] && p.job.real_size == *std::max_element(sizes.begin(), sizes.end())) {
+      if (p.job.arm == "real" && arch_name(p.job.model.arch) == archs[0] &&
+          p.job.real_size == *std::max_element(sizes.begin(), sizes.end())) {
         ref_dir = p.job.train.out;
         break;
       }
@@ -233,10 +261,16 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       LF_RETURN_IF_ERROR(write_file_atomic(out + "/audit.json", audit.dump(2) + "\n"));
     }
   }
-  nlohmann::json summary = {{"config", c}, {"command_line", o.command_line}, {"generator", gen_path},
-                            {"synthetic", {{"dir", syn_dir}, {"images", syn.count()}, {"skipped", skipped}}},
-                            {"cells", aggregate_results(results)}, {"runs", results}, {"audit", audit},
-                            {"minutes", minutes()}, {"out", out}};
+  nlohmann::json summary = {
+      {"config", c},
+      {"command_line", o.command_line},
+      {"generator", gen_path},
+      {"synthetic", {{"dir", syn_dir}, {"images", syn.count()}, {"skipped", skipped}}},
+      {"cells", aggregate_results(results)},
+      {"runs", results},
+      {"audit", audit},
+      {"minutes", minutes()},
+      {"out", out}};
   LF_RETURN_IF_ERROR(write_file_atomic(out + "/summary.json", summary.dump(2) + "\n"));
   return summary;
 }

@@ -19,7 +19,7 @@ struct ExperimentOptions {
   std::vector<std::string> test_datasets;  // added to config["test_datasets"]
   double budget_minutes = 0;               // overrides config["budget_minutes"]
   uint64_t seed = 0;
-  std::string command_line;                // recorded in config.json / summary.json
+  std::string command_line;  // recorded in config.json / summary.json
 };
 // Reads and parses an experiment JSON file (error names the file).
 Result<nlohmann::json> read_experiment_config(const std::string& path);

@@ -12,7 +12,9 @@ Result<SafeTensors> converted(const std::string& in, const std::string& dtype) {
   if (dtype != "fp16" && dtype != "bf16" && dtype != "fp32")
     return Status::error("export: dtype must be fp16, bf16 or fp32 (got '" + dtype + "')");
   LF_ASSIGN_OR_RETURN(SafeTensors st, load_safetensors(in));
-  const auto to = dtype == "fp16" ? torch::kFloat16 : dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+  const auto to = dtype == "fp16"   ? torch::kFloat16
+                  : dtype == "bf16" ? torch::kBFloat16
+                                    : torch::kFloat32;
   for (auto& [name, raw] : st.tensors) {
     if (raw.dtype != DType::kF32 && raw.dtype != DType::kF16 && raw.dtype != DType::kBF16) continue;
     LF_ASSIGN_OR_RETURN(torch::Tensor t, from_raw(raw, in + ": '" + name + "'"));
@@ -24,18 +26,20 @@ Result<SafeTensors> converted(const std::string& in, const std::string& dtype) {
 }
 }  // namespace
 
-Status convert_safetensors(const std::string& in, const std::string& out, const std::string& dtype) {
+Status convert_safetensors(const std::string& in, const std::string& out,
+                           const std::string& dtype) {
   LF_ASSIGN_OR_RETURN(SafeTensors st, converted(in, dtype));
   st.metadata["exported_dtype"] = dtype;
   return save_safetensors(out, st);
 }
 
-Status export_generator(const std::string& checkpoint, const std::string& out, const std::string& dtype,
-                        const std::string& ae_path) {
+Status export_generator(const std::string& checkpoint, const std::string& out,
+                        const std::string& dtype, const std::string& ae_path) {
   LF_ASSIGN_OR_RETURN(LoadedGenerator g, load_generator(checkpoint, ae_path));  // checks the AE
   LF_ASSIGN_OR_RETURN(SafeTensors st, converted(checkpoint, dtype));
   st.metadata["exported_dtype"] = dtype;
-  st.metadata["exported_from"] = nlohmann::json{{"checkpoint", checkpoint}, {"hash", g.hash}}.dump();
+  st.metadata["exported_from"] =
+      nlohmann::json{{"checkpoint", checkpoint}, {"hash", g.hash}}.dump();
   if (g.latent()) {
     const auto p = std::filesystem::path(out);
     const std::string ae_file = p.stem().string() + "_ae.safetensors";

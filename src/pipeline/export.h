@@ -11,7 +11,7 @@ namespace lf {
 // dtype: "fp16" | "bf16" | "fp32". Non-float tensors are copied unchanged.
 Status convert_safetensors(const std::string& in, const std::string& out, const std::string& dtype);
 // Writes OUT (generator) and, for a latent generator, OUT's stem + "_ae.safetensors" beside it.
-Status export_generator(const std::string& checkpoint, const std::string& out, const std::string& dtype,
-                        const std::string& ae_path = "");
+Status export_generator(const std::string& checkpoint, const std::string& out,
+                        const std::string& dtype, const std::string& ae_path = "");
 
 }  // namespace lf

@@ -1,6 +1,5 @@
 // The generator stages as library calls (see generator_runs.h).
 #include "pipeline/generator_runs.h"
-#include "lesionflow/rng.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -17,13 +16,15 @@
 #include "lesionflow/log.h"
 #include "lesionflow/record_pixels.h"
 #include "lesionflow/report.h"
+#include "lesionflow/rng.h"
 #include "lesionflow/runtime.h"
 #include "lesionflow/tokenizer.h"
 
 namespace lf {
 namespace {
 
-GenTrainConfig loop_config(const LoopOptions& o, const std::string& out, uint64_t seed, int64_t max_warmup) {
+GenTrainConfig loop_config(const LoopOptions& o, const std::string& out, uint64_t seed,
+                           int64_t max_warmup) {
   GenTrainConfig tc;
   tc.steps = o.steps;
   tc.batch = o.batch;
@@ -41,13 +42,16 @@ GenTrainConfig loop_config(const LoopOptions& o, const std::string& out, uint64_
 }
 
 nlohmann::json train_result_json(const GenTrainResult& r, const std::string& out) {
-  return {{"step", r.step}, {"last_loss", r.last_loss}, {"seconds", r.seconds},
-          {"images_per_second", r.images_per_second}, {"stopped_by_budget", r.stopped_by_budget},
+  return {{"step", r.step},
+          {"last_loss", r.last_loss},
+          {"seconds", r.seconds},
+          {"images_per_second", r.images_per_second},
+          {"stopped_by_budget", r.stopped_by_budget},
           {"checkpoint", out + "/ema.safetensors"}};
 }
 
-Status write_tiles(const torch::Tensor& imgs, const std::string& dir, const std::vector<std::string>& names,
-                   std::vector<cv::Mat>* tiles_out) {
+Status write_tiles(const torch::Tensor& imgs, const std::string& dir,
+                   const std::vector<std::string>& names, std::vector<cv::Mat>* tiles_out) {
   auto u8 = tensor_to_images(imgs);
   const int S = imgs.size(2);
   for (int64_t i = 0; i < imgs.size(0); ++i) {
@@ -61,8 +65,9 @@ Status write_tiles(const torch::Tensor& imgs, const std::string& dir, const std:
 
 // Records of `idx` matching every filter key=value (dx, site, sex, age band); at most `limit`
 // of them (seeded choice).
-std::vector<size_t> filtered(const GenData& d, const std::vector<size_t>& idx, const std::vector<std::string>& filters,
-                             int64_t limit, uint64_t seed) {
+std::vector<size_t> filtered(const GenData& d, const std::vector<size_t>& idx,
+                             const std::vector<std::string>& filters, int64_t limit,
+                             uint64_t seed) {
   std::vector<size_t> out;
   for (size_t i : idx)
     if (record_matches(d.ps.records[i], filters)) out.push_back(i);
@@ -76,13 +81,16 @@ std::vector<size_t> filtered(const GenData& d, const std::vector<size_t>& idx, c
 }
 
 // Side in pixels of the images a loaded generator makes (its autoencoder's for a latent one).
-int pixel_size(const LoadedGenerator& g) { return g.latent() ? g.ae->config().image_size : g.model->config().image_size; }
+int pixel_size(const LoadedGenerator& g) {
+  return g.latent() ? g.ae->config().image_size : g.model->config().image_size;
+}
 
 // A latent generator trains on cached latents (made on first use) and decodes its grids with its
 // autoencoder, whose identity every checkpoint of the run records; a copy of it sits in the run.
-Status use_latent_space(LoadedGenerator& gen, const std::string& data_dir, const std::string& out, const GenData& d,
-                        const std::vector<size_t>& tr, const std::vector<size_t>& va, CaptionedImages& train,
-                        CaptionedImages& val, GenTrainConfig& tc) {
+Status use_latent_space(LoadedGenerator& gen, const std::string& data_dir, const std::string& out,
+                        const GenData& d, const std::vector<size_t>& tr,
+                        const std::vector<size_t>& va, CaptionedImages& train, CaptionedImages& val,
+                        GenTrainConfig& tc) {
   if (!gen.latent()) return Status::ok_status();
   LF_RETURN_IF_ERROR(attach_latents(gen, data_dir, d.ps, tr, train));
   LF_RETURN_IF_ERROR(attach_latents(gen, data_dir, d.ps, va, val));
@@ -111,7 +119,8 @@ CaptionedImages GenData::subset(const std::vector<size_t>& idx) const {
 }
 
 Result<GenData> load_gen_data(const GenDataSpec& spec) {
-  if (spec.data.empty()) return Status::error("--data CACHE_DIR is required (make one with 'lesionflow data prepare')");
+  if (spec.data.empty())
+    return Status::error("--data CACHE_DIR is required (make one with 'lesionflow data prepare')");
   GenData d;
   LF_ASSIGN_OR_RETURN(d.ps, load_prepared(spec.data));
   std::map<std::string, std::string> given;
@@ -119,14 +128,16 @@ Result<GenData> load_gen_data(const GenDataSpec& spec) {
     LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(spec.captions));
     for (size_t i = 0; i < lines.size(); ++i) {
       if (!lines[i].contains("id") || !lines[i].contains("caption"))
-        return Status::error(spec.captions + ": record " + std::to_string(i + 1) + " lacks 'id' or 'caption'");
+        return Status::error(spec.captions + ": record " + std::to_string(i + 1) +
+                             " lacks 'id' or 'caption'");
       given[lines[i]["id"].get<std::string>()] = lines[i]["caption"].get<std::string>();
     }
   }
   for (const auto& r : d.ps.records) {
     auto it = given.find(r.id);
     d.captions.push_back(it != given.end() ? it->second
-                                           : compose_caption(facts_from_record(r), std::hash<std::string>{}(r.id) | 1));
+                                           : compose_caption(facts_from_record(r),
+                                                             std::hash<std::string>{}(r.id) | 1));
   }
   LF_ASSIGN_OR_RETURN(d.train_idx, split_or_default(d.ps.records, spec.splits, "train"));
   LF_ASSIGN_OR_RETURN(d.val_idx, split_or_default(d.ps.records, spec.splits, "val"));
@@ -144,15 +155,31 @@ Result<nlohmann::json> run_tokenizer_training(const TokenizerRunOptions& o) {
     maxlen = std::max(maxlen, n);
     trunc += n > 64;
   }
-  return nlohmann::json{{"vocab", tok.vocab_size()}, {"longest_caption_tokens", maxlen}, {"over_64", trunc},
-                        {"captions", d.captions.size()}, {"out", o.out}};
+  return nlohmann::json{{"vocab", tok.vocab_size()},
+                        {"longest_caption_tokens", maxlen},
+                        {"over_64", trunc},
+                        {"captions", d.captions.size()},
+                        {"out", o.out}};
 }
 
 nlohmann::json TrainRunOptions::to_json() const {
-  return {{"data", data.data}, {"captions", data.captions}, {"splits", data.splits}, {"tokenizer", tokenizer},
-          {"vocab", vocab}, {"preset", preset}, {"prediction", prediction}, {"ae", ae}, {"patch", patch},
-          {"steps", loop.steps}, {"batch", loop.batch}, {"lr", loop.lr}, {"max_minutes", loop.max_minutes},
-          {"resume", loop.resume}, {"freeze_text", freeze_text}, {"out", out}, {"seed", seed}};
+  return {{"data", data.data},
+          {"captions", data.captions},
+          {"splits", data.splits},
+          {"tokenizer", tokenizer},
+          {"vocab", vocab},
+          {"preset", preset},
+          {"prediction", prediction},
+          {"ae", ae},
+          {"patch", patch},
+          {"steps", loop.steps},
+          {"batch", loop.batch},
+          {"lr", loop.lr},
+          {"max_minutes", loop.max_minutes},
+          {"resume", loop.resume},
+          {"freeze_text", freeze_text},
+          {"out", out},
+          {"seed", seed}};
 }
 
 Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
@@ -162,8 +189,10 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   const std::string tok_path = o.out + "/tokenizer.model";
   Result<Tokenizer> tok = Status::error("unset");
-  if (o.loop.resume && file_exists(tok_path)) tok = Tokenizer::load_file(tok_path);
-  else if (!o.tokenizer.empty()) tok = Tokenizer::load_file(o.tokenizer);
+  if (o.loop.resume && file_exists(tok_path))
+    tok = Tokenizer::load_file(tok_path);
+  else if (!o.tokenizer.empty())
+    tok = Tokenizer::load_file(o.tokenizer);
   else {
     std::vector<std::string> corpus;
     for (size_t i : d.train_idx) corpus.push_back(d.captions[i]);
@@ -178,7 +207,8 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
   if (!o.ae.empty()) {
     LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(o.ae));
     if (la.model->config().image_size != d.ps.size)
-      return Status::error(o.ae + ": the autoencoder is for " + std::to_string(la.model->config().image_size) +
+      return Status::error(o.ae + ": the autoencoder is for " +
+                           std::to_string(la.model->config().image_size) +
                            "px images, the data is " + std::to_string(d.ps.size) + "px");
     latent_space.ae = la.model;
     latent_space.ae_hash = la.hash;
@@ -193,40 +223,48 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
     LF_ASSIGN_OR_RETURN(mc.prediction, parse_prediction(o.prediction));
   }
   if (mc.image_size % mc.patch != 0)
-    return Status::error("train: --patch " + std::to_string(mc.patch) + " does not divide the input side " +
-                         std::to_string(mc.image_size));
+    return Status::error("train: --patch " + std::to_string(mc.patch) +
+                         " does not divide the input side " + std::to_string(mc.image_size));
   torch::manual_seed(o.seed);
   MMDiT model(mc);
-  log_info("model: " + std::to_string(model->num_parameters()) + " parameters, " + std::to_string(mc.tokens()) +
-           " image tokens, preset " + o.preset);
+  log_info("model: " + std::to_string(model->num_parameters()) + " parameters, " +
+           std::to_string(mc.tokens()) + " image tokens, preset " + o.preset);
   GenTrainConfig tc = loop_config(o.loop, o.out, o.seed, 100);
   tc.flow.prediction = mc.prediction;
   // Validation prompts: the first validation caption of each label, then of each dx.
   std::map<std::string, std::string> by_dx;
-  for (size_t i : d.val_idx) by_dx.emplace(d.ps.records[i].dx + std::to_string(d.ps.records[i].label), d.captions[i]);
+  for (size_t i : d.val_idx)
+    by_dx.emplace(d.ps.records[i].dx + std::to_string(d.ps.records[i].label), d.captions[i]);
   for (auto& [k, c] : by_dx)
     if (tc.val_prompts.size() < 8) tc.val_prompts.push_back(c);
   auto train = d.subset(d.train_idx), val = d.subset(d.val_idx);
-  LF_RETURN_IF_ERROR(use_latent_space(latent_space, o.data.data, o.out, d, d.train_idx, d.val_idx, train, val, tc));
+  LF_RETURN_IF_ERROR(use_latent_space(latent_space, o.data.data, o.out, d, d.train_idx, d.val_idx,
+                                      train, val, tc));
   if (latent_space.latent())
-    log_info("latent generator on " + o.ae + " (" + std::to_string(mc.channels) + "x" + std::to_string(mc.image_size) +
-             "x" + std::to_string(mc.image_size) + " latents, patch " + std::to_string(mc.patch) + ")");
+    log_info("latent generator on " + o.ae + " (" + std::to_string(mc.channels) + "x" +
+             std::to_string(mc.image_size) + "x" + std::to_string(mc.image_size) +
+             " latents, patch " + std::to_string(mc.patch) + ")");
   TrainTarget frozen_text;
   if (o.freeze_text) {
     for (auto& p : model->named_parameters())
-      if (p.key().rfind("text.", 0) == 0) p.value().set_requires_grad(false);
-      else frozen_text.params.push_back(p.value());
-    log_info("text encoder frozen: training " + std::to_string(frozen_text.params.size()) + " parameter tensors");
+      if (p.key().rfind("text.", 0) == 0)
+        p.value().set_requires_grad(false);
+      else
+        frozen_text.params.push_back(p.value());
+    log_info("text encoder frozen: training " + std::to_string(frozen_text.params.size()) +
+             " parameter tensors");
   }
-  LF_ASSIGN_OR_RETURN(GenTrainResult r, train_generator(tc, model, *tok, train, &val, o.freeze_text ? &frozen_text : nullptr));
+  LF_ASSIGN_OR_RETURN(GenTrainResult r, train_generator(tc, model, *tok, train, &val,
+                                                        o.freeze_text ? &frozen_text : nullptr));
   return train_result_json(r, o.out);
 }
 
 Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
   std::string ckpt = o.checkpoint.empty() ? shipped_model_path(kShippedGenerator) : o.checkpoint;
   if (ckpt.empty())
-    return Status::error(std::string("sample: no --checkpoint given and the shipped model models/") + kShippedGenerator +
-                         " was not found");
+    return Status::error(
+        std::string("sample: no --checkpoint given and the shipped model models/") +
+        kShippedGenerator + " was not found");
   if (o.checkpoint.empty()) log_info("using the shipped generator " + ckpt);
   if (o.out.empty()) return Status::error("sample: --out DIR is required");
   std::vector<std::string> prompts = o.prompts;
@@ -237,7 +275,8 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
     while (std::getline(in, line))
       if (!line.empty()) prompts.push_back(line);
   }
-  if (prompts.empty()) return Status::error("sample: give --prompt TEXT (repeatable) or --prompts-file FILE");
+  if (prompts.empty())
+    return Status::error("sample: give --prompt TEXT (repeatable) or --prompts-file FILE");
   LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(ckpt, o.ae));
   LoraRuntime lora(gen.model);
   std::string adapter_hashes;
@@ -245,7 +284,8 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
     auto [path, strength] = split_strength(spec);
     LF_ASSIGN_OR_RETURN(auto a, LoraAdapter::load(path, gen.model, gen.hash));
     LF_RETURN_IF_ERROR(lora.add(a, strength));
-    adapter_hashes += (adapter_hashes.empty() ? "" : ",") + a->hash + ":" + std::to_string(strength);
+    adapter_hashes +=
+        (adapter_hashes.empty() ? "" : ",") + a->hash + ":" + std::to_string(strength);
   }
   if (!o.lora.empty()) {
     torch::NoGradGuard ng;
@@ -257,13 +297,15 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
   for (size_t p = 0; p < prompts.size(); ++p)
     for (int i = 0; i < o.n; ++i) {
       ps.push_back(prompts[p]);
-      seeds.push_back(derive_seed(o.seed, Stream::kSampleImage, (static_cast<uint64_t>(p) << 20) + i));
+      seeds.push_back(
+          derive_seed(o.seed, Stream::kSampleImage, (static_cast<uint64_t>(p) << 20) + i));
       char nm[64];
       std::snprintf(nm, sizeof nm, "p%03zu_%04d.png", p, i);
       names.push_back(nm);
     }
   GenerateConfig gc = o.gen;
-  apply_recommended_sampling(gen.metadata, o.given, gc);  // a distilled student's settings for flags not given
+  apply_recommended_sampling(gen.metadata, o.given,
+                             gc);  // a distilled student's settings for flags not given
   const std::vector<double> interval{gc.cfg_t_lo, gc.cfg_t_hi};
   Progress prog("sample", static_cast<int64_t>(ps.size()), "img");
   std::vector<cv::Mat> tiles;
@@ -273,12 +315,22 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
     std::vector<std::string> bp(ps.begin() + s, ps.begin() + e);
     std::vector<uint64_t> bs(seeds.begin() + s, seeds.begin() + e);
     auto imgs = generate_images(gen, bp, bs, gc);
-    LF_RETURN_IF_ERROR(write_tiles(imgs, o.out, std::vector<std::string>(names.begin() + s, names.begin() + e), &tiles));
+    LF_RETURN_IF_ERROR(write_tiles(
+        imgs, o.out, std::vector<std::string>(names.begin() + s, names.begin() + e), &tiles));
     for (size_t i = s; i < e; ++i)
-      manifest << nlohmann::json{{"file", names[i]}, {"prompt", ps[i]}, {"seed", seeds[i]},
-                                 {"steps", gc.sampler.steps}, {"cfg", gc.cfg_scale}, {"cfg_interval", interval},
-                                 {"sampler", gc.sampler.method}, {"shift", gc.sampler.shift}, {"checkpoint", ckpt},
-                                 {"checkpoint_hash", gen.hash}, {"adapters", adapter_hashes}}.dump() << '\n';
+      manifest << nlohmann::json{{"file", names[i]},
+                                 {"prompt", ps[i]},
+                                 {"seed", seeds[i]},
+                                 {"steps", gc.sampler.steps},
+                                 {"cfg", gc.cfg_scale},
+                                 {"cfg_interval", interval},
+                                 {"sampler", gc.sampler.method},
+                                 {"shift", gc.sampler.shift},
+                                 {"checkpoint", ckpt},
+                                 {"checkpoint_hash", gen.hash},
+                                 {"adapters", adapter_hashes}}
+                      .dump()
+               << '\n';
     prog.update(static_cast<int64_t>(e));
   }
   prog.finish();
@@ -304,28 +356,36 @@ Result<nlohmann::json> run_finetune(const FinetuneRunOptions& o) {
   LF_ASSIGN_OR_RETURN(LoadedGenerator base, load_generator(o.base, o.ae));
   LF_ASSIGN_OR_RETURN(GenData d, load_gen_data(o.data));
   if (d.ps.size != pixel_size(base))
-    return Status::error("finetune: the data is " + std::to_string(d.ps.size) + "px, the base model " +
-                         std::to_string(pixel_size(base)) + "px");
+    return Status::error("finetune: the data is " + std::to_string(d.ps.size) +
+                         "px, the base model " + std::to_string(pixel_size(base)) + "px");
   auto tr_idx = filtered(d, d.train_idx, o.filter, o.limit, o.seed);
   auto va_idx = filtered(d, d.val_idx, o.filter, 0, o.seed);
   if (tr_idx.empty()) return Status::error("finetune: no training images match the filters");
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   GenTrainConfig tc = loop_config(o.loop, o.out, o.seed, 50);
   tc.flow = base.flow;
-  for (size_t k = 0; k < va_idx.size() && tc.val_prompts.size() < 6; ++k) tc.val_prompts.push_back(d.captions[va_idx[k]]);
+  for (size_t k = 0; k < va_idx.size() && tc.val_prompts.size() < 6; ++k)
+    tc.val_prompts.push_back(d.captions[va_idx[k]]);
   if (tc.val_prompts.empty())
-    for (size_t k = 0; k < tr_idx.size() && tc.val_prompts.size() < 6; ++k) tc.val_prompts.push_back(d.captions[tr_idx[k]]);
+    for (size_t k = 0; k < tr_idx.size() && tc.val_prompts.size() < 6; ++k)
+      tc.val_prompts.push_back(d.captions[tr_idx[k]]);
   auto train = d.subset(tr_idx), val = d.subset(va_idx);
   LF_RETURN_IF_ERROR(use_latent_space(base, o.data.data, o.out, d, tr_idx, va_idx, train, val, tc));
   const int64_t base_params = base.model->num_parameters();
-  nlohmann::json info = {{"base", o.base}, {"base_hash", base.hash}, {"train_images", tr_idx.size()},
-                         {"val_images", va_idx.size()}, {"filter", o.filter}, {"base_parameters", base_params}};
+  nlohmann::json info = {{"base", o.base},
+                         {"base_hash", base.hash},
+                         {"train_images", tr_idx.size()},
+                         {"val_images", va_idx.size()},
+                         {"filter", o.filter},
+                         {"base_parameters", base_params}};
   GenTrainResult r;
   if (o.full) {
     info["mode"] = "full";
     info["trainable_parameters"] = base_params;
-    log_info("full fine-tune: " + std::to_string(base_params) + " trainable parameters on " + std::to_string(tr_idx.size()) + " images");
-    LF_ASSIGN_OR_RETURN(r, train_generator(tc, base.model, *base.tok, train, va_idx.empty() ? nullptr : &val));
+    log_info("full fine-tune: " + std::to_string(base_params) + " trainable parameters on " +
+             std::to_string(tr_idx.size()) + " images");
+    LF_ASSIGN_OR_RETURN(
+        r, train_generator(tc, base.model, *base.tok, train, va_idx.empty() ? nullptr : &val));
   } else {
     LoraSpec spec;
     std::stringstream ts(o.targets);
@@ -337,15 +397,21 @@ Result<nlohmann::json> run_finetune(const FinetuneRunOptions& o) {
     spec.seed = o.seed;
     for (auto& rf : o.rank_for) {
       auto eq = rf.find('=');
-      if (eq == std::string::npos) return Status::error("--rank-for '" + rf + "' must be GROUP=RANK");
+      if (eq == std::string::npos)
+        return Status::error("--rank-for '" + rf + "' must be GROUP=RANK");
       spec.rank_for[rf.substr(0, eq)] = std::atoi(rf.c_str() + eq + 1);
     }
     LF_ASSIGN_OR_RETURN(auto adapter, LoraAdapter::create(base.model, spec));
     LoraRuntime rt(base.model);
     LF_RETURN_IF_ERROR(rt.add(adapter, 1.0));
     rt.freeze_base();
-    nlohmann::json extra = {{"targets", spec.targets}, {"rank", spec.rank}, {"alpha", spec.alpha}, {"lora_dropout", o.lora_dropout},
-                            {"rank_for", spec.rank_for}, {"filter", o.filter}, {"base", o.base}};
+    nlohmann::json extra = {{"targets", spec.targets},
+                            {"rank", spec.rank},
+                            {"alpha", spec.alpha},
+                            {"lora_dropout", o.lora_dropout},
+                            {"rank_for", spec.rank_for},
+                            {"filter", o.filter},
+                            {"base", o.base}};
     TrainTarget target;
     target.params = adapter->parameters();
     rt.set_rank_dropout(o.lora_dropout, o.seed);
@@ -358,17 +424,21 @@ Result<nlohmann::json> run_finetune(const FinetuneRunOptions& o) {
       LF_ASSIGN_OR_RETURN(auto saved, LoraAdapter::load(path, base.model, base.hash));
       torch::NoGradGuard ng;
       auto dst = adapter->parameters(), src = saved->parameters();
-      if (dst.size() != src.size()) return Status::error(path + ": adapter layout differs from this run's");
+      if (dst.size() != src.size())
+        return Status::error(path + ": adapter layout differs from this run's");
       for (size_t i = 0; i < dst.size(); ++i) dst[i].copy_(src[i]);
       return Status::ok_status();
     };
     info["mode"] = "lora";
     info["trainable_parameters"] = adapter->num_parameters();
     info["lora_modules"] = adapter->modules().size();
-    log_info("LoRA fine-tune: " + std::to_string(adapter->num_parameters()) + " trainable parameters (" +
-             std::to_string(100.0 * adapter->num_parameters() / base_params) + "% of " + std::to_string(base_params) +
-             ") in " + std::to_string(adapter->modules().size()) + " modules, " + std::to_string(tr_idx.size()) + " images");
-    LF_ASSIGN_OR_RETURN(r, train_generator(tc, base.model, *base.tok, train, va_idx.empty() ? nullptr : &val, &target));
+    log_info("LoRA fine-tune: " + std::to_string(adapter->num_parameters()) +
+             " trainable parameters (" +
+             std::to_string(100.0 * adapter->num_parameters() / base_params) + "% of " +
+             std::to_string(base_params) + ") in " + std::to_string(adapter->modules().size()) +
+             " modules, " + std::to_string(tr_idx.size()) + " images");
+    LF_ASSIGN_OR_RETURN(r, train_generator(tc, base.model, *base.tok, train,
+                                           va_idx.empty() ? nullptr : &val, &target));
   }
   info["steps"] = r.step;
   info["seconds"] = r.seconds;
@@ -383,7 +453,8 @@ Result<nlohmann::json> run_distill(const DistillRunOptions& o) {
   if (o.out.empty()) return Status::error("distill: --out DIR is required");
   if (o.distill.student_steps < 1) return Status::error("distill: --student-steps must be >= 1");
   LF_ASSIGN_OR_RETURN(LoadedGenerator teacher, load_generator(o.teacher, o.ae));
-  LF_ASSIGN_OR_RETURN(LoadedGenerator student, load_generator(o.teacher, o.ae));  // starts as the teacher
+  LF_ASSIGN_OR_RETURN(LoadedGenerator student,
+                      load_generator(o.teacher, o.ae));  // starts as the teacher
   LF_ASSIGN_OR_RETURN(GenData d, load_gen_data(o.data));
   if (d.ps.size != pixel_size(teacher))
     return Status::error("distill: the data is " + std::to_string(d.ps.size) + "px, the teacher " +
@@ -393,26 +464,32 @@ Result<nlohmann::json> run_distill(const DistillRunOptions& o) {
   tc.flow = teacher.flow;
   tc.grid.sampler.steps = o.distill.student_steps;
   tc.grid.cfg_scale = 1.0;
-  for (size_t k = 0; k < d.val_idx.size() && tc.val_prompts.size() < 6; ++k) tc.val_prompts.push_back(d.captions[d.val_idx[k]]);
+  for (size_t k = 0; k < d.val_idx.size() && tc.val_prompts.size() < 6; ++k)
+    tc.val_prompts.push_back(d.captions[d.val_idx[k]]);
   auto train = d.subset(d.train_idx), val = d.subset(d.val_idx);
-  LF_RETURN_IF_ERROR(use_latent_space(student, o.data.data, o.out, d, d.train_idx, d.val_idx, train, val, tc));
+  LF_RETURN_IF_ERROR(
+      use_latent_space(student, o.data.data, o.out, d, d.train_idx, d.val_idx, train, val, tc));
   TrainTarget target;
   target.params = student.model->parameters();
   add_distillation(target, teacher.model, *teacher.tok, teacher.flow, o.distill);
   const nlohmann::json sampling = sampling_metadata(tc.grid);
   std::map<std::string, std::string> md = {
       {"sampling", sampling.dump()},
-      {"distilled_from", nlohmann::json{{"teacher", o.teacher}, {"teacher_hash", teacher.hash},
-                                        {"guidance", o.distill.guidance}, {"student_steps", o.distill.student_steps},
-                                        {"substeps", o.distill.substeps}}.dump()}};
+      {"distilled_from", nlohmann::json{{"teacher", o.teacher},
+                                        {"teacher_hash", teacher.hash},
+                                        {"guidance", o.distill.guidance},
+                                        {"student_steps", o.distill.student_steps},
+                                        {"substeps", o.distill.substeps}}
+                             .dump()}};
   if (student.latent()) md["ae"] = ae_metadata(tc.ae_hash, tc.ae_file);
   target.save = [&](const std::string& path, int64_t s, const std::string& kind) {
     return save_generator(path, student.model, *student.tok, s, student.flow, kind, md);
   };
   log_info("distill: student of " + o.teacher + " for " + std::to_string(o.distill.student_steps) +
-           " Euler steps without guidance (teacher CFG " + std::to_string(o.distill.guidance) + ", " +
-           std::to_string(o.distill.substeps) + " teacher steps per student step)");
-  LF_ASSIGN_OR_RETURN(GenTrainResult r, train_generator(tc, student.model, *student.tok, train, &val, &target));
+           " Euler steps without guidance (teacher CFG " + std::to_string(o.distill.guidance) +
+           ", " + std::to_string(o.distill.substeps) + " teacher steps per student step)");
+  LF_ASSIGN_OR_RETURN(GenTrainResult r,
+                      train_generator(tc, student.model, *student.tok, train, &val, &target));
   nlohmann::json j = train_result_json(r, o.out);
   j["sampling"] = sampling;
   LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/distill.json", j.dump(2) + "\n"));

@@ -16,7 +16,8 @@ namespace lf {
 struct GenDataSpec {
   std::string data;      // prepared cache dir
   std::string captions;  // captions.jsonl (id, caption); default: composed from metadata
-  std::string splits;    // splits CSV: train on "train", validate on "val" (default: every 10th record is val)
+  std::string splits;    // splits CSV: train on "train", validate on "val" (default: every 10th
+                         // record is val)
 };
 
 struct GenData {
@@ -70,7 +71,8 @@ struct SampleRunOptions {
   std::vector<std::string> prompts;
   std::string prompts_file;  // one prompt per line (added to prompts)
   int n = 16;                // images per prompt
-  GenerateConfig gen;        // sampler, steps, cfg, interval (flags not given: the checkpoint's recommendation)
+  GenerateConfig
+      gen;  // sampler, steps, cfg, interval (flags not given: the checkpoint's recommendation)
   SamplerFlags given;
   std::vector<std::string> lora;  // adapter[:strength]
   std::string out;

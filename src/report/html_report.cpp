@@ -20,7 +20,6 @@ namespace lf {
 namespace fs = std::filesystem;
 namespace {
 
-
 std::vector<nlohmann::json> jsonl_or_empty(const std::string& path) {
   auto r = read_jsonl(path);
   if (!r.ok()) log_warn(r.status().message());
@@ -34,7 +33,8 @@ std::string fmt(double v, const char* f = "%.3f") {
 }
 
 std::string img_tag(const cv::Mat& bgr, int width) {
-  return "<img src='" + png_data_uri(bgr) + "' width='" + std::to_string(width) + "' style='image-rendering:pixelated'>";
+  return "<img src='" + png_data_uri(bgr) + "' width='" + std::to_string(width) +
+         "' style='image-rendering:pixelated'>";
 }
 
 // What a prompt asks for, parsed from the composer's wording.
@@ -44,9 +44,12 @@ struct Asked {
 };
 Asked parse_prompt(const std::string& p) {
   Asked a;
-  if (p.find("two axes") != std::string::npos || p.find("both axes") != std::string::npos) a.asymmetry = 2;
-  else if (p.find("one axis") != std::string::npos) a.asymmetry = 1;
-  else if (p.find("symmetric") != std::string::npos) a.asymmetry = 0;
+  if (p.find("two axes") != std::string::npos || p.find("both axes") != std::string::npos)
+    a.asymmetry = 2;
+  else if (p.find("one axis") != std::string::npos)
+    a.asymmetry = 1;
+  else if (p.find("symmetric") != std::string::npos)
+    a.asymmetry = 0;
   for (const auto& c : colour_names())
     if (p.find(c) != std::string::npos) a.colours.insert(c);
   return a;
@@ -60,13 +63,17 @@ cv::Mat tile_bgr(const uint8_t* rgb_px, int size) {
 
 std::string pm(const nlohmann::json& m) {  // "0.812 ± 0.010"
   if (!m.contains("mean") || !m["mean"].is_number()) return "-";
-  return fmt(m["mean"].get<double>()) + " ± " + fmt(m["sd"].is_number() ? m["sd"].get<double>() : 0.0);
+  return fmt(m["mean"].get<double>()) + " ± " +
+         fmt(m["sd"].is_number() ? m["sd"].get<double>() : 0.0);
 }
 std::string ci(const nlohmann::json& m) {  // "0.812 [0.790, 0.833]"
   if (!m.contains("value") || !m["value"].is_number()) return "-";
-  return fmt(m["value"].get<double>()) + " [" + fmt(m["lo"].get<double>()) + ", " + fmt(m["hi"].get<double>()) + "]";
+  return fmt(m["value"].get<double>()) + " [" + fmt(m["lo"].get<double>()) + ", " +
+         fmt(m["hi"].get<double>()) + "]";
 }
-double num(const nlohmann::json& j, double def = std::nan("")) { return j.is_number() ? j.get<double>() : def; }
+double num(const nlohmann::json& j, double def = std::nan("")) {
+  return j.is_number() ? j.get<double>() : def;
+}
 
 // Classifier results, scarcity curve, ROC curves, subgroups, real vs synthetic, audit.
 void experiment_section(std::ostringstream& h, const std::string& dir) {
@@ -77,24 +84,35 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
   }
   auto s = nlohmann::json::parse(*txt);
   h << "<h2>Classifiers: real vs real+synthetic vs synthetic-only</h2>";
-  h << "<p>Binary benign vs malignant, evaluated on the lesion-grouped test split; operating point (Youden) "
-       "picked on the validation split. Mean ± sd over seeds; brackets: bootstrap 95% CI of the first seed.</p>";
-  h << "<table><tr><th>model</th><th>arm</th><th>real</th><th>synthetic</th><th>seeds</th><th>AUC</th><th>accuracy</th>"
-       "<th>balanced accuracy</th><th>sensitivity</th><th>specificity</th><th>worst-group balanced accuracy</th></tr>";
+  h << "<p>Binary benign vs malignant, evaluated on the lesion-grouped test split; operating point "
+       "(Youden) "
+       "picked on the validation split. Mean ± sd over seeds; brackets: bootstrap 95% CI of the "
+       "first seed.</p>";
+  h << "<table><tr><th>model</th><th>arm</th><th>real</th><th>synthetic</th><th>seeds</th><th>AUC</"
+       "th><th>accuracy</th>"
+       "<th>balanced accuracy</th><th>sensitivity</th><th>specificity</th><th>worst-group balanced "
+       "accuracy</th></tr>";
   std::map<std::string, Series> scarcity;
   for (auto& c : s["cells"]) {
     auto ci_first = [&](const char* m) {
-      return " <small>[" + fmt(num(c[m]["ci_first_seed"][0])) + ", " + fmt(num(c[m]["ci_first_seed"][1])) + "]</small>";
+      return " <small>[" + fmt(num(c[m]["ci_first_seed"][0])) + ", " +
+             fmt(num(c[m]["ci_first_seed"][1])) + "]</small>";
     };
     std::string wg = pm(c["worst_group_balanced_accuracy"]);
     if (c.contains("worst_group_first_seed"))
-      wg += " <small>(" + html_escape(c["worst_group_first_seed"].value("attribute", "") + "=" + c["worst_group_first_seed"].value("group", "")) + ")</small>";
-    h << "<tr><td>" << c.value("arch", "") << "</td><td>" << c.value("arm", "") << "</td><td>" << c["real_images"]
-      << "</td><td>" << c["synthetic_size"] << "</td><td>" << c["seeds"] << "</td><td>" << pm(c["auc"]) << ci_first("auc")
-      << "</td><td>" << pm(c["accuracy"]) << "</td><td>" << pm(c["balanced_accuracy"]) << ci_first("balanced_accuracy")
-      << "</td><td>" << pm(c["sensitivity"]) << "</td><td>" << pm(c["specificity"]) << "</td><td>" << wg << "</td></tr>";
+      wg += " <small>(" +
+            html_escape(c["worst_group_first_seed"].value("attribute", "") + "=" +
+                        c["worst_group_first_seed"].value("group", "")) +
+            ")</small>";
+    h << "<tr><td>" << c.value("arch", "") << "</td><td>" << c.value("arm", "") << "</td><td>"
+      << c["real_images"] << "</td><td>" << c["synthetic_size"] << "</td><td>" << c["seeds"]
+      << "</td><td>" << pm(c["auc"]) << ci_first("auc") << "</td><td>" << pm(c["accuracy"])
+      << "</td><td>" << pm(c["balanced_accuracy"]) << ci_first("balanced_accuracy") << "</td><td>"
+      << pm(c["sensitivity"]) << "</td><td>" << pm(c["specificity"]) << "</td><td>" << wg
+      << "</td></tr>";
     if (c.value("arch", "") == s["cells"][0].value("arch", ""))
-      scarcity[c.value("arm", "")].points.emplace_back(num(c["real_size"], 0), num(c["auc"]["mean"]));
+      scarcity[c.value("arm", "")].points.emplace_back(num(c["real_size"], 0),
+                                                       num(c["auc"]["mean"]));
   }
   h << "</table><div class='flex'>";
   std::vector<Series> sc;
@@ -106,53 +124,67 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
   for (auto& ser : sc)
     for (auto& p : ser.points) sizes.insert(p.first);
   if (sizes.size() >= 2)
-    h << svg_line_plot(sc, "scarcity curve: test AUC vs real training images", "real images (requested)", "AUC", 460, 300);
+    h << svg_line_plot(sc, "scarcity curve: test AUC vs real training images",
+                       "real images (requested)", "AUC", 460, 300);
   else
     h << "<p style='width:440px'>(scarcity curve: this experiment has one real training size)</p>";
   // ROC curves: first seed of each arm at the largest real size, first architecture.
   int64_t largest = 0;
-  for (auto& r : s["runs"]) largest = std::max<int64_t>(largest, r.value("requested_real_size", int64_t{0}));
+  for (auto& r : s["runs"])
+    largest = std::max<int64_t>(largest, r.value("requested_real_size", int64_t{0}));
   std::vector<Series> rocs;
   std::vector<const nlohmann::json*> shown;
   std::set<std::string> seen;
   for (auto& r : s["runs"]) {
     std::string key = r.value("arm", "");
-    if (r.value("arch", "") != s["cells"][0].value("arch", "") || r.value("requested_real_size", int64_t{0}) != largest || seen.count(key)) continue;
+    if (r.value("arch", "") != s["cells"][0].value("arch", "") ||
+        r.value("requested_real_size", int64_t{0}) != largest || seen.count(key))
+      continue;
     seen.insert(key);
     shown.push_back(&r);
     Series ser{key + " (AUC " + fmt(num(r["test"]["auc"]["value"])) + ")", {}};
-    for (auto& p : r["test"]["roc"]) ser.points.emplace_back(p[0].get<double>(), p[1].get<double>());
+    for (auto& p : r["test"]["roc"])
+      ser.points.emplace_back(p[0].get<double>(), p[1].get<double>());
     rocs.push_back(ser);
   }
-  h << svg_line_plot(rocs, "ROC, test split (real size " + std::to_string(largest) + ", first seed)", "1 - specificity", "sensitivity", 460, 300)
+  h << svg_line_plot(rocs,
+                     "ROC, test split (real size " + std::to_string(largest) + ", first seed)",
+                     "1 - specificity", "sensitivity", 460, 300)
     << "</div>";
   // Subgroups of the shown runs.
   if (!shown.empty()) {
-    h << "<h3>Subgroups (balanced accuracy; test split, first seed, real size " << largest << ")</h3><table><tr><th>group</th><th>n (malignant)</th>";
+    h << "<h3>Subgroups (balanced accuracy; test split, first seed, real size " << largest
+      << ")</h3><table><tr><th>group</th><th>n (malignant)</th>";
     for (auto* r : shown) h << "<th>" << (*r).value("arm", "") << "</th>";
     h << "</tr>";
     const auto& g0 = (*shown[0])["test"]["groups"];
     for (size_t i = 0; i < g0.size(); ++i) {
-      h << "<tr><td>" << html_escape(g0[i].value("attribute", "") + "=" + g0[i].value("group", "")) << "</td><td>" << g0[i]["n"]
-        << " (" << g0[i]["positives"] << ")</td>";
+      h << "<tr><td>" << html_escape(g0[i].value("attribute", "") + "=" + g0[i].value("group", ""))
+        << "</td><td>" << g0[i]["n"] << " (" << g0[i]["positives"] << ")</td>";
       for (auto* r : shown) {
         const auto& gi = (*r)["test"]["groups"];
-        bool worst = (*r)["test"].contains("worst_group") && (*r)["test"]["worst_group"].value("group", "") == g0[i].value("group", "") &&
-                     (*r)["test"]["worst_group"].value("attribute", "") == g0[i].value("attribute", "");
+        bool worst =
+            (*r)["test"].contains("worst_group") &&
+            (*r)["test"]["worst_group"].value("group", "") == g0[i].value("group", "") &&
+            (*r)["test"]["worst_group"].value("attribute", "") == g0[i].value("attribute", "");
         double v = i < gi.size() ? num(gi[i]["balanced_accuracy"]) : std::nan("");
-        h << "<td" << (worst ? " style='background:#fdd'" : "") << ">" << fmt(v) << (gi[i].value("ranked", false) ? "" : " <small>(not ranked)</small>") << "</td>";
+        h << "<td" << (worst ? " style='background:#fdd'" : "") << ">" << fmt(v)
+          << (gi[i].value("ranked", false) ? "" : " <small>(not ranked)</small>") << "</td>";
       }
       h << "</tr>";
     }
-    h << "</table><p><small>Red: worst ranked group (≥ 20 images, both classes). Extra test datasets: ";
-    for (auto& [k, v] : (*shown[0])["extra_tests"].items()) h << html_escape(k) << " AUC " << ci(v["auc"]) << "; ";
+    h << "</table><p><small>Red: worst ranked group (≥ 20 images, both classes). Extra test "
+         "datasets: ";
+    for (auto& [k, v] : (*shown[0])["extra_tests"].items())
+      h << html_escape(k) << " AUC " << ci(v["auc"]) << "; ";
     h << "</small></p>";
   }
   // Real vs synthetic, per class; synthetic per subgroup.
   std::string syn_dir = s["synthetic"].value("dir", "");
   auto manifest = jsonl_or_empty(syn_dir + "/manifest.jsonl");
   auto ps = load_prepared(s["config"].value("data", ""));
-  h << "<h2>Real vs synthetic</h2><p>" << manifest.size() << " synthetic images in " << html_escape(syn_dir);
+  h << "<h2>Real vs synthetic</h2><p>" << manifest.size() << " synthetic images in "
+    << html_escape(syn_dir);
   if (file_exists(syn_dir + "/speed.json")) {
     auto sp = nlohmann::json::parse(*read_file(syn_dir + "/speed.json"));
     h << " (generated at " << fmt(num(sp["images_per_second"]), "%.2f") << " img/s)";
@@ -168,14 +200,17 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
         cv::Mat im = cv::imread(syn_dir + "/" + m.value("file", ""));
         if (!im.empty()) syn_t.push_back(im);
       }
-    h << "<tr><td>" << (label ? "malignant" : "benign") << "</td><td>" << (real_t.empty() ? "-" : img_tag(make_grid(real_t, 8), 8 * 50))
-      << "</td><td>" << (syn_t.empty() ? "-" : img_tag(make_grid(syn_t, 8), 8 * 50)) << "</td></tr>";
+    h << "<tr><td>" << (label ? "malignant" : "benign") << "</td><td>"
+      << (real_t.empty() ? "-" : img_tag(make_grid(real_t, 8), 8 * 50)) << "</td><td>"
+      << (syn_t.empty() ? "-" : img_tag(make_grid(syn_t, 8), 8 * 50)) << "</td></tr>";
   }
-  h << "</table><h3>Synthetic images per class and subgroup</h3><table><tr><th>cell</th><th>images</th></tr>";
+  h << "</table><h3>Synthetic images per class and "
+       "subgroup</h3><table><tr><th>cell</th><th>images</th></tr>";
   std::map<std::string, std::vector<cv::Mat>> cells;
   for (auto& m : manifest) {
     std::string key = m.value("dx", "") + (m.value("label", 0) ? " (malignant)" : " (benign)");
-    if (m.contains("subgroup")) key += ", " + m["subgroup"].value("sex", "") + ", age " + m["subgroup"].value("age", "");
+    if (m.contains("subgroup"))
+      key += ", " + m["subgroup"].value("sex", "") + ", age " + m["subgroup"].value("age", "");
     if (cells[key].size() < 6) {
       cv::Mat im = cv::imread(syn_dir + "/" + m.value("file", ""));
       if (!im.empty()) cells[key].push_back(im);
@@ -183,30 +218,47 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
   }
   int shown_cells = 0;
   for (auto& [k, t] : cells)
-    if (shown_cells++ < 24) h << "<tr><td>" << html_escape(k) << "</td><td>" << img_tag(make_grid(t, 6), (int)t.size() * 50) << "</td></tr>";
+    if (shown_cells++ < 24)
+      h << "<tr><td>" << html_escape(k) << "</td><td>"
+        << img_tag(make_grid(t, 6), (int)t.size() * 50) << "</td></tr>";
   h << "</table>";
   // Audit.
   const auto& a = s["audit"];
   if (a.is_object() && !a.empty()) {
-    h << "<h2>Audit of the synthetic images</h2><table><tr><th>measure</th><th>synthetic</th><th>reference</th></tr>";
-    h << "<tr><td>Fréchet distance to real test features (" << html_escape(a["fd"].value("feature", "")) << ")</td><td>"
-      << fmt(num(a["fd"]["synthetic_vs_real_test"])) << "</td><td>real train vs real test: " << fmt(num(a["fd"]["real_train_vs_real_test"])) << "</td></tr>";
-    h << "<tr><td>precision / recall (k=3)</td><td>" << fmt(num(a["precision_recall"]["precision"])) << " / "
-      << fmt(num(a["precision_recall"]["recall"])) << "</td><td>real train: " << fmt(num(a["precision_recall"]["real_train_precision"]))
-      << " / " << fmt(num(a["precision_recall"]["real_train_recall"])) << "</td></tr>";
-    h << "<tr><td>classification accuracy score (real-data classifier on synthetic images, their prompt's label)</td><td>AUC "
-      << fmt(num(a["cas"]["auc"])) << ", balanced accuracy " << fmt(num(a["cas"]["balanced_accuracy"])) << "</td><td>-</td></tr>";
+    h << "<h2>Audit of the synthetic "
+         "images</h2><table><tr><th>measure</th><th>synthetic</th><th>reference</th></tr>";
+    h << "<tr><td>Fréchet distance to real test features ("
+      << html_escape(a["fd"].value("feature", "")) << ")</td><td>"
+      << fmt(num(a["fd"]["synthetic_vs_real_test"]))
+      << "</td><td>real train vs real test: " << fmt(num(a["fd"]["real_train_vs_real_test"]))
+      << "</td></tr>";
+    h << "<tr><td>precision / recall (k=3)</td><td>" << fmt(num(a["precision_recall"]["precision"]))
+      << " / " << fmt(num(a["precision_recall"]["recall"]))
+      << "</td><td>real train: " << fmt(num(a["precision_recall"]["real_train_precision"])) << " / "
+      << fmt(num(a["precision_recall"]["real_train_recall"])) << "</td></tr>";
+    h << "<tr><td>classification accuracy score (real-data classifier on synthetic images, their "
+         "prompt's label)</td><td>AUC "
+      << fmt(num(a["cas"]["auc"])) << ", balanced accuracy "
+      << fmt(num(a["cas"]["balanced_accuracy"])) << "</td><td>-</td></tr>";
     for (std::string sp : {"pixel", "feature"}) {
       const auto& m = a["memorisation"][sp];
-      h << "<tr><td>memorisation, " << sp << " space: synthetic images closer to a real training image than 99% of real images are to their nearest neighbour</td><td>"
-        << m["flagged"] << " (" << fmt(100 * num(m["flagged_fraction"]), "%.1f") << "%), median NN distance " << fmt(num(m["median_nn_distance"]))
-        << "</td><td>real median NN distance " << fmt(num(m["real_median_nn_distance"])) << "</td></tr>";
+      h << "<tr><td>memorisation, " << sp
+        << " space: synthetic images closer to a real training image than 99% of real images are "
+           "to their nearest neighbour</td><td>"
+        << m["flagged"] << " (" << fmt(100 * num(m["flagged_fraction"]), "%.1f")
+        << "%), median NN distance " << fmt(num(m["median_nn_distance"]))
+        << "</td><td>real median NN distance " << fmt(num(m["real_median_nn_distance"]))
+        << "</td></tr>";
     }
     const auto& ca = a["concept_adherence"];
-    h << "<tr><td>concept adherence (measured vs prompt): asymmetry exact / colour F1 / colour-count MAE</td><td>"
-      << fmt(num(ca["synthetic_vs_prompt"]["asymmetry_exact"])) << " / " << fmt(num(ca["synthetic_vs_prompt"]["colour_f1"])) << " / "
-      << fmt(num(ca["synthetic_vs_prompt"]["colour_count_mae"])) << "</td><td>real images at the same size vs their own captions: "
-      << fmt(num(ca["real_64px_vs_own_caption"]["asymmetry_exact"])) << " / " << fmt(num(ca["real_64px_vs_own_caption"]["colour_f1"])) << " / "
+    h << "<tr><td>concept adherence (measured vs prompt): asymmetry exact / colour F1 / "
+         "colour-count MAE</td><td>"
+      << fmt(num(ca["synthetic_vs_prompt"]["asymmetry_exact"])) << " / "
+      << fmt(num(ca["synthetic_vs_prompt"]["colour_f1"])) << " / "
+      << fmt(num(ca["synthetic_vs_prompt"]["colour_count_mae"]))
+      << "</td><td>real images at the same size vs their own captions: "
+      << fmt(num(ca["real_64px_vs_own_caption"]["asymmetry_exact"])) << " / "
+      << fmt(num(ca["real_64px_vs_own_caption"]["colour_f1"])) << " / "
       << fmt(num(ca["real_64px_vs_own_caption"]["colour_count_mae"])) << "</td></tr></table>";
     // Closest pairs (pixel space).
     std::vector<cv::Mat> pair_tiles;
@@ -222,9 +274,11 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
       }
     }
     if (!pair_tiles.empty())
-      h << "<h3>Closest synthetic-real pairs (pixel space; synthetic left, real right)</h3>" << img_tag(make_grid(pair_tiles, 8), 8 * 60);
+      h << "<h3>Closest synthetic-real pairs (pixel space; synthetic left, real right)</h3>"
+        << img_tag(make_grid(pair_tiles, 8), 8 * 60);
   }
-  h << "<details><summary>experiment settings and command line</summary><pre>" << html_escape(s["config"].dump(2)) << "\n"
+  h << "<details><summary>experiment settings and command line</summary><pre>"
+    << html_escape(s["config"].dump(2)) << "\n"
     << html_escape(s.value("command_line", "")) << "</pre></details>";
 }
 
@@ -232,10 +286,13 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
 
 Status write_html_report(const ReportOptions& o) {
   std::ostringstream h;
-  h << "<!doctype html><html><head><meta charset='utf-8'><title>" << html_escape(o.title) << "</title><style>"
+  h << "<!doctype html><html><head><meta charset='utf-8'><title>" << html_escape(o.title)
+    << "</title><style>"
     << "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    << "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
-    << "th{background:#f3f3f3}.cap{font-size:12px;color:#555;max-width:520px}h2{border-bottom:2px solid #ddd}"
+    << "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px "
+       "8px;font-size:13px}"
+    << "th{background:#f3f3f3}.cap{font-size:12px;color:#555;max-width:520px}h2{border-bottom:2px "
+       "solid #ddd}"
     << ".flex{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}</style></head><body>";
   h << "<h1>" << html_escape(o.title) << "</h1>";
   h << "<p>Generated by <code>" << html_escape(o.command_line) << "</code></p>";
@@ -243,11 +300,12 @@ Status write_html_report(const ReportOptions& o) {
 
   if (!o.data_summary.empty() && file_exists(o.data_summary)) {
     auto s = nlohmann::json::parse(*read_file(o.data_summary));
-    h << "<h2>Dataset</h2><p>" << s.value("kind", "") << ": " << s["images"] << " images, " << s["lesions"]
-      << " lesions</p><table><tr><th>field</th><th>counts</th></tr>";
+    h << "<h2>Dataset</h2><p>" << s.value("kind", "") << ": " << s["images"] << " images, "
+      << s["lesions"] << " lesions</p><table><tr><th>field</th><th>counts</th></tr>";
     for (const char* k : {"label", "dx", "sex", "age_band", "site"}) {
       h << "<tr><td>" << k << "</td><td>";
-      for (auto it = s[k].begin(); it != s[k].end(); ++it) h << html_escape(it.key()) << "=" << it.value() << " ";
+      for (auto it = s[k].begin(); it != s[k].end(); ++it)
+        h << html_escape(it.key()) << "=" << it.value() << " ";
       h << "</td></tr>";
     }
     h << "</table>";
@@ -260,13 +318,16 @@ Status write_html_report(const ReportOptions& o) {
     if (file_exists(sum_path)) {
       auto s = nlohmann::json::parse(*read_file(sum_path));
       if (s.contains("auto_segmentation_dice"))
-        h << "<p>Automatic segmentation vs given masks: mean Dice " << fmt(s["auto_segmentation_dice"]["mean"]) << "</p>";
+        h << "<p>Automatic segmentation vs given masks: mean Dice "
+          << fmt(s["auto_segmentation_dice"]["mean"]) << "</p>";
       if (s.contains("tds_auc_mel_vs_nv"))
-        h << "<p>TDS (without D) separates melanoma from nevus with AUC " << fmt(s["tds_auc_mel_vs_nv"]) << "</p>";
+        h << "<p>TDS (without D) separates melanoma from nevus with AUC "
+          << fmt(s["tds_auc_mel_vs_nv"]) << "</p>";
       if (s.contains("colours_by_dx")) {
         h << "<table><tr><th>dx</th><th>n</th><th>mean colour count</th></tr>";
         for (auto it = s["colours_by_dx"].begin(); it != s["colours_by_dx"].end(); ++it)
-          h << "<tr><td>" << it.key() << "</td><td>" << it.value()["n"] << "</td><td>" << fmt(it.value()["mean_colour_count"], "%.2f") << "</td></tr>";
+          h << "<tr><td>" << it.key() << "</td><td>" << it.value()["n"] << "</td><td>"
+            << fmt(it.value()["mean_colour_count"], "%.2f") << "</td></tr>";
         h << "</table>";
       }
     }
@@ -274,7 +335,8 @@ Status write_html_report(const ReportOptions& o) {
     for (size_t i = 0; i < caps.size() && i < 8; ++i)
       h << "<tr><td>" << html_escape(caps[i].value("id", "")) << "</td><td class='cap'>"
         << html_escape(caps[i].value("caption", "")) << "</td><td>"
-        << (caps[i]["measured"].contains("tds") ? fmt(caps[i]["measured"]["tds"], "%.1f") : "-") << "</td></tr>";
+        << (caps[i]["measured"].contains("tds") ? fmt(caps[i]["measured"]["tds"], "%.1f") : "-")
+        << "</td></tr>";
     h << "</table>";
   }
 
@@ -285,18 +347,24 @@ Status write_html_report(const ReportOptions& o) {
     for (const auto& m : metrics) {
       double step = m.value("step", 0.0);
       if (m.contains("loss")) loss.points.emplace_back(step, m["loss"].get<double>());
-      if (m.contains("val_loss_ema")) val.points.emplace_back(step, m["val_loss_ema"].get<double>());
-      if (m.contains("colour_stat_distance")) stat.points.emplace_back(step, m["colour_stat_distance"].get<double>());
+      if (m.contains("val_loss_ema"))
+        val.points.emplace_back(step, m["val_loss_ema"].get<double>());
+      if (m.contains("colour_stat_distance"))
+        stat.points.emplace_back(step, m["colour_stat_distance"].get<double>());
       if (m.contains("samples")) last_grid = m["samples"];
     }
     h << "<h2>Generator training</h2><div class='flex'>"
       << svg_line_plot({loss, val}, "flow-matching loss", "step", "MSE", 480, 300, true)
-      << svg_line_plot({stat}, "sample colour statistics vs validation", "step", "distance", 420, 300) << "</div>";
+      << svg_line_plot({stat}, "sample colour statistics vs validation", "step", "distance", 420,
+                       300)
+      << "</div>";
     if (file_exists(o.train_run + "/options.json"))
-      h << "<details><summary>training settings</summary><pre>" << html_escape(*read_file(o.train_run + "/options.json")) << "</pre></details>";
+      h << "<details><summary>training settings</summary><pre>"
+        << html_escape(*read_file(o.train_run + "/options.json")) << "</pre></details>";
     if (!last_grid.empty() && file_exists(o.train_run + "/" + last_grid)) {
       cv::Mat grid = cv::imread(o.train_run + "/" + last_grid);
-      h << "<p>Validation prompts at the last sampled step (" << html_escape(last_grid) << "):</p>" << img_tag(grid, std::min(1000, grid.cols * 2));
+      h << "<p>Validation prompts at the last sampled step (" << html_escape(last_grid) << "):</p>"
+        << img_tag(grid, std::min(1000, grid.cols * 2));
     }
   }
 
@@ -312,9 +380,12 @@ Status write_html_report(const ReportOptions& o) {
     }
     h << "<h2>Samples: " << html_escape(fs::path(dir).filename().string()) << "</h2>";
     if (!rows.empty())
-      h << "<p>sampler " << rows[0].value("sampler", "") << ", " << rows[0]["steps"] << " steps, CFG " << rows[0]["cfg"]
-        << ", checkpoint " << html_escape(rows[0].value("checkpoint", "")) << " (hash " << rows[0].value("checkpoint_hash", "") << ")</p>";
-    h << "<table><tr><th>prompt</th><th>samples</th><th>concept adherence (measured on the samples)</th></tr>";
+      h << "<p>sampler " << rows[0].value("sampler", "") << ", " << rows[0]["steps"]
+        << " steps, CFG " << rows[0]["cfg"] << ", checkpoint "
+        << html_escape(rows[0].value("checkpoint", "")) << " (hash "
+        << rows[0].value("checkpoint_hash", "") << ")</p>";
+    h << "<table><tr><th>prompt</th><th>samples</th><th>concept adherence (measured on the "
+         "samples)</th></tr>";
     for (const auto& p : order) {
       std::vector<cv::Mat> tiles;
       Asked asked = parse_prompt(p);
@@ -328,7 +399,10 @@ Status write_html_report(const ReportOptions& o) {
         cv::cvtColor(im, rgb, cv::COLOR_BGR2RGB);
         Measurements m = measure_lesion(rgb, cv::Mat());
         if (!m.ok) continue;
-        if (asked.asymmetry >= 0) { asym_n++; asym_ok += m.asymmetry == asked.asymmetry; }
+        if (asked.asymmetry >= 0) {
+          asym_n++;
+          asym_ok += m.asymmetry == asked.asymmetry;
+        }
         if (!asked.colours.empty())
           for (int c = 0; c < kNumColours; ++c) {
             bool a = asked.colours.count(colour_names()[c]), got = m.colour_present[c];
@@ -338,10 +412,15 @@ Status write_html_report(const ReportOptions& o) {
       }
       std::ostringstream adh;
       if (asym_n) adh << "asymmetry as asked: " << asym_ok << "/" << asym_n << "<br>";
-      if (col_f1_den > 0) { char b[64]; std::snprintf(b, sizeof b, "colour F1 vs prompt: %.2f", col_f1_num / col_f1_den); adh << b; }
+      if (col_f1_den > 0) {
+        char b[64];
+        std::snprintf(b, sizeof b, "colour F1 vs prompt: %.2f", col_f1_num / col_f1_den);
+        adh << b;
+      }
       if (adh.str().empty()) adh << "-";
-      h << "<tr><td class='cap'>" << html_escape(p) << "</td><td>" << img_tag(make_grid(tiles, 8), std::min(8, (int)tiles.size()) * 66)
-        << "</td><td>" << adh.str() << "</td></tr>";
+      h << "<tr><td class='cap'>" << html_escape(p) << "</td><td>"
+        << img_tag(make_grid(tiles, 8), std::min(8, (int)tiles.size()) * 66) << "</td><td>"
+        << adh.str() << "</td></tr>";
     }
     h << "</table>";
   }

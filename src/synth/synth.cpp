@@ -1,5 +1,4 @@
 #include "synth/synth.h"
-#include "lesionflow/rng.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,12 +11,17 @@
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
+#include "lesionflow/rng.h"
 #include "train/common.h"
 
 namespace lf {
 
 nlohmann::json SynthPlanConfig::to_json() const {
-  return {{"total", total}, {"balance", balance}, {"flatten", flatten}, {"attributes", attributes}, {"seed", seed}};
+  return {{"total", total},
+          {"balance", balance},
+          {"flatten", flatten},
+          {"attributes", attributes},
+          {"seed", seed}};
 }
 
 namespace {
@@ -60,7 +64,8 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   const bool fill = cfg.balance.rfind("fill-", 0) == 0;
   const std::string by = fill ? cfg.balance.substr(5) : cfg.balance;
   if (by != "label" && by != "dx" && by != "none")
-    return Status::error("synth: --balance must be label, dx, none, fill-label or fill-dx (got '" + cfg.balance + "')");
+    return Status::error("synth: --balance must be label, dx, none, fill-label or fill-dx (got '" +
+                         cfg.balance + "')");
   // Cells: (dx, attributes...) -> members.
   struct Cell {
     std::string dx;
@@ -88,7 +93,9 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   }
   if (cells.empty()) return Status::error("synth: no labelled real training records to plan from");
   // Classes.
-  auto class_of = [&](const Cell& c) { return by == "label" ? std::to_string(c.label) : by == "dx" ? c.dx : std::string("all"); };
+  auto class_of = [&](const Cell& c) {
+    return by == "label" ? std::to_string(c.label) : by == "dx" ? c.dx : std::string("all");
+  };
   std::map<std::string, std::vector<std::string>> class_cells;
   std::map<std::string, int64_t> class_real;
   for (auto& [k, c] : cells) {
@@ -103,19 +110,24 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   }
   // label/dx: the synthetic set itself has equal classes; fill-*: synthetic images go to the
   // classes that are short of real images (water-filling) so real + synthetic is balanced.
-  auto per_class = fill ? water_fill(reals, cfg.total) : apportion(std::vector<double>(reals.size(), 1.0), cfg.total);
+  auto per_class = fill ? water_fill(reals, cfg.total)
+                        : apportion(std::vector<double>(reals.size(), 1.0), cfg.total);
   std::vector<SynthItem> plan;
   nlohmann::json cell_json = nlohmann::json::array();
   std::mt19937_64 rng(derive_seed(cfg.seed, Stream::kSynthPlan));
   for (size_t ci = 0; ci < classes.size(); ++ci) {
     auto& keys = class_cells[classes[ci]];
     std::vector<double> w;
-    for (auto& k : keys) w.push_back(std::pow(static_cast<double>(cells[k].members.size()), cfg.flatten));
+    for (auto& k : keys)
+      w.push_back(std::pow(static_cast<double>(cells[k].members.size()), cfg.flatten));
     auto n_cell = apportion(w, per_class[ci]);
     for (size_t j = 0; j < keys.size(); ++j) {
       Cell& c = cells[keys[j]];
-      cell_json.push_back({{"dx", c.dx}, {"label", c.label}, {"subgroup", c.sub},
-                           {"real", c.members.size()}, {"synthetic", n_cell[j]}});
+      cell_json.push_back({{"dx", c.dx},
+                           {"label", c.label},
+                           {"subgroup", c.sub},
+                           {"real", c.members.size()},
+                           {"synthetic", n_cell[j]}});
       std::uniform_int_distribution<size_t> pick(0, c.members.size() - 1);
       for (int64_t k = 0; k < n_cell[j]; ++k) {
         const Record& src = real[c.members[pick(rng)]];
@@ -129,7 +141,8 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
           it.prompt = cap->second["caption"].get<std::string>();
           if (cap->second.contains("measured")) {
             auto& m = cap->second["measured"];
-            it.asked = {{"asymmetry", m.value("asymmetry", -1)}, {"border", m.value("border", -1)},
+            it.asked = {{"asymmetry", m.value("asymmetry", -1)},
+                        {"border", m.value("border", -1)},
                         {"colours", m.value("colours", nlohmann::json::array())},
                         {"colour_count", m.value("colour_count", -1)}};
           }
@@ -150,8 +163,12 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   }
   if (summary) {
     nlohmann::json cls = nlohmann::json::object();
-    for (size_t ci = 0; ci < classes.size(); ++ci) cls[classes[ci]] = {{"real", reals[ci]}, {"synthetic", per_class[ci]}};
-    *summary = {{"config", cfg.to_json()}, {"classes", cls}, {"cells", cell_json}, {"planned", plan.size()}};
+    for (size_t ci = 0; ci < classes.size(); ++ci)
+      cls[classes[ci]] = {{"real", reals[ci]}, {"synthetic", per_class[ci]}};
+    *summary = {{"config", cfg.to_json()},
+                {"classes", cls},
+                {"cells", cell_json},
+                {"planned", plan.size()}};
   }
   return plan;
 }
@@ -165,7 +182,8 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   std::set<std::string> done;
   if (file_exists(manifest)) {
     auto lines = read_jsonl(manifest);
-    if (!lines.ok()) return Status::error(manifest + ": cannot resume: " + lines.status().message());
+    if (!lines.ok())
+      return Status::error(manifest + ": cannot resume: " + lines.status().message());
     std::string kept;
     for (auto& j : *lines)
       if (file_exists(cfg.out + "/" + j.value("file", ""))) {
@@ -177,15 +195,20 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   nlohmann::json plan_file = plan_summary;
   plan_file["generator"] = cfg.generator_path;
   plan_file["generator_hash"] = g.hash;
-  plan_file["sampler"] = {{"method", cfg.gen.sampler.method}, {"steps", cfg.gen.sampler.steps},
-                          {"shift", cfg.gen.sampler.shift}, {"cfg", cfg.gen.cfg_scale},
+  plan_file["sampler"] = {{"method", cfg.gen.sampler.method},
+                          {"steps", cfg.gen.sampler.steps},
+                          {"shift", cfg.gen.sampler.shift},
+                          {"cfg", cfg.gen.cfg_scale},
                           {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}}};
   LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/plan.json", plan_file.dump(2) + "\n"));
   std::vector<const SynthItem*> todo;
   for (auto& it : plan)
     if (!done.count(it.id)) todo.push_back(&it);
-  if (!done.empty()) log_info("synth: " + std::to_string(done.size()) + " images already done, " + std::to_string(todo.size()) + " to go");
-  Progress prog("synth", static_cast<int64_t>(plan.size()), "img", static_cast<int64_t>(done.size()));
+  if (!done.empty())
+    log_info("synth: " + std::to_string(done.size()) + " images already done, " +
+             std::to_string(todo.size()) + " to go");
+  Progress prog("synth", static_cast<int64_t>(plan.size()), "img",
+                static_cast<int64_t>(done.size()));
   const int B = std::max(1, cfg.gen.batch);
   int64_t made = 0;
   for (size_t s = 0; s < todo.size(); s += B) {
@@ -205,15 +228,26 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
       cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
       std::string file = "images/" + it.id + ".png";
       LF_RETURN_IF_ERROR(write_png(cfg.out + "/" + file, bgr));
-      nlohmann::json j = {{"id", it.id}, {"file", file}, {"prompt", it.prompt}, {"label", it.label}, {"dx", it.dx},
-                          {"subgroup", it.subgroup}, {"source_id", it.source_id}, {"seed", it.seed},
-                          {"sampler", cfg.gen.sampler.method}, {"steps", cfg.gen.sampler.steps},
-                          {"shift", cfg.gen.sampler.shift}, {"cfg", cfg.gen.cfg_scale},
-                          {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}}, {"generator_hash", g.hash}, {"adapter_hash", cfg.adapter_hash}};
+      nlohmann::json j = {{"id", it.id},
+                          {"file", file},
+                          {"prompt", it.prompt},
+                          {"label", it.label},
+                          {"dx", it.dx},
+                          {"subgroup", it.subgroup},
+                          {"source_id", it.source_id},
+                          {"seed", it.seed},
+                          {"sampler", cfg.gen.sampler.method},
+                          {"steps", cfg.gen.sampler.steps},
+                          {"shift", cfg.gen.sampler.shift},
+                          {"cfg", cfg.gen.cfg_scale},
+                          {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}},
+                          {"generator_hash", g.hash},
+                          {"adapter_hash", cfg.adapter_hash}};
       if (!it.asked.is_null()) j["asked"] = it.asked;
       lines += j.dump() + "\n";
     }
-    append_line(manifest, lines.substr(0, lines.size() - 1));  // after the PNGs: a line implies its image
+    append_line(manifest,
+                lines.substr(0, lines.size() - 1));  // after the PNGs: a line implies its image
     made += static_cast<int64_t>(prompts.size());
     prog.update(static_cast<int64_t>(done.size()) + made);
   }

@@ -14,11 +14,11 @@
 namespace lf {
 
 struct SynthPlanConfig {
-  int64_t total = 1000;             // synthetic images to generate
+  int64_t total = 1000;  // synthetic images to generate
   // label | dx: equal numbers per class in the synthetic set; fill-label | fill-dx: give the
   // images to the classes short of real ones so real + synthetic is balanced; none: one class.
   std::string balance = "label";
-  double flatten = 0.5;             // within a class, cell share ~ real_count^flatten (0 = uniform)
+  double flatten = 0.5;  // within a class, cell share ~ real_count^flatten (0 = uniform)
   std::vector<std::string> attributes{"sex", "age"};  // subgroup attributes of a cell
   uint64_t seed = 0;
   nlohmann::json to_json() const;

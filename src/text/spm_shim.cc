@@ -44,14 +44,20 @@ int lf_spm_encode(void* h, const char* text, int* ids, int max) {
 }
 int lf_spm_decode(void* h, const int* ids, int n, char* out, int outlen) {
   std::string s;
-  static_cast<sentencepiece::SentencePieceProcessor*>(h)->Decode(std::vector<int>(ids, ids + n), &s);
+  static_cast<sentencepiece::SentencePieceProcessor*>(h)->Decode(std::vector<int>(ids, ids + n),
+                                                                 &s);
   copy_err(s, out, outlen);
   return static_cast<int>(s.size());
 }
-int lf_spm_vocab_size(void* h) { return static_cast<sentencepiece::SentencePieceProcessor*>(h)->GetPieceSize(); }
+int lf_spm_vocab_size(void* h) {
+  return static_cast<sentencepiece::SentencePieceProcessor*>(h)->GetPieceSize();
+}
 int lf_spm_special(void* h, int which) {  // 0 unk, 1 bos, 2 eos, 3 pad
   auto* p = static_cast<sentencepiece::SentencePieceProcessor*>(h);
-  return which == 0 ? p->unk_id() : which == 1 ? p->bos_id() : which == 2 ? p->eos_id() : p->pad_id();
+  return which == 0   ? p->unk_id()
+         : which == 1 ? p->bos_id()
+         : which == 2 ? p->eos_id()
+                      : p->pad_id();
 }
 }
 extern "C" void* lf_spm_load_bytes(const char* data, int n, char* err, int errlen) {

@@ -48,7 +48,8 @@ const Shim& shim() {
       break;
     }
     if (!s.lib) {
-      if (s.error.empty()) s.error = "liblesionflow_spm.so not found next to the executable or at " LF_SPM_SHIM;
+      if (s.error.empty())
+        s.error = "liblesionflow_spm.so not found next to the executable or at " LF_SPM_SHIM;
       return;
     }
     s.train = reinterpret_cast<decltype(s.train)>(dlsym(s.lib, "lf_spm_train"));
@@ -93,7 +94,10 @@ Result<Tokenizer> Tokenizer::from_bytes(const std::string& bytes) {
   t.unk_id_ = s.special(p, 0);
   t.bos_id_ = s.special(p, 1);
   t.pad_id_ = s.special(p, 3);
-  if (t.pad_id_ < 0 || t.bos_id_ < 0) return Status::error("sentencepiece model lacks pad or bos pieces (train it with lesionflow text train-tokenizer)");
+  if (t.pad_id_ < 0 || t.bos_id_ < 0)
+    return Status::error(
+        "sentencepiece model lacks pad or bos pieces (train it with lesionflow text "
+        "train-tokenizer)");
   return t;
 }
 
@@ -104,7 +108,8 @@ Result<Tokenizer> Tokenizer::load_file(const std::string& path) {
   return t;
 }
 
-Result<Tokenizer> Tokenizer::train(const std::vector<std::string>& corpus, const TokenizerTrainConfig& cfg) {
+Result<Tokenizer> Tokenizer::train(const std::vector<std::string>& corpus,
+                                   const TokenizerTrainConfig& cfg) {
   const Shim& s = shim();
   if (!s.lib) return Status::error("sentencepiece: " + s.error);
   if (corpus.empty()) return Status::error("tokenizer: empty training corpus");
@@ -114,8 +119,9 @@ Result<Tokenizer> Tokenizer::train(const std::vector<std::string>& corpus, const
   std::string text;
   for (const auto& l : corpus) text += l + "\n";
   LF_RETURN_IF_ERROR(write_file_atomic(dir + "/corpus.txt", text));
-  std::string args = "--input=" + dir + "/corpus.txt --model_prefix=" + dir + "/spm --vocab_size=" +
-                     std::to_string(cfg.vocab_size) + " --model_type=" + cfg.model_type +
+  std::string args = "--input=" + dir + "/corpus.txt --model_prefix=" + dir +
+                     "/spm --vocab_size=" + std::to_string(cfg.vocab_size) +
+                     " --model_type=" + cfg.model_type +
                      " --hard_vocab_limit=false --character_coverage=1.0 --pad_id=0 --bos_id=1"
                      " --eos_id=-1 --unk_id=2 --minloglevel=2 --num_threads=1"
                      " --input_sentence_size=1000000 --shuffle_input_sentence=false";
@@ -163,7 +169,8 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const {
   std::vector<int> clean;
   for (int i : ids)
     if (i != pad_id_ && i != bos_id_) clean.push_back(i);
-  shim().decode(h_->p, clean.data(), static_cast<int>(clean.size()), buf.data(), static_cast<int>(buf.size()));
+  shim().decode(h_->p, clean.data(), static_cast<int>(clean.size()), buf.data(),
+                static_cast<int>(buf.size()));
   return buf.data();
 }
 

@@ -1,5 +1,4 @@
 #include "train/autoencoder.h"
-#include "lesionflow/rng.h"
 
 #include <chrono>
 #include <opencv2/imgproc.hpp>
@@ -8,6 +7,7 @@
 #include "lesionflow/io.h"
 #include "lesionflow/log.h"
 #include "lesionflow/report.h"
+#include "lesionflow/rng.h"
 #include "models/checkpoint.h"
 #include "train/common.h"
 #include "train/generator.h"
@@ -17,21 +17,37 @@ using torch::Tensor;
 namespace F = torch::nn::functional;
 
 nlohmann::json AETrainConfig::to_json() const {
-  return {{"steps", steps}, {"batch", batch}, {"lr", lr}, {"warmup", warmup}, {"min_lr_frac", min_lr_frac},
-          {"grad_clip", grad_clip}, {"kl_weight", kl_weight}, {"grad_weight", grad_weight},
-          {"feat_weight", feat_weight}, {"gan_weight", gan_weight}, {"gan_start", gan_start},
-          {"augment", augment}, {"max_minutes", max_minutes}, {"seed", seed}, {"out", out}};
+  return {{"steps", steps},
+          {"batch", batch},
+          {"lr", lr},
+          {"warmup", warmup},
+          {"min_lr_frac", min_lr_frac},
+          {"grad_clip", grad_clip},
+          {"kl_weight", kl_weight},
+          {"grad_weight", grad_weight},
+          {"feat_weight", feat_weight},
+          {"gan_weight", gan_weight},
+          {"gan_start", gan_start},
+          {"augment", augment},
+          {"max_minutes", max_minutes},
+          {"seed", seed},
+          {"out", out}};
 }
 
 namespace {
 Tensor image_gradient_l1(const Tensor& a, const Tensor& b) {
-  auto dx = [](const Tensor& t) { return t.narrow(3, 1, t.size(3) - 1) - t.narrow(3, 0, t.size(3) - 1); };
-  auto dy = [](const Tensor& t) { return t.narrow(2, 1, t.size(2) - 1) - t.narrow(2, 0, t.size(2) - 1); };
+  auto dx = [](const Tensor& t) {
+    return t.narrow(3, 1, t.size(3) - 1) - t.narrow(3, 0, t.size(3) - 1);
+  };
+  auto dy = [](const Tensor& t) {
+    return t.narrow(2, 1, t.size(2) - 1) - t.narrow(2, 0, t.size(2) - 1);
+  };
   return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean();
 }
 
 Tensor batch_of(const std::vector<const uint8_t*>& imgs, int64_t start, int64_t n, int size) {
-  return images_to_tensor(std::vector<const uint8_t*>(imgs.begin() + start, imgs.begin() + start + n), size);
+  return images_to_tensor(
+      std::vector<const uint8_t*>(imgs.begin() + start, imgs.begin() + start + n), size);
 }
 
 Status write_recon_grid(const std::string& path, const Tensor& x, const Tensor& y) {
@@ -70,46 +86,57 @@ AEEval evaluate_autoencoder(Autoencoder& ae, const std::vector<const uint8_t*>& 
   return e;
 }
 
-void calibrate_latents(Autoencoder& ae, const std::vector<const uint8_t*>& images, int size, int64_t n) {
+void calibrate_latents(Autoencoder& ae, const std::vector<const uint8_t*>& images, int size,
+                       int64_t n) {
   torch::NoGradGuard ng;
   const bool was_training = ae->is_training();
   ae->eval();
   std::vector<Tensor> zs;
   n = std::min<int64_t>(n, images.size());
-  for (int64_t s = 0; s < n; s += 64) zs.push_back(ae->encode_posterior(batch_of(images, s, std::min<int64_t>(64, n - s), size)).first);
+  for (int64_t s = 0; s < n; s += 64)
+    zs.push_back(
+        ae->encode_posterior(batch_of(images, s, std::min<int64_t>(64, n - s), size)).first);
   auto z = torch::cat(zs, 0);
   ae->config().latent_shift = z.mean().item<double>();
   ae->config().latent_scale = 1.0 / std::max(1e-6, z.std().item<double>());
   if (was_training) ae->train();
 }
 
-Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& ae, const std::vector<const uint8_t*>& train,
+Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& ae,
+                                        const std::vector<const uint8_t*>& train,
                                         const std::vector<const uint8_t*>& val, int size,
                                         std::function<Tensor(const Tensor&)> features) {
   if (train.empty()) return Status::error("ae train: no training images");
   if (cfg.out.empty()) return Status::error("ae train: --out is required");
   if (size != ae->config().image_size)
-    return Status::error("ae train: images are " + std::to_string(size) + "px but the autoencoder expects " +
+    return Status::error("ae train: images are " + std::to_string(size) +
+                         "px but the autoencoder expects " +
                          std::to_string(ae->config().image_size) + "px");
-  if (cfg.feat_weight > 0 && !features) return Status::error("ae train: a feature weight needs a reference network");
+  if (cfg.feat_weight > 0 && !features)
+    return Status::error("ae train: a feature weight needs a reference network");
   LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/recon"));
   const std::string ckpt = cfg.out + "/ae.safetensors", disc_path = cfg.out + "/disc.safetensors",
                     state = cfg.out + "/state.bin", state_d = cfg.out + "/state_disc.bin",
                     metrics = cfg.out + "/metrics.jsonl";
   PatchDiscriminator disc(ae->config().channels);
-  torch::optim::AdamW opt(ae->parameters(), torch::optim::AdamWOptions(cfg.lr).betas({0.9, 0.99}).weight_decay(0));
-  torch::optim::AdamW opt_d(disc->parameters(), torch::optim::AdamWOptions(cfg.lr).betas({0.5, 0.9}).weight_decay(0));
+  torch::optim::AdamW opt(ae->parameters(),
+                          torch::optim::AdamWOptions(cfg.lr).betas({0.9, 0.99}).weight_decay(0));
+  torch::optim::AdamW opt_d(disc->parameters(),
+                            torch::optim::AdamWOptions(cfg.lr).betas({0.5, 0.9}).weight_decay(0));
   int64_t step = 0;
   if (cfg.resume) {
-    if (!file_exists(state)) return Status::error(state + ": nothing to resume (no training state in " + cfg.out + ")");
+    if (!file_exists(state))
+      return Status::error(state + ": nothing to resume (no training state in " + cfg.out + ")");
     LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(ckpt));
     {
       torch::NoGradGuard ng;
       auto src = la.model->parameters();
       auto dst = ae->parameters();
-      if (src.size() != dst.size()) return Status::error(ckpt + ": the autoencoder architecture differs from the flags");
+      if (src.size() != dst.size())
+        return Status::error(ckpt + ": the autoencoder architecture differs from the flags");
       for (size_t i = 0; i < src.size(); ++i) {
-        if (src[i].sizes() != dst[i].sizes()) return Status::error(ckpt + ": the autoencoder architecture differs from the flags");
+        if (src[i].sizes() != dst[i].sizes())
+          return Status::error(ckpt + ": the autoencoder architecture differs from the flags");
         dst[i].copy_(src[i]);
       }
       ae->config().latent_shift = la.model->config().latent_shift;
@@ -126,8 +153,9 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   } else {
     std::filesystem::remove(metrics);
   }
-  LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/options.json",
-                                       nlohmann::json{{"train", cfg.to_json()}, {"model", ae->config().to_json()}}.dump(2) + "\n"));
+  LF_RETURN_IF_ERROR(write_file_atomic(
+      cfg.out + "/options.json",
+      nlohmann::json{{"train", cfg.to_json()}, {"model", ae->config().to_json()}}.dump(2) + "\n"));
   std::vector<const uint8_t*> val_sub(val.begin(), val.begin() + std::min<size_t>(val.size(), 256));
   AETrainResult res;
   auto save_all = [&](int64_t s) -> Status {
@@ -147,7 +175,8 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   int acc_n = 0;
   ae->train();
   while (step < cfg.steps) {
-    double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
+    double minutes =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
     if (cfg.max_minutes > 0 && minutes >= cfg.max_minutes) {
       res.stopped_by_budget = true;
       break;
@@ -173,7 +202,8 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
     auto gl = image_gradient_l1(y, x);
     auto kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean();
     auto loss = rec + cfg.grad_weight * gl + cfg.kl_weight * kl;
-    if (cfg.feat_weight > 0) loss = loss + cfg.feat_weight * (features(y) - features(x).detach()).abs().mean();
+    if (cfg.feat_weight > 0)
+      loss = loss + cfg.feat_weight * (features(y) - features(x).detach()).abs().mean();
     const bool gan_on = cfg.gan_weight > 0 && step >= cfg.gan_start;
     Tensor gan_g;
     if (gan_on) {
@@ -184,14 +214,16 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
     }
     const double lv = loss.item<double>();
     if (!std::isfinite(lv))
-      return Status::error("ae train: loss is " + std::to_string(lv) + " at step " + std::to_string(step) +
-                           "; stopped without overwriting the last checkpoint in " + cfg.out + "; try a lower --lr");
+      return Status::error(
+          "ae train: loss is " + std::to_string(lv) + " at step " + std::to_string(step) +
+          "; stopped without overwriting the last checkpoint in " + cfg.out + "; try a lower --lr");
     opt.zero_grad();
     loss.backward();
     torch::nn::utils::clip_grad_norm_(ae->parameters(), cfg.grad_clip);
     opt.step();
     if (gan_on) {  // least-squares discriminator: real -> 1, reconstruction -> 0
-      auto d_loss = 0.5 * ((disc->forward(x) - 1).pow(2).mean() + disc->forward(y.detach()).pow(2).mean());
+      auto d_loss =
+          0.5 * ((disc->forward(x) - 1).pow(2).mean() + disc->forward(y.detach()).pow(2).mean());
       opt_d.zero_grad();
       d_loss.backward();
       opt_d.step();
@@ -208,16 +240,24 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
     prog.update(step, extra);
     if (step % cfg.log_every == 0 || step == cfg.steps) {
       double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      append_line(metrics, nlohmann::json{{"step", step}, {"l1", acc_rec / acc_n}, {"grad_l1", acc_g / acc_n},
-                                          {"kl", acc_kl / acc_n}, {"gan_g", acc_gan / acc_n}, {"gan_d", acc_d / acc_n},
-                                          {"lr", lr}, {"images_per_second", (step - start) * cfg.batch / std::max(el, 1e-9)}}
-                                .dump());
+      append_line(metrics, nlohmann::json{{"step", step},
+                                          {"l1", acc_rec / acc_n},
+                                          {"grad_l1", acc_g / acc_n},
+                                          {"kl", acc_kl / acc_n},
+                                          {"gan_g", acc_gan / acc_n},
+                                          {"gan_d", acc_d / acc_n},
+                                          {"lr", lr},
+                                          {"images_per_second",
+                                           (step - start) * cfg.batch / std::max(el, 1e-9)}}
+                               .dump());
       acc_rec = acc_g = acc_kl = acc_gan = acc_d = 0;
       acc_n = 0;
     }
     if (!val_sub.empty() && cfg.val_every > 0 && step % cfg.val_every == 0) {
       auto e = evaluate_autoencoder(ae, val_sub, size);
-      append_line(metrics, nlohmann::json{{"step", step}, {"val_psnr", e.psnr}, {"val_ssim", e.ssim}}.dump());
+      append_line(
+          metrics,
+          nlohmann::json{{"step", step}, {"val_psnr", e.psnr}, {"val_ssim", e.ssim}}.dump());
       torch::NoGradGuard ng;
       ae->eval();
       auto xv = batch_of(val_sub, 0, std::min<int64_t>(16, val_sub.size()), size);
@@ -237,14 +277,18 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
     auto e = evaluate_autoencoder(ae, val, size);
     res.val_psnr = e.psnr;
     res.val_ssim = e.ssim;
-    append_line(metrics, nlohmann::json{{"step", step}, {"val_psnr_full", e.psnr}, {"val_ssim_full", e.ssim},
-                                        {"val_images", e.images}}.dump());
+    append_line(metrics, nlohmann::json{{"step", step},
+                                        {"val_psnr_full", e.psnr},
+                                        {"val_ssim_full", e.ssim},
+                                        {"val_images", e.images}}
+                             .dump());
   }
   prog.finish(res.stopped_by_budget ? "(time budget)" : "", step);
   return res;
 }
 
-Tensor encode_dihedral_latents(Autoencoder& ae, const std::vector<const uint8_t*>& images, int size, int variants) {
+Tensor encode_dihedral_latents(Autoencoder& ae, const std::vector<const uint8_t*>& images, int size,
+                               int variants) {
   torch::NoGradGuard ng;
   ae->eval();
   const auto& c = ae->config();
@@ -254,7 +298,8 @@ Tensor encode_dihedral_latents(Autoencoder& ae, const std::vector<const uint8_t*
   for (int64_t i = 0; i < N; i += 64) {
     int64_t n = std::min<int64_t>(64, N - i);
     auto x = batch_of(images, i, n, size);
-    for (int k = 0; k < variants; ++k) out.narrow(0, i, n).select(1, k).copy_(ae->encode(dihedral(x, k)));
+    for (int k = 0; k < variants; ++k)
+      out.narrow(0, i, n).select(1, k).copy_(ae->encode(dihedral(x, k)));
     prog.update(i + n);
   }
   prog.finish();
@@ -283,7 +328,8 @@ Result<Tensor> latent_cache(const std::string& dir, Autoencoder& ae, const std::
   if (write) {
     SafeTensors st;
     st.tensors["latents"] = to_raw(lat);
-    st.metadata = {{"format", "lesionflow.latents.v1"}, {"ae_hash", ae_hash},
+    st.metadata = {{"format", "lesionflow.latents.v1"},
+                   {"ae_hash", ae_hash},
                    {"layout", "[record, dihedral k, C, s, s]"}};
     LF_RETURN_IF_ERROR(save_safetensors(path, st));
     log_info("latent cache " + path);

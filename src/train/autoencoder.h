@@ -21,12 +21,12 @@ struct AETrainConfig {
   int64_t warmup = 100;
   double min_lr_frac = 0.1;
   double grad_clip = 1.0;
-  double kl_weight = 1e-6;    // on the mean KL per latent element
-  double grad_weight = 0.5;   // image-gradient L1
-  double feat_weight = 0.0;   // reference-feature L1 (needs `features`)
-  double gan_weight = 0.05;   // 0 = no discriminator
-  int64_t gan_start = 1000;   // discriminator and its loss switch on here
-  bool augment = true;        // dihedral
+  double kl_weight = 1e-6;   // on the mean KL per latent element
+  double grad_weight = 0.5;  // image-gradient L1
+  double feat_weight = 0.0;  // reference-feature L1 (needs `features`)
+  double gan_weight = 0.05;  // 0 = no discriminator
+  int64_t gan_start = 1000;  // discriminator and its loss switch on here
+  bool augment = true;       // dihedral
   int log_every = 25, val_every = 250, ckpt_every = 250;
   double max_minutes = 0;
   uint64_t seed = 0;
@@ -45,14 +45,16 @@ struct AETrainResult {
 // Images: uint8 NHWC RGB of side `size` (pointers into a prepared cache). Run directory:
 // ae.safetensors (weights + measured latent shift/scale), disc.safetensors, state.bin,
 // state_disc.bin, metrics.jsonl (loss, val PSNR/SSIM), recon/step_XXXXXX.png (top: input,
-// bottom: reconstruction). `features` (optional): a fixed network's features [B,F] of images in [-1,1].
-Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& ae,
-                                        const std::vector<const uint8_t*>& train,
-                                        const std::vector<const uint8_t*>& val, int size,
-                                        std::function<torch::Tensor(const torch::Tensor&)> features = nullptr);
+// bottom: reconstruction). `features` (optional): a fixed network's features [B,F] of images in
+// [-1,1].
+Result<AETrainResult> train_autoencoder(
+    const AETrainConfig& cfg, Autoencoder& ae, const std::vector<const uint8_t*>& train,
+    const std::vector<const uint8_t*>& val, int size,
+    std::function<torch::Tensor(const torch::Tensor&)> features = nullptr);
 
 // Measures latent shift and scale on up to `n` images and stores them in the AE's config.
-void calibrate_latents(Autoencoder& ae, const std::vector<const uint8_t*>& images, int size, int64_t n = 2048);
+void calibrate_latents(Autoencoder& ae, const std::vector<const uint8_t*>& images, int size,
+                       int64_t n = 2048);
 
 struct AEEval {
   double psnr = 0, ssim = 0;
@@ -62,14 +64,16 @@ AEEval evaluate_autoencoder(Autoencoder& ae, const std::vector<const uint8_t*>& 
 
 // Normalised latents of images under the 8 dihedral transforms: [N, 8, C, s, s] float16
 // (index k as in dihedral()), so latent training keeps exact flip/rotation augmentation.
-torch::Tensor encode_dihedral_latents(Autoencoder& ae, const std::vector<const uint8_t*>& images, int size,
-                                      int variants = 8);
+torch::Tensor encode_dihedral_latents(Autoencoder& ae, const std::vector<const uint8_t*>& images,
+                                      int size, int variants = 8);
 
 // The latent cache of a prepared set (DIR/latents_<ae hash>.safetensors: "latents" F16
 // [N,8,C,s,s] for every record of the cache, metadata ae_hash): loaded when present and made
 // by the same AE, else encoded and written.
-Result<torch::Tensor> latent_cache(const std::string& prepared_dir, Autoencoder& ae, const std::string& ae_hash,
-                                   const std::vector<const uint8_t*>& images, int size, bool write = true);
+Result<torch::Tensor> latent_cache(const std::string& prepared_dir, Autoencoder& ae,
+                                   const std::string& ae_hash,
+                                   const std::vector<const uint8_t*>& images, int size,
+                                   bool write = true);
 std::string latent_cache_path(const std::string& prepared_dir, const std::string& ae_hash);
 
 }  // namespace lf

@@ -40,7 +40,8 @@ Result<int64_t> load_state(const std::string& path, torch::optim::Optimizer& opt
   int64_t step;
   uint64_t n;
   std::memcpy(&ver, bytes.data() + 8, 4);
-  if (ver != kStateVersion) return Status::error(path + ": unsupported state version " + std::to_string(ver));
+  if (ver != kStateVersion)
+    return Status::error(path + ": unsupported state version " + std::to_string(ver));
   std::memcpy(&step, bytes.data() + 12, 8);
   std::memcpy(&n, bytes.data() + 20, 8);
   if (28 + n > bytes.size()) return Status::error(path + ": truncated training state");

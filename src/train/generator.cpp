@@ -1,5 +1,4 @@
 #include "train/generator.h"
-#include "lesionflow/rng.h"
 
 #include <chrono>
 #include <filesystem>
@@ -11,6 +10,7 @@
 #include "lesionflow/io.h"
 #include "lesionflow/log.h"
 #include "lesionflow/report.h"
+#include "lesionflow/rng.h"
 #include "models/checkpoint.h"
 #include "train/autoencoder.h"
 #include "train/common.h"
@@ -20,16 +20,29 @@ using torch::Tensor;
 namespace fs = std::filesystem;
 
 nlohmann::json GenTrainConfig::to_json() const {
-  return {{"steps", steps}, {"batch", batch}, {"lr", lr}, {"weight_decay", weight_decay},
-          {"warmup", warmup}, {"min_lr_frac", min_lr_frac}, {"grad_clip", grad_clip},
-          {"ema_decay", ema_decay}, {"caption_dropout", caption_dropout}, {"augment", augment},
-          {"log_every", log_every}, {"ckpt_every", ckpt_every}, {"sample_every", sample_every},
-          {"val_every", val_every}, {"max_minutes", max_minutes}, {"seed", seed}, {"out", out},
+  return {{"steps", steps},
+          {"batch", batch},
+          {"lr", lr},
+          {"weight_decay", weight_decay},
+          {"warmup", warmup},
+          {"min_lr_frac", min_lr_frac},
+          {"grad_clip", grad_clip},
+          {"ema_decay", ema_decay},
+          {"caption_dropout", caption_dropout},
+          {"augment", augment},
+          {"log_every", log_every},
+          {"ckpt_every", ckpt_every},
+          {"sample_every", sample_every},
+          {"val_every", val_every},
+          {"max_minutes", max_minutes},
+          {"seed", seed},
+          {"out", out},
           {"flow", flow.to_json()},
           {"val_prompts", val_prompts}};
 }
 
-std::pair<Tensor, Tensor> tokenize_batch(const Tokenizer& tok, const std::vector<std::string>& texts, int T) {
+std::pair<Tensor, Tensor> tokenize_batch(const Tokenizer& tok,
+                                         const std::vector<std::string>& texts, int T) {
   auto ids = torch::empty({static_cast<int64_t>(texts.size()), T}, torch::kInt64);
   auto mask = torch::empty({static_cast<int64_t>(texts.size()), T}, torch::kBool);
   auto ia = ids.accessor<int64_t, 2>();
@@ -50,8 +63,6 @@ std::pair<Tensor, Tensor> trim_padding(const Tensor& ids, const Tensor& mask) {
 }
 
 namespace {
-
-
 
 std::map<std::string, std::string> generator_metadata(const MMDiT& model, const Tokenizer& tok,
                                                       int64_t step, const FlowConfig& flow,
@@ -88,7 +99,10 @@ std::string ae_metadata(const std::string& ae_hash, const std::string& ae_file) 
 }
 
 nlohmann::json sampling_metadata(const GenerateConfig& gc) {
-  return {{"sampler", gc.sampler.method}, {"steps", gc.sampler.steps}, {"shift", gc.sampler.shift}, {"cfg", gc.cfg_scale}};
+  return {{"sampler", gc.sampler.method},
+          {"steps", gc.sampler.steps},
+          {"shift", gc.sampler.shift},
+          {"cfg", gc.cfg_scale}};
 }
 
 GenerateConfig recommended_sampling(const std::map<std::string, std::string>& metadata) {
@@ -104,8 +118,8 @@ GenerateConfig recommended_sampling(const std::map<std::string, std::string>& me
   return gc;
 }
 
-void apply_recommended_sampling(const std::map<std::string, std::string>& metadata, const SamplerFlags& given,
-                                GenerateConfig& gc) {
+void apply_recommended_sampling(const std::map<std::string, std::string>& metadata,
+                                const SamplerFlags& given, GenerateConfig& gc) {
   auto it = metadata.find("sampling");
   if (it == metadata.end()) return;
   const GenerateConfig rec = recommended_sampling(metadata);
@@ -113,11 +127,12 @@ void apply_recommended_sampling(const std::map<std::string, std::string>& metada
   if (!given.steps) gc.sampler.steps = rec.sampler.steps;
   if (!given.shift) gc.sampler.shift = rec.sampler.shift;
   if (!given.cfg) gc.cfg_scale = rec.cfg_scale;
-  log_info("sampling settings " + sampling_metadata(gc).dump() + " (checkpoint recommends " + it->second + ")");
+  log_info("sampling settings " + sampling_metadata(gc).dump() + " (checkpoint recommends " +
+           it->second + ")");
 }
 
-void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok, const FlowConfig& flow,
-                      const DistillConfig& dc) {
+void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok,
+                      const FlowConfig& flow, const DistillConfig& dc) {
   teacher->eval();
   for (auto& p : teacher->parameters()) p.set_requires_grad(false);
   TextCond uncond;
@@ -128,7 +143,8 @@ void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok, 
   }
   const double jump = dc.student_steps > 0 ? 1.0 / dc.student_steps : 0.0;
   const int M = std::max(1, dc.substeps);
-  target.target_velocity = [teacher, uncond, flow, dc, jump, M](const Tensor& x_t, const Tensor& t, const Tensor& ids,
+  target.target_velocity = [teacher, uncond, flow, dc, jump, M](const Tensor& x_t, const Tensor& t,
+                                                                const Tensor& ids,
                                                                 const Tensor& mask) mutable {
     torch::NoGradGuard ng;
     const int64_t B = x_t.size(0);
@@ -161,7 +177,8 @@ void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok, 
     target.timesteps = [flow, K, frac](int64_t B, at::Generator& gen) {
       auto t = sample_timesteps(B, flow, gen);
       auto u = torch::rand({B}, gen, torch::kFloat32);
-      auto k = torch::randint(1, K + 1, {B}, gen, torch::kInt64).to(torch::kFloat32) / K;  // 1/K .. 1
+      auto k =
+          torch::randint(1, K + 1, {B}, gen, torch::kInt64).to(torch::kFloat32) / K;  // 1/K .. 1
       return torch::where(u < frac, k, t);
     };
   }
@@ -171,7 +188,8 @@ Result<LoadedGenerator> load_generator(const std::string& path, const std::strin
   LF_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
   LF_ASSIGN_OR_RETURN(SafeTensors st, parse_safetensors(bytes, path));
   if (st.metadata["format"] != "lesionflow.mmdit.v1")
-    return Status::error(path + ": not a lesionflow generator checkpoint (format '" + st.metadata["format"] + "')");
+    return Status::error(path + ": not a lesionflow generator checkpoint (format '" +
+                         st.metadata["format"] + "')");
   LoadedGenerator g;
   MMDiTConfig cfg;
   try {
@@ -194,30 +212,35 @@ Result<LoadedGenerator> load_generator(const std::string& path, const std::strin
   if (st.metadata.count("ae")) {
     auto aj = nlohmann::json::parse(st.metadata["ae"], nullptr, false);
     if (aj.is_discarded() || !aj.contains("hash"))
-      return Status::error(path + ": bad 'ae' metadata (the autoencoder record of a latent generator)");
-    const std::string want = aj["hash"].get<std::string>(), file = aj.value("file", "ae.safetensors");
+      return Status::error(path +
+                           ": bad 'ae' metadata (the autoencoder record of a latent generator)");
+    const std::string want = aj["hash"].get<std::string>(),
+                      file = aj.value("file", "ae.safetensors");
     std::string ap = ae_path;
     if (ap.empty()) ap = (std::filesystem::path(path).parent_path() / file).string();
     if (!file_exists(ap))
-      return Status::error(path + ": a latent generator needs its autoencoder '" + file + "' (hash " + want +
-                           "); it is not at " + ap + ": pass --ae FILE");
+      return Status::error(path + ": a latent generator needs its autoencoder '" + file +
+                           "' (hash " + want + "); it is not at " + ap + ": pass --ae FILE");
     LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(ap));
     if (la.hash != want)
-      return Status::error(ap + ": wrong autoencoder for " + path + " (the generator was trained on the latents of hash " +
-                           want + ", this file has hash " + la.hash + ")");
-    if (la.model->config().latent_channels != cfg.channels || la.model->config().latent_size() != cfg.image_size)
+      return Status::error(ap + ": wrong autoencoder for " + path +
+                           " (the generator was trained on the latents of hash " + want +
+                           ", this file has hash " + la.hash + ")");
+    if (la.model->config().latent_channels != cfg.channels ||
+        la.model->config().latent_size() != cfg.image_size)
       return Status::error(ap + ": autoencoder latents do not match the generator's input shape");
     g.ae = la.model;
     g.ae_path = ap;
     g.ae_hash = la.hash;
   } else if (!ae_path.empty()) {
-    return Status::error(path + ": a pixel-space generator was given an autoencoder (" + ae_path + ")");
+    return Status::error(path + ": a pixel-space generator was given an autoencoder (" + ae_path +
+                         ")");
   }
   return g;
 }
 
-Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts, const std::vector<uint64_t>& seeds,
-                       const GenerateConfig& gc) {
+Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
+                       const std::vector<uint64_t>& seeds, const GenerateConfig& gc) {
   auto x = generate(g.model, *g.tok, g.flow, prompts, seeds, gc);
   if (!g.latent()) return x;
   torch::NoGradGuard ng;
@@ -235,8 +258,9 @@ Status attach_latents(LoadedGenerator& g, const std::string& prepared_dir, const
   return Status::ok_status();
 }
 
-Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow, const std::vector<std::string>& prompts,
-                const std::vector<uint64_t>& seeds, const GenerateConfig& gc) {
+Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
+                const std::vector<std::string>& prompts, const std::vector<uint64_t>& seeds,
+                const GenerateConfig& gc) {
   torch::NoGradGuard ng;
   const auto& c = model->config();
   const int64_t N = static_cast<int64_t>(prompts.size());
@@ -247,7 +271,8 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow, cons
     std::vector<Tensor> noise;
     for (int64_t i = s; i < s + n; ++i) {
       auto gen = at::detail::createCPUGenerator(seeds[i]);
-      noise.push_back(torch::randn({1, c.channels, c.image_size, c.image_size}, gen, torch::kFloat32));
+      noise.push_back(
+          torch::randn({1, c.channels, c.image_size, c.image_size}, gen, torch::kFloat32));
     }
     std::vector<std::string> ps(prompts.begin() + s, prompts.begin() + s + n);
     auto [ids_full, mask_full] = tokenize_batch(tok, ps, c.max_text_len);
@@ -270,24 +295,27 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow, cons
   return torch::cat(outs, 0);
 }
 
-Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, const Tokenizer& tok,
-                                       const CaptionedImages& train, const CaptionedImages* val,
-                                       const TrainTarget* target) {
+Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
+                                       const Tokenizer& tok, const CaptionedImages& train,
+                                       const CaptionedImages* val, const TrainTarget* target) {
   if (train.count() == 0) return Status::error("train: no training images");
   if (cfg.out.empty()) return Status::error("train: --out is required");
   const auto& mc = model->config();
   const bool latent = train.latents.defined();
   if (latent && (train.latents.size(0) != train.count() || train.latents.size(2) != mc.channels ||
                  train.latents.size(3) != mc.image_size))
-    return Status::error("train: the latents do not match the model's input (" + std::to_string(mc.channels) + "x" +
-                         std::to_string(mc.image_size) + "x" + std::to_string(mc.image_size) + ")");
-  if (!latent && train.size != mc.image_size)
-    return Status::error("train: images are " + std::to_string(train.size) + "px but the model expects " +
-                         std::to_string(mc.image_size) + "px (prepare the cache with --size " +
+    return Status::error("train: the latents do not match the model's input (" +
+                         std::to_string(mc.channels) + "x" + std::to_string(mc.image_size) + "x" +
                          std::to_string(mc.image_size) + ")");
+  if (!latent && train.size != mc.image_size)
+    return Status::error("train: images are " + std::to_string(train.size) +
+                         "px but the model expects " + std::to_string(mc.image_size) +
+                         "px (prepare the cache with --size " + std::to_string(mc.image_size) +
+                         ")");
   LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/samples"));
-  const std::string ckpt = cfg.out + "/checkpoint.safetensors", ema_path = cfg.out + "/ema.safetensors",
-                    state = cfg.out + "/state.bin", metrics = cfg.out + "/metrics.jsonl";
+  const std::string ckpt = cfg.out + "/checkpoint.safetensors",
+                    ema_path = cfg.out + "/ema.safetensors", state = cfg.out + "/state.bin",
+                    metrics = cfg.out + "/metrics.jsonl";
   // Tokenize all captions once.
   auto [all_ids, all_mask] = tokenize_batch(tok, train.captions, mc.max_text_len);
   auto [empty_ids, empty_mask] = tokenize_batch(tok, {""}, mc.max_text_len);
@@ -323,11 +351,13 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(path));
     return load_module_tensors(w, *model, path);
   };
-  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay).betas({0.9, 0.99}));
+  torch::optim::AdamW opt(
+      params, torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay).betas({0.9, 0.99}));
 
   int64_t step = 0;
   if (cfg.resume) {
-    if (!file_exists(state)) return Status::error(state + ": nothing to resume (no training state in " + cfg.out + ")");
+    if (!file_exists(state))
+      return Status::error(state + ": nothing to resume (no training state in " + cfg.out + ")");
     LF_RETURN_IF_ERROR(load_weights(ema_path));
     {
       torch::NoGradGuard ng;
@@ -340,7 +370,9 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   } else {
     std::filesystem::remove(metrics);
   }
-  LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/options.json", nlohmann::json{{"train", cfg.to_json()}, {"model", mc.to_json()}}.dump(2) + "\n"));
+  LF_RETURN_IF_ERROR(write_file_atomic(
+      cfg.out + "/options.json",
+      nlohmann::json{{"train", cfg.to_json()}, {"model", mc.to_json()}}.dump(2) + "\n"));
 
   auto save_all = [&](int64_t s) -> Status {
     LF_RETURN_IF_ERROR(save_weights(ckpt, s, "raw"));
@@ -355,9 +387,14 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   Tensor val_x, val_px, val_ids, val_mask, val_noise, val_t;
   if (val && val->count() > 0) {
     int64_t nv = std::min<int64_t>(64, val->count());
-    val_px = images_to_tensor(std::vector<const uint8_t*>(val->pixels.begin(), val->pixels.begin() + nv), val->size);
-    val_x = latent && val->latents.defined() ? val->latents.narrow(0, 0, nv).select(1, 0).to(torch::kFloat32) : val_px;
-    std::tie(val_ids, val_mask) = tokenize_batch(tok, std::vector<std::string>(val->captions.begin(), val->captions.begin() + nv), mc.max_text_len);
+    val_px = images_to_tensor(
+        std::vector<const uint8_t*>(val->pixels.begin(), val->pixels.begin() + nv), val->size);
+    val_x = latent && val->latents.defined()
+                ? val->latents.narrow(0, 0, nv).select(1, 0).to(torch::kFloat32)
+                : val_px;
+    std::tie(val_ids, val_mask) = tokenize_batch(
+        tok, std::vector<std::string>(val->captions.begin(), val->captions.begin() + nv),
+        mc.max_text_len);
     std::tie(val_ids, val_mask) = trim_padding(val_ids, val_mask);
     auto g = at::detail::createCPUGenerator(derive_seed(cfg.seed, Stream::kGenValidation));
     val_noise = torch::randn(val_x.sizes(), g, torch::kFloat32);
@@ -374,10 +411,12 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
   Progress prog("train", cfg.steps, "step", step);
   model->train();
   while (step < cfg.steps) {
-    double minutes = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 60;
+    double minutes =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 60;
     if (cfg.max_minutes > 0 && minutes >= cfg.max_minutes) {
       res.stopped_by_budget = true;
-      log_info("time budget of " + std::to_string(cfg.max_minutes) + " min reached at step " + std::to_string(step));
+      log_info("time budget of " + std::to_string(cfg.max_minutes) + " min reached at step " +
+               std::to_string(step));
       break;
     }
     if (cfg.stop_at_step >= 0 && step >= cfg.stop_at_step) break;
@@ -391,7 +430,9 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
       std::uniform_int_distribution<int> d8(0, 7);
       const int64_t V = train.latents.size(1);
       for (auto i : idx) rows.push_back(i * V + (cfg.augment && V == 8 ? d8(rng) : 0));
-      x0 = train.latents.flatten(0, 1).index_select(0, torch::tensor(rows, torch::kInt64)).to(torch::kFloat32);
+      x0 = train.latents.flatten(0, 1)
+               .index_select(0, torch::tensor(rows, torch::kInt64))
+               .to(torch::kFloat32);
     } else {
       std::vector<const uint8_t*> px;
       for (auto i : idx) px.push_back(train.pixels[i]);
@@ -402,7 +443,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
       for (int64_t i = 0; i < x0.size(0); ++i) xs.push_back(augment_dihedral(x0[i], rng));
       x0 = torch::stack(xs);
     }
-    auto sel = torch::from_blob(idx.data(), {static_cast<int64_t>(idx.size())}, torch::kInt64).clone();
+    auto sel =
+        torch::from_blob(idx.data(), {static_cast<int64_t>(idx.size())}, torch::kInt64).clone();
     auto ids = all_ids.index_select(0, sel), mask = all_mask.index_select(0, sel);
     std::uniform_real_distribution<double> U(0, 1);
     for (int64_t i = 0; i < ids.size(0); ++i)
@@ -412,18 +454,21 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
       }
     std::tie(ids, mask) = trim_padding(ids, mask);
     auto gen = at::detail::createCPUGenerator(derive_seed(cfg.seed, Stream::kGenNoise, step));
-    auto t = target && target->timesteps ? target->timesteps(x0.size(0), gen) : sample_timesteps(x0.size(0), cfg.flow, gen);
+    auto t = target && target->timesteps ? target->timesteps(x0.size(0), gen)
+                                         : sample_timesteps(x0.size(0), cfg.flow, gen);
     auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32);
     auto fb = make_flow_batch(x0, noise, t);
-    if (target && target->target_velocity) fb.target_v = target->target_velocity(fb.x_t, t, ids, mask);
+    if (target && target->target_velocity)
+      fb.target_v = target->target_velocity(fb.x_t, t, ids, mask);
     prepare(step);
     auto per = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, cfg.flow);
     auto loss = per.mean();
     double lv = loss.item<double>();
     if (!std::isfinite(lv)) {
-      return Status::error("train: loss is " + std::to_string(lv) + " at step " + std::to_string(step) +
-                           " (lr " + std::to_string(lr) + "); stopped without overwriting the last checkpoint in " +
-                           cfg.out + "; try a lower --lr or --grad-clip");
+      return Status::error("train: loss is " + std::to_string(lv) + " at step " +
+                           std::to_string(step) + " (lr " + std::to_string(lr) +
+                           "); stopped without overwriting the last checkpoint in " + cfg.out +
+                           "; try a lower --lr or --grad-clip");
     }
     opt.zero_grad();
     loss.backward();
@@ -445,9 +490,11 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e", lv, lr);
     prog.update(step, extra);
     if (step % cfg.log_every == 0 || step == cfg.steps) {
-      nlohmann::json m = {{"step", step}, {"loss", loss_acc / loss_n}, {"lr", lr}, {"grad_norm", gnorm},
-                          {"images_per_second", ips}, {"loss_by_t_bin", bins.means()}};
-      for (auto& v : m["loss_by_t_bin"]) if (v.is_number() && std::isnan(v.get<double>())) v = nullptr;
+      nlohmann::json m = {
+          {"step", step},       {"loss", loss_acc / loss_n}, {"lr", lr},
+          {"grad_norm", gnorm}, {"images_per_second", ips},  {"loss_by_t_bin", bins.means()}};
+      for (auto& v : m["loss_by_t_bin"])
+        if (v.is_number() && std::isnan(v.get<double>())) v = nullptr;
       append_line(metrics, m.dump());
       loss_acc = 0;
       loss_n = 0;
@@ -456,10 +503,14 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, 
     if (val_x.defined() && cfg.val_every > 0 && step % cfg.val_every == 0) {
       torch::NoGradGuard ng;
       auto fv = make_flow_batch(val_x, val_noise, val_t);
-      if (target && target->target_velocity) fv.target_v = target->target_velocity(fv.x_t, val_t, val_ids, val_mask);
+      if (target && target->target_velocity)
+        fv.target_v = target->target_velocity(fv.x_t, val_t, val_ids, val_mask);
       swap_ema();
       prepare(-1);
-      double vl = flow_loss_per_sample(model->forward(fv.x_t, val_t, val_ids, val_mask), fv, cfg.flow).mean().item<double>();
+      double vl =
+          flow_loss_per_sample(model->forward(fv.x_t, val_t, val_ids, val_mask), fv, cfg.flow)
+              .mean()
+              .item<double>();
       swap_ema();
       append_line(metrics, nlohmann::json{{"step", step}, {"val_loss_ema", vl}}.dump());
     }

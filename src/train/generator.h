@@ -38,24 +38,24 @@ struct GenerateConfig {
 };
 
 struct GenTrainConfig {
-  int64_t steps = 2000;        // total planned steps (LR schedule spans these)
-  int64_t stop_at_step = -1;   // stop early (simulated interruption; -1 = never)
+  int64_t steps = 2000;       // total planned steps (LR schedule spans these)
+  int64_t stop_at_step = -1;  // stop early (simulated interruption; -1 = never)
   int batch = 32;
   double lr = 3e-4;
   double weight_decay = 0.0;
   int64_t warmup = 100;
-  double min_lr_frac = 0.1;    // cosine decays to lr * min_lr_frac
+  double min_lr_frac = 0.1;  // cosine decays to lr * min_lr_frac
   double grad_clip = 1.0;
   double ema_decay = 0.999;
   double caption_dropout = 0.1;  // empty caption for classifier-free guidance
-  bool augment = true;         // flips + 90-degree rotations
+  bool augment = true;           // flips + 90-degree rotations
   int log_every = 25;
   int ckpt_every = 250;
-  int sample_every = 500;      // validation grid with EMA weights (0 = never)
-  int val_every = 250;         // validation loss (0 = never)
-  double max_minutes = 0;      // wall-clock budget (0 = none): checkpoint and stop
+  int sample_every = 500;  // validation grid with EMA weights (0 = never)
+  int val_every = 250;     // validation loss (0 = never)
+  double max_minutes = 0;  // wall-clock budget (0 = none): checkpoint and stop
   uint64_t seed = 0;
-  std::string out;             // run directory
+  std::string out;  // run directory
   bool resume = false;
   FlowConfig flow;
   std::vector<std::string> val_prompts;  // for sample grids
@@ -81,13 +81,15 @@ struct GenTrainResult {
 // text encoder passes the other parameters and keeps the default (full checkpoint) save/load.
 struct TrainTarget {
   std::vector<torch::Tensor> params;
-  std::function<void(int64_t step)> before_forward;  // step of the training forward; -1: validation, sampling
+  std::function<void(int64_t step)>
+      before_forward;  // step of the training forward; -1: validation, sampling
   std::function<Status(const std::string& path, int64_t step, const std::string& kind)> save;
   std::function<Status(const std::string& path)> load;
   // Distillation: the regression target (a velocity) for x_t at t with caption ids/mask replaces
   // the flow target eps - x0, in training and in the validation loss.
-  std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t, const torch::Tensor& ids,
-                              const torch::Tensor& mask)> target_velocity;
+  std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t,
+                              const torch::Tensor& ids, const torch::Tensor& mask)>
+      target_velocity;
   // Timesteps of a training batch (default: the flow's logit-normal draw).
   std::function<torch::Tensor(int64_t B, at::Generator& gen)> timesteps;
 };
@@ -95,7 +97,8 @@ struct TrainTarget {
 // Guidance + step distillation (Meng et al. 2023, "On distillation of guided diffusion models",
 // adapted to rectified flow): a student that samples in `student_steps` Euler steps without
 // classifier-free guidance learns, for x_t at t, the teacher's guided displacement over one student
-// step, i.e. the mean guided velocity along `substeps` teacher Euler steps from t to t - 1/student_steps.
+// step, i.e. the mean guided velocity along `substeps` teacher Euler steps from t to t -
+// 1/student_steps.
 struct DistillConfig {
   double guidance = 4.0;  // the teacher's CFG scale baked into the student
   int student_steps = 4;  // the student's Euler steps from t = 1 to 0
@@ -103,8 +106,8 @@ struct DistillConfig {
   double grid_fraction = 0.5;  // share of training timesteps drawn on the student's step grid
 };
 // Target and timestep hooks for train_generator (the teacher runs without gradients).
-void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok, const FlowConfig& flow,
-                      const DistillConfig& dc);
+void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok,
+                      const FlowConfig& flow, const DistillConfig& dc);
 // Checkpoint metadata "sampling": the settings a checkpoint should be sampled with (written by
 // distillation); GenerateConfig defaults otherwise.
 GenerateConfig recommended_sampling(const std::map<std::string, std::string>& metadata);
@@ -115,17 +118,19 @@ struct SamplerFlags {
 };
 // If the checkpoint recommends sampling settings (a distilled student), they replace the fields
 // of `gc` whose flag was not given (logged); otherwise `gc` stays as it is.
-void apply_recommended_sampling(const std::map<std::string, std::string>& metadata, const SamplerFlags& given,
-                                GenerateConfig& gc);
+void apply_recommended_sampling(const std::map<std::string, std::string>& metadata,
+                                const SamplerFlags& given, GenerateConfig& gc);
 
-// The generator shipped in models/ (latent; its autoencoder beside it) that `sample` uses by default.
+// The generator shipped in models/ (latent; its autoencoder beside it) that `sample` uses by
+// default.
 inline const char* kShippedGenerator = "lesionflow_ham64.safetensors";
 
 // Run directory: checkpoint.safetensors (weights), ema.safetensors (EMA weights),
 // state.bin (optimizer + step; all other randomness is derived from (seed, step)),
 // metrics.jsonl, samples/step_XXXXXX.png, options.json.
-Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model, const Tokenizer& tok,
-                                       const CaptionedImages& train, const CaptionedImages* val,
+Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
+                                       const Tokenizer& tok, const CaptionedImages& train,
+                                       const CaptionedImages* val,
                                        const TrainTarget* target = nullptr);
 
 Status save_generator(const std::string& path, MMDiT& model, const Tokenizer& tok, int64_t step,
@@ -147,7 +152,8 @@ struct LoadedGenerator {
 // A latent generator's autoencoder is `ae_path` when given, else the file named in its metadata
 // next to the checkpoint; one whose hash differs from the checkpoint's record is refused.
 Result<LoadedGenerator> load_generator(const std::string& path, const std::string& ae_path = "");
-// generate() followed by the autoencoder's decoder for a latent generator: images [N,3,S,S] in [-1,1].
+// generate() followed by the autoencoder's decoder for a latent generator: images [N,3,S,S] in
+// [-1,1].
 torch::Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
                               const std::vector<uint64_t>& seeds, const GenerateConfig& gc);
 // The images the generator is trained on: the latents of `images` (latent generator) or the images.
@@ -161,9 +167,11 @@ torch::Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flo
                        const GenerateConfig& gc);
 
 // Drop trailing columns that are padding in every row (exact: padded keys are masked out).
-std::pair<torch::Tensor, torch::Tensor> trim_padding(const torch::Tensor& ids, const torch::Tensor& mask);
+std::pair<torch::Tensor, torch::Tensor> trim_padding(const torch::Tensor& ids,
+                                                     const torch::Tensor& mask);
 // Tokenize a list of captions: ids [N,T] int64, mask [N,T] bool.
 std::pair<torch::Tensor, torch::Tensor> tokenize_batch(const Tokenizer& tok,
-                                                       const std::vector<std::string>& texts, int max_len);
+                                                       const std::vector<std::string>& texts,
+                                                       int max_len);
 
 }  // namespace lf

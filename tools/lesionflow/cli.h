@@ -32,7 +32,8 @@ using Runner = std::function<Status()>;
 void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_data(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_caption(CLI::App& app, GlobalOptions& g, Runner* run);
-void add_generator(CLI::App& app, GlobalOptions& g, Runner* run);  // text, train, sample, finetune, distill, lora
+void add_generator(CLI::App& app, GlobalOptions& g,
+                   Runner* run);  // text, train, sample, finetune, distill, lora
 void add_report(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_classify(CLI::App& app, GlobalOptions& g, Runner* run);  // classify train | eval
 void add_synth(CLI::App& app, GlobalOptions& g, Runner* run);     // fd, synth, experiment

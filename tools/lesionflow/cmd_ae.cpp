@@ -6,46 +6,86 @@ namespace lf::cli {
 
 void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
   static AERunOptions o;
-  auto* ae = app.add_subcommand("ae", "autoencoder of the latent flow: train, encode a prepared cache, evaluate");
+  auto* ae = app.add_subcommand(
+      "ae", "autoencoder of the latent flow: train, encode a prepared cache, evaluate");
   ae->require_subcommand(1);
-  auto* tr = ae->add_subcommand("train", "train the autoencoder on the train split of a prepared cache");
+  auto* tr =
+      ae->add_subcommand("train", "train the autoencoder on the train split of a prepared cache");
   tr->add_option("--data", o.data, "prepared cache directory")->required();
   tr->add_option("--splits", o.splits, "splits CSV (train on 'train', validate on 'val')");
   tr->add_option("--out", o.out, "run directory (ae.safetensors)")->required();
-  tr->add_option("--latent-channels", o.latent_channels, "latent channels C")->capture_default_str()->check(CLI::Range(1, 64));
-  tr->add_option("--widths", o.widths, "width per level; f = 2^(levels-1)")->capture_default_str()->delimiter(',');
-  tr->add_option("--res-blocks", o.res_blocks, "residual blocks per level")->capture_default_str()->check(CLI::Range(1, 4));
-  tr->add_option("--steps", o.train.steps, "optimisation steps")->capture_default_str()->check(CLI::PositiveNumber);
-  tr->add_option("--batch", o.train.batch, "batch size")->capture_default_str()->check(CLI::Range(1, 4096));
-  tr->add_option("--lr", o.train.lr, "peak learning rate")->capture_default_str()->check(CLI::PositiveNumber);
-  tr->add_option("--kl-weight", o.train.kl_weight, "weight of the mean KL per latent element")->capture_default_str()->check(CLI::NonNegativeNumber);
-  tr->add_option("--grad-weight", o.train.grad_weight, "weight of the image-gradient L1")->capture_default_str()->check(CLI::NonNegativeNumber);
-  tr->add_option("--gan-weight", o.train.gan_weight, "PatchGAN (least squares) weight, 0 = off")->capture_default_str()->check(CLI::NonNegativeNumber);
-  tr->add_option("--gan-start", o.train.gan_start, "step at which the discriminator starts")->capture_default_str()->check(CLI::NonNegativeNumber);
-  tr->add_option("--max-minutes", o.train.max_minutes, "wall-clock budget; checkpoint and stop (0 = none)")->check(CLI::NonNegativeNumber);
-  tr->add_option("--ckpt-every", o.train.ckpt_every, "checkpoint every N steps")->capture_default_str()->check(CLI::PositiveNumber);
-  tr->add_option("--val-every", o.train.val_every, "validation PSNR/SSIM and recon grid every N steps")->capture_default_str()->check(CLI::NonNegativeNumber);
+  tr->add_option("--latent-channels", o.latent_channels, "latent channels C")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  tr->add_option("--widths", o.widths, "width per level; f = 2^(levels-1)")
+      ->capture_default_str()
+      ->delimiter(',');
+  tr->add_option("--res-blocks", o.res_blocks, "residual blocks per level")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4));
+  tr->add_option("--steps", o.train.steps, "optimisation steps")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  tr->add_option("--batch", o.train.batch, "batch size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  tr->add_option("--lr", o.train.lr, "peak learning rate")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  tr->add_option("--kl-weight", o.train.kl_weight, "weight of the mean KL per latent element")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  tr->add_option("--grad-weight", o.train.grad_weight, "weight of the image-gradient L1")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  tr->add_option("--gan-weight", o.train.gan_weight, "PatchGAN (least squares) weight, 0 = off")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  tr->add_option("--gan-start", o.train.gan_start, "step at which the discriminator starts")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  tr->add_option("--max-minutes", o.train.max_minutes,
+                 "wall-clock budget; checkpoint and stop (0 = none)")
+      ->check(CLI::NonNegativeNumber);
+  tr->add_option("--ckpt-every", o.train.ckpt_every, "checkpoint every N steps")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  tr->add_option("--val-every", o.train.val_every,
+                 "validation PSNR/SSIM and recon grid every N steps")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   tr->add_flag("--resume", o.train.resume, "continue the run in --out exactly where it stopped");
   tr->callback([&g, run]() {
     *run = [&g]() -> Status {
       o.seed = g.seed;
       LF_ASSIGN_OR_RETURN(nlohmann::json j, run_ae_training(o));
-      if (g.json) emit_json(g, j);
-      else std::printf("autoencoder trained to step %lld (%.1f img/s): validation PSNR %.2f dB, SSIM %.4f -> %s\n",
-                       (long long)j["step"].get<int64_t>(), j["images_per_second"].get<double>(), j["val_psnr"].get<double>(),
-                       j["val_ssim"].get<double>(), j["checkpoint"].get<std::string>().c_str());
+      if (g.json)
+        emit_json(g, j);
+      else
+        std::printf(
+            "autoencoder trained to step %lld (%.1f img/s): validation PSNR %.2f dB, SSIM %.4f -> "
+            "%s\n",
+            (long long)j["step"].get<int64_t>(), j["images_per_second"].get<double>(),
+            j["val_psnr"].get<double>(), j["val_ssim"].get<double>(),
+            j["checkpoint"].get<std::string>().c_str());
       return Status::ok_status();
     };
   });
-  auto* en = ae->add_subcommand("encode", "cache the latents of a prepared set (8 dihedral variants per image)");
+  auto* en = ae->add_subcommand(
+      "encode", "cache the latents of a prepared set (8 dihedral variants per image)");
   en->add_option("--ae", o.ae, "autoencoder .safetensors")->required();
-  en->add_option("--data", o.data, "prepared cache directory (latents_<hash>.safetensors is written there)")->required();
+  en->add_option("--data", o.data,
+                 "prepared cache directory (latents_<hash>.safetensors is written there)")
+      ->required();
   en->callback([&g, run]() {
     *run = [&g]() -> Status {
       LF_ASSIGN_OR_RETURN(nlohmann::json j, run_ae_encoding(o));
-      if (g.json) emit_json(g, j);
-      else std::printf("latents %s of %lld images (8 dihedral variants each) -> %s\n", j["shape"].dump().c_str(),
-                       (long long)j["images"].get<int64_t>(), j["latents"].get<std::string>().c_str());
+      if (g.json)
+        emit_json(g, j);
+      else
+        std::printf("latents %s of %lld images (8 dihedral variants each) -> %s\n",
+                    j["shape"].dump().c_str(), (long long)j["images"].get<int64_t>(),
+                    j["latents"].get<std::string>().c_str());
       return Status::ok_status();
     };
   });
@@ -53,13 +93,18 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
   ev->add_option("--ae", o.ae, "autoencoder .safetensors")->required();
   ev->add_option("--data", o.data, "prepared cache directory")->required();
   ev->add_option("--splits", o.splits, "splits CSV");
-  ev->add_option("--split", o.split, "train | val | test")->capture_default_str()->check(CLI::IsMember({"train", "val", "test"}));
+  ev->add_option("--split", o.split, "train | val | test")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"train", "val", "test"}));
   ev->callback([&g, run]() {
     *run = [&g]() -> Status {
       LF_ASSIGN_OR_RETURN(nlohmann::json j, run_ae_evaluation(o));
-      if (g.json) emit_json(g, j);
-      else std::printf("%s: %lld %s images, PSNR %.2f dB, SSIM %.4f\n", o.ae.c_str(), (long long)j["images"].get<int64_t>(),
-                       o.split.c_str(), j["psnr"].get<double>(), j["ssim"].get<double>());
+      if (g.json)
+        emit_json(g, j);
+      else
+        std::printf("%s: %lld %s images, PSNR %.2f dB, SSIM %.4f\n", o.ae.c_str(),
+                    (long long)j["images"].get<int64_t>(), o.split.c_str(), j["psnr"].get<double>(),
+                    j["ssim"].get<double>());
       return Status::ok_status();
     };
   });

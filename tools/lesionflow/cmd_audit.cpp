@@ -18,20 +18,24 @@ Status run_audit_cmd(const AuditOptions& o, const GlobalOptions& g) {
     return Status::ok_status();
   }
   auto& fd = a["fd"];
-  std::printf("HAM-FD %.2f [%.2f, %.2f]  (real floor, train vs test: %.2f [%.2f, %.2f])\n",
-              fd["synthetic_vs_real_test"].get<double>(), fd["synthetic_vs_real_test_ci"][0].get<double>(),
-              fd["synthetic_vs_real_test_ci"][1].get<double>(), fd["real_train_vs_real_test"].get<double>(),
-              fd["real_train_vs_real_test_ci"][0].get<double>(), fd["real_train_vs_real_test_ci"][1].get<double>());
+  std::printf(
+      "HAM-FD %.2f [%.2f, %.2f]  (real floor, train vs test: %.2f [%.2f, %.2f])\n",
+      fd["synthetic_vs_real_test"].get<double>(), fd["synthetic_vs_real_test_ci"][0].get<double>(),
+      fd["synthetic_vs_real_test_ci"][1].get<double>(), fd["real_train_vs_real_test"].get<double>(),
+      fd["real_train_vs_real_test_ci"][0].get<double>(),
+      fd["real_train_vs_real_test_ci"][1].get<double>());
   auto& pr = a["precision_recall"];
   auto& dc = a["density_coverage"];
   std::printf("precision %.3f recall %.3f (real train: %.3f / %.3f)  density %.3f coverage %.3f\n",
-              pr["precision"].get<double>(), pr["recall"].get<double>(), pr["real_train_precision"].get<double>(),
-              pr["real_train_recall"].get<double>(), dc["density"].get<double>(), dc["coverage"].get<double>());
+              pr["precision"].get<double>(), pr["recall"].get<double>(),
+              pr["real_train_precision"].get<double>(), pr["real_train_recall"].get<double>(),
+              dc["density"].get<double>(), dc["coverage"].get<double>());
   auto& cas = a["cas"];
   auto& ca = a["concept_adherence"]["synthetic_vs_prompt"];
-  std::printf("CAS AUC %.3f  asked-colour presence %.3f  colour F1 %.3f  asymmetry exact %.3f (n %d)\n",
-              cas["auc"].get<double>(), ca["asked_colour_presence"].get<double>(), ca["colour_f1"].get<double>(),
-              ca["asymmetry_exact"].get<double>(), ca["n"].get<int>());
+  std::printf(
+      "CAS AUC %.3f  asked-colour presence %.3f  colour F1 %.3f  asymmetry exact %.3f (n %d)\n",
+      cas["auc"].get<double>(), ca["asked_colour_presence"].get<double>(),
+      ca["colour_f1"].get<double>(), ca["asymmetry_exact"].get<double>(), ca["n"].get<int>());
   if (!o.out.empty()) std::printf("-> %s\n", o.out.c_str());
   return Status::ok_status();
 }
@@ -39,14 +43,21 @@ Status run_audit_cmd(const AuditOptions& o, const GlobalOptions& g) {
 
 void add_audit(CLI::App& app, GlobalOptions& g, Runner* run) {
   static AuditOptions o;
-  auto* a = app.add_subcommand("audit", "fidelity, diversity, CAS, memorisation and concept adherence of a synthetic set "
-                                        "in the fixed reference feature space (HAM-FD)");
-  a->add_option("--synthetic", o.run.synthetic, "directory written by 'lesionflow synth'")->required();
+  auto* a = app.add_subcommand(
+      "audit",
+      "fidelity, diversity, CAS, memorisation and concept adherence of a synthetic set "
+      "in the fixed reference feature space (HAM-FD)");
+  a->add_option("--synthetic", o.run.synthetic, "directory written by 'lesionflow synth'")
+      ->required();
   a->add_option("--data", o.run.data, "prepared cache of the real set")->required();
   a->add_option("--splits", o.run.splits, "splits CSV (train/val/test)")->required();
-  a->add_option("--captions", o.run.captions, "captions.jsonl of the real set (concept adherence reference)");
-  a->add_option("--features", o.run.features, std::string("feature network (default: models/") + kReferenceNetworkFile + ")");
-  a->add_option("--bootstrap", o.run.bootstrap, "FD interval resamples")->capture_default_str()->check(CLI::Range(0, 10000));
+  a->add_option("--captions", o.run.captions,
+                "captions.jsonl of the real set (concept adherence reference)");
+  a->add_option("--features", o.run.features,
+                std::string("feature network (default: models/") + kReferenceNetworkFile + ")");
+  a->add_option("--bootstrap", o.run.bootstrap, "FD interval resamples")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 10000));
   a->add_option("--out", o.out, "write the audit JSON here");
   a->callback([&g, run]() { *run = [&g]() { return run_audit_cmd(o, g); }; });
 }

@@ -1,4 +1,5 @@
-// lesionflow classify train|eval: flags -> options structs of pipeline/classify_runs.h -> printed summaries.
+// lesionflow classify train|eval: flags -> options structs of pipeline/classify_runs.h -> printed
+// summaries.
 #include "cli.h"
 #include "pipeline/classify_runs.h"
 
@@ -6,21 +7,28 @@ namespace lf::cli {
 namespace {
 
 void print_eval(const std::string& what, const nlohmann::json& t) {
-  std::printf("%s: AUC %.3f [%.3f, %.3f]  accuracy %.3f  balanced accuracy %.3f  sensitivity %.3f  specificity %.3f",
-              what.c_str(), t["auc"]["value"].get<double>(), t["auc"]["lo"].get<double>(), t["auc"]["hi"].get<double>(),
-              t["accuracy"]["value"].get<double>(), t["balanced_accuracy"]["value"].get<double>(),
-              t["sensitivity"]["value"].get<double>(), t["specificity"]["value"].get<double>());
+  std::printf(
+      "%s: AUC %.3f [%.3f, %.3f]  accuracy %.3f  balanced accuracy %.3f  sensitivity %.3f  "
+      "specificity %.3f",
+      what.c_str(), t["auc"]["value"].get<double>(), t["auc"]["lo"].get<double>(),
+      t["auc"]["hi"].get<double>(), t["accuracy"]["value"].get<double>(),
+      t["balanced_accuracy"]["value"].get<double>(), t["sensitivity"]["value"].get<double>(),
+      t["specificity"]["value"].get<double>());
   if (t.contains("worst_group"))
-    std::printf("  worst group %s=%s %.3f", t["worst_group"]["attribute"].get<std::string>().c_str(),
-                t["worst_group"]["group"].get<std::string>().c_str(), t["worst_group"]["balanced_accuracy"].get<double>());
+    std::printf("  worst group %s=%s %.3f",
+                t["worst_group"]["attribute"].get<std::string>().c_str(),
+                t["worst_group"]["group"].get<std::string>().c_str(),
+                t["worst_group"]["balanced_accuracy"].get<double>());
   std::printf("\n");
 }
 
 void print_train(const nlohmann::json& r, const std::string& out) {
   print_eval("test (" + std::to_string(r["test"]["n"].get<int>()) + " images)", r["test"]);
   if (r.contains("test_dx"))
-    std::printf("test dx: accuracy %.3f  balanced accuracy %.3f (%d classes)\n", r["test_dx"]["accuracy"].get<double>(),
-                r["test_dx"]["balanced_accuracy"].get<double>(), static_cast<int>(r["test_dx"]["recall_per_class"].size()));
+    std::printf("test dx: accuracy %.3f  balanced accuracy %.3f (%d classes)\n",
+                r["test_dx"]["accuracy"].get<double>(),
+                r["test_dx"]["balanced_accuracy"].get<double>(),
+                static_cast<int>(r["test_dx"]["recall_per_class"].size()));
   for (auto& [k, v] : r["extra_tests"].items()) print_eval(k, v);
   std::printf("-> %s/best.safetensors, %s/result.json\n", out.c_str(), out.c_str());
 }
@@ -28,35 +36,46 @@ void print_train(const nlohmann::json& r, const std::string& out) {
 }  // namespace
 
 void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
-  auto* c = app.add_subcommand("classify", "train and evaluate skin-lesion classifiers (CNN or ViT)");
+  auto* c =
+      app.add_subcommand("classify", "train and evaluate skin-lesion classifiers (CNN or ViT)");
   c->require_subcommand(1);
   static ClassifyTrainOptions t;
-  auto* tr = c->add_subcommand("train", "train on real and/or synthetic images, evaluate on the test split");
+  auto* tr = c->add_subcommand("train",
+                               "train on real and/or synthetic images, evaluate on the test split");
   tr->add_option("--data", t.data, "prepared cache of the real dataset")->required();
   tr->add_option("--splits", t.splits, "splits CSV (train/val/test, lesion-grouped)")->required();
   tr->add_option("--captions", t.captions, "captions.jsonl (skin-tone subgroups)");
   tr->add_option("--synthetic", t.synthetic, "synthetic set directory (manifest.jsonl)");
-  tr->add_option("--synthetic-weight", t.synthetic_weight, "loss weight of synthetic images")->capture_default_str();
+  tr->add_option("--synthetic-weight", t.synthetic_weight, "loss weight of synthetic images")
+      ->capture_default_str();
   tr->add_option("--arm", t.arm, "real | real+synthetic | synthetic")->capture_default_str();
-  tr->add_option("--real-size", t.real_size, "real training images (-1: all)")->capture_default_str();
+  tr->add_option("--real-size", t.real_size, "real training images (-1: all)")
+      ->capture_default_str();
   tr->add_option("--arch", t.arch, "cnn | vit")->capture_default_str();
-  tr->add_option("--classes", t.classes, "binary (benign/malignant) | dx (one output per diagnosis: the reference feature network)")
-      ->capture_default_str()->check(CLI::IsMember({"binary", "dx"}));
+  tr->add_option(
+        "--classes", t.classes,
+        "binary (benign/malignant) | dx (one output per diagnosis: the reference feature network)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"binary", "dx"}));
   tr->add_option("--width", t.width, "CNN width")->capture_default_str();
   tr->add_option("--epochs", t.epochs, "epochs")->capture_default_str();
   tr->add_option("--batch", t.batch, "batch size")->capture_default_str();
   tr->add_option("--lr", t.lr, "peak learning rate")->capture_default_str();
-  tr->add_option("--patience", t.patience, "early-stopping patience (epochs)")->capture_default_str();
+  tr->add_option("--patience", t.patience, "early-stopping patience (epochs)")
+      ->capture_default_str();
   tr->add_option("--max-minutes", t.max_minutes, "time budget")->capture_default_str();
-  tr->add_option("--test-dataset", t.test_datasets, "extra test datasets (evaluated, never trained on)");
+  tr->add_option("--test-dataset", t.test_datasets,
+                 "extra test datasets (evaluated, never trained on)");
   tr->add_flag("--resume", t.resume, "continue an interrupted run");
   tr->add_option("--out", t.out, "run directory")->required();
   tr->callback([&g, run]() {
     *run = [&g]() -> Status {
       t.seed = g.seed;
       LF_ASSIGN_OR_RETURN(nlohmann::json r, run_classify_train(t));
-      if (g.json) emit_json(g, r);
-      else print_train(r, t.out);
+      if (g.json)
+        emit_json(g, r);
+      else
+        print_train(r, t.out);
       return Status::ok_status();
     };
   });
@@ -73,7 +92,8 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
     *run = [&g]() -> Status {
       e.seed = g.seed;
       LF_ASSIGN_OR_RETURN(nlohmann::json r, run_classify_eval(e));
-      if (g.json) emit_json(g, r);
+      if (g.json)
+        emit_json(g, r);
       else
         for (auto& [k, v] : r.items()) print_eval(k, v);
       return Status::ok_status();

@@ -27,10 +27,17 @@ struct DataOptions {
   std::string fit = "crop";
   int n = 16;
   nlohmann::json to_json() const {
-    return {{"dataset", dataset}, {"malignant", malignant}, {"out", out}, {"train", train},
-            {"val", val},         {"test", test},           {"scarcity", scarcity},
-            {"malignant_fraction", malignant_fraction},     {"size", size},
-            {"fit", fit},         {"n", n}};
+    return {{"dataset", dataset},
+            {"malignant", malignant},
+            {"out", out},
+            {"train", train},
+            {"val", val},
+            {"test", test},
+            {"scarcity", scarcity},
+            {"malignant_fraction", malignant_fraction},
+            {"size", size},
+            {"fit", fit},
+            {"n", n}};
   }
   std::string to_string() const { return to_json().dump(); }
 };
@@ -41,8 +48,9 @@ Result<Dataset> open(const DataOptions& o, const GlobalOptions& g) {
 }
 
 void print_counts(const nlohmann::json& s) {
-  std::printf("%s: %lld images, %lld lesions, %lld with masks\n", s["kind"].get<std::string>().c_str(),
-              (long long)s["images"], (long long)s["lesions"], (long long)s["with_mask"]);
+  std::printf("%s: %lld images, %lld lesions, %lld with masks\n",
+              s["kind"].get<std::string>().c_str(), (long long)s["images"], (long long)s["lesions"],
+              (long long)s["with_mask"]);
   for (const char* k : {"label", "dx", "sex", "age_band", "site"}) {
     std::printf("  %-9s", k);
     for (auto it = s[k].begin(); it != s[k].end(); ++it)
@@ -54,27 +62,34 @@ void print_counts(const nlohmann::json& s) {
 Status run_inspect(const DataOptions& o, const GlobalOptions& g) {
   LF_ASSIGN_OR_RETURN(Dataset ds, open(o, g));
   auto s = summarize(ds);
-  if (g.json) emit_json(g, s);
-  else print_counts(s);
+  if (g.json)
+    emit_json(g, s);
+  else
+    print_counts(s);
   return Status::ok_status();
 }
 
 Status run_split(const DataOptions& o, const GlobalOptions& g) {
   LF_ASSIGN_OR_RETURN(Dataset ds, open(o, g));
-  LF_ASSIGN_OR_RETURN(nlohmann::json j, split_dataset(ds, {o.train, o.val, o.test, g.seed}, o.out, o.scarcity, o.malignant_fraction));
+  LF_ASSIGN_OR_RETURN(nlohmann::json j, split_dataset(ds, {o.train, o.val, o.test, g.seed}, o.out,
+                                                      o.scarcity, o.malignant_fraction));
   j["options"] = o.to_json();
-  if (g.json) emit_json(g, j);
+  if (g.json)
+    emit_json(g, j);
   else {
-    for (auto& [s, c] : j["counts"].items()) std::printf("%-5s %lld images\n", s.c_str(), (long long)c["images"].get<int64_t>());
+    for (auto& [s, c] : j["counts"].items())
+      std::printf("%-5s %lld images\n", s.c_str(), (long long)c["images"].get<int64_t>());
     std::printf("wrote %s\n", o.out.c_str());
-    if (j.contains("scarcity_subset")) std::printf("wrote %s\n", j["scarcity_subset"].get<std::string>().c_str());
+    if (j.contains("scarcity_subset"))
+      std::printf("wrote %s\n", j["scarcity_subset"].get<std::string>().c_str());
   }
   return Status::ok_status();
 }
 
 Status run_prepare(const DataOptions& o, const GlobalOptions& g) {
   if (o.out.empty()) return Status::error("data prepare: --out DIR is required");
-  if (o.fit != "crop" && o.fit != "pad") return Status::error("--fit must be crop or pad, got '" + o.fit + "'");
+  if (o.fit != "crop" && o.fit != "pad")
+    return Status::error("--fit must be crop or pad, got '" + o.fit + "'");
   log_info("data prepare " + o.to_string());
   LF_ASSIGN_OR_RETURN(Dataset ds, open(o, g));
   PrepareConfig pc;
@@ -85,9 +100,13 @@ Status run_prepare(const DataOptions& o, const GlobalOptions& g) {
   LF_ASSIGN_OR_RETURN(PreparedSet ps, prepare(ds, pc, &st));
   LF_RETURN_IF_ERROR(save_prepared(o.out, ps, st));
   LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/options.json", o.to_json().dump(2) + "\n"));
-  nlohmann::json j = {{"out", o.out}, {"ok", st.ok}, {"skipped", st.skipped}, {"seconds", st.seconds},
+  nlohmann::json j = {{"out", o.out},
+                      {"ok", st.ok},
+                      {"skipped", st.skipped},
+                      {"seconds", st.seconds},
                       {"images_per_second", st.ok / std::max(st.seconds, 1e-9)}};
-  if (g.json) emit_json(g, j);
+  if (g.json)
+    emit_json(g, j);
   else
     std::printf("prepared %lld images (%lld skipped) at %dpx in %.1f s (%.0f img/s) -> %s\n",
                 (long long)st.ok, (long long)st.skipped, o.size, st.seconds,
@@ -108,22 +127,27 @@ void add_data(CLI::App& app, GlobalOptions& g, Runner* run) {
   auto* data = app.add_subcommand("data", "datasets: inspect, split, prepare, phantom");
   data->require_subcommand(1);
   auto add_common = [](CLI::App* s) {
-    s->add_option("--dataset", o.dataset, "ham10000:PATH | isic:CSV[:IMAGE_DIR] | folder:PATH | phantom[:N]")
+    s->add_option("--dataset", o.dataset,
+                  "ham10000:PATH | isic:CSV[:IMAGE_DIR] | folder:PATH | phantom[:N]")
         ->capture_default_str();
-    s->add_option("--malignant", o.malignant, "dx codes counted as malignant (default mel,bcc,akiec,scc)");
+    s->add_option("--malignant", o.malignant,
+                  "dx codes counted as malignant (default mel,bcc,akiec,scc)");
   };
-  auto* ins = data->add_subcommand("inspect", "counts per class, sex, age band, site; lesions vs images");
+  auto* ins =
+      data->add_subcommand("inspect", "counts per class, sex, age band, site; lesions vs images");
   add_common(ins);
   ins->callback([&g, run]() { *run = [&g]() { return run_inspect(o, g); }; });
 
-  auto* sp = data->add_subcommand("split", "lesion-grouped stratified train/val/test split (+ scarcity subset)");
+  auto* sp = data->add_subcommand(
+      "split", "lesion-grouped stratified train/val/test split (+ scarcity subset)");
   add_common(sp);
   sp->add_option("--out", o.out, "splits CSV to write")->required();
   sp->add_option("--train", o.train, "train fraction")->capture_default_str();
   sp->add_option("--val", o.val, "validation fraction")->capture_default_str();
   sp->add_option("--test", o.test, "test fraction")->capture_default_str();
   sp->add_option("--scarcity", o.scarcity, "also draw N training images (written next to --out)");
-  sp->add_option("--malignant-fraction", o.malignant_fraction, "class ratio of the scarcity subset (-1: natural)");
+  sp->add_option("--malignant-fraction", o.malignant_fraction,
+                 "class ratio of the scarcity subset (-1: natural)");
   sp->callback([&g, run]() { *run = [&g]() { return run_split(o, g); }; });
 
   auto* pr = data->add_subcommand("prepare", "decode + resize once into a tensor cache");

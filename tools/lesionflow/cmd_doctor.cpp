@@ -8,7 +8,8 @@
 namespace lf::cli {
 
 void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run) {
-  auto* sub = app.add_subcommand("doctor", "check the machine: libtorch, BLAS, threads, GFLOP/s, data");
+  auto* sub =
+      app.add_subcommand("doctor", "check the machine: libtorch, BLAS, threads, GFLOP/s, data");
   static std::string data_root = "../shared/data";
   sub->add_option("--data-root", data_root, "where to look for datasets")->capture_default_str();
   sub->callback([&g, run]() {
@@ -30,7 +31,8 @@ void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run) {
       j["bf16_gemm_1024_gflops"] = bf;
       j["precision_auto"] = bf16 ? "bf16" : "fp32";
       nlohmann::json data = nlohmann::json::object();
-      for (std::string root : {data_root, std::string("../../shared/data"), std::string("shared/data")}) {
+      for (std::string root :
+           {data_root, std::string("../../shared/data"), std::string("shared/data")}) {
         std::string ham = root + "/ham10000/HAM10000_metadata.csv";
         if (std::filesystem::exists(ham)) {
           data["ham10000"] = std::filesystem::canonical(root + "/ham10000").string();
@@ -50,16 +52,19 @@ void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run) {
       if (g.json) {
         emit_json(g, j);
       } else {
-        std::printf("lesionflow %s\nlibtorch    %s\nBLAS        %s (%s)\nloaded      %s\n"
-                    "threads     %d of %d\ndevice      %s\nsgemm 1024  %.1f GFLOP/s\n",
-                    LESIONFLOW_VERSION, torch_version().c_str(), active_blas_alternative().c_str(),
-                    blas_is_openblas() ? "OpenBLAS" : "NOT OpenBLAS", loaded_blas().c_str(),
-                    get_threads(), hardware_threads(), g.device.c_str(), gf);
-        std::printf("bf16        %s; bf16 GEMM 1024 %.1f GFLOP/s (%.2fx fp32); --precision auto = %s\n",
-                    bf16 ? "AVX512_BF16/AMX present" : "no AVX512_BF16/AMX (bf16 would be emulated)", bf, bf / gf,
-                    bf16 ? "bf16" : "fp32");
-        std::printf("HAM10000    %s\n", data.contains("ham10000") ? data["ham10000"].get<std::string>().c_str()
-                                                                   : "not found");
+        std::printf(
+            "lesionflow %s\nlibtorch    %s\nBLAS        %s (%s)\nloaded      %s\n"
+            "threads     %d of %d\ndevice      %s\nsgemm 1024  %.1f GFLOP/s\n",
+            LESIONFLOW_VERSION, torch_version().c_str(), active_blas_alternative().c_str(),
+            blas_is_openblas() ? "OpenBLAS" : "NOT OpenBLAS", loaded_blas().c_str(), get_threads(),
+            hardware_threads(), g.device.c_str(), gf);
+        std::printf(
+            "bf16        %s; bf16 GEMM 1024 %.1f GFLOP/s (%.2fx fp32); --precision auto = %s\n",
+            bf16 ? "AVX512_BF16/AMX present" : "no AVX512_BF16/AMX (bf16 would be emulated)", bf,
+            bf / gf, bf16 ? "bf16" : "fp32");
+        std::printf("HAM10000    %s\n", data.contains("ham10000")
+                                            ? data["ham10000"].get<std::string>().c_str()
+                                            : "not found");
         for (const auto& w : warnings) log_warn(w);
       }
       return Status::ok_status();

@@ -14,7 +14,8 @@ void add_report(CLI::App& app, GlobalOptions& g, Runner* run) {
   r->add_option("--captions", o.captions, "captions.jsonl");
   r->add_option("--real", o.real, "prepared cache of real images to show");
   r->add_option("--data-summary", o.data_summary, "JSON from 'data inspect --json'");
-  r->add_option("--experiment", o.experiment, "experiment directory (classifier results, synthetic set, audit)");
+  r->add_option("--experiment", o.experiment,
+                "experiment directory (classifier results, synthetic set, audit)");
   r->add_option("--title", o.title, "page title")->capture_default_str();
   r->add_option("--out", o.out, "HTML file")->capture_default_str();
   r->callback([&g, run]() {

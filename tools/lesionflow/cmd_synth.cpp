@@ -10,22 +10,25 @@ namespace lf::cli {
 namespace {
 
 void print_cells(const nlohmann::json& summary) {
-  std::printf("%-5s %-15s %6s %6s  %-15s %-15s %-15s %-15s\n", "arch", "arm", "real", "synth", "AUC", "accuracy",
-              "bal. accuracy", "worst-group BA");
+  std::printf("%-5s %-15s %6s %6s  %-15s %-15s %-15s %-15s\n", "arch", "arm", "real", "synth",
+              "AUC", "accuracy", "bal. accuracy", "worst-group BA");
   for (auto& cell : summary["cells"]) {
     auto f = [&](const char* m) {
       char b[32];
-      std::snprintf(b, sizeof b, "%.3f±%.3f", cell[m]["mean"].is_number() ? cell[m]["mean"].get<double>() : NAN,
+      std::snprintf(b, sizeof b, "%.3f±%.3f",
+                    cell[m]["mean"].is_number() ? cell[m]["mean"].get<double>() : NAN,
                     cell[m]["sd"].is_number() ? cell[m]["sd"].get<double>() : NAN);
       return std::string(b);
     };
-    std::printf("%-5s %-15s %6lld %6lld  %-15s %-15s %-15s %-15s\n", cell["arch"].get<std::string>().c_str(),
-                cell["arm"].get<std::string>().c_str(), (long long)cell["real_images"].get<int64_t>(),
-                (long long)cell["synthetic_size"].get<int64_t>(), f("auc").c_str(), f("accuracy").c_str(),
-                f("balanced_accuracy").c_str(), f("worst_group_balanced_accuracy").c_str());
+    std::printf("%-5s %-15s %6lld %6lld  %-15s %-15s %-15s %-15s\n",
+                cell["arch"].get<std::string>().c_str(), cell["arm"].get<std::string>().c_str(),
+                (long long)cell["real_images"].get<int64_t>(),
+                (long long)cell["synthetic_size"].get<int64_t>(), f("auc").c_str(),
+                f("accuracy").c_str(), f("balanced_accuracy").c_str(),
+                f("worst_group_balanced_accuracy").c_str());
   }
-  std::printf("experiment summary: %s/summary.json (%.1f min)\n", summary["out"].get<std::string>().c_str(),
-              summary["minutes"].get<double>());
+  std::printf("experiment summary: %s/summary.json (%.1f min)\n",
+              summary["out"].get<std::string>().c_str(), summary["minutes"].get<double>());
 }
 
 struct ExperimentFlags {
@@ -38,8 +41,11 @@ struct ExperimentFlags {
 
 void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   static FdOptions f;
-  auto* fdc = app.add_subcommand("fd", "Frechet distance of generated PNGs to (a filtered subset of) a real set");
-  fdc->add_option("--features", f.features, "classifier whose penultimate layer gives the features (default: the shipped reference network)");
+  auto* fdc = app.add_subcommand(
+      "fd", "Frechet distance of generated PNGs to (a filtered subset of) a real set");
+  fdc->add_option("--features", f.features,
+                  "classifier whose penultimate layer gives the features (default: the shipped "
+                  "reference network)");
   fdc->add_option("--data", f.data, "prepared cache of the real set")->required();
   fdc->add_option("--splits", f.splits, "splits CSV (default: all images)");
   fdc->add_option("--split", f.split, "split name")->capture_default_str();
@@ -48,11 +54,16 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   fdc->callback([&g, run]() {
     *run = [&g]() -> Status {
       LF_ASSIGN_OR_RETURN(nlohmann::json j, run_fd(f));
-      if (g.json) emit_json(g, j);
-      else std::printf("FD %.4f, pixel-statistics distance %.4f, mean P(malignant) %.3f generated vs %.3f real (%lld generated vs %lld real images)\n",
-                       j["fd"].get<double>(), j["pixel_stat_distance"].get<double>(), j["p_malignant_generated"].get<double>(),
-                       j["p_malignant_real"].get<double>(), (long long)j["generated_images"].get<int64_t>(),
-                       (long long)j["real_images"].get<int64_t>());
+      if (g.json)
+        emit_json(g, j);
+      else
+        std::printf(
+            "FD %.4f, pixel-statistics distance %.4f, mean P(malignant) %.3f generated vs %.3f "
+            "real (%lld generated vs %lld real images)\n",
+            j["fd"].get<double>(), j["pixel_stat_distance"].get<double>(),
+            j["p_malignant_generated"].get<double>(), j["p_malignant_real"].get<double>(),
+            (long long)j["generated_images"].get<int64_t>(),
+            (long long)j["real_images"].get<int64_t>());
       return Status::ok_status();
     };
   });
@@ -64,8 +75,12 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   y->add_option("--splits", s.splits, "splits CSV (the plan follows the train split)")->required();
   y->add_option("--captions", s.captions, "captions.jsonl (prompts are drawn from these)");
   y->add_option("--total", s.plan.total, "synthetic images")->capture_default_str();
-  y->add_option("--balance", s.plan.balance, "label | dx (equal classes) | fill-label | fill-dx (top up the short classes) | none")->capture_default_str();
-  y->add_option("--flatten", s.plan.flatten, "cell share ~ real_count^flatten within a class")->capture_default_str();
+  y->add_option(
+       "--balance", s.plan.balance,
+       "label | dx (equal classes) | fill-label | fill-dx (top up the short classes) | none")
+      ->capture_default_str();
+  y->add_option("--flatten", s.plan.flatten, "cell share ~ real_count^flatten within a class")
+      ->capture_default_str();
   // Sampler flags not given: a distilled checkpoint's recommended settings, else these defaults.
   s.gen.sampler.steps = 12;
   s.gen.cfg_scale = 3.0;
@@ -77,20 +92,30 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
     *run = [&g]() -> Status {
       s.seed = g.seed;
       LF_ASSIGN_OR_RETURN(nlohmann::json j, run_synth(s));
-      if (g.json) emit_json(g, j);
-      else if (s.plan_only) std::printf("planned %zu images -> %s\n", j["planned"].get<size_t>(), j["plan"].get<std::string>().c_str());
-      else std::printf("synth: %lld generated now (%.2f img/s), %zu planned -> %s\n", (long long)j["generated_now"].get<int64_t>(),
-                       j["images_per_second"].get<double>(), j["planned"].get<size_t>(), j["manifest"].get<std::string>().c_str());
+      if (g.json)
+        emit_json(g, j);
+      else if (s.plan_only)
+        std::printf("planned %zu images -> %s\n", j["planned"].get<size_t>(),
+                    j["plan"].get<std::string>().c_str());
+      else
+        std::printf("synth: %lld generated now (%.2f img/s), %zu planned -> %s\n",
+                    (long long)j["generated_now"].get<int64_t>(),
+                    j["images_per_second"].get<double>(), j["planned"].get<size_t>(),
+                    j["manifest"].get<std::string>().c_str());
       return Status::ok_status();
     };
   });
 
   static ExperimentFlags x;
-  auto* ex = app.add_subcommand("experiment", "generator -> synthetic set -> classifiers (real, real+synthetic, synthetic) -> audit");
+  auto* ex = app.add_subcommand(
+      "experiment",
+      "generator -> synthetic set -> classifiers (real, real+synthetic, synthetic) -> audit");
   ex->add_option("--config", x.config, "experiment JSON (see docs/experiment.md)")->required();
   ex->add_option("--out", x.out, "output directory (overrides the config)");
-  ex->add_option("--test-dataset", x.test_datasets, "extra test datasets (evaluated, never trained on)");
-  ex->add_option("--budget-minutes", x.budget_minutes, "scale classifier epochs to fit")->capture_default_str();
+  ex->add_option("--test-dataset", x.test_datasets,
+                 "extra test datasets (evaluated, never trained on)");
+  ex->add_option("--budget-minutes", x.budget_minutes, "scale classifier epochs to fit")
+      ->capture_default_str();
   ex->callback([&g, run]() {
     *run = [&g]() -> Status {
       ExperimentOptions o;
@@ -102,8 +127,10 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
       o.seed = g.seed;
       o.command_line = g.command_line;
       LF_ASSIGN_OR_RETURN(nlohmann::json summary, run_experiment(o));
-      if (g.json) emit_json(g, summary["cells"]);
-      else print_cells(summary);
+      if (g.json)
+        emit_json(g, summary["cells"]);
+      else
+        print_cells(summary);
       return Status::ok_status();
     };
   });

@@ -7,8 +7,9 @@
 
 int main(int argc, char** argv) {
   using namespace lf;
-  CLI::App app{"lesionflow: synthesise dermoscopy images from clinical descriptions and "
-               "train better skin-lesion classifiers"};
+  CLI::App app{
+      "lesionflow: synthesise dermoscopy images from clinical descriptions and "
+      "train better skin-lesion classifiers"};
   app.set_version_flag("--version", std::string("lesionflow ") + LESIONFLOW_VERSION);
   app.require_subcommand(1);
   app.set_config("--config", "", "read flags from a TOML/INI file (keys = long flag names)");
@@ -18,9 +19,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", g.threads, "intra-op threads (0 = all cores)")->capture_default_str();
   app.add_flag("--json", g.json, "machine-readable JSON on stdout");
   app.add_option("--device", g.device, "cpu or cuda[:N]")->capture_default_str();
-  app.add_option("--precision", g.precision,
-                 "fp32 | bf16 | auto: matrix products of the models in bfloat16 (fp32 master weights); "
-                 "auto = bf16 where the CPU has AVX512_BF16 or AMX")
+  app.add_option(
+         "--precision", g.precision,
+         "fp32 | bf16 | auto: matrix products of the models in bfloat16 (fp32 master weights); "
+         "auto = bf16 where the CPU has AVX512_BF16 or AMX")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
   app.add_flag("--verbose", g.verbose, "debug logging");
@@ -60,9 +62,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   set_compute_precision(*prec);
-  if (g.precision != "fp32") log_info(std::string("compute precision: ") + precision_name(*prec) + " (--precision " + g.precision + ")");
+  if (g.precision != "fp32")
+    log_info(std::string("compute precision: ") + precision_name(*prec) + " (--precision " +
+             g.precision + ")");
   if (*prec == Precision::kBF16 && !cpu_has_bf16())
-    log_warn("--precision bf16 on a CPU without AVX512_BF16/AMX: bfloat16 GEMMs are emulated and slower than fp32");
+    log_warn(
+        "--precision bf16 on a CPU without AVX512_BF16/AMX: bfloat16 GEMMs are emulated and slower "
+        "than fp32");
   Status dev = check_device(g.device);
   if (!dev.ok()) {
     log_error(dev.message());
