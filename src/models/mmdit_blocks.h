@@ -40,6 +40,13 @@ inline Tensor addmm_p(const Tensor& b, const Tensor& x, const Tensor& W) {
   const auto h = torch::kBFloat16;
   return torch::addmm(b.to(h), x.to(h), W.to(h).t()).to(torch::kFloat32);
 }
+// x W^T without a bias, same precision rule as lin().
+inline Tensor mm_p(const Tensor& x, const Tensor& W) {
+  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
+    return torch::mm(x, W.t());
+  const auto h = torch::kBFloat16;
+  return torch::mm(x.to(h), W.to(h).t()).to(torch::kFloat32);
+}
 inline torch::nn::Linear linear(int in, int out, bool zero = false) {
   auto l = torch::nn::Linear(in, out);
   if (zero) {
@@ -130,7 +137,7 @@ struct SingleBlockImpl : torch::nn::Module {
     Tensor y;
     if (compute_precision() == Precision::kBF16) {  // both halves in bf16, summed in fp32
       y = addmm_p(lin2->bias, a, W2.narrow(1, 0, dim)) +
-          addmm_p(torch::zeros_like(lin2->bias), gelu_tanh(mh), W2.narrow(1, dim, hidden));
+          mm_p(gelu_tanh(mh), W2.narrow(1, dim, hidden));
     } else {
       y = torch::addmm(lin2->bias, a, W2.narrow(1, 0, dim).t())
               .addmm_(gelu_tanh(mh), W2.narrow(1, dim, hidden).t());

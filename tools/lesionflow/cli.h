@@ -32,8 +32,8 @@ using Runner = std::function<Status()>;
 void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_data(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_caption(CLI::App& app, GlobalOptions& g, Runner* run);
-void add_generator(CLI::App& app, GlobalOptions& g,
-                   Runner* run);  // text, train, sample, finetune, distill, lora
+void add_generator(CLI::App& app, GlobalOptions& g, Runner* run);  // text, train, sample
+void add_adapt(CLI::App& app, GlobalOptions& g, Runner* run);      // finetune, distill, lora merge
 void add_report(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_classify(CLI::App& app, GlobalOptions& g, Runner* run);  // classify train | eval
 void add_synth(CLI::App& app, GlobalOptions& g, Runner* run);     // fd, synth, experiment
@@ -49,6 +49,22 @@ void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given);
 // Print a JSON value (for --json) or nothing.
 inline void emit_json(const GlobalOptions& g, const nlohmann::json& j) {
   if (g.json) std::cout << j.dump(2) << std::endl;
+}
+
+// Runs `fn(options)` with the global seed, printing the JSON (--json) or `print(json)`.
+template <class Opt, class Fn, class Print>
+void bind(CLI::App* s, Opt& o, GlobalOptions& g, Runner* run, Fn fn, Print print) {
+  s->callback([&o, &g, run, fn, print]() {
+    *run = [&o, &g, fn, print]() -> Status {
+      o.seed = g.seed;
+      LF_ASSIGN_OR_RETURN(nlohmann::json j, fn(o));
+      if (g.json)
+        emit_json(g, j);
+      else
+        print(j);
+      return Status::ok_status();
+    };
+  });
 }
 
 }  // namespace lf::cli

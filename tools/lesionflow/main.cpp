@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
   cli::add_audit(app, g, &run);
   cli::add_export(app, g, &run);
   cli::add_generator(app, g, &run);
+  cli::add_adapt(app, g, &run);
   cli::add_report(app, g, &run);
   cli::add_classify(app, g, &run);
   cli::add_synth(app, g, &run);
