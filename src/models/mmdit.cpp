@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/autocast.h"
 #include "models/mmdit_blocks.h"
 
 namespace lf {
@@ -220,7 +221,12 @@ Tensor MMDiTImpl::forward(const Tensor& x, const Tensor& t, const TextCond& text
   auto fm = lin(final_mod_, torch::silu(vec)).unsqueeze(1).chunk(2, -1);
   auto out = unpatchify(lin(final_out_, modulate(ln(img), fm[0], fm[1])), c_.patch, c_.channels,
                         c_.image_size);
-  if (!refine_.is_empty()) out = out + refine_->forward(torch::cat({out, x}, 1));
+  if (!refine_.is_empty()) {
+    // The convolutional refinement head: bf16 convolutions (CPU autocast) under Precision::kBF16.
+    ScopedBf16Autocast autocast(compute_precision() == Precision::kBF16 &&
+                                out.scalar_type() == torch::kFloat32);
+    out = out + refine_->forward(torch::cat({out, x}, 1)).to(out.scalar_type());
+  }
   return out;
 }
 

@@ -40,12 +40,14 @@ inline Tensor addmm_p(const Tensor& b, const Tensor& x, const Tensor& W) {
   const auto h = torch::kBFloat16;
   return torch::addmm(b.to(h), x.to(h), W.to(h).t()).to(torch::kFloat32);
 }
-// x W^T without a bias, same precision rule as lin().
-inline Tensor mm_p(const Tensor& x, const Tensor& W) {
+// mlp2(gelu_tanh(mlp1(x))). Under Precision::kBF16 the hidden activation stays bfloat16 between
+// the two GEMMs (no round trip through float32 for the widest tensor of the block).
+inline Tensor mlp_p(torch::nn::Linear l1, torch::nn::Linear l2, const Tensor& x) {
   if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
-    return torch::mm(x, W.t());
+    return l2->forward(gelu_tanh(l1->forward(x)));
   const auto h = torch::kBFloat16;
-  return torch::mm(x.to(h), W.to(h).t()).to(torch::kFloat32);
+  auto a = torch::linear(x.to(h), l1->weight.to(h), l1->bias.to(h));
+  return torch::linear(gelu_tanh(a), l2->weight.to(h), l2->bias.to(h)).to(torch::kFloat32);
 }
 inline torch::nn::Linear linear(int in, int out, bool zero = false) {
   auto l = torch::nn::Linear(in, out);
@@ -95,11 +97,9 @@ struct DoubleBlockImpl : torch::nn::Module {
     int64_t T = txt_x.size(1);
     auto ta = a.narrow(1, 0, T), ia = a.narrow(1, T, a.size(1) - T);
     img_x = gated_add(img_x, im[2], lin(img->proj, ia));
-    img_x = gated_add(img_x, im[5],
-                      lin(img->mlp2, gelu_tanh(lin(img->mlp1, modulate(ln(img_x), im[3], im[4])))));
+    img_x = gated_add(img_x, im[5], mlp_p(img->mlp1, img->mlp2, modulate(ln(img_x), im[3], im[4])));
     txt_x = gated_add(txt_x, tm[2], lin(txt->proj, ta));
-    txt_x = gated_add(txt_x, tm[5],
-                      lin(txt->mlp2, gelu_tanh(lin(txt->mlp1, modulate(ln(txt_x), tm[3], tm[4])))));
+    txt_x = gated_add(txt_x, tm[5], mlp_p(txt->mlp1, txt->mlp2, modulate(ln(txt_x), tm[3], tm[4])));
     return {img_x, txt_x};
   }
   int heads;
@@ -124,9 +124,23 @@ struct SingleBlockImpl : torch::nn::Module {
     // separate contiguous tensors (no strided split; no cat of their gradients in backward).
     // The weight member is read at call time, so a LoRA delta folded into it applies here too.
     const auto &W1 = lin1->weight, &b1 = lin1->bias;
-    auto qkv =
-        addmm_p(b1.narrow(0, 0, 3 * dim), xm, W1.narrow(0, 0, 3 * dim)).view({B, L, 3 * dim});
-    auto mh = addmm_p(b1.narrow(0, 3 * dim, hidden), xm, W1.narrow(0, 3 * dim, hidden));
+    // Under Precision::kBF16: xm is cast once for both GEMMs, and the MLP half stays bfloat16
+    // through the GELU into lin2's GEMM.
+    const bool bf16 = compute_precision() == Precision::kBF16 && x.scalar_type() == torch::kFloat32;
+    const auto h = torch::kBFloat16;
+    Tensor qkv, mh;
+    if (bf16) {
+      auto xb = xm.to(h);
+      qkv = torch::addmm(b1.narrow(0, 0, 3 * dim).to(h), xb, W1.narrow(0, 0, 3 * dim).to(h).t())
+                .to(torch::kFloat32)
+                .view({B, L, 3 * dim});
+      mh = torch::addmm(b1.narrow(0, 3 * dim, hidden).to(h), xb,
+                        W1.narrow(0, 3 * dim, hidden).to(h).t());
+    } else {
+      qkv = torch::addmm(b1.narrow(0, 0, 3 * dim), xm, W1.narrow(0, 0, 3 * dim).t())
+                .view({B, L, 3 * dim});
+      mh = torch::addmm(b1.narrow(0, 3 * dim, hidden), xm, W1.narrow(0, 3 * dim, hidden).t());
+    }
     auto [q, k, v] = split_heads(qkv, heads);
     // One segment: the second is empty.
     q = qk_norm_rope(q, q_norm, q.narrow(2, L, 0), q_norm, cos, sin);
@@ -135,9 +149,9 @@ struct SingleBlockImpl : torch::nn::Module {
     // lin2 on [attention, MLP] as two GEMMs on column blocks of its weight: no cat.
     const auto& W2 = lin2->weight;
     Tensor y;
-    if (compute_precision() == Precision::kBF16) {  // both halves in bf16, summed in fp32
+    if (bf16) {  // both halves in bf16, summed in fp32
       y = addmm_p(lin2->bias, a, W2.narrow(1, 0, dim)) +
-          mm_p(gelu_tanh(mh), W2.narrow(1, dim, hidden));
+          torch::mm(gelu_tanh(mh), W2.narrow(1, dim, hidden).to(h).t()).to(torch::kFloat32);
     } else {
       y = torch::addmm(lin2->bias, a, W2.narrow(1, 0, dim).t())
               .addmm_(gelu_tanh(mh), W2.narrow(1, dim, hidden).t());
@@ -162,7 +176,7 @@ struct TextLayerImpl : torch::nn::Module {
   Tensor forward(Tensor x, const Tensor& key_bias) {
     auto [q, k, v] = split_heads(lin(qkv, ln1(x)), heads);
     x = x + lin(proj, merge_heads(attention(q, k, v, key_bias)));
-    return x + lin(mlp2, gelu_tanh(lin(mlp1, ln2(x))));
+    return x + mlp_p(mlp1, mlp2, ln2(x));
   }
   int heads;
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
