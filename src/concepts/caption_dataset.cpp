@@ -216,6 +216,10 @@ Result<nlohmann::json> measure_image_folder(const std::string& images,
     auto m = measure_lesion(rgb, cv::Mat());
     os << nlohmann::json{{"file", f.filename().string()}, {"measured", m.to_json()}}.dump() << '\n';
   }
+  if (files.empty()) return Status::error(images + ": no PNG or JPEG images to measure");
+  if (bad == static_cast<int64_t>(files.size()))
+    return Status::error(images + ": none of the " + std::to_string(files.size()) +
+                         " images could be read");
   const std::string out = out_path.empty() ? images + "/concepts.jsonl" : out_path;
   LF_RETURN_IF_ERROR(write_file_atomic(out, os.str()));
   return nlohmann::json{

@@ -158,6 +158,8 @@ Result<nlohmann::json> run_synth(const SynthRunOptions& o) {
   if (o.out.empty()) return Status::error("synth: --out DIR is required");
   if (o.generator.empty() && !o.plan_only)
     return Status::error("synth: --generator CHECKPOINT is required");
+  if (o.plan.total < 1)
+    return Status::error("synth: --total must be >= 1, got " + std::to_string(o.plan.total));
   LF_ASSIGN_OR_RETURN(RealData real, load_real_data(o.data, o.splits, o.captions));
   std::vector<Record> train;
   for (auto i : real.train) train.push_back(real.ps.records[i]);
@@ -176,6 +178,7 @@ Result<nlohmann::json> run_synth(const SynthRunOptions& o) {
   sc.gen = o.gen;
   apply_recommended_sampling(gen.metadata, o.given,
                              sc.gen);  // a distilled student's settings for flags not given
+  LF_RETURN_IF_ERROR(check_generate_config(sc.gen, "synth"));
   sc.out = o.out;
   sc.generator_path = o.generator;
   auto t0 = std::chrono::steady_clock::now();

@@ -277,7 +277,12 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
   }
   if (prompts.empty())
     return Status::error("sample: give --prompt TEXT (repeatable) or --prompts-file FILE");
+  if (o.n < 1) return Status::error("sample: --n must be >= 1, got " + std::to_string(o.n));
   LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(ckpt, o.ae));
+  GenerateConfig gc = o.gen;
+  apply_recommended_sampling(gen.metadata, o.given,
+                             gc);  // a distilled student's settings for flags not given
+  LF_RETURN_IF_ERROR(check_generate_config(gc, "sample"));
   LoraRuntime lora(gen.model);
   std::string adapter_hashes;
   for (auto& spec : o.lora) {
@@ -303,9 +308,6 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
       std::snprintf(nm, sizeof nm, "p%03zu_%04d.png", p, i);
       names.push_back(nm);
     }
-  GenerateConfig gc = o.gen;
-  apply_recommended_sampling(gen.metadata, o.given,
-                             gc);  // a distilled student's settings for flags not given
   const std::vector<double> interval{gc.cfg_t_lo, gc.cfg_t_hi};
   Progress prog("sample", static_cast<int64_t>(ps.size()), "img");
   std::vector<cv::Mat> tiles;

@@ -99,6 +99,19 @@ std::string ae_metadata(const std::string& ae_hash, const std::string& ae_file) 
   return nlohmann::json{{"hash", ae_hash}, {"file", ae_file}}.dump();
 }
 
+Status check_generate_config(const GenerateConfig& gc, const std::string& what) {
+  auto bad = [&](const std::string& m) { return Status::error(what + ": " + m); };
+  if (gc.sampler.steps < 1)
+    return bad("--steps must be >= 1, got " + std::to_string(gc.sampler.steps));
+  if (!(gc.cfg_scale >= 0)) return bad("--cfg must be >= 0, got " + std::to_string(gc.cfg_scale));
+  if (!(gc.sampler.shift > 0))
+    return bad("--shift must be > 0, got " + std::to_string(gc.sampler.shift));
+  if (gc.batch < 1) return bad("--batch must be >= 1, got " + std::to_string(gc.batch));
+  if (!(0 <= gc.cfg_t_lo && gc.cfg_t_lo <= gc.cfg_t_hi && gc.cfg_t_hi <= 1))
+    return bad("--cfg-interval must satisfy 0 <= LO <= HI <= 1");
+  return Status::ok_status();
+}
+
 nlohmann::json sampling_metadata(const GenerateConfig& gc) {
   return {{"sampler", gc.sampler.method},
           {"steps", gc.sampler.steps},

@@ -37,6 +37,10 @@ struct GenerateConfig {
   int batch = 16;
 };
 
+// steps >= 1, cfg_scale >= 0, 0 <= cfg_t_lo <= cfg_t_hi <= 1, batch >= 1, shift > 0; the error
+// names `what` (the command) and the flag.
+Status check_generate_config(const GenerateConfig& gc, const std::string& what);
+
 struct GenTrainConfig {
   int64_t steps = 2000;       // total planned steps (LR schedule spans these)
   int64_t stop_at_step = -1;  // stop early (simulated interruption; -1 = never)

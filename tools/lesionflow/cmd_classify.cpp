@@ -1,5 +1,7 @@
 // lesionflow classify train|eval: flags -> options structs of pipeline/classify_runs.h -> printed
 // summaries.
+#include <limits>
+
 #include "cli.h"
 #include "pipeline/classify_runs.h"
 
@@ -47,23 +49,38 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--captions", t.captions, "captions.jsonl (skin-tone subgroups)");
   tr->add_option("--synthetic", t.synthetic, "synthetic set directory (manifest.jsonl)");
   tr->add_option("--synthetic-weight", t.synthetic_weight, "loss weight of synthetic images")
-      ->capture_default_str();
-  tr->add_option("--arm", t.arm, "real | real+synthetic | synthetic")->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  tr->add_option("--arm", t.arm, "real | real+synthetic | synthetic")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"real", "real+synthetic", "synthetic"}));
   tr->add_option("--real-size", t.real_size, "real training images (-1: all)")
-      ->capture_default_str();
-  tr->add_option("--arch", t.arch, "cnn | vit")->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
+  tr->add_option("--arch", t.arch, "cnn | vit")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cnn", "vit"}));
   tr->add_option(
         "--classes", t.classes,
         "binary (benign/malignant) | dx (one output per diagnosis: the reference feature network)")
       ->capture_default_str()
       ->check(CLI::IsMember({"binary", "dx"}));
-  tr->add_option("--width", t.width, "CNN width")->capture_default_str();
-  tr->add_option("--epochs", t.epochs, "epochs")->capture_default_str();
-  tr->add_option("--batch", t.batch, "batch size")->capture_default_str();
-  tr->add_option("--lr", t.lr, "peak learning rate")->capture_default_str();
+  tr->add_option("--width", t.width, "CNN width")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  tr->add_option("--epochs", t.epochs, "epochs")->capture_default_str()->check(CLI::PositiveNumber);
+  tr->add_option("--batch", t.batch, "batch size")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  tr->add_option("--lr", t.lr, "peak learning rate")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   tr->add_option("--patience", t.patience, "early-stopping patience (epochs)")
-      ->capture_default_str();
-  tr->add_option("--max-minutes", t.max_minutes, "time budget")->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  tr->add_option("--max-minutes", t.max_minutes, "time budget")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   tr->add_option("--test-dataset", t.test_datasets,
                  "extra test datasets (evaluated, never trained on)");
   tr->add_flag("--resume", t.resume, "continue an interrupted run");

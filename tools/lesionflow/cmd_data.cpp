@@ -142,10 +142,17 @@ void add_data(CLI::App& app, GlobalOptions& g, Runner* run) {
       "split", "lesion-grouped stratified train/val/test split (+ scarcity subset)");
   add_common(sp);
   sp->add_option("--out", o.out, "splits CSV to write")->required();
-  sp->add_option("--train", o.train, "train fraction")->capture_default_str();
-  sp->add_option("--val", o.val, "validation fraction")->capture_default_str();
-  sp->add_option("--test", o.test, "test fraction")->capture_default_str();
-  sp->add_option("--scarcity", o.scarcity, "also draw N training images (written next to --out)");
+  sp->add_option("--train", o.train, "train fraction")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  sp->add_option("--val", o.val, "validation fraction")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  sp->add_option("--test", o.test, "test fraction")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  sp->add_option("--scarcity", o.scarcity, "also draw N training images (written next to --out)")
+      ->check(CLI::NonNegativeNumber);
   sp->add_option("--malignant-fraction", o.malignant_fraction,
                  "class ratio of the scarcity subset (-1: natural)");
   sp->callback([&g, run]() { *run = [&g]() { return run_split(o, g); }; });
@@ -153,14 +160,20 @@ void add_data(CLI::App& app, GlobalOptions& g, Runner* run) {
   auto* pr = data->add_subcommand("prepare", "decode + resize once into a tensor cache");
   add_common(pr);
   pr->add_option("--out", o.out, "cache directory")->required();
-  pr->add_option("--size", o.size, "output side in pixels")->capture_default_str();
-  pr->add_option("--fit", o.fit, "crop | pad (keep aspect ratio)")->capture_default_str();
+  pr->add_option("--size", o.size, "output side in pixels")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  pr->add_option("--fit", o.fit, "crop | pad (keep aspect ratio)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"crop", "pad"}));
   pr->callback([&g, run]() { *run = [&g]() { return run_prepare(o, g); }; });
 
   auto* ph = data->add_subcommand("phantom", "render phantom lesions with ground truth as PNGs");
   ph->add_option("--out", o.out, "output directory")->required();
-  ph->add_option("--n", o.n, "how many")->capture_default_str();
-  ph->add_option("--size", o.size, "side in pixels")->capture_default_str();
+  ph->add_option("--n", o.n, "how many")->capture_default_str()->check(CLI::PositiveNumber);
+  ph->add_option("--size", o.size, "side in pixels")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   ph->callback([&g, run]() { *run = [&g]() { return run_phantom(o, g); }; });
 }
 

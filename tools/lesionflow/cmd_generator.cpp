@@ -16,10 +16,12 @@ void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given) {
   s->add_option("--steps", gc.sampler.steps,
                 "sampler steps (default: the checkpoint's recommendation, else this)")
       ->capture_default_str()
+      ->check(CLI::PositiveNumber)
       ->each([&given](const std::string&) { given.steps = true; });
   s->add_option("--cfg", gc.cfg_scale,
                 "classifier-free guidance scale, 1 = off (default: the checkpoint's, else this)")
       ->capture_default_str()
+      ->check(CLI::NonNegativeNumber)
       ->each([&given](const std::string&) { given.cfg = true; });
   s->add_option_function<std::vector<double>>(
        "--cfg-interval",
@@ -33,6 +35,7 @@ void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given) {
   s->add_option("--shift", gc.sampler.shift,
                 "timestep shift of the schedule (default: the checkpoint's, else this)")
       ->capture_default_str()
+      ->check(CLI::PositiveNumber)
       ->each([&given](const std::string&) { given.shift = true; });
 }
 
@@ -42,7 +45,9 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   static TokenizerRunOptions tk;
   auto* tt = text->add_subcommand("train-tokenizer", "train a sentencepiece model on the captions");
   data_flags(tt, tk.data);
-  tt->add_option("--vocab", tk.vocab, "vocabulary size (upper bound)")->capture_default_str();
+  tt->add_option("--vocab", tk.vocab, "vocabulary size (upper bound)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   tt->add_option("--out", tk.out, "output .model file")->required();
   bind(tt, tk, g, run, run_tokenizer_training, [](const nlohmann::json& j) {
     std::printf("tokenizer: vocab %d, longest caption %d tokens, %d of %zu over 64 -> %s\n",
@@ -55,7 +60,8 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   auto* t = app.add_subcommand("train", "train the text-to-image rectified-flow generator");
   data_flags(t, tr.data);
   t->add_option("--vocab", tr.vocab, "tokenizer vocabulary size (upper bound)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   t->add_option("--tokenizer", tr.tokenizer,
                 "sentencepiece model (default: train one on the captions)");
   t->add_option("--preset", tr.preset, "tiny | small | base")->capture_default_str();
@@ -80,7 +86,9 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
                     kShippedGenerator + ")");
   s->add_option("--prompt", sa.prompts, "prompt (repeatable)");
   s->add_option("--prompts-file", sa.prompts_file, "one prompt per line");
-  s->add_option("--n", sa.n, "images per prompt")->capture_default_str();
+  s->add_option("--n", sa.n, "images per prompt")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   // Unset sampler flags take the checkpoint's recommendation (a distilled student's), else these
   // defaults.
   sa.gen.sampler.steps = 20;

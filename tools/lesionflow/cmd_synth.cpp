@@ -74,18 +74,23 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   y->add_option("--data", s.data, "prepared cache of the real dataset")->required();
   y->add_option("--splits", s.splits, "splits CSV (the plan follows the train split)")->required();
   y->add_option("--captions", s.captions, "captions.jsonl (prompts are drawn from these)");
-  y->add_option("--total", s.plan.total, "synthetic images")->capture_default_str();
+  y->add_option("--total", s.plan.total, "synthetic images")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   y->add_option(
        "--balance", s.plan.balance,
        "label | dx (equal classes) | fill-label | fill-dx (top up the short classes) | none")
       ->capture_default_str();
   y->add_option("--flatten", s.plan.flatten, "cell share ~ real_count^flatten within a class")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   // Sampler flags not given: a distilled checkpoint's recommended settings, else these defaults.
   s.gen.sampler.steps = 12;
   s.gen.cfg_scale = 3.0;
   add_sampler_flags(y, s.gen, s.given);
-  y->add_option("--batch", s.gen.batch, "images per forward batch")->capture_default_str();
+  y->add_option("--batch", s.gen.batch, "images per forward batch")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   y->add_flag("--plan-only", s.plan_only, "write plan.json and stop");
   y->add_option("--out", s.out, "output directory")->required();
   y->callback([&g, run]() {
@@ -115,7 +120,8 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   ex->add_option("--test-dataset", x.test_datasets,
                  "extra test datasets (evaluated, never trained on)");
   ex->add_option("--budget-minutes", x.budget_minutes, "scale classifier epochs to fit")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   ex->callback([&g, run]() {
     *run = [&g]() -> Status {
       ExperimentOptions o;

@@ -16,7 +16,9 @@ int main(int argc, char** argv) {
   cli::GlobalOptions g;
   for (int i = 0; i < argc; ++i) g.command_line += (i ? " " : "") + std::string(argv[i]);
   app.add_option("--seed", g.seed, "seed for every random choice")->capture_default_str();
-  app.add_option("--threads", g.threads, "intra-op threads (0 = all cores)")->capture_default_str();
+  app.add_option("--threads", g.threads, "intra-op threads (0 = all cores)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--json", g.json, "machine-readable JSON on stdout");
   app.add_option("--device", g.device, "cpu or cuda[:N]")->capture_default_str();
   app.add_option(
