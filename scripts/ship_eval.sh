@@ -2,13 +2,15 @@
 # Evaluate the shipped generator: per-dx sample grid next to real test images, a label-balanced
 # synthetic set with provenance, and its audit in the reference feature space (HAM-FD).
 #   bash scripts/ship_eval.sh            (needs cache/ from scripts/ham_generator.sh)
+#   GEN=cand/lesionflow_ham64.safetensors OUT=runs/ship_eval_cand bash scripts/ship_eval.sh   (a candidate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LF=${LF:-./build/lesionflow}
 OUT=${OUT:-runs/ship_eval}
 N=${N:-400}
+GEN=${GEN:-models/lesionflow_ham64.safetensors}
 mkdir -p $OUT
-/usr/bin/python3 - <<'PY'
+OUT=$OUT /usr/bin/python3 - <<'PY'
 import csv, json
 split = {r["id"]: r["split"] for r in csv.DictReader(open("cache/ham_splits.csv"))}
 by = {}
@@ -16,13 +18,14 @@ for l in open("cache/ham_captions.jsonl"):
     j = json.loads(l)
     if split.get(j["id"]) == "test" and j["dx"] not in by:
         by[j["dx"]] = j["caption_canonical"]
-with open("runs/ship_eval/dx_prompts.txt", "w") as f:
+import os
+with open(os.environ.get("OUT", "runs/ship_eval") + "/dx_prompts.txt", "w") as f:
     for d in ["mel", "nv", "bkl", "bcc", "akiec", "vasc", "df"]:
         f.write(by[d] + "\n")
 PY
 /usr/bin/python3 scripts/real_grid.py cache/ham64 cache/ham_splits.csv test mel,nv,bkl,bcc,akiec,vasc,df 8 $OUT/real_test_by_dx.png
-$LF --precision auto sample --prompts-file $OUT/dx_prompts.txt --n 8 --out $OUT/samples_by_dx
-$LF --precision auto synth --generator models/lesionflow_ham64.safetensors --data cache/ham64 --splits cache/ham_splits.csv \
+$LF --precision auto sample --checkpoint $GEN --prompts-file $OUT/dx_prompts.txt --n 8 --out $OUT/samples_by_dx
+$LF --precision auto synth --generator $GEN --data cache/ham64 --splits cache/ham_splits.csv \
     --captions cache/ham_captions.jsonl --total $N --balance label --steps 20 --cfg 4 --out $OUT/synth
 $LF audit --synthetic $OUT/synth --data cache/ham64 --splits cache/ham_splits.csv --captions cache/ham_captions.jsonl \
     --out $OUT/audit.json

@@ -8,7 +8,7 @@
 #include "lesionflow/io.h"
 #include "lesionflow/rng.h"
 #include "models/checkpoint.h"
-#include "train/generator.h"
+#include "models/generator_io.h"
 
 namespace lf {
 using torch::Tensor;

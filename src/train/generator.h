@@ -12,6 +12,7 @@
 #include "lesionflow/status.h"
 #include "lesionflow/tokenizer.h"
 #include "models/autoencoder.h"
+#include "models/generator_io.h"
 #include "models/mmdit.h"
 
 namespace lf {
@@ -137,25 +138,6 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
                                        const CaptionedImages* val,
                                        const TrainTarget* target = nullptr);
 
-Status save_generator(const std::string& path, MMDiT& model, const Tokenizer& tok, int64_t step,
-                      const FlowConfig& flow, const std::string& kind,
-                      const std::map<std::string, std::string>& extra_metadata = {});
-// Metadata value "ae" of a latent generator: {"hash": <AE file hash>, "file": <AE file name>}.
-std::string ae_metadata(const std::string& ae_hash, const std::string& ae_file);
-struct LoadedGenerator {
-  MMDiT model{nullptr};
-  std::shared_ptr<Tokenizer> tok;
-  FlowConfig flow;
-  int64_t step = 0;
-  std::string hash;  // content hash of the checkpoint file
-  std::map<std::string, std::string> metadata;
-  Autoencoder ae{nullptr};  // latent generators: the decoder (checked against the "ae" hash)
-  std::string ae_path, ae_hash;
-  bool latent() const { return !ae.is_empty(); }
-};
-// A latent generator's autoencoder is `ae_path` when given, else the file named in its metadata
-// next to the checkpoint; one whose hash differs from the checkpoint's record is refused.
-Result<LoadedGenerator> load_generator(const std::string& path, const std::string& ae_path = "");
 // generate() followed by the autoencoder's decoder for a latent generator: images [N,3,S,S] in
 // [-1,1].
 torch::Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
