@@ -145,57 +145,7 @@ Tensor ClassifierImpl::features(const Tensor& x) {
   return f.to(torch::kFloat32);
 }
 
-// ---- training ---------------------------------------------------------------------------
-nlohmann::json ClsTrainConfig::to_json() const {
-  return {{"epochs", epochs},
-          {"batch", batch},
-          {"lr", lr},
-          {"weight_decay", weight_decay},
-          {"warmup_epochs", warmup_epochs},
-          {"balanced", balanced},
-          {"augment", augment},
-          {"patience", patience},
-          {"max_minutes", max_minutes},
-          {"seed", seed},
-          {"out", out}};
-}
-
-namespace {
-// Random resized crop (scale 0.7-1, aspect 3/4-4/3), dihedral transform, colour jitter
-// (brightness, contrast, saturation +-15%) on one image x [3,S,S] in [-1,1].
-Tensor augment_lesion(Tensor x, std::mt19937_64& rng) {
-  std::uniform_real_distribution<double> U(0, 1);
-  const int64_t S = x.size(1);
-  double scale = 0.7 + 0.3 * U(rng),
-         ar = std::exp(std::log(0.75) + (std::log(4.0 / 3) - std::log(0.75)) * U(rng));
-  int64_t w = std::clamp<int64_t>(std::lround(S * std::sqrt(scale * ar)), 8, S);
-  int64_t h = std::clamp<int64_t>(std::lround(S * std::sqrt(scale / ar)), 8, S);
-  int64_t x0 = static_cast<int64_t>(U(rng) * (S - w + 1)),
-          y0 = static_cast<int64_t>(U(rng) * (S - h + 1));
-  x = x.slice(1, y0, y0 + h).slice(2, x0, x0 + w).unsqueeze(0);
-  x = torch::nn::functional::interpolate(x, torch::nn::functional::InterpolateFuncOptions()
-                                                .size(std::vector<int64_t>{S, S})
-                                                .mode(torch::kBilinear)
-                                                .align_corners(false))
-          .squeeze(0);
-  x = augment_dihedral(x, rng);
-  auto p = (x + 1) * 0.5;
-  double b = 1 + 0.3 * (U(rng) - 0.5), c = 1 + 0.3 * (U(rng) - 0.5), s = 1 + 0.3 * (U(rng) - 0.5);
-  p = p * b;
-  auto mean = p.mean();
-  p = (p - mean) * c + mean;
-  auto grey = p.mean(0, true);
-  p = (p - grey) * s + grey;
-  return p.clamp(0, 1) * 2 - 1;
-}
-
-Tensor batch_tensor(const LabeledSet& set, const std::vector<int64_t>& idx) {
-  std::vector<const uint8_t*> px;
-  for (auto i : idx) px.push_back(set.image(i));
-  return images_to_tensor(px, set.size);
-}
-}  // namespace
-
+// ---- inference -------------------------------------------------------------------------
 Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
   torch::NoGradGuard ng;
   model->eval();
@@ -255,7 +205,8 @@ Status save_classifier(const std::string& path, Classifier& model, double thresh
 // Checkpoints written before the backbones became modules of their own (models/cnn.h,
 // models/vit.h; e.g. the shipped reference network) name their tensors without the backbone
 // prefix ("stem.0.weight", "qkv_3.bias"): renamed here to the current names.
-static SafeTensors with_current_names(SafeTensors st, ClassifierArch arch) {
+namespace {
+SafeTensors with_current_names(SafeTensors st, ClassifierArch arch) {
   bool legacy = false;
   for (auto& [k, t] : st.tensors)
     if (k.rfind("cnn.", 0) != 0 && k.rfind("vit.", 0) != 0 && k.rfind("head.", 0) != 0)
@@ -280,6 +231,13 @@ static SafeTensors with_current_names(SafeTensors st, ClassifierArch arch) {
   return st;
 }
 
+}  // namespace
+
+Status load_classifier_weights(SafeTensors st, Classifier& model, const std::string& path) {
+  st = with_current_names(std::move(st), model->config().arch);
+  return load_module_tensors(st, *model, path);
+}
+
 Result<LoadedClassifier> load_classifier(const std::string& path) {
   LF_ASSIGN_OR_RETURN(SafeTensors st, load_safetensors(path));
   if (st.metadata["format"] != "lesionflow.classifier.v1")
@@ -294,162 +252,11 @@ Result<LoadedClassifier> load_classifier(const std::string& path) {
   LF_ASSIGN_OR_RETURN(ClassifierConfig cfg, ClassifierConfig::from_json(cj));
   LoadedClassifier lc;
   lc.model = Classifier(cfg);
-  st = with_current_names(std::move(st), cfg.arch);
-  LF_RETURN_IF_ERROR(load_module_tensors(st, *lc.model, path));
+  LF_RETURN_IF_ERROR(load_classifier_weights(st, lc.model, path));
   lc.threshold = std::atof(st.metadata["threshold"].c_str());
   lc.metadata = st.metadata;
   lc.model->eval();
   return lc;
-}
-
-Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model,
-                                        const LabeledSet& train, const LabeledSet& val) {
-  if (train.count() < 2) return Status::error("classify: fewer than 2 training images");
-  if (cfg.out.empty()) return Status::error("classify: an output directory is required");
-  if (train.size != model->config().image_size)
-    return Status::error("classify: images are " + std::to_string(train.size) +
-                         "px, the model expects " + std::to_string(model->config().image_size) +
-                         "px");
-  LF_RETURN_IF_ERROR(make_dirs(cfg.out));
-  const std::string last = cfg.out + "/last.safetensors", best = cfg.out + "/best.safetensors",
-                    state = cfg.out + "/state.bin", hist = cfg.out + "/history.jsonl";
-  const int64_t N = train.count();
-  const int64_t steps_per_epoch = std::max<int64_t>(1, N / cfg.batch);
-  const int64_t total_steps = steps_per_epoch * cfg.epochs;
-  // Targets: benign/malignant, or the dx class of a multi-class model. Class weights (balanced,
-  // N / (K N_c)) times source weights.
-  const int K = model->config().outputs();
-  const bool multi = !model->config().classes.empty();
-  std::vector<int> target(N);
-  for (int64_t i = 0; i < N; ++i) {
-    target[i] = multi ? train.cls[i] : train.labels[i];
-    if (target[i] < 0 || target[i] >= K)
-      return Status::error("classify: training image '" + train.ids[i] +
-                           "' has no class among the model's " + std::to_string(K) + " outputs");
-  }
-  std::vector<double> count(K, 0.0);
-  for (int y : target) count[y] += 1;
-  std::vector<float> sample_w(N);
-  for (int64_t i = 0; i < N; ++i)
-    sample_w[i] =
-        train.weights[i] * static_cast<float>(cfg.balanced ? N / (K * count[target[i]]) : 1.0);
-
-  torch::optim::AdamW opt(model->parameters(),
-                          torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
-  ClsTrainResult res;
-  int epoch = 0, since_best = 0;
-  if (cfg.resume && file_exists(state)) {
-    LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(last));
-    w = with_current_names(std::move(w), model->config().arch);
-    LF_RETURN_IF_ERROR(load_module_tensors(w, *model, last));
-    LF_ASSIGN_OR_RETURN(int64_t e, load_state(state, opt));
-    epoch = static_cast<int>(e);
-    res.best_epoch = std::atoi(w.metadata["best_epoch"].c_str());
-    res.best_val_auc = std::atof(w.metadata["best_val_auc"].c_str());
-    since_best = std::atoi(w.metadata["since_best"].c_str());
-    truncate_metrics(hist, epoch);
-    log_info("resumed " + cfg.out + " after epoch " + std::to_string(epoch));
-  } else {
-    std::filesystem::remove(hist);
-  }
-  BatchPlan plan(N, cfg.batch, cfg.seed);
-  Progress prog("classify", total_steps, "step", epoch * steps_per_epoch);
-  auto t0 = std::chrono::steady_clock::now();
-  int64_t seen = 0;
-  for (; epoch < cfg.epochs; ++epoch) {
-    torch::manual_seed(
-        derive_seed(cfg.seed, Stream::kClsDropout, epoch));  // dropout: same stream after a resume
-    model->train();
-    double loss_sum = 0;
-    for (int64_t b = 0; b < steps_per_epoch; ++b) {
-      const int64_t step = epoch * steps_per_epoch + b;
-      set_lr(opt, warmup_cosine_lr(cfg.lr, cfg.warmup_epochs * steps_per_epoch, total_steps, 0.01,
-                                   step));
-      auto idx = plan.at(step);
-      auto x = batch_tensor(train, idx);
-      if (cfg.augment) {
-        std::mt19937_64 rng(derive_seed(cfg.seed, Stream::kClsBatches, step));
-        std::vector<Tensor> xs;
-        for (int64_t i = 0; i < x.size(0); ++i) xs.push_back(augment_lesion(x[i], rng));
-        x = torch::stack(xs);
-      }
-      std::vector<int64_t> y;
-      std::vector<float> w;
-      for (auto i : idx) {
-        y.push_back(target[i]);
-        w.push_back(sample_w[i]);
-      }
-      auto yt = torch::tensor(y, torch::kInt64), wt = torch::tensor(w, torch::kFloat32);
-      auto per = torch::nn::functional::cross_entropy(
-          model->forward(x), yt,
-          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-      auto loss = (per * wt).sum() / wt.sum();
-      double lv = loss.item<double>();
-      if (!std::isfinite(lv))
-        return Status::error("classify: loss is " + std::to_string(lv) + " at epoch " +
-                             std::to_string(epoch) + " step " + std::to_string(b) +
-                             "; stopped (last good weights in " + last + "); try a lower --lr");
-      opt.zero_grad();
-      loss.backward();
-      torch::nn::utils::clip_grad_norm_(model->parameters(), 5.0);
-      opt.step();
-      loss_sum += lv;
-      seen += static_cast<int64_t>(idx.size());
-      char extra[64];
-      std::snprintf(extra, sizeof extra, "epoch %d loss %.4f", epoch + 1, lv);
-      prog.update(step + 1, extra);
-    }
-    // Validation AUC picks the best epoch.
-    double val_auc = std::nan("");
-    if (val.count() > 0) val_auc = roc_auc(predict_malignant(model, val), val.labels);
-    bool improved = !std::isnan(val_auc) ? val_auc > res.best_val_auc + 1e-6 : true;
-    if (improved) {
-      res.best_val_auc = std::isnan(val_auc) ? 0 : val_auc;
-      res.best_epoch = epoch + 1;
-      since_best = 0;
-      LF_RETURN_IF_ERROR(save_classifier(best, model, 0.5, {{"epoch", std::to_string(epoch + 1)}}));
-    } else {
-      ++since_best;
-    }
-    append_line(hist, nlohmann::json{{"step", epoch + 1},
-                                     {"epoch", epoch + 1},
-                                     {"train_loss", loss_sum / steps_per_epoch},
-                                     {"val_auc", std::isnan(val_auc) ? nlohmann::json(nullptr)
-                                                                     : nlohmann::json(val_auc)}}
-                          .dump());
-    LF_RETURN_IF_ERROR(save_classifier(last, model, 0.5,
-                                       {{"best_epoch", std::to_string(res.best_epoch)},
-                                        {"best_val_auc", std::to_string(res.best_val_auc)},
-                                        {"since_best", std::to_string(since_best)}}));
-    LF_RETURN_IF_ERROR(
-        save_state(state, epoch + 1, opt));  // last: a state implies matching weights
-    res.epochs_run = epoch + 1;
-    double minutes =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
-    if (since_best >= cfg.patience) {
-      res.stopped_early = true;
-      log_info("early stop after epoch " + std::to_string(epoch + 1) + " (best " +
-               std::to_string(res.best_epoch) + ")");
-      break;
-    }
-    if (cfg.max_minutes > 0 && minutes >= cfg.max_minutes) {
-      log_info("classify: time budget reached after epoch " + std::to_string(epoch + 1));
-      break;
-    }
-  }
-  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  res.images_per_second = seen / std::max(res.seconds, 1e-9);
-  // Best weights back; operating point on validation.
-  LF_ASSIGN_OR_RETURN(SafeTensors bw, load_safetensors(best));
-  LF_RETURN_IF_ERROR(load_module_tensors(bw, *model, best));
-  if (val.count() > 0) res.threshold = youden_threshold(predict_malignant(model, val), val.labels);
-  LF_RETURN_IF_ERROR(save_classifier(best, model, res.threshold,
-                                     {{"epoch", std::to_string(res.best_epoch)},
-                                      {"val_auc", std::to_string(res.best_val_auc)},
-                                      {"train", cfg.to_json().dump()}}));
-  prog.finish(res.stopped_early ? "(early stop)" : "",
-              res.epochs_run > 0 ? static_cast<int64_t>(res.epochs_run) * steps_per_epoch : -1);
-  return res;
 }
 
 }  // namespace lf

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "lesionflow/data.h"
+#include "lesionflow/io.h"
 #include "lesionflow/status.h"
 #include "models/cnn.h"
 #include "models/vit.h"
@@ -109,5 +110,8 @@ struct LoadedClassifier {
   std::map<std::string, std::string> metadata;
 };
 Result<LoadedClassifier> load_classifier(const std::string& path);
+// Weights of a classifier checkpoint (or training snapshot) into `model` (names of checkpoints
+// written before the backbones were modules of their own are mapped).
+Status load_classifier_weights(SafeTensors st, Classifier& model, const std::string& path);
 
 }  // namespace lf
