@@ -92,8 +92,7 @@ Status use_latent_space(LoadedGenerator& gen, const std::string& data_dir, const
                         const std::vector<size_t>& va, CaptionedImages& train, CaptionedImages& val,
                         GenTrainConfig& tc) {
   if (!gen.latent()) return Status::ok_status();
-  LF_RETURN_IF_ERROR(attach_latents(gen, data_dir, d.ps, tr, train));
-  LF_RETURN_IF_ERROR(attach_latents(gen, data_dir, d.ps, va, val));
+  LF_RETURN_IF_ERROR(attach_latents(gen, data_dir, d.ps, {{&tr, &train}, {&va, &val}}));
   tc.ae = gen.ae;
   tc.ae_hash = gen.ae_hash;
   tc.ae_file = std::filesystem::path(gen.ae_path).filename().string();

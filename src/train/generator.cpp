@@ -3,7 +3,6 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 #include <opencv2/imgproc.hpp>
 #include <random>
 #include <sstream>
@@ -182,25 +181,17 @@ Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& promp
   return g.ae->decode(x);
 }
 
-Status attach_latents(LoadedGenerator& g, const std::string& prepared_dir, const PreparedSet& ps,
-                      const std::vector<size_t>& idx, CaptionedImages& out) {
+Status attach_latents(
+    LoadedGenerator& g, const std::string& prepared_dir, const PreparedSet& ps,
+    const std::vector<std::pair<const std::vector<size_t>*, CaptionedImages*>>& subsets) {
   if (!g.latent()) return Status::ok_status();
-  // The last cache read stays in memory: the train and validation subsets (and a resumed run's
-  // second call) read the file once.
-  static std::mutex mu;
-  static std::string last_key;
-  static Tensor last;
-  std::lock_guard<std::mutex> lock(mu);
-  const std::string key = prepared_dir + "|" + g.ae_hash + "|" + std::to_string(ps.count());
-  if (key != last_key) {
-    std::vector<const uint8_t*> all;
-    for (int64_t i = 0; i < ps.count(); ++i) all.push_back(ps.image(i));
-    LF_ASSIGN_OR_RETURN(last, latent_cache(prepared_dir, g.ae, g.ae_hash, all, ps.size));
-    last_key = key;
+  std::vector<const uint8_t*> all;
+  for (int64_t i = 0; i < ps.count(); ++i) all.push_back(ps.image(i));
+  LF_ASSIGN_OR_RETURN(Tensor lat, latent_cache(prepared_dir, g.ae, g.ae_hash, all, ps.size));
+  for (auto& [idx, out] : subsets) {
+    std::vector<int64_t> sel(idx->begin(), idx->end());
+    out->latents = lat.index_select(0, torch::tensor(sel, torch::kInt64));
   }
-  const Tensor& lat = last;
-  std::vector<int64_t> sel(idx.begin(), idx.end());
-  out.latents = lat.index_select(0, torch::tensor(sel, torch::kInt64));
   return Status::ok_status();
 }
 

@@ -143,9 +143,11 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
 torch::Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
                               const std::vector<uint64_t>& seeds, const GenerateConfig& gc);
 // The images the generator is trained on: the latents of `images` (latent generator) or the images.
-// Attaches latents from the prepared cache's latent file (made on first use).
-Status attach_latents(LoadedGenerator& g, const std::string& prepared_dir, const PreparedSet& ps,
-                      const std::vector<size_t>& idx, CaptionedImages& out);
+// Attaches latents from the prepared cache's latent file (made on first use) to each subset
+// (record indices, images); the file is read once for all of them.
+Status attach_latents(
+    LoadedGenerator& g, const std::string& prepared_dir, const PreparedSet& ps,
+    const std::vector<std::pair<const std::vector<size_t>*, CaptionedImages*>>& subsets);
 
 // One image per (prompt, seed) pair; the noise of image i depends only on seeds[i].
 torch::Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
