@@ -167,6 +167,45 @@ TEST(Generate, SeedsFixTheImageAndTheGuidanceIntervalSkipsGuidance) {
   auto unguided = generate(m, *tok, flow, prompts, seeds, gc);
   EXPECT_TRUE(torch::equal(never, unguided));
   EXPECT_GT((a - unguided).abs().max().item<float>(), 1e-3);  // guidance changes the images
+  // A stochastic sampler: the step noise too belongs to the image (its seed), not the batch.
+  gc.sampler.method = SamplerMethod::kDdim;
+  gc.sampler.eta = 1.0;
+  gc.batch = 4;
+  auto s4 = generate(m, *tok, flow, prompts, seeds, gc);
+  gc.batch = 1;
+  auto s1 = generate(m, *tok, flow, prompts, seeds, gc);
+  EXPECT_LT((s4 - s1).abs().max().item<float>(), 1e-4);
+  EXPECT_GT((s4 - unguided).abs().max().item<float>(), 1e-3);  // the step noise changes images
+  gc.cfg_t_lo = 0;
+  EXPECT_TRUE(check_generate_config(gc, "sample").ok());
+  gc.sampler.method = SamplerMethod::kEuler;  // eta without ddim is refused, as is eta > 1
+  EXPECT_FALSE(check_generate_config(gc, "sample").ok());
+  gc.sampler.method = SamplerMethod::kDdim;
+  gc.sampler.eta = 1.5;
+  EXPECT_FALSE(check_generate_config(gc, "sample").ok());
+}
+
+TEST(Generate, ReturnsTheModelSpaceUnclampedAndOnlyPixelsAreClamped) {
+  // A fresh network predicts zero velocity (adaLN-zero, zero output layer), so a sample is its
+  // starting noise. Normalised latents have unit spread: clamping them to [-1,1] (which a
+  // pixel image needs) washed out every decoded latent sample before this test.
+  auto caps = phantom_captions(10);
+  auto tok = Tokenizer::train(caps, {64, "bpe", 0});
+  ASSERT_TRUE(tok.ok());
+  auto c = micro();
+  c.vocab_size = tok->vocab_size();
+  MMDiT m(c);
+  std::vector<uint64_t> seeds{21, 22};
+  GenerateConfig gc;
+  gc.sampler.steps = 3;
+  auto x = generate(m, *tok, FlowConfig{}, {caps[0], caps[1]}, seeds, gc);
+  std::vector<Tensor> noise;
+  for (auto sd : seeds) {
+    auto g = at::detail::createCPUGenerator(sd);
+    noise.push_back(torch::randn({1, c.channels, c.image_size, c.image_size}, g, torch::kFloat32));
+  }
+  EXPECT_TRUE(torch::allclose(x, torch::cat(noise, 0), 1e-5, 1e-6));
+  EXPECT_GT(x.abs().max().item<float>(), 1.5f);
 }
 
 TEST(MMDiT, PatchifyRoundTrip) {
@@ -318,6 +357,52 @@ TEST(Flow, MultistepSamplersBeatEulerOnAGaussianWithKnownFlowMap) {
   EXPECT_LT(err("ab2", 32), err("ab2", 16) / 3.5);
   EXPECT_LT(err("ab2", 64), err("ab2", 32) / 3.5);
   EXPECT_GT(err("euler", 32), err("euler", 16) / 2.5);
+}
+
+TEST(Flow, DdimIsEulerAtEtaZeroAndAncestralAtEtaOneKeepsTheGaussian) {
+  // Data N(mu, s^2) per dimension with its exact velocity (as above).
+  const double mu = 0.5, s = 0.3;
+  VelocityFn v = [&](const Tensor& x, const Tensor& t) {
+    auto tt = t.view({-1, 1, 1, 1}).to(torch::kFloat64);
+    auto var = (1 - tt).pow(2) * s * s + tt * tt, d = x - (1 - tt) * mu;
+    return tt / var * d - mu - (1 - tt) * s * s / var * d;
+  };
+  auto gen = at::detail::createCPUGenerator(9);
+  auto z = torch::randn({20000, 1, 1, 1}, gen, torch::kFloat64);
+  SamplerConfig euler{SamplerMethod::kEuler, 10, 1.0}, ddim0{SamplerMethod::kDdim, 10, 1.0, 0.0};
+  EXPECT_LT((sample_flow(v, z, euler) - sample_flow(v, z, ddim0)).abs().max().item<double>(), 1e-9);
+  // eta = 1: the mean is right and the spread converges to the data's at first order (its
+  // discretisation error shrinks the spread: 0.25 at 20 steps, 0.287 at 100, 0.293 at 200);
+  // the noise comes from fresh_noise, and the path differs from the ODE's flow map.
+  auto g2 = at::detail::createCPUGenerator(10);
+  int calls = 0;
+  NoiseFn fresh = [&]() {
+    ++calls;
+    return torch::randn({20000, 1, 1, 1}, g2, torch::kFloat64);
+  };
+  auto x50 = sample_flow(v, z, {SamplerMethod::kDdim, 50, 1.0, 1.0}, fresh);
+  EXPECT_EQ(calls, 49);  // every step but the last (t1 = 0 adds no noise)
+  auto x200 = sample_flow(v, z, {SamplerMethod::kDdim, 200, 1.0, 1.0}, fresh);
+  EXPECT_NEAR(x200.mean().item<double>(), mu, 0.01);
+  double e50 = s - x50.std().item<double>(), e200 = s - x200.std().item<double>();
+  EXPECT_GT(e50, 0.01);
+  EXPECT_LT(std::abs(e200), 0.012);
+  EXPECT_LT(std::abs(e200), e50 / 2.5);
+  EXPECT_GT((x200 - (mu + s * z)).abs().mean().item<double>(), 0.05);  // not the ODE's flow map
+  // A network whose x0 estimate is shrunk towards the mean (under-fitted) loses spread under the
+  // ODE, and more of it under the ancestral sampler: re-injected noise does not undo shrinkage.
+  VelocityFn shrunk = [&](const Tensor& x, const Tensor& t) {
+    auto tt = t.view({-1, 1, 1, 1}).to(torch::kFloat64);
+    auto vt = v(x, t);
+    auto x0s = mu + 0.7 * (x - tt * vt - mu);
+    return (x - x0s) / tt;  // the velocity implied by the shrunk x0
+  };
+  double sd_ode =
+      sample_flow(shrunk, z, {SamplerMethod::kDdim, 100, 1.0, 0.0}).std().item<double>();
+  double sd_anc =
+      sample_flow(shrunk, z, {SamplerMethod::kDdim, 100, 1.0, 1.0}, fresh).std().item<double>();
+  EXPECT_LT(sd_ode, 0.8 * s);
+  EXPECT_LT(sd_anc, sd_ode) << sd_anc << " vs " << sd_ode;
 }
 
 TEST(Flow, TwoGaussianToyReproducesMeanAndCovariance) {

@@ -26,6 +26,7 @@ enum class Stream : uint64_t {
   kSampleImage = 16,     // `sample`: noise of each image, index = prompt * 2^20 + image
   kFinetuneSubset = 17,  // `finetune --limit`: seeded choice of the training images
   kClsDropout = 18,      // classifier dropout, index = epoch
+  kSamplerStep = 19,     // step noise of a stochastic sampler (ddim eta > 0), seed = image's seed
 };
 
 // SplitMix64 finaliser: a bijective 64-bit mix.

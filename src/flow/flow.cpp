@@ -16,7 +16,8 @@ Result<SamplerMethod> parse_sampler(const std::string& name) {
   if (name == "heun") return SamplerMethod::kHeun;
   if (name == "ab2") return SamplerMethod::kAb2;
   if (name == "dpm2m") return SamplerMethod::kDpm2m;
-  return Status::error("unknown sampler '" + name + "' (euler | heun | ab2 | dpm2m)");
+  if (name == "ddim") return SamplerMethod::kDdim;
+  return Status::error("unknown sampler '" + name + "' (euler | heun | ab2 | dpm2m | ddim)");
 }
 const char* sampler_name(SamplerMethod m) {
   switch (m) {
@@ -26,6 +27,8 @@ const char* sampler_name(SamplerMethod m) {
       return "ab2";
     case SamplerMethod::kDpm2m:
       return "dpm2m";
+    case SamplerMethod::kDdim:
+      return "ddim";
     default:
       return "euler";
   }
@@ -102,7 +105,8 @@ namespace {
 double log_snr(double t) { return std::log(1.0 - t) - std::log(t); }
 }  // namespace
 
-Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg) {
+Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg,
+                   const NoiseFn& fresh_noise) {
   torch::NoGradGuard ng;
   auto ts = sampling_schedule(cfg);
   const int64_t B = x.size(0);
@@ -128,6 +132,17 @@ Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg) {
       x = x * (t1 / t0) + D * ((1 - t1) * (1 - e));
       x0_prev = x0;
       h_prev = h;
+    } else if (cfg.method == SamplerMethod::kDdim) {
+      // alpha = 1-t, sigma = t. x0 and eps predicted from the velocity; the step noise c is
+      // eta times the DDPM posterior's standard deviation sigma1 * sqrt(1 - (a0 s1 / (a1 s0))^2).
+      auto x0 = x - t0 * v0, eps = x + (1 - t0) * v0;
+      double c = 0;
+      if (cfg.eta > 0 && t1 > 0) {
+        double q = (1 - t0) * t1 / ((1 - t1) * t0);
+        c = cfg.eta * t1 * std::sqrt(std::max(0.0, 1 - q * q));
+      }
+      x = (1 - t1) * x0 + std::sqrt(std::max(0.0, t1 * t1 - c * c)) * eps;
+      if (c > 0) x = x + c * (fresh_noise ? fresh_noise() : torch::randn_like(x));
     } else if (cfg.method == SamplerMethod::kAb2 && v_prev.defined()) {
       // Variable-step Adams-Bashforth 2 on the velocity: one call per step, second order.
       double r = dt / dt_prev;

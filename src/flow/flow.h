@@ -16,8 +16,9 @@ enum class Prediction { kVelocity, kX };
 Result<Prediction> parse_prediction(const std::string& name);  // "velocity" | "x"
 const char* prediction_name(Prediction p);
 // Sampler of the flow ODE (see sample_flow).
-enum class SamplerMethod { kEuler, kHeun, kAb2, kDpm2m };
-Result<SamplerMethod> parse_sampler(const std::string& name);  // "euler" | "heun" | "ab2" | "dpm2m"
+enum class SamplerMethod { kEuler, kHeun, kAb2, kDpm2m, kDdim };
+Result<SamplerMethod> parse_sampler(
+    const std::string& name);  // "euler" | "heun" | "ab2" | "dpm2m" | "ddim"
 const char* sampler_name(SamplerMethod m);
 // JSON as their names; an unknown name throws std::invalid_argument with the parse error.
 void to_json(nlohmann::json& j, Prediction p);
@@ -55,17 +56,27 @@ torch::Tensor flow_loss_per_sample(const torch::Tensor& out, const FlowBatch& b,
 using VelocityFn = std::function<torch::Tensor(const torch::Tensor& x_t, const torch::Tensor& t)>;
 // ab2: Adams-Bashforth 2 on the velocity (variable step, Euler first step); dpm2m:
 // DPM-Solver++(2M) in data-prediction form. Both second order at the cost of Euler.
+// ddim: DDIM on the path x_t = (1-t) x0 + t eps with stochasticity eta: each step predicts x0
+// and eps, then draws x_t1 from the forward process' posterior whose variance is eta^2 times
+// DDPM's (eta = 0: deterministic, equal to Euler; eta = 1: DDPM ancestral sampling). Fresh noise
+// re-injected at every step lets the sampler correct a model whose velocity field is off
+// (Karras et al. 2022, EDM section 4).
 struct SamplerConfig {
   SamplerMethod method =
-      SamplerMethod::kEuler;  // euler | heun | ab2 | dpm2m (ab2, dpm2m: 1 call per step)
+      SamplerMethod::kEuler;  // euler | heun | ab2 | dpm2m | ddim (ab2, dpm2m: 1 call per step)
   int steps = 20;
   double shift = 1.0;  // timestep shift of the sampling schedule
+  double eta = 0.0;    // ddim only: 0 = deterministic .. 1 = ancestral
 };
 // Decreasing schedule from 1 to 0 with steps+1 entries.
 std::vector<double> sampling_schedule(const SamplerConfig& cfg);
-// Integrates dx/dt = v from t=1 (noise) to t=0. Number of velocity calls: steps (euler, ab2, dpm2m)
-// or 2*steps-1 (heun).
-torch::Tensor sample_flow(const VelocityFn& v, torch::Tensor noise, const SamplerConfig& cfg);
+// Fresh standard normal noise shaped like the state, for stochastic samplers.
+using NoiseFn = std::function<torch::Tensor()>;
+// Integrates dx/dt = v from t=1 (noise) to t=0. Number of velocity calls: steps (euler, ab2, dpm2m,
+// ddim) or 2*steps-1 (heun). A stochastic ddim (eta > 0) draws its step noise from `fresh_noise`
+// (default: torch::randn_like on the global generator).
+torch::Tensor sample_flow(const VelocityFn& v, torch::Tensor noise, const SamplerConfig& cfg,
+                          const NoiseFn& fresh_noise = nullptr);
 
 // Loss per timestep bin (10 bins over [0,1]) for logging.
 struct BinnedLoss {

@@ -158,6 +158,7 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
                         parse_sampler(cfg_get<std::string>(sj, "sampler", "euler")));
     sc.gen.sampler.steps = cfg_get<int>(sj, "steps", 12);
     sc.gen.sampler.shift = cfg_get<double>(sj, "shift", 1.0);
+    sc.gen.sampler.eta = cfg_get<double>(sj, "eta", 0.0);
     sc.gen.cfg_scale = cfg_get<double>(sj, "cfg", 3.0);
     auto ci = cfg_get<std::vector<double>>(sj, "cfg_interval", {0.0, 1.0});
     if (ci.size() != 2)

@@ -19,6 +19,7 @@
 #include "lesionflow/rng.h"
 #include "lesionflow/runtime.h"
 #include "lesionflow/tokenizer.h"
+#include "train/denoise_profile.h"
 
 namespace lf {
 namespace {
@@ -327,6 +328,7 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
                                  {"cfg_interval", interval},
                                  {"sampler", gc.sampler.method},
                                  {"shift", gc.sampler.shift},
+                                 {"eta", gc.sampler.eta},
                                  {"checkpoint", ckpt},
                                  {"checkpoint_hash", gen.hash},
                                  {"adapters", adapter_hashes}}
@@ -338,6 +340,43 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
   LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/samples.jsonl", manifest.str()));
   LF_RETURN_IF_ERROR(write_png(o.out + "/grid.png", make_grid(tiles, std::min(o.n, 16))));
   return nlohmann::json{{"images", ps.size()}, {"out", o.out}, {"checkpoint", ckpt}};
+}
+
+Result<nlohmann::json> run_denoise_profile(const DenoiseProfileRunOptions& o) {
+  std::string ckpt = o.checkpoint.empty() ? shipped_model_path(kShippedGenerator) : o.checkpoint;
+  if (ckpt.empty())
+    return Status::error("denoise profile: no --checkpoint given and no shipped model");
+  LF_ASSIGN_OR_RETURN(GenData d, load_gen_data(o.data));
+  LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(ckpt, o.ae));
+  if (pixel_size(gen) != d.ps.size)
+    return Status::error(o.data.data + ": images are " + std::to_string(d.ps.size) +
+                         " px but the generator makes " + std::to_string(pixel_size(gen)) + " px");
+  std::vector<size_t> va(d.val_idx.begin(),
+                         d.val_idx.begin() + std::min<size_t>(d.val_idx.size(), std::max(0, o.n)));
+  CaptionedImages val = d.subset(va);
+  if (gen.latent()) LF_RETURN_IF_ERROR(attach_latents(gen, o.data.data, d.ps, {{&va, &val}}));
+  DenoiseProfileConfig pc;
+  pc.max_images = o.n;
+  pc.steps = o.steps;
+  pc.cfg_scale = o.cfg;
+  pc.seed = o.seed;
+  LF_ASSIGN_OR_RETURN(auto rows, denoise_profile(gen.model, *gen.tok, gen.flow, val, pc,
+                                                 gen.latent() ? &gen.ae : nullptr));
+  nlohmann::json j = {
+      {"checkpoint", ckpt}, {"images", val.count()}, {"rows", nlohmann::json::array()}};
+  for (const auto& r : rows) {
+    j["rows"].push_back({{"t", r.t},
+                         {"v_mse", r.v_mse},
+                         {"v_mse_uncond", r.v_mse_uncond},
+                         {"x0_mse", r.x0_mse},
+                         {"x0_spread", r.x0_spread},
+                         {"roundtrip_spread", r.roundtrip_spread},
+                         {"roundtrip_mse", r.roundtrip_mse},
+                         {"x0_pixel_spread", r.x0_pixel_spread},
+                         {"roundtrip_pixel_spread", r.roundtrip_pixel_spread}});
+  }
+  if (!o.out.empty()) LF_RETURN_IF_ERROR(write_file_atomic(o.out, j.dump(2) + "\n"));
+  return j;
 }
 
 std::pair<std::string, double> split_strength(const std::string& spec) {

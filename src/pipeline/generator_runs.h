@@ -81,6 +81,21 @@ struct SampleRunOptions {
 // PNGs, grid.png and samples.jsonl in `out`; {images, out, checkpoint}.
 Result<nlohmann::json> run_sampling(const SampleRunOptions& o);
 
+struct DenoiseProfileRunOptions {
+  GenDataSpec data;        // held-out images: the "val" split
+  std::string checkpoint;  // "" = the shipped generator
+  std::string ae;          // override the autoencoder the checkpoint names
+  int n = 256;             // held-out images
+  int steps = 20;          // Euler steps of a full round trip
+  double cfg = 4.0;        // guidance of the round trips
+  std::string out;         // JSON file ("" = none)
+  uint64_t seed = 0;
+};
+// The denoising profile of a generator on held-out images (see train/denoise_profile.h):
+// {checkpoint, images, rows: [{t, v_mse, v_mse_uncond, x0_mse, x0_spread, roundtrip_spread,
+// roundtrip_mse}]}.
+Result<nlohmann::json> run_denoise_profile(const DenoiseProfileRunOptions& o);
+
 struct FinetuneRunOptions {
   GenDataSpec data;
   LoopOptions loop;

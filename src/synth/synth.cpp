@@ -195,11 +195,10 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   nlohmann::json plan_file = plan_summary;
   plan_file["generator"] = cfg.generator_path;
   plan_file["generator_hash"] = g.hash;
-  plan_file["sampler"] = {{"method", cfg.gen.sampler.method},
-                          {"steps", cfg.gen.sampler.steps},
-                          {"shift", cfg.gen.sampler.shift},
-                          {"cfg", cfg.gen.cfg_scale},
-                          {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}}};
+  plan_file["sampler"] = {
+      {"method", cfg.gen.sampler.method}, {"steps", cfg.gen.sampler.steps},
+      {"shift", cfg.gen.sampler.shift},   {"eta", cfg.gen.sampler.eta},
+      {"cfg", cfg.gen.cfg_scale},         {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}}};
   LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/plan.json", plan_file.dump(2) + "\n"));
   std::vector<const SynthItem*> todo;
   for (auto& it : plan)
@@ -239,6 +238,7 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
                           {"sampler", cfg.gen.sampler.method},
                           {"steps", cfg.gen.sampler.steps},
                           {"shift", cfg.gen.sampler.shift},
+                          {"eta", cfg.gen.sampler.eta},
                           {"cfg", cfg.gen.cfg_scale},
                           {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}},
                           {"generator_hash", g.hash},

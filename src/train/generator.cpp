@@ -82,6 +82,10 @@ Status check_generate_config(const GenerateConfig& gc, const std::string& what) 
   if (!(gc.sampler.shift > 0))
     return bad("--shift must be > 0, got " + std::to_string(gc.sampler.shift));
   if (gc.batch < 1) return bad("--batch must be >= 1, got " + std::to_string(gc.batch));
+  if (!(0 <= gc.sampler.eta && gc.sampler.eta <= 1))
+    return bad("--eta must be in [0, 1], got " + std::to_string(gc.sampler.eta));
+  if (gc.sampler.eta > 0 && gc.sampler.method != SamplerMethod::kDdim)
+    return bad("--eta applies to --sampler ddim only");
   if (!(0 <= gc.cfg_t_lo && gc.cfg_t_lo <= gc.cfg_t_hi && gc.cfg_t_hi <= 1))
     return bad("--cfg-interval must satisfy 0 <= LO <= HI <= 1");
   return Status::ok_status();
@@ -91,6 +95,7 @@ nlohmann::json sampling_metadata(const GenerateConfig& gc) {
   return {{"sampler", gc.sampler.method},
           {"steps", gc.sampler.steps},
           {"shift", gc.sampler.shift},
+          {"eta", gc.sampler.eta},
           {"cfg", gc.cfg_scale}};
 }
 
@@ -103,6 +108,7 @@ GenerateConfig recommended_sampling(const std::map<std::string, std::string>& me
   gc.sampler.method = j.value("sampler", gc.sampler.method);
   gc.sampler.steps = j.value("steps", gc.sampler.steps);
   gc.sampler.shift = j.value("shift", gc.sampler.shift);
+  gc.sampler.eta = j.value("eta", gc.sampler.eta);
   gc.cfg_scale = j.value("cfg", gc.cfg_scale);
   return gc;
 }
@@ -116,6 +122,8 @@ void apply_recommended_sampling(const std::map<std::string, std::string>& metada
   if (!given.steps) gc.sampler.steps = rec.sampler.steps;
   if (!given.shift) gc.sampler.shift = rec.sampler.shift;
   if (!given.cfg) gc.cfg_scale = rec.cfg_scale;
+  // The recommended eta belongs to the recommended sampler.
+  if (!given.eta && gc.sampler.method == rec.sampler.method) gc.sampler.eta = rec.sampler.eta;
   log_info("sampling settings " + sampling_metadata(gc).dump() + " (checkpoint recommends " +
            it->second + ")");
 }
@@ -176,7 +184,7 @@ void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok,
 Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
                        const std::vector<uint64_t>& seeds, const GenerateConfig& gc) {
   auto x = generate(g.model, *g.tok, g.flow, prompts, seeds, gc);
-  if (!g.latent()) return x;
+  if (!g.latent()) return x.clamp(-1, 1);
   torch::NoGradGuard ng;
   return g.ae->decode(x);
 }
@@ -206,11 +214,22 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
   for (int64_t s = 0; s < N; s += gc.batch) {
     int64_t n = std::min<int64_t>(gc.batch, N - s);
     std::vector<Tensor> noise;
+    std::vector<at::Generator> step_gens;  // a stochastic sampler's noise, per image
     for (int64_t i = s; i < s + n; ++i) {
       auto gen = at::detail::createCPUGenerator(seeds[i]);
       noise.push_back(
           torch::randn({1, c.channels, c.image_size, c.image_size}, gen, torch::kFloat32));
+      step_gens.push_back(
+          at::detail::createCPUGenerator(derive_seed(seeds[i], Stream::kSamplerStep)));
     }
+    // Each image's step noise comes from its own stream, so an image does not depend on the
+    // batch it was generated in.
+    NoiseFn fresh = [&]() {
+      std::vector<Tensor> z;
+      for (auto& g : step_gens)
+        z.push_back(torch::randn({1, c.channels, c.image_size, c.image_size}, g, torch::kFloat32));
+      return torch::cat(z, 0);
+    };
     std::vector<std::string> ps(prompts.begin() + s, prompts.begin() + s + n);
     auto [ids_full, mask_full] = tokenize_batch(tok, ps, c.max_text_len);
     auto [ids, mask] = trim_padding(ids_full, mask_full);
@@ -227,7 +246,7 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
       auto vu = to_velocity(model->forward(x, t, uncond), x, t, flow);
       return vu + gc.cfg_scale * (vc - vu);
     };
-    outs.push_back(sample_flow(v, torch::cat(noise, 0), gc.sampler).clamp(-1, 1));
+    outs.push_back(sample_flow(v, torch::cat(noise, 0), gc.sampler, fresh));
   }
   return torch::cat(outs, 0);
 }
@@ -469,6 +488,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
         if (!cfg.ae.is_empty()) {
           Autoencoder ae = cfg.ae;  // a handle: decoding does not change the config
           imgs = ae->decode(imgs);
+        } else {
+          imgs = imgs.clamp(-1, 1);
         }
       }
       swap_ema();

@@ -119,7 +119,7 @@ GenerateConfig recommended_sampling(const std::map<std::string, std::string>& me
 nlohmann::json sampling_metadata(const GenerateConfig& gc);
 // Which sampler settings the user gave on the command line.
 struct SamplerFlags {
-  bool sampler = false, steps = false, shift = false, cfg = false;
+  bool sampler = false, steps = false, shift = false, cfg = false, eta = false;
 };
 // If the checkpoint recommends sampling settings (a distilled student), they replace the fields
 // of `gc` whose flag was not given (logged); otherwise `gc` stays as it is.
@@ -149,7 +149,8 @@ Status attach_latents(
     LoadedGenerator& g, const std::string& prepared_dir, const PreparedSet& ps,
     const std::vector<std::pair<const std::vector<size_t>*, CaptionedImages*>>& subsets);
 
-// One image per (prompt, seed) pair; the noise of image i depends only on seeds[i].
+// One sample per (prompt, seed) pair in the model's space (pixels in about [-1,1], or normalised
+// latents, which must not be clamped); the noise of image i depends only on seeds[i].
 torch::Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
                        const std::vector<std::string>& prompts, const std::vector<uint64_t>& seeds,
                        const GenerateConfig& gc);

@@ -11,8 +11,8 @@ void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given) {
          gc.sampler.method = *parse_sampler(v);  // checked below
          given.sampler = true;
        },
-       "euler | heun | ab2 | dpm2m (default: the checkpoint's recommendation, else euler)")
-      ->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m"}));
+       "euler | heun | ab2 | dpm2m | ddim (default: the checkpoint's recommendation, else euler)")
+      ->check(CLI::IsMember({"euler", "heun", "ab2", "dpm2m", "ddim"}));
   s->add_option("--steps", gc.sampler.steps,
                 "sampler steps (default: the checkpoint's recommendation, else this)")
       ->capture_default_str()
@@ -37,6 +37,12 @@ void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber)
       ->each([&given](const std::string&) { given.shift = true; });
+  s->add_option("--eta", gc.sampler.eta,
+                "ddim stochasticity: 0 = deterministic (= euler), 1 = ancestral (default: the "
+                "checkpoint's, else this)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0))
+      ->each([&given](const std::string&) { given.eta = true; });
 }
 
 void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
@@ -101,6 +107,36 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   bind(s, sa, g, run, run_sampling, [](const nlohmann::json& j) {
     std::printf("wrote %zu images, grid.png and samples.jsonl to %s\n", j["images"].get<size_t>(),
                 j["out"].get<std::string>().c_str());
+  });
+
+  static DenoiseProfileRunOptions dp;
+  auto* d = app.add_subcommand(
+      "denoise-profile",
+      "where a generator loses its images: denoising error and spread by noise level on held-out "
+      "images");
+  data_flags(d, dp.data);
+  d->add_option("--checkpoint", dp.checkpoint, "generator .safetensors (default: the shipped one)");
+  d->add_option("--ae", dp.ae,
+                "autoencoder of a latent generator (default: beside the checkpoint)");
+  d->add_option("--n", dp.n, "held-out images")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 100000));
+  d->add_option("--steps", dp.steps, "Euler steps of a round trip from t = 1")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  d->add_option("--cfg", dp.cfg, "guidance of the round trips")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  d->add_option("--out", dp.out, "JSON file");
+  bind(d, dp, g, run, run_denoise_profile, [](const nlohmann::json& j) {
+    std::printf("%5s %8s %8s %8s %9s %10s %9s %9s %9s\n", "t", "v_mse", "v_uncond", "x0_mse",
+                "x0_spread", "trip_sprd", "trip_mse", "x0_px_sp", "trip_px_sp");
+    for (const auto& r : j["rows"])
+      std::printf("%5.2f %8.4f %8.4f %8.4f %9.3f %10.3f %9.4f %9.3f %9.3f\n", r["t"].get<double>(),
+                  r["v_mse"].get<double>(), r["v_mse_uncond"].get<double>(),
+                  r["x0_mse"].get<double>(), r["x0_spread"].get<double>(),
+                  r["roundtrip_spread"].get<double>(), r["roundtrip_mse"].get<double>(),
+                  r["x0_pixel_spread"].get<double>(), r["roundtrip_pixel_spread"].get<double>());
   });
 }
 
