@@ -32,6 +32,72 @@ LabeledSet phantom_set(int n, int size, uint64_t seed) {
 }
 }  // namespace
 
+TEST(Metrics, PairedAucDeLongAndBootstrapMatchAPythonReference) {
+  // Two correlated classifiers with ties; the python side computes DeLong from the O(mn) kernel
+  // definition (not midranks) and the bootstrap AUCs from the same resamples.
+  std::mt19937_64 rng(11);
+  std::uniform_real_distribution<double> U(0, 1);
+  std::vector<double> a, b;
+  std::vector<int> y;
+  for (int i = 0; i < 300; ++i) {
+    y.push_back(U(rng) < 0.3);
+    double base = 0.35 * y.back() + U(rng);
+    a.push_back(std::round(base * 30) / 30);
+    b.push_back(std::round((base + 0.15 * y.back() + 0.4 * U(rng)) * 30) / 30);
+  }
+  const int B = 200;
+  auto R = bootstrap_resamples(y.size(), B, 3);
+  std::string dir = test::tmp_dir("delong");
+  {
+    std::ofstream f(dir + "/d.csv");
+    f.precision(17);
+    for (size_t i = 0; i < y.size(); ++i) f << a[i] << "," << b[i] << "," << y[i] << "\n";
+    std::ofstream g(dir + "/r.csv");
+    for (auto& r : R) {
+      for (size_t i = 0; i < r.size(); ++i) g << (i ? "," : "") << r[i];
+      g << "\n";
+    }
+  }
+  std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
+from math import erfc, sqrt
+d = np.loadtxt(sys.argv[1], delimiter=','); a, b, y = d[:, 0], d[:, 1], d[:, 2].astype(int)
+def psi(s, yy):
+    X, Y = s[yy == 1], s[yy == 0]
+    return (X[:, None] > Y[None, :]) + 0.5 * (X[:, None] == Y[None, :])
+pa, pb = psi(a, y), psi(b, y)
+m, n = pa.shape
+S10 = np.cov(np.vstack([pa.mean(1), pb.mean(1)])); S01 = np.cov(np.vstack([pa.mean(0), pb.mean(0)]))
+var = (S10[0, 0] + S10[1, 1] - 2 * S10[0, 1]) / m + (S01[0, 0] + S01[1, 1] - 2 * S01[0, 1]) / n
+A, Bv = pa.mean(), pb.mean(); z = (Bv - A) / sqrt(var)
+R = np.loadtxt(sys.argv[2], dtype=int, delimiter=',')
+diffs = sorted(psi(b[r], y[r]).mean() - psi(a[r], y[r]).mean() for r in R if 0 < y[r].sum() < len(r))
+q = lambda p: diffs[min(len(diffs) - 1, int(p * (len(diffs) - 1) + 0.5))]
+print('%.12f %.12f %.12f %.12f %.12f %.12f' % (A, Bv, sqrt(var), erfc(abs(z) / sqrt(2)), q(0.025), q(0.975)))
+)";
+  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv " +
+                                        dir + "/r.csv 2>&1");
+  std::istringstream is(out);
+  double auc_a, auc_b, se, p, lo, hi;
+  ASSERT_TRUE(is >> auc_a >> auc_b >> se >> p >> lo >> hi)
+      << "python3 + numpy needed (scripts/setup.sh --test): " << out;
+  auto r = paired_auc(a, b, y, B, 3);
+  EXPECT_NEAR(r.auc_a, auc_a, 1e-9);
+  EXPECT_NEAR(r.auc_b, auc_b, 1e-9);
+  EXPECT_NEAR(r.se, se, 1e-6);
+  EXPECT_NEAR(r.p_value, p, 1e-6);
+  EXPECT_NEAR(r.ci_lo, lo, 1e-9);
+  EXPECT_NEAR(r.ci_hi, hi, 1e-9);
+  EXPECT_GT(r.diff, 0.02);  // B is the better classifier by construction
+  EXPECT_LT(r.p_value, 0.05);
+  EXPECT_GT(r.ci_lo, 0.0);
+  // A classifier against itself: no difference, p = 1, a zero-width interval.
+  auto same = paired_auc(a, a, y, 50, 0);
+  EXPECT_EQ(same.diff, 0.0);
+  EXPECT_EQ(same.p_value, 1.0);
+  EXPECT_EQ(same.ci_lo, 0.0);
+  EXPECT_EQ(same.ci_hi, 0.0);
+}
+
 TEST(Metrics, MatchScikitLearnOnRandomData) {
   std::mt19937_64 rng(5);
   std::uniform_real_distribution<double> U(0, 1);
@@ -345,6 +411,17 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   ASSERT_EQ(summary["cells"].size(), 3u);  // real, real+synthetic, synthetic
   EXPECT_EQ(summary["synthetic"]["images"], 40);
   EXPECT_TRUE(summary["audit"].contains("fd") && summary["audit"].contains("memorisation"));
+  // Paired comparisons: each non-real arm against real on the same test images.
+  ASSERT_EQ(summary["paired"]["per_seed"].size(), 2u);
+  for (auto& p : summary["paired"]["per_seed"]) {
+    EXPECT_NE(p["arm"], "real");
+    const double d = p["auc_arm"].get<double>() - p["auc_real"].get<double>();
+    EXPECT_NEAR(p["diff"].get<double>(), d, 1e-12);
+    EXPECT_LE(p["ci_lo"].get<double>(), p["ci_hi"].get<double>());
+    EXPECT_GE(p["p_value"].get<double>(), 0.0);
+    EXPECT_LE(p["p_value"].get<double>(), 1.0);
+  }
+  EXPECT_EQ(summary["paired"]["pooled"].size(), 2u);
   // Rerun: every stage is cached (no training), same summary cells.
   ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
   auto again = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
@@ -354,6 +431,7 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   std::string html = *read_file(dir + "/report.html");
   EXPECT_NE(html.find("real+synthetic"), std::string::npos);
   EXPECT_NE(html.find("Fréchet"), std::string::npos);
+  EXPECT_NE(html.find("Does synthetic data help?"), std::string::npos);
   std::string shot = dir + "/shot.png";
   std::system(("chromium --headless --no-sandbox --disable-gpu --hide-scrollbars "
                "--window-size=1200,1600 --screenshot=" +

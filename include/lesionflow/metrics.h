@@ -37,6 +37,24 @@ struct EvalSummary {
 EvalSummary evaluate_binary(const std::vector<double>& scores, const std::vector<int>& labels,
                             double threshold, int bootstrap = 1000, uint64_t seed = 0);
 
+// Paired comparison of two classifiers A and B scored on the same test images (same labels):
+// the AUC difference B - A with DeLong's standard error and two-sided test (DeLong et al. 1988,
+// midrank form of Sun & Xu 2014) and a paired percentile bootstrap 95% CI (both classifiers
+// resampled with the same images). Unpaired intervals of two AUCs overlap long after a paired
+// test sees the difference.
+struct PairedAuc {
+  int n = 0, positives = 0;
+  double auc_a = 0, auc_b = 0, diff = 0;  // diff = auc_b - auc_a
+  double se = 0, z = 0, p_value = 1;      // DeLong
+  double ci_lo = 0, ci_hi = 0;            // paired bootstrap
+};
+PairedAuc paired_auc(const std::vector<double>& scores_a, const std::vector<double>& scores_b,
+                     const std::vector<int>& labels, int bootstrap = 2000, uint64_t seed = 0);
+// The bootstrap resamples paired_auc draws (image indices), for checking it from outside.
+std::vector<std::vector<size_t>> bootstrap_resamples(size_t n, int bootstrap, uint64_t seed);
+// The percentile 95% interval paired_auc reports for a set of resampled differences.
+std::pair<double, double> percentile_interval(std::vector<double> values);
+
 // Per-subgroup metrics: groups[i] is image i's value of one attribute (e.g. sex "female").
 // Groups with fewer than min_n images or without both classes are listed but not ranked.
 struct GroupMetrics {

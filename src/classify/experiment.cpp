@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <sstream>
 
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
@@ -185,7 +186,19 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       {"threshold", tr.threshold},
       {"train_seconds", tr.seconds},
       {"train_images_per_second", tr.images_per_second}};
-  r["test"] = evaluation_json(predict_malignant(model, test), test, tr.threshold, job.seed);
+  const std::vector<double> test_scores = predict_malignant(model, test);
+  r["test"] = evaluation_json(test_scores, test, tr.threshold, job.seed);
+  // Per-image scores, for paired comparisons between arms on the same test images.
+  {
+    std::string csv = "id,label,score\n";
+    char buf[64];
+    for (int64_t i = 0; i < test.count(); ++i) {
+      std::snprintf(buf, sizeof buf, ",%d,%.9g\n", test.labels[i], test_scores[i]);
+      csv += test.ids[i] + buf;
+    }
+    LF_RETURN_IF_ERROR(write_file_atomic(job.train.out + "/test_scores.csv", csv));
+    r["test_scores"] = job.train.out + "/test_scores.csv";
+  }
   if (classes) {  // dx accuracy and balanced (mean per-class recall) accuracy of the argmax
     auto pred = predict_proba(model, test.pixels.data(), test.count(), test.size).argmax(1);
     const int K = static_cast<int>(classes->size());
@@ -219,6 +232,107 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
   r["extra_tests"] = extra;
   LF_RETURN_IF_ERROR(write_file_atomic(result_path, r.dump(2) + "\n"));
   return r;
+}
+
+namespace {
+struct Scores {
+  std::vector<std::string> ids;
+  std::vector<int> labels;
+  std::vector<double> scores;
+};
+Result<Scores> read_scores(const std::string& path) {
+  LF_ASSIGN_OR_RETURN(std::string txt, read_file(path));
+  Scores s;
+  std::istringstream in(txt);
+  std::string line;
+  std::getline(in, line);  // header
+  int row = 1;
+  while (std::getline(in, line)) {
+    ++row;
+    if (line.empty()) continue;
+    auto a = line.find(','), b = line.find(',', a + 1);
+    if (a == std::string::npos || b == std::string::npos)
+      return Status::error(path + ": line " + std::to_string(row) + " is not id,label,score");
+    s.ids.push_back(line.substr(0, a));
+    s.labels.push_back(std::stoi(line.substr(a + 1, b - a - 1)));
+    s.scores.push_back(std::stod(line.substr(b + 1)));
+  }
+  return s;
+}
+nlohmann::json paired_json(const PairedAuc& p) {
+  auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
+  return {{"n", p.n},
+          {"positives", p.positives},
+          {"auc_real", p.auc_a},
+          {"auc_arm", p.auc_b},
+          {"diff", p.diff},
+          {"se", num(p.se)},
+          {"p_value", p.p_value},
+          {"ci_lo", num(p.ci_lo)},
+          {"ci_hi", num(p.ci_hi)}};
+}
+}  // namespace
+
+Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>& results) {
+  // key (arch, requested size) -> seed -> arm -> scores file
+  std::map<std::pair<std::string, int64_t>, std::map<uint64_t, std::map<std::string, std::string>>>
+      files;
+  for (const auto& r : results) {
+    if (!r.contains("test_scores")) continue;
+    files[{r.value("arch", ""), r.value("requested_real_size", int64_t{-1})}]
+         [r.value("seed", uint64_t{0})][r.value("arm", "")] = r["test_scores"].get<std::string>();
+  }
+  nlohmann::json out = {{"per_seed", nlohmann::json::array()}, {"pooled", nlohmann::json::array()}};
+  for (const auto& [key, by_seed] : files) {
+    std::map<std::string, std::vector<double>> diffs;
+    std::map<std::string, std::vector<double>> sum_real, sum_arm;
+    std::map<std::string, int> n_seeds;
+    std::vector<int> labels;
+    bool aligned = true;
+    for (const auto& [seed, arms] : by_seed) {
+      auto real = arms.find("real");
+      if (real == arms.end()) continue;
+      LF_ASSIGN_OR_RETURN(Scores a, read_scores(real->second));
+      for (const auto& [arm, path] : arms) {
+        if (arm == "real") continue;
+        LF_ASSIGN_OR_RETURN(Scores b, read_scores(path));
+        if (b.ids != a.ids || b.labels != a.labels)
+          return Status::error(path + ": not scored on the same test images as " + real->second);
+        PairedAuc p = paired_auc(a.scores, b.scores, a.labels, 2000, seed);
+        nlohmann::json j = paired_json(p);
+        j["arch"] = key.first;
+        j["real_size"] = key.second;
+        j["seed"] = seed;
+        j["arm"] = arm;
+        out["per_seed"].push_back(j);
+        diffs[arm].push_back(p.diff);
+        auto& sr = sum_real[arm];
+        auto& sa = sum_arm[arm];
+        if (sr.empty()) {
+          sr.assign(a.scores.size(), 0.0);
+          sa.assign(a.scores.size(), 0.0);
+          if (labels.empty()) labels = a.labels;
+        }
+        if (a.labels != labels) aligned = false;
+        for (size_t i = 0; i < a.scores.size() && aligned; ++i) {
+          sr[i] += a.scores[i];
+          sa[i] += b.scores[i];
+        }
+        n_seeds[arm]++;
+      }
+    }
+    for (const auto& [arm, d] : diffs) {
+      auto [mean, sd] = mean_sd(d);
+      nlohmann::json j = {{"arch", key.first}, {"real_size", key.second}, {"arm", arm},
+                          {"seeds", d.size()}, {"mean_diff", mean},       {"sd_diff", sd}};
+      if (aligned) {  // the seed-averaged (ensembled) scores of each arm, compared paired
+        PairedAuc p = paired_auc(sum_real[arm], sum_arm[arm], labels, 2000, 0);
+        j["seed_averaged"] = paired_json(p);
+      }
+      out["pooled"].push_back(j);
+    }
+  }
+  return out;
 }
 
 nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {

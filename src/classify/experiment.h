@@ -52,6 +52,12 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
 nlohmann::json evaluation_json(const std::vector<double>& scores, const LabeledSet& set,
                                double threshold, uint64_t seed);
 
+// Paired comparisons on the same test images: for every (arch, requested real size, seed) that
+// has a "real" job, each other arm against it (AUC difference other - real, DeLong SE and p,
+// paired bootstrap 95% CI; from the jobs' test_scores.csv), and per (arch, size, arm) the mean
+// difference over seeds with the DeLong test of the seed-averaged scores.
+Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>& results);
+
 // Mean +- sd over seeds of each (arm, real_size, arch) cell of a list of job results.
 nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results);
 

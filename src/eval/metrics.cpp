@@ -5,6 +5,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <tuple>
 
 #include "lesionflow/rng.h"
 
@@ -173,6 +174,104 @@ const GroupMetrics* worst_group(const std::vector<GroupMetrics>& gm) {
   for (auto& g : gm)
     if (g.ranked && (!w || g.balanced_accuracy < w->balanced_accuracy)) w = &g;
   return w;
+}
+
+namespace {
+// Midranks (1-based, ties averaged) of v.
+std::vector<double> midranks(const std::vector<double>& v) {
+  const size_t n = v.size();
+  std::vector<size_t> idx(n);
+  std::iota(idx.begin(), idx.end(), 0);
+  std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
+  std::vector<double> r(n);
+  for (size_t i = 0; i < n;) {
+    size_t j = i;
+    while (j + 1 < n && v[idx[j + 1]] == v[idx[i]]) ++j;
+    for (size_t k = i; k <= j; ++k) r[idx[k]] = (i + j) / 2.0 + 1;
+    i = j + 1;
+  }
+  return r;
+}
+
+// DeLong's structural components of one classifier: V10 over positives, V01 over negatives.
+void delong_components(const std::vector<double>& s, const std::vector<int>& y,
+                       std::vector<double>& v10, std::vector<double>& v01) {
+  std::vector<double> pos, neg;
+  for (size_t i = 0; i < s.size(); ++i) (y[i] == 1 ? pos : neg).push_back(s[i]);
+  const double m = pos.size(), n = neg.size();
+  std::vector<double> all(pos);
+  all.insert(all.end(), neg.begin(), neg.end());
+  auto rz = midranks(all), rx = midranks(pos), ry = midranks(neg);
+  v10.resize(pos.size());
+  v01.resize(neg.size());
+  for (size_t i = 0; i < pos.size(); ++i) v10[i] = (rz[i] - rx[i]) / n;
+  for (size_t j = 0; j < neg.size(); ++j) v01[j] = 1.0 - (rz[pos.size() + j] - ry[j]) / m;
+}
+
+double covariance(const std::vector<double>& a, const std::vector<double>& b) {
+  const size_t n = a.size();
+  if (n < 2) return 0;
+  double ma = std::accumulate(a.begin(), a.end(), 0.0) / n;
+  double mb = std::accumulate(b.begin(), b.end(), 0.0) / n;
+  double c = 0;
+  for (size_t i = 0; i < n; ++i) c += (a[i] - ma) * (b[i] - mb);
+  return c / (n - 1);
+}
+}  // namespace
+
+std::vector<std::vector<size_t>> bootstrap_resamples(size_t n, int B, uint64_t seed) {
+  std::mt19937_64 rng(derive_seed(seed, Stream::kBootstrap));
+  std::uniform_int_distribution<size_t> pick(0, n == 0 ? 0 : n - 1);
+  std::vector<std::vector<size_t>> out(n == 0 ? 0 : std::max(0, B), std::vector<size_t>(n));
+  for (auto& r : out)
+    for (auto& k : r) k = pick(rng);
+  return out;
+}
+
+std::pair<double, double> percentile_interval(std::vector<double> v) {
+  Interval r = percentile_ci(std::nan(""), std::move(v));
+  return {r.lo, r.hi};
+}
+
+PairedAuc paired_auc(const std::vector<double>& a, const std::vector<double>& b,
+                     const std::vector<int>& y, int B, uint64_t seed) {
+  PairedAuc r;
+  r.n = static_cast<int>(y.size());
+  r.positives = static_cast<int>(std::count(y.begin(), y.end(), 1));
+  r.auc_a = roc_auc(a, y);
+  r.auc_b = roc_auc(b, y);
+  r.diff = r.auc_b - r.auc_a;
+  const int m = r.positives, n = r.n - r.positives;
+  if (m < 2 || n < 2 || a.size() != y.size() || b.size() != y.size()) {
+    r.se = r.z = r.ci_lo = r.ci_hi = std::nan("");
+    return r;
+  }
+  std::vector<double> a10, a01, b10, b01;
+  delong_components(a, y, a10, a01);
+  delong_components(b, y, b10, b01);
+  // var(AUC_b - AUC_a) = (S10_aa + S10_bb - 2 S10_ab) / m + (S01_aa + S01_bb - 2 S01_ab) / n.
+  double var = (covariance(a10, a10) + covariance(b10, b10) - 2 * covariance(a10, b10)) / m +
+               (covariance(a01, a01) + covariance(b01, b01) - 2 * covariance(a01, b01)) / n;
+  r.se = std::sqrt(std::max(0.0, var));
+  if (r.se > 0) {
+    r.z = r.diff / r.se;
+    r.p_value = std::erfc(std::abs(r.z) / std::sqrt(2.0));
+  } else {
+    r.z = 0;
+    r.p_value = r.diff == 0 ? 1.0 : 0.0;
+  }
+  std::vector<double> diffs, sa(y.size()), sb(y.size());
+  std::vector<int> sy(y.size());
+  for (const auto& idx : bootstrap_resamples(y.size(), B, seed)) {
+    for (size_t i = 0; i < idx.size(); ++i) {
+      sa[i] = a[idx[i]];
+      sb[i] = b[idx[i]];
+      sy[i] = y[idx[i]];
+    }
+    diffs.push_back(roc_auc(sb, sy) - roc_auc(sa, sy));  // NaN (one class) is skipped
+  }
+  std::tie(r.ci_lo, r.ci_hi) = percentile_interval(std::move(diffs));
+  return r;
 }
 
 std::pair<double, double> mean_sd(const std::vector<double>& v) {

@@ -262,12 +262,14 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       LF_RETURN_IF_ERROR(write_file_atomic(out + "/audit.json", audit.dump(2) + "\n"));
     }
   }
+  LF_ASSIGN_OR_RETURN(nlohmann::json paired, paired_arm_comparisons(results));
   nlohmann::json summary = {
       {"config", c},
       {"command_line", o.command_line},
       {"generator", gen_path},
       {"synthetic", {{"dir", syn_dir}, {"images", syn.count()}, {"skipped", skipped}}},
       {"cells", aggregate_results(results)},
+      {"paired", paired},
       {"runs", results},
       {"audit", audit},
       {"minutes", minutes()},

@@ -83,6 +83,37 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
     return;
   }
   auto s = nlohmann::json::parse(*txt);
+  if (s.contains("paired") && s["paired"].contains("pooled") && !s["paired"]["pooled"].empty()) {
+    h << "<h2>Does synthetic data help?</h2><p>Each arm against the real-only classifier of the "
+         "same size and seed, on the same test images. Mean AUC difference over seeds; then the "
+         "seed-averaged scores of both arms compared paired: DeLong p-value and paired bootstrap "
+         "95% CI. A gain counts when the interval excludes 0.</p>";
+    h << "<table><tr><th>model</th><th>real</th><th>arm</th><th>seeds</th><th>mean AUC "
+         "difference</th><th>seed-averaged: AUC real → arm</th><th>difference [95% CI]</th>"
+         "<th>DeLong p</th><th>verdict</th></tr>";
+    char b[256];
+    for (auto& c : s["paired"]["pooled"]) {
+      std::string avg = "-", ci = "-", p = "-", verdict = "-";
+      if (c.contains("seed_averaged")) {
+        const auto& a = c["seed_averaged"];
+        std::snprintf(b, sizeof b, "%.3f → %.3f", num(a["auc_real"]), num(a["auc_arm"]));
+        avg = b;
+        std::snprintf(b, sizeof b, "%+.3f [%+.3f, %+.3f]", num(a["diff"]), num(a["ci_lo"]),
+                      num(a["ci_hi"]));
+        ci = b;
+        std::snprintf(b, sizeof b, "%.3g", num(a["p_value"]));
+        p = b;
+        const double lo = num(a["ci_lo"]), hi = num(a["ci_hi"]);
+        verdict = lo > 0 ? "better" : hi < 0 ? "worse" : "no clear difference";
+      }
+      std::snprintf(b, sizeof b, "%+.3f ± %.3f", num(c["mean_diff"]), num(c["sd_diff"]));
+      h << "<tr><td>" << html_escape(c.value("arch", "")) << "</td><td>" << c["real_size"]
+        << "</td><td>" << html_escape(c.value("arm", "")) << "</td><td>" << c["seeds"]
+        << "</td><td>" << b << "</td><td>" << avg << "</td><td>" << ci << "</td><td>" << p
+        << "</td><td>" << verdict << "</td></tr>";
+    }
+    h << "</table>";
+  }
   h << "<h2>Classifiers: real vs real+synthetic vs synthetic-only</h2>";
   h << "<p>Binary benign vs malignant, evaluated on the lesion-grouped test split; operating point "
        "(Youden) "
