@@ -11,20 +11,27 @@
 
 namespace lf {
 
-double roc_auc(const std::vector<double>& s, const std::vector<int>& y) {
-  const size_t n = s.size();
+namespace {
+// Midranks (1-based, ties averaged) of v.
+std::vector<double> midranks(const std::vector<double>& v) {
+  const size_t n = v.size();
   std::vector<size_t> idx(n);
   std::iota(idx.begin(), idx.end(), 0);
-  std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return s[a] < s[b]; });
-  // Average ranks over ties.
-  std::vector<double> rank(n);
+  std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
+  std::vector<double> r(n);
   for (size_t i = 0; i < n;) {
     size_t j = i;
-    while (j + 1 < n && s[idx[j + 1]] == s[idx[i]]) ++j;
-    double r = (i + j) / 2.0 + 1;
-    for (size_t k = i; k <= j; ++k) rank[idx[k]] = r;
+    while (j + 1 < n && v[idx[j + 1]] == v[idx[i]]) ++j;
+    for (size_t k = i; k <= j; ++k) r[idx[k]] = (i + j) / 2.0 + 1;
     i = j + 1;
   }
+  return r;
+}
+}  // namespace
+
+double roc_auc(const std::vector<double>& s, const std::vector<int>& y) {
+  const size_t n = s.size();
+  const std::vector<double> rank = midranks(s);
   double npos = 0, sum = 0;
   for (size_t i = 0; i < n; ++i)
     if (y[i] == 1) {
@@ -177,22 +184,6 @@ const GroupMetrics* worst_group(const std::vector<GroupMetrics>& gm) {
 }
 
 namespace {
-// Midranks (1-based, ties averaged) of v.
-std::vector<double> midranks(const std::vector<double>& v) {
-  const size_t n = v.size();
-  std::vector<size_t> idx(n);
-  std::iota(idx.begin(), idx.end(), 0);
-  std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
-  std::vector<double> r(n);
-  for (size_t i = 0; i < n;) {
-    size_t j = i;
-    while (j + 1 < n && v[idx[j + 1]] == v[idx[i]]) ++j;
-    for (size_t k = i; k <= j; ++k) r[idx[k]] = (i + j) / 2.0 + 1;
-    i = j + 1;
-  }
-  return r;
-}
-
 // DeLong's structural components of one classifier: V10 over positives, V01 over negatives.
 void delong_components(const std::vector<double>& s, const std::vector<int>& y,
                        std::vector<double>& v10, std::vector<double>& v01) {
