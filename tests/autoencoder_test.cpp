@@ -355,10 +355,18 @@ TEST(ShippedModel, LoadsAndSamplesSeedExactHamLikeImages) {
   // blocking differs with the batch size, so equal up to float rounding).
   EXPECT_LT((a[0] - b[0]).abs().max().item<double>(), 2e-3);
   EXPECT_FALSE(torch::equal(a[0], a[1]));  // different seeds, different lesions
-  // Dermoscopy colour statistics: red above blue on average, neither black nor white images.
+  // Neither black nor white images.
   auto mean = ((a + 1) / 2).mean({0, 2, 3});
-  EXPECT_GT(mean[0].item<double>(), mean[2].item<double>());
   EXPECT_GT(mean.mean().item<double>(), 0.25);
   EXPECT_LT(mean.mean().item<double>(), 0.9);
+  // Dermoscopy colours: a plain nevus is red above blue (pink skin, brown lesion); the
+  // melanoma prompt above asks for blue-gray and black, and its images are bluer than the nevus'.
+  const std::string nevus =
+      "dermoscopic image of a benign melanocytic nevus on the back of a 40-year-old woman; "
+      "symmetric, regular border, one colour: light brown";
+  auto nv = generate_images(*g, {nevus, nevus}, {11, 12}, gc);
+  auto nmean = ((nv + 1) / 2).mean({0, 2, 3});
+  EXPECT_GT(nmean[0].item<double>(), nmean[2].item<double>());
+  EXPECT_GT((mean[2] / mean[0]).item<double>(), (nmean[2] / nmean[0]).item<double>());
 }
 }  // namespace lf

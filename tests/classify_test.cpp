@@ -184,7 +184,17 @@ TEST(Metrics, YoudenThresholdBootstrapAndWorstGroup) {
     gs.push_back(1 - i % 2);
     g.push_back("c");
   }
-  auto gm = group_metrics(gs, gy, 0.5, "x", g, 20);
+  for (int i = 0; i < 60; ++i) {  // group d: large, but its 3 malignant cases all missed
+    gy.push_back(i < 3);
+    gs.push_back(i >= 3 && i < 13 ? 1 : 0);  // and 10 false alarms: balanced accuracy 0.41
+    g.push_back("d");
+  }
+  auto gm = group_metrics(gs, gy, 0.5, "x", g, 20, 10);
+  for (auto& m : gm) {
+    if (m.group == "d") EXPECT_FALSE(m.ranked);  // too few malignant cases to rank
+  }
+  auto loose = group_metrics(gs, gy, 0.5, "x", g, 20, 1);
+  EXPECT_EQ(worst_group(loose)->group, "d");  // with the old rule it would be the worst
   auto* w = worst_group(gm);
   ASSERT_NE(w, nullptr);
   EXPECT_EQ(w->group, "b");

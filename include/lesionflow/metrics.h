@@ -56,17 +56,22 @@ std::vector<std::vector<size_t>> bootstrap_resamples(size_t n, int bootstrap, ui
 std::pair<double, double> percentile_interval(std::vector<double> values);
 
 // Per-subgroup metrics: groups[i] is image i's value of one attribute (e.g. sex "female").
-// Groups with fewer than min_n images or without both classes are listed but not ranked.
+// A group is ranked (can be the worst group) only with at least min_n images and at least
+// min_class malignant and min_class benign ones: a balanced accuracy over 3 malignant cases says
+// nothing. The others are listed but not ranked.
 struct GroupMetrics {
   std::string attribute, group;
   int n = 0, positives = 0;
   double auc = 0, balanced_accuracy = 0, accuracy = 0;
   bool ranked = false;
 };
+constexpr int kGroupMinImages = 20, kGroupMinPerClass = 10;
 std::vector<GroupMetrics> group_metrics(const std::vector<double>& scores,
                                         const std::vector<int>& labels, double threshold,
                                         const std::string& attribute,
-                                        const std::vector<std::string>& groups, int min_n = 20);
+                                        const std::vector<std::string>& groups,
+                                        int min_n = kGroupMinImages,
+                                        int min_class = kGroupMinPerClass);
 // The ranked group with the lowest balanced accuracy (nullptr if none is ranked).
 const GroupMetrics* worst_group(const std::vector<GroupMetrics>& gm);
 

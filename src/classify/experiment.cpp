@@ -99,6 +99,9 @@ nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& s
          {"ranked", gm.ranked}});
   worst = worst_group(all);
   j["groups"] = groups;
+  j["worst_group_rule"] = "ranked groups only: >= " + std::to_string(kGroupMinImages) +
+                          " images with >= " + std::to_string(kGroupMinPerClass) +
+                          " malignant and >= " + std::to_string(kGroupMinPerClass) + " benign";
   if (worst)
     j["worst_group"] = {{"attribute", worst->attribute},
                         {"group", worst->group},

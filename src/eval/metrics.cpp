@@ -150,7 +150,8 @@ EvalSummary evaluate_binary(const std::vector<double>& s, const std::vector<int>
 
 std::vector<GroupMetrics> group_metrics(const std::vector<double>& s, const std::vector<int>& y,
                                         double thr, const std::string& attribute,
-                                        const std::vector<std::string>& groups, int min_n) {
+                                        const std::vector<std::string>& groups, int min_n,
+                                        int min_class) {
   std::map<std::string, std::vector<size_t>> members;
   for (size_t i = 0; i < groups.size() && i < s.size(); ++i) members[groups[i]].push_back(i);
   std::vector<GroupMetrics> out;
@@ -170,7 +171,8 @@ std::vector<GroupMetrics> group_metrics(const std::vector<double>& s, const std:
     gm.auc = roc_auc(gs, gy);
     gm.accuracy = m.accuracy;
     gm.balanced_accuracy = m.balanced_accuracy;
-    gm.ranked = gm.n >= min_n && gm.positives > 0 && gm.positives < gm.n && g != "unknown";
+    gm.ranked = gm.n >= min_n && gm.positives >= std::max(1, min_class) &&
+                gm.n - gm.positives >= std::max(1, min_class) && g != "unknown";
     out.push_back(gm);
   }
   return out;

@@ -14,6 +14,7 @@
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
+#include "lesionflow/metrics.h"
 #include "lesionflow/report.h"
 
 namespace lf {
@@ -118,7 +119,10 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
   h << "<p>Binary benign vs malignant, evaluated on the lesion-grouped test split; operating point "
        "(Youden) "
        "picked on the validation split. Mean ± sd over seeds; brackets: bootstrap 95% CI of the "
-       "first seed.</p>";
+       "first seed. Worst group: the lowest balanced accuracy among groups (sex, age band, site, "
+       "skin type) with >= "
+    << kGroupMinImages << " images, >= " << kGroupMinPerClass
+    << " malignant and >= " << kGroupMinPerClass << " benign.</p>";
   h << "<table><tr><th>model</th><th>arm</th><th>real</th><th>synthetic</th><th>seeds</th><th>AUC</"
        "th><th>accuracy</th>"
        "<th>balanced accuracy</th><th>sensitivity</th><th>specificity</th><th>worst-group balanced "
