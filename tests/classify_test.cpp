@@ -412,6 +412,7 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
          {"--preset", "tiny", "--steps", "20", "--batch", "16", "--sample-every", "0",
           "--val-every", "0"}}}},
       {"synth", {{"total", 40}, {"steps", 4}}},
+      {"synthetic_mix_size", 25},  // the mix arm takes a seeded 25 of the 40
       {"real_sizes", {60}},
       {"seeds", {0}},
       {"classifier", {{"archs", {"cnn"}}, {"epochs", 2}, {"width", 8}}},
@@ -420,6 +421,8 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   auto summary = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
   ASSERT_EQ(summary["cells"].size(), 3u);  // real, real+synthetic, synthetic
   EXPECT_EQ(summary["synthetic"]["images"], 40);
+  for (auto& cell : summary["cells"])
+    if (cell["arm"] == "real+synthetic") EXPECT_EQ(cell["synthetic_size"], 25);
   EXPECT_TRUE(summary["audit"].contains("fd") && summary["audit"].contains("memorisation"));
   // Paired comparisons: each non-real arm against real on the same test images.
   ASSERT_EQ(summary["paired"]["per_seed"].size(), 2u);

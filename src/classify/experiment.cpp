@@ -143,20 +143,29 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
   if (job.arm != "synthetic")
     train.append(labeled_from_prepared(real.ps, real_idx, &real.captions, 1.0f, classes));
   int64_t n_syn = 0;
-  if (job.arm == "real+synthetic") {
-    train.append(*synthetic, static_cast<float>(job.synthetic_weight));
-    n_syn = synthetic->count();
-  } else if (job.arm == "synthetic") {
-    int64_t want =
-        job.synthetic_size > 0 ? job.synthetic_size : static_cast<int64_t>(real_idx.size());
+  // A seeded subset of the synthetic set (all of it when want >= its size).
+  auto synthetic_subset = [&](int64_t want) {
     want = std::min<int64_t>(want, synthetic->count());
     std::vector<int64_t> idx(synthetic->count());
     std::iota(idx.begin(), idx.end(), 0);
     std::mt19937_64 rng(derive_seed(job.seed, Stream::kClsSubset));
     std::shuffle(idx.begin(), idx.end(), rng);
     idx.resize(want);
-    train.append(synthetic->subset(idx));
-    n_syn = want;
+    return synthetic->subset(idx);
+  };
+  if (job.arm == "real+synthetic") {
+    if (job.synthetic_size > 0 && job.synthetic_size < synthetic->count()) {
+      train.append(synthetic_subset(job.synthetic_size), static_cast<float>(job.synthetic_weight));
+      n_syn = job.synthetic_size;
+    } else {
+      train.append(*synthetic, static_cast<float>(job.synthetic_weight));
+      n_syn = synthetic->count();
+    }
+  } else if (job.arm == "synthetic") {
+    int64_t want =
+        job.synthetic_size > 0 ? job.synthetic_size : static_cast<int64_t>(real_idx.size());
+    n_syn = std::min<int64_t>(want, synthetic->count());
+    train.append(synthetic_subset(want));
   }
   if (synthetic && synthetic->size != train.size)
     return Status::error("classify: synthetic images are " + std::to_string(synthetic->size) +

@@ -39,7 +39,9 @@ struct ClsJob {
   ClassifierConfig model;
   ClsTrainConfig train;  // train.out = job directory
   double synthetic_weight = 1.0;
-  int64_t synthetic_size = -1;  // synthetic-only arm: -1 = as many as real_size
+  // Synthetic images used: synthetic-only arm, -1 = as many as real_size; real+synthetic arm,
+  // -1 = all of them, else a seeded subset (the synthetic:real ratio sweep).
+  int64_t synthetic_size = -1;
 };
 // Trains (or, when DIR/result.json exists, loads) one classifier and evaluates it on the real
 // test split and each extra test set. Returns the result JSON (also written to DIR/result.json).

@@ -213,13 +213,17 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
           j.train.patience = cfg_get<int>(cj, "patience", 5);
           j.train.resume = true;
           j.synthetic_weight = cfg_get<double>(c, "synthetic_weight", 1.0);
+          if (arm == "real+synthetic")
+            j.synthetic_size = cfg_get<int64_t>(c, "synthetic_mix_size", -1);
           char dir[160];
           std::snprintf(dir, sizeof dir, "/classifiers/%s_%s_n%lld_s%llu", arch.c_str(),
                         arm == "real+synthetic" ? "realsyn" : arm.c_str(), (long long)n,
                         (unsigned long long)s);
           j.train.out = out + dir;
+          const double mix = j.synthetic_size > 0 ? std::min<double>(j.synthetic_size, syn.count())
+                                                  : static_cast<double>(syn.count());
           double cost = (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) +
-                        (arm == "real+synthetic" ? syn.count() : 0);
+                        (arm == "real+synthetic" ? mix : 0);
           jobs.push_back({j, cost * (arch == "vit" ? 3.0 : 1.0)});
         }
   // Budget: scale the epochs of every job by one factor so the planned work fits what is left.
