@@ -297,10 +297,9 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
   nlohmann::json out = {{"per_seed", nlohmann::json::array()}, {"pooled", nlohmann::json::array()}};
   for (const auto& [key, by_seed] : files) {
     std::map<std::string, std::vector<double>> diffs;
-    std::map<std::string, std::vector<double>> sum_real, sum_arm;
-    std::map<std::string, int> n_seeds;
+    std::map<std::string, std::vector<double>> sum_real, sum_arm;  // summed over seeds
+    std::vector<std::string> ids;  // the test images, the same for every seed and arm
     std::vector<int> labels;
-    bool aligned = true;
     for (const auto& [seed, arms] : by_seed) {
       auto real = arms.find("real");
       if (real == arms.end()) continue;
@@ -318,29 +317,28 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
         j["arm"] = arm;
         out["per_seed"].push_back(j);
         diffs[arm].push_back(p.diff);
+        if (ids.empty()) {
+          ids = a.ids;
+          labels = a.labels;
+        } else if (a.ids != ids) {
+          return Status::error(real->second + ": other test images than the seed before");
+        }
         auto& sr = sum_real[arm];
         auto& sa = sum_arm[arm];
-        if (sr.empty()) {
-          sr.assign(a.scores.size(), 0.0);
-          sa.assign(a.scores.size(), 0.0);
-          if (labels.empty()) labels = a.labels;
-        }
-        if (a.labels != labels) aligned = false;
-        for (size_t i = 0; i < a.scores.size() && aligned; ++i) {
+        sr.resize(ids.size(), 0.0);
+        sa.resize(ids.size(), 0.0);
+        for (size_t i = 0; i < ids.size(); ++i) {
           sr[i] += a.scores[i];
           sa[i] += b.scores[i];
         }
-        n_seeds[arm]++;
       }
     }
     for (const auto& [arm, d] : diffs) {
       auto [mean, sd] = mean_sd(d);
       nlohmann::json j = {{"arch", key.first}, {"real_size", key.second}, {"arm", arm},
                           {"seeds", d.size()}, {"mean_diff", mean},       {"sd_diff", sd}};
-      if (aligned) {  // the seed-averaged (ensembled) scores of each arm, compared paired
-        PairedAuc p = paired_auc(sum_real[arm], sum_arm[arm], labels, 2000, 0);
-        j["seed_averaged"] = paired_json(p);
-      }
+      // The seed-averaged (summed: AUC is rank-based) scores of each arm, compared paired.
+      j["seed_averaged"] = paired_json(paired_auc(sum_real[arm], sum_arm[arm], labels, 2000, 0));
       out["pooled"].push_back(j);
     }
   }

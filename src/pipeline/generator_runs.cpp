@@ -82,6 +82,17 @@ std::vector<size_t> filtered(const GenData& d, const std::vector<size_t>& idx,
 }
 
 // Side in pixels of the images a loaded generator makes (its autoencoder's for a latent one).
+// The given generator checkpoint, or the shipped one when none is given (logged).
+Result<std::string> checkpoint_or_shipped(const std::string& given, const std::string& what) {
+  if (!given.empty()) return given;
+  std::string ckpt = shipped_model_path(kShippedGenerator);
+  if (ckpt.empty())
+    return Status::error(what + ": no --checkpoint given and the shipped model models/" +
+                         kShippedGenerator + " was not found");
+  log_info("using the shipped generator " + ckpt);
+  return ckpt;
+}
+
 int pixel_size(const LoadedGenerator& g) {
   return g.latent() ? g.ae->config().image_size : g.model->config().image_size;
 }
@@ -260,12 +271,7 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
 }
 
 Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
-  std::string ckpt = o.checkpoint.empty() ? shipped_model_path(kShippedGenerator) : o.checkpoint;
-  if (ckpt.empty())
-    return Status::error(
-        std::string("sample: no --checkpoint given and the shipped model models/") +
-        kShippedGenerator + " was not found");
-  if (o.checkpoint.empty()) log_info("using the shipped generator " + ckpt);
+  LF_ASSIGN_OR_RETURN(std::string ckpt, checkpoint_or_shipped(o.checkpoint, "sample"));
   if (o.out.empty()) return Status::error("sample: --out DIR is required");
   std::vector<std::string> prompts = o.prompts;
   if (!o.prompts_file.empty()) {
@@ -343,9 +349,7 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
 }
 
 Result<nlohmann::json> run_denoise_profile(const DenoiseProfileRunOptions& o) {
-  std::string ckpt = o.checkpoint.empty() ? shipped_model_path(kShippedGenerator) : o.checkpoint;
-  if (ckpt.empty())
-    return Status::error("denoise profile: no --checkpoint given and no shipped model");
+  LF_ASSIGN_OR_RETURN(std::string ckpt, checkpoint_or_shipped(o.checkpoint, "denoise-profile"));
   LF_ASSIGN_OR_RETURN(GenData d, load_gen_data(o.data));
   LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(ckpt, o.ae));
   if (pixel_size(gen) != d.ps.size)
@@ -354,7 +358,7 @@ Result<nlohmann::json> run_denoise_profile(const DenoiseProfileRunOptions& o) {
   std::vector<size_t> va(d.val_idx.begin(),
                          d.val_idx.begin() + std::min<size_t>(d.val_idx.size(), std::max(0, o.n)));
   CaptionedImages val = d.subset(va);
-  if (gen.latent()) LF_RETURN_IF_ERROR(attach_latents(gen, o.data.data, d.ps, {{&va, &val}}));
+  LF_RETURN_IF_ERROR(attach_latents(gen, o.data.data, d.ps, {{&va, &val}}));
   DenoiseProfileConfig pc;
   pc.max_images = o.n;
   pc.steps = o.steps;
