@@ -325,21 +325,17 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
     auto imgs = generate_images(gen, bp, bs, gc);
     LF_RETURN_IF_ERROR(write_tiles(
         imgs, o.out, std::vector<std::string>(names.begin() + s, names.begin() + e), &tiles));
-    for (size_t i = s; i < e; ++i)
-      manifest << nlohmann::json{{"file", names[i]},
-                                 {"prompt", ps[i]},
-                                 {"seed", seeds[i]},
-                                 {"steps", gc.sampler.steps},
-                                 {"cfg", gc.cfg_scale},
-                                 {"cfg_interval", interval},
-                                 {"sampler", gc.sampler.method},
-                                 {"shift", gc.sampler.shift},
-                                 {"eta", gc.sampler.eta},
-                                 {"checkpoint", ckpt},
-                                 {"checkpoint_hash", gen.hash},
-                                 {"adapters", adapter_hashes}}
-                      .dump()
-               << '\n';
+    for (size_t i = s; i < e; ++i) {
+      nlohmann::json j = sampling_metadata(gc);  // sampler, steps, shift, eta, cfg
+      j.update({{"file", names[i]},
+                {"prompt", ps[i]},
+                {"seed", seeds[i]},
+                {"cfg_interval", interval},
+                {"checkpoint", ckpt},
+                {"checkpoint_hash", gen.hash},
+                {"adapters", adapter_hashes}});
+      manifest << j.dump() << '\n';
+    }
     prog.update(static_cast<int64_t>(e));
   }
   prog.finish();

@@ -227,22 +227,18 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
       cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
       std::string file = "images/" + it.id + ".png";
       LF_RETURN_IF_ERROR(write_png(cfg.out + "/" + file, bgr));
-      nlohmann::json j = {{"id", it.id},
-                          {"file", file},
-                          {"prompt", it.prompt},
-                          {"label", it.label},
-                          {"dx", it.dx},
-                          {"subgroup", it.subgroup},
-                          {"source_id", it.source_id},
-                          {"seed", it.seed},
-                          {"sampler", cfg.gen.sampler.method},
-                          {"steps", cfg.gen.sampler.steps},
-                          {"shift", cfg.gen.sampler.shift},
-                          {"eta", cfg.gen.sampler.eta},
-                          {"cfg", cfg.gen.cfg_scale},
-                          {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}},
-                          {"generator_hash", g.hash},
-                          {"adapter_hash", cfg.adapter_hash}};
+      nlohmann::json j = sampling_metadata(cfg.gen);  // sampler, steps, shift, eta, cfg
+      j.update({{"id", it.id},
+                {"file", file},
+                {"prompt", it.prompt},
+                {"label", it.label},
+                {"dx", it.dx},
+                {"subgroup", it.subgroup},
+                {"source_id", it.source_id},
+                {"seed", it.seed},
+                {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}},
+                {"generator_hash", g.hash},
+                {"adapter_hash", cfg.adapter_hash}});
       if (!it.asked.is_null()) j["asked"] = it.asked;
       lines += j.dump() + "\n";
     }
