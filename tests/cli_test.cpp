@@ -9,22 +9,8 @@
 namespace lf {
 namespace {
 
-struct CliRun {
-  int exit_code = -1;
-  std::string output;  // stdout + stderr
-};
-
-CliRun run_cli(const std::string& args) {
-  const std::string lf = std::string(LF_BINARY_DIR) + "/lesionflow";
-  std::string out = run_command_capture("\"" + lf + "\" " + args + " 2>&1; echo \"@exit=$?\"");
-  CliRun r;
-  auto k = out.rfind("@exit=");
-  if (k != std::string::npos) {
-    r.exit_code = std::atoi(out.c_str() + k + 6);
-    r.output = out.substr(0, k);
-  }
-  return r;
-}
+using test::CliRun;
+using test::run_cli;
 
 struct BadCase {
   std::string args, must_say;
@@ -75,12 +61,54 @@ TEST(Cli, ConceptsMeasureOnAFolderWithoutReadableImagesIsAnError) {
   const std::string dir = test::tmp_dir("cli_measure_empty");
   CliRun empty = run_cli("concepts measure --images " + dir);
   EXPECT_NE(empty.exit_code, 0);
-  EXPECT_NE(empty.output.find("no PNG or JPEG images"), std::string::npos) << empty.output;
+  EXPECT_NE(empty.output.find("no images to measure"), std::string::npos) << empty.output;
   std::ofstream(dir + "/broken.png") << "not a png";
   CliRun broken = run_cli("concepts measure --images " + dir);
   EXPECT_NE(broken.exit_code, 0);
   EXPECT_NE(broken.output.find("could be read"), std::string::npos) << broken.output;
   EXPECT_FALSE(std::filesystem::exists(dir + "/concepts.jsonl"));
+}
+
+// SIGTERM in the middle of training: the step reached is checkpointed (not the last periodic
+// checkpoint), the command exits with 143 and says so, and --resume continues from that step.
+TEST(Cli, SigtermCheckpointsTheCurrentStepAndResumeContinuesFromIt) {
+  const std::string dir = test::tmp_dir("cli_sigterm"),
+                    lf = std::string(LF_BINARY_DIR) + "/lesionflow";
+  ASSERT_EQ(run_cli("--threads 1 data prepare --dataset phantom:40 --size 16 --out " + dir +
+                    "/ph --quiet")
+                .exit_code,
+            0);
+  const std::string train = "\"" + lf + "\" --threads 1 train --data " + dir +
+                            "/ph --preset tiny --steps 100000 --batch 4 --sample-every 0 "
+                            "--val-every 0 --ckpt-every 100000 --log-every 1 --out " +
+                            dir + "/run";
+  // Start, wait for a few logged steps, SIGTERM, wait for the exit code.
+  std::string out =
+      run_command_capture(train + " > " + dir +
+                          "/log.txt 2>&1 & pid=$!; for i in $(seq 600); do "
+                          "[ \"$(wc -l < " +
+                          dir +
+                          "/run/metrics.jsonl 2>/dev/null || echo 0)\" -ge 5 ] && break; "
+                          "sleep 0.05; done; kill -TERM $pid; wait $pid; echo \"@exit=$?\"");
+  const std::string log = [&] {
+    std::ifstream in(dir + "/log.txt");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }();
+  EXPECT_NE(out.find("@exit=143"), std::string::npos) << out << log;
+  auto k = log.find("SIGTERM received: checkpointing step ");
+  ASSERT_NE(k, std::string::npos) << log;
+  const int step = std::atoi(log.c_str() + k + 37);
+  EXPECT_GE(step, 5) << log;
+  EXPECT_NE(log.find("rerun with --resume"), std::string::npos) << log;
+  ASSERT_TRUE(std::filesystem::exists(dir + "/run/state.bin"));
+  // Resume for 3 more steps: it starts exactly where the signal stopped it.
+  CliRun resumed = run_cli(
+      "--threads 1 train --data " + dir + "/ph --preset tiny --steps " + std::to_string(step + 3) +
+      " --batch 4 --sample-every 0 --val-every 0 --out " + dir + "/run --resume");
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed " + dir + "/run at step " + std::to_string(step)),
+            std::string::npos)
+      << resumed.output;
 }
 
 }  // namespace lf

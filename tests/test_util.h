@@ -1,8 +1,11 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <string>
+
+#include "lesionflow/io.h"
 
 namespace lf::test {
 inline std::string src_dir() { return LF_SOURCE_DIR; }
@@ -15,6 +18,23 @@ inline std::string tmp_dir(const std::string& name) {
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
+}
+
+// The real CLI: exit code and everything it printed (stdout + stderr).
+struct CliRun {
+  int exit_code = -1;
+  std::string output;
+};
+inline CliRun run_cli(const std::string& args) {
+  const std::string lf = std::string(LF_BINARY_DIR) + "/lesionflow";
+  std::string out = run_command_capture("\"" + lf + "\" " + args + " 2>&1; echo \"@exit=$?\"");
+  CliRun r;
+  auto k = out.rfind("@exit=");
+  if (k != std::string::npos) {
+    r.exit_code = std::atoi(out.c_str() + k + 6);
+    r.output = out.substr(0, k);
+  }
+  return r;
 }
 }  // namespace lf::test
 

@@ -1,6 +1,7 @@
 // Caption composer: clinical facts (measured or given) -> short caption. Unknown stays unknown.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
@@ -32,6 +33,12 @@ CaptionFacts facts_from_record(const Record& r);
 // Short caption (a few dozen tokens). variant_seed picks among paraphrases and the order of the
 // harmless clauses; variant_seed = 0 gives the canonical wording.
 std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed = 0);
+
+// A captions.jsonl (as `caption` writes it, or a user's own) by image id. Every record needs a
+// string "id" and a string "caption" of at most kMaxCaptionChars; ids are unique. Errors name
+// the file and line. An empty path gives an empty map.
+constexpr size_t kMaxCaptionChars = 4096;
+Result<std::map<std::string, nlohmann::json>> read_caption_file(const std::string& path);
 
 std::string number_word(int n);  // 1 -> "one", ...
 std::string roman(int n);        // 1..6 -> "I".."VI"

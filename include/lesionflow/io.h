@@ -66,8 +66,17 @@ struct CsvTable {
 Result<CsvTable> read_csv(const std::string& path);
 std::string csv_escape(const std::string& field);
 
+// Offset of the first byte that is not valid UTF-8 in s, or std::string::npos.
+size_t invalid_utf8_at(const std::string& s);
+
 // ---- images (OpenCV) -------------------------------------------------------------
-// Reads an 8-bit BGR image; errors for missing, empty, corrupt or non-image files.
+// File extensions (lower case, with the dot) that dataset folders are scanned for: every format
+// OpenCV decodes, plus .gif so GIFs (which OpenCV 4.6 cannot decode) are reported, not ignored.
+bool is_image_path(const std::string& path);
+constexpr int kMinImageSide = 8;                  // smaller decoded images are refused
+constexpr int64_t kMaxImagePixels = 100'000'000;  // a header claiming more is refused undecoded
+// Reads an 8-bit BGR image (any depth and channel count converted); errors for missing, empty,
+// truncated, corrupt, GIF, too small (< kMinImageSide) or too large (> kMaxImagePixels) files.
 Result<cv::Mat> read_image(const std::string& path);
 Result<cv::Mat> read_mask(const std::string& path);  // 8-bit single channel, 0/255
 Status write_png(const std::string& path, const cv::Mat& img);

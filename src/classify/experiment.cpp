@@ -5,6 +5,7 @@
 #include <random>
 #include <sstream>
 
+#include "lesionflow/captions.h"
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
@@ -12,21 +13,6 @@
 #include "lesionflow/rng.h"
 
 namespace lf {
-
-Result<std::map<std::string, nlohmann::json>> load_caption_map(const std::string& path) {
-  std::map<std::string, nlohmann::json> m;
-  if (path.empty()) return m;
-  LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(path));
-  for (size_t i = 0; i < lines.size(); ++i) {
-    if (!lines[i].contains("id"))
-      return Status::error(path + ": record " + std::to_string(i + 1) + " has no 'id'");
-    std::string id =
-        lines[i]["id"]
-            .get<std::string>();  // before the move (C++17 evaluates the right side first)
-    m[id] = std::move(lines[i]);
-  }
-  return m;
-}
 
 Result<RealData> load_real_data(const std::string& dir, const std::string& splits,
                                 const std::string& captions) {
@@ -41,7 +27,7 @@ Result<RealData> load_real_data(const std::string& dir, const std::string& split
   LF_ASSIGN_OR_RETURN(d.test, select_split(d.ps.records, splits, "test"));
   if (d.train.empty() || d.val.empty() || d.test.empty())
     return Status::error(splits + ": needs non-empty train, val and test splits for " + dir);
-  LF_ASSIGN_OR_RETURN(d.captions, load_caption_map(captions));
+  LF_ASSIGN_OR_RETURN(d.captions, read_caption_file(captions));
   return d;
 }
 

@@ -12,9 +12,6 @@
 
 namespace lf {
 
-// captions.jsonl -> id -> record (empty path: empty map).
-Result<std::map<std::string, nlohmann::json>> load_caption_map(const std::string& path);
-
 struct RealData {
   PreparedSet ps;
   std::vector<size_t> train, val, test;

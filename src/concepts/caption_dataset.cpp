@@ -195,8 +195,7 @@ Result<nlohmann::json> measure_image_folder(const std::string& images,
   if (!fs::is_directory(images)) return Status::error(images + ": not a directory");
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(images)) {
-    auto ext = e.path().extension().string();
-    if (ext == ".png" || ext == ".jpg" || ext == ".jpeg")
+    if (e.is_regular_file() && is_image_path(e.path().string()))
       if (e.path().filename().string().find("grid") == std::string::npos &&
           e.path().filename().string().find("_mask") == std::string::npos)
         files.push_back(e.path());
@@ -216,7 +215,10 @@ Result<nlohmann::json> measure_image_folder(const std::string& images,
     auto m = measure_lesion(rgb, cv::Mat());
     os << nlohmann::json{{"file", f.filename().string()}, {"measured", m.to_json()}}.dump() << '\n';
   }
-  if (files.empty()) return Status::error(images + ": no PNG or JPEG images to measure");
+  if (files.empty())
+    return Status::error(images +
+                         ": no images to measure (looked for the formats OpenCV reads: .png, .jpg, "
+                         ".tif, .bmp, .webp, ...)");
   if (bad == static_cast<int64_t>(files.size()))
     return Status::error(images + ": none of the " + std::to_string(files.size()) +
                          " images could be read");

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "lesionflow/jsonl.h"
 #include "lesionflow/phantom.h"
 
 namespace lf {
@@ -189,6 +190,32 @@ std::string apply_template(const std::string& tmpl, const CaptionFacts& f) {
     if (!(c == ' ' && !tidy.empty() && tidy.back() == ' ')) tidy += c;
   while (!tidy.empty() && tidy.back() == ' ') tidy.pop_back();
   return tidy;
+}
+
+Result<std::map<std::string, nlohmann::json>> read_caption_file(const std::string& path) {
+  std::map<std::string, nlohmann::json> m;
+  if (path.empty()) return m;
+  std::vector<int> lines;
+  LF_ASSIGN_OR_RETURN(auto recs, read_jsonl(path, &lines));
+  for (size_t i = 0; i < recs.size(); ++i) {
+    const std::string at = path + ":" + std::to_string(lines[i]) + ": ";
+    auto& r = recs[i];
+    if (!r.is_object()) return Status::error(at + "expected a JSON object {\"id\", \"caption\"}");
+    for (const char* key : {"id", "caption"}) {
+      if (!r.contains(key)) return Status::error(at + "record has no '" + key + "'");
+      if (!r[key].is_string())
+        return Status::error(at + "'" + key + "' must be a string, found " + r[key].type_name());
+    }
+    std::string id = r["id"].get<std::string>();
+    if (id.empty()) return Status::error(at + "empty 'id'");
+    const size_t n = r["caption"].get_ref<const std::string&>().size();
+    if (n > kMaxCaptionChars)
+      return Status::error(at + "caption of image '" + id + "' is " + std::to_string(n) +
+                           " characters, above the limit of " + std::to_string(kMaxCaptionChars));
+    if (m.count(id)) return Status::error(at + "image '" + id + "' has a second caption");
+    m.emplace(std::move(id), std::move(r));
+  }
+  return m;
 }
 
 }  // namespace lf

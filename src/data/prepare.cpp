@@ -102,6 +102,9 @@ Result<PreparedSet> prepare(const Dataset& ds, const PrepareConfig& cfg, Prepare
     if (!has_mask[j] && ds.records[i].source != "phantom") st.masks_missing++;
     ps.records.push_back(ds.records[i]);
   }
+  if (st.ok == 0 && st.skipped > 0)
+    return Status::error(ds.root + ": none of the " + std::to_string(st.skipped) +
+                         " images could be read (first: " + st.skipped_messages.front() + ")");
   images.resize(st.ok * S * S * 3);
   masks.resize(st.ok * S * S);
   has_mask.resize(st.ok);

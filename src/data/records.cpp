@@ -142,6 +142,22 @@ std::string norm_site(const std::string& s) {
   return l.empty() || l == "nan" ? "unknown" : l;
 }
 
+// A metadata table with no rows, or one image listed twice, is an error naming the file (and
+// both lines of a duplicate): a repeated id would silently weigh an image twice and could put
+// it into two splits.
+Status check_rows_and_ids(const CsvTable& t, int c_id) {
+  if (t.rows.empty())
+    return Status::error(t.path + ": no rows after the header (no images listed)");
+  std::map<std::string, int> first_line;
+  for (size_t i = 0; i < t.rows.size(); ++i) {
+    auto [it, fresh] = first_line.emplace(t.rows[i][c_id], t.line_numbers[i]);
+    if (!fresh)
+      return Status::error(where(t, i, c_id) + ": image '" + it->first +
+                           "' is listed twice (first at line " + std::to_string(it->second) + ")");
+  }
+  return Status::ok_status();
+}
+
 }  // namespace
 
 Result<Dataset> read_ham10000(const std::string& root, const LabelMap& labels) {
@@ -161,6 +177,7 @@ Result<Dataset> read_ham10000(const std::string& root, const LabelMap& labels) {
   const int c_les = t.column("lesion_id"), c_img = t.column("image_id"), c_dx = t.column("dx"),
             c_type = t.column("dx_type"), c_age = t.column("age"), c_sex = t.column("sex"),
             c_loc = t.column("localization");
+  LF_RETURN_IF_ERROR(check_rows_and_ids(t, c_img));
   const auto& known = known_dx_codes();
   Dataset ds{"ham10000", root, {}};
   ds.records.reserve(t.rows.size());
@@ -211,6 +228,7 @@ Result<Dataset> read_isic_csv(const std::string& csv, const std::string& image_d
     if (c_id < 0) c_id = t.column(name);
   if (c_id < 0)
     return Status::error(csv + ": missing required column 'image_id' (or 'image'/'image_name')");
+  LF_RETURN_IF_ERROR(check_rows_and_ids(t, c_id));
   // Which layout?
   enum { k2017, k2019, k2020 } layout;
   static const std::vector<std::pair<std::string, std::string>> k2019cols = {
@@ -322,10 +340,7 @@ Result<Dataset> read_image_folder(const std::string& root, const LabelMap& label
     std::string cls = lower(cdir.filename().string());
     std::vector<fs::path> files;
     for (const auto& e : fs::directory_iterator(cdir)) {
-      std::string ext = lower(e.path().extension().string());
-      if (e.is_regular_file() &&
-          (ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp"))
-        files.push_back(e.path());
+      if (e.is_regular_file() && is_image_path(e.path().string())) files.push_back(e.path());
     }
     std::sort(files.begin(), files.end());
     for (const auto& f : files) {

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <map>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "lesionflow/data.h"
@@ -64,14 +65,31 @@ Result<std::vector<std::pair<std::string, std::string>>> read_splits(const std::
   LF_ASSIGN_OR_RETURN(CsvTable t, read_csv(path));
   int ci = t.column("id"), cs = t.column("split");
   if (ci < 0 || cs < 0) return Status::error(path + ": splits file needs columns 'id' and 'split'");
+  const int cg = t.column("group");  // lesion (or patient): must not straddle two splits
   std::vector<std::pair<std::string, std::string>> out;
+  std::map<std::string, size_t> first_of_id, first_of_group;
+  auto line = [&](size_t i) { return path + ":" + std::to_string(t.line_numbers[i]); };
   for (size_t i = 0; i < t.rows.size(); ++i) {
     const std::string& s = t.rows[i][cs];
     if (s != "train" && s != "val" && s != "test")
-      return Status::error(path + ":" + std::to_string(t.line_numbers[i]) +
-                           ": column 'split': expected train/val/test, found '" + s + "'");
+      return Status::error(line(i) + ": column 'split': expected train/val/test, found '" + s +
+                           "'");
+    auto [id_it, new_id] = first_of_id.emplace(t.rows[i][ci], i);
+    if (!new_id)
+      return Status::error(line(i) + ": image '" + t.rows[i][ci] + "' is listed twice (first at " +
+                           "line " + std::to_string(t.line_numbers[id_it->second]) + ")");
+    if (cg >= 0 && !t.rows[i][cg].empty()) {
+      auto [g_it, new_g] = first_of_group.emplace(t.rows[i][cg], i);
+      if (!new_g && t.rows[g_it->second][cs] != s)
+        return Status::error(
+            line(i) + ": lesion group '" + t.rows[i][cg] + "' is in split '" + s +
+            "' here but in '" + t.rows[g_it->second][cs] + "' at line " +
+            std::to_string(t.line_numbers[g_it->second]) +
+            " (images of one lesion in two splits leak between training and test)");
+    }
     out.emplace_back(t.rows[i][ci], s);
   }
+  if (out.empty()) return Status::error(path + ": no rows after the header");
   return out;
 }
 
@@ -86,6 +104,15 @@ Result<std::vector<size_t>> select_split(const std::vector<Record>& recs,
       return Status::error(splits_csv + ": no split for image '" + recs[i].id +
                            "' (splits file made for another dataset?)");
     if (it->second == name) idx.push_back(i);
+  }
+  if (m.size() > recs.size()) {  // ids the data does not have: a splits file of another dataset
+    std::set<std::string> have;
+    for (const auto& r : recs) have.insert(r.id);
+    for (const auto& [id, s] : pairs)
+      if (!have.count(id))
+        return Status::error(splits_csv + ": image '" + id + "' is not in the data (" +
+                             std::to_string(m.size() - recs.size()) +
+                             " ids of the splits file are unknown; made for another dataset?)");
   }
   return idx;
 }

@@ -1,3 +1,6 @@
+#include <algorithm>
+#include <cstdio>
+
 #include "lesionflow/io.h"
 
 namespace lf {
@@ -20,11 +23,33 @@ std::string csv_escape(const std::string& f) {
   return out + "\"";
 }
 
+// Byte offset of the first invalid UTF-8 sequence, or npos.
+size_t invalid_utf8_at(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    if (n == 0 || (n == 2 && c < 0xC2) || i + n > s.size()) return i;
+    for (size_t k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return i;
+    i += n;
+  }
+  return std::string::npos;
+}
+
 Result<CsvTable> read_csv(const std::string& path) {
   LF_ASSIGN_OR_RETURN(std::string text, read_file(path));
   CsvTable t;
   t.path = path;
   if (text.size() >= 3 && text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);  // BOM
+  // Everything downstream (captions, JSON records) needs UTF-8: refuse other encodings here.
+  if (size_t bad = invalid_utf8_at(text); bad != std::string::npos) {
+    int ln = 1 + static_cast<int>(std::count(text.begin(), text.begin() + bad, '\n'));
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(text[bad]));
+    return Status::error(path + ":" + std::to_string(ln) + ": not valid UTF-8 (byte " + hex +
+                         "); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)");
+  }
   std::vector<std::string> row;
   std::string field;
   bool in_quotes = false, field_started = false;

@@ -64,6 +64,7 @@ Result<nlohmann::json> run_ae_training(AERunOptions o) {
                       {"val_psnr", r.val_psnr},
                       {"val_ssim", r.val_ssim},
                       {"stopped_by_budget", r.stopped_by_budget},
+                      {"stopped_by_signal", r.stopped_by_signal},
                       {"checkpoint", o.out + "/ae.safetensors"}};
   return j;
 }

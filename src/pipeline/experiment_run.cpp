@@ -1,11 +1,13 @@
 // The real-vs-synthetic experiment (see experiment_run.h).
 #include "pipeline/experiment_run.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
 #include "lesionflow/io.h"
 #include "lesionflow/log.h"
+#include "lesionflow/stop.h"
 #include "pipeline/audit_run.h"
 #include "pipeline/classify_runs.h"
 #include "synth/synth.h"
@@ -62,6 +64,129 @@ Status set_train_option(TrainRunOptions& t, const std::string& key, const nlohma
       "ckpt_every, sample_every, log_every, val_every, freeze_text)");
 }
 
+// What each key of an experiment config must hold. A key the runner does not read, or a value of
+// the wrong type, is an error naming the file, the key path and what is expected; keys that
+// start with '_' are comments.
+enum class Kind { kString, kNumber, kInt, kObject, kStrings, kNumbers, kInts, kArray };
+
+const char* kind_name(Kind k) {
+  switch (k) {
+    case Kind::kString:
+      return "a string";
+    case Kind::kNumber:
+      return "a number";
+    case Kind::kInt:
+      return "an integer";
+    case Kind::kObject:
+      return "an object";
+    case Kind::kStrings:
+      return "an array of strings";
+    case Kind::kNumbers:
+      return "an array of numbers";
+    case Kind::kInts:
+      return "an array of integers";
+    case Kind::kArray:
+      return "an array";
+  }
+  return "?";
+}
+
+bool holds(const nlohmann::json& v, Kind k) {
+  auto all = [&](auto pred) { return v.is_array() && std::all_of(v.begin(), v.end(), pred); };
+  switch (k) {
+    case Kind::kString:
+      return v.is_string();
+    case Kind::kNumber:
+      return v.is_number();
+    case Kind::kInt:
+      return v.is_number_integer();
+    case Kind::kObject:
+      return v.is_object();
+    case Kind::kStrings:
+      return all([](const nlohmann::json& e) { return e.is_string(); });
+    case Kind::kNumbers:
+      return all([](const nlohmann::json& e) { return e.is_number(); });
+    case Kind::kInts:
+      return all([](const nlohmann::json& e) { return e.is_number_integer(); });
+    case Kind::kArray:
+      return v.is_array();
+  }
+  return false;
+}
+
+using Schema = std::vector<std::pair<const char*, Kind>>;
+
+Status check_section(const nlohmann::json& j, const Schema& schema, const std::string& file,
+                     const std::string& prefix) {
+  if (!j.is_object())
+    return Status::error(file + ": '" + (prefix.empty() ? "(top level)" : prefix) +
+                         "' must be a JSON object");
+  for (auto& [key, v] : j.items()) {
+    if (!key.empty() && key[0] == '_') continue;
+    auto it = std::find_if(schema.begin(), schema.end(), [&](auto& e) { return key == e.first; });
+    if (it == schema.end()) {
+      std::string known;
+      for (auto& e : schema) known += (known.empty() ? "" : ", ") + std::string(e.first);
+      return Status::error(file + ": unknown key '" + prefix + key + "' (known here: " + known +
+                           ")");
+    }
+    if (!holds(v, it->second))
+      return Status::error(file + ": '" + prefix + key + "' must be " + kind_name(it->second) +
+                           ", found " + v.dump());
+  }
+  return Status::ok_status();
+}
+
+Status validate_experiment_config(const nlohmann::json& c, const std::string& file) {
+  using K = Kind;
+  LF_RETURN_IF_ERROR(check_section(c,
+                                   {{"data", K::kString},
+                                    {"splits", K::kString},
+                                    {"captions", K::kString},
+                                    {"out", K::kString},
+                                    {"budget_minutes", K::kNumber},
+                                    {"test_datasets", K::kStrings},
+                                    {"generator", K::kObject},
+                                    {"synth", K::kObject},
+                                    {"classifier", K::kObject},
+                                    {"arms", K::kStrings},
+                                    {"real_sizes", K::kInts},
+                                    {"seeds", K::kInts},
+                                    {"synthetic_weight", K::kNumber},
+                                    {"synthetic_mix_size", K::kInt}},
+                                   file, ""));
+  if (c.contains("generator"))
+    LF_RETURN_IF_ERROR(check_section(
+        c["generator"],
+        {{"checkpoint", K::kString}, {"train", K::kObject}, {"train_args", K::kStrings}}, file,
+        "generator."));
+  if (c.contains("synth"))
+    LF_RETURN_IF_ERROR(check_section(c["synth"],
+                                     {{"total", K::kInt},
+                                      {"balance", K::kString},
+                                      {"flatten", K::kNumber},
+                                      {"sampler", K::kString},
+                                      {"steps", K::kInt},
+                                      {"shift", K::kNumber},
+                                      {"eta", K::kNumber},
+                                      {"cfg", K::kNumber},
+                                      {"cfg_interval", K::kNumbers},
+                                      {"batch", K::kInt}},
+                                     file, "synth."));
+  if (c.contains("classifier"))
+    LF_RETURN_IF_ERROR(check_section(c["classifier"],
+                                     {{"archs", K::kStrings},
+                                      {"width", K::kInt},
+                                      {"epochs", K::kInt},
+                                      {"batch", K::kInt},
+                                      {"lr", K::kNumber},
+                                      {"vit_lr", K::kNumber},
+                                      {"patience", K::kInt},
+                                      {"images_per_second_estimate", K::kNumber}},
+                                     file, "classifier."));
+  return Status::ok_status();
+}
+
 }  // namespace
 
 Result<nlohmann::json> read_experiment_config(const std::string& path) {
@@ -100,6 +225,7 @@ Result<TrainRunOptions> experiment_train_options(const nlohmann::json& gj) {
 
 Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
   const nlohmann::json& c = o.config;
+  LF_RETURN_IF_ERROR(validate_experiment_config(c, o.config_name));
   const std::string out = !o.out.empty() ? o.out : cfg_get<std::string>(c, "out", "");
   if (out.empty()) return Status::error(o.config_name + ": no \"out\" directory (or give --out)");
   LF_RETURN_IF_ERROR(make_dirs(out));
@@ -136,6 +262,10 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       auto r = run_generator_training(t);
       if (!r.ok())
         return Status::error("experiment: generator training failed: " + r.status().message());
+      if (stop_requested())
+        return Status::error(std::string("experiment: ") + stop_signal_name() +
+                             " during generator training; its checkpoint is saved: rerun the "
+                             "same command to resume");
       LF_RETURN_IF_ERROR(write_file_atomic(out + "/generator/done", "ok\n"));
     }
   }

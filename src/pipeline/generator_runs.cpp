@@ -48,6 +48,7 @@ nlohmann::json train_result_json(const GenTrainResult& r, const std::string& out
           {"seconds", r.seconds},
           {"images_per_second", r.images_per_second},
           {"stopped_by_budget", r.stopped_by_budget},
+          {"stopped_by_signal", r.stopped_by_signal},
           {"checkpoint", out + "/ema.safetensors"}};
 }
 
@@ -134,19 +135,10 @@ Result<GenData> load_gen_data(const GenDataSpec& spec) {
     return Status::error("--data CACHE_DIR is required (make one with 'lesionflow data prepare')");
   GenData d;
   LF_ASSIGN_OR_RETURN(d.ps, load_prepared(spec.data));
-  std::map<std::string, std::string> given;
-  if (!spec.captions.empty()) {
-    LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(spec.captions));
-    for (size_t i = 0; i < lines.size(); ++i) {
-      if (!lines[i].contains("id") || !lines[i].contains("caption"))
-        return Status::error(spec.captions + ": record " + std::to_string(i + 1) +
-                             " lacks 'id' or 'caption'");
-      given[lines[i]["id"].get<std::string>()] = lines[i]["caption"].get<std::string>();
-    }
-  }
+  LF_ASSIGN_OR_RETURN(auto given, read_caption_file(spec.captions));
   for (const auto& r : d.ps.records) {
     auto it = given.find(r.id);
-    d.captions.push_back(it != given.end() ? it->second
+    d.captions.push_back(it != given.end() ? it->second["caption"].get<std::string>()
                                            : compose_caption(facts_from_record(r),
                                                              std::hash<std::string>{}(r.id) | 1));
   }

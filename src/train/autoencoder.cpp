@@ -8,6 +8,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/report.h"
 #include "lesionflow/rng.h"
+#include "lesionflow/stop.h"
 #include "models/checkpoint.h"
 #include "train/common.h"
 #include "train/generator.h"
@@ -174,7 +175,14 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   double acc_rec = 0, acc_g = 0, acc_kl = 0, acc_gan = 0, acc_d = 0;
   int acc_n = 0;
   ae->train();
+  StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: checkpoint this step, then return
   while (step < cfg.steps) {
+    if (stop_requested()) {
+      res.stopped_by_signal = true;
+      log_warn(std::string(stop_signal_name()) + " received: checkpointing step " +
+               std::to_string(step) + " in " + cfg.out + " (continue with --resume)");
+      break;
+    }
     double minutes =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
     if (cfg.max_minutes > 0 && minutes >= cfg.max_minutes) {
@@ -273,7 +281,7 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   res.step = step;
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   res.images_per_second = (step - start) * cfg.batch / std::max(res.seconds, 1e-9);
-  if (!val_sub.empty()) {
+  if (!val_sub.empty() && !res.stopped_by_signal) {
     auto e = evaluate_autoencoder(ae, val, size);
     res.val_psnr = e.psnr;
     res.val_ssim = e.ssim;
@@ -283,7 +291,10 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
                                         {"val_images", e.images}}
                              .dump());
   }
-  prog.finish(res.stopped_by_budget ? "(time budget)" : "", step);
+  prog.finish(res.stopped_by_budget   ? "(time budget)"
+              : res.stopped_by_signal ? "(stopped by signal)"
+                                      : "",
+              step);
   return res;
 }
 

@@ -40,6 +40,7 @@ struct AETrainResult {
   double seconds = 0, images_per_second = 0;
   double val_psnr = 0, val_ssim = 0;
   bool stopped_by_budget = false;
+  bool stopped_by_signal = false;
 };
 
 // Images: uint8 NHWC RGB of side `size` (pointers into a prepared cache). Run directory:

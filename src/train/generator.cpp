@@ -11,6 +11,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/report.h"
 #include "lesionflow/rng.h"
+#include "lesionflow/stop.h"
 #include "models/checkpoint.h"
 #include "train/autoencoder.h"
 #include "train/common.h"
@@ -366,7 +367,14 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
   const int64_t start_step = step;
   Progress prog("train", cfg.steps, "step", step);
   model->train();
+  StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: checkpoint this step, then return
   while (step < cfg.steps) {
+    if (stop_requested()) {
+      res.stopped_by_signal = true;
+      log_warn(std::string(stop_signal_name()) + " received: checkpointing step " +
+               std::to_string(step) + " in " + cfg.out + " (continue with --resume)");
+      break;
+    }
     double minutes =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 60;
     if (cfg.max_minutes > 0 && minutes >= cfg.max_minutes) {
@@ -514,7 +522,10 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
   res.step = step;
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   res.images_per_second = (step - start_step) * cfg.batch / std::max(res.seconds, 1e-9);
-  prog.finish(res.stopped_by_budget ? "(time budget)" : "", step);
+  prog.finish(res.stopped_by_budget   ? "(time budget)"
+              : res.stopped_by_signal ? "(stopped by signal)"
+                                      : "",
+              step);
   return res;
 }
 

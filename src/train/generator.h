@@ -78,6 +78,7 @@ struct GenTrainResult {
   double seconds = 0;
   double images_per_second = 0;
   bool stopped_by_budget = false;
+  bool stopped_by_signal = false;  // SIGTERM/SIGINT: checkpoint written, then returned
 };
 
 // What a training run optimises. Default (nullptr): every parameter of the model, with full

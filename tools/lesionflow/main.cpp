@@ -4,6 +4,7 @@
 #include "cli.h"
 #include "lesionflow/log.h"
 #include "lesionflow/runtime.h"
+#include "lesionflow/stop.h"
 
 int main(int argc, char** argv) {
   using namespace lf;
@@ -13,6 +14,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("lesionflow ") + LESIONFLOW_VERSION);
   app.require_subcommand(1);
   app.set_config("--config", "", "read flags from a TOML/INI file (keys = long flag names)");
+  app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error
   cli::GlobalOptions g;
   for (int i = 0; i < argc; ++i) g.command_line += (i ? " " : "") + std::string(argv[i]);
   app.add_option("--seed", g.seed, "seed for every random choice")->capture_default_str();
@@ -86,6 +88,12 @@ int main(int argc, char** argv) {
     st = run();
   } catch (const std::exception& e) {
     st = Status::error(std::string("unexpected exception: ") + e.what());
+  }
+  if (stop_requested()) {  // a training loop checkpointed and returned early
+    if (!st.ok()) log_error(st.message());
+    log_warn(std::string("stopped by ") + stop_signal_name() +
+             "; the last checkpoint is written: rerun with --resume to continue");
+    return 128 + stop_signal();
   }
   if (!st.ok()) {
     log_error(st.message());
