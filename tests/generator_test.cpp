@@ -1,5 +1,7 @@
 #include "train/generator.h"
 
+#include <unistd.h>
+
 #include <sstream>
 
 #include "flow/flow.h"
@@ -10,6 +12,7 @@
 #include "models/mmdit.h"
 #include "models/mmdit_blocks.h"
 #include "test_util.h"
+#include "train/common.h"
 #include "train_util.h"
 
 namespace lf {
@@ -477,6 +480,61 @@ TEST(Checkpoint, SaveLoadRoundTripIsBitExact) {
   auto s = load_module_tensors(*st, *other, path);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("has shape"), std::string::npos);
+}
+
+// The files of one checkpoint are replaced as a set: whatever moment a kill hits, recovery
+// leaves all old files or all new ones (a mix would resume new weights with an old step).
+TEST(Checkpoint, AKillMidCommitLeavesTheOldSetOrTheNewOneNeverAMix) {
+  const std::string dir = test::tmp_dir("ckpt_commit"), a = dir + "/a.bin", b = dir + "/b.bin",
+                    journal = dir + "/checkpoint.journal";
+  auto put = [](const std::string& p, const std::string& v) {
+    ASSERT_TRUE(write_file_atomic(p, v).ok());
+  };
+  auto get = [](const std::string& p) { return *read_file(p); };
+  auto writer = [](const std::string& v) {
+    return [v](const std::string& p) { return write_file_atomic(p, v); };
+  };
+  put(a, "old a");
+  put(b, "old b");
+  // Killed while writing the new files (no journal yet): the old set stays.
+  put(a + ".next", "new a");
+  ASSERT_TRUE(recover_checkpoint(journal, {a, b}).ok());
+  EXPECT_EQ(get(a), "old a");
+  EXPECT_EQ(get(b), "old b");
+  EXPECT_FALSE(file_exists(a + ".next"));
+  // Killed after the journal and the first rename: recovery finishes the new set.
+  put(a, "new a");
+  put(b + ".next", "new b");
+  put(journal, a + "\n" + b + "\n");
+  ASSERT_TRUE(recover_checkpoint(journal, {a, b}).ok());
+  EXPECT_EQ(get(a), "new a");
+  EXPECT_EQ(get(b), "new b");
+  EXPECT_FALSE(file_exists(journal));
+  // A writer that fails (a full disk): an error, the old set intact, no .next left.
+  auto failing = [](const std::string&) { return Status::error("write failed (disk full?)"); };
+  Status st = commit_checkpoint(journal, {{a, writer("newer a")}, {b, failing}});
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(get(a), "new a");
+  EXPECT_FALSE(file_exists(a + ".next"));
+  EXPECT_FALSE(file_exists(journal));
+  // A commit that completes: the new set, no journal.
+  ASSERT_TRUE(commit_checkpoint(journal, {{a, writer("v3 a")}, {b, writer("v3 b")}}).ok());
+  EXPECT_EQ(get(a), "v3 a");
+  EXPECT_EQ(get(b), "v3 b");
+  EXPECT_FALSE(file_exists(journal));
+  // Temporaries a killed writer left (PATH.tmp.PID.N of a dead PID) are removed by the next
+  // atomic write of that path and by recovery; a live process's temporary is left alone.
+  const std::string dead =
+      std::to_string(std::atol(run_command_capture("sh -c 'echo $$'").c_str()));
+  const std::string live = std::to_string(getpid());
+  put(a + ".tmp." + dead + ".7", "torn");
+  put(a + ".tmp." + live + ".8", "in flight");
+  put(b + ".tmp." + dead + ".9", "torn");
+  put(a, "v4 a");
+  EXPECT_FALSE(file_exists(a + ".tmp." + dead + ".7"));
+  EXPECT_TRUE(file_exists(a + ".tmp." + live + ".8"));
+  ASSERT_TRUE(recover_checkpoint(journal, {a, b}).ok());
+  EXPECT_FALSE(file_exists(b + ".tmp." + dead + ".9"));
 }
 
 TEST(Parity, MMDiTForwardMatchesIndependentPythonTorch) {

@@ -106,6 +106,9 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
                           torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
   ClsTrainResult res;
   int epoch = 0, since_best = 0;
+  const std::string journal = cfg.out + "/checkpoint.journal";
+  LF_RETURN_IF_ERROR(recover_checkpoint(journal, {last, state}));
+  remove_stale_temps({best});
   if (cfg.resume && file_exists(state)) {
     LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(last));
     LF_RETURN_IF_ERROR(load_classifier_weights(w, model, last));
@@ -184,12 +187,15 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
                                      {"val_auc", std::isnan(val_auc) ? nlohmann::json(nullptr)
                                                                      : nlohmann::json(val_auc)}}
                           .dump());
-    LF_RETURN_IF_ERROR(save_classifier(last, model, 0.5,
-                                       {{"best_epoch", std::to_string(res.best_epoch)},
-                                        {"best_val_auc", std::to_string(res.best_val_auc)},
-                                        {"since_best", std::to_string(since_best)}}));
-    LF_RETURN_IF_ERROR(
-        save_state(state, epoch + 1, opt));  // last: a state implies matching weights
+    LF_RETURN_IF_ERROR(commit_checkpoint(
+        journal, {{last,
+                   [&](const std::string& p) {
+                     return save_classifier(p, model, 0.5,
+                                            {{"best_epoch", std::to_string(res.best_epoch)},
+                                             {"best_val_auc", std::to_string(res.best_val_auc)},
+                                             {"since_best", std::to_string(since_best)}});
+                   }},
+                  {state, [&](const std::string& p) { return save_state(p, epoch + 1, opt); }}}));
     res.epochs_run = epoch + 1;
     double minutes =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;

@@ -1,6 +1,9 @@
+#include <glob.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -20,6 +23,16 @@ Status write_file_atomic(const std::string& path, const std::string& bytes) {
     fs::create_directories(p.parent_path(), ec);
     if (ec) return Status::error(path + ": cannot create directory: " + ec.message());
   }
+  // Temporaries of this path left by a killed process (name: PATH.tmp.PID.N, PID not alive).
+  glob_t g{};
+  if (glob((path + ".tmp.*").c_str(), GLOB_NOSORT | GLOB_NOESCAPE, nullptr, &g) == 0) {
+    for (size_t i = 0; i < g.gl_pathc; ++i) {
+      const long pid = std::atol(g.gl_pathv[i] + path.size() + 5);
+      if (pid > 0 && pid != getpid() && kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
+        std::remove(g.gl_pathv[i]);
+    }
+  }
+  globfree(&g);
   std::random_device rd;
   std::string tmp = path + ".tmp." + std::to_string(getpid()) + "." + std::to_string(rd() % 100000);
   {

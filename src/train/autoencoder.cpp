@@ -125,6 +125,8 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   torch::optim::AdamW opt_d(disc->parameters(),
                             torch::optim::AdamWOptions(cfg.lr).betas({0.5, 0.9}).weight_decay(0));
   int64_t step = 0;
+  const std::string journal = cfg.out + "/checkpoint.journal";
+  LF_RETURN_IF_ERROR(recover_checkpoint(journal, {ckpt, disc_path, state_d, state}));
   if (cfg.resume) {
     if (!file_exists(state))
       return Status::error(state + ": nothing to resume (no training state in " + cfg.out + ")");
@@ -161,12 +163,16 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   AETrainResult res;
   auto save_all = [&](int64_t s) -> Status {
     calibrate_latents(ae, train, size, 1024);
-    LF_RETURN_IF_ERROR(save_autoencoder(ckpt, ae, s));
+    std::vector<CheckpointFile> files = {
+        {ckpt, [&](const std::string& p) { return save_autoencoder(p, ae, s); }}};
     if (s > cfg.gan_start && cfg.gan_weight > 0) {
-      LF_RETURN_IF_ERROR(save_module(disc_path, *disc, {{"format", "lesionflow.ae_disc.v1"}}));
-      LF_RETURN_IF_ERROR(save_state(state_d, s, opt_d));
+      files.push_back({disc_path, [&](const std::string& p) {
+                         return save_module(p, *disc, {{"format", "lesionflow.ae_disc.v1"}});
+                       }});
+      files.push_back({state_d, [&](const std::string& p) { return save_state(p, s, opt_d); }});
     }
-    return save_state(state, s, opt);  // last: a state file implies matching weights
+    files.push_back({state, [&](const std::string& p) { return save_state(p, s, opt); }});
+    return commit_checkpoint(journal, files);
   };
   BatchPlan plan(static_cast<int64_t>(train.size()), cfg.batch, cfg.seed);
   auto t0 = std::chrono::steady_clock::now();

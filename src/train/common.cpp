@@ -1,12 +1,15 @@
 #include "train/common.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <sstream>
 
 #include "lesionflow/io.h"
+#include "lesionflow/log.h"
 
 namespace lf {
 using torch::Tensor;
@@ -30,6 +33,57 @@ Status save_state(const std::string& path, int64_t step, torch::optim::Optimizer
   os.write(reinterpret_cast<const char*>(&n), 8);
   os << b;
   return write_file_atomic(path, os.str());
+}
+
+Status commit_checkpoint(const std::string& journal, const std::vector<CheckpointFile>& files) {
+  std::string list;
+  for (size_t i = 0; i < files.size(); ++i) {
+    Status st = files[i].write(files[i].path + ".next");
+    if (!st.ok()) {  // the old set stays; drop the new files written so far
+      for (size_t k = 0; k <= i; ++k) std::remove((files[k].path + ".next").c_str());
+      return st;
+    }
+    list += files[i].path + "\n";
+  }
+  LF_RETURN_IF_ERROR(write_file_atomic(journal, list));  // from here on the new set wins
+  for (const auto& f : files)
+    if (std::rename((f.path + ".next").c_str(), f.path.c_str()) != 0)
+      return Status::error(f.path + ": cannot rename the new checkpoint file into place");
+  std::remove(journal.c_str());
+  return Status::ok_status();
+}
+
+void remove_stale_temps(const std::vector<std::string>& paths) {
+  namespace fs = std::filesystem;
+  for (const auto& p : paths) {
+    const fs::path path(p);
+    const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) continue;
+    const std::string a = path.filename().string() + ".tmp.",
+                      b = path.filename().string() + ".next.tmp.";
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string f = e.path().filename().string();
+      if (f.rfind(a, 0) == 0 || f.rfind(b, 0) == 0) fs::remove(e.path(), ec);
+    }
+  }
+}
+
+Status recover_checkpoint(const std::string& journal, const std::vector<std::string>& paths) {
+  remove_stale_temps(paths);
+  if (file_exists(journal)) {
+    LF_ASSIGN_OR_RETURN(std::string list, read_file(journal));
+    std::istringstream in(list);
+    for (std::string p; std::getline(in, p);)
+      if (!p.empty() && file_exists(p + ".next") && std::rename((p + ".next").c_str(), p.c_str()))
+        return Status::error(p + ": cannot finish the interrupted checkpoint (rename failed)");
+    std::remove(journal.c_str());
+    log_warn("finished writing a checkpoint that an interruption had left half renamed (" +
+             journal + ")");
+    return Status::ok_status();
+  }
+  for (const auto& p : paths) std::remove((p + ".next").c_str());  // an unfinished new set
+  return Status::ok_status();
 }
 
 Result<int64_t> load_state(const std::string& path, torch::optim::Optimizer& opt) {

@@ -1,6 +1,7 @@
 // Pieces shared by the training loops (generator, LoRA fine-tune, classifiers).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -14,6 +15,23 @@ namespace lf {
 Status save_state(const std::string& path, int64_t step, torch::optim::Optimizer& opt);
 Result<int64_t> load_state(const std::string& path, torch::optim::Optimizer& opt);
 void set_lr(torch::optim::Optimizer& opt, double lr);  // AdamW param groups
+
+// One checkpoint made of several files (weights, EMA, optimizer state), replaced as a set: a
+// kill at any moment leaves the old set or the new one, never a mix (a mix resumes the new
+// weights with the old step and optimizer: silently not the uninterrupted run). Each writer
+// writes its file to the path it is given (the final name + ".next"); then a journal listing the
+// finals is written, the .next files are renamed over them, and the journal is removed.
+// recover_checkpoint(), called before a resume reads the files, finishes renames a kill
+// interrupted (journal present) or removes the .next files of a set never completed.
+struct CheckpointFile {
+  std::string path;
+  std::function<Status(const std::string& path)> write;
+};
+Status commit_checkpoint(const std::string& journal, const std::vector<CheckpointFile>& files);
+Status recover_checkpoint(const std::string& journal, const std::vector<std::string>& paths);
+// Removes "<path>.tmp.*" and "<path>.next.tmp.*" files that a kill left in the middle of an
+// atomic write (write_file_atomic's temporaries). recover_checkpoint() does it for its paths.
+void remove_stale_temps(const std::vector<std::string>& paths);
 
 // Linear warm-up over `warmup` steps, then cosine from lr down to lr * min_frac at `steps`.
 double warmup_cosine_lr(double lr, int64_t warmup, int64_t steps, double min_frac, int64_t step);

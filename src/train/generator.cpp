@@ -312,6 +312,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
       params, torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay).betas({0.9, 0.99}));
 
   int64_t step = 0;
+  const std::string journal = cfg.out + "/checkpoint.journal";
+  LF_RETURN_IF_ERROR(recover_checkpoint(journal, {ckpt, ema_path, state}));
   if (cfg.resume) {
     if (!file_exists(state))
       return Status::error(state + ": nothing to resume (no training state in " + cfg.out + ")");
@@ -332,12 +334,16 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
       nlohmann::json{{"train", cfg.to_json()}, {"model", mc.to_json()}}.dump(2) + "\n"));
 
   auto save_all = [&](int64_t s) -> Status {
-    LF_RETURN_IF_ERROR(save_weights(ckpt, s, "raw"));
-    swap_ema();
-    Status st = save_weights(ema_path, s, "ema");
-    swap_ema();
-    LF_RETURN_IF_ERROR(st);
-    return save_state(state, s, opt);  // written last: a state file implies matching weights
+    return commit_checkpoint(
+        journal, {{ckpt, [&](const std::string& p) { return save_weights(p, s, "raw"); }},
+                  {ema_path,
+                   [&](const std::string& p) {
+                     swap_ema();
+                     Status st = save_weights(p, s, "ema");
+                     swap_ema();
+                     return st;
+                   }},
+                  {state, [&](const std::string& p) { return save_state(p, s, opt); }}});
   };
 
   // Fixed validation batch (first up to 64 images) with fixed noise and timesteps.
