@@ -17,7 +17,7 @@ LAYERS = [
     ("core", ["src/core", "src/io", "src/pch_torch.h",
               "include/lesionflow/status.h", "include/lesionflow/log.h", "include/lesionflow/io.h",
               "include/lesionflow/jsonl.h", "include/lesionflow/runtime.h",
-              "include/lesionflow/stop.h"]),
+              "include/lesionflow/stop.h", "include/lesionflow/parallel.h"]),
     ("domain", ["src/data", "src/concepts", "src/text", "src/report", "src/eval", "include/lesionflow"]),
     ("nn", ["src/flow", "src/models"]),
     ("train", ["src/train"]),

@@ -25,6 +25,9 @@ with open(os.environ.get("OUT", "runs/ship_eval") + "/dx_prompts.txt", "w") as f
 PY
 /usr/bin/python3 scripts/real_grid.py cache/ham64 cache/ham_splits.csv test mel,nv,bkl,bcc,akiec,vasc,df 8 $OUT/real_test_by_dx.png
 $LF --precision auto sample --checkpoint $GEN --prompts-file $OUT/dx_prompts.txt --n 8 --out $OUT/samples_by_dx
+# Diversity within a prompt (mean MS-SSIM of the 8 seeds of each dx prompt) next to random real pairs.
+$LF --json fd --data cache/ham64 --splits cache/ham_splits.csv --split test --images $OUT/samples_by_dx \
+    > $OUT/fd_samples_by_dx.json
 $LF --precision auto synth --generator $GEN --data cache/ham64 --splits cache/ham_splits.csv \
     --captions cache/ham_captions.jsonl --total $N --balance label --steps 20 --cfg 4 --out $OUT/synth
 $LF audit --synthetic $OUT/synth --data cache/ham64 --splits cache/ham_splits.csv --captions cache/ham_captions.jsonl \

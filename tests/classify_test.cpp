@@ -318,6 +318,52 @@ TEST(Synth, GenerationResumesWithIdenticalImages) {
     EXPECT_TRUE(j.contains("prompt") && j.contains("seed") && j.contains("generator_hash") &&
                 j.contains("subgroup"));
   }
+  // A kill during the manifest append leaves a torn last line: the resume drops it and remakes
+  // that image (identically).
+  std::string torn;
+  for (int i = 0; i < 5; ++i) torn += all[i].dump() + "\n";
+  torn += all[5].dump().substr(0, 40);
+  ASSERT_TRUE(write_file_atomic(sc.out + "/manifest.jsonl", torn).ok());
+  auto after_torn = generate_synthetic(g, *plan, sc, summary);
+  LF_ASSERT_OK(after_torn);
+  EXPECT_EQ(*after_torn, 1);
+  EXPECT_EQ(*read_file(sc.out + "/images/synth_000005.png"), *first);
+  ASSERT_EQ(read_jsonl(sc.out + "/manifest.jsonl")->size(), 6u);
+
+  // Export: both layouts read back through lesionflow's own loaders with the manifest's labels;
+  // the HAM layout carries the source image's age and sex.
+  std::map<std::string, Record> sources;
+  for (auto& r : ds->records) sources.emplace(r.id, r);
+  std::map<std::string, nlohmann::json> by_id;
+  for (auto& j : all) by_id[j["id"].get<std::string>()] = j;
+  const std::string ex = test::tmp_dir("synth_export");
+  auto ham = export_synthetic(sc.out, "ham", ex + "/ham", sources);
+  LF_ASSERT_OK(ham);
+  auto folder = export_synthetic(sc.out, "imagefolder", ex + "/folder", sources);
+  LF_ASSERT_OK(folder);
+  EXPECT_FALSE(export_synthetic(sc.out, "ham", ex + "/ham", sources).ok()) << "overwrote";
+  EXPECT_FALSE(std::filesystem::exists(ex + "/ham.partial"));
+  auto back_ham = load_dataset("ham10000:" + ex + "/ham");
+  LF_ASSERT_OK(back_ham);
+  ASSERT_EQ(back_ham->records.size(), 6u);
+  for (const auto& r : back_ham->records) {
+    const auto& j = by_id.at(r.id);
+    EXPECT_EQ(r.dx, j["dx"].get<std::string>());
+    EXPECT_EQ(r.label, j["label"].get<int>());
+    EXPECT_EQ(r.dx_type, "synthetic");
+    const Record& src = sources.at(j["source_id"].get<std::string>());
+    EXPECT_EQ(r.sex, src.sex);
+    EXPECT_NEAR(r.age, src.age, 0.05);
+    EXPECT_EQ(r.lesion_id, "syn_" + src.id);
+  }
+  auto back_folder = load_dataset("folder:" + ex + "/folder");
+  LF_ASSERT_OK(back_folder);
+  ASSERT_EQ(back_folder->records.size(), 6u);
+  for (const auto& r : back_folder->records) {
+    const auto& j = by_id.at(r.id.substr(r.id.find('/') + 1));
+    EXPECT_EQ(r.dx, j["dx"].get<std::string>());
+    EXPECT_EQ(r.label, j["label"].get<int>());
+  }
 }
 
 TEST(Classifier, CnnAndVitOverfitASmallSetAndRoundTrip) {

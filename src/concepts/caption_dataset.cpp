@@ -1,12 +1,10 @@
 // Captioning of a dataset (measured ABC(D) concepts + metadata -> captions.jsonl with a summary)
 // and concept measurement of a folder of images.
-#include <atomic>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <opencv2/imgproc.hpp>
 #include <sstream>
-#include <thread>
 
 #include "lesionflow/captions.h"
 #include "lesionflow/concepts.h"
@@ -15,6 +13,7 @@
 #include "lesionflow/llm.h"
 #include "lesionflow/log.h"
 #include "lesionflow/metrics.h"
+#include "lesionflow/parallel.h"
 #include "lesionflow/record_pixels.h"
 
 namespace lf {
@@ -64,63 +63,53 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
         LlmConfig{o.llm_url, o.llm_model, o.llm_timeout, o.out + ".llm_cache.jsonl"});
   const int64_t n = o.limit > 0 ? std::min<int64_t>(o.limit, ds.records.size()) : ds.records.size();
   std::vector<Item> items(n);
-  std::atomic<int64_t> next{0}, done{0};
-  std::mutex mu;
+  std::mutex mu;  // log lines from the workers
   Progress prog("caption", n, "img");
   MeasureConfig mc;
   mc.px_per_mm = o.px_per_mm;
-  cv::setNumThreads(1);
-  auto worker = [&]() {
-    for (;;) {
-      int64_t i = next++;
-      if (i >= n) break;
-      const Record& r = ds.records[i];
-      cv::Mat rgb, mask;
-      Status st = load_record_pixels(r, 128, &rgb, &mask);
-      std::string err = st.ok() ? "" : st.message();
-      Item& it = items[i];
-      if (!err.empty()) {
-        it.line = {{"id", r.id}, {"error", err}};
-      } else {
-        cv::Mat given = mask;
-        it.m = measure_lesion(rgb, o.mask == "given" ? given : cv::Mat(), mc);
-        if (!given.empty() && given.size() == rgb.size()) {
-          cv::Mat auto_mask;
-          segment_lesion(rgb, &auto_mask);
-          it.dice = dice(auto_mask, given > 127);
+  parallel_for_each(
+      n, o.threads > 0 ? o.threads : 2,
+      [&](int64_t i) {
+        const Record& r = ds.records[i];
+        cv::Mat rgb, mask;
+        Status st = load_record_pixels(r, 128, &rgb, &mask);
+        std::string err = st.ok() ? "" : st.message();
+        Item& it = items[i];
+        if (!err.empty()) {
+          it.line = {{"id", r.id}, {"error", err}};
+        } else {
+          cv::Mat given = mask;
+          it.m = measure_lesion(rgb, o.mask == "given" ? given : cv::Mat(), mc);
+          if (!given.empty() && given.size() == rgb.size()) {
+            cv::Mat auto_mask;
+            segment_lesion(rgb, &auto_mask);
+            it.dice = dice(auto_mask, given > 127);
+          }
+          CaptionFacts f = facts_from_measurements(r, it.m);
+          auto rep = structured_report(f, it.m);
+          uint64_t variant = std::hash<std::string>{}(r.id + std::to_string(o.seed)) | 1;
+          std::string caption =
+              tmpl.empty() ? compose_caption(f, variant) : apply_template(tmpl, f);
+          if (llm) caption = llm->rewrite(f, caption);
+          it.line = {{"id", r.id},
+                     {"caption", caption},
+                     {"caption_canonical", compose_caption(f, 0)},
+                     {"report", rep},
+                     {"report_prose", report_prose(rep)},
+                     {"measured", it.m.to_json()},
+                     {"mask_source", it.m.mask_source},
+                     {"confidence", it.m.mask_confidence},
+                     {"dx", r.dx},
+                     {"label", r.label}};
+          if (!it.m.warning.empty()) {
+            it.line["warning"] = it.m.warning;
+            std::lock_guard<std::mutex> lock(mu);
+            log_warn(r.id + ": " + it.m.warning);
+          }
+          if (it.dice >= 0) it.line["auto_mask_dice"] = it.dice;
         }
-        CaptionFacts f = facts_from_measurements(r, it.m);
-        auto rep = structured_report(f, it.m);
-        uint64_t variant = std::hash<std::string>{}(r.id + std::to_string(o.seed)) | 1;
-        std::string caption = tmpl.empty() ? compose_caption(f, variant) : apply_template(tmpl, f);
-        if (llm) caption = llm->rewrite(f, caption);
-        it.line = {{"id", r.id},
-                   {"caption", caption},
-                   {"caption_canonical", compose_caption(f, 0)},
-                   {"report", rep},
-                   {"report_prose", report_prose(rep)},
-                   {"measured", it.m.to_json()},
-                   {"mask_source", it.m.mask_source},
-                   {"confidence", it.m.mask_confidence},
-                   {"dx", r.dx},
-                   {"label", r.label}};
-        if (!it.m.warning.empty()) {
-          it.line["warning"] = it.m.warning;
-          std::lock_guard<std::mutex> lock(mu);
-          log_warn(r.id + ": " + it.m.warning);
-        }
-        if (it.dice >= 0) it.line["auto_mask_dice"] = it.dice;
-      }
-      int64_t d = ++done;
-      if (d % 50 == 0 || d == n) {
-        std::lock_guard<std::mutex> lock(mu);
-        prog.update(d);
-      }
-    }
-  };
-  std::vector<std::thread> th;
-  for (int t = 0; t < std::max(1, o.threads > 0 ? o.threads : 2); ++t) th.emplace_back(worker);
-  for (auto& t : th) t.join();
+      },
+      &prog, 50);
   prog.finish();
   // Write + summarise.
   std::ostringstream os;

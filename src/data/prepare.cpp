@@ -1,18 +1,16 @@
 // Prepared cache: decode once, fit (crop/pad) and resize to a fixed square, store as one
 // safetensors file + records.jsonl.
-#include <atomic>
 #include <chrono>
 #include <fstream>
-#include <mutex>
 #include <opencv2/core.hpp>
 #include <opencv2/imgproc.hpp>
 #include <sstream>
-#include <thread>
 
 #include "lesionflow/data.h"
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
+#include "lesionflow/parallel.h"
 #include "lesionflow/phantom.h"
 #include "lesionflow/record_pixels.h"
 
@@ -45,43 +43,29 @@ Result<PreparedSet> prepare(const Dataset& ds, const PrepareConfig& cfg, Prepare
   const int S = cfg.size;
   std::vector<uint8_t> images(n * S * S * 3), masks(n * S * S, 0), has_mask(n, 0), ok(n, 0);
   std::vector<std::string> errors(n);
-  std::atomic<int64_t> next{0}, done{0};
-  int prev_cv_threads = cv::getNumThreads();
-  cv::setNumThreads(1);
   Progress prog("prepare", n, "img");
-  std::mutex mu;
-  auto worker = [&]() {
-    for (;;) {
-      int64_t i = next++;
-      if (i >= n) break;
-      const Record& r = ds.records[i];
-      cv::Mat rgb, mask;
-      Status st = load_record_pixels(r, S, &rgb, &mask);
-      if (!st.ok()) {
-        errors[i] = st.message();
-      } else if (r.source != "phantom") {
-        rgb = fit_square(rgb, cfg.fit, S, false);
-        if (!mask.empty()) mask = fit_square(mask, cfg.fit, S, true);
-      }
-      if (!rgb.empty()) {
-        std::memcpy(images.data() + i * S * S * 3, rgb.data, S * S * 3);
-        if (!mask.empty()) {
-          std::memcpy(masks.data() + i * S * S, mask.data, S * S);
-          has_mask[i] = 1;
+  parallel_for_each(
+      n, cfg.threads,
+      [&](int64_t i) {
+        const Record& r = ds.records[i];
+        cv::Mat rgb, mask;
+        Status st = load_record_pixels(r, S, &rgb, &mask);
+        if (!st.ok()) {
+          errors[i] = st.message();
+        } else if (r.source != "phantom") {
+          rgb = fit_square(rgb, cfg.fit, S, false);
+          if (!mask.empty()) mask = fit_square(mask, cfg.fit, S, true);
         }
-        ok[i] = 1;
-      }
-      int64_t d = ++done;
-      if (d % 64 == 0) {
-        std::lock_guard<std::mutex> lock(mu);
-        prog.update(d);
-      }
-    }
-  };
-  std::vector<std::thread> threads;
-  for (int t = 0; t < std::max(1, cfg.threads); ++t) threads.emplace_back(worker);
-  for (auto& t : threads) t.join();
-  cv::setNumThreads(prev_cv_threads);
+        if (!rgb.empty()) {
+          std::memcpy(images.data() + i * S * S * 3, rgb.data, S * S * 3);
+          if (!mask.empty()) {
+            std::memcpy(masks.data() + i * S * S, mask.data, S * S);
+            has_mask[i] = 1;
+          }
+          ok[i] = 1;
+        }
+      },
+      &prog);
   // Compact: drop failed images, keep order.
   PreparedSet ps;
   ps.size = S;

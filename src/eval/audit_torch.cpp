@@ -1,10 +1,12 @@
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <opencv2/core.hpp>
 #include <set>
 
 #include "eval/audit.h"
 #include "lesionflow/concepts.h"
+#include "lesionflow/image_metrics.h"
 #include "lesionflow/metrics.h"
 
 namespace lf {
@@ -149,6 +151,60 @@ Measurements measure_rgb(const LabeledSet& s, int64_t i) {
 }
 }  // namespace
 
+// Diversity as mean MS-SSIM of image pairs (lower = more varied): pairs of one diagnosis,
+// synthetic next to real training images (the real pairs are of different lesions, the natural
+// spread of a class), and pairs sharing one prompt where the synthetic set repeats prompts.
+static nlohmann::json diversity(const AuditInputs& in, const LabeledSet& sy, const LabeledSet& tr) {
+  constexpr int kPairs = 100;
+  std::map<std::string, std::pair<std::string, std::string>> dx_prompt;  // id -> (dx, prompt)
+  for (auto& j : in.manifest)
+    dx_prompt[j.value("id", "")] = {j.value("dx", ""), j.value("prompt", "")};
+  std::map<std::string, std::vector<const uint8_t*>> syn_dx, real_dx, by_prompt;
+  for (int64_t i = 0; i < sy.count(); ++i) {
+    auto it = dx_prompt.find(sy.ids[i]);
+    if (it == dx_prompt.end()) continue;
+    if (!it->second.first.empty()) syn_dx[it->second.first].push_back(sy.image(i));
+    if (!it->second.second.empty()) by_prompt[it->second.second].push_back(sy.image(i));
+  }
+  for (int64_t i = 0; i < tr.count(); ++i) {
+    auto c = in.real_captions.find(tr.ids[i]);
+    if (c != in.real_captions.end() && c->second.contains("dx"))
+      real_dx[c->second["dx"].get<std::string>()].push_back(tr.image(i));
+  }
+  nlohmann::json by_dx = nlohmann::json::object();
+  double s_sum = 0, r_sum = 0;
+  int n_both = 0;
+  for (auto& [dx, v] : syn_dx) {
+    if (v.size() < 2) continue;
+    const double s = mean_pairwise_ms_ssim(v, sy.size, kPairs, 21);
+    auto r = real_dx.find(dx);
+    const double rv =
+        r != real_dx.end() ? mean_pairwise_ms_ssim(r->second, tr.size, kPairs, 22) : std::nan("");
+    by_dx[dx] = {{"synthetic", s},
+                 {"real_train", std::isnan(rv) ? nlohmann::json(nullptr) : nlohmann::json(rv)},
+                 {"synthetic_images", v.size()}};
+    if (!std::isnan(rv)) {
+      s_sum += s;
+      r_sum += rv;
+      ++n_both;
+    }
+  }
+  double p_sum = 0;
+  int n_prompt = 0;
+  for (auto& [p, v] : by_prompt)
+    if (v.size() >= 2 && n_prompt < 50) {
+      p_sum += mean_pairwise_ms_ssim(v, sy.size, kPairs, 23);
+      ++n_prompt;
+    }
+  auto num = [](double v, int n) { return n ? nlohmann::json(v / n) : nlohmann::json(nullptr); };
+  return {{"metric", "mean MS-SSIM of image pairs (1 = identical; lower = more varied)"},
+          {"synthetic_same_dx", num(s_sum, n_both)},
+          {"real_train_same_dx", num(r_sum, n_both)},
+          {"by_dx", by_dx},
+          {"synthetic_same_prompt", num(p_sum, n_prompt)},
+          {"prompts_with_repeats", n_prompt}};
+}
+
 nlohmann::json run_audit(const AuditInputs& in) {
   nlohmann::json out;
   const auto& tr = *in.real_train;
@@ -254,6 +310,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
   }
   out["concept_adherence"] = {{"synthetic_vs_prompt", syn.to_json()},
                               {"real_64px_vs_own_caption", ref.to_json()}};
+  out["diversity"] = diversity(in, sy, tr);
   return out;
 }
 

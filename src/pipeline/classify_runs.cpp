@@ -7,7 +7,9 @@
 #include <opencv2/imgproc.hpp>
 
 #include "eval/audit.h"
+#include "lesionflow/image_metrics.h"
 #include "lesionflow/io.h"
+#include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/record_pixels.h"
 #include "pipeline/audit_run.h"
@@ -143,7 +145,36 @@ Result<nlohmann::json> run_fd(const FdOptions& o) {
   };
   double pm_gen = mean_of(predict_malignant(lc.model, gen)),
          pm_real = mean_of(predict_malignant(lc.model, real));
+  // Diversity (mean MS-SSIM of pairs; lower = more varied): images of one prompt when the
+  // directory is a `sample` output (samples.jsonl names each file's prompt), and random pairs of
+  // the real images as the reference.
+  nlohmann::json div = {{"metric", "mean MS-SSIM of image pairs (1 = identical)"}};
+  {
+    std::vector<const uint8_t*> rp;
+    for (int64_t i = 0; i < real.count(); ++i) rp.push_back(real.image(i));
+    div["real_pairs"] = mean_pairwise_ms_ssim(rp, real.size, 200, 31);
+    std::map<std::string, std::string> prompt_of;
+    if (file_exists(o.images + "/samples.jsonl")) {
+      LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(o.images + "/samples.jsonl"));
+      for (auto& j : lines) prompt_of[j.value("file", "")] = j.value("prompt", "");
+    }
+    std::map<std::string, std::vector<const uint8_t*>> groups;
+    for (int64_t i = 0; i < gen.count(); ++i) {
+      auto it = prompt_of.find(gen.ids[i]);
+      if (it != prompt_of.end()) groups[it->second].push_back(gen.image(i));
+    }
+    double sum = 0;
+    int n = 0;
+    for (auto& [p, v] : groups)
+      if (v.size() >= 2) {
+        sum += mean_pairwise_ms_ssim(v, gen.size, 200, 32);
+        ++n;
+      }
+    div["same_prompt"] = n ? nlohmann::json(sum / n) : nlohmann::json(nullptr);
+    div["prompts"] = n;
+  }
   return nlohmann::json{{"fd", fd},
+                        {"diversity", div},
                         {"pixel_stat_distance", pix},
                         {"real_images", real.count()},
                         {"generated_images", gen.count()},
@@ -152,6 +183,15 @@ Result<nlohmann::json> run_fd(const FdOptions& o) {
                         {"skipped", bad},
                         {"filter", o.filter},
                         {"features", feat}};
+}
+
+Result<nlohmann::json> run_synth_export(const SynthExportOptions& o) {
+  std::map<std::string, Record> sources;
+  if (!o.data.empty()) {
+    LF_ASSIGN_OR_RETURN(PreparedSet ps, load_prepared(o.data));
+    for (auto& r : ps.records) sources.emplace(r.id, r);
+  }
+  return export_synthetic(o.synthetic, o.format, o.out, sources);
 }
 
 Result<nlohmann::json> run_synth(const SynthRunOptions& o) {

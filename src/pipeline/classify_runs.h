@@ -63,4 +63,11 @@ struct SynthRunOptions {
 // images_per_second, manifest}.
 Result<nlohmann::json> run_synth(const SynthRunOptions& o);
 
+struct SynthExportOptions {
+  std::string synthetic, format, out;
+  std::string data;  // optional prepared cache: age, sex and site of each source image
+};
+// export_synthetic() of synth/synth.h; {out, format, images, per_class}.
+Result<nlohmann::json> run_synth_export(const SynthExportOptions& o);
+
 }  // namespace lf

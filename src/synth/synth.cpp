@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <opencv2/imgproc.hpp>
 #include <random>
@@ -267,6 +268,81 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   }
   prog.finish();
   return made;
+}
+
+Result<nlohmann::json> export_synthetic(const std::string& dir, const std::string& format,
+                                        const std::string& out,
+                                        const std::map<std::string, Record>& sources) {
+  namespace fs = std::filesystem;
+  if (format != "imagefolder" && format != "ham")
+    return Status::error("synth export: --format must be imagefolder or ham, not '" + format + "'");
+  if (out.empty()) return Status::error("synth export: --out is required");
+  if (fs::exists(out)) return Status::error(out + ": already exists (export writes a new folder)");
+  const std::string manifest = dir + "/manifest.jsonl";
+  if (!file_exists(manifest))
+    return Status::error(dir + ": no manifest.jsonl (not a synthetic set made by 'synth')");
+  std::vector<int> lines;
+  LF_ASSIGN_OR_RETURN(auto recs, read_jsonl(manifest, &lines));
+  if (recs.empty()) return Status::error(manifest + ": no images listed");
+  const auto& known = known_dx_codes();
+  const std::string tmp = out + ".partial";
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  std::ostringstream csv;
+  csv << (format == "ham" ? "lesion_id,image_id,dx,dx_type,age,sex,localization,"
+                          : "class,image_id,dx,label,")
+      << "prompt,seed,source_id,generator_hash\n";
+  std::map<std::string, int64_t> per_class;
+  for (size_t i = 0; i < recs.size(); ++i) {
+    const auto& j = recs[i];
+    const std::string at = manifest + ":" + std::to_string(lines[i]) + ": ";
+    const std::string id = j.value("id", ""), file = j.value("file", ""), dx = j.value("dx", "");
+    const int label = j.value("label", -1);
+    if (id.empty() || file.empty() || dx.empty())
+      return Status::error(at + "record lacks id, file or dx");
+    const std::string src = dir + "/" + file;
+    if (!file_exists(src)) return Status::error(at + "image " + src + " does not exist");
+    const std::string source_id = j.value("source_id", "");
+    std::string dest, cls;
+    if (format == "ham") {
+      if (std::find(known.begin(), known.end(), dx) == known.end() || dx == "unk")
+        return Status::error(at + "dx '" + dx +
+                             "' is not a HAM10000 diagnosis; use --format imagefolder");
+      dest = tmp + "/images/" + id + ".png";
+    } else {
+      cls = dx != "unk" ? dx : label == 1 ? "malignant" : label == 0 ? "benign" : "";
+      if (cls.empty()) return Status::error(at + "dx 'unk' without a label: no class folder");
+      dest = tmp + "/" + cls + "/" + id + ".png";
+    }
+    fs::create_directories(fs::path(dest).parent_path(), ec);
+    if (!fs::copy_file(src, dest, fs::copy_options::overwrite_existing, ec))
+      return Status::error(dest + ": cannot copy " + src + ": " + ec.message());
+    const std::string seed = j.contains("seed") ? j["seed"].dump() : "";
+    const std::string tail = csv_escape(j.value("prompt", "")) + "," + seed + "," +
+                             csv_escape(source_id) + "," + j.value("generator_hash", "") + "\n";
+    if (format == "ham") {
+      auto it = sources.find(source_id);
+      const Record* r = it != sources.end() ? &it->second : nullptr;
+      std::string sex = r ? r->sex : "unknown";
+      if (!r && j.contains("subgroup") && j["subgroup"].contains("sex"))
+        sex = j["subgroup"]["sex"].get<std::string>();
+      char age[32] = "";
+      if (r && r->age >= 0) std::snprintf(age, sizeof age, "%.1f", r->age);
+      csv << csv_escape("syn_" + (source_id.empty() ? id : source_id)) << "," << csv_escape(id)
+          << "," << dx << ",synthetic," << age << "," << sex << ","
+          << csv_escape(r ? r->site : "unknown") << "," << tail;
+    } else {
+      csv << cls << "," << csv_escape(id) << "," << dx << "," << label << "," << tail;
+    }
+    per_class[format == "ham" ? dx : cls]++;
+  }
+  LF_RETURN_IF_ERROR(write_file_atomic(
+      tmp + (format == "ham" ? "/HAM10000_metadata.csv" : "/provenance.csv"), csv.str()));
+  fs::rename(tmp, out, ec);
+  if (ec) return Status::error(out + ": cannot move the export into place: " + ec.message());
+  nlohmann::json counts(per_class);
+  return nlohmann::json{
+      {"out", out}, {"format", format}, {"images", recs.size()}, {"per_class", counts}};
 }
 
 }  // namespace lf

@@ -55,4 +55,17 @@ struct SynthGenConfig {
 Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthItem>& plan,
                                    const SynthGenConfig& cfg, const nlohmann::json& plan_summary);
 
+// The synthetic set in DIR (manifest.jsonl + images/) in a layout other tools read.
+//   "imagefolder": OUT/<dx>/<id>.png (torchvision ImageFolder; dx "unk" goes to OUT/malignant or
+//                  OUT/benign by label) and OUT/provenance.csv (root files are not classes);
+//   "ham":         OUT/images/<id>.png and OUT/HAM10000_metadata.csv with image_id, lesion_id
+//                  ("syn_" + the source image: images from one caption stay in one split),
+//                  dx, dx_type = synthetic, age, sex, localization (of the source record when
+//                  `sources` has it, else sex from the subgroup and age/site unknown), prompt,
+//                  seed, source_id.
+// Written into a temporary directory renamed into place at the end; OUT must not exist yet.
+Result<nlohmann::json> export_synthetic(const std::string& dir, const std::string& format,
+                                        const std::string& out,
+                                        const std::map<std::string, Record>& sources);
+
 }  // namespace lf

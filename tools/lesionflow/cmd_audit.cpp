@@ -36,6 +36,12 @@ Status run_audit_cmd(const AuditOptions& o, const GlobalOptions& g) {
       "CAS AUC %.3f  asked-colour presence %.3f  colour F1 %.3f  asymmetry exact %.3f (n %d)\n",
       cas["auc"].get<double>(), ca["asked_colour_presence"].get<double>(),
       ca["colour_f1"].get<double>(), ca["asymmetry_exact"].get<double>(), ca["n"].get<int>());
+  if (a.contains("diversity") && a["diversity"]["synthetic_same_dx"].is_number())
+    std::printf(
+        "diversity (mean MS-SSIM of same-dx pairs, lower = more varied): synthetic %.3f, "
+        "real train %.3f\n",
+        a["diversity"]["synthetic_same_dx"].get<double>(),
+        a["diversity"]["real_train_same_dx"].get<double>());
   if (!o.out.empty()) std::printf("-> %s\n", o.out.c_str());
   return Status::ok_status();
 }

@@ -64,6 +64,12 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
             j["p_malignant_generated"].get<double>(), j["p_malignant_real"].get<double>(),
             (long long)j["generated_images"].get<int64_t>(),
             (long long)j["real_images"].get<int64_t>());
+      if (!g.json && j["diversity"]["same_prompt"].is_number())
+        std::printf(
+            "diversity (mean MS-SSIM, lower = more varied): %.3f within a prompt (%d "
+            "prompts), %.3f between random real images\n",
+            j["diversity"]["same_prompt"].get<double>(), j["diversity"]["prompts"].get<int>(),
+            j["diversity"]["real_pairs"].get<double>());
       return Status::ok_status();
     };
   });
@@ -71,8 +77,9 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   static SynthRunOptions s;
   auto* y = app.add_subcommand("synth", "plan and generate a balanced synthetic training set");
   y->add_option("--generator", s.generator, "generator checkpoint (ema.safetensors)");
-  y->add_option("--data", s.data, "prepared cache of the real dataset")->required();
-  y->add_option("--splits", s.splits, "splits CSV (the plan follows the train split)")->required();
+  // Not CLI-required, so that `synth export` parses without them; run_synth names what is missing.
+  y->add_option("--data", s.data, "prepared cache of the real dataset (required)");
+  y->add_option("--splits", s.splits, "splits CSV (the plan follows the train split; required)");
   y->add_option("--captions", s.captions, "captions.jsonl (prompts are drawn from these)");
   y->add_option("--total", s.plan.total, "synthetic images")
       ->capture_default_str()
@@ -92,8 +99,33 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   y->add_flag("--plan-only", s.plan_only, "write plan.json and stop");
-  y->add_option("--out", s.out, "output directory")->required();
-  y->callback([&g, run]() {
+  y->add_option("--out", s.out, "output directory (required)");
+  static SynthExportOptions e;
+  auto* yx = y->add_subcommand(
+      "export",
+      "write a synthetic set as an ImageFolder (root/<class>/*.png) or a HAM10000-style folder "
+      "(images/ + HAM10000_metadata.csv) that ham10000: and folder: read back");
+  yx->add_option("--synthetic", e.synthetic, "synthetic set directory (made by synth)")->required();
+  yx->add_option("--format", e.format, "imagefolder | ham")
+      ->required()
+      ->check(CLI::IsMember({"imagefolder", "ham"}));
+  yx->add_option("--data", e.data,
+                 "prepared cache of the real set: age, sex and site of each prompt's source image "
+                 "(ham format; without it they come from the subgroup or are unknown)");
+  yx->add_option("--out", e.out, "new output directory")->required();
+  yx->callback([&g, run]() {
+    *run = [&g]() -> Status {
+      LF_ASSIGN_OR_RETURN(nlohmann::json j, run_synth_export(e));
+      if (g.json)
+        emit_json(g, j);
+      else
+        std::printf("exported %zu images (%s) -> %s\n", j["images"].get<size_t>(), e.format.c_str(),
+                    e.out.c_str());
+      return Status::ok_status();
+    };
+  });
+  y->callback([&g, run, yx]() {
+    if (yx->parsed()) return;  // `synth export` set its own runner
     *run = [&g]() -> Status {
       s.seed = g.seed;
       LF_ASSIGN_OR_RETURN(nlohmann::json j, run_synth(s));
