@@ -399,6 +399,87 @@ TEST(Classifier, CnnAndVitOverfitASmallSetAndRoundTrip) {
   }
 }
 
+// The real+filtered recipe: a real-only classifier drops synthetic images whose label it
+// contradicts with high confidence. A planted mislabelled image (a confident malignant labelled
+// benign) goes; the correctly labelled ones stay.
+TEST(Classifier, FilterDropsAPlantedMislabelledSyntheticImageAndKeepsCorrectOnes) {
+  auto real = phantom_set(48, 32, 2);
+  ClassifierConfig mc;
+  mc.image_size = 32;
+  mc.width = 16;
+  torch::manual_seed(0);
+  Classifier m(mc);
+  ClsTrainConfig tc;
+  tc.epochs = 25;
+  tc.batch = 16;
+  tc.lr = 3e-3;
+  tc.patience = 1000;
+  tc.out = test::tmp_dir("cls_filter");
+  LF_ASSERT_OK(train_classifier(tc, m, real, real));
+  auto syn = phantom_set(24, 32, 9);  // other phantoms, correctly labelled
+  auto p = predict_malignant(m, syn);
+  int64_t planted = -1;
+  for (int64_t i = 0; i < syn.count() && planted < 0; ++i)
+    if (syn.labels[i] == 1 && p[i] > 0.95) planted = i;
+  ASSERT_GE(planted, 0) << "the real-only classifier should be confident on some melanoma";
+  syn.labels[planted] = 0;
+  auto drop = contradicted_labels(p, syn.labels, 0.9);
+  EXPECT_NE(std::find(drop.begin(), drop.end(), planted), drop.end());
+  EXPECT_LE(drop.size(), 3u) << "too many correctly labelled images dropped";
+  int64_t kept_malignant = 0;
+  for (int64_t i = 0; i < syn.count(); ++i)
+    if (syn.labels[i] == 1 && std::find(drop.begin(), drop.end(), i) == drop.end())
+      ++kept_malignant;
+  EXPECT_GT(kept_malignant, 0);
+  // The boundary: a benign image exactly at the confidence is kept; above it, dropped.
+  EXPECT_TRUE(contradicted_labels({0.9}, {0}, 0.9).empty());
+  EXPECT_EQ(contradicted_labels({0.91, 0.05, 0.5}, {0, 1, 1}, 0.9), (std::vector<int64_t>{0, 1}));
+}
+
+// synthetic-then-real: pretrain on synthetic, fine-tune on real. Interrupted at the phase boundary
+// (the fine-tune's files lost), the rerun skips the finished pretraining and ends bit-identical to
+// the uninterrupted run; the fine-tune really starts from the pretrained weights.
+TEST(Classifier, PretrainThenFinetuneResumesExactlyAtThePhaseBoundary) {
+  auto ds = load_dataset("phantom:60", {}, 3);
+  PrepareStats st;
+  auto ps = prepare(*ds, PrepareConfig{16, FitMode::kCrop, 2}, &st);
+  LF_ASSERT_OK(ps);
+  RealData real;
+  real.ps = std::move(*ps);
+  for (size_t i = 0; i < real.ps.records.size(); ++i)
+    (i % 5 == 0 ? real.test : i % 5 == 1 ? real.val : real.train).push_back(i);
+  auto syn = phantom_set(30, 16, 5);
+  ClsJob job;
+  job.arm = "synthetic-then-real";
+  job.seed = 1;
+  job.model.width = 8;
+  job.train.epochs = 3;
+  job.train.batch = 16;
+  job.train.resume = true;
+  const std::string dir_a = test::tmp_dir("pretrain_a"), dir_b = test::tmp_dir("pretrain_b"),
+                    dir_c = test::tmp_dir("pretrain_none");
+  job.train.out = dir_a;
+  auto a = run_cls_job(job, real, &syn, {});
+  LF_ASSERT_OK(a);
+  EXPECT_TRUE(file_exists(dir_a + "/pretrain/done"));
+  EXPECT_EQ((*a)["synthetic_size"].get<int64_t>(), syn.count());
+  job.train.out = dir_b;
+  LF_ASSERT_OK(run_cls_job(job, real, &syn, {}));
+  for (const char* f : {"result.json", "last.safetensors", "best.safetensors", "state.bin",
+                        "history.jsonl", "test_scores.csv"})
+    std::filesystem::remove(dir_b + "/" + f);
+  auto b = run_cls_job(job, real, &syn, {});
+  LF_ASSERT_OK(b);
+  EXPECT_EQ((*a)["test"]["auc"], (*b)["test"]["auc"]);
+  EXPECT_EQ(*read_file(dir_a + "/test_scores.csv"), *read_file(dir_b + "/test_scores.csv"));
+  // Phase 2 starts from the pretrained weights: the same training without them scores
+  // differently.
+  job.arm = "real";
+  job.train.out = dir_c;
+  LF_ASSERT_OK(run_cls_job(job, real, &syn, {}));
+  EXPECT_NE(*read_file(dir_c + "/test_scores.csv"), *read_file(dir_a + "/test_scores.csv"));
+}
+
 TEST(Classifier, ResumeEqualsUninterruptedTraining) {
   auto set = phantom_set(40, 16, 4);
   ClassifierConfig mc;

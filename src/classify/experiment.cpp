@@ -11,6 +11,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/metrics.h"
 #include "lesionflow/rng.h"
+#include "lesionflow/stop.h"
 
 namespace lf {
 
@@ -96,6 +97,16 @@ nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& s
   return j;
 }
 
+std::vector<int64_t> contradicted_labels(const std::vector<double>& p_malignant,
+                                         const std::vector<int>& labels, double confidence) {
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < labels.size() && i < p_malignant.size(); ++i)
+    if ((labels[i] == 0 && p_malignant[i] > confidence) ||
+        (labels[i] == 1 && p_malignant[i] < 1 - confidence))
+      out.push_back(static_cast<int64_t>(i));
+  return out;
+}
+
 Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
                                    const LabeledSet* synthetic,
                                    const std::vector<NamedSet>& extra_tests) {
@@ -108,9 +119,12 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       log_warn(result_path + ": unreadable (" + e.what() + "); running the job again");
     }
   }
-  if (job.arm != "real" && job.arm != "real+synthetic" && job.arm != "synthetic")
-    return Status::error("classify: arm must be real, real+synthetic or synthetic (got '" +
-                         job.arm + "')");
+  if (job.arm != "real" && job.arm != "real+synthetic" && job.arm != "synthetic" &&
+      job.arm != "real+filtered" && job.arm != "synthetic-then-real")
+    return Status::error(
+        "classify: arm must be real, real+synthetic, real+filtered, "
+        "synthetic-then-real or synthetic (got '" +
+        job.arm + "')");
   if (job.arm != "real" && (!synthetic || synthetic->count() == 0))
     return Status::error("classify: arm '" + job.arm + "' needs a synthetic set");
   // Real training subset: scarcity-sampled at the pool's malignant ratio, one image per lesion
@@ -139,7 +153,42 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
     idx.resize(want);
     return synthetic->subset(idx);
   };
-  if (job.arm == "real+synthetic") {
+  LabeledSet kept;  // real+filtered: the synthetic images the real-only classifier accepts
+  int64_t n_dropped = 0;
+  if (job.arm == "real+filtered") {
+    if (job.filter_with.empty())
+      return Status::error(
+          "classify: arm real+filtered needs a real-only classifier to filter with");
+    const std::string fpath = job.filter_with + "/best.safetensors";
+    LF_ASSIGN_OR_RETURN(LoadedClassifier fc, load_classifier(fpath));
+    const std::vector<double> p = predict_malignant(fc.model, *synthetic);
+    const auto drop = contradicted_labels(p, synthetic->labels, job.filter_confidence);
+    std::vector<int64_t> keep;
+    std::string lines;
+    for (int64_t i = 0, k = 0; i < synthetic->count(); ++i) {
+      if (k < static_cast<int64_t>(drop.size()) && drop[k] == i) {
+        lines += nlohmann::json{{"id", synthetic->ids[i]},
+                                {"label", synthetic->labels[i]},
+                                {"p_malignant", p[i]},
+                                {"reason", std::string("label contradicted by ") + fpath +
+                                               " at confidence " +
+                                               std::to_string(job.filter_confidence)}}
+                     .dump() +
+                 "\n";
+        ++k;
+      } else {
+        keep.push_back(i);
+      }
+    }
+    LF_RETURN_IF_ERROR(write_file_atomic(job.train.out + "/filtered.jsonl", lines));
+    log_info("classify real+filtered: dropped " + std::to_string(drop.size()) + " of " +
+             std::to_string(synthetic->count()) + " synthetic images (" + job.train.out +
+             "/filtered.jsonl)");
+    kept = synthetic->subset(keep);
+    synthetic = &kept;
+    n_dropped = static_cast<int64_t>(drop.size());
+  }
+  if (job.arm == "real+synthetic" || job.arm == "real+filtered") {
     if (job.synthetic_size > 0 && job.synthetic_size < synthetic->count()) {
       train.append(synthetic_subset(job.synthetic_size), static_cast<float>(job.synthetic_weight));
       n_syn = job.synthetic_size;
@@ -153,6 +202,12 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
     n_syn = std::min<int64_t>(want, synthetic->count());
     train.append(synthetic_subset(want));
   }
+  LabeledSet pretrain_set;  // synthetic-then-real: phase 1 trains on these alone
+  if (job.arm == "synthetic-then-real") {
+    n_syn = job.synthetic_size > 0 ? std::min<int64_t>(job.synthetic_size, synthetic->count())
+                                   : synthetic->count();
+    pretrain_set = synthetic_subset(n_syn);
+  }
   if (synthetic && synthetic->size != train.size)
     return Status::error("classify: synthetic images are " + std::to_string(synthetic->size) +
                          "px, real " + std::to_string(train.size) + "px");
@@ -164,6 +219,25 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
   Classifier model(mc);
   ClsTrainConfig tc = job.train;
   tc.seed = job.seed;
+  if (job.arm == "synthetic-then-real") {
+    // Phase 1 in DIR/pretrain (resumable; early stopping on the real validation split), then
+    // phase 2 starts from its best weights and trains on the real images in DIR. A phase-2
+    // resume loads its own last weights over this start.
+    ClsTrainConfig pc = tc;
+    pc.out = tc.out + "/pretrain";
+    const std::string done = pc.out + "/done";
+    if (!file_exists(done)) {
+      torch::manual_seed(job.seed);
+      Classifier pm(mc);
+      log_info("classify synthetic-then-real: pretraining on " + std::to_string(n_syn) +
+               " synthetic images -> " + pc.out);
+      LF_RETURN_IF_ERROR(train_classifier(pc, pm, pretrain_set, val).status());
+      if (stop_requested()) return Status::error("classify: stopped during pretraining");
+      LF_RETURN_IF_ERROR(write_file_atomic(done, "ok\n"));
+    }
+    LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(pc.out + "/best.safetensors"));
+    LF_RETURN_IF_ERROR(load_classifier_weights(w, model, pc.out + "/best.safetensors"));
+  }
   log_info("classify " + job.arm + " real " +
            std::to_string(job.arm == "synthetic" ? 0 : real_idx.size()) + " synthetic " +
            std::to_string(n_syn) + " seed " + std::to_string(job.seed) + " (" + arch_name(mc.arch) +
@@ -184,6 +258,11 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       {"threshold", tr.threshold},
       {"train_seconds", tr.seconds},
       {"train_images_per_second", tr.images_per_second}};
+  if (job.arm == "real+filtered")
+    r["filter"] = {{"with", job.filter_with + "/best.safetensors"},
+                   {"confidence", job.filter_confidence},
+                   {"synthetic_dropped", n_dropped},
+                   {"dropped_list", job.train.out + "/filtered.jsonl"}};
   const std::vector<double> test_scores = predict_malignant(model, test);
   r["test"] = evaluation_json(test_scores, test, tr.threshold, job.seed);
   // Per-image scores, for paired comparisons between arms on the same test images.

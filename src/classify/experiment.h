@@ -29,9 +29,19 @@ struct NamedSet {
 // evaluated only, never trained on. Corrupt images are skipped and counted in the log.
 Result<NamedSet> load_test_dataset(const std::string& spec, int size);
 
+// Synthetic images whose label a real-only classifier contradicts with high confidence: benign
+// ones it scores P(malignant) > confidence, malignant ones it scores < 1 - confidence. Returns
+// their indices (ascending).
+std::vector<int64_t> contradicted_labels(const std::vector<double>& p_malignant,
+                                         const std::vector<int>& labels, double confidence);
+
 struct ClsJob {
-  std::string arm = "real";  // real | real+synthetic | synthetic
-  int64_t real_size = -1;    // -1: the whole training split
+  // real | real+synthetic | synthetic | real+filtered (real+synthetic without the synthetic
+  // images that the classifier in filter_with contradicts; the drops go to DIR/filtered.jsonl)
+  std::string arm = "real";
+  std::string filter_with;         // real+filtered: a run directory with best.safetensors
+  double filter_confidence = 0.9;  // contradicted_labels() confidence
+  int64_t real_size = -1;          // -1: the whole training split
   uint64_t seed = 0;
   ClassifierConfig model;
   ClsTrainConfig train;  // train.out = job directory

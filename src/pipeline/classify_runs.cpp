@@ -64,6 +64,8 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o) {
   job.train.resume = o.resume;
   job.train.out = o.out;
   job.synthetic_weight = o.synthetic_weight;
+  job.filter_with = o.filter_with;
+  job.filter_confidence = o.filter_confidence;
   if (!o.resume) std::filesystem::remove(o.out + "/result.json");
   return run_cls_job(job, real, syn.count() ? &syn : nullptr, extra);
 }

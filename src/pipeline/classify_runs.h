@@ -17,7 +17,9 @@ Result<std::vector<NamedSet>> load_test_datasets(const std::vector<std::string>&
 
 struct ClassifyTrainOptions {
   std::string data, splits, captions, synthetic, out;
-  std::string arm = "real";        // real | real+synthetic | synthetic
+  std::string arm = "real";  // real | real+synthetic | real+filtered | synthetic
+  std::string filter_with;   // real+filtered: run directory of a real-only classifier
+  double filter_confidence = 0.9;
   std::string arch = "cnn";        // cnn | vit
   std::string classes = "binary";  // binary | dx (one output per diagnosis)
   std::vector<std::string> test_datasets;

@@ -153,7 +153,8 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                     {"real_sizes", K::kInts},
                                     {"seeds", K::kInts},
                                     {"synthetic_weight", K::kNumber},
-                                    {"synthetic_mix_size", K::kInt}},
+                                    {"synthetic_mix_size", K::kInt},
+                                    {"filter_confidence", K::kNumber}},
                                    file, ""));
   if (c.contains("generator"))
     LF_RETURN_IF_ERROR(check_section(
@@ -318,6 +319,14 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
   std::vector<int64_t> sizes = cfg_get<std::vector<int64_t>>(c, "real_sizes", {500});
   std::vector<uint64_t> seeds = cfg_get<std::vector<uint64_t>>(c, "seeds", {0, 1, 2});
   std::vector<std::string> archs = cfg_get<std::vector<std::string>>(cj, "archs", {"cnn"});
+  {
+    auto real_at = std::find(arms.begin(), arms.end(), "real"),
+         filt_at = std::find(arms.begin(), arms.end(), "real+filtered");
+    if (filt_at != arms.end() && (real_at == arms.end() || real_at > filt_at))
+      return Status::error(o.config_name +
+                           ": arm 'real+filtered' needs the arm 'real' listed before it (its "
+                           "real-only classifier does the filtering)");
+  }
   struct Planned {
     ClsJob job;
     double cost;  // training images per epoch
@@ -343,17 +352,30 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
           j.train.patience = cfg_get<int>(cj, "patience", 5);
           j.train.resume = true;
           j.synthetic_weight = cfg_get<double>(c, "synthetic_weight", 1.0);
-          if (arm == "real+synthetic")
+          if (arm == "real+synthetic" || arm == "real+filtered" || arm == "synthetic-then-real")
             j.synthetic_size = cfg_get<int64_t>(c, "synthetic_mix_size", -1);
-          char dir[160];
-          std::snprintf(dir, sizeof dir, "/classifiers/%s_%s_n%lld_s%llu", arch.c_str(),
-                        arm == "real+synthetic" ? "realsyn" : arm.c_str(), (long long)n,
-                        (unsigned long long)s);
-          j.train.out = out + dir;
+          auto job_dir = [&](const std::string& a) {
+            char dir[160];
+            std::snprintf(dir, sizeof dir, "/classifiers/%s_%s_n%lld_s%llu", arch.c_str(),
+                          a == "real+synthetic"        ? "realsyn"
+                          : a == "real+filtered"       ? "realfilt"
+                          : a == "synthetic-then-real" ? "pretrain"
+                                                       : a.c_str(),
+                          (long long)n, (unsigned long long)s);
+            return out + dir;
+          };
+          j.train.out = job_dir(arm);
+          if (arm == "real+filtered") {  // filtered by the real-only classifier of this cell
+            j.filter_with = job_dir("real");
+            j.filter_confidence = cfg_get<double>(c, "filter_confidence", 0.9);
+          }
           const double mix = j.synthetic_size > 0 ? std::min<double>(j.synthetic_size, syn.count())
                                                   : static_cast<double>(syn.count());
-          double cost = (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) +
-                        (arm == "real+synthetic" ? mix : 0);
+          double cost =
+              (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) +
+              (arm == "real+synthetic" || arm == "real+filtered" || arm == "synthetic-then-real"
+                   ? mix
+                   : 0);
           jobs.push_back({j, cost * (arch == "vit" ? 3.0 : 1.0)});
         }
   // Budget: scale the epochs of every job by one factor so the planned work fits what is left.

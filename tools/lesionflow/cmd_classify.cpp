@@ -51,9 +51,20 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--synthetic-weight", t.synthetic_weight, "loss weight of synthetic images")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  tr->add_option("--arm", t.arm, "real | real+synthetic | synthetic")
+  tr->add_option("--arm", t.arm,
+                 "real | real+synthetic | real+filtered (without the synthetic images whose "
+                 "label --filter-with contradicts) | synthetic-then-real (pretrain on synthetic, "
+                 "fine-tune on real) | synthetic")
       ->capture_default_str()
-      ->check(CLI::IsMember({"real", "real+synthetic", "synthetic"}));
+      ->check(CLI::IsMember(
+          {"real", "real+synthetic", "real+filtered", "synthetic-then-real", "synthetic"}));
+  tr->add_option("--filter-with", t.filter_with,
+                 "real+filtered: run directory of a real-only classifier (its best.safetensors)");
+  tr->add_option("--filter-confidence", t.filter_confidence,
+                 "real+filtered: drop a benign synthetic image scored P(malignant) > C, a "
+                 "malignant one scored < 1 - C")
+      ->capture_default_str()
+      ->check(CLI::Range(0.5, 1.0));
   tr->add_option("--real-size", t.real_size, "real training images (-1: all)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
