@@ -78,6 +78,8 @@ constexpr int64_t kMaxImagePixels = 100'000'000;  // a header claiming more is r
 // Reads an 8-bit BGR image (any depth and channel count converted); errors for missing, empty,
 // truncated, corrupt, GIF, too small (< kMinImageSide) or too large (> kMaxImagePixels) files.
 Result<cv::Mat> read_image(const std::string& path);
+// The same checks on bytes already in memory (an upload); `name` labels the errors.
+Result<cv::Mat> decode_image(const std::string& bytes, const std::string& name);
 Result<cv::Mat> read_mask(const std::string& path);  // 8-bit single channel, 0/255
 Status write_png(const std::string& path, const cv::Mat& img);
 

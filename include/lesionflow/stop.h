@@ -17,5 +17,7 @@ class StopOnSignal {
 bool stop_requested();
 int stop_signal();               // the signal that asked to stop, 0 if none
 const char* stop_signal_name();  // "SIGTERM", "SIGINT" or ""
+// For commands whose normal end is a signal (serve): forget it, so the exit is 0.
+void clear_stop_request();
 
 }  // namespace lf

@@ -37,6 +37,7 @@ StopOnSignal::~StopOnSignal() {
 }
 
 bool stop_requested() { return g_signal != 0; }
+void clear_stop_request() { g_signal = 0; }
 int stop_signal() { return g_signal; }
 const char* stop_signal_name() {
   return g_signal == SIGTERM ? "SIGTERM" : g_signal == SIGINT ? "SIGINT" : "";

@@ -46,6 +46,10 @@ bool is_image_path(const std::string& path) {
 Result<cv::Mat> read_image(const std::string& path) {
   if (!file_exists(path)) return Status::error(path + ": image file does not exist");
   LF_ASSIGN_OR_RETURN(std::string bytes, read_file(path));
+  return decode_image(bytes, path);
+}
+
+Result<cv::Mat> decode_image(const std::string& bytes, const std::string& path) {
   if (bytes.empty()) return Status::error(path + ": image file is empty (0 bytes)");
   // libjpeg decodes a truncated JPEG with a grey tail and only a warning: reject it here.
   if (bytes.size() >= 2 && static_cast<uchar>(bytes[0]) == 0xFF &&

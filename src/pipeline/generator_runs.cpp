@@ -83,17 +83,6 @@ std::vector<size_t> filtered(const GenData& d, const std::vector<size_t>& idx,
 }
 
 // Side in pixels of the images a loaded generator makes (its autoencoder's for a latent one).
-// The given generator checkpoint, or the shipped one when none is given (logged).
-Result<std::string> checkpoint_or_shipped(const std::string& given, const std::string& what) {
-  if (!given.empty()) return given;
-  std::string ckpt = shipped_model_path(kShippedGenerator);
-  if (ckpt.empty())
-    return Status::error(what + ": no --checkpoint given and the shipped model models/" +
-                         kShippedGenerator + " was not found");
-  log_info("using the shipped generator " + ckpt);
-  return ckpt;
-}
-
 int pixel_size(const LoadedGenerator& g) {
   return g.latent() ? g.ae->config().image_size : g.model->config().image_size;
 }
@@ -119,6 +108,16 @@ Status use_latent_space(LoadedGenerator& gen, const std::string& data_dir, const
 }
 
 }  // namespace
+
+Result<std::string> checkpoint_or_shipped(const std::string& given, const std::string& what) {
+  if (!given.empty()) return given;
+  std::string ckpt = shipped_model_path(kShippedGenerator);
+  if (ckpt.empty())
+    return Status::error(what + ": no --checkpoint given and the shipped model models/" +
+                         kShippedGenerator + " was not found");
+  log_info("using the shipped generator " + ckpt);
+  return ckpt;
+}
 
 CaptionedImages GenData::subset(const std::vector<size_t>& idx) const {
   CaptionedImages c;

@@ -124,5 +124,8 @@ Result<nlohmann::json> run_distill(const DistillRunOptions& o);
 
 // "path[:strength]" -> (path, strength); strength 1 when absent.
 std::pair<std::string, double> split_strength(const std::string& spec);
+// The given generator checkpoint, or the shipped one when none is given (logged); `what` names
+// the command in the error when neither exists.
+Result<std::string> checkpoint_or_shipped(const std::string& given, const std::string& what);
 
 }  // namespace lf

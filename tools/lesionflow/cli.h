@@ -41,6 +41,7 @@ void add_bench(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_ae(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_audit(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_export(CLI::App& app, GlobalOptions& g, Runner* run);  // weights for shipping
+void add_serve(CLI::App& app, GlobalOptions& g, Runner* run);   // JSON API
 
 // --sampler, --steps, --cfg, --cfg-interval, --shift into `gc` (its values are the defaults);
 // `given` records which were given (the others may take a checkpoint's recommendation).

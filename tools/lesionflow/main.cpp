@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   cli::add_classify(app, g, &run);
   cli::add_synth(app, g, &run);
   cli::add_bench(app, g, &run);
+  cli::add_serve(app, g, &run);
   // Global flags (--json, --seed, ...) may also follow the subcommand.
   std::function<void(CLI::App*)> fall = [&](CLI::App* a) {
     for (auto* s : a->get_subcommands({})) {
