@@ -300,45 +300,40 @@ std::string join(const std::vector<std::string>& ls) {
   return s;
 }
 
-// Captions file built from the real one by `edit` (which gets its lines).
-Case captions_case(const std::string& name, std::function<void(std::vector<std::string>&)> edit,
-                   std::vector<std::string> say) {
+// A `train` run on a copy of the phantom cache's `source` file (caps.jsonl or splits.csv) that
+// `edit` has spoilt, given with `flag`.
+Case edited_file_case(const std::string& name, const std::string& source, const std::string& flag,
+                      std::function<void(std::vector<std::string>&)> edit,
+                      std::vector<std::string> say) {
+  const std::string bad = "bad_" + source;
   Case c;
-  c.name = "captions_" + name;
-  c.setup = [edit](const std::string& dir) {
+  c.name = name;
+  c.setup = [=](const std::string& dir) {
     phantom_cache(dir);
-    auto ls = lines_of(dir + "/caps.jsonl");
+    auto ls = lines_of(dir + "/" + source);
     edit(ls);
-    write(dir + "/bad.jsonl", join(ls));
-    return train_args(dir) + " --captions " + dir + "/bad.jsonl";
+    write(dir + "/" + bad, join(ls));
+    return train_args(dir) + " " + flag + " " + dir + "/" + bad;
   };
   c.exit_code = 1;
-  say.insert(say.begin(), "bad.jsonl");
+  say.insert(say.begin(), bad);
   c.must_say = say;
   c.absent = "out";
   return c;
 }
 
-nlohmann::json first_record(const std::vector<std::string>& ls) {
-  return nlohmann::json::parse(ls[0]);
+Case captions_case(const std::string& name, std::function<void(std::vector<std::string>&)> edit,
+                   std::vector<std::string> say) {
+  return edited_file_case("captions_" + name, "caps.jsonl", "--captions", edit, say);
 }
 
 Case splits_case(const std::string& name, std::function<void(std::vector<std::string>&)> edit,
                  std::vector<std::string> say) {
-  Case c;
-  c.name = "splits_" + name;
-  c.setup = [edit](const std::string& dir) {
-    phantom_cache(dir);
-    auto ls = lines_of(dir + "/splits.csv");
-    edit(ls);
-    write(dir + "/bad_splits.csv", join(ls));
-    return train_args(dir) + " --splits " + dir + "/bad_splits.csv";
-  };
-  c.exit_code = 1;
-  say.insert(say.begin(), "bad_splits.csv");
-  c.must_say = say;
-  c.absent = "out";
-  return c;
+  return edited_file_case("splits_" + name, "splits.csv", "--splits", edit, say);
+}
+
+nlohmann::json first_record(const std::vector<std::string>& ls) {
+  return nlohmann::json::parse(ls[0]);
 }
 
 std::vector<std::string> split_fields(const std::string& line) {
@@ -352,7 +347,7 @@ std::vector<Case> text_cases() {
   return {
       captions_case("bad_json_line",
                     [](auto& ls) { ls.insert(ls.begin() + 3, "{\"id\": \"x\", "); },
-                    {"bad.jsonl:4:", "invalid JSON"}),
+                    {"bad_caps.jsonl:4:", "invalid JSON"}),
       captions_case("missing_id",
                     [](auto& ls) {
                       auto j = first_record(ls);

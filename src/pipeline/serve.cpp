@@ -35,30 +35,6 @@ struct HttpError {
   std::string message;
 };
 
-std::string base64(const std::string& in) {
-  static const char* k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    for (int s = 18; s >= 0; s -= 6) out += k[(v >> s) & 63];
-  }
-  if (i + 1 == in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    out += k[(v >> 18) & 63];
-    out += k[(v >> 12) & 63];
-    out += "==";
-  } else if (i + 2 == in.size()) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
-    out += k[(v >> 18) & 63];
-    out += k[(v >> 12) & 63];
-    out += k[(v >> 6) & 63];
-    out += '=';
-  }
-  return out;
-}
-
 void send_json(httplib::Response& res, int status, const nlohmann::json& j) {
   res.status = status;
   res.set_content(j.dump(), "application/json");
@@ -246,7 +222,7 @@ struct ApiServer::Impl {
                    {"index", i},
                    {"checkpoint_hash", gen.hash},
                    {"adapters", adapters}});
-      out["images"].push_back({{"png_base64", base64(std::string(png.begin(), png.end()))},
+      out["images"].push_back({{"png_base64", base64_encode(std::string(png.begin(), png.end()))},
                                {"provenance", prov},
                                {"measured", measure_lesion(rgb.clone(), cv::Mat()).to_json()}});
     }
