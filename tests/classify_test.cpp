@@ -480,6 +480,38 @@ TEST(Classifier, PretrainThenFinetuneResumesExactlyAtThePhaseBoundary) {
   EXPECT_NE(*read_file(dir_c + "/test_scores.csv"), *read_file(dir_a + "/test_scores.csv"));
 }
 
+// Every arm is its own cell, in a fixed order (an earlier version pooled every arm after
+// real+synthetic into one cell).
+TEST(Experiment, AggregateKeepsEachArmInItsOwnCell) {
+  std::vector<nlohmann::json> results;
+  const std::vector<std::string> arms = {"synthetic", "synthetic-then-real", "real+filtered",
+                                         "real+synthetic", "real"};
+  for (size_t a = 0; a < arms.size(); ++a)
+    for (int seed = 0; seed < 2; ++seed)
+      results.push_back({{"arch", "cnn"},
+                         {"arm", arms[a]},
+                         {"requested_real_size", 500},
+                         {"real_size", 500},
+                         {"synthetic_size", 100},
+                         {"seed", seed},
+                         {"test", {}}});
+  for (auto& r : results) {
+    const size_t a =
+        std::find(arms.begin(), arms.end(), r["arm"].get<std::string>()) - arms.begin();
+    for (const char* m : {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"})
+      r["test"][m] = {{"value", 0.5 + 0.1 * a + 0.01 * r["seed"].get<int>()}, {"lo", 0}, {"hi", 1}};
+  }
+  auto cells = aggregate_results(results);
+  ASSERT_EQ(cells.size(), arms.size());
+  const std::vector<std::string> order = {"real", "real+synthetic", "real+filtered",
+                                          "synthetic-then-real", "synthetic"};
+  for (size_t i = 0; i < order.size(); ++i) {
+    EXPECT_EQ(cells[i]["arm"], order[i]);
+    const size_t a = std::find(arms.begin(), arms.end(), order[i]) - arms.begin();
+    EXPECT_NEAR(cells[i]["auc"]["mean"].get<double>(), 0.5 + 0.1 * a + 0.005, 1e-9);
+  }
+}
+
 TEST(Classifier, ResumeEqualsUninterruptedTraining) {
   auto set = phantom_set(40, 16, 4);
   ClassifierConfig mc;

@@ -113,10 +113,35 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
   const std::string result_path = job.train.out + "/result.json";
   if (file_exists(result_path)) {
     LF_ASSIGN_OR_RETURN(std::string txt, read_file(result_path));
+    nlohmann::json cached;
     try {
-      return nlohmann::json::parse(txt);
+      cached = nlohmann::json::parse(txt);
     } catch (const std::exception& e) {
       log_warn(result_path + ": unreadable (" + e.what() + "); running the job again");
+    }
+    if (!cached.is_null()) {
+      // A result from before the worst-group rule: re-evaluate its saved test scores, so that
+      // cells mixing old and new jobs rank groups alike.
+      const std::string scores_csv = job.train.out + "/test_scores.csv";
+      if (cached.contains("test") && !cached["test"].contains("worst_group_rule") &&
+          file_exists(scores_csv) && !job.model.classes.size()) {
+        LF_ASSIGN_OR_RETURN(CsvTable t, read_csv(scores_csv));
+        std::map<std::string, double> by_id;
+        const int ci = t.column("id"), cs = t.column("score");
+        for (auto& row : t.rows) by_id[row[ci]] = std::atof(row[cs].c_str());
+        auto test = labeled_from_prepared(real.ps, real.test, &real.captions);
+        std::vector<double> scores;
+        for (int64_t i = 0; i < test.count(); ++i) {
+          auto it = by_id.find(test.ids[i]);
+          if (it == by_id.end())
+            return Status::error(scores_csv + ": no score for test image " + test.ids[i]);
+          scores.push_back(it->second);
+        }
+        cached["test"] = evaluation_json(scores, test, cached.value("threshold", 0.5), job.seed);
+        LF_RETURN_IF_ERROR(write_file_atomic(result_path, cached.dump(2) + "\n"));
+        log_info(result_path + ": re-evaluated with the current worst-group rule");
+      }
+      return cached;
     }
   }
   if (job.arm != "real" && job.arm != "real+synthetic" && job.arm != "synthetic" &&
@@ -412,8 +437,12 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
 
 nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
   std::map<std::string, std::vector<const nlohmann::json*>> cells;  // key orders arch, size, arm
+  // One cell per arm, in a fixed order (the arm's name after its rank keeps unknown arms apart).
   auto arm_rank = [](const std::string& a) {
-    return a == "real" ? "0" : a == "real+synthetic" ? "1" : "2";
+    static const std::vector<std::string> order = {"real", "real+synthetic", "real+filtered",
+                                                   "synthetic-then-real", "synthetic"};
+    auto it = std::find(order.begin(), order.end(), a);
+    return std::to_string(it - order.begin()) + "|" + a;
   };
   for (auto& r : results) {
     char size[24];
