@@ -194,7 +194,9 @@ Case csv_case(const std::string& name, std::string csv, int code, std::vector<st
   c.must_say = say;
   if (code != 0) c.absent = "out.csv";
   c.check = [code](const std::string& dir) {
-    if (code == 0) EXPECT_TRUE(fs::exists(dir + "/out.csv"));
+    if (code == 0) {
+      EXPECT_TRUE(fs::exists(dir + "/out.csv"));
+    }
   };
   return c;
 }
@@ -514,15 +516,17 @@ TEST_P(Corpus, Run) {
   const std::string args = c.setup(dir);
   if (HasFatalFailure()) return;
   CliRun r = run_cli(args);
-  if (c.exit_code >= 0)
+  if (c.exit_code >= 0) {
     EXPECT_EQ(r.exit_code, c.exit_code) << args << "\n" << r.output;
-  else
+  } else {
     EXPECT_NE(r.exit_code, 0) << args << "\n" << r.output;
+  }
   for (const auto& s : c.must_say)
     EXPECT_NE(r.output.find(s), std::string::npos) << "expected '" << s << "' in:\n" << r.output;
   EXPECT_EQ(r.output.find("unexpected exception"), std::string::npos) << r.output;
-  if (!c.absent.empty())
+  if (!c.absent.empty()) {
     EXPECT_FALSE(fs::exists(dir + "/" + c.absent)) << c.absent << " left behind by: " << args;
+  }
   if (c.check) c.check(dir);
 }
 

@@ -191,7 +191,9 @@ TEST(Metrics, YoudenThresholdBootstrapAndWorstGroup) {
   }
   auto gm = group_metrics(gs, gy, 0.5, "x", g, 20, 10);
   for (auto& m : gm) {
-    if (m.group == "d") EXPECT_FALSE(m.ranked);  // too few malignant cases to rank
+    if (m.group == "d") {
+      EXPECT_FALSE(m.ranked);  // too few malignant cases to rank
+    }
   }
   auto loose = group_metrics(gs, gy, 0.5, "x", g, 20, 1);
   EXPECT_EQ(worst_group(loose)->group, "d");  // with the old rule it would be the worst
@@ -580,8 +582,11 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   auto summary = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
   ASSERT_EQ(summary["cells"].size(), 3u);  // real, real+synthetic, synthetic
   EXPECT_EQ(summary["synthetic"]["images"], 40);
-  for (auto& cell : summary["cells"])
-    if (cell["arm"] == "real+synthetic") EXPECT_EQ(cell["synthetic_size"], 25);
+  for (auto& cell : summary["cells"]) {
+    if (cell["arm"] == "real+synthetic") {
+      EXPECT_EQ(cell["synthetic_size"], 25);
+    }
+  }
   EXPECT_TRUE(summary["audit"].contains("fd") && summary["audit"].contains("memorisation"));
   // Paired comparisons: each non-real arm against real on the same test images.
   ASSERT_EQ(summary["paired"]["per_seed"].size(), 2u);
