@@ -30,6 +30,26 @@ LabeledSet phantom_set(int n, int size, uint64_t seed) {
   std::iota(all.begin(), all.end(), 0);
   return labeled_from_prepared(*ps, all, nullptr);
 }
+
+// A width-16 CNN for 32 px images, trained from seed 0 on `set` (which also validates); the run
+// directory is a fresh temp dir named `name`.
+Classifier train_small_cnn(const LabeledSet& set, int epochs, int batch, double lr,
+                           const std::string& name) {
+  ClassifierConfig mc;
+  mc.image_size = 32;
+  mc.width = 16;
+  torch::manual_seed(0);
+  Classifier m(mc);
+  ClsTrainConfig tc;
+  tc.epochs = epochs;
+  tc.batch = batch;
+  tc.lr = lr;
+  tc.patience = 1000;
+  tc.out = test::tmp_dir(name);
+  auto r = train_classifier(tc, m, set, set);
+  EXPECT_TRUE(r.ok()) << r.status().message();
+  return m;
+}
 }  // namespace
 
 TEST(Metrics, PairedAucDeLongAndBootstrapMatchAPythonReference) {
@@ -406,18 +426,7 @@ TEST(Classifier, CnnAndVitOverfitASmallSetAndRoundTrip) {
 // benign) goes; the correctly labelled ones stay.
 TEST(Classifier, FilterDropsAPlantedMislabelledSyntheticImageAndKeepsCorrectOnes) {
   auto real = phantom_set(48, 32, 2);
-  ClassifierConfig mc;
-  mc.image_size = 32;
-  mc.width = 16;
-  torch::manual_seed(0);
-  Classifier m(mc);
-  ClsTrainConfig tc;
-  tc.epochs = 25;
-  tc.batch = 16;
-  tc.lr = 3e-3;
-  tc.patience = 1000;
-  tc.out = test::tmp_dir("cls_filter");
-  LF_ASSERT_OK(train_classifier(tc, m, real, real));
+  Classifier m = train_small_cnn(real, 25, 16, 3e-3, "cls_filter");
   auto syn = phantom_set(24, 32, 9);  // other phantoms, correctly labelled
   auto p = predict_malignant(m, syn);
   int64_t planted = -1;
@@ -695,19 +704,8 @@ TEST(ClassifierSlow, Bf16AucWithinOneHundredthOfFp32OnPhantoms) {
   auto train_set = phantom_set(320, 32, 21), test_set = phantom_set(400, 32, 22);
   auto run = [&](Precision p) {
     set_compute_precision(p);
-    ClassifierConfig mc;
-    mc.image_size = 32;
-    mc.width = 16;
-    torch::manual_seed(0);
-    Classifier m(mc);
-    ClsTrainConfig tc;
-    tc.epochs = 12;
-    tc.batch = 32;
-    tc.lr = 2e-3;
-    tc.patience = 1000;
-    tc.out = test::tmp_dir(std::string("cls_prec_") + precision_name(p));
-    auto r = train_classifier(tc, m, train_set, train_set);
-    EXPECT_TRUE(r.ok()) << r.status().message();
+    Classifier m =
+        train_small_cnn(train_set, 12, 32, 2e-3, std::string("cls_prec_") + precision_name(p));
     double auc = roc_auc(predict_malignant(m, test_set), test_set.labels);
     set_compute_precision(Precision::kFP32);
     return auc;
