@@ -97,6 +97,12 @@ nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& s
   return j;
 }
 
+const std::vector<std::string>& classifier_arms() {
+  static const std::vector<std::string> arms = {"real", "real+synthetic", "real+filtered",
+                                                "synthetic-then-real", "synthetic"};
+  return arms;
+}
+
 std::vector<int64_t> contradicted_labels(const std::vector<double>& p_malignant,
                                          const std::vector<int>& labels, double confidence) {
   std::vector<int64_t> out;
@@ -106,6 +112,37 @@ std::vector<int64_t> contradicted_labels(const std::vector<double>& p_malignant,
       out.push_back(static_cast<int64_t>(i));
   return out;
 }
+
+namespace {
+
+// A cached result from before the worst-group rule: its test metrics re-evaluated from the saved
+// test scores (AUCs unchanged) and written back, so cells mixing old and new jobs rank groups
+// alike. Results that already carry the rule, dx classifiers and results without scores are left.
+Status reevaluate_old_result(const ClsJob& job, const RealData& real,
+                             const std::string& result_path, nlohmann::json& cached) {
+  const std::string scores_csv = job.train.out + "/test_scores.csv";
+  if (!cached.contains("test") || cached["test"].contains("worst_group_rule") ||
+      !file_exists(scores_csv) || !job.model.classes.empty())
+    return Status::ok_status();
+  LF_ASSIGN_OR_RETURN(CsvTable t, read_csv(scores_csv));
+  std::map<std::string, double> by_id;
+  const int ci = t.column("id"), cs = t.column("score");
+  for (auto& row : t.rows) by_id[row[ci]] = std::atof(row[cs].c_str());
+  auto test = labeled_from_prepared(real.ps, real.test, &real.captions);
+  std::vector<double> scores;
+  for (int64_t i = 0; i < test.count(); ++i) {
+    auto it = by_id.find(test.ids[i]);
+    if (it == by_id.end())
+      return Status::error(scores_csv + ": no score for test image " + test.ids[i]);
+    scores.push_back(it->second);
+  }
+  cached["test"] = evaluation_json(scores, test, cached.value("threshold", 0.5), job.seed);
+  LF_RETURN_IF_ERROR(write_file_atomic(result_path, cached.dump(2) + "\n"));
+  log_info(result_path + ": re-evaluated with the current worst-group rule");
+  return Status::ok_status();
+}
+
+}  // namespace
 
 Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
                                    const LabeledSet* synthetic,
@@ -120,36 +157,16 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       log_warn(result_path + ": unreadable (" + e.what() + "); running the job again");
     }
     if (!cached.is_null()) {
-      // A result from before the worst-group rule: re-evaluate its saved test scores, so that
-      // cells mixing old and new jobs rank groups alike.
-      const std::string scores_csv = job.train.out + "/test_scores.csv";
-      if (cached.contains("test") && !cached["test"].contains("worst_group_rule") &&
-          file_exists(scores_csv) && !job.model.classes.size()) {
-        LF_ASSIGN_OR_RETURN(CsvTable t, read_csv(scores_csv));
-        std::map<std::string, double> by_id;
-        const int ci = t.column("id"), cs = t.column("score");
-        for (auto& row : t.rows) by_id[row[ci]] = std::atof(row[cs].c_str());
-        auto test = labeled_from_prepared(real.ps, real.test, &real.captions);
-        std::vector<double> scores;
-        for (int64_t i = 0; i < test.count(); ++i) {
-          auto it = by_id.find(test.ids[i]);
-          if (it == by_id.end())
-            return Status::error(scores_csv + ": no score for test image " + test.ids[i]);
-          scores.push_back(it->second);
-        }
-        cached["test"] = evaluation_json(scores, test, cached.value("threshold", 0.5), job.seed);
-        LF_RETURN_IF_ERROR(write_file_atomic(result_path, cached.dump(2) + "\n"));
-        log_info(result_path + ": re-evaluated with the current worst-group rule");
-      }
+      LF_RETURN_IF_ERROR(reevaluate_old_result(job, real, result_path, cached));
       return cached;
     }
   }
-  if (job.arm != "real" && job.arm != "real+synthetic" && job.arm != "synthetic" &&
-      job.arm != "real+filtered" && job.arm != "synthetic-then-real")
-    return Status::error(
-        "classify: arm must be real, real+synthetic, real+filtered, "
-        "synthetic-then-real or synthetic (got '" +
-        job.arm + "')");
+  const auto& arms = classifier_arms();
+  if (std::find(arms.begin(), arms.end(), job.arm) == arms.end()) {
+    std::string known;
+    for (const auto& a : arms) known += (known.empty() ? "" : ", ") + a;
+    return Status::error("classify: arm must be one of " + known + " (got '" + job.arm + "')");
+  }
   if (job.arm != "real" && (!synthetic || synthetic->count() == 0))
     return Status::error("classify: arm '" + job.arm + "' needs a synthetic set");
   // Real training subset: scarcity-sampled at the pool's malignant ratio, one image per lesion
@@ -439,8 +456,7 @@ nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
   std::map<std::string, std::vector<const nlohmann::json*>> cells;  // key orders arch, size, arm
   // One cell per arm, in a fixed order (the arm's name after its rank keeps unknown arms apart).
   auto arm_rank = [](const std::string& a) {
-    static const std::vector<std::string> order = {"real", "real+synthetic", "real+filtered",
-                                                   "synthetic-then-real", "synthetic"};
+    const auto& order = classifier_arms();
     auto it = std::find(order.begin(), order.end(), a);
     return std::to_string(it - order.begin()) + "|" + a;
   };

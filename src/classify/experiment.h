@@ -35,6 +35,9 @@ Result<NamedSet> load_test_dataset(const std::string& spec, int size);
 std::vector<int64_t> contradicted_labels(const std::vector<double>& p_malignant,
                                          const std::vector<int>& labels, double confidence);
 
+// The arms a classifier job knows, in the order the experiment's table lists them.
+const std::vector<std::string>& classifier_arms();
+
 struct ClsJob {
   // real | real+synthetic | synthetic | real+filtered (real+synthetic without the synthetic
   // images that the classifier in filter_with contradicts; the drops go to DIR/filtered.jsonl)

@@ -56,8 +56,7 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
                  "label --filter-with contradicts) | synthetic-then-real (pretrain on synthetic, "
                  "fine-tune on real) | synthetic")
       ->capture_default_str()
-      ->check(CLI::IsMember(
-          {"real", "real+synthetic", "real+filtered", "synthetic-then-real", "synthetic"}));
+      ->check(CLI::IsMember(classifier_arms()));
   tr->add_option("--filter-with", t.filter_with,
                  "real+filtered: run directory of a real-only classifier (its best.safetensors)");
   tr->add_option("--filter-confidence", t.filter_confidence,
