@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Kill -9 soak of every long-running command, bounded in time (a few minutes on 2 cores).
 #   bash scripts/soak.sh [WORKDIR]        # default: a fresh temp directory (a given one is wiped)
-# For each command (train, finetune, distill, ae train, synth, classify train, experiment): one
-# uninterrupted reference run, then the same run killed with SIGKILL at random moments (KILLS
-# times) and resumed until it finishes. Checks: the final outputs equal the reference (tensors
+# For each command (caption, concepts measure, train, finetune, distill, ae train, synth, classify
+# train, experiment): one uninterrupted reference run, then the same run killed with SIGKILL at
+# random moments (KILLS times) and resumed until it finishes. Checks: the final outputs equal the reference (tensors
 # bit for bit, synthetic images and records byte for byte, classifier metrics), no temp file is
 # left, every file still parses. Then faults: SIGTERM checkpoints and exits 143; a write that
-# fails (a file-size limit standing in for a full disk) gives a clear error and leaves the
+# fails (a full tmpfs, or a file-size limit where mounting is not allowed) gives a clear error and leaves the
 # previous checkpoint intact. Prints a markdown table (docs/results.md keeps one) and exits 1 if
 # any check failed. Everything runs with --threads 1 so every run is deterministic.
 set -uo pipefail
@@ -104,6 +104,9 @@ cmp_classifier() {
   same_tensors "$1/best.safetensors" "$2/best.safetensors" &&
     "$PY" -c "import json,sys; a,b=(json.load(open(p+'/result.json')) for p in sys.argv[1:]); sys.exit(any(a.get(k)!=b.get(k) for k in ('test','val_auc','best_epoch','threshold')))" "$1" "$2"
 }
+cmp_file() { cmp -s "$1/$3" "$2/$3"; }
+cmp_captions() { cmp_file "$1" "$2" caps.jsonl; }
+cmp_measure() { cmp_file "$1" "$2" concepts.jsonl; }
 cmp_experiment() {
   "$PY" -c "import json,sys; a,b=(json.load(open(p+'/summary.json')) for p in sys.argv[1:]); sys.exit(a.get('cells')!=b.get('cells') or a.get('paired')!=b.get('paired'))" "$1" "$2"
 }
@@ -115,6 +118,9 @@ run caption --dataset phantom:160 --out "$W/caps.jsonl" --quiet
 D=(--data "$W/ph" --splits "$W/splits.csv" --captions "$W/caps.jsonl")
 G=(--batch 8 --ckpt-every 10 --sample-every 0 --val-every 0 --log-every 5)
 
+soak caption cmp_captions "" -- caption --dataset phantom:800 --quiet --out @OUT@/caps.jsonl
+run data phantom --n 120 --size 256 --out "$W/measure_in"
+soak concepts_measure cmp_measure "" -- concepts measure --images "$W/measure_in" --out @OUT@/concepts.jsonl
 soak train cmp_weights state.bin -- train "${D[@]}" --preset tiny --steps 200 "${G[@]}" --out @OUT@
 BASE=$W/ref_train/ema.safetensors
 soak finetune cmp_weights state.bin -- finetune --base "$BASE" "${D[@]}" --steps 120 "${G[@]}" --out @OUT@
@@ -145,18 +151,31 @@ ok=NO
 [[ $ok == yes ]] || fail=1
 rows+=("| train, SIGTERM mid-run | - | 0 | 0 | exit $code, step ${step:-?} checkpointed: $ok |")
 
-# A failing write (file-size limit as a full disk): clear error, previous checkpoint intact.
+# A full disk: the run is copied onto a tmpfs with a few kB to spare, so the next checkpoint
+# cannot be written (where this user may not mount, a file-size limit stands in for it): a clear
+# error, and the previous checkpoint stays intact.
 F=$W/fulldisk
-cp -r "$W/ref_train" "$F"
+mkdir -p "$F"
+kb=$(($(du -sk "$W/ref_train" | cut -f1) + 24))
+if mount -t tmpfs -o size=${kb}k lesionflow_soak "$F" 2>/dev/null; then
+  disk="full ${kb} kB tmpfs"
+  trap 'umount "$F" 2>/dev/null' EXIT
+  limit=unlimited
+else
+  disk="writes fail (ulimit -f)"
+  limit=64
+fi
+cp -r "$W/ref_train/." "$F/" || { echo "soak: the run does not fit the tmpfs"; fail=1; }
 before=$(sha256sum "$F/checkpoint.safetensors" "$F/ema.safetensors" "$F/state.bin")
-(trap '' XFSZ; ulimit -f 64; "$LF" --threads 1 train "${D[@]}" --preset tiny --steps 210 "${G[@]}" \
-  --out "$F" --resume) >"$W/fulldisk.txt" 2>&1
+(trap '' XFSZ; ulimit -f $limit; "$LF" --threads 1 train "${D[@]}" --preset tiny --steps 210 \
+  "${G[@]}" --out "$F" --resume) >"$W/fulldisk.txt" 2>&1
 code=$?
 after=$(sha256sum "$F/checkpoint.safetensors" "$F/ema.safetensors" "$F/state.bin")
 ok=NO
 [[ $code != 0 && $before == "$after" ]] && grep -q "write failed" "$W/fulldisk.txt" && ok=yes
 [[ $ok == yes ]] || { fail=1; tail -3 "$W/fulldisk.txt"; }
-rows+=("| train --resume, writes fail (ulimit -f) | - | 0 | 1 | exit $code, '$(grep -o 'write failed[^;]*' "$W/fulldisk.txt" | head -1)', old checkpoint intact: $ok |")
+rows+=("| train --resume, $disk | - | 0 | 1 | exit $code, '$(grep -o 'write failed[^;]*' "$W/fulldisk.txt" | head -1)', old checkpoint intact: $ok |")
+[[ $limit == unlimited ]] && umount "$F"
 
 echo
 echo "| command | uninterrupted | SIGKILLs | resumes | final outputs equal the uninterrupted run |"

@@ -53,6 +53,9 @@ TEST(Cli, BadFlagsFailWithAMessageNamingTheFlag) {
     EXPECT_NE(r.output.find(c.must_say), std::string::npos) << c.args << "\n" << r.output;
     EXPECT_EQ(r.output.find("unexpected exception"), std::string::npos) << c.args << "\n"
                                                                         << r.output;
+    EXPECT_EQ(r.output.find("1797693134862315"), std::string::npos)  // a readable range
+        << c.args << "\n"
+        << r.output;
   }
   EXPECT_FALSE(std::filesystem::exists(out)) << "a failed command left output behind";
 }
@@ -99,7 +102,7 @@ TEST(Cli, SigtermCheckpointsTheCurrentStepAndResumeContinuesFromIt) {
   ASSERT_NE(k, std::string::npos) << log;
   const int step = std::atoi(log.c_str() + k + 37);
   EXPECT_GE(step, 5) << log;
-  EXPECT_NE(log.find("rerun with --resume"), std::string::npos) << log;
+  EXPECT_NE(log.find("(training: with --resume)"), std::string::npos) << log;
   ASSERT_TRUE(std::filesystem::exists(dir + "/run/state.bin"));
   // Resume for 3 more steps: it starts exactly where the signal stopped it.
   CliRun resumed = run_cli(
@@ -109,6 +112,34 @@ TEST(Cli, SigtermCheckpointsTheCurrentStepAndResumeContinuesFromIt) {
   EXPECT_NE(resumed.output.find("resumed " + dir + "/run at step " + std::to_string(step)),
             std::string::npos)
       << resumed.output;
+}
+
+// caption is resumable: SIGTERM mid-run exits 143 and keeps the finished images in its journal;
+// the same command continues from them and writes exactly what an uninterrupted run writes.
+TEST(Cli, CaptionStoppedBySigtermResumesToTheUninterruptedResult) {
+  const std::string dir = test::tmp_dir("cli_caption_resume"),
+                    lf = std::string(LF_BINARY_DIR) + "/lesionflow";
+  const std::string args = " --threads 1 caption --dataset phantom:400 --quiet --out ";
+  std::string out =
+      run_command_capture("\"" + lf + "\"" + args + dir + "/b.jsonl > " + dir +
+                          "/log.txt 2>&1 & pid=$!; for i in $(seq 600); do "
+                          "[ \"$(wc -l < " +
+                          dir +
+                          "/b.jsonl.partial.jsonl 2>/dev/null || echo 0)\" -ge 40 ] && "
+                          "break; sleep 0.02; done; kill -TERM $pid; wait $pid; echo \"@exit=$?\"");
+  EXPECT_NE(out.find("@exit=143"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/b.jsonl"));
+  ASSERT_TRUE(std::filesystem::exists(dir + "/b.jsonl.partial.jsonl"));
+  CliRun resumed = run_cli("--json" + args + dir + "/b.jsonl");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  auto k = resumed.output.find("\"resumed\": ");
+  ASSERT_NE(k, std::string::npos) << resumed.output;
+  const int n_resumed = std::atoi(resumed.output.c_str() + k + 11);
+  EXPECT_GE(n_resumed, 39) << resumed.output;
+  EXPECT_LT(n_resumed, 700);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/b.jsonl.partial.jsonl"));
+  ASSERT_EQ(run_cli(args + dir + "/a.jsonl").exit_code, 0);
+  EXPECT_EQ(*read_file(dir + "/a.jsonl"), *read_file(dir + "/b.jsonl"));
 }
 
 }  // namespace lf

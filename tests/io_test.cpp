@@ -1,8 +1,11 @@
 #include "lesionflow/io.h"
 
 #include <cstring>
+#include <fstream>
 #include <set>
+#include <thread>
 
+#include "lesionflow/jsonl.h"
 #include "lesionflow/rng.h"
 #include "test_util.h"
 
@@ -77,6 +80,57 @@ namespace lf {
 
 // One seed derivation for every random choice: deterministic, streams and indices independent
 // (no two (stream, index) pairs of a seed collide over a grid, low bits are balanced).
+// The resume journal: records of a run with the same header come back (a torn last line is
+// dropped), another run's journal is set aside rather than mixed in, appends from several threads
+// all land as whole lines, and finish() removes the file.
+TEST(JsonlJournal, ResumesSameRunDropsTornTailAndSetsAsideOtherRuns) {
+  const std::string dir = test::tmp_dir("journal"), path = dir + "/out.partial.jsonl";
+  const nlohmann::json head = {{"command", "caption"}, {"options", {{"limit", 5}}}};
+  std::vector<nlohmann::json> done;
+  {
+    auto j = JsonlJournal::open(path, head, &done);
+    ASSERT_TRUE(j.ok()) << j.status().message();
+    EXPECT_TRUE(done.empty());
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; ++t)
+      ts.emplace_back([&, t] {
+        for (int i = 0; i < 25; ++i)
+          (*j)->append({{"id", t * 100 + i}, {"pad", std::string(300, 'x')}});
+      });
+    for (auto& t : ts) t.join();
+    EXPECT_TRUE((*j)->status().ok());
+  }  // destroyed without finish(): as after a kill
+  {
+    std::ofstream(path, std::ios::app) << "{\"id\": 9999, \"pad\": \"xx";  // a torn append
+  }
+  auto again = JsonlJournal::open(path, head, &done);
+  ASSERT_TRUE(again.ok()) << again.status().message();
+  ASSERT_EQ(done.size(), 100u);
+  std::set<int> ids;
+  for (auto& r : done) ids.insert(r["id"].get<int>());
+  EXPECT_EQ(ids.size(), 100u);
+  EXPECT_FALSE(ids.count(9999));
+  ASSERT_TRUE((*again)->append({{"id", 5000}}).ok());
+  again->reset();
+  auto third = JsonlJournal::open(path, head, &done);
+  ASSERT_TRUE(third.ok());
+  EXPECT_EQ(done.size(), 101u);  // the appends after a resume start on a fresh line
+  ASSERT_TRUE((*third)->finish().ok());
+  EXPECT_FALSE(std::filesystem::exists(path));
+  // Other options: not resumed from, kept aside.
+  { ASSERT_TRUE((*JsonlJournal::open(path, head, &done))->append({{"id", 1}}).ok()); }
+  auto other =
+      JsonlJournal::open(path, {{"command", "caption"}, {"options", {{"limit", 6}}}}, &done);
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(done.empty());
+  EXPECT_TRUE(std::filesystem::exists(path + ".old"));
+  // A bad line that is not the last one is damage, not a torn append.
+  ASSERT_TRUE(write_file_atomic(dir + "/bad.jsonl", "{\"a\":1}\nnot json\n{\"a\":2}\n").ok());
+  auto bad = read_jsonl_tolerant(dir + "/bad.jsonl", nullptr, nullptr);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("bad.jsonl:2"), std::string::npos);
+}
+
 TEST(Rng, DeriveSeedSeparatesStreamsAndIndices) {
   static_assert(derive_seed(7, Stream::kPhantom, 3) == derive_seed(7, Stream::kPhantom, 3));
   std::set<uint64_t> seen;

@@ -74,7 +74,10 @@ struct CaptionRunOptions {
 // Returns the summary JSON (+ "out" and "summary" paths).
 Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o);
 // Measures every PNG/JPEG of `images` (not grids or masks) into JSONL (file, measured); corrupt
-// images are skipped and counted. out_path "" = IMAGES/concepts.jsonl. {measured, skipped, out}.
-Result<nlohmann::json> measure_image_folder(const std::string& images, const std::string& out_path);
+// images are skipped and counted. out_path "" = IMAGES/concepts.jsonl. `threads` workers (0 = 2).
+// Resumable: finished images go to OUT.partial.jsonl as they are measured, and a run killed or
+// stopped (SIGTERM) is continued by the same command. {measured, skipped, resumed, out}.
+Result<nlohmann::json> measure_image_folder(const std::string& images, const std::string& out_path,
+                                            int threads = 0);
 
 }  // namespace lf

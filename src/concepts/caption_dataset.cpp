@@ -10,20 +10,16 @@
 #include "lesionflow/concepts.h"
 #include "lesionflow/data.h"
 #include "lesionflow/io.h"
+#include "lesionflow/jsonl.h"
 #include "lesionflow/llm.h"
 #include "lesionflow/log.h"
 #include "lesionflow/metrics.h"
 #include "lesionflow/parallel.h"
 #include "lesionflow/record_pixels.h"
+#include "lesionflow/stop.h"
 
 namespace lf {
 namespace {
-
-struct Item {
-  nlohmann::json line;
-  Measurements m;
-  double dice = -1;
-};
 
 double dice(const cv::Mat& a, const cv::Mat& b) {
   double s = cv::countNonZero(a) + cv::countNonZero(b);
@@ -62,77 +58,111 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
     llm = std::make_unique<LlmRewriter>(
         LlmConfig{o.llm_url, o.llm_model, o.llm_timeout, o.out + ".llm_cache.jsonl"});
   const int64_t n = o.limit > 0 ? std::min<int64_t>(o.limit, ds.records.size()) : ds.records.size();
-  std::vector<Item> items(n);
-  std::mutex mu;  // log lines from the workers
-  Progress prog("caption", n, "img");
+  // Resume journal: records of an interrupted run with the same options are kept (the options
+  // minus threads, which do not change a record).
+  nlohmann::json run_id = o.to_json();
+  run_id.erase("threads");
+  std::vector<nlohmann::json> done;
+  const std::string out_dir = std::filesystem::path(o.out).parent_path().string();
+  if (!out_dir.empty()) LF_RETURN_IF_ERROR(make_dirs(out_dir));
+  LF_ASSIGN_OR_RETURN(auto journal,
+                      JsonlJournal::open(o.out + ".partial.jsonl",
+                                         {{"command", "caption"}, {"options", run_id}}, &done));
+  std::vector<nlohmann::json> lines(n);
+  std::map<std::string, int64_t> index;
+  for (int64_t i = 0; i < n; ++i) index[ds.records[i].id] = i;
+  int64_t resumed = 0;
+  for (auto& j : done) {
+    auto it = index.find(j.value("id", ""));
+    if (it != index.end() && lines[it->second].is_null()) {
+      lines[it->second] = std::move(j);
+      resumed++;
+    }
+  }
+  std::vector<int64_t> todo;
+  for (int64_t i = 0; i < n; ++i)
+    if (lines[i].is_null()) todo.push_back(i);
+  std::mutex mu;            // log lines from the workers
+  StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: finish the images in flight, keep the journal
+  Progress prog("caption", n, "img", resumed);
   MeasureConfig mc;
   mc.px_per_mm = o.px_per_mm;
   parallel_for_each(
-      n, o.threads > 0 ? o.threads : 2,
-      [&](int64_t i) {
+      static_cast<int64_t>(todo.size()), o.threads > 0 ? o.threads : 2,
+      [&](int64_t k) {
+        if (stop_requested()) return;
+        const int64_t i = todo[k];
         const Record& r = ds.records[i];
         cv::Mat rgb, mask;
         Status st = load_record_pixels(r, 128, &rgb, &mask);
-        std::string err = st.ok() ? "" : st.message();
-        Item& it = items[i];
-        if (!err.empty()) {
-          it.line = {{"id", r.id}, {"error", err}};
+        nlohmann::json& line = lines[i];
+        if (!st.ok()) {
+          line = {{"id", r.id}, {"error", st.message()}};
         } else {
           cv::Mat given = mask;
-          it.m = measure_lesion(rgb, o.mask == "given" ? given : cv::Mat(), mc);
-          if (!given.empty() && given.size() == rgb.size()) {
-            cv::Mat auto_mask;
-            segment_lesion(rgb, &auto_mask);
-            it.dice = dice(auto_mask, given > 127);
-          }
-          CaptionFacts f = facts_from_measurements(r, it.m);
-          auto rep = structured_report(f, it.m);
+          Measurements m = measure_lesion(rgb, o.mask == "given" ? given : cv::Mat(), mc);
+          CaptionFacts f = facts_from_measurements(r, m);
+          auto rep = structured_report(f, m);
           uint64_t variant = std::hash<std::string>{}(r.id + std::to_string(o.seed)) | 1;
           std::string caption =
               tmpl.empty() ? compose_caption(f, variant) : apply_template(tmpl, f);
           if (llm) caption = llm->rewrite(f, caption);
-          it.line = {{"id", r.id},
-                     {"caption", caption},
-                     {"caption_canonical", compose_caption(f, 0)},
-                     {"report", rep},
-                     {"report_prose", report_prose(rep)},
-                     {"measured", it.m.to_json()},
-                     {"mask_source", it.m.mask_source},
-                     {"confidence", it.m.mask_confidence},
-                     {"dx", r.dx},
-                     {"label", r.label}};
-          if (!it.m.warning.empty()) {
-            it.line["warning"] = it.m.warning;
+          line = {{"id", r.id},
+                  {"caption", caption},
+                  {"caption_canonical", compose_caption(f, 0)},
+                  {"report", rep},
+                  {"report_prose", report_prose(rep)},
+                  {"measured", m.to_json()},
+                  {"mask_source", m.mask_source},
+                  {"confidence", m.mask_confidence},
+                  {"dx", r.dx},
+                  {"label", r.label}};
+          if (!m.warning.empty()) {
+            line["warning"] = m.warning;
             std::lock_guard<std::mutex> lock(mu);
-            log_warn(r.id + ": " + it.m.warning);
+            log_warn(r.id + ": " + m.warning);
           }
-          if (it.dice >= 0) it.line["auto_mask_dice"] = it.dice;
+          if (!given.empty() && given.size() == rgb.size()) {
+            cv::Mat auto_mask;
+            segment_lesion(rgb, &auto_mask);
+            line["auto_mask_dice"] = dice(auto_mask, given > 127);
+          }
         }
+        journal->append(line);  // an error is remembered and returned by finish() below
       },
       &prog, 50);
+  if (stop_requested()) {
+    LF_RETURN_IF_ERROR(journal->status());
+    return Status::error("caption: interrupted; the finished images are kept in " +
+                         journal->path() + " and the same command resumes from them");
+  }
   prog.finish();
-  // Write + summarise.
+  // Write + summarise (from the records, so a resumed run summarises the same way).
   std::ostringstream os;
   std::map<std::string, std::vector<double>> colours_by_dx;
   std::vector<double> dices, tds;
   std::vector<int> melnv;
   int64_t errors = 0, warnings = 0;
-  for (auto& it : items) {
-    os << it.line.dump() << '\n';
-    if (it.line.contains("error")) {
+  for (const auto& line : lines) {
+    os << line.dump() << '\n';
+    if (line.contains("error")) {
       errors++;
       continue;
     }
-    if (it.line.contains("warning")) warnings++;
-    std::string dx = it.line["dx"];
-    if (it.m.ok) colours_by_dx[dx].push_back(it.m.colour_count);
-    if (it.dice >= 0) dices.push_back(it.dice);
-    if (it.m.ok && (dx == "mel" || dx == "nv")) {
-      tds.push_back(it.m.tds);
+    if (line.contains("warning")) warnings++;
+    const std::string dx = line["dx"];
+    const auto& m = line["measured"];
+    const bool ok = m.value("ok", false);
+    if (ok) colours_by_dx[dx].push_back(m.value("colour_count", 0.0));
+    if (line.contains("auto_mask_dice")) dices.push_back(line["auto_mask_dice"].get<double>());
+    if (ok && (dx == "mel" || dx == "nv")) {
+      tds.push_back(m.value("tds", 0.0));
       melnv.push_back(dx == "mel");
     }
   }
+  LF_RETURN_IF_ERROR(journal->status());
   LF_RETURN_IF_ERROR(write_file_atomic(o.out, os.str()));
+  LF_RETURN_IF_ERROR(journal->finish());
   nlohmann::json llm_stats;
   if (llm) {
     LF_RETURN_IF_ERROR(llm->save_cache());
@@ -145,6 +175,7 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
     log_info("LLM rewrite: " + llm_stats.dump());
   }
   nlohmann::json s = {{"images", n},
+                      {"resumed", resumed},
                       {"errors", errors},
                       {"warnings", warnings},
                       {"seconds", prog.elapsed_seconds()},
@@ -178,8 +209,8 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
   return s;
 }
 
-Result<nlohmann::json> measure_image_folder(const std::string& images,
-                                            const std::string& out_path) {
+Result<nlohmann::json> measure_image_folder(const std::string& images, const std::string& out_path,
+                                            int threads) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(images)) return Status::error(images + ": not a directory");
   std::vector<fs::path> files;
@@ -190,31 +221,79 @@ Result<nlohmann::json> measure_image_folder(const std::string& images,
         files.push_back(e.path());
   }
   std::sort(files.begin(), files.end());
-  std::ostringstream os;
-  int64_t bad = 0;
-  for (const auto& f : files) {
-    auto img = read_image(f.string());
-    if (!img.ok()) {
-      log_warn("skipped: " + img.status().message());
-      bad++;
-      continue;
-    }
-    cv::Mat rgb;
-    cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
-    auto m = measure_lesion(rgb, cv::Mat());
-    os << nlohmann::json{{"file", f.filename().string()}, {"measured", m.to_json()}}.dump() << '\n';
-  }
   if (files.empty())
     return Status::error(images +
                          ": no images to measure (looked for the formats OpenCV reads: .png, .jpg, "
                          ".tif, .bmp, .webp, ...)");
-  if (bad == static_cast<int64_t>(files.size()))
-    return Status::error(images + ": none of the " + std::to_string(files.size()) +
-                         " images could be read");
   const std::string out = out_path.empty() ? images + "/concepts.jsonl" : out_path;
+  // Resume journal (keyed by file name; a skipped image is journaled as {file, error}).
+  const std::string out_dir = fs::path(out).parent_path().string();
+  if (!out_dir.empty()) LF_RETURN_IF_ERROR(make_dirs(out_dir));
+  std::vector<nlohmann::json> done;
+  LF_ASSIGN_OR_RETURN(auto journal, JsonlJournal::open(out + ".partial.jsonl",
+                                                       {{"command", "concepts measure"},
+                                                        {"images", fs::absolute(images).string()}},
+                                                       &done));
+  const int64_t n = static_cast<int64_t>(files.size());
+  std::vector<nlohmann::json> lines(n);
+  std::map<std::string, int64_t> index;
+  for (int64_t i = 0; i < n; ++i) index[files[i].filename().string()] = i;
+  int64_t resumed = 0;
+  for (auto& j : done) {
+    auto it = index.find(j.value("file", ""));
+    if (it != index.end() && lines[it->second].is_null()) {
+      lines[it->second] = std::move(j);
+      resumed++;
+    }
+  }
+  std::vector<int64_t> todo;
+  for (int64_t i = 0; i < n; ++i)
+    if (lines[i].is_null()) todo.push_back(i);
+  StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: finish the images in flight, keep the journal
+  Progress prog("concepts measure", n, "img", resumed);
+  std::mutex mu;
+  parallel_for_each(
+      static_cast<int64_t>(todo.size()), threads > 0 ? threads : 2,
+      [&](int64_t k) {
+        if (stop_requested()) return;
+        const fs::path& f = files[todo[k]];
+        nlohmann::json& line = lines[todo[k]];
+        auto img = read_image(f.string());
+        if (!img.ok()) {
+          {
+            std::lock_guard<std::mutex> lock(mu);
+            log_warn("skipped: " + img.status().message());
+          }
+          line = {{"file", f.filename().string()}, {"error", img.status().message()}};
+        } else {
+          cv::Mat rgb;
+          cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
+          line = {{"file", f.filename().string()},
+                  {"measured", measure_lesion(rgb, cv::Mat()).to_json()}};
+        }
+        journal->append(line);  // an error is remembered and returned by status() below
+      },
+      &prog, 16);
+  LF_RETURN_IF_ERROR(journal->status());
+  if (stop_requested())
+    return Status::error("concepts measure: interrupted; the finished images are kept in " +
+                         journal->path() + " and the same command resumes from them");
+  prog.finish();
+  std::ostringstream os;
+  int64_t bad = 0;
+  for (const auto& line : lines) {
+    if (line.contains("error")) {
+      bad++;
+      continue;
+    }
+    os << line.dump() << '\n';
+  }
+  if (bad == n)
+    return Status::error(images + ": none of the " + std::to_string(n) + " images could be read");
   LF_RETURN_IF_ERROR(write_file_atomic(out, os.str()));
+  LF_RETURN_IF_ERROR(journal->finish());
   return nlohmann::json{
-      {"measured", static_cast<int64_t>(files.size()) - bad}, {"skipped", bad}, {"out", out}};
+      {"measured", n - bad}, {"skipped", bad}, {"resumed", resumed}, {"out", out}};
 }
 
 }  // namespace lf

@@ -7,6 +7,7 @@
 #include "eval/audit.h"
 #include "lesionflow/concepts.h"
 #include "lesionflow/image_metrics.h"
+#include "lesionflow/log.h"
 #include "lesionflow/metrics.h"
 
 namespace lf {
@@ -210,9 +211,14 @@ nlohmann::json run_audit(const AuditInputs& in) {
   const auto& tr = *in.real_train;
   const auto& te = *in.real_test;
   const auto& sy = *in.synthetic;
+  // Stages: 3 feature passes, distances, CAS, memorisation, concepts, diversity.
+  Progress prog("audit", 8, "stage");
   auto f_tr = in.features(tr.pixels.data(), tr.count(), tr.size);
+  prog.update(1, "features of the real training images");
   auto f_te = in.features(te.pixels.data(), te.count(), te.size);
+  prog.update(2, "features of the real test images");
   auto f_sy = in.features(sy.pixels.data(), sy.count(), sy.size);
+  prog.update(3, "features of the synthetic images");
   // Fidelity: FD to the real test images, with the real-train vs real-test FD as the floor.
   // The floor uses as many real training images as there are synthetic ones (FD is biased
   // upward for small sets), with bootstrap 95% intervals over both sides.
@@ -243,6 +249,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
                              {"k", 3},
                              {"real_train_precision", prec0},
                              {"real_train_recall", rec0}};
+  prog.update(4, "FD, density/coverage, precision/recall");
   // Classification accuracy score: the real-data classifier labels the synthetic images.
   auto p = in.p_malignant(sy);
   double thr = in.threshold;
@@ -256,6 +263,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
                 {"n", sy.count()}};
   // Memorisation: nearest real training image of each synthetic one. Threshold: the 1st
   // percentile of real-train nearest-neighbour distances (two different real images).
+  prog.update(5, "CAS");
   nlohmann::json mem;
   auto px_tr = pixel_rows(tr), px_sy = pixel_rows(sy);
   for (std::string space : {"pixel", "feature"}) {
@@ -285,6 +293,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
                   {"closest_pairs", pairs}};
   }
   out["memorisation"] = mem;
+  prog.update(6, "memorisation");
   // Concept adherence, with real test images measured the same way (64 px, automatic mask)
   // against their own captions as the reference for measurement noise.
   std::map<std::string, const nlohmann::json*> asked_of;
@@ -310,7 +319,9 @@ nlohmann::json run_audit(const AuditInputs& in) {
   }
   out["concept_adherence"] = {{"synthetic_vs_prompt", syn.to_json()},
                               {"real_64px_vs_own_caption", ref.to_json()}};
+  prog.update(7, "concept adherence");
   out["diversity"] = diversity(in, sy, tr);
+  prog.finish("diversity");
   return out;
 }
 

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -41,8 +42,10 @@ Status write_file_atomic(const std::string& path, const std::string& bytes) {
     f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     f.flush();
     if (!f) {
+      const int e = errno;
       std::remove(tmp.c_str());
-      return Status::error(tmp + ": write failed (disk full?)");
+      return Status::error(path + ": write failed: " + std::strerror(e) +
+                           " (disk full?); the previous file is unchanged");
     }
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {

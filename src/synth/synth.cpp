@@ -183,32 +183,14 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   // Resume: items already in the manifest (whose image exists) are done.
   std::set<std::string> done;
   if (file_exists(manifest)) {
-    // A kill during the append leaves a torn last line: drop it (its images are redone). A bad
-    // line anywhere else is damage this command did not make: refuse.
-    LF_ASSIGN_OR_RETURN(std::string text, read_file(manifest));
-    std::istringstream in(text);
-    std::string line, kept;
-    int ln = 0;
-    const bool ends_clean = !text.empty() && text.back() == '\n';
-    while (std::getline(in, line)) {
-      ++ln;
-      if (line.empty()) continue;
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(line);
-      } catch (const std::exception& e) {
-        if (in.peek() == EOF && !ends_clean) {
-          log_warn(manifest + ":" + std::to_string(ln) +
-                   ": dropped a torn last line (an interrupted write); its images are made again");
-          break;
-        }
-        return Status::error(manifest + ":" + std::to_string(ln) + ": cannot resume: " + e.what());
-      }
+    // A kill during the append leaves a torn last line: it is dropped and its images are redone.
+    LF_ASSIGN_OR_RETURN(auto recs, read_jsonl_tolerant(manifest, nullptr, nullptr));
+    std::string kept;
+    for (const auto& j : recs)
       if (file_exists(cfg.out + "/" + j.value("file", ""))) {
         done.insert(j.value("id", ""));
         kept += j.dump() + "\n";
       }
-    }
     LF_RETURN_IF_ERROR(write_file_atomic(manifest, kept));
   }
   nlohmann::json plan_file = plan_summary;

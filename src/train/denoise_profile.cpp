@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "data/images_torch.h"
+#include "lesionflow/log.h"
 #include "lesionflow/rng.h"
 #include "train/common.h"
 
@@ -49,6 +50,7 @@ Result<std::vector<DenoiseRow>> denoise_profile(MMDiT& model, const Tokenizer& t
   };
   Tensor px0 = decode ? decoded(x0_all) : Tensor();
   std::vector<DenoiseRow> rows;
+  Progress prog("denoise-profile", static_cast<int64_t>(cfg.ts.size()), "t");
   for (size_t k = 0; k < cfg.ts.size(); ++k) {
     const double t = cfg.ts[k];
     DenoiseRow r;
@@ -101,6 +103,7 @@ Result<std::vector<DenoiseRow>> denoise_profile(MMDiT& model, const Tokenizer& t
       r.roundtrip_pixel_spread = spread_ratio(decoded(xb), px0);
     }
     rows.push_back(r);
+    prog.update(static_cast<int64_t>(k + 1));
   }
   return rows;
 }

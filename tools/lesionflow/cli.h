@@ -28,6 +28,28 @@ struct GlobalOptions {
 
 using Runner = std::function<Status()>;
 
+// Range checks for numeric flags with a readable message ("must be > 0, got 0"; CLI11's own
+// PositiveNumber says "Value 0 not in range 0.000000 to 1.797e+308"). Every numeric flag of every
+// subcommand uses these or CLI::Range, so the ranges show in --help as POSITIVE / NON-NEGATIVE.
+inline CLI::Validator number_check(bool allow_zero) {
+  return CLI::Validator(
+      [allow_zero](std::string& v) -> std::string {
+        double x = 0;
+        size_t used = 0;
+        try {
+          x = std::stod(v, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used != v.size() || v.empty()) return "'" + v + "' is not a number";
+        if (allow_zero ? x >= 0 : x > 0) return "";
+        return std::string(allow_zero ? "must be >= 0" : "must be > 0") + ", got " + v;
+      },
+      allow_zero ? "NON-NEGATIVE" : "POSITIVE");
+}
+inline const CLI::Validator kPositive = number_check(false);
+inline const CLI::Validator kNonNegative = number_check(true);
+
 // Each subcommand file registers itself; the selected runner is stored in *run.
 void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run);
 void add_data(CLI::App& app, GlobalOptions& g, Runner* run);

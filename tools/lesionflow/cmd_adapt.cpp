@@ -25,11 +25,11 @@ void add_adapt(CLI::App& app, GlobalOptions& g, Runner* run) {
                 "train on images with dx=, site=, sex= or age=VALUE (repeatable, all must match)");
   f->add_option("--limit", ft.limit, "at most N training images (seeded choice)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  f->add_option("--rank", ft.rank, "LoRA rank")->capture_default_str()->check(CLI::PositiveNumber);
+      ->check(kNonNegative);
+  f->add_option("--rank", ft.rank, "LoRA rank")->capture_default_str()->check(kPositive);
   f->add_option("--alpha", ft.alpha, "LoRA alpha (scale alpha/rank)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   f->add_option("--targets", ft.targets, "attn,mlp,mod,io,text or re:REGEX")->capture_default_str();
   f->add_option("--rank-for", ft.rank_for, "per-group rank, e.g. mod=4 (repeatable)");
   f->add_option(
@@ -62,10 +62,10 @@ void add_adapt(CLI::App& app, GlobalOptions& g, Runner* run) {
       "autoencoder of a latent teacher (default: the file its checkpoint names, beside it)");
   d->add_option("--guidance", di.distill.guidance, "teacher CFG scale baked into the student")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   d->add_option("--student-steps", di.distill.student_steps, "Euler steps the student samples with")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   d->add_option("--substeps", di.distill.substeps,
                 "teacher Euler steps per student step (1 = guidance distillation only)")
       ->check(CLI::Range(1, 64))

@@ -25,35 +25,33 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->check(CLI::Range(1, 4));
   tr->add_option("--steps", o.train.steps, "optimisation steps")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   tr->add_option("--batch", o.train.batch, "batch size")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
-  tr->add_option("--lr", o.train.lr, "peak learning rate")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  tr->add_option("--lr", o.train.lr, "peak learning rate")->capture_default_str()->check(kPositive);
   tr->add_option("--kl-weight", o.train.kl_weight, "weight of the mean KL per latent element")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   tr->add_option("--grad-weight", o.train.grad_weight, "weight of the image-gradient L1")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   tr->add_option("--gan-weight", o.train.gan_weight, "PatchGAN (least squares) weight, 0 = off")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   tr->add_option("--gan-start", o.train.gan_start, "step at which the discriminator starts")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   tr->add_option("--max-minutes", o.train.max_minutes,
                  "wall-clock budget; checkpoint and stop (0 = none)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   tr->add_option("--ckpt-every", o.train.ckpt_every, "checkpoint every N steps")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   tr->add_option("--val-every", o.train.val_every,
                  "validation PSNR/SSIM and recon grid every N steps")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   tr->add_flag("--resume", o.train.resume, "continue the run in --out exactly where it stopped");
   tr->callback([&g, run]() {
     *run = [&g]() -> Status {

@@ -10,24 +10,24 @@ void add_bench(CLI::App& app, GlobalOptions& g, Runner* run) {
       "bench", "speed of every stage vs sgemm and vs python3-torch (one interleaved run)");
   b->add_option("--reps", o.reps, "repetitions per variant (median reported)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   b->add_option("--preset", o.preset, "generator preset")->capture_default_str();
   b->add_option("--batch", o.batch, "generator training batch")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   b->add_option("--text-tokens", o.text_tokens, "caption length in tokens")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   b->add_option("--sample-steps", o.sample_steps, "sampler steps")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   b->add_option("--distilled-steps", o.distilled_steps,
                 "steps of the distilled-student sampling variant")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   b->add_option("--cfg", o.cfg, "guidance scale of the CFG sampling variant")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   b->add_option("--data", o.data, "HAM10000 root for the prepare/caption variants")
       ->capture_default_str();
   b->add_option("--python", o.python, "python with torch")->capture_default_str();

@@ -17,15 +17,14 @@ void add_caption(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->check(CLI::IsMember({"given", "auto"}));
   c->add_option("--template", o.template_file,
                 "caption template file with {dx} {site} {colours} ... placeholders");
-  c->add_option("--limit", o.limit, "only the first N images")->check(CLI::NonNegativeNumber);
-  c->add_option("--px-per-mm", o.px_per_mm, "image scale for diameters in mm")
-      ->check(CLI::NonNegativeNumber);
+  c->add_option("--limit", o.limit, "only the first N images")->check(kNonNegative);
+  c->add_option("--px-per-mm", o.px_per_mm, "image scale for diameters in mm")->check(kNonNegative);
   c->add_option("--llm-url", o.llm_url,
                 "OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1 (optional rewrite)");
   c->add_option("--llm-model", o.llm_model, "model name sent to the server")->capture_default_str();
   c->add_option("--llm-timeout", o.llm_timeout, "seconds per request before falling back")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   c->callback([&g, run]() {
     *run = [&g]() -> Status {
       o.seed = g.seed;
@@ -57,7 +56,7 @@ void add_caption(CLI::App& app, GlobalOptions& g, Runner* run) {
   m->add_option("--out", out, "output JSONL (default IMAGES/concepts.jsonl)");
   m->callback([&g, run]() {
     *run = [&g]() -> Status {
-      LF_ASSIGN_OR_RETURN(nlohmann::json j, measure_image_folder(images, out));
+      LF_ASSIGN_OR_RETURN(nlohmann::json j, measure_image_folder(images, out, g.threads));
       if (g.json)
         emit_json(g, j);
       else

@@ -50,7 +50,7 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--synthetic", t.synthetic, "synthetic set directory (manifest.jsonl)");
   tr->add_option("--synthetic-weight", t.synthetic_weight, "loss weight of synthetic images")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   tr->add_option("--arm", t.arm,
                  "real | real+synthetic | real+filtered (without the synthetic images whose "
                  "label --filter-with contradicts) | synthetic-then-real (pretrain on synthetic, "
@@ -75,22 +75,16 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
         "binary (benign/malignant) | dx (one output per diagnosis: the reference feature network)")
       ->capture_default_str()
       ->check(CLI::IsMember({"binary", "dx"}));
-  tr->add_option("--width", t.width, "CNN width")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  tr->add_option("--epochs", t.epochs, "epochs")->capture_default_str()->check(CLI::PositiveNumber);
-  tr->add_option("--batch", t.batch, "batch size")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  tr->add_option("--lr", t.lr, "peak learning rate")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  tr->add_option("--width", t.width, "CNN width")->capture_default_str()->check(kPositive);
+  tr->add_option("--epochs", t.epochs, "epochs")->capture_default_str()->check(kPositive);
+  tr->add_option("--batch", t.batch, "batch size")->capture_default_str()->check(kPositive);
+  tr->add_option("--lr", t.lr, "peak learning rate")->capture_default_str()->check(kPositive);
   tr->add_option("--patience", t.patience, "early-stopping patience (epochs)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   tr->add_option("--max-minutes", t.max_minutes, "time budget")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   tr->add_option("--test-dataset", t.test_datasets,
                  "extra test datasets (evaluated, never trained on)");
   tr->add_flag("--resume", t.resume, "continue an interrupted run");

@@ -152,7 +152,7 @@ void add_data(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   sp->add_option("--scarcity", o.scarcity, "also draw N training images (written next to --out)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   sp->add_option("--malignant-fraction", o.malignant_fraction,
                  "class ratio of the scarcity subset (-1: natural)");
   sp->callback([&g, run]() { *run = [&g]() { return run_split(o, g); }; });
@@ -162,7 +162,7 @@ void add_data(CLI::App& app, GlobalOptions& g, Runner* run) {
   pr->add_option("--out", o.out, "cache directory")->required();
   pr->add_option("--size", o.size, "output side in pixels")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   pr->add_option("--fit", o.fit, "crop | pad (keep aspect ratio)")
       ->capture_default_str()
       ->check(CLI::IsMember({"crop", "pad"}));
@@ -170,10 +170,8 @@ void add_data(CLI::App& app, GlobalOptions& g, Runner* run) {
 
   auto* ph = data->add_subcommand("phantom", "render phantom lesions with ground truth as PNGs");
   ph->add_option("--out", o.out, "output directory")->required();
-  ph->add_option("--n", o.n, "how many")->capture_default_str()->check(CLI::PositiveNumber);
-  ph->add_option("--size", o.size, "side in pixels")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  ph->add_option("--n", o.n, "how many")->capture_default_str()->check(kPositive);
+  ph->add_option("--size", o.size, "side in pixels")->capture_default_str()->check(kPositive);
   ph->callback([&g, run]() { *run = [&g]() { return run_phantom(o, g); }; });
 }
 

@@ -16,12 +16,12 @@ void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given) {
   s->add_option("--steps", gc.sampler.steps,
                 "sampler steps (default: the checkpoint's recommendation, else this)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->each([&given](const std::string&) { given.steps = true; });
   s->add_option("--cfg", gc.cfg_scale,
                 "classifier-free guidance scale, 1 = off (default: the checkpoint's, else this)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber)
+      ->check(kNonNegative)
       ->each([&given](const std::string&) { given.cfg = true; });
   s->add_option_function<std::vector<double>>(
        "--cfg-interval",
@@ -35,7 +35,7 @@ void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given) {
   s->add_option("--shift", gc.sampler.shift,
                 "timestep shift of the schedule (default: the checkpoint's, else this)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->each([&given](const std::string&) { given.shift = true; });
   s->add_option("--eta", gc.sampler.eta,
                 "ddim stochasticity: 0 = deterministic (= euler), 1 = ancestral (default: the "
@@ -53,7 +53,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   data_flags(tt, tk.data);
   tt->add_option("--vocab", tk.vocab, "vocabulary size (upper bound)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   tt->add_option("--out", tk.out, "output .model file")->required();
   bind(tt, tk, g, run, run_tokenizer_training, [](const nlohmann::json& j) {
     std::printf("tokenizer: vocab %d, longest caption %d tokens, %d of %zu over 64 -> %s\n",
@@ -67,7 +67,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   data_flags(t, tr.data);
   t->add_option("--vocab", tr.vocab, "tokenizer vocabulary size (upper bound)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   t->add_option("--tokenizer", tr.tokenizer,
                 "sentencepiece model (default: train one on the captions)");
   t->add_option("--preset", tr.preset, "tiny | small | base")->capture_default_str();
@@ -92,9 +92,7 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
                     kShippedGenerator + ")");
   s->add_option("--prompt", sa.prompts, "prompt (repeatable)");
   s->add_option("--prompts-file", sa.prompts_file, "one prompt per line");
-  s->add_option("--n", sa.n, "images per prompt")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  s->add_option("--n", sa.n, "images per prompt")->capture_default_str()->check(kPositive);
   // Unset sampler flags take the checkpoint's recommendation (a distilled student's), else these
   // defaults.
   sa.gen.sampler.steps = 20;
@@ -123,10 +121,10 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->check(CLI::Range(2, 100000));
   d->add_option("--steps", dp.steps, "Euler steps of a round trip from t = 1")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   d->add_option("--cfg", dp.cfg, "guidance of the round trips")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   d->add_option("--out", dp.out, "JSON file");
   bind(d, dp, g, run, run_denoise_profile, [](const nlohmann::json& j) {
     std::printf("%5s %8s %8s %8s %9s %10s %9s %9s %9s\n", "t", "v_mse", "v_uncond", "x0_mse",

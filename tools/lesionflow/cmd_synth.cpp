@@ -83,7 +83,7 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   y->add_option("--captions", s.captions, "captions.jsonl (prompts are drawn from these)");
   y->add_option("--total", s.plan.total, "synthetic images")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   y->add_option(
        "--balance", s.plan.balance,
        "label | dx (equal classes) | fill-label | fill-dx (top up the short classes) | none")
@@ -97,7 +97,7 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   add_sampler_flags(y, s.gen, s.given);
   y->add_option("--batch", s.gen.batch, "images per forward batch")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   y->add_flag("--plan-only", s.plan_only, "write plan.json and stop");
   y->add_option("--out", s.out, "output directory (required)");
   static SynthExportOptions e;
@@ -153,7 +153,7 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
                  "extra test datasets (evaluated, never trained on)");
   ex->add_option("--budget-minutes", x.budget_minutes, "scale classifier epochs to fit")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   ex->callback([&g, run]() {
     *run = [&g]() -> Status {
       ExperimentOptions o;

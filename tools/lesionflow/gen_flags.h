@@ -15,27 +15,23 @@ inline void data_flags(CLI::App* s, GenDataSpec& d) {
 inline void loop_flags(CLI::App* s, LoopOptions& l) {
   s->add_option("--steps", l.steps, "total optimisation steps")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  s->add_option("--batch", l.batch, "batch size")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  s->add_option("--lr", l.lr, "peak learning rate")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
+  s->add_option("--batch", l.batch, "batch size")->capture_default_str()->check(kPositive);
+  s->add_option("--lr", l.lr, "peak learning rate")->capture_default_str()->check(kPositive);
   s->add_option("--max-minutes", l.max_minutes, "wall-clock budget; checkpoint and stop (0 = none)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   s->add_option("--ckpt-every", l.ckpt_every, "checkpoint every N steps")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   s->add_option("--sample-every", l.sample_every, "validation grid every N steps")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   s->add_option("--log-every", l.log_every, "metrics every N steps")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   s->add_option("--val-every", l.val_every, "validation loss (EMA weights) every N steps")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
   s->add_flag("--resume", l.resume, "continue the run in --out exactly where it stopped");
 }
 

@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   app.add_option("--seed", g.seed, "seed for every random choice")->capture_default_str();
   app.add_option("--threads", g.threads, "intra-op threads (0 = all cores)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::kNonNegative);
   app.add_flag("--json", g.json, "machine-readable JSON on stdout");
   app.add_option("--device", g.device, "cpu or cuda[:N]")->capture_default_str();
   app.add_option(
@@ -92,8 +92,9 @@ int main(int argc, char** argv) {
   }
   if (stop_requested()) {  // a training loop checkpointed and returned early
     if (!st.ok()) log_error(st.message());
-    log_warn(std::string("stopped by ") + stop_signal_name() +
-             "; the last checkpoint is written: rerun with --resume to continue");
+    log_warn(
+        std::string("stopped by ") + stop_signal_name() +
+        "; the work so far is saved: rerun the same command (training: with --resume) to continue");
     return 128 + stop_signal();
   }
   if (!st.ok()) {
