@@ -120,6 +120,9 @@ TEST(Serve, MalformedRequestsGetA4xxJsonErrorAndTheServerKeepsServing) {
       {"/v1/generate", "{\"caption\": \"a nevus\", \"cfg\": \"high\"}", J,
        "'cfg' must be a number"},
       {"/v1/generate", "{\"caption\": \"a nevus\", \"seed\": -5}", J, "'seed' must be in"},
+      {"/v1/generate", "{\"caption\": \"a nevus\", \"lora_strength\": 0.5}", J, "needs an adapter"},
+      {"/v1/generate", "{\"caption\": \"a nevus\", \"lora_strength\": 7}", J,
+       "'lora_strength' must be in"},
       {"/v1/generate", "{\"caption\": \"" + std::string(5000, 'a') + "\"}", J, "limit of 2000"},
       {"/v1/generate", "{\"caption\": \"" + std::string(3u << 20, 'a') + "\"}", J, "too large"},
       {"/v1/generate",
@@ -191,6 +194,45 @@ TEST(Serve, AFullQueueAnswers503WithRetryAfter) {
   EXPECT_EQ(retry, "5");
   EXPECT_EQ(slow.get(), 200);
   server->stop();
+}
+
+// The page in headless Chromium: the form is filled from the URL (as a shared link fills it),
+// Generate is pressed by the page itself (autorun=1), and Chromium waits (virtual time stops
+// while the request is open) for the grid. The screenshot must not be blank, and the DOM must
+// hold one card per image, each with its measured-concept panel next to the asked concepts.
+TEST(Serve, ThePageGeneratesAGridWithMeasuredConceptsInHeadlessChromium) {
+  auto server = start_server();
+  ASSERT_TRUE(server);
+  const std::string dir = test::tmp_dir("serve_page"), shot = dir + "/page.png";
+  const std::string url = "'http://127.0.0.1:" + std::to_string(server->port()) +
+                          "/?dx=mel&age=65&sex=male&site=back&asymmetry=2&colours=dark%20brown,"
+                          "blue-gray&n=2&steps=4&seed=3&autorun=1'";
+  const std::string chromium =
+      "timeout 180 chromium --headless --no-sandbox --disable-gpu --hide-scrollbars "
+      "--virtual-time-budget=120000 --window-size=1280,1000 ";
+  std::system((chromium + "--screenshot=" + shot + " " + url + " > /dev/null 2>&1").c_str());
+  cv::Mat img = cv::imread(shot);
+  ASSERT_FALSE(img.empty())
+      << "no screenshot from headless chromium (scripts/setup.sh --test installs it)";
+  cv::Mat grey;
+  cv::cvtColor(img, grey, cv::COLOR_BGR2GRAY);
+  EXPECT_GT(cv::countNonZero(grey < 200) / static_cast<double>(grey.total()), 0.05)
+      << "the page looks blank";
+  const std::string dom = run_command_capture(chromium + "--dump-dom " + url + " 2>/dev/null");
+  auto count = [&](const std::string& needle) {
+    size_t n = 0;
+    for (size_t k = dom.find(needle); k != std::string::npos; k = dom.find(needle, k + 1)) ++n;
+    return n;
+  };
+  // (needles that the page's script source does not contain)
+  EXPECT_EQ(count("alt=\"generated lesion 0\""), 1u) << dom.substr(0, 4000);
+  EXPECT_EQ(count("alt=\"generated lesion 1\""), 1u);
+  EXPECT_EQ(count("<th></th></tr><tr><td>asymmetry</td>"), 2u);  // the measured panels
+  EXPECT_EQ(count("src=\"data:image/png;base64,iVBORw0KGgo"), 2u);
+  EXPECT_NE(dom.find("two axes"), std::string::npos);  // asked asymmetry shown in the panel
+  EXPECT_NE(dom.find("2 images in"), std::string::npos);
+  EXPECT_NE(dom.find("malignant melanoma on the back of a 65-year-old man"), std::string::npos)
+      << "the caption was not composed from the form";
 }
 
 }  // namespace lf

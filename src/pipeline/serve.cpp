@@ -146,6 +146,8 @@ struct ApiServer::Impl {
   std::string ckpt, adapters;
   LoadedGenerator gen;
   std::unique_ptr<LoraRuntime> lora;
+  std::vector<std::pair<std::shared_ptr<LoraAdapter>, double>> adapter_list;  // as loaded
+  double lora_scale = 1.0;  // the request's adapter strength now applied (x each loaded one)
   GenerateConfig defaults;
   int image_size = 0;
   httplib::Server svr;
@@ -186,6 +188,9 @@ struct ApiServer::Impl {
     GenerateConfig gc = defaults;
     gc.sampler.steps = static_cast<int>(int_field(j, "steps", 1, o.max_steps, gc.sampler.steps));
     gc.cfg_scale = num_field(j, "cfg", 0, 20, gc.cfg_scale);
+    const double scale = num_field(j, "lora_strength", 0, 2, 1.0);
+    if (j.contains("lora_strength") && adapter_list.empty())
+      throw HttpError{400, "'lora_strength' needs an adapter (start serve with --lora)"};
     if (++inflight > o.queue) {
       --inflight;
       throw HttpError{503, "busy: " + std::to_string(o.queue) +
@@ -203,6 +208,7 @@ struct ApiServer::Impl {
     {
       std::lock_guard<std::mutex> lock(gen_mu);
       torch::NoGradGuard ng;
+      if (scale != lora_scale) set_lora_scale(scale);
       imgs = generate_images(gen, prompts, seeds, gc);
     }
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -221,12 +227,25 @@ struct ApiServer::Impl {
                    {"request_seed", seed},
                    {"index", i},
                    {"checkpoint_hash", gen.hash},
-                   {"adapters", adapters}});
+                   {"adapters", adapters},
+                   {"lora_strength", scale}});
       out["images"].push_back({{"png_base64", base64_encode(std::string(png.begin(), png.end()))},
                                {"provenance", prov},
                                {"measured", measure_lesion(rgb.clone(), cv::Mat()).to_json()}});
     }
     return out;
+  }
+
+  // Base weights back, then every adapter at (its loaded strength x scale). Under gen_mu.
+  void set_lora_scale(double scale) {
+    lora.reset();
+    lora = std::make_unique<LoraRuntime>(gen.model);
+    for (auto& [a, s] : adapter_list) {
+      Status st = lora->add(a, s * scale);
+      if (!st.ok()) throw std::runtime_error(st.message());
+    }
+    lora->apply();
+    lora_scale = scale;
   }
 
   nlohmann::json measure(const httplib::Request& req) {
@@ -258,6 +277,13 @@ struct ApiServer::Impl {
                              : res.status == 404 ? "no such endpoint"
                                                  : "request refused"},
                    {"status", res.status}});
+    });
+    svr.Get("/", [](const httplib::Request&, httplib::Response& res) {
+      res.set_header("X-Content-Type-Options", "nosniff");
+      res.set_header("Content-Security-Policy",
+                     "default-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; "
+                     "script-src 'unsafe-inline'; connect-src 'self'");
+      res.set_content(serve_page_html(), "text/html; charset=utf-8");
     });
     svr.Get(
         "/v1/health", guarded([this](const httplib::Request&, httplib::Response& res) {
@@ -293,7 +319,8 @@ struct ApiServer::Impl {
         }));
     svr.Post("/v1/generate", guarded([this](const httplib::Request& req, httplib::Response& res) {
                std::set<std::string> keys = kConceptKeys;
-               for (const char* k : {"caption", "n", "seed", "steps", "cfg"}) keys.insert(k);
+               for (const char* k : {"caption", "n", "seed", "steps", "cfg", "lora_strength"})
+                 keys.insert(k);
                auto j = json_body(req, keys);
                try {
                  send_json(res, 200, generate(j));
@@ -334,6 +361,7 @@ Result<std::unique_ptr<ApiServer>> ApiServer::start(const ServeOptions& o) {
     auto [path, strength] = split_strength(spec);
     LF_ASSIGN_OR_RETURN(auto a, LoraAdapter::load(path, impl->gen.model, impl->gen.hash));
     LF_RETURN_IF_ERROR(impl->lora->add(a, strength));
+    impl->adapter_list.emplace_back(a, strength);
     impl->adapters +=
         (impl->adapters.empty() ? "" : ",") + a->hash + ":" + std::to_string(strength);
   }

@@ -40,6 +40,9 @@ class ApiServer {
   std::unique_ptr<Impl> impl_;
 };
 
+// The page served at GET / (src/pipeline/serve_page.cpp).
+const char* serve_page_html();
+
 // Loads the model, binds, serves until SIGINT/SIGTERM.
 Status run_server(const ServeOptions& o);
 
