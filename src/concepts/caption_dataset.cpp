@@ -26,6 +26,29 @@ double dice(const cv::Mat& a, const cv::Mat& b) {
   return s > 0 ? 2.0 * cv::countNonZero(a & b) / s : 1.0;
 }
 
+// The records of a resumed journal put in their places (items keyed by keys[i] in field `key`);
+// returns the indices still to do.
+std::vector<int64_t> place_done(std::vector<nlohmann::json> done, const std::vector<std::string>& keys,
+                                const char* key, std::vector<nlohmann::json>* lines,
+                                int64_t* resumed) {
+  const int64_t n = static_cast<int64_t>(keys.size());
+  lines->assign(n, nlohmann::json());
+  std::map<std::string, int64_t> index;
+  for (int64_t i = 0; i < n; ++i) index[keys[i]] = i;
+  *resumed = 0;
+  for (auto& j : done) {
+    auto it = index.find(j.value(key, ""));
+    if (it != index.end() && (*lines)[it->second].is_null()) {
+      (*lines)[it->second] = std::move(j);
+      ++*resumed;
+    }
+  }
+  std::vector<int64_t> todo;
+  for (int64_t i = 0; i < n; ++i)
+    if ((*lines)[i].is_null()) todo.push_back(i);
+  return todo;
+}
+
 }  // namespace
 
 nlohmann::json CaptionRunOptions::to_json() const {
@@ -68,20 +91,11 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
   LF_ASSIGN_OR_RETURN(auto journal,
                       JsonlJournal::open(o.out + ".partial.jsonl",
                                          {{"command", "caption"}, {"options", run_id}}, &done));
-  std::vector<nlohmann::json> lines(n);
-  std::map<std::string, int64_t> index;
-  for (int64_t i = 0; i < n; ++i) index[ds.records[i].id] = i;
+  std::vector<std::string> keys;
+  for (int64_t i = 0; i < n; ++i) keys.push_back(ds.records[i].id);
+  std::vector<nlohmann::json> lines;
   int64_t resumed = 0;
-  for (auto& j : done) {
-    auto it = index.find(j.value("id", ""));
-    if (it != index.end() && lines[it->second].is_null()) {
-      lines[it->second] = std::move(j);
-      resumed++;
-    }
-  }
-  std::vector<int64_t> todo;
-  for (int64_t i = 0; i < n; ++i)
-    if (lines[i].is_null()) todo.push_back(i);
+  const std::vector<int64_t> todo = place_done(std::move(done), keys, "id", &lines, &resumed);
   std::mutex mu;            // log lines from the workers
   StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: finish the images in flight, keep the journal
   Progress prog("caption", n, "img", resumed);
@@ -235,20 +249,11 @@ Result<nlohmann::json> measure_image_folder(const std::string& images, const std
                                                         {"images", fs::absolute(images).string()}},
                                                        &done));
   const int64_t n = static_cast<int64_t>(files.size());
-  std::vector<nlohmann::json> lines(n);
-  std::map<std::string, int64_t> index;
-  for (int64_t i = 0; i < n; ++i) index[files[i].filename().string()] = i;
+  std::vector<std::string> keys;
+  for (const auto& f : files) keys.push_back(f.filename().string());
+  std::vector<nlohmann::json> lines;
   int64_t resumed = 0;
-  for (auto& j : done) {
-    auto it = index.find(j.value("file", ""));
-    if (it != index.end() && lines[it->second].is_null()) {
-      lines[it->second] = std::move(j);
-      resumed++;
-    }
-  }
-  std::vector<int64_t> todo;
-  for (int64_t i = 0; i < n; ++i)
-    if (lines[i].is_null()) todo.push_back(i);
+  const std::vector<int64_t> todo = place_done(std::move(done), keys, "file", &lines, &resumed);
   StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: finish the images in flight, keep the journal
   Progress prog("concepts measure", n, "img", resumed);
   std::mutex mu;

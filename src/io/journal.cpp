@@ -10,9 +10,12 @@
 
 namespace lf {
 
-Result<std::vector<nlohmann::json>> read_jsonl_tolerant(const std::string& path,
-                                                        std::vector<int>* line_numbers, int* torn) {
+namespace {
+// torn == nullptr: strict (every bad line is an error).
+Result<std::vector<nlohmann::json>> parse_jsonl(const std::string& path,
+                                                std::vector<int>* line_numbers, int* torn) {
   if (torn) *torn = 0;
+  if (!file_exists(path)) return Status::error(path + ": cannot open");
   LF_ASSIGN_OR_RETURN(std::string text, read_file(path));
   const bool ends_clean = text.empty() || text.back() == '\n';
   std::istringstream in(text);
@@ -26,16 +29,29 @@ Result<std::vector<nlohmann::json>> read_jsonl_tolerant(const std::string& path,
       out.push_back(nlohmann::json::parse(line));
       if (line_numbers) line_numbers->push_back(ln);
     } catch (const std::exception& e) {
-      if (in.peek() == EOF && !ends_clean) {
+      if (torn && in.peek() == EOF && !ends_clean) {
         log_warn(path + ":" + std::to_string(ln) +
                  ": dropped a torn last line (an interrupted write); its item is done again");
-        if (torn) *torn = 1;
+        *torn = 1;
         break;
       }
       return Status::error(path + ":" + std::to_string(ln) + ": invalid JSON: " + e.what());
     }
   }
   return out;
+}
+}  // namespace
+
+Result<std::vector<nlohmann::json>> read_jsonl(const std::string& path,
+                                               std::vector<int>* line_numbers) {
+  return parse_jsonl(path, line_numbers, nullptr);
+}
+
+Result<std::vector<nlohmann::json>> read_jsonl_tolerant(const std::string& path,
+                                                        std::vector<int>* line_numbers,
+                                                        int* torn) {
+  int dropped = 0;
+  return parse_jsonl(path, line_numbers, torn ? torn : &dropped);
 }
 
 Result<std::unique_ptr<JsonlJournal>> JsonlJournal::open(const std::string& path,
