@@ -28,9 +28,9 @@ double dice(const cv::Mat& a, const cv::Mat& b) {
 
 // The records of a resumed journal put in their places (items keyed by keys[i] in field `key`);
 // returns the indices still to do.
-std::vector<int64_t> place_done(std::vector<nlohmann::json> done, const std::vector<std::string>& keys,
-                                const char* key, std::vector<nlohmann::json>* lines,
-                                int64_t* resumed) {
+std::vector<int64_t> place_done(std::vector<nlohmann::json> done,
+                                const std::vector<std::string>& keys, const char* key,
+                                std::vector<nlohmann::json>* lines, int64_t* resumed) {
   const int64_t n = static_cast<int64_t>(keys.size());
   lines->assign(n, nlohmann::json());
   std::map<std::string, int64_t> index;

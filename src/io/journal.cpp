@@ -48,8 +48,7 @@ Result<std::vector<nlohmann::json>> read_jsonl(const std::string& path,
 }
 
 Result<std::vector<nlohmann::json>> read_jsonl_tolerant(const std::string& path,
-                                                        std::vector<int>* line_numbers,
-                                                        int* torn) {
+                                                        std::vector<int>* line_numbers, int* torn) {
   int dropped = 0;
   return parse_jsonl(path, line_numbers, torn ? torn : &dropped);
 }
