@@ -1,8 +1,13 @@
 #include "lesionflow/concepts.h"
 
+#include <cstdio>
+#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <set>
 
+#include "lesionflow/captions.h"
 #include "lesionflow/io.h"
+#include "lesionflow/jsonl.h"
 #include "test_util.h"
 
 namespace lf {
@@ -41,6 +46,65 @@ TEST(Concepts, PhantomAsymmetryColoursAndSegmentationMatchGroundTruth) {
   RecordProperty("asymmetry_exact", exact_asym);
   std::printf("phantoms: asymmetry exact %d/%d, colour F1 %.3f, auto-segmentation Dice %.3f\n",
               exact_asym, n, f1, dice_sum / n);
+}
+
+// Resolution independence: a dermoscopy-sized 768x576 image, its 2x (1536x1152) and 0.5x
+// (384x288) resizes give the same measured concepts. Tolerances: asymmetry and the colour set
+// equal in >= 10 of 12 images per resize, border score within 1 sector, area fraction within
+// 0.02, diameter in input pixels within 6% of the 1x one times the scale.
+TEST(Concepts, MeasurementsAgreeAcrossResolutions) {
+  int asym_same = 0, colours_same = 0, n = 0;
+  for (uint64_t s = 0; s < 12; ++s) {
+    PhantomParams p = sample_phantom_params(3000 + s);
+    cv::Mat sq, mask, img;
+    render_phantom(p, 576, &sq, &mask);
+    cv::copyMakeBorder(sq, img, 0, 0, 96, 96, cv::BORDER_REFLECT);
+    const Measurements m1 = measure_lesion(img, cv::Mat());
+    ASSERT_TRUE(m1.ok) << m1.warning;
+    for (double f : {2.0, 0.5}) {
+      cv::Mat r;
+      cv::resize(img, r, cv::Size(), f, f, f > 1 ? cv::INTER_CUBIC : cv::INTER_AREA);
+      const Measurements m = measure_lesion(r, cv::Mat());
+      ASSERT_TRUE(m.ok) << m.warning;
+      ++n;
+      asym_same += m.asymmetry == m1.asymmetry;
+      colours_same += m.colour_present == m1.colour_present;
+      EXPECT_LE(std::abs(m.border - m1.border), 1) << "seed " << s << " x" << f;
+      EXPECT_NEAR(m.area_fraction, m1.area_fraction, 0.02) << "seed " << s << " x" << f;
+      EXPECT_NEAR(m.diameter_px / (f * m1.diameter_px), 1.0, 0.06) << "seed " << s << " x" << f;
+    }
+  }
+  std::printf("resize agreement (2x and 0.5x vs 1x): asymmetry %d/%d, colour set %d/%d\n",
+              asym_same, n, colours_same, n);
+  EXPECT_GE(asym_same, n - 4) << asym_same << " of " << n;
+  EXPECT_GE(colours_same, n - 4) << colours_same << " of " << n;
+}
+
+// Every format OpenCV reads is measured (BMP, TIFF, WebP next to PNG/JPEG), in subfolders with
+// --recursive; the records name the files relative to the folder.
+TEST(Concepts, MeasureFolderReadsBmpTiffWebpAndRecurses) {
+  const std::string dir = test::tmp_dir("measure_formats");
+  PhantomParams p = sample_phantom_params(42);
+  cv::Mat rgb, mask, bgr;
+  render_phantom(p, 96, &rgb, &mask);
+  cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+  std::filesystem::create_directories(dir + "/sub");
+  for (const char* f : {"/a.bmp", "/b.tif", "/c.webp", "/d.jpg", "/sub/e.png"})
+    ASSERT_TRUE(cv::imwrite(dir + f, bgr)) << f;
+  auto flat = measure_image_folder(dir, dir + "/flat.jsonl", 2, false);
+  ASSERT_TRUE(flat.ok()) << flat.status().message();
+  EXPECT_EQ((*flat)["measured"], 4);
+  auto deep = measure_image_folder(dir, dir + "/deep.jsonl", 2, true);
+  ASSERT_TRUE(deep.ok()) << deep.status().message();
+  EXPECT_EQ((*deep)["measured"], 5);
+  auto recs = read_jsonl(dir + "/deep.jsonl");
+  ASSERT_TRUE(recs.ok());
+  std::set<std::string> files;
+  for (auto& r : *recs) {
+    files.insert(r["file"].get<std::string>());
+    EXPECT_TRUE(r["measured"]["ok"].get<bool>()) << r.dump();
+  }
+  EXPECT_EQ(files, (std::set<std::string>{"a.bmp", "b.tif", "c.webp", "d.jpg", "sub/e.png"}));
 }
 
 TEST(Concepts, BorderScoreIncreasesWithIrregularity) {

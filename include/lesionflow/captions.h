@@ -77,7 +77,8 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o);
 // images are skipped and counted. out_path "" = IMAGES/concepts.jsonl. `threads` workers (0 = 2).
 // Resumable: finished images go to OUT.partial.jsonl as they are measured, and a run killed or
 // stopped (SIGTERM) is continued by the same command. {measured, skipped, resumed, out}.
+// recursive: subfolders too ("file" is then the path relative to `images`).
 Result<nlohmann::json> measure_image_folder(const std::string& images, const std::string& out_path,
-                                            int threads = 0);
+                                            int threads = 0, bool recursive = false);
 
 }  // namespace lf

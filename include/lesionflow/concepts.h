@@ -70,7 +70,12 @@ struct MeasureConfig {
   double px_per_mm = 0;                 // scale, 0 = unknown
 };
 
-// rgb: 8-bit RGB image; mask: 0/255 or empty (then segmented automatically).
+// Images with a long side above this are measured downscaled to it (INTER_AREA), so large
+// dermoscopy images cost about as much as HAM's and give the same result as their resizes.
+constexpr int kMeasureMaxSide = 256;
+
+// rgb: 8-bit RGB image; mask: 0/255 or empty (then segmented automatically). Hair is removed
+// once; diameter_px is in the input's pixels, every other quantity is relative to the image.
 Measurements measure_lesion(const cv::Mat& rgb, const cv::Mat& mask, const MeasureConfig& cfg = {});
 int fitzpatrick_from_ita(double ita);
 

@@ -224,16 +224,23 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
 }
 
 Result<nlohmann::json> measure_image_folder(const std::string& images, const std::string& out_path,
-                                            int threads) {
+                                            int threads, bool recursive) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(images)) return Status::error(images + ": not a directory");
   std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(images)) {
-    if (e.is_regular_file() && is_image_path(e.path().string()))
-      if (e.path().filename().string().find("grid") == std::string::npos &&
-          e.path().filename().string().find("_mask") == std::string::npos)
-        files.push_back(e.path());
+  auto consider = [&](const fs::directory_entry& e) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && is_image_path(e.path().string()) &&
+        name.find("grid") == std::string::npos && name.find("_mask") == std::string::npos)
+      files.push_back(e.path());
+  };
+  std::error_code ec;
+  if (recursive) {
+    for (const auto& e : fs::recursive_directory_iterator(images, ec)) consider(e);
+  } else {
+    for (const auto& e : fs::directory_iterator(images, ec)) consider(e);
   }
+  if (ec) return Status::error(images + ": cannot list: " + ec.message());
   std::sort(files.begin(), files.end());
   if (files.empty())
     return Status::error(images +
@@ -246,11 +253,12 @@ Result<nlohmann::json> measure_image_folder(const std::string& images, const std
   std::vector<nlohmann::json> done;
   LF_ASSIGN_OR_RETURN(auto journal, JsonlJournal::open(out + ".partial.jsonl",
                                                        {{"command", "concepts measure"},
-                                                        {"images", fs::absolute(images).string()}},
+                                                        {"images", fs::absolute(images).string()},
+                                                        {"recursive", recursive}},
                                                        &done));
   const int64_t n = static_cast<int64_t>(files.size());
   std::vector<std::string> keys;
-  for (const auto& f : files) keys.push_back(f.filename().string());
+  for (const auto& f : files) keys.push_back(fs::relative(f, images).string());
   std::vector<nlohmann::json> lines;
   int64_t resumed = 0;
   const std::vector<int64_t> todo = place_done(std::move(done), keys, "file", &lines, &resumed);
@@ -269,12 +277,11 @@ Result<nlohmann::json> measure_image_folder(const std::string& images, const std
             std::lock_guard<std::mutex> lock(mu);
             log_warn("skipped: " + img.status().message());
           }
-          line = {{"file", f.filename().string()}, {"error", img.status().message()}};
+          line = {{"file", keys[todo[k]]}, {"error", img.status().message()}};
         } else {
           cv::Mat rgb;
           cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
-          line = {{"file", f.filename().string()},
-                  {"measured", measure_lesion(rgb, cv::Mat()).to_json()}};
+          line = {{"file", keys[todo[k]]}, {"measured", measure_lesion(rgb, cv::Mat()).to_json()}};
         }
         journal->append(line);  // an error is remembered and returned by status() below
       },

@@ -91,11 +91,21 @@ void remove_hair(const cv::Mat& rgb, cv::Mat* out) {
   cv::inpaint(rgb, hair, *out, 3, cv::INPAINT_TELEA);
 }
 
+namespace {
+Segmentation segment_hairless(const cv::Mat& rgb, cv::Mat* mask_out);
+}  // namespace
+
 Segmentation segment_lesion(const cv::Mat& rgb_in, cv::Mat* mask_out) {
-  Segmentation seg;
-  seg.source = "auto";
   cv::Mat rgb;
   remove_hair(rgb_in, &rgb);
+  return segment_hairless(rgb, mask_out);
+}
+
+namespace {
+// segment_lesion of an image whose hair is already removed (measure_lesion removes it once).
+Segmentation segment_hairless(const cv::Mat& rgb, cv::Mat* mask_out) {
+  Segmentation seg;
+  seg.source = "auto";
   cv::Mat lab = to_lab(rgb);
   const int W = lab.cols, H = lab.rows;
   cv::Scalar mean_lab = cv::mean(lab);
@@ -174,6 +184,7 @@ Segmentation segment_lesion(const cv::Mat& rgb_in, cv::Mat* mask_out) {
   *mask_out = m;
   return seg;
 }
+}  // namespace
 
 int fitzpatrick_from_ita(double ita) {
   if (ita > 55) return 1;
@@ -184,22 +195,36 @@ int fitzpatrick_from_ita(double ita) {
   return 6;
 }
 
-Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in,
+Measurements measure_lesion(const cv::Mat& rgb_full, const cv::Mat& mask_full,
                             const MeasureConfig& cfg) {
   Measurements m;
+  const bool mask_fits = !mask_full.empty() && mask_full.size() == rgb_full.size();
+  if (!mask_full.empty() && !mask_fits)
+    m.warning = "mask size " + std::to_string(mask_full.cols) + "x" +
+                std::to_string(mask_full.rows) + " differs from image " +
+                std::to_string(rgb_full.cols) + "x" + std::to_string(rgb_full.rows) +
+                "; segmented automatically. ";
+  // The working size: a larger image is analysed at long side kMeasureMaxSide (every size
+  // parameter below is relative to the image, so the result does not depend on the input
+  // resolution); diameter_px is reported in the input's pixels.
+  cv::Mat rgb_in = rgb_full, mask_in = mask_fits ? mask_full : cv::Mat();
+  const int long_side = std::max(rgb_full.cols, rgb_full.rows);
+  const double scale = long_side > kMeasureMaxSide ? double(long_side) / kMeasureMaxSide : 1.0;
+  if (scale > 1) {
+    const cv::Size work(std::max(1, static_cast<int>(std::lround(rgb_full.cols / scale))),
+                        std::max(1, static_cast<int>(std::lround(rgb_full.rows / scale))));
+    cv::resize(rgb_full, rgb_in, work, 0, 0, cv::INTER_AREA);
+    if (mask_fits) cv::resize(mask_full, mask_in, work, 0, 0, cv::INTER_NEAREST);
+  }
   cv::Mat rgb;
-  remove_hair(rgb_in, &rgb);
+  remove_hair(rgb_in, &rgb);  // once: the segmentation below works on the same hairless image
   cv::Mat mask;
-  if (!mask_in.empty() && mask_in.size() == rgb.size()) {
+  if (!mask_in.empty()) {
     mask = mask_in > 127;
     m.mask_source = "given";
     m.mask_confidence = 1.0;
   } else {
-    if (!mask_in.empty())
-      m.warning = "mask size " + std::to_string(mask_in.cols) + "x" + std::to_string(mask_in.rows) +
-                  " differs from image " + std::to_string(rgb.cols) + "x" +
-                  std::to_string(rgb.rows) + "; segmented automatically. ";
-    Segmentation s = segment_lesion(rgb_in, &mask);
+    Segmentation s = segment_hairless(rgb, &mask);
     m.mask_source = s.source;
     m.mask_confidence = s.confidence;
     if (!s.warning.empty()) m.warning += s.warning;
@@ -224,6 +249,7 @@ Measurements measure_lesion(const cv::Mat& rgb_in, const cv::Mat& mask_in,
   for (size_t i = 0; i < hull.size(); ++i)
     for (size_t j = i + 1; j < hull.size(); ++j)
       m.diameter_px = std::max(m.diameter_px, cv::norm(hull[i] - hull[j]));
+  m.diameter_px *= scale;  // in the input image's pixels
   if (cfg.px_per_mm > 0) m.diameter_mm = m.diameter_px / cfg.px_per_mm;
   double perim = cv::arcLength(c, true), carea = cv::contourArea(c);
   m.compactness = carea > 0 ? perim * perim / (4 * M_PI * carea) : 0;

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <functional>
 #include <numeric>
 #include <opencv2/imgproc.hpp>
@@ -19,6 +20,7 @@
 #include "lesionflow/concepts.h"
 #include "lesionflow/io.h"
 #include "lesionflow/log.h"
+#include "lesionflow/phantom.h"
 #include "lesionflow/record_pixels.h"
 #include "lesionflow/runtime.h"
 #include "train/common.h"
@@ -360,6 +362,32 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
                   }
                   return n / since(t0);
                 }});
+  // concepts measure on a folder (decode + measure, all threads): dermoscopy-sized 768x576 PNGs
+  // and 64x64 generated-size ones (phantoms, written once).
+  for (int side : {576, 64}) {
+    const int w = side > 100 ? side * 4 / 3 : side;
+    const std::string dir = (std::filesystem::temp_directory_path() /
+                             ("lesionflow_bench_measure_" + std::to_string(side)))
+                                .string();
+    std::filesystem::remove_all(dir);
+    LF_RETURN_IF_ERROR(make_dirs(dir));
+    const int n = side > 100 ? 48 : 256;
+    for (int i = 0; i < n; ++i) {
+      cv::Mat sq, mask, img, bgr;
+      render_phantom(sample_phantom_params(5000 + i), side, &sq, &mask);
+      cv::copyMakeBorder(sq, img, 0, 0, (w - side) / 2, w - side - (w - side) / 2,
+                         cv::BORDER_REFLECT);
+      cv::cvtColor(img, bgr, cv::COLOR_RGB2BGR);
+      LF_RETURN_IF_ERROR(write_png(dir + "/img_" + std::to_string(i) + ".png", bgr));
+    }
+    vs.push_back({"concepts measure, " + std::to_string(w) + "x" + std::to_string(side) +
+                      " PNGs (" + std::to_string(threads) + " threads)",
+                  "img/s", [dir, n, threads] {
+                    auto t0 = Clock::now();
+                    auto r = measure_image_folder(dir, dir + "/concepts.jsonl", threads);
+                    return r.ok() ? n / since(t0) : 0.0;
+                  }});
+  }
   if (!o.only.empty()) {
     std::regex re(o.only, std::regex::icase);
     std::vector<Variant> kept;

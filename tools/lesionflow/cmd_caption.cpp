@@ -48,15 +48,20 @@ void add_caption(CLI::App& app, GlobalOptions& g, Runner* run) {
   });
 
   static std::string images, out;
+  static bool recursive = false;
   auto* cc = app.add_subcommand("concepts", "concept tools");
   cc->require_subcommand(1);
   auto* m =
       cc->add_subcommand("measure", "measure generated images the same way (concept adherence)");
-  m->add_option("--images", images, "directory of PNG/JPEG images")->required();
+  m->add_option("--images", images,
+                "folder of images (every format OpenCV reads: PNG, JPEG, BMP, TIFF, WebP, ...)")
+      ->required();
   m->add_option("--out", out, "output JSONL (default IMAGES/concepts.jsonl)");
+  m->add_flag("--recursive", recursive, "also the images in subfolders");
   m->callback([&g, run]() {
     *run = [&g]() -> Status {
-      LF_ASSIGN_OR_RETURN(nlohmann::json j, measure_image_folder(images, out, g.threads));
+      LF_ASSIGN_OR_RETURN(nlohmann::json j,
+                          measure_image_folder(images, out, g.threads, recursive));
       if (g.json)
         emit_json(g, j);
       else
