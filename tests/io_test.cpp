@@ -126,7 +126,7 @@ TEST(JsonlJournal, ResumesSameRunDropsTornTailAndSetsAsideOtherRuns) {
   EXPECT_TRUE(std::filesystem::exists(path + ".old"));
   // A bad line that is not the last one is damage, not a torn append.
   ASSERT_TRUE(write_file_atomic(dir + "/bad.jsonl", "{\"a\":1}\nnot json\n{\"a\":2}\n").ok());
-  auto bad = read_jsonl_tolerant(dir + "/bad.jsonl", nullptr, nullptr);
+  auto bad = read_jsonl_tolerant(dir + "/bad.jsonl");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("bad.jsonl:2"), std::string::npos);
 }

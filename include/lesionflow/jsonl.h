@@ -17,10 +17,9 @@ Result<std::vector<nlohmann::json>> read_jsonl(const std::string& path,
                                                std::vector<int>* line_numbers = nullptr);
 
 // Like read_jsonl for a file that a killed writer may have left: a last line without its newline
-// that does not parse is a torn append and is dropped (counted in *torn); a bad line anywhere else
+// that does not parse is a torn append and is dropped with a warning; a bad line anywhere else
 // is damage the writer did not make and stays an error.
-Result<std::vector<nlohmann::json>> read_jsonl_tolerant(const std::string& path,
-                                                        std::vector<int>* line_numbers, int* torn);
+Result<std::vector<nlohmann::json>> read_jsonl_tolerant(const std::string& path);
 
 // The resume journal of a long command that makes one record per item (caption, concepts
 // measure): every finished record is appended and flushed at once, so a kill loses at most the

@@ -1,8 +1,8 @@
 // Captioning of a dataset (measured ABC(D) concepts + metadata -> captions.jsonl with a summary)
 // and concept measurement of a folder of images.
 #include <filesystem>
+#include <functional>
 #include <map>
-#include <mutex>
 #include <opencv2/imgproc.hpp>
 #include <sstream>
 
@@ -26,27 +26,58 @@ double dice(const cv::Mat& a, const cv::Mat& b) {
   return s > 0 ? 2.0 * cv::countNonZero(a & b) / s : 1.0;
 }
 
-// The records of a resumed journal put in their places (items keyed by keys[i] in field `key`);
-// returns the indices still to do.
-std::vector<int64_t> place_done(std::vector<nlohmann::json> done,
-                                const std::vector<std::string>& keys, const char* key,
-                                std::vector<nlohmann::json>* lines, int64_t* resumed) {
+// One resumable pass over items, as caption and concepts measure make it: the journal at
+// OUT.partial.jsonl (OUT's folder created); the records of an interrupted run with the same
+// header put back in their places (item i is keys[i] in field `key`); the other items made by
+// make(i) on `threads` workers with progress, each record journaled as it is made. SIGTERM /
+// Ctrl-C lets the items in flight finish and returns an error that says how to resume.
+struct JournaledRun {
+  std::vector<nlohmann::json> lines;  // one record per item, in item order
+  int64_t resumed = 0;
+  double seconds = 0;
+  std::unique_ptr<JsonlJournal> journal;  // finish() once the real output is written
+};
+
+Result<JournaledRun> run_journaled(const std::string& out, const nlohmann::json& header,
+                                   const std::vector<std::string>& keys, const char* key,
+                                   int threads, const std::string& label, int64_t every,
+                                   const std::function<nlohmann::json(int64_t)>& make) {
+  const std::string out_dir = std::filesystem::path(out).parent_path().string();
+  if (!out_dir.empty()) LF_RETURN_IF_ERROR(make_dirs(out_dir));
+  std::vector<nlohmann::json> done;
+  JournaledRun run;
+  LF_ASSIGN_OR_RETURN(run.journal, JsonlJournal::open(out + ".partial.jsonl", header, &done));
   const int64_t n = static_cast<int64_t>(keys.size());
-  lines->assign(n, nlohmann::json());
+  run.lines.assign(n, nlohmann::json());
   std::map<std::string, int64_t> index;
   for (int64_t i = 0; i < n; ++i) index[keys[i]] = i;
-  *resumed = 0;
   for (auto& j : done) {
     auto it = index.find(j.value(key, ""));
-    if (it != index.end() && (*lines)[it->second].is_null()) {
-      (*lines)[it->second] = std::move(j);
-      ++*resumed;
+    if (it != index.end() && run.lines[it->second].is_null()) {
+      run.lines[it->second] = std::move(j);
+      ++run.resumed;
     }
   }
   std::vector<int64_t> todo;
   for (int64_t i = 0; i < n; ++i)
-    if ((*lines)[i].is_null()) todo.push_back(i);
-  return todo;
+    if (run.lines[i].is_null()) todo.push_back(i);
+  StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: finish the items in flight, keep the journal
+  Progress prog(label, n, "img", run.resumed);
+  parallel_for_each(
+      static_cast<int64_t>(todo.size()), threads > 0 ? threads : 2,
+      [&](int64_t k) {
+        if (stop_requested()) return;
+        run.lines[todo[k]] = make(todo[k]);
+        run.journal->append(run.lines[todo[k]]);  // an error is kept for status() below
+      },
+      &prog, every);
+  LF_RETURN_IF_ERROR(run.journal->status());
+  if (stop_requested())
+    return Status::error(label + ": interrupted; the finished images are kept in " +
+                         run.journal->path() + " and the same command resumes from them");
+  prog.finish();
+  run.seconds = prog.elapsed_seconds();
+  return run;
 }
 
 }  // namespace
@@ -81,83 +112,59 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
     llm = std::make_unique<LlmRewriter>(
         LlmConfig{o.llm_url, o.llm_model, o.llm_timeout, o.out + ".llm_cache.jsonl"});
   const int64_t n = o.limit > 0 ? std::min<int64_t>(o.limit, ds.records.size()) : ds.records.size();
-  // Resume journal: records of an interrupted run with the same options are kept (the options
-  // minus threads, which do not change a record).
+  // The journal's header: the options minus threads (they do not change a record).
   nlohmann::json run_id = o.to_json();
   run_id.erase("threads");
-  std::vector<nlohmann::json> done;
-  const std::string out_dir = std::filesystem::path(o.out).parent_path().string();
-  if (!out_dir.empty()) LF_RETURN_IF_ERROR(make_dirs(out_dir));
-  LF_ASSIGN_OR_RETURN(auto journal,
-                      JsonlJournal::open(o.out + ".partial.jsonl",
-                                         {{"command", "caption"}, {"options", run_id}}, &done));
   std::vector<std::string> keys;
   for (int64_t i = 0; i < n; ++i) keys.push_back(ds.records[i].id);
-  std::vector<nlohmann::json> lines;
-  int64_t resumed = 0;
-  const std::vector<int64_t> todo = place_done(std::move(done), keys, "id", &lines, &resumed);
-  std::mutex mu;            // log lines from the workers
-  StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: finish the images in flight, keep the journal
-  Progress prog("caption", n, "img", resumed);
   MeasureConfig mc;
   mc.px_per_mm = o.px_per_mm;
-  parallel_for_each(
-      static_cast<int64_t>(todo.size()), o.threads > 0 ? o.threads : 2,
-      [&](int64_t k) {
-        if (stop_requested()) return;
-        const int64_t i = todo[k];
-        const Record& r = ds.records[i];
-        cv::Mat rgb, mask;
-        Status st = load_record_pixels(r, 128, &rgb, &mask);
-        nlohmann::json& line = lines[i];
-        if (!st.ok()) {
-          line = {{"id", r.id}, {"error", st.message()}};
-        } else {
-          cv::Mat given = mask;
-          Measurements m = measure_lesion(rgb, o.mask == "given" ? given : cv::Mat(), mc);
-          CaptionFacts f = facts_from_measurements(r, m);
-          auto rep = structured_report(f, m);
-          uint64_t variant = std::hash<std::string>{}(r.id + std::to_string(o.seed)) | 1;
-          std::string caption =
-              tmpl.empty() ? compose_caption(f, variant) : apply_template(tmpl, f);
-          if (llm) caption = llm->rewrite(f, caption);
-          line = {{"id", r.id},
-                  {"caption", caption},
-                  {"caption_canonical", compose_caption(f, 0)},
-                  {"report", rep},
-                  {"report_prose", report_prose(rep)},
-                  {"measured", m.to_json()},
-                  {"mask_source", m.mask_source},
-                  {"confidence", m.mask_confidence},
-                  {"dx", r.dx},
-                  {"label", r.label}};
-          if (!m.warning.empty()) {
-            line["warning"] = m.warning;
-            std::lock_guard<std::mutex> lock(mu);
-            log_warn(r.id + ": " + m.warning);
-          }
-          if (!given.empty() && given.size() == rgb.size()) {
-            cv::Mat auto_mask;
-            segment_lesion(rgb, &auto_mask);
-            line["auto_mask_dice"] = dice(auto_mask, given > 127);
-          }
-        }
-        journal->append(line);  // an error is remembered and returned by finish() below
-      },
-      &prog, 50);
-  if (stop_requested()) {
-    LF_RETURN_IF_ERROR(journal->status());
-    return Status::error("caption: interrupted; the finished images are kept in " +
-                         journal->path() + " and the same command resumes from them");
-  }
-  prog.finish();
+  LF_ASSIGN_OR_RETURN(
+      JournaledRun run,
+      run_journaled(o.out, {{"command", "caption"}, {"options", run_id}}, keys, "id", o.threads,
+                    "caption", 50, [&](int64_t i) -> nlohmann::json {
+                      const Record& r = ds.records[i];
+                      cv::Mat rgb, mask;
+                      Status st = load_record_pixels(r, 128, &rgb, &mask);
+                      if (!st.ok()) return {{"id", r.id}, {"error", st.message()}};
+                      cv::Mat given = mask;
+                      Measurements m =
+                          measure_lesion(rgb, o.mask == "given" ? given : cv::Mat(), mc);
+                      CaptionFacts f = facts_from_measurements(r, m);
+                      auto rep = structured_report(f, m);
+                      uint64_t variant =
+                          std::hash<std::string>{}(r.id + std::to_string(o.seed)) | 1;
+                      std::string caption =
+                          tmpl.empty() ? compose_caption(f, variant) : apply_template(tmpl, f);
+                      if (llm) caption = llm->rewrite(f, caption);
+                      nlohmann::json line = {{"id", r.id},
+                                             {"caption", caption},
+                                             {"caption_canonical", compose_caption(f, 0)},
+                                             {"report", rep},
+                                             {"report_prose", report_prose(rep)},
+                                             {"measured", m.to_json()},
+                                             {"mask_source", m.mask_source},
+                                             {"confidence", m.mask_confidence},
+                                             {"dx", r.dx},
+                                             {"label", r.label}};
+                      if (!m.warning.empty()) {
+                        line["warning"] = m.warning;
+                        log_warn(r.id + ": " + m.warning);
+                      }
+                      if (!given.empty() && given.size() == rgb.size()) {
+                        cv::Mat auto_mask;
+                        segment_lesion(rgb, &auto_mask);
+                        line["auto_mask_dice"] = dice(auto_mask, given > 127);
+                      }
+                      return line;
+                    }));
   // Write + summarise (from the records, so a resumed run summarises the same way).
   std::ostringstream os;
   std::map<std::string, std::vector<double>> colours_by_dx;
   std::vector<double> dices, tds;
   std::vector<int> melnv;
   int64_t errors = 0, warnings = 0;
-  for (const auto& line : lines) {
+  for (const auto& line : run.lines) {
     os << line.dump() << '\n';
     if (line.contains("error")) {
       errors++;
@@ -174,9 +181,8 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
       melnv.push_back(dx == "mel");
     }
   }
-  LF_RETURN_IF_ERROR(journal->status());
   LF_RETURN_IF_ERROR(write_file_atomic(o.out, os.str()));
-  LF_RETURN_IF_ERROR(journal->finish());
+  LF_RETURN_IF_ERROR(run.journal->finish());
   nlohmann::json llm_stats;
   if (llm) {
     LF_RETURN_IF_ERROR(llm->save_cache());
@@ -188,12 +194,8 @@ Result<nlohmann::json> caption_dataset(const CaptionRunOptions& o) {
                  {"rejected_fell_back", st.rejected}};
     log_info("LLM rewrite: " + llm_stats.dump());
   }
-  nlohmann::json s = {{"images", n},
-                      {"resumed", resumed},
-                      {"errors", errors},
-                      {"warnings", warnings},
-                      {"seconds", prog.elapsed_seconds()},
-                      {"options", o.to_json()}};
+  nlohmann::json s = {{"images", n},          {"resumed", run.resumed}, {"errors", errors},
+                      {"warnings", warnings}, {"seconds", run.seconds}, {"options", o.to_json()}};
   if (llm) s["llm"] = llm_stats;
   if (!dices.empty()) {
     std::sort(dices.begin(), dices.end());
@@ -247,53 +249,30 @@ Result<nlohmann::json> measure_image_folder(const std::string& images, const std
                          ": no images to measure (looked for the formats OpenCV reads: .png, .jpg, "
                          ".tif, .bmp, .webp, ...)");
   const std::string out = out_path.empty() ? images + "/concepts.jsonl" : out_path;
-  // Resume journal (keyed by file name; a skipped image is journaled as {file, error}).
-  const std::string out_dir = fs::path(out).parent_path().string();
-  if (!out_dir.empty()) LF_RETURN_IF_ERROR(make_dirs(out_dir));
-  std::vector<nlohmann::json> done;
-  LF_ASSIGN_OR_RETURN(auto journal, JsonlJournal::open(out + ".partial.jsonl",
-                                                       {{"command", "concepts measure"},
-                                                        {"images", fs::absolute(images).string()},
-                                                        {"recursive", recursive}},
-                                                       &done));
-  const int64_t n = static_cast<int64_t>(files.size());
+  // Keyed by the path relative to `images`; a skipped image is journaled as {file, error}.
   std::vector<std::string> keys;
   for (const auto& f : files) keys.push_back(fs::relative(f, images).string());
-  std::vector<nlohmann::json> lines;
-  int64_t resumed = 0;
-  const std::vector<int64_t> todo = place_done(std::move(done), keys, "file", &lines, &resumed);
-  StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: finish the images in flight, keep the journal
-  Progress prog("concepts measure", n, "img", resumed);
-  std::mutex mu;
-  parallel_for_each(
-      static_cast<int64_t>(todo.size()), threads > 0 ? threads : 2,
-      [&](int64_t k) {
-        if (stop_requested()) return;
-        const fs::path& f = files[todo[k]];
-        nlohmann::json& line = lines[todo[k]];
-        auto img = read_image(f.string());
-        if (!img.ok()) {
-          {
-            std::lock_guard<std::mutex> lock(mu);
-            log_warn("skipped: " + img.status().message());
-          }
-          line = {{"file", keys[todo[k]]}, {"error", img.status().message()}};
-        } else {
-          cv::Mat rgb;
-          cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
-          line = {{"file", keys[todo[k]]}, {"measured", measure_lesion(rgb, cv::Mat()).to_json()}};
-        }
-        journal->append(line);  // an error is remembered and returned by status() below
-      },
-      &prog, 16);
-  LF_RETURN_IF_ERROR(journal->status());
-  if (stop_requested())
-    return Status::error("concepts measure: interrupted; the finished images are kept in " +
-                         journal->path() + " and the same command resumes from them");
-  prog.finish();
+  LF_ASSIGN_OR_RETURN(
+      JournaledRun run,
+      run_journaled(
+          out,
+          {{"command", "concepts measure"},
+           {"images", fs::absolute(images).string()},
+           {"recursive", recursive}},
+          keys, "file", threads, "concepts measure", 16, [&](int64_t i) -> nlohmann::json {
+            auto img = read_image(files[i].string());
+            if (!img.ok()) {
+              log_warn("skipped: " + img.status().message());
+              return {{"file", keys[i]}, {"error", img.status().message()}};
+            }
+            cv::Mat rgb;
+            cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
+            return {{"file", keys[i]}, {"measured", measure_lesion(rgb, cv::Mat()).to_json()}};
+          }));
+  const int64_t n = static_cast<int64_t>(files.size());
   std::ostringstream os;
   int64_t bad = 0;
-  for (const auto& line : lines) {
+  for (const auto& line : run.lines) {
     if (line.contains("error")) {
       bad++;
       continue;
@@ -303,9 +282,9 @@ Result<nlohmann::json> measure_image_folder(const std::string& images, const std
   if (bad == n)
     return Status::error(images + ": none of the " + std::to_string(n) + " images could be read");
   LF_RETURN_IF_ERROR(write_file_atomic(out, os.str()));
-  LF_RETURN_IF_ERROR(journal->finish());
+  LF_RETURN_IF_ERROR(run.journal->finish());
   return nlohmann::json{
-      {"measured", n - bad}, {"skipped", bad}, {"resumed", resumed}, {"out", out}};
+      {"measured", n - bad}, {"skipped", bad}, {"resumed", run.resumed}, {"out", out}};
 }
 
 }  // namespace lf

@@ -92,16 +92,6 @@ void remove_hair(const cv::Mat& rgb, cv::Mat* out) {
 }
 
 namespace {
-Segmentation segment_hairless(const cv::Mat& rgb, cv::Mat* mask_out);
-}  // namespace
-
-Segmentation segment_lesion(const cv::Mat& rgb_in, cv::Mat* mask_out) {
-  cv::Mat rgb;
-  remove_hair(rgb_in, &rgb);
-  return segment_hairless(rgb, mask_out);
-}
-
-namespace {
 // segment_lesion of an image whose hair is already removed (measure_lesion removes it once).
 Segmentation segment_hairless(const cv::Mat& rgb, cv::Mat* mask_out) {
   Segmentation seg;
@@ -185,6 +175,12 @@ Segmentation segment_hairless(const cv::Mat& rgb, cv::Mat* mask_out) {
   return seg;
 }
 }  // namespace
+
+Segmentation segment_lesion(const cv::Mat& rgb_in, cv::Mat* mask_out) {
+  cv::Mat rgb;
+  remove_hair(rgb_in, &rgb);
+  return segment_hairless(rgb, mask_out);
+}
 
 int fitzpatrick_from_ita(double ita) {
   if (ita > 55) return 1;

@@ -11,10 +11,10 @@
 namespace lf {
 
 namespace {
-// torn == nullptr: strict (every bad line is an error).
+// tolerate_torn: a bad last line without its newline is dropped, not an error.
 Result<std::vector<nlohmann::json>> parse_jsonl(const std::string& path,
-                                                std::vector<int>* line_numbers, int* torn) {
-  if (torn) *torn = 0;
+                                                std::vector<int>* line_numbers,
+                                                bool tolerate_torn) {
   if (!file_exists(path)) return Status::error(path + ": cannot open");
   LF_ASSIGN_OR_RETURN(std::string text, read_file(path));
   const bool ends_clean = text.empty() || text.back() == '\n';
@@ -29,10 +29,9 @@ Result<std::vector<nlohmann::json>> parse_jsonl(const std::string& path,
       out.push_back(nlohmann::json::parse(line));
       if (line_numbers) line_numbers->push_back(ln);
     } catch (const std::exception& e) {
-      if (torn && in.peek() == EOF && !ends_clean) {
+      if (tolerate_torn && in.peek() == EOF && !ends_clean) {
         log_warn(path + ":" + std::to_string(ln) +
                  ": dropped a torn last line (an interrupted write); its item is done again");
-        *torn = 1;
         break;
       }
       return Status::error(path + ":" + std::to_string(ln) + ": invalid JSON: " + e.what());
@@ -44,13 +43,11 @@ Result<std::vector<nlohmann::json>> parse_jsonl(const std::string& path,
 
 Result<std::vector<nlohmann::json>> read_jsonl(const std::string& path,
                                                std::vector<int>* line_numbers) {
-  return parse_jsonl(path, line_numbers, nullptr);
+  return parse_jsonl(path, line_numbers, false);
 }
 
-Result<std::vector<nlohmann::json>> read_jsonl_tolerant(const std::string& path,
-                                                        std::vector<int>* line_numbers, int* torn) {
-  int dropped = 0;
-  return parse_jsonl(path, line_numbers, torn ? torn : &dropped);
+Result<std::vector<nlohmann::json>> read_jsonl_tolerant(const std::string& path) {
+  return parse_jsonl(path, nullptr, true);
 }
 
 Result<std::unique_ptr<JsonlJournal>> JsonlJournal::open(const std::string& path,
@@ -60,7 +57,7 @@ Result<std::unique_ptr<JsonlJournal>> JsonlJournal::open(const std::string& path
   const nlohmann::json head = {{"journal", header}};
   std::string keep = head.dump() + "\n";
   if (file_exists(path)) {
-    auto recs = read_jsonl_tolerant(path, nullptr, nullptr);
+    auto recs = read_jsonl_tolerant(path);
     if (!recs.ok() || recs->empty() || (*recs)[0] != head) {
       const std::string aside = path + ".old";
       std::error_code ec;

@@ -366,6 +366,11 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   // and 64x64 generated-size ones (phantoms, written once).
   for (int side : {576, 64}) {
     const int w = side > 100 ? side * 4 / 3 : side;
+    const std::string name = "concepts measure, " + std::to_string(w) + "x" + std::to_string(side) +
+                             " PNGs (" + std::to_string(threads) + " threads)";
+    // The images are written only when the row is selected (--only filters the rows below).
+    if (!o.only.empty() && !std::regex_search(name, std::regex(o.only, std::regex::icase)))
+      continue;
     const std::string dir = (std::filesystem::temp_directory_path() /
                              ("lesionflow_bench_measure_" + std::to_string(side)))
                                 .string();
@@ -380,9 +385,7 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
       cv::cvtColor(img, bgr, cv::COLOR_RGB2BGR);
       LF_RETURN_IF_ERROR(write_png(dir + "/img_" + std::to_string(i) + ".png", bgr));
     }
-    vs.push_back({"concepts measure, " + std::to_string(w) + "x" + std::to_string(side) +
-                      " PNGs (" + std::to_string(threads) + " threads)",
-                  "img/s", [dir, n, threads] {
+    vs.push_back({name, "img/s", [dir, n, threads] {
                     auto t0 = Clock::now();
                     auto r = measure_image_folder(dir, dir + "/concepts.jsonl", threads);
                     return r.ok() ? n / since(t0) : 0.0;

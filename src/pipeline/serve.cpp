@@ -208,7 +208,10 @@ struct ApiServer::Impl {
     {
       std::lock_guard<std::mutex> lock(gen_mu);
       torch::NoGradGuard ng;
-      if (scale != lora_scale) set_lora_scale(scale);
+      if (scale != lora_scale) {
+        Status st = apply_lora(scale);
+        if (!st.ok()) throw std::runtime_error(st.message());
+      }
       imgs = generate_images(gen, prompts, seeds, gc);
     }
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -236,16 +239,16 @@ struct ApiServer::Impl {
     return out;
   }
 
-  // Base weights back, then every adapter at (its loaded strength x scale). Under gen_mu.
-  void set_lora_scale(double scale) {
+  // Base weights back, then every adapter at (its loaded strength x scale). At start and, under
+  // gen_mu, when a request asks for another strength.
+  Status apply_lora(double scale) {
+    torch::NoGradGuard ng;
     lora.reset();
     lora = std::make_unique<LoraRuntime>(gen.model);
-    for (auto& [a, s] : adapter_list) {
-      Status st = lora->add(a, s * scale);
-      if (!st.ok()) throw std::runtime_error(st.message());
-    }
+    for (auto& [a, s] : adapter_list) LF_RETURN_IF_ERROR(lora->add(a, s * scale));
     lora->apply();
     lora_scale = scale;
+    return Status::ok_status();
   }
 
   nlohmann::json measure(const httplib::Request& req) {
@@ -356,19 +359,14 @@ Result<std::unique_ptr<ApiServer>> ApiServer::start(const ServeOptions& o) {
   impl->defaults.sampler.steps = 20;
   impl->defaults.cfg_scale = 4.0;
   apply_recommended_sampling(impl->gen.metadata, SamplerFlags{}, impl->defaults);
-  impl->lora = std::make_unique<LoraRuntime>(impl->gen.model);
   for (auto& spec : o.lora) {
     auto [path, strength] = split_strength(spec);
     LF_ASSIGN_OR_RETURN(auto a, LoraAdapter::load(path, impl->gen.model, impl->gen.hash));
-    LF_RETURN_IF_ERROR(impl->lora->add(a, strength));
     impl->adapter_list.emplace_back(a, strength);
     impl->adapters +=
         (impl->adapters.empty() ? "" : ",") + a->hash + ":" + std::to_string(strength);
   }
-  if (!o.lora.empty()) {
-    torch::NoGradGuard ng;
-    impl->lora->apply();
-  }
+  if (!impl->adapter_list.empty()) LF_RETURN_IF_ERROR(impl->apply_lora(1.0));
   impl->routes();
   if (o.port == 0) {
     impl->port = impl->svr.bind_to_any_port(o.host);

@@ -184,7 +184,7 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   std::set<std::string> done;
   if (file_exists(manifest)) {
     // A kill during the append leaves a torn last line: it is dropped and its images are redone.
-    LF_ASSIGN_OR_RETURN(auto recs, read_jsonl_tolerant(manifest, nullptr, nullptr));
+    LF_ASSIGN_OR_RETURN(auto recs, read_jsonl_tolerant(manifest));
     std::string kept;
     for (const auto& j : recs)
       if (file_exists(cfg.out + "/" + j.value("file", ""))) {
