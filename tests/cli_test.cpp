@@ -32,6 +32,8 @@ TEST(Cli, BadFlagsFailWithAMessageNamingTheFlag) {
       {"train --data x --lr -0.1 --out " + out, "--lr"},
       {"train --data x --batch 0 --out " + out, "--batch"},
       {"train --data x --prediction eps --out " + out, "--prediction"},
+      {"train --data x --objective ddpm --out " + out, "--objective"},
+      {"train --data x --objective diffusion --prediction x --out " + out, "--prediction"},
       {"classify train --data x --splits y --epochs 0 --out " + out, "--epochs"},
       {"classify train --data x --splits y --arch resnet --out " + out, "--arch"},
       {"classify train --data x --splits y --arm both --out " + out, "--arm"},

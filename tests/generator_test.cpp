@@ -408,6 +408,102 @@ TEST(Flow, DdimIsEulerAtEtaZeroAndAncestralAtEtaOneKeepsTheGaussian) {
   EXPECT_LT(sd_anc, sd_ode) << sd_anc << " vs " << sd_ode;
 }
 
+TEST(Flow, DiffusionBatchFollowsTheDdpmScheduleWithTheNoiseAsTarget) {
+  FlowConfig fc;
+  fc.objective = Objective::kDiffusion;
+  auto abar = ddpm_alpha_bar(fc);
+  ASSERT_EQ(abar.size(), 1001u);
+  EXPECT_EQ(abar[0], 1.0);
+  EXPECT_NEAR(abar[1], 1 - 1e-4, 1e-12);
+  EXPECT_NEAR(abar[1000], 4.036e-5, 0.01e-5);  // DDPM's linear schedule: SNR ~ 4e-5 at the end
+  // Training times are k / K with k in 1..K.
+  auto gen = at::detail::createCPUGenerator(3);
+  auto t = sample_timesteps(4000, fc, gen);
+  auto k = t * 1000;
+  EXPECT_LT((k - k.round()).abs().max().item<float>(), 1e-3);
+  EXPECT_GE(k.min().item<float>(), 0.999f);
+  EXPECT_LE(k.max().item<float>(), 1000.001f);
+  EXPECT_NEAR(t.mean().item<float>(), 0.5, 0.02);  // uniform, not logit-normal
+  auto x0 = torch::randn({3, 2, 4, 4}), noise = torch::randn({3, 2, 4, 4});
+  auto tb = torch::tensor({0.001f, 0.5f, 1.0f});
+  auto b = make_train_batch(x0, noise, tb, fc);
+  for (int i = 0; i < 3; ++i) {
+    int ki = std::lround(tb[i].item<float>() * 1000);
+    auto want = std::sqrt(abar[ki]) * x0[i] + std::sqrt(1 - abar[ki]) * noise[i];
+    EXPECT_LT((b.x_t[i] - want).abs().max().item<float>(), 1e-5) << ki;
+  }
+  EXPECT_TRUE(torch::equal(b.target, noise));
+  EXPECT_LT(flow_loss_per_sample(noise, b, fc).abs().max().item<float>(), 1e-12);
+  EXPECT_GT(flow_loss_per_sample(x0, b, fc).min().item<float>(), 0.1f);
+  // The flow objective is unchanged: velocity target.
+  FlowConfig ff;
+  EXPECT_TRUE(torch::equal(make_train_batch(x0, noise, tb, ff).target, noise - x0));
+  // JSON round trip keeps the objective; a checkpoint without the key is a flow model.
+  EXPECT_EQ(FlowConfig::from_json(fc.to_json()).objective, Objective::kDiffusion);
+  EXPECT_EQ(FlowConfig::from_json(nlohmann::json::object()).objective, Objective::kFlow);
+  EXPECT_FALSE(parse_objective("ddpm").ok());
+}
+
+TEST(Flow, DiffusionNetworkSampledThroughTheFlowIsDdimAndReachesTheGaussian) {
+  // Data N(mu, s^2) per dimension. The exact noise predictor of x_k = a x0 + sig eps is
+  // E[eps | x_k] = sig (x_k - a mu) / (a^2 s^2 + sig^2).
+  const double mu = 0.5, s = 0.3;
+  FlowConfig fc;
+  fc.objective = Objective::kDiffusion;
+  auto abar = ddpm_alpha_bar(fc);
+  const int K = 1000;
+  double worst_k_offset = 0;
+  NetFn eps_net = [&](const Tensor& x, const Tensor& t) {
+    // Samplers query one time per call; DDIM's grid lands on whole DDPM steps.
+    EXPECT_EQ((t - t[0]).abs().max().item<double>(), 0.0);
+    double kf = t[0].item<double>() * K;
+    int k = static_cast<int>(std::lround(kf));
+    worst_k_offset = std::max(worst_k_offset, std::abs(kf - k));
+    double a = std::sqrt(abar[k]), sig = std::sqrt(1 - abar[k]);
+    return sig * (x - a * mu) / (a * a * s * s + sig * sig);
+  };
+  auto gen = at::detail::createCPUGenerator(9);
+  auto z = torch::randn({20000, 1, 1, 1}, gen, torch::kFloat64);
+  const double aK = std::sqrt(abar[K]), sK = std::sqrt(1 - abar[K]);
+  VelocityFn v = [&](const Tensor& x, const Tensor& t) { return net_velocity(eps_net, x, t, fc); };
+  auto run = [&](int S, SamplerMethod m, double eta, const NoiseFn& fresh) {
+    SamplerConfig sc{m, S, 1.0, eta};
+    sc.ts = ddpm_sampling_schedule(fc, S);
+    // lesionflow starts from the same x_K = z, i.e. z / (a_K + s_K) in flow coordinates.
+    return sample_flow(v, z / (aK + sK), sc, fresh);
+  };
+  // Reference DDIM (Song et al. 2021, eta 0) in the diffusion's own coordinates, from x_K = z.
+  const int S = 50;
+  Tensor xr = z.clone();
+  for (int i = 0; i < S; ++i) {
+    int k0 = K - i * K / S, k1 = K - (i + 1) * K / S;
+    auto eps = eps_net(xr, torch::full({xr.size(0)}, double(k0) / K, torch::kFloat64));
+    auto x0 = (xr - std::sqrt(1 - abar[k0]) * eps) / std::sqrt(abar[k0]);
+    xr = std::sqrt(abar[k1]) * x0 + std::sqrt(1 - abar[k1]) * eps;
+  }
+  auto ts = ddpm_sampling_schedule(fc, S);
+  ASSERT_EQ(ts.size(), static_cast<size_t>(S + 1));
+  EXPECT_EQ(ts.back(), 0.0);
+  EXPECT_NEAR(ts.front(), ddpm_flow_time(abar, K), 1e-12);
+  // Euler on the flow path with the network queried through net_velocity is DDIM.
+  auto xs = run(S, SamplerMethod::kEuler, 0.0, nullptr);
+  EXPECT_LT(worst_k_offset, 1e-3);
+  EXPECT_LT((xs - xr).abs().max().item<double>(), 1e-4);
+  // DDIM with the exact predictor: the mean is right and the spread converges at first order
+  // (0.271 at 50 steps: DDIM's own discretisation error, the reference shows the same).
+  EXPECT_NEAR(xs.mean().item<double>(), mu, 0.01);
+  double e50 = s - xs.std().item<double>();
+  double e400 = s - run(400, SamplerMethod::kEuler, 0.0, nullptr).std().item<double>();
+  EXPECT_GT(e50, 0.01);
+  EXPECT_LT(std::abs(e400), e50 / 4) << e50 << " " << e400;
+  // The ddim sampler with eta 1 (ancestral) also converges to the Gaussian.
+  auto g2 = at::detail::createCPUGenerator(4);
+  NoiseFn fresh = [&]() { return torch::randn({20000, 1, 1, 1}, g2, torch::kFloat64); };
+  auto xa = run(400, SamplerMethod::kDdim, 1.0, fresh);
+  EXPECT_NEAR(xa.mean().item<double>(), mu, 0.01);
+  EXPECT_NEAR(xa.std().item<double>(), s, 0.015);
+}
+
 TEST(Flow, TwoGaussianToyReproducesMeanAndCovariance) {
   torch::manual_seed(3);
   // Mixture: 0.5 N((-2,0), 0.5^2) + 0.5 N((2,0.5), 0.5^2).
@@ -649,6 +745,43 @@ TEST(Train, FrozenTextEncoderStaysFixedWhileTheRestTrains) {
   EXPECT_GT(moved, 10);
   // The checkpoint written through the default save path is a full generator.
   EXPECT_TRUE(load_generator(tc.out + "/ema.safetensors").ok());
+}
+
+TEST(Train, DiffusionObjectiveLearnsSavesItsObjectiveAndSamples) {
+  auto d = toy_data(32, 16);
+  auto c = micro();
+  c.vocab_size = d.tok->vocab_size();
+  c.max_text_len = 64;
+  GenTrainConfig tc = test::short_run("diffusion", 120, 16, 2e-3, 1);
+  tc.log_every = 20;
+  tc.flow.objective = Objective::kDiffusion;
+  tc.grid.sampler.method = SamplerMethod::kDdim;
+  torch::manual_seed(0);
+  MMDiT m(c);
+  auto r = train_generator(tc, m, *d.tok, d.imgs, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  std::vector<double> losses;
+  std::istringstream in(*read_file(tc.out + "/metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+  }
+  ASSERT_EQ(losses.size(), 6u);
+  // The noise-prediction MSE starts near 1 (a zero output) and falls as the network learns.
+  EXPECT_GT(losses.front(), 0.5);
+  EXPECT_LT(losses.back(), 0.7 * losses.front()) << losses.front() << " -> " << losses.back();
+  auto g = load_generator(tc.out + "/ema.safetensors");
+  LF_ASSERT_OK(g);
+  EXPECT_EQ(g->flow.objective, Objective::kDiffusion);
+  GenerateConfig gc;
+  gc.sampler.steps = 10;
+  gc.cfg_scale = 2.0;
+  auto x = generate(g->model, *g->tok, g->flow, {d.imgs.captions[0], d.imgs.captions[1]}, {1, 2}, gc);
+  EXPECT_TRUE(torch::isfinite(x).all().item<bool>());
+  EXPECT_EQ(x.sizes(), (std::vector<int64_t>{2, 3, 16, 16}));
+  EXPECT_GT(x.std().item<double>(), 0.05);
+  auto x2 = generate(g->model, *g->tok, g->flow, {d.imgs.captions[0]}, {1}, gc);
+  EXPECT_TRUE(torch::allclose(x[0], x2[0], 1e-4, 1e-5));  // seed-exact, batch-independent
 }
 
 TEST(Train, NanLossStopsWithAMessage) {

@@ -1,8 +1,22 @@
 #include "flow/flow.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace lf {
+
+Result<Objective> parse_objective(const std::string& name) {
+  if (name == "flow") return Objective::kFlow;
+  if (name == "diffusion") return Objective::kDiffusion;
+  return Status::error("unknown objective '" + name + "' (flow | diffusion)");
+}
+const char* objective_name(Objective o) { return o == Objective::kDiffusion ? "diffusion" : "flow"; }
+void to_json(nlohmann::json& j, Objective o) { j = objective_name(o); }
+void from_json(const nlohmann::json& j, Objective& o) {
+  auto r = parse_objective(j.is_string() ? j.get<std::string>() : j.dump());
+  if (!r.ok()) throw std::invalid_argument(r.status().message());
+  o = *r;
+}
 
 Result<Prediction> parse_prediction(const std::string& name) {
   if (name == "velocity") return Prediction::kVelocity;
@@ -48,11 +62,15 @@ void from_json(const nlohmann::json& j, SamplerMethod& m) {
 }
 
 nlohmann::json FlowConfig::to_json() const {
-  return {{"prediction", prediction},
-          {"logit_mean", logit_mean},
-          {"logit_std", logit_std},
-          {"shift", shift},
-          {"x_pred_t_min", x_pred_t_min}};
+  nlohmann::json j = {{"objective", objective},   {"prediction", prediction},
+                      {"logit_mean", logit_mean}, {"logit_std", logit_std},
+                      {"shift", shift},           {"x_pred_t_min", x_pred_t_min}};
+  if (objective == Objective::kDiffusion) {
+    j["ddpm_steps"] = ddpm_steps;
+    j["beta_start"] = beta_start;
+    j["beta_end"] = beta_end;
+  }
+  return j;
 }
 
 FlowConfig FlowConfig::from_json(const nlohmann::json& j) {
@@ -62,13 +80,37 @@ FlowConfig FlowConfig::from_json(const nlohmann::json& j) {
   f.logit_std = j.value("logit_std", f.logit_std);
   f.shift = j.value("shift", f.shift);
   f.x_pred_t_min = j.value("x_pred_t_min", f.x_pred_t_min);
+  f.objective = j.value("objective", f.objective);
+  f.ddpm_steps = j.value("ddpm_steps", f.ddpm_steps);
+  f.beta_start = j.value("beta_start", f.beta_start);
+  f.beta_end = j.value("beta_end", f.beta_end);
   return f;
 }
 using torch::Tensor;
 
 double shift_time(double t, double s) { return s * t / (1.0 + (s - 1.0) * t); }
 
+std::vector<double> ddpm_alpha_bar(const FlowConfig& cfg) {
+  const int K = std::max(1, cfg.ddpm_steps);
+  std::vector<double> abar(K + 1, 1.0);
+  for (int k = 1; k <= K; ++k) {
+    double beta = K == 1 ? cfg.beta_start
+                         : cfg.beta_start + (cfg.beta_end - cfg.beta_start) * (k - 1) / (K - 1);
+    abar[k] = abar[k - 1] * (1 - beta);
+  }
+  return abar;
+}
+
+double ddpm_flow_time(const std::vector<double>& abar, int k) {
+  double a = std::sqrt(abar[k]), s = std::sqrt(1 - abar[k]);
+  return s / (a + s);
+}
+
 Tensor sample_timesteps(int64_t B, const FlowConfig& cfg, at::Generator& gen) {
+  if (cfg.objective == Objective::kDiffusion) {
+    const int K = std::max(1, cfg.ddpm_steps);
+    return torch::randint(1, K + 1, {B}, gen, torch::kInt64).to(torch::kFloat32) / K;
+  }
   auto z = torch::randn({B}, gen, torch::kFloat32) * cfg.logit_std + cfg.logit_mean;
   auto t = torch::sigmoid(z);
   if (cfg.shift != 1.0) t = cfg.shift * t / (1 + (cfg.shift - 1) * t);
@@ -83,17 +125,94 @@ Tensor to_velocity(const Tensor& out, const Tensor& x_t, const Tensor& t, const 
   return out;
 }
 
+namespace {
+// sqrt(abar) and sqrt(1 - abar) of the DDPM step k = round(t K) (clamped to 1..K), per sample.
+std::pair<Tensor, Tensor> ddpm_scales(const Tensor& t, const FlowConfig& cfg) {
+  auto abar = ddpm_alpha_bar(cfg);
+  const int K = static_cast<int>(abar.size()) - 1;
+  auto tc = t.detach().to(torch::kCPU, torch::kFloat32).contiguous();
+  auto a = torch::empty({tc.size(0)}, torch::kFloat32), s = torch::empty_like(a);
+  auto ta = tc.accessor<float, 1>();
+  auto aa = a.accessor<float, 1>(), sa = s.accessor<float, 1>();
+  for (int64_t i = 0; i < tc.size(0); ++i) {
+    int k = std::clamp(static_cast<int>(std::lround(ta[i] * K)), 1, K);
+    aa[i] = static_cast<float>(std::sqrt(abar[k]));
+    sa[i] = static_cast<float>(std::sqrt(1 - abar[k]));
+  }
+  return {a.to(t.device()).view({-1, 1, 1, 1}), s.to(t.device()).view({-1, 1, 1, 1})};
+}
+}  // namespace
+
 FlowBatch make_flow_batch(const Tensor& x0, const Tensor& noise, const Tensor& t) {
   auto tt = t.view({-1, 1, 1, 1});
   return {(1 - tt) * x0 + tt * noise, t, noise - x0};
 }
 
+FlowBatch make_train_batch(const Tensor& x0, const Tensor& noise, const Tensor& t,
+                           const FlowConfig& cfg) {
+  if (cfg.objective == Objective::kFlow) return make_flow_batch(x0, noise, t);
+  auto [a, s] = ddpm_scales(t, cfg);
+  return {a * x0 + s * noise, t, noise};
+}
+
 Tensor flow_loss_per_sample(const Tensor& out, const FlowBatch& b, const FlowConfig& cfg) {
-  auto v = to_velocity(out, b.x_t, b.t, cfg);
-  return (v - b.target_v).pow(2).flatten(1).mean(1);
+  auto pred = cfg.objective == Objective::kDiffusion ? out : to_velocity(out, b.x_t, b.t, cfg);
+  return (pred - b.target).pow(2).flatten(1).mean(1);
+}
+
+Tensor net_velocity(const NetFn& net, const Tensor& x, const Tensor& t, const FlowConfig& cfg) {
+  if (cfg.objective == Objective::kFlow) return to_velocity(net(x, t), x, t, cfg);
+  // Flow time t -> abar with s / (a + s) = t, i.e. sqrt((1 - abar) / abar) = t / (1 - t); then the
+  // fractional DDPM step with that abar (log abar is decreasing in k: linear interpolation).
+  auto abar = ddpm_alpha_bar(cfg);
+  const int K = static_cast<int>(abar.size()) - 1;
+  const double t_max = ddpm_flow_time(abar, K);
+  auto tc = t.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  const int64_t B = tc.size(0);
+  auto a = torch::empty({B}, torch::kFloat32), s = torch::empty_like(a), tn = torch::empty_like(a);
+  auto ta = tc.accessor<double, 1>();
+  auto aa = a.accessor<float, 1>(), sa = s.accessor<float, 1>(), na = tn.accessor<float, 1>();
+  std::vector<double> la_k(K + 1);
+  for (int k = 0; k <= K; ++k) la_k[k] = std::log(abar[k]);
+  for (int64_t i = 0; i < B; ++i) {
+    if (i > 0 && ta[i] == ta[i - 1]) {  // samplers pass one time for the whole batch
+      aa[i] = aa[i - 1];
+      sa[i] = sa[i - 1];
+      na[i] = na[i - 1];
+      continue;
+    }
+    double tv = std::clamp(ta[i], 0.0, t_max);
+    double r = tv / (1 - tv), ab = 1 / (1 + r * r);
+    double la = std::log(ab);
+    // First k with log abar[k + 1] <= la (log abar decreases in k): abar[k] >= ab > abar[k + 1].
+    int k = static_cast<int>(std::upper_bound(la_k.begin() + 1, la_k.end(), la,
+                                              [](double v, double e) { return v >= e; }) -
+                             la_k.begin()) - 1;
+    k = std::clamp(k, 0, K);
+    double kf = k;
+    if (k < K) kf = k + (la_k[k] - la) / std::max(la_k[k] - la_k[k + 1], 1e-300);
+    aa[i] = static_cast<float>(std::sqrt(ab));
+    sa[i] = static_cast<float>(std::sqrt(1 - ab));
+    na[i] = static_cast<float>(kf / K);
+  }
+  auto av = a.to(x.device()).view({-1, 1, 1, 1}), sv = s.to(x.device()).view({-1, 1, 1, 1});
+  auto xk = x * (av + sv);
+  auto eps = net(xk, tn.to(x.device()));
+  auto x0 = (xk - sv * eps) / av;
+  return eps - x0;
+}
+
+std::vector<double> ddpm_sampling_schedule(const FlowConfig& cfg, int steps) {
+  auto abar = ddpm_alpha_bar(cfg);
+  const int K = static_cast<int>(abar.size()) - 1;
+  std::vector<double> ts(steps + 1);
+  for (int i = 0; i <= steps; ++i)
+    ts[i] = ddpm_flow_time(abar, static_cast<int>(std::lround(K * (1.0 - double(i) / steps))));
+  return ts;
 }
 
 std::vector<double> sampling_schedule(const SamplerConfig& cfg) {
+  if (!cfg.ts.empty()) return cfg.ts;
   std::vector<double> ts(cfg.steps + 1);
   for (int i = 0; i <= cfg.steps; ++i)
     ts[i] = shift_time(1.0 - static_cast<double>(i) / cfg.steps, cfg.shift);
@@ -112,7 +231,7 @@ Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg,
   const int64_t B = x.size(0);
   Tensor x0_prev, v_prev;
   double h_prev = 0, dt_prev = 0;
-  for (int i = 0; i < cfg.steps; ++i) {
+  for (size_t i = 0; i + 1 < ts.size(); ++i) {
     double t0 = ts[i], t1 = ts[i + 1], dt = t1 - t0;
     auto v0 = v(x, torch::full({B}, t0));
     if (cfg.method == SamplerMethod::kDpm2m) {

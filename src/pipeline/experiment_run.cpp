@@ -42,6 +42,7 @@ Status set_train_option(TrainRunOptions& t, const std::string& key, const nlohma
   };
   if (key == "preset") return str(t.preset);
   if (key == "prediction") return str(t.prediction);
+  if (key == "objective") return str(t.objective);
   if (key == "ae") return str(t.ae);
   if (key == "tokenizer") return str(t.tokenizer);
   if (key == "vocab") return num(t.vocab);
@@ -60,7 +61,7 @@ Status set_train_option(TrainRunOptions& t, const std::string& key, const nlohma
   }
   return Status::error(
       "generator: unknown training option '" + key +
-      "' (known: preset, prediction, ae, tokenizer, vocab, patch, steps, batch, lr, max_minutes, "
+      "' (known: preset, objective, prediction, ae, tokenizer, vocab, patch, steps, batch, lr, max_minutes, "
       "ckpt_every, sample_every, log_every, val_every, freeze_text)");
 }
 

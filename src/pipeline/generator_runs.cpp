@@ -38,6 +38,7 @@ GenTrainConfig loop_config(const LoopOptions& o, const std::string& out, uint64_
   tc.sample_every = o.sample_every;
   tc.log_every = o.log_every;
   tc.val_every = o.val_every;
+  tc.stop_at_step = o.stop_at_step;
   tc.warmup = std::min<int64_t>(max_warmup, o.steps / 10 + 1);  // 10% of the steps, capped
   return tc;
 }
@@ -172,6 +173,7 @@ nlohmann::json TrainRunOptions::to_json() const {
           {"vocab", vocab},
           {"preset", preset},
           {"prediction", prediction},
+          {"objective", objective},
           {"ae", ae},
           {"patch", patch},
           {"steps", loop.steps},
@@ -187,6 +189,14 @@ nlohmann::json TrainRunOptions::to_json() const {
 Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
   if (o.out.empty()) return Status::error("train: --out DIR is required");
   log_info("train " + o.to_json().dump());
+  Objective objective = Objective::kFlow;
+  if (!o.objective.empty()) {
+    LF_ASSIGN_OR_RETURN(objective, parse_objective(o.objective));
+  }
+  if (objective == Objective::kDiffusion && !o.prediction.empty())
+    return Status::error(
+        "train: --prediction applies to --objective flow; a diffusion network predicts the noise");
+
   LF_ASSIGN_OR_RETURN(GenData d, load_gen_data(o.data));
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   const std::string tok_path = o.out + "/tokenizer.model";
@@ -224,6 +234,8 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
   if (!o.prediction.empty()) {
     LF_ASSIGN_OR_RETURN(mc.prediction, parse_prediction(o.prediction));
   }
+  if (objective == Objective::kDiffusion)
+    mc.prediction = Prediction::kVelocity;  // not used: a diffusion network's output is the noise
   if (mc.image_size % mc.patch != 0)
     return Status::error("train: --patch " + std::to_string(mc.patch) +
                          " does not divide the input side " + std::to_string(mc.image_size));
@@ -233,6 +245,9 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
            std::to_string(mc.tokens()) + " image tokens, preset " + o.preset);
   GenTrainConfig tc = loop_config(o.loop, o.out, o.seed, 100);
   tc.flow.prediction = mc.prediction;
+  tc.flow.objective = objective;
+  if (objective == Objective::kDiffusion)
+    tc.grid.sampler.method = SamplerMethod::kDdim;  // DDIM (eta 0) for the grids
   // Validation prompts: the first validation caption of each label, then of each dx.
   std::map<std::string, std::string> by_dx;
   for (size_t i : d.val_idx)
@@ -484,6 +499,10 @@ Result<nlohmann::json> run_distill(const DistillRunOptions& o) {
   if (o.out.empty()) return Status::error("distill: --out DIR is required");
   if (o.distill.student_steps < 1) return Status::error("distill: --student-steps must be >= 1");
   LF_ASSIGN_OR_RETURN(LoadedGenerator teacher, load_generator(o.teacher, o.ae));
+  if (teacher.flow.objective != Objective::kFlow)
+    return Status::error("distill: " + o.teacher +
+                         " is a diffusion model (objective diffusion); distillation is "
+                         "implemented for rectified-flow teachers only");
   LF_ASSIGN_OR_RETURN(LoadedGenerator student,
                       load_generator(o.teacher, o.ae));  // starts as the teacher
   LF_ASSIGN_OR_RETURN(GenData d, load_gen_data(o.data));

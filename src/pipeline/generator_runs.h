@@ -35,6 +35,7 @@ struct LoopOptions {
   double lr = 3e-4;
   double max_minutes = 0;
   int ckpt_every = 250, sample_every = 500, log_every = 25, val_every = 250;
+  int64_t stop_at_step = -1;  // stop (checkpointed) at this step, keeping the schedule of `steps`
   bool resume = false;
 };
 
@@ -54,6 +55,7 @@ struct TrainRunOptions {
   int vocab = 512;
   std::string preset = "small";
   std::string prediction;  // override the preset's ("" = keep)
+  std::string objective;   // flow | diffusion ("" = flow)
   std::string ae;          // autoencoder: train a latent generator on its cached latents
   int patch = 0;           // 0 = the preset's (2 on latents)
   bool freeze_text = false;

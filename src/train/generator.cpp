@@ -212,6 +212,9 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
   const int64_t N = static_cast<int64_t>(prompts.size());
   std::vector<Tensor> outs;
   auto [eids, emask] = tokenize_batch(tok, {""}, c.max_text_len);
+  SamplerConfig sc = gc.sampler;  // a diffusion network: DDIM's steps, evenly spaced in k
+  if (flow.objective == Objective::kDiffusion && sc.ts.empty())
+    sc.ts = ddpm_sampling_schedule(flow, sc.steps);
   for (int64_t s = 0; s < N; s += gc.batch) {
     int64_t n = std::min<int64_t>(gc.batch, N - s);
     std::vector<Tensor> noise;
@@ -240,14 +243,16 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
     TextCond cond = model->encode_text(ids, mask), uncond;
     const bool guided = gc.cfg_scale != 1.0;
     if (guided) uncond = model->encode_text(eids.narrow(1, 0, 1), emask.narrow(1, 0, 1)).expand(n);
+    NetFn net_c = [&](const Tensor& x, const Tensor& t) { return model->forward(x, t, cond); };
+    NetFn net_u = [&](const Tensor& x, const Tensor& t) { return model->forward(x, t, uncond); };
     VelocityFn v = [&](const Tensor& x, const Tensor& t) {
-      auto vc = to_velocity(model->forward(x, t, cond), x, t, flow);
+      auto vc = net_velocity(net_c, x, t, flow);
       const double tv = t[0].item<double>();
       if (!guided || tv < gc.cfg_t_lo || tv > gc.cfg_t_hi) return vc;
-      auto vu = to_velocity(model->forward(x, t, uncond), x, t, flow);
+      auto vu = net_velocity(net_u, x, t, flow);
       return vu + gc.cfg_scale * (vc - vu);
     };
-    outs.push_back(sample_flow(v, torch::cat(noise, 0), gc.sampler, fresh));
+    outs.push_back(sample_flow(v, torch::cat(noise, 0), sc, fresh));
   }
   return torch::cat(outs, 0);
 }
@@ -371,7 +376,9 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
   GenTrainResult res;
   auto t_start = std::chrono::steady_clock::now();
   const int64_t start_step = step;
-  Progress prog("train", cfg.steps, "step", step);
+  const int64_t last_step =
+      cfg.stop_at_step >= 0 ? std::min(cfg.steps, cfg.stop_at_step) : cfg.steps;
+  Progress prog("train", last_step, "step", step);
   model->train();
   StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: checkpoint this step, then return
   while (step < cfg.steps) {
@@ -427,9 +434,9 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     auto t = target && target->timesteps ? target->timesteps(x0.size(0), gen)
                                          : sample_timesteps(x0.size(0), cfg.flow, gen);
     auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32);
-    auto fb = make_flow_batch(x0, noise, t);
+    auto fb = make_train_batch(x0, noise, t, cfg.flow);
     if (target && target->target_velocity)
-      fb.target_v = target->target_velocity(fb.x_t, t, ids, mask);
+      fb.target = target->target_velocity(fb.x_t, t, ids, mask);
     prepare(step);
     auto per = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, cfg.flow);
     auto loss = per.mean();
@@ -472,9 +479,9 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     }
     if (val_x.defined() && cfg.val_every > 0 && step % cfg.val_every == 0) {
       torch::NoGradGuard ng;
-      auto fv = make_flow_batch(val_x, val_noise, val_t);
+      auto fv = make_train_batch(val_x, val_noise, val_t, cfg.flow);
       if (target && target->target_velocity)
-        fv.target_v = target->target_velocity(fv.x_t, val_t, val_ids, val_mask);
+        fv.target = target->target_velocity(fv.x_t, val_t, val_ids, val_mask);
       swap_ema();
       prepare(-1);
       double vl =

@@ -32,6 +32,9 @@ inline void loop_flags(CLI::App* s, LoopOptions& l) {
   s->add_option("--val-every", l.val_every, "validation loss (EMA weights) every N steps")
       ->capture_default_str()
       ->check(kNonNegative);
+  s->add_option("--stop-at-step", l.stop_at_step,
+                "checkpoint and stop at step N of the --steps schedule (equal-budget comparisons)")
+      ->check(kPositive);
   s->add_flag("--resume", l.resume, "continue the run in --out exactly where it stopped");
 }
 
