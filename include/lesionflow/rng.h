@@ -27,6 +27,8 @@ enum class Stream : uint64_t {
   kFinetuneSubset = 17,  // `finetune --limit`: seeded choice of the training images
   kClsDropout = 18,      // classifier dropout, index = epoch
   kSamplerStep = 19,     // step noise of a stochastic sampler (ddim eta > 0), seed = image's seed
+  kShift = 20,           // `data shift`: the shifts of an image, index = hash of its id
+  kClsShift = 21,        // classifier acquisition-shift augmentation, index = step
 };
 
 // SplitMix64 finaliser: a bijective 64-bit mix.

@@ -74,6 +74,7 @@ struct ClsTrainConfig {
   int warmup_epochs = 1;
   bool balanced = true;    // class weights N / (2 N_c) on the loss
   bool augment = true;     // dihedral, random resized crop, colour jitter
+  double shift_augment = 0;  // chance per image of an acquisition shift (lesionflow/shift.h)
   int patience = 5;        // epochs without validation-AUC improvement before stopping
   double max_minutes = 0;  // budget: stop after the epoch that crosses it
   uint64_t seed = 0;

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <random>
 
+#include "lesionflow/shift.h"
 #include "classify/classifier.h"
 #include "data/images_torch.h"
 #include "lesionflow/io.h"
@@ -14,6 +15,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/metrics.h"
 #include "lesionflow/rng.h"
+#include "lesionflow/shift.h"
 #include "models/checkpoint.h"
 #include "train/common.h"
 
@@ -28,6 +30,7 @@ nlohmann::json ClsTrainConfig::to_json() const {
           {"warmup_epochs", warmup_epochs},
           {"balanced", balanced},
           {"augment", augment},
+          {"shift_augment", shift_augment},
           {"patience", patience},
           {"max_minutes", max_minutes},
           {"seed", seed},
@@ -136,7 +139,25 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       set_lr(opt, warmup_cosine_lr(cfg.lr, cfg.warmup_epochs * steps_per_epoch, total_steps, 0.01,
                                    step));
       auto idx = plan.at(step);
-      auto x = batch_tensor(train, idx);
+      Tensor x;
+      if (cfg.shift_augment > 0) {  // acquisition shifts on the 8-bit images, then the rest
+        std::mt19937_64 srng(derive_seed(cfg.seed, Stream::kClsShift, step));
+        std::uniform_real_distribution<double> U(0, 1);
+        std::vector<cv::Mat> shifted;
+        std::vector<const uint8_t*> px;
+        for (auto i : idx) {
+          const uint8_t* p = train.image(i);
+          if (U(srng) < cfg.shift_augment) {
+            cv::Mat m(train.size, train.size, CV_8UC3, const_cast<uint8_t*>(p));
+            shifted.push_back(apply_shift(m, ShiftOptions{}, srng));
+            p = shifted.back().data;
+          }
+          px.push_back(p);
+        }
+        x = images_to_tensor(px, train.size);
+      } else {
+        x = batch_tensor(train, idx);
+      }
       if (cfg.augment) {
         std::mt19937_64 rng(derive_seed(cfg.seed, Stream::kClsBatches, step));
         std::vector<Tensor> xs;

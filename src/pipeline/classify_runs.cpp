@@ -60,6 +60,7 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o) {
   job.train.batch = o.batch;
   job.train.lr = o.lr;
   job.train.patience = o.patience;
+  job.train.shift_augment = o.shift_augment;
   job.train.max_minutes = o.max_minutes;
   job.train.resume = o.resume;
   job.train.out = o.out;

@@ -26,6 +26,7 @@ struct ClassifyTrainOptions {
   int64_t real_size = -1;
   int epochs = 20, batch = 64, width = 32, patience = 5;
   double lr = 1e-3, synthetic_weight = 1.0, max_minutes = 0;
+  double shift_augment = 0;  // chance per training image of an acquisition shift
   bool resume = false;
   uint64_t seed = 0;
 };

@@ -184,6 +184,7 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"lr", K::kNumber},
                                       {"vit_lr", K::kNumber},
                                       {"patience", K::kInt},
+                                      {"shift_augment", K::kNumber},
                                       {"images_per_second_estimate", K::kNumber}},
                                      file, "classifier."));
   return Status::ok_status();
@@ -351,6 +352,7 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
           j.train.lr =
               cfg_get<double>(cj, arch == "vit" ? "vit_lr" : "lr", arch == "vit" ? 5e-4 : 1e-3);
           j.train.patience = cfg_get<int>(cj, "patience", 5);
+          j.train.shift_augment = cfg_get<double>(cj, "shift_augment", 0.0);
           j.train.resume = true;
           j.synthetic_weight = cfg_get<double>(c, "synthetic_weight", 1.0);
           if (arm == "real+synthetic" || arm == "real+filtered" || arm == "synthetic-then-real")

@@ -82,6 +82,11 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--patience", t.patience, "early-stopping patience (epochs)")
       ->capture_default_str()
       ->check(kPositive);
+  tr->add_option("--shift-augment", t.shift_augment,
+                 "chance per training image of an acquisition shift (zoom, squash, colour cast, "
+                 "vignette, ruler, pen, hair, blur/JPEG; see 'data shift')")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   tr->add_option("--max-minutes", t.max_minutes, "time budget")
       ->capture_default_str()
       ->check(kNonNegative);

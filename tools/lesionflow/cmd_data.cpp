@@ -1,4 +1,4 @@
-// lesionflow data inspect | split | prepare | phantom
+// lesionflow data inspect | split | prepare | shift | phantom
 #include <map>
 #include <opencv2/imgproc.hpp>
 #include <set>
@@ -10,6 +10,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/phantom.h"
 #include "lesionflow/report.h"
+#include "pipeline/shift_run.h"
 
 namespace lf::cli {
 namespace {
@@ -114,6 +115,22 @@ Status run_prepare(const DataOptions& o, const GlobalOptions& g) {
   return Status::ok_status();
 }
 
+Status run_shift(ShiftRunOptions o, const DataOptions& d, const GlobalOptions& g) {
+  o.dataset = d.dataset;
+  o.malignant = d.malignant;
+  o.out = d.out;
+  o.seed = g.seed;
+  o.threads = g.threads > 0 ? g.threads : 2;
+  LF_ASSIGN_OR_RETURN(nlohmann::json j, run_data_shift(o));
+  if (g.json)
+    emit_json(g, j);
+  else
+    std::printf("shifted %lld images (%lld skipped) -> %s (ham10000:%s reads it back)\n",
+                (long long)j["images"].get<int64_t>(), (long long)j["skipped"].get<int64_t>(),
+                o.out.c_str(), o.out.c_str());
+  return Status::ok_status();
+}
+
 Status run_phantom(const DataOptions& o, const GlobalOptions& g) {
   LF_RETURN_IF_ERROR(write_phantom_folder(o.out, o.n, o.size, g.seed));
   if (!g.json) std::printf("wrote %d phantoms + masks + truth.jsonl to %s\n", o.n, o.out.c_str());
@@ -124,7 +141,7 @@ Status run_phantom(const DataOptions& o, const GlobalOptions& g) {
 
 void add_data(CLI::App& app, GlobalOptions& g, Runner* run) {
   static DataOptions o;
-  auto* data = app.add_subcommand("data", "datasets: inspect, split, prepare, phantom");
+  auto* data = app.add_subcommand("data", "datasets: inspect, split, prepare, shift, phantom");
   data->require_subcommand(1);
   auto add_common = [](CLI::App* s) {
     s->add_option("--dataset", o.dataset,
@@ -167,6 +184,26 @@ void add_data(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->capture_default_str()
       ->check(CLI::IsMember({"crop", "pad"}));
   pr->callback([&g, run]() { *run = [&g]() { return run_prepare(o, g); }; });
+
+  static ShiftRunOptions so;
+  auto* sh = data->add_subcommand(
+      "shift",
+      "a shifted copy of a split (zoomed out, squashed, colour cast, vignette, ruler, pen, hair, "
+      "blur/JPEG) in HAM10000 layout, to test classifiers under acquisition shift");
+  add_common(sh);
+  sh->add_option("--splits", so.splits, "splits CSV (default: every image)");
+  sh->add_option("--split", so.split, "which split")->capture_default_str();
+  sh->add_option("--shifts", so.kinds,
+                 "all | comma list of zoom, squash, cast, vignette, ruler, pen, hair, blur")
+      ->capture_default_str();
+  sh->add_option("--probability", so.probability, "chance of each shift per image")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  sh->add_option("--min-shifts", so.min_kinds, "at least this many shifts per image")
+      ->capture_default_str()
+      ->check(kNonNegative);
+  sh->add_option("--out", o.out, "new output folder")->required();
+  sh->callback([&g, run]() { *run = [&g]() { return run_shift(so, o, g); }; });
 
   auto* ph = data->add_subcommand("phantom", "render phantom lesions with ground truth as PNGs");
   ph->add_option("--out", o.out, "output directory")->required();
