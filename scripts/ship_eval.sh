@@ -9,6 +9,10 @@ LF=${LF:-./build/lesionflow}
 OUT=${OUT:-runs/ship_eval}
 N=${N:-400}
 GEN=${GEN:-models/lesionflow_ham64.safetensors}
+# The synthetic set follows the training split's class mix (comparable with the real floor) at the
+# default guidance 2; the audits before the sixth sitting used BALANCE=label CFG=4.
+BALANCE=${BALANCE:-none}
+CFG=${CFG:-2}
 mkdir -p $OUT
 OUT=$OUT /usr/bin/python3 - <<'PY'
 import csv, json
@@ -29,6 +33,6 @@ $LF --precision auto sample --checkpoint $GEN --prompts-file $OUT/dx_prompts.txt
 $LF --json fd --data cache/ham64 --splits cache/ham_splits.csv --split test --images $OUT/samples_by_dx \
     > $OUT/fd_samples_by_dx.json
 $LF --precision auto synth --generator $GEN --data cache/ham64 --splits cache/ham_splits.csv \
-    --captions cache/ham_captions.jsonl --total $N --balance label --steps 20 --cfg 4 --out $OUT/synth
+    --captions cache/ham_captions.jsonl --total $N --balance $BALANCE --steps 20 --cfg $CFG --out $OUT/synth
 $LF audit --synthetic $OUT/synth --data cache/ham64 --splits cache/ham_splits.csv --captions cache/ham_captions.jsonl \
     --out $OUT/audit.json

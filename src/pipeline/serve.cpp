@@ -357,7 +357,6 @@ Result<std::unique_ptr<ApiServer>> ApiServer::start(const ServeOptions& o) {
   impl->image_size =
       impl->gen.latent() ? impl->gen.ae->config().image_size : impl->gen.model->config().image_size;
   impl->defaults.sampler.steps = 20;
-  impl->defaults.cfg_scale = 4.0;
   apply_recommended_sampling(impl->gen.metadata, SamplerFlags{}, impl->defaults);
   for (auto& spec : o.lora) {
     auto [path, strength] = split_strength(spec);

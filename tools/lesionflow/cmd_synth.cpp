@@ -93,7 +93,6 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->check(CLI::Range(0.0, 1.0));
   // Sampler flags not given: a distilled checkpoint's recommended settings, else these defaults.
   s.gen.sampler.steps = 12;
-  s.gen.cfg_scale = 3.0;
   add_sampler_flags(y, s.gen, s.given);
   y->add_option("--batch", s.gen.batch, "images per forward batch")
       ->capture_default_str()
