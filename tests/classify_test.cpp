@@ -34,7 +34,7 @@ LabeledSet phantom_set(int n, int size, uint64_t seed) {
 // A width-16 CNN for 32 px images, trained from seed 0 on `set` (which also validates); the run
 // directory is a fresh temp dir named `name`.
 Classifier train_small_cnn(const LabeledSet& set, int epochs, int batch, double lr,
-                           const std::string& name) {
+                           const std::string& name, double shift_augment = 0) {
   ClassifierConfig mc;
   mc.image_size = 32;
   mc.width = 16;
@@ -45,6 +45,7 @@ Classifier train_small_cnn(const LabeledSet& set, int epochs, int batch, double 
   tc.batch = batch;
   tc.lr = lr;
   tc.patience = 1000;
+  tc.shift_augment = shift_augment;
   tc.out = test::tmp_dir(name);
   auto r = train_classifier(tc, m, set, set);
   EXPECT_TRUE(r.ok()) << r.status().message();
@@ -426,18 +427,7 @@ TEST(Classifier, CnnAndVitOverfitASmallSetAndRoundTrip) {
 TEST(Classifier, ShiftAugmentationIsSeedExactAndChangesTraining) {
   auto set = phantom_set(32, 32, 2);
   auto run = [&](double p, const std::string& name) {
-    ClassifierConfig mc;
-    mc.image_size = 32;
-    mc.width = 8;
-    torch::manual_seed(0);
-    Classifier m(mc);
-    ClsTrainConfig tc;
-    tc.epochs = 3;
-    tc.batch = 16;
-    tc.shift_augment = p;
-    tc.patience = 1000;
-    tc.out = test::tmp_dir(name);
-    EXPECT_TRUE(train_classifier(tc, m, set, set).ok());
+    Classifier m = train_small_cnn(set, 3, 16, 1e-3, name, p);
     return predict_malignant(m, set);
   };
   auto a = run(0.8, "cls_shift_a"), b = run(0.8, "cls_shift_b"), c = run(0.0, "cls_shift_c");

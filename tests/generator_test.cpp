@@ -668,13 +668,18 @@ ToyRun toy_data(int n, int size) {
   r.tok = std::make_shared<Tokenizer>(*Tokenizer::train(r.imgs.captions, {128, "bpe", 0}));
   return r;
 }
+// micro() sized for the toy data's tokenizer and captions.
+MMDiTConfig toy_config(const ToyRun& d) {
+  auto c = micro();
+  c.vocab_size = d.tok->vocab_size();
+  c.max_text_len = 64;
+  return c;
+}
 }  // namespace
 
 TEST(Train, ResumeEqualsUninterruptedTraining) {
   auto d = toy_data(48, 16);
-  auto c = micro();
-  c.vocab_size = d.tok->vocab_size();
-  c.max_text_len = 64;
+  auto c = toy_config(d);
   GenTrainConfig tc = test::short_run("resume_a", 6, 8, 1e-3, 2);
   tc.log_every = 1;
   tc.seed = 5;
@@ -715,9 +720,7 @@ TEST(Train, ResumeEqualsUninterruptedTraining) {
 
 TEST(Train, FrozenTextEncoderStaysFixedWhileTheRestTrains) {
   auto d = toy_data(24, 16);
-  auto c = micro();
-  c.vocab_size = d.tok->vocab_size();
-  c.max_text_len = 64;
+  auto c = toy_config(d);
   torch::manual_seed(0);
   MMDiT m(c);
   std::map<std::string, torch::Tensor> before;
@@ -749,9 +752,7 @@ TEST(Train, FrozenTextEncoderStaysFixedWhileTheRestTrains) {
 
 TEST(Train, DiffusionObjectiveLearnsSavesItsObjectiveAndSamples) {
   auto d = toy_data(32, 16);
-  auto c = micro();
-  c.vocab_size = d.tok->vocab_size();
-  c.max_text_len = 64;
+  auto c = toy_config(d);
   GenTrainConfig tc = test::short_run("diffusion", 120, 16, 2e-3, 1);
   tc.log_every = 20;
   tc.flow.objective = Objective::kDiffusion;
@@ -786,9 +787,7 @@ TEST(Train, DiffusionObjectiveLearnsSavesItsObjectiveAndSamples) {
 
 TEST(Train, NanLossStopsWithAMessage) {
   auto d = toy_data(16, 16);
-  auto c = micro();
-  c.vocab_size = d.tok->vocab_size();
-  c.max_text_len = 64;
+  auto c = toy_config(d);
   MMDiT m(c);
   GenTrainConfig tc = test::short_run("nan", 3, 4, 1e30, 1);  // lr explodes
   tc.grad_clip = 1e30;
@@ -803,9 +802,7 @@ TEST(Train, NanLossStopsWithAMessage) {
 
 TEST(Distill, TargetIsTheGuidedTeacherStepAndTheStudentLearnsIt) {
   auto d = toy_data(24, 16);
-  auto c = micro();
-  c.vocab_size = d.tok->vocab_size();
-  c.max_text_len = 64;
+  auto c = toy_config(d);
   MMDiT teacher = random_model(c, 21, 0.05), student = random_model(c, 21, 0.05);
   FlowConfig fc;
   auto x0 = images_to_tensor(d.imgs.pixels, 16);
@@ -897,9 +894,7 @@ TEST(Distill, TargetIsTheGuidedTeacherStepAndTheStudentLearnsIt) {
 
 TEST(TrainSlow, OverfitsABatchOfEightPhantoms) {
   auto d = toy_data(8, 16);
-  auto c = micro();
-  c.vocab_size = d.tok->vocab_size();
-  c.max_text_len = 64;
+  auto c = toy_config(d);
   c.prediction = Prediction::kX;
   torch::manual_seed(0);
   MMDiT m(c);
