@@ -777,7 +777,8 @@ TEST(Train, DiffusionObjectiveLearnsSavesItsObjectiveAndSamples) {
   GenerateConfig gc;
   gc.sampler.steps = 10;
   gc.cfg_scale = 2.0;
-  auto x = generate(g->model, *g->tok, g->flow, {d.imgs.captions[0], d.imgs.captions[1]}, {1, 2}, gc);
+  auto x =
+      generate(g->model, *g->tok, g->flow, {d.imgs.captions[0], d.imgs.captions[1]}, {1, 2}, gc);
   EXPECT_TRUE(torch::isfinite(x).all().item<bool>());
   EXPECT_EQ(x.sizes(), (std::vector<int64_t>{2, 3, 16, 16}));
   EXPECT_GT(x.std().item<double>(), 0.05);

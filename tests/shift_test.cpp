@@ -1,4 +1,6 @@
 // Acquisition-shift transforms and `lesionflow data shift`.
+#include "lesionflow/shift.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -6,7 +8,6 @@
 
 #include "lesionflow/data.h"
 #include "lesionflow/io.h"
-#include "lesionflow/shift.h"
 #include "test_util.h"
 
 namespace lf {
@@ -110,7 +111,8 @@ TEST(Shift, DataShiftWritesAHamFolderThatReadsBackWithTheSameLabels) {
                              "/good --out " + dir + "/again");
   ASSERT_EQ(again.exit_code, 0) << again.output;
   EXPECT_EQ(*read_file(out + "/shift.jsonl"), *read_file(dir + "/again/shift.jsonl"));
-  auto refused = test::run_cli("data shift --dataset ham10000:" + test::data_dir() + "/good --out " + out);
+  auto refused =
+      test::run_cli("data shift --dataset ham10000:" + test::data_dir() + "/good --out " + out);
   EXPECT_NE(refused.exit_code, 0);
   EXPECT_NE(refused.output.find("already exists"), std::string::npos) << refused.output;
   auto bad = test::run_cli("data shift --dataset ham10000:" + test::data_dir() +

@@ -72,11 +72,11 @@ struct ClsTrainConfig {
   double lr = 1e-3;
   double weight_decay = 0.05;
   int warmup_epochs = 1;
-  bool balanced = true;    // class weights N / (2 N_c) on the loss
-  bool augment = true;     // dihedral, random resized crop, colour jitter
+  bool balanced = true;      // class weights N / (2 N_c) on the loss
+  bool augment = true;       // dihedral, random resized crop, colour jitter
   double shift_augment = 0;  // chance per image of an acquisition shift (lesionflow/shift.h)
-  int patience = 5;        // epochs without validation-AUC improvement before stopping
-  double max_minutes = 0;  // budget: stop after the epoch that crosses it
+  int patience = 5;          // epochs without validation-AUC improvement before stopping
+  double max_minutes = 0;    // budget: stop after the epoch that crosses it
   uint64_t seed = 0;
   std::string out;  // run directory
   bool resume = false;

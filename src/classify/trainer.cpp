@@ -7,7 +7,6 @@
 #include <fstream>
 #include <random>
 
-#include "lesionflow/shift.h"
 #include "classify/classifier.h"
 #include "data/images_torch.h"
 #include "lesionflow/io.h"

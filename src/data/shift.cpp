@@ -23,7 +23,8 @@ cv::Scalar skin_colour(const cv::Mat& img) {
   std::vector<cv::Vec3b> px;
   for (int y = 0; y < img.rows; ++y)
     for (int x = 0; x < img.cols; ++x)
-      if (y < b || y >= img.rows - b || x < b || x >= img.cols - b) px.push_back(img.at<cv::Vec3b>(y, x));
+      if (y < b || y >= img.rows - b || x < b || x >= img.cols - b)
+        px.push_back(img.at<cv::Vec3b>(y, x));
   auto lum = [](const cv::Vec3b& p) { return int(p[0]) + p[1] + p[2]; };
   std::sort(px.begin(), px.end(), [&](auto& a, auto& c) { return lum(a) > lum(c); });
   cv::Scalar s(0, 0, 0);
@@ -37,7 +38,8 @@ cv::Scalar skin_colour(const cv::Mat& img) {
 cv::Mat smooth_noise(cv::Size size, int cells, std::mt19937_64& rng) {
   cv::Mat small(std::max(2, size.height / cells), std::max(2, size.width / cells), CV_32FC1);
   for (int y = 0; y < small.rows; ++y)
-    for (int x = 0; x < small.cols; ++x) small.at<float>(y, x) = static_cast<float>(uni(rng, -1, 1));
+    for (int x = 0; x < small.cols; ++x)
+      small.at<float>(y, x) = static_cast<float>(uni(rng, -1, 1));
   cv::Mat big;
   cv::resize(small, big, size, 0, 0, cv::INTER_CUBIC);
   return big;
@@ -167,8 +169,10 @@ cv::Mat pen(const cv::Mat& img, std::mt19937_64& rng, nlohmann::json& p) {
   cv::Mat layer = img.clone();
   const bool circle = uni(rng, 0, 1) < 0.6;
   if (circle) {  // the lesion circled by the clinician, often not closed
-    cv::Point c(img.cols / 2 + uni_int(rng, -S / 10, S / 10), img.rows / 2 + uni_int(rng, -S / 10, S / 10));
-    cv::Size ax(static_cast<int>(S * uni(rng, 0.32, 0.46)), static_cast<int>(S * uni(rng, 0.32, 0.46)));
+    cv::Point c(img.cols / 2 + uni_int(rng, -S / 10, S / 10),
+                img.rows / 2 + uni_int(rng, -S / 10, S / 10));
+    cv::Size ax(static_cast<int>(S * uni(rng, 0.32, 0.46)),
+                static_cast<int>(S * uni(rng, 0.32, 0.46)));
     const double start = uni(rng, 0, 360), sweep = uni(rng, 220, 360);
     cv::ellipse(layer, c, ax, uni(rng, 0, 180), start, start + sweep, ink, th, cv::LINE_AA);
   } else {  // a line or mark near the edge
@@ -188,7 +192,8 @@ cv::Mat hair(const cv::Mat& img, std::mt19937_64& rng, nlohmann::json& p) {
   const int S = std::min(img.cols, img.rows);
   const int n = uni_int(rng, 3, 12);
   for (int i = 0; i < n; ++i) {
-    const double len = S * uni(rng, 0.3, 0.9), ang = uni(rng, 0, 2 * M_PI), bend = uni(rng, -0.3, 0.3);
+    const double len = S * uni(rng, 0.3, 0.9), ang = uni(rng, 0, 2 * M_PI),
+                 bend = uni(rng, -0.3, 0.3);
     cv::Point2d a(uni(rng, 0, img.cols), uni(rng, 0, img.rows));
     cv::Point2d b = a + cv::Point2d(std::cos(ang), std::sin(ang)) * len;
     cv::Point2d m = (a + b) * 0.5 + cv::Point2d(-std::sin(ang), std::cos(ang)) * (bend * len);
@@ -225,23 +230,30 @@ cv::Mat blur_jpeg(const cv::Mat& img, std::mt19937_64& rng, nlohmann::json& p) {
 }  // namespace
 
 const std::vector<ShiftKind>& all_shift_kinds() {
-  static const std::vector<ShiftKind> k = {ShiftKind::kZoomOut,  ShiftKind::kSquash,
-                                           ShiftKind::kColourCast, ShiftKind::kVignette,
-                                           ShiftKind::kRuler,    ShiftKind::kPen,
-                                           ShiftKind::kHair,     ShiftKind::kBlurJpeg};
+  static const std::vector<ShiftKind> k = {
+      ShiftKind::kZoomOut, ShiftKind::kSquash, ShiftKind::kColourCast, ShiftKind::kVignette,
+      ShiftKind::kRuler,   ShiftKind::kPen,    ShiftKind::kHair,       ShiftKind::kBlurJpeg};
   return k;
 }
 
 const char* shift_name(ShiftKind k) {
   switch (k) {
-    case ShiftKind::kZoomOut: return "zoom";
-    case ShiftKind::kSquash: return "squash";
-    case ShiftKind::kColourCast: return "cast";
-    case ShiftKind::kVignette: return "vignette";
-    case ShiftKind::kRuler: return "ruler";
-    case ShiftKind::kPen: return "pen";
-    case ShiftKind::kHair: return "hair";
-    case ShiftKind::kBlurJpeg: return "blur";
+    case ShiftKind::kZoomOut:
+      return "zoom";
+    case ShiftKind::kSquash:
+      return "squash";
+    case ShiftKind::kColourCast:
+      return "cast";
+    case ShiftKind::kVignette:
+      return "vignette";
+    case ShiftKind::kRuler:
+      return "ruler";
+    case ShiftKind::kPen:
+      return "pen";
+    case ShiftKind::kHair:
+      return "hair";
+    case ShiftKind::kBlurJpeg:
+      return "blur";
   }
   return "?";
 }
@@ -261,8 +273,9 @@ Result<std::vector<ShiftKind>> parse_shift_kinds(const std::string& list) {
         found = true;
       }
     if (!found)
-      return Status::error("unknown shift '" + name +
-                           "' (all, or a list of zoom, squash, cast, vignette, ruler, pen, hair, blur)");
+      return Status::error(
+          "unknown shift '" + name +
+          "' (all, or a list of zoom, squash, cast, vignette, ruler, pen, hair, blur)");
     s = e + 1;
   }
   return out;
@@ -273,14 +286,30 @@ cv::Mat apply_one_shift(const cv::Mat& img, ShiftKind k, std::mt19937_64& rng,
   nlohmann::json p;
   cv::Mat out;
   switch (k) {
-    case ShiftKind::kZoomOut: out = zoom_out(img, rng, p); break;
-    case ShiftKind::kSquash: out = squash(img, rng, p); break;
-    case ShiftKind::kColourCast: out = colour_cast(img, rng, p); break;
-    case ShiftKind::kVignette: out = vignette(img, rng, p); break;
-    case ShiftKind::kRuler: out = ruler(img, rng, p); break;
-    case ShiftKind::kPen: out = pen(img, rng, p); break;
-    case ShiftKind::kHair: out = hair(img, rng, p); break;
-    case ShiftKind::kBlurJpeg: out = blur_jpeg(img, rng, p); break;
+    case ShiftKind::kZoomOut:
+      out = zoom_out(img, rng, p);
+      break;
+    case ShiftKind::kSquash:
+      out = squash(img, rng, p);
+      break;
+    case ShiftKind::kColourCast:
+      out = colour_cast(img, rng, p);
+      break;
+    case ShiftKind::kVignette:
+      out = vignette(img, rng, p);
+      break;
+    case ShiftKind::kRuler:
+      out = ruler(img, rng, p);
+      break;
+    case ShiftKind::kPen:
+      out = pen(img, rng, p);
+      break;
+    case ShiftKind::kHair:
+      out = hair(img, rng, p);
+      break;
+    case ShiftKind::kBlurJpeg:
+      out = blur_jpeg(img, rng, p);
+      break;
   }
   if (params) *params = p;
   return out;
@@ -299,9 +328,9 @@ cv::Mat apply_shift(const cv::Mat& img, const ShiftOptions& o, std::mt19937_64& 
   // A fixed order that follows how a photo is made: marks on the skin (the pen circle drawn
   // around the lesion) and hair, then the framing (zoomed out, squashed), a ruler laid in the
   // frame, then the camera (colour, vignette, blur and compression).
-  static const ShiftKind kOrder[] = {ShiftKind::kPen,        ShiftKind::kHair,    ShiftKind::kZoomOut,
-                                     ShiftKind::kSquash,     ShiftKind::kRuler,   ShiftKind::kColourCast,
-                                     ShiftKind::kVignette,   ShiftKind::kBlurJpeg};
+  static const ShiftKind kOrder[] = {
+      ShiftKind::kPen,   ShiftKind::kHair,       ShiftKind::kZoomOut,  ShiftKind::kSquash,
+      ShiftKind::kRuler, ShiftKind::kColourCast, ShiftKind::kVignette, ShiftKind::kBlurJpeg};
   cv::Mat out = img;
   nlohmann::json rec = nlohmann::json::object();
   for (ShiftKind k : kOrder)

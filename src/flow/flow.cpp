@@ -10,7 +10,9 @@ Result<Objective> parse_objective(const std::string& name) {
   if (name == "diffusion") return Objective::kDiffusion;
   return Status::error("unknown objective '" + name + "' (flow | diffusion)");
 }
-const char* objective_name(Objective o) { return o == Objective::kDiffusion ? "diffusion" : "flow"; }
+const char* objective_name(Objective o) {
+  return o == Objective::kDiffusion ? "diffusion" : "flow";
+}
 void to_json(nlohmann::json& j, Objective o) { j = objective_name(o); }
 void from_json(const nlohmann::json& j, Objective& o) {
   auto r = parse_objective(j.is_string() ? j.get<std::string>() : j.dump());
@@ -187,7 +189,8 @@ Tensor net_velocity(const NetFn& net, const Tensor& x, const Tensor& t, const Fl
     // First k with log abar[k + 1] <= la (log abar decreases in k): abar[k] >= ab > abar[k + 1].
     int k = static_cast<int>(std::upper_bound(la_k.begin() + 1, la_k.end(), la,
                                               [](double v, double e) { return v >= e; }) -
-                             la_k.begin()) - 1;
+                             la_k.begin()) -
+            1;
     k = std::clamp(k, 0, K);
     double kf = k;
     if (k < K) kf = k + (la_k[k] - la) / std::max(la_k[k] - la_k[k + 1], 1e-300);

@@ -40,8 +40,9 @@ void from_json(const nlohmann::json& j, SamplerMethod& m);
 
 struct FlowConfig {
   Objective objective = Objective::kFlow;
-  Prediction prediction = Prediction::kVelocity;  // flow: velocity | x (network outputs the clean image)
-  double logit_mean = 0.0;  // logit-normal timestep sampling: t = sigmoid(N(m, s))
+  Prediction prediction =
+      Prediction::kVelocity;  // flow: velocity | x (network outputs the clean image)
+  double logit_mean = 0.0;    // logit-normal timestep sampling: t = sigmoid(N(m, s))
   double logit_std = 1.0;
   double shift = 1.0;          // timestep shift t' = s t / (1 + (s - 1) t); 1 = none
   double x_pred_t_min = 0.05;  // clamp t when turning an x-prediction into a velocity
@@ -103,8 +104,8 @@ struct SamplerConfig {
   SamplerMethod method =
       SamplerMethod::kEuler;  // euler | heun | ab2 | dpm2m | ddim (ab2, dpm2m: 1 call per step)
   int steps = 20;
-  double shift = 1.0;  // timestep shift of the sampling schedule
-  double eta = 0.0;    // ddim only: 0 = deterministic .. 1 = ancestral
+  double shift = 1.0;      // timestep shift of the sampling schedule
+  double eta = 0.0;        // ddim only: 0 = deterministic .. 1 = ancestral
   std::vector<double> ts;  // explicit decreasing schedule ending at 0 (steps + 1 entries); empty:
                            // uniform in t from 1 with `shift`
 };

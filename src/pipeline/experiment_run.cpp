@@ -59,10 +59,10 @@ Status set_train_option(TrainRunOptions& t, const std::string& key, const nlohma
     t.freeze_text = v.is_boolean() ? v.get<bool>() : true;
     return Status::ok_status();
   }
-  return Status::error(
-      "generator: unknown training option '" + key +
-      "' (known: preset, objective, prediction, ae, tokenizer, vocab, patch, steps, batch, lr, max_minutes, "
-      "ckpt_every, sample_every, log_every, val_every, freeze_text)");
+  return Status::error("generator: unknown training option '" + key +
+                       "' (known: preset, objective, prediction, ae, tokenizer, vocab, patch, "
+                       "steps, batch, lr, max_minutes, "
+                       "ckpt_every, sample_every, log_every, val_every, freeze_text)");
 }
 
 // What each key of an experiment config must hold. A key the runner does not read, or a value of

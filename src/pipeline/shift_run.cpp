@@ -17,7 +17,8 @@ namespace lf {
 Result<nlohmann::json> run_data_shift(const ShiftRunOptions& o) {
   namespace fs = std::filesystem;
   if (o.out.empty()) return Status::error("data shift: --out DIR is required");
-  if (fs::exists(o.out)) return Status::error(o.out + ": already exists (data shift writes a new folder)");
+  if (fs::exists(o.out))
+    return Status::error(o.out + ": already exists (data shift writes a new folder)");
   ShiftOptions so;
   LF_ASSIGN_OR_RETURN(so.kinds, parse_shift_kinds(o.kinds));
   so.probability = o.probability;
@@ -32,7 +33,8 @@ Result<nlohmann::json> run_data_shift(const ShiftRunOptions& o) {
   }
   for (size_t i : idx)
     if (ds.records[i].image_path.empty())
-      return Status::error("data shift: " + o.dataset + " has no image files (phantoms: write them with 'data phantom' first)");
+      return Status::error("data shift: " + o.dataset +
+                           " has no image files (phantoms: write them with 'data phantom' first)");
   if (idx.empty()) return Status::error("data shift: no images in split '" + o.split + "'");
   const std::string tmp = o.out + ".partial";
   std::error_code ec;
@@ -41,27 +43,33 @@ Result<nlohmann::json> run_data_shift(const ShiftRunOptions& o) {
   std::vector<std::string> rec(idx.size()), err(idx.size());
   std::vector<bool> ok(idx.size(), false);
   Progress prog("shift", static_cast<int64_t>(idx.size()), "img");
-  parallel_for_each(static_cast<int64_t>(idx.size()), o.threads, [&](int64_t k) {
-    const Record& r = ds.records[idx[k]];
-    auto img = read_image(r.image_path);
-    if (!img.ok()) {
-      err[k] = img.status().message();
-    } else {
-      std::mt19937_64 rng(derive_seed(o.seed, Stream::kShift, std::stoull(hash_bytes(r.id), nullptr, 16)));
-      nlohmann::json applied;
-      cv::Mat out = apply_shift(*img, so, rng, &applied);
-      const std::string file = tmp + "/images/" + r.id + ".png";
-      std::vector<uint8_t> buf;
-      if (!cv::imencode(".png", out, buf)) {
-        err[k] = file + ": PNG encoding failed";
-      } else {
-        Status st = write_file_atomic(file, std::string(buf.begin(), buf.end()));
-        if (!st.ok()) err[k] = st.message();
-        ok[k] = st.ok();
-        rec[k] = nlohmann::json{{"image_id", r.id}, {"source", r.image_path}, {"shifts", applied}}.dump();
-      }
-    }
-  }, &prog, 16);
+  parallel_for_each(
+      static_cast<int64_t>(idx.size()), o.threads,
+      [&](int64_t k) {
+        const Record& r = ds.records[idx[k]];
+        auto img = read_image(r.image_path);
+        if (!img.ok()) {
+          err[k] = img.status().message();
+        } else {
+          std::mt19937_64 rng(
+              derive_seed(o.seed, Stream::kShift, std::stoull(hash_bytes(r.id), nullptr, 16)));
+          nlohmann::json applied;
+          cv::Mat out = apply_shift(*img, so, rng, &applied);
+          const std::string file = tmp + "/images/" + r.id + ".png";
+          std::vector<uint8_t> buf;
+          if (!cv::imencode(".png", out, buf)) {
+            err[k] = file + ": PNG encoding failed";
+          } else {
+            Status st = write_file_atomic(file, std::string(buf.begin(), buf.end()));
+            if (!st.ok()) err[k] = st.message();
+            ok[k] = st.ok();
+            rec[k] =
+                nlohmann::json{{"image_id", r.id}, {"source", r.image_path}, {"shifts", applied}}
+                    .dump();
+          }
+        }
+      },
+      &prog, 16);
   prog.finish();
   std::ostringstream csv, jl;
   csv << "lesion_id,image_id,dx,dx_type,age,sex,localization\n";
@@ -83,12 +91,15 @@ Result<nlohmann::json> run_data_shift(const ShiftRunOptions& o) {
     for (auto& [kind, p] : nlohmann::json::parse(rec[k])["shifts"].items()) per_kind[kind]++;
     ++n_ok;
   }
-  if (n_ok == 0) return Status::error("data shift: none of the " + std::to_string(idx.size()) + " images could be read");
+  if (n_ok == 0)
+    return Status::error("data shift: none of the " + std::to_string(idx.size()) +
+                         " images could be read");
   LF_RETURN_IF_ERROR(write_file_atomic(tmp + "/HAM10000_metadata.csv", csv.str()));
   LF_RETURN_IF_ERROR(write_file_atomic(tmp + "/shift.jsonl", jl.str()));
   fs::rename(tmp, o.out, ec);
   if (ec) return Status::error(o.out + ": cannot move the shifted set into place: " + ec.message());
-  return nlohmann::json{{"out", o.out}, {"images", n_ok}, {"skipped", skipped}, {"per_kind", per_kind}};
+  return nlohmann::json{
+      {"out", o.out}, {"images", n_ok}, {"skipped", skipped}, {"per_kind", per_kind}};
 }
 
 }  // namespace lf

@@ -69,8 +69,9 @@ Result<std::vector<DenoiseRow>> denoise_profile(MMDiT& model, const Tokenizer& t
       TextCond cond = model->encode_text(ids, mask), uncond = uncond1.expand(n);
       auto vel = [&](const Tensor& x, double tv, const TextCond& c) {
         auto tt = torch::full({n}, tv, torch::kFloat32);
-        return net_velocity([&](const Tensor& xi, const Tensor& ti) { return model->forward(xi, ti, c); },
-                            x, tt, flow);
+        return net_velocity(
+            [&](const Tensor& xi, const Tensor& ti) { return model->forward(xi, ti, c); }, x, tt,
+            flow);
       };
       Tensor xt = (1 - t) * x0 + t * eps, target = eps - x0;
       Tensor vc = vel(xt, t, cond), vu = vel(xt, t, uncond);

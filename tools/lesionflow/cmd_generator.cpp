@@ -71,9 +71,10 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   t->add_option("--tokenizer", tr.tokenizer,
                 "sentencepiece model (default: train one on the captions)");
   t->add_option("--preset", tr.preset, "tiny | small | base")->capture_default_str();
-  t->add_option("--objective", tr.objective,
-                "flow (rectified flow, default) | diffusion (DDPM epsilon prediction, linear betas, "
-                "sampled with DDIM: the baseline)")
+  t->add_option(
+       "--objective", tr.objective,
+       "flow (rectified flow, default) | diffusion (DDPM epsilon prediction, linear betas, "
+       "sampled with DDIM: the baseline)")
       ->check(CLI::IsMember({"flow", "diffusion"}));
   t->add_option("--prediction", tr.prediction, "velocity | x (default: the preset's)")
       ->check(CLI::IsMember({"velocity", "x"}));
