@@ -40,7 +40,8 @@ Result<nlohmann::json> run_data_shift(const ShiftRunOptions& o) {
   std::error_code ec;
   fs::remove_all(tmp, ec);
   LF_RETURN_IF_ERROR(make_dirs(tmp + "/images"));
-  std::vector<std::string> rec(idx.size()), err(idx.size());
+  std::vector<nlohmann::json> rec(idx.size());
+  std::vector<std::string> err(idx.size());
   std::vector<bool> ok(idx.size(), false);
   Progress prog("shift", static_cast<int64_t>(idx.size()), "img");
   parallel_for_each(
@@ -63,9 +64,7 @@ Result<nlohmann::json> run_data_shift(const ShiftRunOptions& o) {
             Status st = write_file_atomic(file, std::string(buf.begin(), buf.end()));
             if (!st.ok()) err[k] = st.message();
             ok[k] = st.ok();
-            rec[k] =
-                nlohmann::json{{"image_id", r.id}, {"source", r.image_path}, {"shifts", applied}}
-                    .dump();
+            rec[k] = {{"image_id", r.id}, {"source", r.image_path}, {"shifts", applied}};
           }
         }
       },
@@ -87,8 +86,8 @@ Result<nlohmann::json> run_data_shift(const ShiftRunOptions& o) {
     csv << csv_escape(r.lesion_id.empty() ? r.group_key() : r.lesion_id) << "," << csv_escape(r.id)
         << "," << r.dx << "," << csv_escape(r.dx_type.empty() ? "unknown" : r.dx_type) << "," << age
         << "," << r.sex << "," << csv_escape(r.site) << "\n";
-    jl << rec[k] << "\n";
-    for (auto& [kind, p] : nlohmann::json::parse(rec[k])["shifts"].items()) per_kind[kind]++;
+    jl << rec[k].dump() << "\n";
+    for (auto& [kind, p] : rec[k]["shifts"].items()) per_kind[kind]++;
     ++n_ok;
   }
   if (n_ok == 0)
