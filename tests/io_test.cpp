@@ -1,12 +1,14 @@
 #include "lesionflow/io.h"
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <thread>
 
 #include "lesionflow/jsonl.h"
 #include "lesionflow/rng.h"
+#include "lesionflow/scratch.h"
 #include "test_util.h"
 
 namespace lf {
@@ -149,3 +151,35 @@ TEST(Rng, DeriveSeedSeparatesStreamsAndIndices) {
 }
 
 }  // namespace lf
+
+TEST(Scratch, TempDirIsRemovedWithItsContentAndPartialDirAppearsOnlyWhenCommitted) {
+  namespace fs = std::filesystem;
+  std::string kept;
+  {
+    auto td = lf::TempDir::create("scratch_test");
+    ASSERT_TRUE(td.ok()) << td.status().message();
+    kept = td->path();
+    ASSERT_TRUE(fs::is_directory(kept));
+    ASSERT_TRUE(lf::make_dirs(kept + "/a/b").ok());
+    ASSERT_TRUE(lf::write_file_atomic(kept + "/a/b/x.txt", "x").ok());
+    lf::TempDir moved = std::move(*td);  // the moved-from handle removes nothing
+    EXPECT_TRUE(fs::exists(kept + "/a/b/x.txt"));
+  }
+  EXPECT_FALSE(fs::exists(kept));
+
+  const std::string base = lf::test::tmp_dir("scratch_partial"), out = base + "/set";
+  ASSERT_TRUE(lf::make_dirs(out + ".partial/stale").ok());  // left by a killed attempt
+  auto part = lf::PartialDir::begin(out, "test export");
+  ASSERT_TRUE(part.ok()) << part.status().message();
+  EXPECT_EQ(part->path(), out + ".partial");
+  EXPECT_FALSE(fs::exists(out + ".partial/stale"));
+  ASSERT_TRUE(lf::write_file_atomic(part->path() + "/f.txt", "done").ok());
+  EXPECT_FALSE(fs::exists(out));  // not visible before commit
+  ASSERT_TRUE(part->commit().ok());
+  EXPECT_TRUE(fs::exists(out + "/f.txt"));
+  EXPECT_FALSE(fs::exists(out + ".partial"));
+  auto again = lf::PartialDir::begin(out, "test export");
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.status().message().find("already exists (test export writes a new folder)"),
+            std::string::npos);
+}

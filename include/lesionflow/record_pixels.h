@@ -14,6 +14,10 @@ namespace lf {
 // naming the file; a mask that is unreadable or of the wrong size is dropped (mask stays
 // empty) with a warning naming the file (logging is thread-safe, workers may call this).
 Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::Mat* mask);
+// An image made square (centre crop, or padding that keeps the aspect ratio: edge pixels
+// replicated, zeros for a mask) and resized to size x size (INTER_AREA down, INTER_LINEAR up,
+// nearest for a mask). `data prepare` and serve's measurement use it.
+cv::Mat fit_square(const cv::Mat& img, FitMode mode, int size, bool is_mask);
 
 // Filters "key=value" on dx, site, sex or age (age band, e.g. "45-59"); all must match.
 bool record_matches(const Record& r, const std::vector<std::string>& filters);

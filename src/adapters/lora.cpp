@@ -85,8 +85,12 @@ Result<std::shared_ptr<LoraAdapter>> LoraAdapter::create(MMDiT& model, const Lor
         1.0 / std::sqrt(static_cast<double>(in));  // kaiming_uniform(a=sqrt(5)), as nn.Linear
     Module m;
     m.name = name;
-    m.down = (torch::rand({r, in}, gen, torch::kFloat32) * 2 - 1).mul_(bound).requires_grad_(true);
-    m.up = torch::zeros({out, r}, torch::kFloat32).requires_grad_(true);
+    // Drawn on the CPU (seed-exact on every device), then placed beside the weight.
+    m.down = (torch::rand({r, in}, gen, torch::kFloat32) * 2 - 1)
+                 .mul_(bound)
+                 .to(w.device())
+                 .requires_grad_(true);
+    m.up = torch::zeros({out, r}, w.options().dtype(torch::kFloat32)).requires_grad_(true);
     m.alpha = spec.alpha;
     a->modules_.push_back(std::move(m));
   }
@@ -163,8 +167,8 @@ Result<std::shared_ptr<LoraAdapter>> LoraAdapter::load(const std::string& path, 
          << m.up.sizes() << ") do not fit the base weight " << w.sizes();
       return Status::error(os.str());
     }
-    m.down = m.down.to(torch::kFloat32).requires_grad_(true);
-    m.up = m.up.to(torch::kFloat32).requires_grad_(true);
+    m.down = m.down.to(w.device(), torch::kFloat32).requires_grad_(true);
+    m.up = m.up.to(w.device(), torch::kFloat32).requires_grad_(true);
     a->modules_.push_back(std::move(m));
   }
   if (a->modules_.empty()) return Status::error(path + ": no LoRA modules in the file");
@@ -201,7 +205,7 @@ void LoraRuntime::apply(int64_t step) {
       Tensor up = m.up;
       if (drop) {  // B diag(mask) A / (1 - p): drop rank components
         auto keep =
-            (torch::rand({m.rank()}, *gen, torch::kFloat32) >= dropout_).to(m.up.scalar_type()) /
+            (torch::rand({m.rank()}, *gen, torch::kFloat32) >= dropout_).to(m.up.options()) /
             (1.0 - dropout_);
         up = up * keep.unsqueeze(0);
       }

@@ -149,11 +149,13 @@ Tensor ClassifierImpl::features(const Tensor& x) {
 Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
   torch::NoGradGuard ng;
   model->eval();
+  const auto dev = module_device(*model);
   std::vector<Tensor> parts;
   for (int64_t s = 0; s < n; s += batch) {
     std::vector<const uint8_t*> px;
     for (int64_t i = s; i < std::min(n, s + batch); ++i) px.push_back(pixels + i * size * size * 3);
-    parts.push_back(torch::softmax(model->forward(images_to_tensor(px, size)), 1));
+    parts.push_back(
+        torch::softmax(model->forward(images_to_tensor(px, size).to(dev)), 1).to(torch::kCPU));
   }
   return parts.empty() ? torch::zeros({0, model->config().outputs()}) : torch::cat(parts);
 }
@@ -181,11 +183,12 @@ std::vector<double> predict_malignant(Classifier& model, const LabeledSet& set, 
 Tensor extract_features(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
   torch::NoGradGuard ng;
   model->eval();
+  const auto dev = module_device(*model);
   std::vector<Tensor> parts;
   for (int64_t s = 0; s < n; s += batch) {
     std::vector<const uint8_t*> px;
     for (int64_t i = s; i < std::min(n, s + batch); ++i) px.push_back(pixels + i * size * size * 3);
-    parts.push_back(model->features(images_to_tensor(px, size)));
+    parts.push_back(model->features(images_to_tensor(px, size).to(dev)).to(torch::kCPU));
   }
   return parts.empty() ? torch::zeros({0, model->config().feature_dim()}) : torch::cat(parts);
 }

@@ -80,6 +80,7 @@ struct ClsTrainConfig {
   uint64_t seed = 0;
   std::string out;  // run directory
   bool resume = false;
+  torch::Device device = torch::kCPU;  // model, optimizer state and batches (moved there)
   nlohmann::json to_json() const;
 };
 struct ClsTrainResult {
@@ -87,6 +88,11 @@ struct ClsTrainResult {
   double best_val_auc = 0, threshold = 0.5, seconds = 0, images_per_second = 0;
   bool stopped_early = false;
 };
+// One step's loss: images x [B,3,S,S] in [-1,1], targets y [B] (int64) and weights w [B] are
+// moved to the model's device; returns sum(w * cross-entropy) / sum(w) there, without a host
+// synchronisation (the training loop and the device test call this).
+torch::Tensor classifier_loss(Classifier& model, const torch::Tensor& x, const torch::Tensor& y,
+                              const torch::Tensor& w);
 // Run directory: best.safetensors (weights of the best validation epoch, threshold picked on
 // validation in the metadata), last.safetensors + state.bin (resume), history.jsonl.
 Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model,

@@ -33,7 +33,8 @@ nlohmann::json ClsTrainConfig::to_json() const {
           {"patience", patience},
           {"max_minutes", max_minutes},
           {"seed", seed},
-          {"out", out}};
+          {"out", out},
+          {"device", device.str()}};
 }
 
 namespace {
@@ -72,6 +73,15 @@ Tensor batch_tensor(const LabeledSet& set, const std::vector<int64_t>& idx) {
 }
 }  // namespace
 
+Tensor classifier_loss(Classifier& model, const Tensor& x, const Tensor& y, const Tensor& w) {
+  const auto dev = module_device(*model);
+  auto wt = w.to(dev);
+  auto per = torch::nn::functional::cross_entropy(
+      model->forward(x.to(dev)), y.to(dev),
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
+  return (per * wt).sum() / wt.sum();
+}
+
 Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model,
                                         const LabeledSet& train, const LabeledSet& val) {
   if (train.count() < 2) return Status::error("classify: fewer than 2 training images");
@@ -104,6 +114,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
     sample_w[i] =
         train.weights[i] * static_cast<float>(cfg.balanced ? N / (K * count[target[i]]) : 1.0);
 
+  model->to(cfg.device);
   torch::optim::AdamW opt(model->parameters(),
                           torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
   ClsTrainResult res;
@@ -169,11 +180,8 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
         y.push_back(target[i]);
         w.push_back(sample_w[i]);
       }
-      auto yt = torch::tensor(y, torch::kInt64), wt = torch::tensor(w, torch::kFloat32);
-      auto per = torch::nn::functional::cross_entropy(
-          model->forward(x), yt,
-          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kNone));
-      auto loss = (per * wt).sum() / wt.sum();
+      auto loss = classifier_loss(model, x, torch::tensor(y, torch::kInt64),
+                                  torch::tensor(w, torch::kFloat32));
       double lv = loss.item<double>();
       if (!std::isfinite(lv))
         return Status::error("classify: loss is " + std::to_string(lv) + " at epoch " +
@@ -181,7 +189,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
                              "; stopped (last good weights in " + last + "); try a lower --lr");
       opt.zero_grad();
       loss.backward();
-      torch::nn::utils::clip_grad_norm_(model->parameters(), 5.0);
+      clip_grad_norm(model->parameters(), 5.0);
       opt.step();
       loss_sum += lv;
       seen += static_cast<int64_t>(idx.size());

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <thread>
 
+#include "core/device.h"
 #include "lesionflow/runtime.h"
 
 namespace lf {
@@ -118,6 +119,15 @@ Status check_device(const std::string& device) {
     return Status::ok_status();
   }
   return Status::error("--device " + device + ": expected cpu or cuda[:N]");
+}
+
+Result<torch::Device> parse_device(const std::string& name) {
+  LF_RETURN_IF_ERROR(check_device(name));
+  try {
+    return torch::Device(name);
+  } catch (const std::exception&) {
+    return Status::error("--device " + name + ": expected cpu or cuda[:N]");
+  }
 }
 
 namespace {

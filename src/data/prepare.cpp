@@ -16,7 +16,6 @@
 
 namespace lf {
 
-namespace {
 cv::Mat fit_square(const cv::Mat& img, FitMode mode, int size, bool is_mask) {
   cv::Mat sq;
   int h = img.rows, w = img.cols;
@@ -34,7 +33,6 @@ cv::Mat fit_square(const cv::Mat& img, FitMode mode, int size, bool is_mask) {
   cv::resize(sq, out, cv::Size(size, size), 0, 0, interp);
   return out;
 }
-}  // namespace
 
 Result<PreparedSet> prepare(const Dataset& ds, const PrepareConfig& cfg, PrepareStats* stats) {
   if (cfg.size < 8 || cfg.size > 1024) return Status::error("prepare: size must be in 8..1024");

@@ -236,7 +236,7 @@ Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg,
   double h_prev = 0, dt_prev = 0;
   for (size_t i = 0; i + 1 < ts.size(); ++i) {
     double t0 = ts[i], t1 = ts[i + 1], dt = t1 - t0;
-    auto v0 = v(x, torch::full({B}, t0));
+    auto v0 = v(x, torch::full({B}, t0, x.options()));
     if (cfg.method == SamplerMethod::kDpm2m) {
       // DPM-Solver++(2M) in data-prediction form for alpha = 1-t, sigma = t:
       //   x1 = (t1/t0) x + (1-t1)(1 - e^-h) D,  h = lambda(t1) - lambda(t0),
@@ -271,7 +271,7 @@ Tensor sample_flow(const VelocityFn& v, Tensor x, const SamplerConfig& cfg,
       x = x + dt * ((1 + 0.5 * r) * v0 - 0.5 * r * v_prev);
     } else if (cfg.method == SamplerMethod::kHeun && t1 > 0) {
       auto x1 = x + dt * v0;
-      auto v1 = v(x1, torch::full({B}, t1));
+      auto v1 = v(x1, torch::full({B}, t1, x.options()));
       x = x + dt * 0.5 * (v0 + v1);
     } else {
       x = x + dt * v0;

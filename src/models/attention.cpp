@@ -159,10 +159,10 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
 }  // namespace
 
 Tensor attention_bias(const Tensor& key_mask) {
-  if (!key_mask.defined() || key_mask.all().item<bool>()) return {};
-  auto bias =
-      torch::zeros(key_mask.sizes(), torch::dtype(torch::kFloat32).device(key_mask.device()))
-          .masked_fill(key_mask.logical_not(), -1e9);
+  if (!key_mask.defined()) return {};
+  // Off the CPU the bias is always built (adding zeros is exact) to save a device sync.
+  if (key_mask.device().is_cpu() && key_mask.all().item<bool>()) return {};
+  auto bias = (key_mask.to(torch::kFloat32) - 1.0) * 1e9;  // 0 where attended, -1e9 elsewhere
   return bias.view({key_mask.size(0), 1, 1, key_mask.size(1)});
 }
 

@@ -29,6 +29,10 @@ struct LoadedGenerator {
   Autoencoder ae{nullptr};  // latent generators: the decoder (checked against the "ae" hash)
   std::string ae_path, ae_hash;
   bool latent() const { return !ae.is_empty(); }
+  void to(torch::Device d) {  // the generator and its decoder
+    model->to(d);
+    if (latent()) ae->to(d);
+  }
 };
 // A latent generator's autoencoder is `ae_path` when given, else the file named in its metadata
 // next to the checkpoint; one whose hash differs from the checkpoint's record is refused.

@@ -23,6 +23,7 @@
 #include "lesionflow/phantom.h"
 #include "lesionflow/record_pixels.h"
 #include "lesionflow/runtime.h"
+#include "lesionflow/scratch.h"
 #include "train/common.h"
 #include "train/generator.h"
 
@@ -109,11 +110,10 @@ struct FinetuneBench {
     if (rt) rt->apply();
     auto gen = at::detail::createCPUGenerator(1);
     auto t = sample_timesteps(x0.size(0), flow, gen);
-    auto fb = make_flow_batch(x0, torch::randn_like(x0), t);
-    auto loss = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, flow).mean();
+    auto loss = generator_loss(model, {x0, torch::randn_like(x0), t, ids, mask}, flow).mean();
     opt->zero_grad();
     loss.backward();
-    torch::nn::utils::clip_grad_norm_(params, 1.0);
+    clip_grad_norm(params, 1.0);
     opt->step();
   }
 };
@@ -371,11 +371,9 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
     // The images are written only when the row is selected (--only filters the rows below).
     if (!o.only.empty() && !std::regex_search(name, std::regex(o.only, std::regex::icase)))
       continue;
-    const std::string dir = (std::filesystem::temp_directory_path() /
-                             ("lesionflow_bench_measure_" + std::to_string(side)))
-                                .string();
-    std::filesystem::remove_all(dir);
-    LF_RETURN_IF_ERROR(make_dirs(dir));
+    LF_ASSIGN_OR_RETURN(TempDir td, TempDir::create("bench_measure_" + std::to_string(side)));
+    auto scratch = std::make_shared<TempDir>(std::move(td));  // lives as long as the row
+    const std::string dir = scratch->path();
     const int n = side > 100 ? 48 : 256;
     for (int i = 0; i < n; ++i) {
       cv::Mat sq, mask, img, bgr;
@@ -385,7 +383,7 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
       cv::cvtColor(img, bgr, cv::COLOR_RGB2BGR);
       LF_RETURN_IF_ERROR(write_png(dir + "/img_" + std::to_string(i) + ".png", bgr));
     }
-    vs.push_back({name, "img/s", [dir, n, threads] {
+    vs.push_back({name, "img/s", [scratch, dir, n, threads] {
                     auto t0 = Clock::now();
                     auto r = measure_image_folder(dir, dir + "/concepts.jsonl", threads);
                     return r.ok() ? n / since(t0) : 0.0;

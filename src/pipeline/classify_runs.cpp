@@ -6,6 +6,7 @@
 #include <numeric>
 #include <opencv2/imgproc.hpp>
 
+#include "core/device.h"
 #include "eval/audit.h"
 #include "lesionflow/image_metrics.h"
 #include "lesionflow/io.h"
@@ -64,6 +65,7 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o) {
   job.train.max_minutes = o.max_minutes;
   job.train.resume = o.resume;
   job.train.out = o.out;
+  LF_ASSIGN_OR_RETURN(job.train.device, parse_device(o.device));
   job.synthetic_weight = o.synthetic_weight;
   job.filter_with = o.filter_with;
   job.filter_confidence = o.filter_confidence;
@@ -73,7 +75,9 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o) {
 
 Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o) {
   if (o.model.empty()) return Status::error("classify eval: --model best.safetensors is required");
+  LF_ASSIGN_OR_RETURN(torch::Device dev, parse_device(o.device));
   LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(o.model));
+  lc.model->to(dev);
   std::vector<NamedSet> sets;
   if (!o.data.empty()) {
     LF_ASSIGN_OR_RETURN(RealData real, load_real_data(o.data, o.splits, o.captions));

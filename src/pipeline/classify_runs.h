@@ -29,6 +29,7 @@ struct ClassifyTrainOptions {
   double shift_augment = 0;  // chance per training image of an acquisition shift
   bool resume = false;
   uint64_t seed = 0;
+  std::string device = "cpu";
 };
 // Trains in `out` and evaluates on the test split and the extra test sets: run_cls_job's JSON.
 Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o);
@@ -39,6 +40,7 @@ struct ClassifyEvalOptions {
   std::vector<std::string> test_datasets;
   std::string out;  // optional metrics JSON
   uint64_t seed = 0;
+  std::string device = "cpu";
 };
 // {set name: evaluation_json}
 Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o);

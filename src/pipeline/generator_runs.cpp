@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "adapters/lora.h"
+#include "core/device.h"
 #include "lesionflow/captions.h"
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
@@ -24,9 +25,10 @@
 namespace lf {
 namespace {
 
-GenTrainConfig loop_config(const LoopOptions& o, const std::string& out, uint64_t seed,
-                           int64_t max_warmup) {
+Result<GenTrainConfig> loop_config(const LoopOptions& o, const std::string& out, uint64_t seed,
+                                   int64_t max_warmup) {
   GenTrainConfig tc;
+  LF_ASSIGN_OR_RETURN(tc.device, parse_device(o.device));
   tc.steps = o.steps;
   tc.batch = o.batch;
   tc.lr = o.lr;
@@ -243,7 +245,7 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
   MMDiT model(mc);
   log_info("model: " + std::to_string(model->num_parameters()) + " parameters, " +
            std::to_string(mc.tokens()) + " image tokens, preset " + o.preset);
-  GenTrainConfig tc = loop_config(o.loop, o.out, o.seed, 100);
+  LF_ASSIGN_OR_RETURN(GenTrainConfig tc, loop_config(o.loop, o.out, o.seed, 100));
   tc.flow.prediction = mc.prediction;
   tc.flow.objective = objective;
   if (objective == Objective::kDiffusion)
@@ -290,7 +292,9 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
   if (prompts.empty())
     return Status::error("sample: give --prompt TEXT (repeatable) or --prompts-file FILE");
   if (o.n < 1) return Status::error("sample: --n must be >= 1, got " + std::to_string(o.n));
+  LF_ASSIGN_OR_RETURN(torch::Device dev, parse_device(o.device));
   LF_ASSIGN_OR_RETURN(LoadedGenerator gen, load_generator(ckpt, o.ae));
+  gen.to(dev);  // before any adapter, which is placed beside the weight it adapts
   GenerateConfig gc = o.gen;
   apply_recommended_sampling(gen.metadata, o.given,
                              gc);  // a distilled student's settings for flags not given
@@ -408,7 +412,8 @@ Result<nlohmann::json> run_finetune(const FinetuneRunOptions& o) {
   auto va_idx = filtered(d, d.val_idx, o.filter, 0, o.seed);
   if (tr_idx.empty()) return Status::error("finetune: no training images match the filters");
   LF_RETURN_IF_ERROR(make_dirs(o.out));
-  GenTrainConfig tc = loop_config(o.loop, o.out, o.seed, 50);
+  LF_ASSIGN_OR_RETURN(GenTrainConfig tc, loop_config(o.loop, o.out, o.seed, 50));
+  base.to(tc.device);  // before the adapters, which are created beside the weights they adapt
   tc.flow = base.flow;
   for (size_t k = 0; k < va_idx.size() && tc.val_prompts.size() < 6; ++k)
     tc.val_prompts.push_back(d.captions[va_idx[k]]);
@@ -510,7 +515,8 @@ Result<nlohmann::json> run_distill(const DistillRunOptions& o) {
     return Status::error("distill: the data is " + std::to_string(d.ps.size) + "px, the teacher " +
                          std::to_string(pixel_size(teacher)) + "px");
   LF_RETURN_IF_ERROR(make_dirs(o.out));
-  GenTrainConfig tc = loop_config(o.loop, o.out, o.seed, 50);
+  LF_ASSIGN_OR_RETURN(GenTrainConfig tc, loop_config(o.loop, o.out, o.seed, 50));
+  teacher.to(tc.device);
   tc.flow = teacher.flow;
   tc.grid.sampler.steps = o.distill.student_steps;
   tc.grid.cfg_scale = 1.0;

@@ -37,6 +37,7 @@ struct LoopOptions {
   int ckpt_every = 250, sample_every = 500, log_every = 25, val_every = 250;
   int64_t stop_at_step = -1;  // stop (checkpointed) at this step, keeping the schedule of `steps`
   bool resume = false;
+  std::string device = "cpu";  // cpu | cuda[:N]
 };
 
 struct TokenizerRunOptions {
@@ -79,6 +80,7 @@ struct SampleRunOptions {
   std::vector<std::string> lora;  // adapter[:strength]
   std::string out;
   uint64_t seed = 0;
+  std::string device = "cpu";
 };
 // PNGs, grid.png and samples.jsonl in `out`; {images, out, checkpoint}.
 Result<nlohmann::json> run_sampling(const SampleRunOptions& o);

@@ -20,6 +20,7 @@
 #include "lesionflow/io.h"
 #include "lesionflow/log.h"
 #include "lesionflow/phantom.h"
+#include "lesionflow/record_pixels.h"
 #include "lesionflow/rng.h"
 #include "lesionflow/stop.h"
 #include "pipeline/generator_runs.h"
@@ -258,11 +259,9 @@ struct ApiServer::Impl {
                       "Content-Type must be image/png, image/jpeg or application/octet-stream"};
     auto img = decode_image(req.body, "upload");
     if (!img.ok()) throw HttpError{400, img.status().message()};
-    cv::Mat rgb, sq;
+    cv::Mat rgb;
     cv::cvtColor(*img, rgb, cv::COLOR_BGR2RGB);
-    const int side = std::min(rgb.cols, rgb.rows);  // centre square, as `data prepare` crops
-    sq = rgb(cv::Rect((rgb.cols - side) / 2, (rgb.rows - side) / 2, side, side));
-    cv::resize(sq, sq, cv::Size(128, 128), 0, 0, side > 128 ? cv::INTER_AREA : cv::INTER_LINEAR);
+    const cv::Mat sq = fit_square(rgb, FitMode::kCrop, 128, false);  // as `data prepare` crops
     return {{"measured", measure_lesion(sq, cv::Mat()).to_json()},
             {"width", img->cols},
             {"height", img->rows}};

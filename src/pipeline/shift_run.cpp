@@ -10,6 +10,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/parallel.h"
 #include "lesionflow/rng.h"
+#include "lesionflow/scratch.h"
 #include "lesionflow/shift.h"
 
 namespace lf {
@@ -36,9 +37,8 @@ Result<nlohmann::json> run_data_shift(const ShiftRunOptions& o) {
       return Status::error("data shift: " + o.dataset +
                            " has no image files (phantoms: write them with 'data phantom' first)");
   if (idx.empty()) return Status::error("data shift: no images in split '" + o.split + "'");
-  const std::string tmp = o.out + ".partial";
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
+  LF_ASSIGN_OR_RETURN(PartialDir part, PartialDir::begin(o.out, "data shift"));
+  const std::string& tmp = part.path();
   LF_RETURN_IF_ERROR(make_dirs(tmp + "/images"));
   std::vector<nlohmann::json> rec(idx.size());
   std::vector<std::string> err(idx.size());
@@ -95,8 +95,7 @@ Result<nlohmann::json> run_data_shift(const ShiftRunOptions& o) {
                          " images could be read");
   LF_RETURN_IF_ERROR(write_file_atomic(tmp + "/HAM10000_metadata.csv", csv.str()));
   LF_RETURN_IF_ERROR(write_file_atomic(tmp + "/shift.jsonl", jl.str()));
-  fs::rename(tmp, o.out, ec);
-  if (ec) return Status::error(o.out + ": cannot move the shifted set into place: " + ec.message());
+  LF_RETURN_IF_ERROR(part.commit());
   return nlohmann::json{
       {"out", o.out}, {"images", n_ok}, {"skipped", skipped}, {"per_kind", per_kind}};
 }

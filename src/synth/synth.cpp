@@ -14,6 +14,7 @@
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/rng.h"
+#include "lesionflow/scratch.h"
 #include "train/common.h"
 
 namespace lf {
@@ -267,9 +268,9 @@ Result<nlohmann::json> export_synthetic(const std::string& dir, const std::strin
   LF_ASSIGN_OR_RETURN(auto recs, read_jsonl(manifest, &lines));
   if (recs.empty()) return Status::error(manifest + ": no images listed");
   const auto& known = known_dx_codes();
-  const std::string tmp = out + ".partial";
+  LF_ASSIGN_OR_RETURN(PartialDir part, PartialDir::begin(out, "export"));
+  const std::string& tmp = part.path();
   std::error_code ec;
-  fs::remove_all(tmp, ec);
   std::ostringstream csv;
   csv << (format == "ham" ? "lesion_id,image_id,dx,dx_type,age,sex,localization,"
                           : "class,image_id,dx,label,")
@@ -320,8 +321,7 @@ Result<nlohmann::json> export_synthetic(const std::string& dir, const std::strin
   }
   LF_RETURN_IF_ERROR(write_file_atomic(
       tmp + (format == "ham" ? "/HAM10000_metadata.csv" : "/provenance.csv"), csv.str()));
-  fs::rename(tmp, out, ec);
-  if (ec) return Status::error(out + ": cannot move the export into place: " + ec.message());
+  LF_RETURN_IF_ERROR(part.commit());
   nlohmann::json counts(per_class);
   return nlohmann::json{
       {"out", out}, {"format", format}, {"images", recs.size()}, {"per_class", counts}};

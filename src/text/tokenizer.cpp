@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "lesionflow/io.h"
+#include "lesionflow/scratch.h"
 
 namespace lf {
 namespace {
@@ -113,9 +114,8 @@ Result<Tokenizer> Tokenizer::train(const std::vector<std::string>& corpus,
   const Shim& s = shim();
   if (!s.lib) return Status::error("sentencepiece: " + s.error);
   if (corpus.empty()) return Status::error("tokenizer: empty training corpus");
-  char tmpl[] = "/tmp/lesionflow_spm_XXXXXX";
-  if (!mkdtemp(tmpl)) return Status::error("tokenizer: cannot create a temp directory");
-  std::string dir = tmpl;
+  LF_ASSIGN_OR_RETURN(TempDir scratch, TempDir::create("spm"));
+  const std::string& dir = scratch.path();
   std::string text;
   for (const auto& l : corpus) text += l + "\n";
   LF_RETURN_IF_ERROR(write_file_atomic(dir + "/corpus.txt", text));
@@ -126,14 +126,10 @@ Result<Tokenizer> Tokenizer::train(const std::vector<std::string>& corpus,
                      " --eos_id=-1 --unk_id=2 --minloglevel=2 --num_threads=1"
                      " --input_sentence_size=1000000 --shuffle_input_sentence=false";
   char err[2048] = {0};
-  if (s.train(args.c_str(), err, sizeof err) != 0) {
-    std::filesystem::remove_all(dir);
+  if (s.train(args.c_str(), err, sizeof err) != 0)
     return Status::error(std::string("tokenizer training failed: ") + err);
-  }
-  auto bytes = read_file(dir + "/spm.model");
-  std::filesystem::remove_all(dir);
-  if (!bytes.ok()) return bytes.status();
-  return from_bytes(*bytes);
+  LF_ASSIGN_OR_RETURN(std::string bytes, read_file(dir + "/spm.model"));
+  return from_bytes(bytes);
 }
 
 std::vector<int> Tokenizer::encode_raw(const std::string& text) const {

@@ -121,6 +121,29 @@ void set_lr(torch::optim::Optimizer& opt, double lr) {
   for (auto& g : opt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
 }
 
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm) {
+  std::vector<torch::Tensor> norms;
+  for (const auto& p : params)
+    if (p.grad().defined()) norms.push_back(p.grad().data().norm(2.0));
+  if (norms.empty()) return {};
+  auto total = norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2.0);
+  auto coef = torch::clamp(max_norm / (total + 1e-6), c10::nullopt, 1.0);
+  for (const auto& p : params)
+    if (p.grad().defined()) p.grad().data().mul_(coef);
+  return total;
+}
+
+void ema_update(std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& params,
+                double decay) {
+  torch::NoGradGuard ng;
+  for (size_t i = 0; i < params.size(); ++i) ema[i].mul_(decay).add_(params[i], 1 - decay);
+}
+
+torch::Device module_device(const torch::nn::Module& m) {
+  auto ps = m.parameters();
+  return ps.empty() ? torch::Device(torch::kCPU) : ps.front().device();
+}
+
 std::vector<int64_t> BatchPlan::at(int64_t step) {
   std::vector<int64_t> out(B_);
   for (int i = 0; i < B_; ++i) {

@@ -16,6 +16,18 @@ Status save_state(const std::string& path, int64_t step, torch::optim::Optimizer
 Result<int64_t> load_state(const std::string& path, torch::optim::Optimizer& opt);
 void set_lr(torch::optim::Optimizer& opt, double lr);  // AdamW param groups
 
+// The optimizer side of a training step, free of host synchronisation so that it runs on any
+// device (the device test runs it on the meta device, where reading a value is an error):
+// clips the global L2 norm of the gradients to max_norm with the arithmetic of
+// torch::nn::utils::clip_grad_norm_ and returns the norm before clipping as a 0-dim tensor on
+// the gradients' device (undefined when no parameter has a gradient).
+torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// ema = decay * ema + (1 - decay) * param, in place, without autograd.
+void ema_update(std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& params,
+                double decay);
+// The device of a module's parameters (CPU for a module without any).
+torch::Device module_device(const torch::nn::Module& m);
+
 // One checkpoint made of several files (weights, EMA, optimizer state), replaced as a set: a
 // kill at any moment leaves the old set or the new one, never a mix (a mix resumes the new
 // weights with the old step and optimizer: silently not the uninterrupted run). Each writer

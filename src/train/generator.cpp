@@ -39,6 +39,7 @@ nlohmann::json GenTrainConfig::to_json() const {
           {"seed", seed},
           {"out", out},
           {"flow", flow.to_json()},
+          {"device", device.str()},
           {"val_prompts", val_prompts}};
 }
 
@@ -210,8 +211,11 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
   torch::NoGradGuard ng;
   const auto& c = model->config();
   const int64_t N = static_cast<int64_t>(prompts.size());
+  const auto dev = module_device(*model);  // noise is drawn on the CPU (seed-exact), then moved
   std::vector<Tensor> outs;
   auto [eids, emask] = tokenize_batch(tok, {""}, c.max_text_len);
+  eids = eids.to(dev);
+  emask = emask.to(dev);
   SamplerConfig sc = gc.sampler;  // a diffusion network: DDIM's steps, evenly spaced in k
   if (flow.objective == Objective::kDiffusion && sc.ts.empty())
     sc.ts = ddpm_sampling_schedule(flow, sc.steps);
@@ -232,11 +236,13 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
       std::vector<Tensor> z;
       for (auto& g : step_gens)
         z.push_back(torch::randn({1, c.channels, c.image_size, c.image_size}, g, torch::kFloat32));
-      return torch::cat(z, 0);
+      return torch::cat(z, 0).to(dev);
     };
     std::vector<std::string> ps(prompts.begin() + s, prompts.begin() + s + n);
     auto [ids_full, mask_full] = tokenize_batch(tok, ps, c.max_text_len);
     auto [ids, mask] = trim_padding(ids_full, mask_full);
+    ids = ids.to(dev);
+    mask = mask.to(dev);
     // The text side is constant over the steps: encode it once. The unconditional branch is the
     // empty caption (BOS only) run as its own 1-token sequence: padded keys are masked, so this
     // equals the padded batch while saving the padded tokens' compute.
@@ -247,14 +253,27 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
     NetFn net_u = [&](const Tensor& x, const Tensor& t) { return model->forward(x, t, uncond); };
     VelocityFn v = [&](const Tensor& x, const Tensor& t) {
       auto vc = net_velocity(net_c, x, t, flow);
-      const double tv = t[0].item<double>();
-      if (!guided || tv < gc.cfg_t_lo || tv > gc.cfg_t_hi) return vc;
+      if (!guided) return vc;
+      // Read t on the host only for a limited guidance interval (a device sync otherwise saved).
+      if (gc.cfg_t_lo > 0 || gc.cfg_t_hi < 1) {
+        const double tv = t[0].item<double>();
+        if (tv < gc.cfg_t_lo || tv > gc.cfg_t_hi) return vc;
+      }
       auto vu = net_velocity(net_u, x, t, flow);
       return vu + gc.cfg_scale * (vc - vu);
     };
-    outs.push_back(sample_flow(v, torch::cat(noise, 0), sc, fresh));
+    outs.push_back(sample_flow(v, torch::cat(noise, 0).to(dev), sc, fresh));
   }
   return torch::cat(outs, 0);
+}
+
+Tensor generator_loss(MMDiT& model, const GenBatch& b, const FlowConfig& flow,
+                      const TrainTarget* target) {
+  const auto dev = module_device(*model);
+  auto t = b.t.to(dev), ids = b.ids.to(dev), mask = b.mask.to(dev);
+  auto fb = make_train_batch(b.x0.to(dev), b.noise.to(dev), t, flow);
+  if (target && target->target_velocity) fb.target = target->target_velocity(fb.x_t, t, ids, mask);
+  return flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, flow);
 }
 
 Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
@@ -274,6 +293,16 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
                          "px but the model expects " + std::to_string(mc.image_size) +
                          "px (prepare the cache with --size " + std::to_string(mc.image_size) +
                          ")");
+  if (target)
+    for (const auto& p : target->params)
+      if (p.device() != cfg.device)
+        return Status::error("train: the trained tensors are on " + p.device().str() +
+                             " but the run's device is " + cfg.device.str());
+  model->to(cfg.device);
+  if (!cfg.ae.is_empty()) {
+    Autoencoder ae = cfg.ae;  // a handle: the sample grids decode on the run's device
+    ae->to(cfg.device);
+  }
   LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/samples"));
   const std::string ckpt = cfg.out + "/checkpoint.safetensors",
                     ema_path = cfg.out + "/ema.safetensors", state = cfg.out + "/state.bin",
@@ -367,6 +396,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     auto g = at::detail::createCPUGenerator(derive_seed(cfg.seed, Stream::kGenValidation));
     val_noise = torch::randn(val_x.sizes(), g, torch::kFloat32);
     val_t = (torch::arange(nv, torch::kFloat32) + 0.5) / nv;  // stratified over (0,1)
+    for (Tensor* v : {&val_x, &val_ids, &val_mask, &val_noise, &val_t}) *v = v->to(cfg.device);
   }
 
   BatchPlan plan(train.count(), cfg.batch, cfg.seed);
@@ -434,11 +464,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     auto t = target && target->timesteps ? target->timesteps(x0.size(0), gen)
                                          : sample_timesteps(x0.size(0), cfg.flow, gen);
     auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32);
-    auto fb = make_train_batch(x0, noise, t, cfg.flow);
-    if (target && target->target_velocity)
-      fb.target = target->target_velocity(fb.x_t, t, ids, mask);
     prepare(step);
-    auto per = flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, cfg.flow);
+    auto per = generator_loss(model, {x0, noise, t, ids, mask}, cfg.flow, target);
     auto loss = per.mean();
     double lv = loss.item<double>();
     if (!std::isfinite(lv)) {
@@ -449,13 +476,9 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     }
     opt.zero_grad();
     loss.backward();
-    double gnorm = torch::nn::utils::clip_grad_norm_(params, cfg.grad_clip);
+    Tensor gnorm_t = clip_grad_norm(params, cfg.grad_clip);
     opt.step();
-    {
-      torch::NoGradGuard ng;
-      double d = std::min(cfg.ema_decay, (1.0 + step) / (10.0 + step));
-      for (size_t i = 0; i < params.size(); ++i) ema[i].mul_(d).add_(params[i], 1 - d);
-    }
+    ema_update(ema, params, std::min(cfg.ema_decay, (1.0 + step) / (10.0 + step)));
     ++step;
     bins.add(t, per);
     loss_acc += lv;
@@ -467,6 +490,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e", lv, lr);
     prog.update(step, extra);
     if (step % cfg.log_every == 0 || step == cfg.steps) {
+      const double gnorm = gnorm_t.defined() ? gnorm_t.item<double>() : 0.0;
       nlohmann::json m = {
           {"step", step},       {"loss", loss_acc / loss_n}, {"lr", lr},
           {"grad_norm", gnorm}, {"images_per_second", ips},  {"loss_by_t_bin", bins.means()}};
@@ -479,13 +503,10 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     }
     if (val_x.defined() && cfg.val_every > 0 && step % cfg.val_every == 0) {
       torch::NoGradGuard ng;
-      auto fv = make_train_batch(val_x, val_noise, val_t, cfg.flow);
-      if (target && target->target_velocity)
-        fv.target = target->target_velocity(fv.x_t, val_t, val_ids, val_mask);
       swap_ema();
       prepare(-1);
       double vl =
-          flow_loss_per_sample(model->forward(fv.x_t, val_t, val_ids, val_mask), fv, cfg.flow)
+          generator_loss(model, {val_x, val_noise, val_t, val_ids, val_mask}, cfg.flow, target)
               .mean()
               .item<double>();
       swap_ema();
@@ -526,7 +547,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
       std::snprintf(name, sizeof name, "/samples/step_%06lld.png", static_cast<long long>(step));
       (void)write_png(cfg.out + name, make_grid(tiles, static_cast<int>(cfg.val_prompts.size())));
       nlohmann::json m = {{"step", step}, {"samples", std::string(name).substr(1)}};
-      if (val_px.defined()) m["colour_stat_distance"] = colour_stat_distance(imgs, val_px);
+      if (val_px.defined())
+        m["colour_stat_distance"] = colour_stat_distance(imgs.to(torch::kCPU), val_px);
       append_line(metrics, m.dump());
     }
     if (cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) LF_RETURN_IF_ERROR(save_all(step));

@@ -72,6 +72,9 @@ struct GenTrainConfig {
   // every checkpoint's metadata (key "ae") so the checkpoint is never decoded by another one.
   Autoencoder ae{nullptr};
   std::string ae_hash, ae_file;
+  // Where the model, its optimizer state, EMA and batches live. The loop moves the model (and
+  // the grid's autoencoder) there; LoRA adapters must already be there (error otherwise).
+  torch::Device device = torch::kCPU;
   nlohmann::json to_json() const;
 };
 
@@ -133,6 +136,16 @@ void apply_recommended_sampling(const std::map<std::string, std::string>& metada
 // The generator shipped in models/ (latent; its autoencoder beside it) that `sample` uses by
 // default.
 inline const char* kShippedGenerator = "lesionflow_ham64.safetensors";
+
+// One training batch as the data side makes it (any device; CPU here).
+struct GenBatch {
+  torch::Tensor x0, noise, t, ids, mask;
+};
+// The loss of one step: the batch is moved to the model's device, noised on the flow's path
+// (or the DDPM schedule), the model predicts, and the per-sample loss [B] is returned on that
+// device with no host synchronisation. The training loop and the device test call this.
+torch::Tensor generator_loss(MMDiT& model, const GenBatch& b, const FlowConfig& flow,
+                             const TrainTarget* target = nullptr);
 
 // Run directory: checkpoint.safetensors (weights), ema.safetensors (EMA weights),
 // state.bin (optimizer + step; all other randomness is derived from (seed, step)),

@@ -21,6 +21,7 @@ struct GlobalOptions {
   int threads = 0;  // 0: all cores
   bool json = false;
   std::string device = "cpu";
+  bool device_aware = false;       // the chosen command carries --device (set when it is parsed)
   std::string precision = "fp32";  // fp32 | bf16 | auto (GEMMs of the models in bfloat16)
   bool verbose = false, quiet = false;
   std::string command_line;
@@ -74,12 +75,23 @@ inline void emit_json(const GlobalOptions& g, const nlohmann::json& j) {
   if (g.json) std::cout << j.dump(2) << std::endl;
 }
 
-// Runs `fn(options)` with the global seed, printing the JSON (--json) or `print(json)`.
+// Runs `fn(options)` with the global seed, threads and device (for options that have them),
+// printing the JSON (--json) or `print(json)`.
 template <class Opt, class Fn, class Print>
 void bind(CLI::App* s, Opt& o, GlobalOptions& g, Runner* run, Fn fn, Print print) {
   s->callback([&o, &g, run, fn, print]() {
+    // --device reaches the commands whose options carry a device; main() refuses a device other
+    // than the CPU for every other command.
+    g.device_aware = requires { o.device; }
+    || requires { o.loop.device; };
     *run = [&o, &g, fn, print]() -> Status {
-      o.seed = g.seed;
+      if constexpr (requires { o.seed; }) o.seed = g.seed;
+      if constexpr (requires { o.threads; })
+        if (g.threads > 0) o.threads = g.threads;  // else the command's own default
+      if constexpr (requires { o.device; })
+        o.device = g.device;
+      else if constexpr (requires { o.loop.device; })
+        o.loop.device = g.device;
       LF_ASSIGN_OR_RETURN(nlohmann::json j, fn(o));
       if (g.json)
         emit_json(g, j);

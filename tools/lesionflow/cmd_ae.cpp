@@ -53,21 +53,12 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->capture_default_str()
       ->check(kNonNegative);
   tr->add_flag("--resume", o.train.resume, "continue the run in --out exactly where it stopped");
-  tr->callback([&g, run]() {
-    *run = [&g]() -> Status {
-      o.seed = g.seed;
-      LF_ASSIGN_OR_RETURN(nlohmann::json j, run_ae_training(o));
-      if (g.json)
-        emit_json(g, j);
-      else
-        std::printf(
-            "autoencoder trained to step %lld (%.1f img/s): validation PSNR %.2f dB, SSIM %.4f -> "
-            "%s\n",
-            (long long)j["step"].get<int64_t>(), j["images_per_second"].get<double>(),
-            j["val_psnr"].get<double>(), j["val_ssim"].get<double>(),
-            j["checkpoint"].get<std::string>().c_str());
-      return Status::ok_status();
-    };
+  bind(tr, o, g, run, run_ae_training, [](const nlohmann::json& j) {
+    std::printf(
+        "autoencoder trained to step %lld (%.1f img/s): validation PSNR %.2f dB, SSIM %.4f -> %s\n",
+        (long long)j["step"].get<int64_t>(), j["images_per_second"].get<double>(),
+        j["val_psnr"].get<double>(), j["val_ssim"].get<double>(),
+        j["checkpoint"].get<std::string>().c_str());
   });
   auto* en = ae->add_subcommand(
       "encode", "cache the latents of a prepared set (8 dihedral variants per image)");
@@ -75,17 +66,10 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
   en->add_option("--data", o.data,
                  "prepared cache directory (latents_<hash>.safetensors is written there)")
       ->required();
-  en->callback([&g, run]() {
-    *run = [&g]() -> Status {
-      LF_ASSIGN_OR_RETURN(nlohmann::json j, run_ae_encoding(o));
-      if (g.json)
-        emit_json(g, j);
-      else
-        std::printf("latents %s of %lld images (8 dihedral variants each) -> %s\n",
-                    j["shape"].dump().c_str(), (long long)j["images"].get<int64_t>(),
-                    j["latents"].get<std::string>().c_str());
-      return Status::ok_status();
-    };
+  bind(en, o, g, run, run_ae_encoding, [](const nlohmann::json& j) {
+    std::printf("latents %s of %lld images (8 dihedral variants each) -> %s\n",
+                j["shape"].dump().c_str(), (long long)j["images"].get<int64_t>(),
+                j["latents"].get<std::string>().c_str());
   });
   auto* ev = ae->add_subcommand("eval", "reconstruction PSNR/SSIM on a split");
   ev->add_option("--ae", o.ae, "autoencoder .safetensors")->required();
@@ -94,17 +78,10 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
   ev->add_option("--split", o.split, "train | val | test")
       ->capture_default_str()
       ->check(CLI::IsMember({"train", "val", "test"}));
-  ev->callback([&g, run]() {
-    *run = [&g]() -> Status {
-      LF_ASSIGN_OR_RETURN(nlohmann::json j, run_ae_evaluation(o));
-      if (g.json)
-        emit_json(g, j);
-      else
-        std::printf("%s: %lld %s images, PSNR %.2f dB, SSIM %.4f\n", o.ae.c_str(),
-                    (long long)j["images"].get<int64_t>(), o.split.c_str(), j["psnr"].get<double>(),
-                    j["ssim"].get<double>());
-      return Status::ok_status();
-    };
+  bind(ev, o, g, run, run_ae_evaluation, [](const nlohmann::json& j) {
+    std::printf("%s: %lld %s images, PSNR %.2f dB, SSIM %.4f\n", o.ae.c_str(),
+                (long long)j["images"].get<int64_t>(), o.split.c_str(), j["psnr"].get<double>(),
+                j["ssim"].get<double>());
   });
 }
 

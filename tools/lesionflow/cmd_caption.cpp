@@ -25,26 +25,16 @@ void add_caption(CLI::App& app, GlobalOptions& g, Runner* run) {
   c->add_option("--llm-timeout", o.llm_timeout, "seconds per request before falling back")
       ->capture_default_str()
       ->check(kNonNegative);
-  c->callback([&g, run]() {
-    *run = [&g]() -> Status {
-      o.seed = g.seed;
-      o.threads = g.threads;
-      LF_ASSIGN_OR_RETURN(nlohmann::json s, caption_dataset(o));
-      if (g.json)
-        emit_json(g, s);
-      else {
-        std::printf("captioned %lld images (%lld errors, %lld warnings) -> %s; summary %s\n",
-                    (long long)s["images"].get<int64_t>(), (long long)s["errors"].get<int64_t>(),
-                    (long long)s["warnings"].get<int64_t>(), o.out.c_str(),
-                    s["summary"].get<std::string>().c_str());
-        if (s.contains("auto_segmentation_dice"))
-          std::printf("auto-segmentation Dice vs given masks: mean %.3f\n",
-                      s["auto_segmentation_dice"]["mean"].get<double>());
-        if (s.contains("tds_auc_mel_vs_nv"))
-          std::printf("TDS AUC melanoma vs nevus: %.3f\n", s["tds_auc_mel_vs_nv"].get<double>());
-      }
-      return Status::ok_status();
-    };
+  bind(c, o, g, run, caption_dataset, [](const nlohmann::json& s) {
+    std::printf("captioned %lld images (%lld errors, %lld warnings) -> %s; summary %s\n",
+                (long long)s["images"].get<int64_t>(), (long long)s["errors"].get<int64_t>(),
+                (long long)s["warnings"].get<int64_t>(), o.out.c_str(),
+                s["summary"].get<std::string>().c_str());
+    if (s.contains("auto_segmentation_dice"))
+      std::printf("auto-segmentation Dice vs given masks: mean %.3f\n",
+                  s["auto_segmentation_dice"]["mean"].get<double>());
+    if (s.contains("tds_auc_mel_vs_nv"))
+      std::printf("TDS AUC melanoma vs nevus: %.3f\n", s["tds_auc_mel_vs_nv"].get<double>());
   });
 
   static std::string images, out;

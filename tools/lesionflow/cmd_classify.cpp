@@ -94,17 +94,7 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
                  "extra test datasets (evaluated, never trained on)");
   tr->add_flag("--resume", t.resume, "continue an interrupted run");
   tr->add_option("--out", t.out, "run directory")->required();
-  tr->callback([&g, run]() {
-    *run = [&g]() -> Status {
-      t.seed = g.seed;
-      LF_ASSIGN_OR_RETURN(nlohmann::json r, run_classify_train(t));
-      if (g.json)
-        emit_json(g, r);
-      else
-        print_train(r, t.out);
-      return Status::ok_status();
-    };
-  });
+  bind(tr, t, g, run, run_classify_train, [](const nlohmann::json& r) { print_train(r, t.out); });
 
   static ClassifyEvalOptions e;
   auto* ev = c->add_subcommand("eval", "evaluate a trained classifier");
@@ -114,16 +104,8 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   ev->add_option("--captions", e.captions, "captions.jsonl (skin-tone subgroups)");
   ev->add_option("--test-dataset", e.test_datasets, "extra test datasets");
   ev->add_option("--out", e.out, "metrics JSON");
-  ev->callback([&g, run]() {
-    *run = [&g]() -> Status {
-      e.seed = g.seed;
-      LF_ASSIGN_OR_RETURN(nlohmann::json r, run_classify_eval(e));
-      if (g.json)
-        emit_json(g, r);
-      else
-        for (auto& [k, v] : r.items()) print_eval(k, v);
-      return Status::ok_status();
-    };
+  bind(ev, e, g, run, run_classify_eval, [](const nlohmann::json& r) {
+    for (auto& [k, v] : r.items()) print_eval(k, v);
   });
 }
 

@@ -51,27 +51,20 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   fdc->add_option("--split", f.split, "split name")->capture_default_str();
   fdc->add_option("--filter", f.filter, "dx=, site=, sex= or age=VALUE (repeatable)");
   fdc->add_option("--images", f.images, "directory of generated PNGs")->required();
-  fdc->callback([&g, run]() {
-    *run = [&g]() -> Status {
-      LF_ASSIGN_OR_RETURN(nlohmann::json j, run_fd(f));
-      if (g.json)
-        emit_json(g, j);
-      else
-        std::printf(
-            "FD %.4f, pixel-statistics distance %.4f, mean P(malignant) %.3f generated vs %.3f "
-            "real (%lld generated vs %lld real images)\n",
-            j["fd"].get<double>(), j["pixel_stat_distance"].get<double>(),
-            j["p_malignant_generated"].get<double>(), j["p_malignant_real"].get<double>(),
-            (long long)j["generated_images"].get<int64_t>(),
-            (long long)j["real_images"].get<int64_t>());
-      if (!g.json && j["diversity"]["same_prompt"].is_number())
-        std::printf(
-            "diversity (mean MS-SSIM, lower = more varied): %.3f within a prompt (%d "
-            "prompts), %.3f between random real images\n",
-            j["diversity"]["same_prompt"].get<double>(), j["diversity"]["prompts"].get<int>(),
-            j["diversity"]["real_pairs"].get<double>());
-      return Status::ok_status();
-    };
+  bind(fdc, f, g, run, run_fd, [](const nlohmann::json& j) {
+    std::printf(
+        "FD %.4f, pixel-statistics distance %.4f, mean P(malignant) %.3f generated vs %.3f real "
+        "(%lld generated vs %lld real images)\n",
+        j["fd"].get<double>(), j["pixel_stat_distance"].get<double>(),
+        j["p_malignant_generated"].get<double>(), j["p_malignant_real"].get<double>(),
+        (long long)j["generated_images"].get<int64_t>(),
+        (long long)j["real_images"].get<int64_t>());
+    if (j["diversity"]["same_prompt"].is_number())
+      std::printf(
+          "diversity (mean MS-SSIM, lower = more varied): %.3f within a prompt (%d prompts), "
+          "%.3f between random real images\n",
+          j["diversity"]["same_prompt"].get<double>(), j["diversity"]["prompts"].get<int>(),
+          j["diversity"]["real_pairs"].get<double>());
   });
 
   static SynthRunOptions s;
@@ -112,16 +105,9 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
                  "prepared cache of the real set: age, sex and site of each prompt's source image "
                  "(ham format; without it they come from the subgroup or are unknown)");
   yx->add_option("--out", e.out, "new output directory")->required();
-  yx->callback([&g, run]() {
-    *run = [&g]() -> Status {
-      LF_ASSIGN_OR_RETURN(nlohmann::json j, run_synth_export(e));
-      if (g.json)
-        emit_json(g, j);
-      else
-        std::printf("exported %zu images (%s) -> %s\n", j["images"].get<size_t>(), e.format.c_str(),
-                    e.out.c_str());
-      return Status::ok_status();
-    };
+  bind(yx, e, g, run, run_synth_export, [](const nlohmann::json& j) {
+    std::printf("exported %zu images (%s) -> %s\n", j["images"].get<size_t>(),
+                j["format"].get<std::string>().c_str(), j["out"].get<std::string>().c_str());
   });
   y->callback([&g, run, yx]() {
     if (yx->parsed()) return;  // `synth export` set its own runner

@@ -76,6 +76,10 @@ int main(int argc, char** argv) {
         "--precision bf16 on a CPU without AVX512_BF16/AMX: bfloat16 GEMMs are emulated and slower "
         "than fp32");
   Status dev = check_device(g.device);
+  if (dev.ok() && g.device != "cpu" && !g.device_aware)
+    dev = Status::error("--device " + g.device +
+                        ": this command runs on the CPU only (train, sample, finetune, distill "
+                        "and classify train|eval take a device)");
   if (!dev.ok()) {
     log_error(dev.message());
     return 2;
