@@ -18,11 +18,12 @@ struct CaptionFacts {
   double age = -1;  // years; < 0 unknown
   std::string sex = "unknown";
   std::string site = "unknown";
-  int asymmetry = -1;                // 0..2 asymmetric axes; -1 unknown
-  int border = -1;                   // 0..8 irregular sectors; -1 unknown
-  std::vector<std::string> colours;  // dermoscopic colours present; empty = unknown
-  double size_fraction = -1;         // lesion diameter / image side; < 0 unknown
-  int fitzpatrick = -1;              // 1..6; -1 unknown
+  int asymmetry = -1;                   // 0..2 asymmetric axes; -1 unknown
+  int border = -1;                      // 0..8 irregular sectors; -1 unknown
+  std::vector<std::string> colours;     // dermoscopic colours present; empty = unknown
+  std::vector<std::string> structures;  // dermoscopic structures present; empty = none/unknown
+  double size_fraction = -1;            // lesion diameter / image side; < 0 unknown
+  int fitzpatrick = -1;                 // 1..6; -1 unknown
 };
 
 // Facts given by the metadata alone (diagnosis, label, age, sex, site).
@@ -47,8 +48,8 @@ std::string roman(int n);        // 1..6 -> "I".."VI"
 
 namespace lf {
 // User template (no recompiling): placeholders {dx} {malignancy} {site} {age} {sex}
-// {asymmetry} {border} {colours} {size} {skin}. A placeholder whose fact is unknown becomes
-// empty, and the whole "[ ... ]" group around it is dropped, e.g.
+// {asymmetry} {border} {colours} {structures} {size} {skin}. A placeholder whose fact is unknown
+// becomes empty, and the whole "[ ... ]" group around it is dropped, e.g.
 //   "dermoscopy of {malignancy} {dx}[ on the {site}][; {colours}]"
 std::string apply_template(const std::string& tmpl, const CaptionFacts& f);
 

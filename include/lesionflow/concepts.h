@@ -56,7 +56,12 @@ struct Measurements {
   // skin
   double ita = 0;        // individual typology angle of the surrounding skin (degrees)
   int fitzpatrick = -1;  // I..VI-like band from ITA
-  // total dermoscopy score without D (structures are not measured)
+  // dermoscopic structures (DermStructure order; see docs/concepts.md, "Structures")
+  std::array<double, kNumStructures> structure_score{};
+  std::array<bool, kNumStructures> structure_present{};
+  int structure_count = 0;  // D of the ABCD rule
+  int peppering = 0;        // fine blue-gray granules counted
+  // total dermoscopy score 1.3 A + 0.1 B + 0.5 C + 0.5 D
   double tds = 0;
   nlohmann::json to_json() const;
 };
@@ -64,6 +69,8 @@ struct Measurements {
 struct MeasureConfig {
   double min_colour_fraction = 0.05;    // a colour counts when it covers >= 5% of the lesion
   double max_colour_distance = 28.0;    // CIELAB ΔE to the nearest reference colour
+  double min_skin_distance = 6.0;       // a lesion colour differs from the skin by >= this ΔE
+  double white_above_skin = 3.0;        // "white" is lighter than the skin by >= this L*
   double shape_asym_threshold = 0.10;   // axis asymmetric when shape mismatch exceeds this...
   double colour_asym_threshold = 0.30;  // ...or colour mismatch exceeds this
   double sector_threshold = 0.035;      // sector irregular when residual/mean radius exceeds this

@@ -35,6 +35,8 @@ CaptionFacts facts_from_record(const Record& r) {
     f.border = p.border_score();
     for (int c = 0; c < kNumColours; ++c)
       if (p.colours & (1u << c)) f.colours.push_back(colour_names()[c]);
+    for (int k = 0; k < kNumStructures; ++k)
+      if (p.structures & (1u << k)) f.structures.push_back(structure_names()[k]);
     f.size_fraction = p.diameter;
     f.fitzpatrick = p.fitzpatrick;
   }
@@ -112,6 +114,7 @@ std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed) {
     clauses.push_back(number_word(n) + (n == 1 ? " colour: " : " colours: ") +
                       join_list(f.colours));
   }
+  if (!f.structures.empty()) clauses.push_back(join_list(f.structures));
   if (f.size_fraction > 0) {
     const char* sz = f.size_fraction < 0.3    ? "small"
                      : f.size_fraction < 0.55 ? "medium-sized"
@@ -146,6 +149,7 @@ std::string apply_template(const std::string& tmpl, const CaptionFacts& f) {
              : f.border <= 4 ? "slightly irregular border"
                              : "irregular border";
     if (key == "colours") return join_list(f.colours);
+    if (key == "structures") return join_list(f.structures);
     if (key == "size")
       return f.size_fraction <= 0     ? ""
              : f.size_fraction < 0.3  ? "small"

@@ -5,6 +5,7 @@
 #include <opencv2/imgproc.hpp>
 #include <opencv2/photo.hpp>
 
+#include "concepts/structures.h"
 #include "lesionflow/concepts.h"
 
 namespace lf {
@@ -75,15 +76,51 @@ void fill_holes(cv::Mat& mask) {
 
 }  // namespace
 
-void remove_hair(const cv::Mat& rgb, cv::Mat* out) {
+namespace {
+// Thin dark lines and dots (hair, but also network lines, streaks, globules): grey-level
+// black-hat with an elliptical kernel of side/20, threshold 18, dilated once.
+cv::Mat thin_dark(const cv::Mat& rgb) {
   cv::Mat gray, bh, hair;
   cv::cvtColor(rgb, gray, cv::COLOR_RGB2GRAY);
   int k = std::max(3, std::min(rgb.cols, rgb.rows) / 20) | 1;
   cv::morphologyEx(gray, bh, cv::MORPH_BLACKHAT,
                    cv::getStructuringElement(cv::MORPH_ELLIPSE, {k, k}));
   cv::threshold(bh, hair, 18, 255, cv::THRESH_BINARY);
-  // Hairs are thin and long: drop blobs whose area is large relative to their length.
   cv::dilate(hair, hair, cv::Mat(), {-1, -1}, 1);
+  return hair;
+}
+}  // namespace
+
+namespace {
+// The hairs among the thin dark components: those that run on over the skin, with at least
+// 0.3 R of their pixels farther than 0.35 R from the lesion (R: its equivalent radius). Lines
+// and dots of the lesion itself stay (streaks end within about 0.2 R of the border).
+cv::Mat hair_pixels(const cv::Mat& thin, const cv::Mat& mask) {
+  cv::Mat hair = cv::Mat::zeros(mask.size(), CV_8UC1);
+  const double area = cv::countNonZero(mask);
+  if (area == 0 || cv::countNonZero(thin) == 0) return hair;
+  const double Rl = std::sqrt(area / M_PI);
+  cv::Mat near, labels;
+  const int k = std::max(3, static_cast<int>(std::lround(0.7 * Rl))) | 1;
+  cv::dilate(mask, near, cv::getStructuringElement(cv::MORPH_ELLIPSE, {k, k}));
+  const int n = cv::connectedComponents(thin, labels, 8, CV_32S);
+  std::vector<int> far(n, 0);
+  for (int y = 0; y < thin.rows; ++y)
+    for (int x = 0; x < thin.cols; ++x) {
+      int l = labels.at<int>(y, x);
+      if (l > 0 && !near.at<uint8_t>(y, x)) far[l]++;
+    }
+  for (int y = 0; y < thin.rows; ++y)
+    for (int x = 0; x < thin.cols; ++x) {
+      int l = labels.at<int>(y, x);
+      if (l > 0 && far[l] >= 0.3 * Rl) hair.at<uint8_t>(y, x) = 255;
+    }
+  return hair;
+}
+}  // namespace
+
+void remove_hair(const cv::Mat& rgb, cv::Mat* out) {
+  cv::Mat hair = thin_dark(rgb);
   if (cv::countNonZero(hair) == 0) {
     *out = rgb.clone();
     return;
@@ -212,26 +249,39 @@ Measurements measure_lesion(const cv::Mat& rgb_full, const cv::Mat& mask_full,
     cv::resize(rgb_full, rgb_in, work, 0, 0, cv::INTER_AREA);
     if (mask_fits) cv::resize(mask_full, mask_in, work, 0, 0, cv::INTER_NEAREST);
   }
-  cv::Mat rgb;
-  remove_hair(rgb_in, &rgb);  // once: the segmentation below works on the same hairless image
+  // Thin dark components: hair, but also network lines, streaks, globules, small dark zones and
+  // thin coloured rings. The segmentation (no mask given) works on the image with all of them
+  // inpainted; the colours and structures only lose the hairs (hair_pixels below).
+  const cv::Mat thin = thin_dark(rgb_in);
   cv::Mat mask;
   if (!mask_in.empty()) {
     mask = mask_in > 127;
     m.mask_source = "given";
     m.mask_confidence = 1.0;
   } else {
-    Segmentation s = segment_hairless(rgb, &mask);
+    cv::Mat all_removed;
+    if (cv::countNonZero(thin) == 0)
+      all_removed = rgb_in.clone();
+    else
+      cv::inpaint(rgb_in, thin, all_removed, 3, cv::INPAINT_TELEA);
+    Segmentation s = segment_hairless(all_removed, &mask);
     m.mask_source = s.source;
     m.mask_confidence = s.confidence;
     if (!s.warning.empty()) m.warning += s.warning;
   }
-  const int W = rgb.cols, H = rgb.rows;
+  const int W = rgb_in.cols, H = rgb_in.rows;
   const double area = cv::countNonZero(mask);
   if (area < 10) {
     if (m.warning.empty()) m.warning = "empty lesion mask: nothing to measure";
     m.mask_source = m.mask_source.empty() ? "none" : m.mask_source;
     return m;
   }
+  const cv::Mat hair = hair_pixels(thin, mask);
+  cv::Mat rgb;  // hairs inpainted
+  if (cv::countNonZero(hair) == 0)
+    rgb = rgb_in;
+  else
+    cv::inpaint(rgb_in, hair, rgb, 3, cv::INPAINT_TELEA);
   cv::Mat lab = to_lab(rgb);
   m.area_fraction = area / (W * H);
   // Feret diameter from the convex hull.
@@ -251,8 +301,25 @@ Measurements measure_lesion(const cv::Mat& rgb_full, const cv::Mat& mask_full,
   m.compactness = carea > 0 ? perim * perim / (4 * M_PI * carea) : 0;
   m.solidity = cv::contourArea(hull) > 0 ? carea / cv::contourArea(hull) : 0;
 
-  // Colour classes per lesion pixel (-1: none of the six within max distance).
+  // Surrounding skin: ITA on pixels outside the dilated lesion, not vignette-dark. The colours
+  // and structures below are judged relative to it.
+  cv::Mat around;
+  cv::dilate(mask, around, cv::getStructuringElement(cv::MORPH_ELLIPSE, {7, 7}));
+  cv::Mat skin_sel = around == 0;
+  cv::Vec3f skin = median_lab(lab, skin_sel);
+  const bool skin_known = cv::countNonZero(skin_sel) > 20;
+  skin_sel &= ~vignette_mask(lab, skin[0]);
+  if (cv::countNonZero(skin_sel) > 20) {
+    skin = median_lab(lab, skin_sel);
+    m.ita = std::atan2(skin[0] - 50.0, skin[2]) * 180.0 / M_PI;
+    m.fitzpatrick = fitzpatrick_from_ita(m.ita);
+  }
+
+  // Colour classes per lesion pixel (-1: none of the six within max distance). Relative to the
+  // skin: a pixel within min_skin_distance of the skin colour is skin-coloured (no class), and
+  // "white" must be lighter than the skin.
   const auto& refs = reference_lab();
+  const int kWhite = static_cast<int>(DermColour::kWhite);
   cv::Mat cls(mask.size(), CV_8SC1, cv::Scalar(-1));
   std::array<double, kNumColours> cnt{};
   double sumL = 0, sumL2 = 0;
@@ -271,6 +338,9 @@ Measurements measure_lesion(const cv::Mat& rgb_full, const cv::Mat& mask_full,
           best = k;
         }
       }
+      if (skin_known && (delta_e(p, skin) < cfg.min_skin_distance ||
+                         (best == kWhite && p[0] < skin[0] + cfg.white_above_skin)))
+        continue;
       if (bd <= cfg.max_colour_distance) {
         cls.at<int8_t>(y, x) = static_cast<int8_t>(best);
         cnt[best]++;
@@ -368,18 +438,14 @@ Measurements measure_lesion(const cv::Mat& rgb_full, const cv::Mat& mask_full,
     m.border += m.sector_irregularity[s] > cfg.sector_threshold;
   }
 
-  // Surrounding skin: ITA on pixels outside the dilated lesion, not vignette-dark.
-  cv::Mat around;
-  cv::dilate(mask, around, cv::getStructuringElement(cv::MORPH_ELLIPSE, {7, 7}));
-  cv::Mat skin_sel = around == 0;
-  cv::Vec3f skin = median_lab(lab, skin_sel);
-  skin_sel &= ~vignette_mask(lab, skin[0]);
-  if (cv::countNonZero(skin_sel) > 20) {
-    skin = median_lab(lab, skin_sel);
-    m.ita = std::atan2(skin[0] - 50.0, skin[2]) * 180.0 / M_PI;
-    m.fitzpatrick = fitzpatrick_from_ita(m.ita);
-  }
-  m.tds = 1.3 * m.asymmetry + 0.1 * m.border + 0.5 * std::max(1, m.colour_count);
+  // Dermoscopic structures (D), on the image before hair removal, with the hairs masked out.
+  const StructureScores st = measure_structures(to_lab(rgb_in), lab, mask, skin, hair);
+  m.structure_score = st.score;
+  m.structure_present = st.present;
+  m.structure_count = st.count;
+  m.peppering = st.peppering;
+  m.tds = 1.3 * m.asymmetry + 0.1 * m.border + 0.5 * std::max(1, m.colour_count) +
+          0.5 * m.structure_count;
   m.ok = true;
   return m;
 }
@@ -411,8 +477,17 @@ nlohmann::json Measurements::to_json() const {
             {"colour_variability", colour_variability},
             {"ita", ita},
             {"fitzpatrick", fitzpatrick},
-            {"tds", tds},
-            {"tds_note", "TDS without D (dermoscopic structures are not measured)"}});
+            {"tds", tds}});
+  nlohmann::json sj = nlohmann::json::object();
+  std::vector<std::string> sp;
+  for (int k = 0; k < kNumStructures; ++k) {
+    sj[structure_names()[k]] = structure_score[k];
+    if (structure_present[k]) sp.push_back(structure_names()[k]);
+  }
+  j["structure_score"] = sj;
+  j["structures"] = sp;
+  j["structure_count"] = structure_count;
+  j["peppering"] = peppering;
   if (diameter_mm > 0) j["diameter_mm"] = diameter_mm;
   return j;
 }
@@ -424,6 +499,8 @@ CaptionFacts facts_from_measurements(const Record& r, const Measurements& m) {
   f.border = m.border;
   for (int k = 0; k < kNumColours; ++k)
     if (m.colour_present[k]) f.colours.push_back(colour_names()[k]);
+  for (int k = 0; k < kNumStructures; ++k)
+    if (m.structure_present[k]) f.structures.push_back(structure_names()[k]);
   f.size_fraction = m.diameter_px > 0 ? std::sqrt(m.area_fraction * 4 / M_PI) : -1;
   f.fitzpatrick = m.fitzpatrick;
   return f;
@@ -471,13 +548,20 @@ nlohmann::json structured_report(const CaptionFacts& f, const Measurements& m) {
                           : unk;
   }
   j["texture"] = "not measured";
-  j["dermoscopic_patterns"] = "not measured (structures are not detected; TDS computed without D)";
+  if (m.ok) {
+    std::string sl;
+    for (int k = 0; k < kNumStructures; ++k)
+      if (m.structure_present[k]) sl += (sl.empty() ? "" : ", ") + structure_names()[k];
+    j["dermoscopic_patterns"] = sl.empty() ? "no dermoscopic structure detected" : sl;
+  } else {
+    j["dermoscopic_patterns"] = "not measured";
+  }
   j["elevation"] = unk;
   std::string add = f.dx.empty() ? unk : dx_long_name(f.dx);
   if (f.label >= 0) add += f.label ? ", malignant" : ", benign";
   if (m.ok) {
     char buf[64];
-    std::snprintf(buf, sizeof buf, "; TDS (without D) %.1f", m.tds);
+    std::snprintf(buf, sizeof buf, "; TDS %.1f", m.tds);
     add += buf;
   }
   j["additional_features"] = add;

@@ -32,6 +32,12 @@ std::array<uint8_t, 3> colour_rgb(int c) {
   return {k[c][0], k[c][1], k[c][2]};
 }
 
+const std::array<std::string, kNumStructures>& structure_names() {
+  static const std::array<std::string, kNumStructures> k = {
+      "pigment network", "dots/globules", "streaks", "blue-whitish veil", "regression structures"};
+  return k;
+}
+
 std::array<uint8_t, 3> skin_rgb(int f) {
   // Chosen so the ITA angle of each falls in its band (I > 55, II 41-55, III 28-41, IV 10-28,
   // V -30..10, VI < -30): 71.8, 46.3, 36.1, 18.2, -16.1, -57.8 degrees.
@@ -45,7 +51,12 @@ nlohmann::json PhantomParams::to_json() const {
   nlohmann::json cols = nlohmann::json::array();
   for (int c = 0; c < kNumColours; ++c)
     if (colours & (1u << c)) cols.push_back(colour_names()[c]);
+  nlohmann::json st = nlohmann::json::array();
+  for (int k = 0; k < kNumStructures; ++k)
+    if (structures & (1u << k)) st.push_back(structure_names()[k]);
   return {{"fitzpatrick", fitzpatrick},
+          {"structures", st},
+          {"structure_mask", structures},
           {"asymmetry_axes", asymmetry_axes},
           {"irregularity", irregularity},
           {"border_score", border_score()},
@@ -69,16 +80,18 @@ PhantomParams PhantomParams::from_json(const nlohmann::json& j) {
   p.rotation = j.value("rotation", 0.0);
   p.hair = j.value("hair", false);
   p.vignette = j.value("vignette", false);
+  p.structures = j.value("structure_mask", 0u);
   p.seed = j.value("seed", uint64_t{0});
   return p;
 }
 
 int PhantomParams::num_colours() const { return __builtin_popcount(colours & 63u); }
+int PhantomParams::num_structures() const { return __builtin_popcount(structures & 31u); }
 int PhantomParams::border_score() const {
   return static_cast<int>(std::lround(8.0 * std::clamp(irregularity, 0.0, 1.0)));
 }
 double PhantomParams::tds() const {
-  return 1.3 * asymmetry_axes + 0.1 * border_score() + 0.5 * num_colours();
+  return 1.3 * asymmetry_axes + 0.1 * border_score() + 0.5 * num_colours() + 0.5 * num_structures();
 }
 
 PhantomParams sample_phantom_params(uint64_t seed) {
@@ -120,11 +133,132 @@ PhantomParams sample_phantom_params(uint64_t seed) {
   return p;
 }
 
+PhantomParams sample_structure_phantom_params(uint64_t seed) {
+  PhantomParams p = sample_phantom_params(seed);
+  std::mt19937_64 rng(mix64(seed ^ 0x9E3779B97F4A7C15ULL));  // its own stream: p's draws stay
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  p.colours = (1u << 2) | (U(rng) < 0.6 ? 1u << 3 : 0u);  // light brown (+ dark brown)
+  p.diameter = 0.5 + 0.25 * U(rng);
+  p.irregularity = std::min(p.irregularity, 0.5);
+  p.structures = 0;
+  for (int k = 0; k < kNumStructures; ++k)
+    if (U(rng) < 0.45) p.structures |= 1u << k;
+  return p;
+}
+
 namespace {
 struct Harmonic {
   int k;
   double amp, phase;
 };
+// The structures of p.structures over the rendered lesion (radius R px, centre cx, cy; rho_at:
+// normalised radius, 1 on the border), from their own random stream. Sizes are fractions of R,
+// so a structure looks the same at every image size. See docs/concepts.md, "Structures".
+template <class Rho>
+void draw_structures(const PhantomParams& p, double R, double cx, double cy, const Rho& rho_at,
+                     cv::Mat& rgb) {
+  std::mt19937_64 rng(mix64(p.seed ^ 0x5851F42D4C957F2DULL));
+  std::uniform_real_distribution<double> U(0.0, 1.0);
+  std::normal_distribution<double> N(0.0, 1.0);
+  const int S = rgb.rows;
+  auto has = [&](DermStructure s) { return (p.structures >> static_cast<int>(s)) & 1u; };
+  auto blend = [&](int x, int y, const cv::Vec3d& c, double a) {
+    auto& px = rgb.at<cv::Vec3b>(y, x);
+    for (int ch = 0; ch < 3; ++ch)
+      px[ch] = cv::saturate_cast<uint8_t>((1 - a) * px[ch] + a * (c[ch] + 3.0 * N(rng)));
+  };
+  const cv::Vec3d line_col(60, 36, 24), veil_col(150, 168, 196), scar_col(244, 242, 238),
+      pepper_col(112, 122, 142);
+  // Pigment network: a warped grid of dark lines (cell 0.16 R, line 0.035 R) inside rho < 0.85.
+  if (has(DermStructure::kNetwork)) {
+    const double cell = 0.16 * R, half_w = std::max(0.8, 0.0175 * R), rot = U(rng) * M_PI;
+    const double ph1 = U(rng) * 6.28, ph2 = U(rng) * 6.28, cr = std::cos(rot), sr = std::sin(rot);
+    for (int y = 0; y < S; ++y)
+      for (int x = 0; x < S; ++x) {
+        double rho = rho_at(x + 0.5, y + 0.5);
+        if (rho > 0.85) continue;
+        double dx = x + 0.5 - cx, dy = y + 0.5 - cy;
+        double u = (cr * dx + sr * dy) / cell + 0.18 * std::sin(dy / (0.9 * cell) + ph1);
+        double v = (-sr * dx + cr * dy) / cell + 0.18 * std::sin(dx / (0.9 * cell) + ph2);
+        double d = cell * std::min(std::abs(u - std::round(u)), std::abs(v - std::round(v)));
+        if (d < half_w) blend(x, y, line_col, rho > 0.75 ? 0.85 * (0.85 - rho) / 0.1 : 0.85);
+      }
+  }
+  // Confluent patches (blue-whitish veil, white scar of regression): 2-3 overlapping discs of
+  // radius 0.18-0.26 R around a point at rho 0.3-0.45, clipped to rho < 0.9. The veil and the
+  // scar sit on opposite sides.
+  const double phi = U(rng) * 2 * M_PI;
+  auto patch = [&](double angle, const cv::Vec3d& col, double alpha) {
+    cv::Mat region = cv::Mat::zeros(S, S, CV_8UC1);
+    double rr = (0.3 + 0.15 * U(rng)) * R;
+    cv::Point2d c0(cx + rr * std::cos(angle), cy + rr * std::sin(angle));
+    int n = 2 + static_cast<int>(U(rng) * 2);
+    for (int i = 0; i < n; ++i) {
+      cv::Point2d c = c0 + cv::Point2d((U(rng) - 0.5) * 0.3 * R, (U(rng) - 0.5) * 0.3 * R);
+      cv::circle(region, c, static_cast<int>((0.18 + 0.08 * U(rng)) * R), 255, cv::FILLED);
+    }
+    for (int y = 0; y < S; ++y)
+      for (int x = 0; x < S; ++x)
+        if (region.at<uint8_t>(y, x) && rho_at(x + 0.5, y + 0.5) < 0.9) blend(x, y, col, alpha);
+    return c0;
+  };
+  if (has(DermStructure::kVeil)) patch(phi, veil_col, 0.9);  // a film over the pigment
+  if (has(DermStructure::kRegression)) {
+    cv::Point2d c0 = patch(phi + M_PI, scar_col, 1.0);  // whiter than the skin
+    // Peppering: fine blue-gray granules over and around the scar.
+    int n = 25 + static_cast<int>(U(rng) * 20);
+    for (int i = 0; i < n; ++i) {
+      double a = U(rng) * 2 * M_PI, r = std::sqrt(U(rng)) * 0.32 * R;
+      cv::Point2d q = c0 + cv::Point2d(r * std::cos(a), r * std::sin(a));
+      if (rho_at(q.x, q.y) > 0.9) continue;
+      cv::circle(rgb, q, std::max(1, static_cast<int>(std::lround(0.012 * R))),
+                 cv::Scalar(pepper_col[0], pepper_col[1], pepper_col[2]), cv::FILLED, cv::LINE_AA);
+    }
+  }
+  // Dots/globules: 10-24 round dark discs of radius 0.05-0.08 R at rho < 0.8.
+  if (has(DermStructure::kGlobules)) {
+    int n = 10 + static_cast<int>(U(rng) * 15), placed = 0;
+    std::vector<cv::Point2d> done;
+    for (int tries = 0; tries < 400 && placed < n; ++tries) {
+      double a = U(rng) * 2 * M_PI, r = std::sqrt(U(rng)) * 0.8 * R;
+      cv::Point2d q(cx + r * std::cos(a), cy + r * std::sin(a));
+      if (rho_at(q.x, q.y) > 0.8) continue;
+      bool free = true;
+      for (auto& d : done) free &= cv::norm(d - q) > 0.2 * R;
+      if (!free) continue;
+      done.push_back(q);
+      ++placed;
+      int rad = std::max(2, static_cast<int>(std::lround((0.05 + 0.03 * U(rng)) * R)));
+      cv::circle(rgb, q, rad, cv::Scalar(48, 30, 24), cv::FILLED, cv::LINE_AA);
+    }
+  }
+  // Streaks: 5-9 radial lines from rho 0.7 to 1.2 in one or two sectors of 100 degrees.
+  if (has(DermStructure::kStreaks)) {
+    int n = 5 + static_cast<int>(U(rng) * 5);
+    double a0 = U(rng) * 2 * M_PI, spread = 100.0 * M_PI / 180;
+    const bool two_sectors = U(rng) < 0.4;
+    int th = std::max(1, static_cast<int>(std::lround(0.035 * R)));
+    std::vector<double> used;  // separate lines: at least 8 degrees apart
+    for (int i = 0, tries = 0; i < n && tries < 200; ++tries) {
+      double a = a0 + (two_sectors && i % 2 ? M_PI : 0.0) + (U(rng) - 0.5) * spread;
+      bool apart = true;
+      for (double b : used) apart &= std::abs(std::remainder(a - b, 2 * M_PI)) > 8.0 * M_PI / 180;
+      if (!apart) continue;
+      used.push_back(a);
+      ++i;
+      // The border radius along a: walk out until rho reaches 1.
+      double rb = R;
+      for (double r = 0.2 * R; r < 2 * R; r += 0.5)
+        if (rho_at(cx + r * std::cos(a), cy + r * std::sin(a)) >= 1.0) {
+          rb = r;
+          break;
+        }
+      cv::Point2d u(std::cos(a), std::sin(a));
+      cv::line(rgb, cv::Point2d(cx, cy) + 0.7 * rb * u, cv::Point2d(cx, cy) + 1.2 * rb * u,
+               cv::Scalar(line_col[0], line_col[1], line_col[2]), th, cv::LINE_AA);
+    }
+  }
+}
 }  // namespace
 
 void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb_out, cv::Mat* mask_out) {
@@ -206,6 +340,16 @@ void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb_out, cv::Mat*
       for (int ch = 0; ch < 3; ++ch) row[3 * x + ch] = cv::saturate_cast<uint8_t>(col[ch]);
     }
   }
+  if (p.structures) {
+    auto rho_at = [&](double x, double y) {
+      double dx = x - cx, dy = y - cy;
+      double deg = std::fmod((std::atan2(dy, dx) - p.rotation) * 180.0 / M_PI + 720.0, 360.0);
+      int a0 = static_cast<int>(deg) % 360, a1 = (a0 + 1) % 360;
+      double f = deg - std::floor(deg);
+      return std::sqrt(dx * dx + dy * dy) / std::max(lut[a0] * (1 - f) + lut[a1] * f, 1e-6);
+    };
+    draw_structures(p, R, cx, cy, rho_at, rgb);
+  }
   if (p.hair) {
     int n = 2 + static_cast<int>(U(rng) * 6);
     for (int i = 0; i < n; ++i) {
@@ -225,13 +369,15 @@ void render_phantom(const PhantomParams& p, int size, cv::Mat* rgb_out, cv::Mat*
   *mask_out = mask;
 }
 
-Status write_phantom_folder(const std::string& dir, int n, int size, uint64_t seed) {
+Status write_phantom_folder(const std::string& dir, int n, int size, uint64_t seed,
+                            bool structures) {
   if (dir.empty()) return Status::error("data phantom: --out DIR is required");
   LF_RETURN_IF_ERROR(make_dirs(dir));
   std::ostringstream truth;
   std::vector<cv::Mat> tiles;
   for (int i = 0; i < n; ++i) {
-    PhantomParams p = sample_phantom_params(derive_seed(seed, Stream::kPhantom, i));
+    const uint64_t ps = derive_seed(seed, Stream::kPhantom, i);
+    PhantomParams p = structures ? sample_structure_phantom_params(ps) : sample_phantom_params(ps);
     cv::Mat rgb, mask, bgr;
     render_phantom(p, size, &rgb, &mask);
     cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);

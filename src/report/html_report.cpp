@@ -356,7 +356,7 @@ Status write_html_report(const ReportOptions& o) {
         h << "<p>Automatic segmentation vs given masks: mean Dice "
           << fmt(s["auto_segmentation_dice"]["mean"]) << "</p>";
       if (s.contains("tds_auc_mel_vs_nv"))
-        h << "<p>TDS (without D) separates melanoma from nevus with AUC "
+        h << "<p>TDS (1.3 A + 0.1 B + 0.5 C + 0.5 D) separates melanoma from nevus with AUC "
           << fmt(s["tds_auc_mel_vs_nv"]) << "</p>";
       if (s.contains("colours_by_dx")) {
         h << "<table><tr><th>dx</th><th>n</th><th>mean colour count</th></tr>";
