@@ -67,14 +67,16 @@ struct Measurements {
 };
 
 struct MeasureConfig {
-  double min_colour_fraction = 0.05;    // a colour counts when it covers >= 5% of the lesion
-  double max_colour_distance = 28.0;    // CIELAB ΔE to the nearest reference colour
-  double min_skin_distance = 6.0;       // a lesion colour differs from the skin by >= this ΔE
-  double white_above_skin = 3.0;        // "white" is lighter than the skin by >= this L*
-  double shape_asym_threshold = 0.10;   // axis asymmetric when shape mismatch exceeds this...
-  double colour_asym_threshold = 0.30;  // ...or colour mismatch exceeds this
-  double sector_threshold = 0.035;      // sector irregular when residual/mean radius exceeds this
-  double px_per_mm = 0;                 // scale, 0 = unknown
+  double min_colour_fraction = 0.05;  // a colour counts when it covers >= 5% of the lesion
+  double max_colour_distance = 28.0;  // CIELAB ΔE to the nearest reference colour
+  double min_skin_distance = 6.0;     // a lesion colour differs from the skin by >= this ΔE
+  double white_above_skin = 3.0;      // "white" is lighter than the skin by >= this L*
+  // Axis asymmetric when shape mismatch exceeds shape_asym_threshold or colour mismatch exceeds
+  // colour_asym_threshold (tuned to the experts' 0/1/2 scale: docs/concepts.md, "Asymmetry").
+  double shape_asym_threshold = 0.12;
+  double colour_asym_threshold = 0.40;
+  double sector_threshold = 0.035;  // sector irregular when residual/mean radius exceeds this
+  double px_per_mm = 0;             // scale, 0 = unknown
 };
 
 // Images with a long side above this are measured downscaled to it (INTER_AREA), so large
