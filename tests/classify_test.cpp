@@ -8,12 +8,15 @@
 #include <sstream>
 
 #include "classify/experiment.h"
+#include "data/images_torch.h"
 #include "eval/audit.h"
 #include "lesionflow/captions.h"
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/metrics.h"
+#include "lesionflow/phantom.h"
 #include "lesionflow/pipeline.h"
+#include "lesionflow/record_pixels.h"
 #include "lesionflow/runtime.h"
 #include "synth/synth.h"
 #include "test_util.h"
@@ -754,4 +757,48 @@ TEST(Experiment, GeneratorTrainingOptionsFromObjectAndFlags) {
   EXPECT_NE(bad.status().message().find("steps"), std::string::npos);
   EXPECT_FALSE(experiment_train_options({{"train_args", {"--steps"}}}).ok());
   EXPECT_FALSE(experiment_train_options({{"train", {{"steps", "many"}}}}).ok());
+}
+
+// Shades-of-Gray colour constancy: a colour cast of the light/camera is largely undone (the
+// normalised cast image is much closer to the normalised original than the cast is to the
+// original), a grey-balanced image is nearly unchanged, and the setting travels with the model.
+TEST(Classifier, ShadesOfGrayUndoesAColourCastAndTravelsWithTheModel) {
+  double before = 0, after = 0;
+  for (uint64_t s = 0; s < 8; ++s) {
+    cv::Mat rgb, mask;
+    render_phantom(sample_phantom_params(500 + s), 64, &rgb, &mask);
+    cv::Mat cast = rgb.clone();
+    for (int i = 0; i < 64 * 64; ++i) {  // warm cast: red up, blue down
+      auto* p = cast.data + 3 * i;
+      p[0] = cv::saturate_cast<uint8_t>(p[0] * 1.15);
+      p[2] = cv::saturate_cast<uint8_t>(p[2] * 0.75);
+    }
+    cv::Mat a = rgb.clone(), b = cast.clone();
+    shades_of_gray(a.data, 64 * 64);
+    shades_of_gray(b.data, 64 * 64);
+    before += cv::norm(rgb, cast, cv::NORM_L1) / (64 * 64 * 3);
+    after += cv::norm(a, b, cv::NORM_L1) / (64 * 64 * 3);
+  }
+  std::printf("mean |cast - original| %.2f grey levels; after Shades-of-Gray on both: %.2f\n",
+              before / 8, after / 8);
+  EXPECT_LT(after, 0.35 * before);
+  // A grey world stays as it is.
+  std::vector<uint8_t> grey(64 * 3);
+  for (int i = 0; i < 64; ++i) grey[3 * i] = grey[3 * i + 1] = grey[3 * i + 2] = 40 + 2 * i;
+  auto g2 = grey;
+  shades_of_gray(g2.data(), 64);
+  EXPECT_EQ(g2, grey);
+  ClassifierConfig c;
+  c.shades_of_gray = true;
+  auto back = ClassifierConfig::from_json(c.to_json());
+  ASSERT_TRUE(back.ok());
+  EXPECT_TRUE(back->shades_of_gray);
+  EXPECT_FALSE(ClassifierConfig::from_json({{"colour_constancy", "retinex"}}).ok());
+  cv::Mat rgb, mask;
+  render_phantom(sample_phantom_params(9), 32, &rgb, &mask);
+  std::vector<const uint8_t*> px{rgb.data};
+  c.image_size = 32;
+  EXPECT_FALSE(torch::equal(classifier_input(c, px, 32), images_to_tensor(px, 32)));
+  c.shades_of_gray = false;
+  EXPECT_TRUE(torch::equal(classifier_input(c, px, 32), images_to_tensor(px, 32)));
 }

@@ -18,6 +18,11 @@ Status load_record_pixels(const Record& r, int phantom_size, cv::Mat* rgb, cv::M
 // replicated, zeros for a mask) and resized to size x size (INTER_AREA down, INTER_LINEAR up,
 // nearest for a mask). `data prepare` and serve's measurement use it.
 cv::Mat fit_square(const cv::Mat& img, FitMode mode, int size, bool is_mask);
+// Shades-of-Gray colour constancy (Finlayson & Trezzi 2004; p = 6 as for dermoscopy in Barata
+// et al. 2015), in place on `pixels` 8-bit RGB pixels: the illuminant of each channel is its
+// Minkowski p-mean, and each channel is scaled so the illuminant becomes grey of the same mean
+// brightness. Removes colour casts of the camera/light; keeps the lesion-vs-skin contrast.
+void shades_of_gray(uint8_t* rgb, int64_t pixels, double p = 6.0);
 
 // Filters "key=value" on dx, site, sex or age (age band, e.g. "45-59"); all must match.
 bool record_matches(const Record& r, const std::vector<std::string>& filters);

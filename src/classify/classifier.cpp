@@ -15,6 +15,7 @@
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/metrics.h"
+#include "lesionflow/record_pixels.h"
 #include "lesionflow/rng.h"
 #include "lesionflow/runtime.h"
 #include "models/checkpoint.h"
@@ -87,10 +88,13 @@ Result<ClassifierArch> parse_arch(const std::string& name) {
 const char* arch_name(ClassifierArch a) { return a == ClassifierArch::kVit ? "vit" : "cnn"; }
 
 nlohmann::json ClassifierConfig::to_json() const {
-  return {{"arch", arch_name(arch)},    {"image_size", image_size}, {"width", width},
-          {"stem_stride", stem_stride}, {"vit_dim", vit_dim},       {"vit_depth", vit_depth},
-          {"vit_heads", vit_heads},     {"patch", patch},           {"dropout", dropout},
-          {"classes", classes},         {"malignant", malignant}};
+  return {
+      {"arch", arch_name(arch)}, {"image_size", image_size},
+      {"width", width},          {"stem_stride", stem_stride},
+      {"vit_dim", vit_dim},      {"vit_depth", vit_depth},
+      {"vit_heads", vit_heads},  {"patch", patch},
+      {"dropout", dropout},      {"classes", classes},
+      {"malignant", malignant},  {"colour_constancy", shades_of_gray ? "shades-of-gray" : "none"}};
 }
 
 Result<ClassifierConfig> ClassifierConfig::from_json(const nlohmann::json& j) {
@@ -109,6 +113,13 @@ Result<ClassifierConfig> ClassifierConfig::from_json(const nlohmann::json& j) {
     c.dropout = j.value("dropout", c.dropout);
     c.classes = j.value("classes", c.classes);
     c.malignant = j.value("malignant", c.malignant);
+    const std::string cc = j.value("colour_constancy", std::string("none"));
+    if (cc != "none" && cc != "shades-of-gray")
+      return Status::error(
+          "classifier config: colour_constancy must be none or shades-of-gray, "
+          "not '" +
+          cc + "'");
+    c.shades_of_gray = cc == "shades-of-gray";
   } catch (const std::exception& e) {
     return Status::error(std::string("classifier config: ") + e.what());
   }
@@ -145,6 +156,21 @@ Tensor ClassifierImpl::features(const Tensor& x) {
   return f.to(torch::kFloat32);
 }
 
+Tensor classifier_input(const ClassifierConfig& c, const std::vector<const uint8_t*>& px,
+                        int size) {
+  if (!c.shades_of_gray) return images_to_tensor(px, size);
+  const int64_t n = static_cast<int64_t>(size) * size;
+  std::vector<uint8_t> buf(px.size() * n * 3);
+  std::vector<const uint8_t*> ptrs;
+  for (size_t i = 0; i < px.size(); ++i) {
+    uint8_t* dst = buf.data() + i * n * 3;
+    std::copy(px[i], px[i] + n * 3, dst);
+    shades_of_gray(dst, n);
+    ptrs.push_back(dst);
+  }
+  return images_to_tensor(ptrs, size);
+}
+
 // ---- inference -------------------------------------------------------------------------
 Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
   torch::NoGradGuard ng;
@@ -155,7 +181,8 @@ Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int si
     std::vector<const uint8_t*> px;
     for (int64_t i = s; i < std::min(n, s + batch); ++i) px.push_back(pixels + i * size * size * 3);
     parts.push_back(
-        torch::softmax(model->forward(images_to_tensor(px, size).to(dev)), 1).to(torch::kCPU));
+        torch::softmax(model->forward(classifier_input(model->config(), px, size).to(dev)), 1)
+            .to(torch::kCPU));
   }
   return parts.empty() ? torch::zeros({0, model->config().outputs()}) : torch::cat(parts);
 }
@@ -188,7 +215,8 @@ Tensor extract_features(Classifier& model, const uint8_t* pixels, int64_t n, int
   for (int64_t s = 0; s < n; s += batch) {
     std::vector<const uint8_t*> px;
     for (int64_t i = s; i < std::min(n, s + batch); ++i) px.push_back(pixels + i * size * size * 3);
-    parts.push_back(model->features(images_to_tensor(px, size).to(dev)).to(torch::kCPU));
+    parts.push_back(
+        model->features(classifier_input(model->config(), px, size).to(dev)).to(torch::kCPU));
   }
   return parts.empty() ? torch::zeros({0, model->config().feature_dim()}) : torch::cat(parts);
 }

@@ -42,6 +42,9 @@ struct ClassifierConfig {
   // P(malignant) is the summed probability of the classes flagged in `malignant`.
   std::vector<std::string> classes;
   std::vector<int> malignant;
+  // Shades-of-Gray colour constancy on every input image, in training and at inference (saved
+  // with the model, so `classify eval` and the audit normalise test images the same way).
+  bool shades_of_gray = false;
   int outputs() const { return classes.empty() ? 2 : static_cast<int>(classes.size()); }
   nlohmann::json to_json() const;
   static Result<ClassifierConfig> from_json(const nlohmann::json& j);
@@ -98,6 +101,9 @@ torch::Tensor classifier_loss(Classifier& model, const torch::Tensor& x, const t
 Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model,
                                         const LabeledSet& train, const LabeledSet& val);
 
+// The model input [N,3,S,S] in [-1,1] for 8-bit RGB images, with the config's colour constancy.
+torch::Tensor classifier_input(const ClassifierConfig& c, const std::vector<const uint8_t*>& px,
+                               int size);
 // Class probabilities [N, outputs] for images in [-1,1], eval mode.
 torch::Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size,
                             int batch = 128);

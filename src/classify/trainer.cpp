@@ -66,10 +66,11 @@ Tensor augment_lesion(Tensor x, std::mt19937_64& rng) {
   return p.clamp(0, 1) * 2 - 1;
 }
 
-Tensor batch_tensor(const LabeledSet& set, const std::vector<int64_t>& idx) {
+Tensor batch_tensor(const ClassifierConfig& c, const LabeledSet& set,
+                    const std::vector<int64_t>& idx) {
   std::vector<const uint8_t*> px;
   for (auto i : idx) px.push_back(set.image(i));
-  return images_to_tensor(px, set.size);
+  return classifier_input(c, px, set.size);
 }
 }  // namespace
 
@@ -164,9 +165,9 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
           }
           px.push_back(p);
         }
-        x = images_to_tensor(px, train.size);
+        x = classifier_input(model->config(), px, train.size);  // after the shifts
       } else {
-        x = batch_tensor(train, idx);
+        x = batch_tensor(model->config(), train, idx);
       }
       if (cfg.augment) {
         std::mt19937_64 rng(derive_seed(cfg.seed, Stream::kClsBatches, step));

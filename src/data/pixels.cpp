@@ -1,3 +1,6 @@
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <opencv2/imgproc.hpp>
 
 #include "lesionflow/io.h"
@@ -59,6 +62,26 @@ Status check_filters(const std::vector<std::string>& filters) {
       return Status::error("filter '" + f + "' must be dx=, site=, sex= or age=VALUE");
   }
   return Status();
+}
+
+void shades_of_gray(uint8_t* rgb, int64_t pixels, double p) {
+  if (pixels <= 0) return;
+  std::array<double, 256> pw;
+  for (int v = 0; v < 256; ++v) pw[v] = std::pow(v / 255.0, p);
+  std::array<double, 3> sum{0, 0, 0};
+  for (int64_t i = 0; i < pixels; ++i)
+    for (int c = 0; c < 3; ++c) sum[c] += pw[rgb[3 * i + c]];
+  std::array<double, 3> e;
+  for (int c = 0; c < 3; ++c) e[c] = std::pow(sum[c] / pixels, 1.0 / p);
+  const double grey = (e[0] + e[1] + e[2]) / 3;
+  std::array<std::array<uint8_t, 256>, 3> lut;
+  for (int c = 0; c < 3; ++c) {
+    const double gain = e[c] > 1e-6 ? grey / e[c] : 1.0;
+    for (int v = 0; v < 256; ++v)
+      lut[c][v] = static_cast<uint8_t>(std::clamp(std::lround(v * gain), 0L, 255L));
+  }
+  for (int64_t i = 0; i < pixels; ++i)
+    for (int c = 0; c < 3; ++c) rgb[3 * i + c] = lut[c][rgb[3 * i + c]];
 }
 
 }  // namespace lf

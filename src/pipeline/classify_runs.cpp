@@ -62,6 +62,11 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o) {
   job.train.lr = o.lr;
   job.train.patience = o.patience;
   job.train.shift_augment = o.shift_augment;
+  if (o.colour_constancy != "none" && o.colour_constancy != "shades-of-gray")
+    return Status::error(
+        "classify train: --colour-constancy must be none or shades-of-gray, not '" +
+        o.colour_constancy + "'");
+  job.model.shades_of_gray = o.colour_constancy == "shades-of-gray";
   job.train.max_minutes = o.max_minutes;
   job.train.resume = o.resume;
   job.train.out = o.out;

@@ -26,7 +26,8 @@ struct ClassifyTrainOptions {
   int64_t real_size = -1;
   int epochs = 20, batch = 64, width = 32, patience = 5;
   double lr = 1e-3, synthetic_weight = 1.0, max_minutes = 0;
-  double shift_augment = 0;  // chance per training image of an acquisition shift
+  double shift_augment = 0;               // chance per training image of an acquisition shift
+  std::string colour_constancy = "none";  // none | shades-of-gray (every input image)
   bool resume = false;
   uint64_t seed = 0;
   std::string device = "cpu";

@@ -185,6 +185,7 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"vit_lr", K::kNumber},
                                       {"patience", K::kInt},
                                       {"shift_augment", K::kNumber},
+                                      {"colour_constancy", K::kString},
                                       {"images_per_second_estimate", K::kNumber}},
                                      file, "classifier."));
   return Status::ok_status();
@@ -353,6 +354,15 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
               cfg_get<double>(cj, arch == "vit" ? "vit_lr" : "lr", arch == "vit" ? 5e-4 : 1e-3);
           j.train.patience = cfg_get<int>(cj, "patience", 5);
           j.train.shift_augment = cfg_get<double>(cj, "shift_augment", 0.0);
+          {
+            const auto cc = cfg_get<std::string>(cj, "colour_constancy", std::string("none"));
+            if (cc != "none" && cc != "shades-of-gray")
+              return Status::error(o.config_name +
+                                   ": classifier.colour_constancy must be none or "
+                                   "shades-of-gray, not '" +
+                                   cc + "'");
+            j.model.shades_of_gray = cc == "shades-of-gray";
+          }
           j.train.resume = true;
           j.synthetic_weight = cfg_get<double>(c, "synthetic_weight", 1.0);
           if (arm == "real+synthetic" || arm == "real+filtered" || arm == "synthetic-then-real")

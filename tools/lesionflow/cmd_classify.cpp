@@ -82,6 +82,11 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--patience", t.patience, "early-stopping patience (epochs)")
       ->capture_default_str()
       ->check(kPositive);
+  tr->add_option("--colour-constancy", t.colour_constancy,
+                 "none | shades-of-gray (Shades-of-Gray, p = 6, on every input image; saved with "
+                 "the model so eval does the same)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "shades-of-gray"}));
   tr->add_option("--shift-augment", t.shift_augment,
                  "chance per training image of an acquisition shift (zoom, squash, colour cast, "
                  "vignette, ruler, pen, hair, blur/JPEG; see 'data shift')")
