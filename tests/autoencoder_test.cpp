@@ -39,24 +39,6 @@ AEConfig small_ae(int size) {
   c.latent_channels = 4;
   return c;
 }
-MMDiTConfig latent_micro(int vocab) {
-  MMDiTConfig c = MMDiTConfig::preset("tiny");
-  c.image_size = 8;
-  c.channels = 4;
-  c.patch = 2;
-  c.dim = 32;
-  c.heads = 2;
-  c.double_blocks = 1;
-  c.single_blocks = 1;
-  c.refine_channels = 8;
-  c.text_dim = 32;
-  c.text_layers = 1;
-  c.text_heads = 2;
-  c.max_text_len = 64;
-  c.vocab_size = vocab;
-  c.prediction = Prediction::kVelocity;
-  return c;
-}
 struct PrecisionGuard {  // restores fp32 after a test that switches to bf16
   ~PrecisionGuard() { set_compute_precision(Precision::kFP32); }
 };
@@ -146,7 +128,7 @@ TEST(Autoencoder, LatentGeneratorRefusesAnotherAutoencoder) {
   ASSERT_TRUE(save_autoencoder(dir + "/ae.safetensors", ae1, 0).ok());
   ASSERT_TRUE(save_autoencoder(dir + "/other_ae.safetensors", ae2, 0).ok());
   auto h1 = *hash_file(dir + "/ae.safetensors");
-  MMDiT m(latent_micro(tok->vocab_size()));
+  MMDiT m(test::latent_micro(tok->vocab_size()));
   FlowConfig fc;
   ASSERT_TRUE(save_generator(dir + "/gen.safetensors", m, *tok, 0, fc, "ema",
                              {{"ae", ae_metadata(h1, "ae.safetensors")}})
@@ -183,7 +165,7 @@ TEST(AutoencoderSlow, LatentTrainingOverfitsASmallBatch) {
   data.pixels = p.px;
   data.captions = p.captions;
   data.latents = encode_dihedral_latents(ae, p.px, 32);
-  auto c = latent_micro(tok->vocab_size());
+  auto c = test::latent_micro(tok->vocab_size());
   torch::manual_seed(0);
   MMDiT m(c);
   GenTrainConfig tc = test::short_run("latent_overfit", 400, 8, 3e-3, 20);
@@ -307,7 +289,7 @@ TEST(Autoencoder, Fp16ExportOfALatentGeneratorLoadsAndMatches) {
   Autoencoder ae(small_ae(32));
   ASSERT_TRUE(save_autoencoder(dir + "/ae.safetensors", ae, 0).ok());
   torch::manual_seed(5);
-  MMDiT m(latent_micro(tok->vocab_size()));
+  MMDiT m(test::latent_micro(tok->vocab_size()));
   {
     torch::NoGradGuard ng;
     for (auto& t : m->parameters()) t.normal_(0, 0.05);

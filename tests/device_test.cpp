@@ -22,6 +22,7 @@
 #include "models/mmdit.h"
 #include "train/common.h"
 #include "train/generator.h"
+#include "train_util.h"
 
 namespace lf {
 namespace {
@@ -31,20 +32,9 @@ const torch::Device kMeta(torch::kMeta);
 // The device the network steps are configured for: the only one this build has.
 const torch::Device kDev(torch::kCPU);
 
-MMDiTConfig device_config(int channels, Prediction pred) {
-  MMDiTConfig c = MMDiTConfig::preset("tiny");
-  c.image_size = 8;
+MMDiTConfig device_config(int channels, Prediction pred, int vocab) {
+  MMDiTConfig c = test::latent_micro(vocab);
   c.channels = channels;
-  c.patch = 2;
-  c.dim = 32;
-  c.heads = 2;
-  c.double_blocks = 1;
-  c.single_blocks = 1;
-  c.refine_channels = 8;
-  c.text_dim = 32;
-  c.text_layers = 1;
-  c.text_heads = 2;
-  c.max_text_len = 16;
   c.prediction = pred;
   return c;
 }
@@ -202,8 +192,7 @@ TEST(Device, GeneratorTrainingStepKeepsEveryTensorOnTheDevice) {
                   Case{4, Prediction::kVelocity, Objective::kFlow, Precision::kBF16}}) {
     SCOPED_TRACE(std::to_string(cs.channels) + " channels, precision " +
                  precision_name(cs.precision));
-    auto c = device_config(cs.channels, cs.pred);
-    c.vocab_size = tok->vocab_size();
+    auto c = device_config(cs.channels, cs.pred, tok->vocab_size());
     FlowConfig flow;
     flow.prediction = cs.pred;
     flow.objective = cs.objective;
@@ -219,8 +208,7 @@ TEST(Device, GeneratorTrainingStepKeepsEveryTensorOnTheDevice) {
 
 TEST(Device, LoraFineTuneStepCreatesItsAdaptersOnTheDevice) {
   auto tok = phantom_tokenizer();
-  auto c = device_config(4, Prediction::kVelocity);
-  c.vocab_size = tok->vocab_size();
+  auto c = device_config(4, Prediction::kVelocity, tok->vocab_size());
   torch::manual_seed(0);
   MMDiT model(c);
   model->to(kDev);  // as finetune does, before the adapters (created beside the weights)
@@ -238,8 +226,7 @@ TEST(Device, LoraFineTuneStepCreatesItsAdaptersOnTheDevice) {
 
 TEST(Device, SamplingAndDecodingStayOnTheDevice) {
   auto tok = phantom_tokenizer();
-  auto c = device_config(4, Prediction::kVelocity);
-  c.vocab_size = tok->vocab_size();
+  auto c = device_config(4, Prediction::kVelocity, tok->vocab_size());
   torch::manual_seed(0);
   MMDiT model(c);
   model->to(kDev);
