@@ -3,9 +3,11 @@
 // subcommand (tools/lesionflow only maps flags to those calls):
 //
 //   dataset (HAM10000 | ISIC CSV | ImageFolder | phantom)   lesionflow/data.h      `data
-//   inspect|split|prepare|phantom`
+//   inspect|split|prepare|phantom` (pipeline/data_runs.h)
+//     acquisition shifts (HAM-shift, augmentation)           lesionflow/shift.h     `data shift`
 //     -> prepared cache (images.safetensors + records.jsonl) lesionflow/data.h      `data prepare`
-//     -> measured concepts + captions.jsonl                  lesionflow/captions.h  `caption`
+//     -> measured concepts (A, B, C, dermoscopic structures D) + captions.jsonl
+//                                                            lesionflow/captions.h  `caption`
 //     (caption_dataset),
 //                                                            lesionflow/concepts.h  `concepts
 //                                                            measure`
@@ -32,7 +34,8 @@
 //   speed: `bench` (src/pipeline/bench.h, scripts/bench_torch.py)
 //
 // Layers and the include rule: docs/architecture.md. Machine facts and settings:
-// lesionflow/runtime.h (`doctor`). Errors are Status/Result values (lesionflow/status.h); file
+// lesionflow/runtime.h (`doctor`; --device via src/core/device.h). Temporary and partial output
+// folders: lesionflow/scratch.h. Errors are Status/Result values (lesionflow/status.h); file
 // formats are specified in docs/formats.md.
 #pragma once
 #include "lesionflow/captions.h"
