@@ -60,27 +60,29 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
         j["val_psnr"].get<double>(), j["val_ssim"].get<double>(),
         j["checkpoint"].get<std::string>().c_str());
   });
+  static AERunOptions eo;  // one options struct per subcommand
   auto* en = ae->add_subcommand(
       "encode", "cache the latents of a prepared set (8 dihedral variants per image)");
-  en->add_option("--ae", o.ae, "autoencoder .safetensors")->required();
-  en->add_option("--data", o.data,
+  en->add_option("--ae", eo.ae, "autoencoder .safetensors")->required();
+  en->add_option("--data", eo.data,
                  "prepared cache directory (latents_<hash>.safetensors is written there)")
       ->required();
-  bind(en, o, g, run, run_ae_encoding, [](const nlohmann::json& j) {
+  bind(en, eo, g, run, run_ae_encoding, [](const nlohmann::json& j) {
     std::printf("latents %s of %lld images (8 dihedral variants each) -> %s\n",
                 j["shape"].dump().c_str(), (long long)j["images"].get<int64_t>(),
                 j["latents"].get<std::string>().c_str());
   });
+  static AERunOptions vo;
   auto* ev = ae->add_subcommand("eval", "reconstruction PSNR/SSIM on a split");
-  ev->add_option("--ae", o.ae, "autoencoder .safetensors")->required();
-  ev->add_option("--data", o.data, "prepared cache directory")->required();
-  ev->add_option("--splits", o.splits, "splits CSV");
-  ev->add_option("--split", o.split, "train | val | test")
+  ev->add_option("--ae", vo.ae, "autoencoder .safetensors")->required();
+  ev->add_option("--data", vo.data, "prepared cache directory")->required();
+  ev->add_option("--splits", vo.splits, "splits CSV");
+  ev->add_option("--split", vo.split, "train | val | test")
       ->capture_default_str()
       ->check(CLI::IsMember({"train", "val", "test"}));
-  bind(ev, o, g, run, run_ae_evaluation, [](const nlohmann::json& j) {
-    std::printf("%s: %lld %s images, PSNR %.2f dB, SSIM %.4f\n", o.ae.c_str(),
-                (long long)j["images"].get<int64_t>(), o.split.c_str(), j["psnr"].get<double>(),
+  bind(ev, vo, g, run, run_ae_evaluation, [](const nlohmann::json& j) {
+    std::printf("%s: %lld %s images, PSNR %.2f dB, SSIM %.4f\n", vo.ae.c_str(),
+                (long long)j["images"].get<int64_t>(), vo.split.c_str(), j["psnr"].get<double>(),
                 j["ssim"].get<double>());
   });
 }
