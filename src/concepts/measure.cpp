@@ -278,7 +278,8 @@ Measurements measure_lesion(const cv::Mat& rgb_full, const cv::Mat& mask_full,
   }
   const cv::Mat hair = hair_pixels(thin, mask);
   cv::Mat rgb;  // hairs inpainted
-  if (cv::countNonZero(hair) == 0)
+  const bool has_hair = cv::countNonZero(hair) > 0;
+  if (!has_hair)
     rgb = rgb_in;
   else
     cv::inpaint(rgb_in, hair, rgb, 3, cv::INPAINT_TELEA);
@@ -439,7 +440,8 @@ Measurements measure_lesion(const cv::Mat& rgb_full, const cv::Mat& mask_full,
   }
 
   // Dermoscopic structures (D), on the image before hair removal, with the hairs masked out.
-  const StructureScores st = measure_structures(to_lab(rgb_in), lab, mask, skin, hair);
+  const StructureScores st =
+      measure_structures(has_hair ? to_lab(rgb_in) : lab, lab, mask, skin, hair);
   m.structure_score = st.score;
   m.structure_present = st.present;
   m.structure_count = st.count;
