@@ -18,7 +18,7 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(build-essential cmake ninja-build ccache pkg-config git
-      libtorch-dev libopenblas0-openmp libopenblas-openmp-dev
+      libtorch-dev libgloo-dev libopenblas0-openmp libopenblas-openmp-dev
       libopencv-dev libcli11-dev nlohmann-json3-dev
       libsentencepiece-dev sentencepiece libcpp-httplib-dev
       libgtest-dev libgmock-dev googletest libbenchmark-dev)

@@ -13,6 +13,7 @@
 #include "models/cnn.h"
 #include "models/vit.h"
 #include "pch_torch.h"
+#include "train/dist.h"
 
 namespace lf {
 
@@ -84,6 +85,11 @@ struct ClsTrainConfig {
   std::string out;  // run directory
   bool resume = false;
   torch::Device device = torch::kCPU;  // model, optimizer state and batches (moved there)
+  // Data-parallel training (train/dist.h): each rank trains on its rows of every global batch,
+  // gradients summed over the ranks; rank 0 validates, decides early stopping and writes. With
+  // batch norm (the CNN) each rank normalises over its own rows, as PyTorch's DDP does without
+  // SyncBatchNorm; rank 0's running statistics are broadcast before every validation.
+  std::shared_ptr<Dist> dist;
   nlohmann::json to_json() const;
 };
 struct ClsTrainResult {

@@ -222,7 +222,8 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
         keep.push_back(i);
       }
     }
-    LF_RETURN_IF_ERROR(write_file_atomic(job.train.out + "/filtered.jsonl", lines));
+    if (!job.train.dist || job.train.dist->is_main())
+      LF_RETURN_IF_ERROR(write_file_atomic(job.train.out + "/filtered.jsonl", lines));
     log_info("classify real+filtered: dropped " + std::to_string(drop.size()) + " of " +
              std::to_string(synthetic->count()) + " synthetic images (" + job.train.out +
              "/filtered.jsonl)");
@@ -275,7 +276,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
                " synthetic images -> " + pc.out);
       LF_RETURN_IF_ERROR(train_classifier(pc, pm, pretrain_set, val).status());
       if (stop_requested()) return Status::error("classify: stopped during pretraining");
-      LF_RETURN_IF_ERROR(write_file_atomic(done, "ok\n"));
+      if (!tc.dist || tc.dist->is_main()) LF_RETURN_IF_ERROR(write_file_atomic(done, "ok\n"));
     }
     LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(pc.out + "/best.safetensors"));
     LF_RETURN_IF_ERROR(load_classifier_weights(w, model, pc.out + "/best.safetensors"));
@@ -285,6 +286,12 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
            std::to_string(n_syn) + " seed " + std::to_string(job.seed) + " (" + arch_name(mc.arch) +
            ") -> " + tc.out);
   LF_ASSIGN_OR_RETURN(ClsTrainResult tr, train_classifier(tc, model, train, val));
+  if (tc.dist && !tc.dist->is_main())  // the evaluation and the files are rank 0's
+    return nlohmann::json{{"rank", tc.dist->rank()},
+                          {"world_size", tc.dist->world()},
+                          {"epochs_run", tr.epochs_run},
+                          {"train_seconds", tr.seconds},
+                          {"train_images_per_second", tr.images_per_second}};
   nlohmann::json r = {
       {"arm", job.arm},
       {"real_size", job.arm == "synthetic" ? 0 : static_cast<int64_t>(real_idx.size())},

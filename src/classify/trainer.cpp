@@ -34,7 +34,8 @@ nlohmann::json ClsTrainConfig::to_json() const {
           {"max_minutes", max_minutes},
           {"seed", seed},
           {"out", out},
-          {"device", device.str()}};
+          {"device", device.str()},
+          {"world_size", dist ? dist->world() : 1}};
 }
 
 namespace {
@@ -91,7 +92,14 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
     return Status::error("classify: images are " + std::to_string(train.size) +
                          "px, the model expects " + std::to_string(model->config().image_size) +
                          "px");
-  LF_RETURN_IF_ERROR(make_dirs(cfg.out));
+  Dist* dist = cfg.dist.get();
+  const bool main_rank = !dist || dist->is_main();
+  int64_t shard_lo = 0, shard_hi = cfg.batch;
+  if (dist) {
+    LF_ASSIGN_OR_RETURN(std::tie(shard_lo, shard_hi),
+                        batch_shard(cfg.batch, dist->rank(), dist->world()));
+  }
+  if (main_rank) LF_RETURN_IF_ERROR(make_dirs(cfg.out));
   const std::string last = cfg.out + "/last.safetensors", best = cfg.out + "/best.safetensors",
                     state = cfg.out + "/state.bin", hist = cfg.out + "/history.jsonl";
   const int64_t N = train.count();
@@ -116,13 +124,22 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
         train.weights[i] * static_cast<float>(cfg.balanced ? N / (K * count[target[i]]) : 1.0);
 
   model->to(cfg.device);
-  torch::optim::AdamW opt(model->parameters(),
+  auto params = model->parameters();
+  auto buffers = model->buffers();
+  if (dist) {  // one initialisation for every rank
+    LF_RETURN_IF_ERROR(dist->broadcast(params));
+    LF_RETURN_IF_ERROR(dist->broadcast(buffers));
+  }
+  torch::optim::AdamW opt(params,
                           torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
   ClsTrainResult res;
   int epoch = 0, since_best = 0;
   const std::string journal = cfg.out + "/checkpoint.journal";
-  LF_RETURN_IF_ERROR(recover_checkpoint(journal, {last, state}));
-  remove_stale_temps({best});
+  if (main_rank) {
+    LF_RETURN_IF_ERROR(recover_checkpoint(journal, {last, state}));
+    remove_stale_temps({best});
+  }
+  if (dist) LF_RETURN_IF_ERROR(dist->barrier());
   if (cfg.resume && file_exists(state)) {
     LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(last));
     LF_RETURN_IF_ERROR(load_classifier_weights(w, model, last));
@@ -131,9 +148,9 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
     res.best_epoch = std::atoi(w.metadata["best_epoch"].c_str());
     res.best_val_auc = std::atof(w.metadata["best_val_auc"].c_str());
     since_best = std::atoi(w.metadata["since_best"].c_str());
-    truncate_metrics(hist, epoch);
+    if (main_rank) truncate_metrics(hist, epoch);
     log_info("resumed " + cfg.out + " after epoch " + std::to_string(epoch));
-  } else {
+  } else if (main_rank) {
     std::filesystem::remove(hist);
   }
   BatchPlan plan(N, cfg.batch, cfg.seed);
@@ -181,53 +198,86 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
         y.push_back(target[i]);
         w.push_back(sample_w[i]);
       }
-      auto loss = classifier_loss(model, x, torch::tensor(y, torch::kInt64),
-                                  torch::tensor(w, torch::kFloat32));
+      auto wt = torch::tensor(w, torch::kFloat32), yt = torch::tensor(y, torch::kInt64);
+      Tensor loss;
+      if (dist) {  // this rank's rows; sum_rows(w ce) / sum_batch(w), summed over the ranks
+        const int64_t n = shard_hi - shard_lo;
+        auto ws = wt.narrow(0, shard_lo, n);
+        loss = classifier_loss(model, x.narrow(0, shard_lo, n), yt.narrow(0, shard_lo, n), ws) *
+               (ws.sum() / wt.sum()).to(module_device(*model));
+        opt.zero_grad();
+        loss.backward();
+        std::vector<Tensor> red;
+        for (auto& p : params) {
+          if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+          red.push_back(p.grad());
+        }
+        auto lt = loss.detach().reshape({1}).to(torch::kCPU, torch::kFloat32).clone();
+        red.push_back(lt);
+        LF_RETURN_IF_ERROR(dist->allreduce(red, /*mean=*/false));
+        loss = lt[0];
+      } else {
+        loss = classifier_loss(model, x, yt, wt);
+      }
       double lv = loss.item<double>();
       if (!std::isfinite(lv))
         return Status::error("classify: loss is " + std::to_string(lv) + " at epoch " +
                              std::to_string(epoch) + " step " + std::to_string(b) +
                              "; stopped (last good weights in " + last + "); try a lower --lr");
-      opt.zero_grad();
-      loss.backward();
-      clip_grad_norm(model->parameters(), 5.0);
+      if (!dist) {
+        opt.zero_grad();
+        loss.backward();
+      }
+      clip_grad_norm(params, 5.0);
       opt.step();
       loss_sum += lv;
       seen += static_cast<int64_t>(idx.size());
       char extra[64];
       std::snprintf(extra, sizeof extra, "epoch %d loss %.4f", epoch + 1, lv);
-      prog.update(step + 1, extra);
+      if (main_rank) prog.update(step + 1, extra);
     }
     // Validation AUC picks the best epoch.
     double val_auc = std::nan("");
-    if (val.count() > 0) val_auc = roc_auc(predict_malignant(model, val), val.labels);
+    double minutes =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
+    if (dist) LF_RETURN_IF_ERROR(dist->broadcast(buffers));  // rank 0's batch-norm statistics
+    if (main_rank && val.count() > 0) val_auc = roc_auc(predict_malignant(model, val), val.labels);
+    if (dist) {  // rank 0's validation and clock decide for every rank
+      std::vector<Tensor> d{torch::tensor({val_auc, minutes}, torch::kFloat64)};
+      LF_RETURN_IF_ERROR(dist->broadcast(d));
+      val_auc = d[0][0].item<double>();
+      minutes = d[0][1].item<double>();
+      LF_RETURN_IF_ERROR(dist->check_in_sync(params, "weights"));
+    }
     bool improved = !std::isnan(val_auc) ? val_auc > res.best_val_auc + 1e-6 : true;
     if (improved) {
       res.best_val_auc = std::isnan(val_auc) ? 0 : val_auc;
       res.best_epoch = epoch + 1;
       since_best = 0;
-      LF_RETURN_IF_ERROR(save_classifier(best, model, 0.5, {{"epoch", std::to_string(epoch + 1)}}));
+      if (main_rank)
+        LF_RETURN_IF_ERROR(
+            save_classifier(best, model, 0.5, {{"epoch", std::to_string(epoch + 1)}}));
     } else {
       ++since_best;
     }
-    append_line(hist, nlohmann::json{{"step", epoch + 1},
-                                     {"epoch", epoch + 1},
-                                     {"train_loss", loss_sum / steps_per_epoch},
-                                     {"val_auc", std::isnan(val_auc) ? nlohmann::json(nullptr)
-                                                                     : nlohmann::json(val_auc)}}
-                          .dump());
-    LF_RETURN_IF_ERROR(commit_checkpoint(
-        journal, {{last,
-                   [&](const std::string& p) {
-                     return save_classifier(p, model, 0.5,
-                                            {{"best_epoch", std::to_string(res.best_epoch)},
-                                             {"best_val_auc", std::to_string(res.best_val_auc)},
-                                             {"since_best", std::to_string(since_best)}});
-                   }},
-                  {state, [&](const std::string& p) { return save_state(p, epoch + 1, opt); }}}));
+    if (main_rank)
+      append_line(hist, nlohmann::json{{"step", epoch + 1},
+                                       {"epoch", epoch + 1},
+                                       {"train_loss", loss_sum / steps_per_epoch},
+                                       {"val_auc", std::isnan(val_auc) ? nlohmann::json(nullptr)
+                                                                       : nlohmann::json(val_auc)}}
+                            .dump());
+    if (main_rank)
+      LF_RETURN_IF_ERROR(commit_checkpoint(
+          journal, {{last,
+                     [&](const std::string& p) {
+                       return save_classifier(p, model, 0.5,
+                                              {{"best_epoch", std::to_string(res.best_epoch)},
+                                               {"best_val_auc", std::to_string(res.best_val_auc)},
+                                               {"since_best", std::to_string(since_best)}});
+                     }},
+                    {state, [&](const std::string& p) { return save_state(p, epoch + 1, opt); }}}));
     res.epochs_run = epoch + 1;
-    double minutes =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
     if (since_best >= cfg.patience) {
       res.stopped_early = true;
       log_info("early stop after epoch " + std::to_string(epoch + 1) + " (best " +
@@ -241,6 +291,10 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   }
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   res.images_per_second = seen / std::max(res.seconds, 1e-9);
+  if (dist) {
+    LF_RETURN_IF_ERROR(dist->barrier());  // rank 0 has written best.safetensors
+    if (!main_rank) return res;           // the evaluation is rank 0's
+  }
   // Best weights back; operating point on validation.
   LF_ASSIGN_OR_RETURN(SafeTensors bw, load_safetensors(best));
   LF_RETURN_IF_ERROR(load_module_tensors(bw, *model, best));

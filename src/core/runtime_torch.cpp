@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
@@ -36,7 +37,13 @@ long rss_now_mb() {
 }
 
 void set_threads(int n) {
-  if (n <= 0) n = hardware_threads();
+  // Default: all cores, shared among the ranks of a data-parallel run on this machine
+  // (LOCAL_WORLD_SIZE, set by torchrun and scripts/launch_local.sh).
+  if (n <= 0) {
+    const char* lws = std::getenv("LOCAL_WORLD_SIZE");
+    const int ranks = lws ? std::max(1, std::atoi(lws)) : 1;
+    n = std::max(1, hardware_threads() / ranks);
+  }
   torch::set_num_threads(n);
   omp_set_num_threads(n);
 }

@@ -71,6 +71,7 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o) {
   job.train.resume = o.resume;
   job.train.out = o.out;
   LF_ASSIGN_OR_RETURN(job.train.device, parse_device(o.device));
+  job.train.dist = o.dist;
   job.synthetic_weight = o.synthetic_weight;
   job.filter_with = o.filter_with;
   job.filter_confidence = o.filter_confidence;

@@ -31,6 +31,7 @@ struct ClassifyTrainOptions {
   bool resume = false;
   uint64_t seed = 0;
   std::string device = "cpu";
+  std::shared_ptr<Dist> dist;  // data-parallel rank (train/dist.h); nullptr = one process
 };
 // Trains in `out` and evaluates on the test split and the extra test sets: run_cls_job's JSON.
 Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o);

@@ -41,6 +41,7 @@ Result<GenTrainConfig> loop_config(const LoopOptions& o, const std::string& out,
   tc.log_every = o.log_every;
   tc.val_every = o.val_every;
   tc.stop_at_step = o.stop_at_step;
+  tc.dist = o.dist;
   tc.warmup = std::min<int64_t>(max_warmup, o.steps / 10 + 1);  // 10% of the steps, capped
   return tc;
 }
@@ -203,7 +204,12 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   const std::string tok_path = o.out + "/tokenizer.model";
   Result<Tokenizer> tok = Status::error("unset");
-  if (o.loop.resume && file_exists(tok_path))
+  const bool other_rank = o.loop.dist && !o.loop.dist->is_main();
+  if (other_rank) {  // rank 0's tokenizer (training it is not bit-reproducible)
+    std::string bytes;
+    LF_RETURN_IF_ERROR(o.loop.dist->share_bytes("tokenizer", bytes));
+    tok = Tokenizer::from_bytes(bytes);
+  } else if (o.loop.resume && file_exists(tok_path))
     tok = Tokenizer::load_file(tok_path);
   else if (!o.tokenizer.empty())
     tok = Tokenizer::load_file(o.tokenizer);
@@ -213,7 +219,13 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
     tok = Tokenizer::train(corpus, {o.vocab, "bpe", o.seed});
   }
   if (!tok.ok()) return tok.status();
-  LF_RETURN_IF_ERROR(write_file_atomic(tok_path, tok->model_bytes()));
+  if (!other_rank) {
+    if (o.loop.dist) {
+      std::string bytes = tok->model_bytes();
+      LF_RETURN_IF_ERROR(o.loop.dist->share_bytes("tokenizer", bytes));
+    }
+    LF_RETURN_IF_ERROR(write_file_atomic(tok_path, tok->model_bytes()));
+  }
   MMDiTConfig mc = MMDiTConfig::preset(o.preset);
   mc.vocab_size = tok->vocab_size();
   mc.image_size = d.ps.size;
@@ -491,6 +503,7 @@ Result<nlohmann::json> run_finetune(const FinetuneRunOptions& o) {
     LF_ASSIGN_OR_RETURN(r, train_generator(tc, base.model, *base.tok, train,
                                            va_idx.empty() ? nullptr : &val, &target));
   }
+  if (o.loop.dist && !o.loop.dist->is_main()) return train_result_json(r, o.out);  // rank 0 writes
   info["steps"] = r.step;
   info["seconds"] = r.seconds;
   info["steps_per_second"] = r.step / std::max(r.seconds, 1e-9);
@@ -548,7 +561,8 @@ Result<nlohmann::json> run_distill(const DistillRunOptions& o) {
                       train_generator(tc, student.model, *student.tok, train, &val, &target));
   nlohmann::json j = train_result_json(r, o.out);
   j["sampling"] = sampling;
-  LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/distill.json", j.dump(2) + "\n"));
+  if (!o.loop.dist || o.loop.dist->is_main())
+    LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/distill.json", j.dump(2) + "\n"));
   return j;
 }
 

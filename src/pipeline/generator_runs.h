@@ -38,6 +38,7 @@ struct LoopOptions {
   int64_t stop_at_step = -1;  // stop (checkpointed) at this step, keeping the schedule of `steps`
   bool resume = false;
   std::string device = "cpu";  // cpu | cuda[:N]
+  std::shared_ptr<Dist> dist;  // data-parallel rank (train/dist.h); nullptr = one process
 };
 
 struct TokenizerRunOptions {

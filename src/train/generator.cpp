@@ -40,6 +40,7 @@ nlohmann::json GenTrainConfig::to_json() const {
           {"out", out},
           {"flow", flow.to_json()},
           {"device", device.str()},
+          {"world_size", dist ? dist->world() : 1},
           {"val_prompts", val_prompts}};
 }
 
@@ -303,7 +304,14 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     Autoencoder ae = cfg.ae;  // a handle: the sample grids decode on the run's device
     ae->to(cfg.device);
   }
-  LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/samples"));
+  Dist* dist = cfg.dist.get();
+  const bool main_rank = !dist || dist->is_main();  // writes checkpoints, metrics, samples
+  int64_t shard_lo = 0, shard_hi = cfg.batch;
+  if (dist) {
+    LF_ASSIGN_OR_RETURN(std::tie(shard_lo, shard_hi),
+                        batch_shard(cfg.batch, dist->rank(), dist->world()));
+  }
+  if (main_rank) LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/samples"));
   const std::string ckpt = cfg.out + "/checkpoint.safetensors",
                     ema_path = cfg.out + "/ema.safetensors", state = cfg.out + "/state.bin",
                     metrics = cfg.out + "/metrics.jsonl";
@@ -313,6 +321,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
 
   // What is trained: every parameter (default) or the tensors of a target (LoRA adapters).
   std::vector<Tensor> params = target ? target->params : model->parameters();
+  if (dist) LF_RETURN_IF_ERROR(dist->broadcast(params));  // one initialisation for every rank
   auto prepare = [&](int64_t train_step) {
     if (target && target->before_forward) target->before_forward(train_step);
   };
@@ -347,7 +356,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
 
   int64_t step = 0;
   const std::string journal = cfg.out + "/checkpoint.journal";
-  LF_RETURN_IF_ERROR(recover_checkpoint(journal, {ckpt, ema_path, state}));
+  if (main_rank) LF_RETURN_IF_ERROR(recover_checkpoint(journal, {ckpt, ema_path, state}));
+  if (dist) LF_RETURN_IF_ERROR(dist->barrier());  // the others read what rank 0 recovered
   if (cfg.resume) {
     if (!file_exists(state))
       return Status::error(state + ": nothing to resume (no training state in " + cfg.out + ")");
@@ -358,14 +368,15 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     }
     LF_RETURN_IF_ERROR(load_weights(ckpt));
     LF_ASSIGN_OR_RETURN(step, load_state(state, opt));
-    truncate_metrics(metrics, step);
+    if (main_rank) truncate_metrics(metrics, step);
     log_info("resumed " + cfg.out + " at step " + std::to_string(step));
-  } else {
+  } else if (main_rank) {
     std::filesystem::remove(metrics);
   }
-  LF_RETURN_IF_ERROR(write_file_atomic(
-      cfg.out + "/options.json",
-      nlohmann::json{{"train", cfg.to_json()}, {"model", mc.to_json()}}.dump(2) + "\n"));
+  if (main_rank)
+    LF_RETURN_IF_ERROR(write_file_atomic(
+        cfg.out + "/options.json",
+        nlohmann::json{{"train", cfg.to_json()}, {"model", mc.to_json()}}.dump(2) + "\n"));
 
   auto save_all = [&](int64_t s) -> Status {
     return commit_checkpoint(
@@ -380,9 +391,19 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
                   {state, [&](const std::string& p) { return save_state(p, s, opt); }}});
   };
 
+  // Rank 0 writes; before that every rank checks that weights and EMA are still the same
+  // everywhere (identical gradients keep them so).
+  auto checkpoint = [&](int64_t s) -> Status {
+    if (dist) {
+      LF_RETURN_IF_ERROR(dist->check_in_sync(params, "weights"));
+      LF_RETURN_IF_ERROR(dist->check_in_sync(ema, "EMA weights"));
+    }
+    return main_rank ? save_all(s) : Status::ok_status();
+  };
+
   // Fixed validation batch (first up to 64 images) with fixed noise and timesteps.
   Tensor val_x, val_px, val_ids, val_mask, val_noise, val_t;
-  if (val && val->count() > 0) {
+  if (main_rank && val && val->count() > 0) {
     int64_t nv = std::min<int64_t>(64, val->count());
     val_px = images_to_tensor(
         std::vector<const uint8_t*>(val->pixels.begin(), val->pixels.begin() + nv), val->size);
@@ -406,24 +427,33 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
   GenTrainResult res;
   auto t_start = std::chrono::steady_clock::now();
   const int64_t start_step = step;
+  double comm_logged = 0, el_logged = 0;  // communication share between two metrics lines
   const int64_t last_step =
       cfg.stop_at_step >= 0 ? std::min(cfg.steps, cfg.stop_at_step) : cfg.steps;
   Progress prog("train", last_step, "step", step);
   model->train();
   StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: checkpoint this step, then return
-  while (step < cfg.steps) {
-    if (stop_requested()) {
-      res.stopped_by_signal = true;
-      log_warn(std::string(stop_signal_name()) + " received: checkpointing step " +
-               std::to_string(step) + " in " + cfg.out + " (continue with --resume)");
-      break;
-    }
-    double minutes =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 60;
-    if (cfg.max_minutes > 0 && minutes >= cfg.max_minutes) {
-      res.stopped_by_budget = true;
+  // Stopping (a signal, the time budget) before step s. Over several ranks the wish is all-reduced
+  // with the step's gradients and every rank stops before applying the step any rank wanted to
+  // stop at: they all checkpoint the same step.
+  auto stop_before = [&](bool by_signal, bool by_budget) {
+    res.stopped_by_signal = by_signal;
+    res.stopped_by_budget = by_budget && !by_signal;
+    if (by_signal)
+      log_warn(std::string(*stop_signal_name() ? stop_signal_name() : "a signal to another rank") +
+               " received: checkpointing step " + std::to_string(step) + " in " + cfg.out +
+               " (continue with --resume)");
+    else
       log_info("time budget of " + std::to_string(cfg.max_minutes) + " min reached at step " +
                std::to_string(step));
+  };
+  while (step < cfg.steps) {
+    const bool want_signal = stop_requested();
+    const double minutes =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count() / 60;
+    const bool want_budget = cfg.max_minutes > 0 && minutes >= cfg.max_minutes;
+    if (!dist && (want_signal || want_budget)) {
+      stop_before(want_signal, want_budget);
       break;
     }
     if (cfg.stop_at_step >= 0 && step >= cfg.stop_at_step) break;
@@ -459,14 +489,41 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
         ids[i].copy_(empty_ids[0]);
         mask[i].copy_(empty_mask[0]);
       }
-    std::tie(ids, mask) = trim_padding(ids, mask);
     auto gen = at::detail::createCPUGenerator(derive_seed(cfg.seed, Stream::kGenNoise, step));
     auto t = target && target->timesteps ? target->timesteps(x0.size(0), gen)
                                          : sample_timesteps(x0.size(0), cfg.flow, gen);
     auto noise = torch::randn(x0.sizes(), gen, torch::kFloat32);
+    if (dist) {  // this rank's rows of the global batch (made whole above: the same on every rank)
+      const int64_t n = shard_hi - shard_lo;
+      x0 = x0.narrow(0, shard_lo, n);
+      noise = noise.narrow(0, shard_lo, n);
+      t = t.narrow(0, shard_lo, n);
+      ids = ids.narrow(0, shard_lo, n);
+      mask = mask.narrow(0, shard_lo, n);
+    }
+    std::tie(ids, mask) = trim_padding(ids, mask);
     prepare(step);
     auto per = generator_loss(model, {x0, noise, t, ids, mask}, cfg.flow, target);
     auto loss = per.mean();
+    if (dist) {
+      opt.zero_grad();
+      loss.backward();
+      // Gradients (zeros where a tensor got none), the loss and the stop wishes, averaged.
+      std::vector<Tensor> red;
+      for (auto& p : params) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+        red.push_back(p.grad());
+      }
+      auto flags =
+          torch::tensor({loss.item<float>(), want_signal ? 1.0f : 0.0f, want_budget ? 1.0f : 0.0f});
+      red.push_back(flags);
+      LF_RETURN_IF_ERROR(dist->allreduce(red, /*mean=*/true));
+      if (flags[1].item<float>() > 0 || flags[2].item<float>() > 0) {
+        stop_before(flags[1].item<float>() > 0, flags[2].item<float>() > 0);
+        break;
+      }
+      loss = flags[0];
+    }
     double lv = loss.item<double>();
     if (!std::isfinite(lv)) {
       return Status::error("train: loss is " + std::to_string(lv) + " at step " +
@@ -474,8 +531,10 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
                            "); stopped without overwriting the last checkpoint in " + cfg.out +
                            "; try a lower --lr or --grad-clip");
     }
-    opt.zero_grad();
-    loss.backward();
+    if (!dist) {
+      opt.zero_grad();
+      loss.backward();
+    }
     Tensor gnorm_t = clip_grad_norm(params, cfg.grad_clip);
     opt.step();
     ema_update(ema, params, std::min(cfg.ema_decay, (1.0 + step) / (10.0 + step)));
@@ -488,12 +547,18 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     double ips = (step - start_step) * cfg.batch / std::max(el, 1e-9);
     char extra[96];
     std::snprintf(extra, sizeof extra, "loss %.4f lr %.2e", lv, lr);
-    prog.update(step, extra);
-    if (step % cfg.log_every == 0 || step == cfg.steps) {
+    if (main_rank) prog.update(step, extra);
+    if (main_rank && (step % cfg.log_every == 0 || step == cfg.steps)) {
       const double gnorm = gnorm_t.defined() ? gnorm_t.item<double>() : 0.0;
       nlohmann::json m = {
           {"step", step},       {"loss", loss_acc / loss_n}, {"lr", lr},
           {"grad_norm", gnorm}, {"images_per_second", ips},  {"loss_by_t_bin", bins.means()}};
+      if (dist) {  // share of the wall time spent in collectives since the last line
+        m["world_size"] = dist->world();
+        m["comm_share"] = (dist->comm_seconds() - comm_logged) / std::max(el - el_logged, 1e-9);
+        comm_logged = dist->comm_seconds();
+        el_logged = el;
+      }
       for (auto& v : m["loss_by_t_bin"])
         if (v.is_number() && std::isnan(v.get<double>())) v = nullptr;
       append_line(metrics, m.dump());
@@ -512,7 +577,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
       swap_ema();
       append_line(metrics, nlohmann::json{{"step", step}, {"val_loss_ema", vl}}.dump());
     }
-    if (cfg.sample_every > 0 && step % cfg.sample_every == 0 && !cfg.val_prompts.empty()) {
+    if (main_rank && cfg.sample_every > 0 && step % cfg.sample_every == 0 &&
+        !cfg.val_prompts.empty()) {
       std::vector<std::string> ps;
       std::vector<uint64_t> seeds;
       for (int s = 0; s < 2; ++s)
@@ -551,16 +617,21 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
         m["colour_stat_distance"] = colour_stat_distance(imgs.to(torch::kCPU), val_px);
       append_line(metrics, m.dump());
     }
-    if (cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) LF_RETURN_IF_ERROR(save_all(step));
+    if (cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) LF_RETURN_IF_ERROR(checkpoint(step));
   }
-  LF_RETURN_IF_ERROR(save_all(step));
+  LF_RETURN_IF_ERROR(checkpoint(step));
+  if (dist) {
+    LF_RETURN_IF_ERROR(dist->barrier());  // every rank returns once the checkpoint is written
+    res.comm_seconds = dist->comm_seconds();
+  }
   res.step = step;
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   res.images_per_second = (step - start_step) * cfg.batch / std::max(res.seconds, 1e-9);
-  prog.finish(res.stopped_by_budget   ? "(time budget)"
-              : res.stopped_by_signal ? "(stopped by signal)"
-                                      : "",
-              step);
+  if (main_rank)
+    prog.finish(res.stopped_by_budget   ? "(time budget)"
+                : res.stopped_by_signal ? "(stopped by signal)"
+                                        : "",
+                step);
   return res;
 }
 

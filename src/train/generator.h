@@ -14,6 +14,7 @@
 #include "models/autoencoder.h"
 #include "models/generator_io.h"
 #include "models/mmdit.h"
+#include "train/dist.h"
 
 namespace lf {
 
@@ -75,6 +76,9 @@ struct GenTrainConfig {
   // Where the model, its optimizer state, EMA and batches live. The loop moves the model (and
   // the grid's autoencoder) there; LoRA adapters must already be there (error otherwise).
   torch::Device device = torch::kCPU;
+  // Data-parallel training (train/dist.h): this rank's share of each global batch of `batch`
+  // images, gradients averaged over the ranks; only rank 0 writes. nullptr = one process.
+  std::shared_ptr<Dist> dist;
   nlohmann::json to_json() const;
 };
 
@@ -85,6 +89,7 @@ struct GenTrainResult {
   double images_per_second = 0;
   bool stopped_by_budget = false;
   bool stopped_by_signal = false;  // SIGTERM/SIGINT: checkpoint written, then returned
+  double comm_seconds = 0;         // waiting in collectives (data-parallel runs)
 };
 
 // What a training run optimises. Default (nullptr): every parameter of the model, with full

@@ -10,6 +10,7 @@
 #include "lesionflow/status.h"
 
 namespace lf {
+class Dist;
 struct GenerateConfig;
 struct SamplerFlags;
 }  // namespace lf
@@ -25,6 +26,13 @@ struct GlobalOptions {
   std::string precision = "fp32";  // fp32 | bf16 | auto (GEMMs of the models in bfloat16)
   bool verbose = false, quiet = false;
   std::string command_line;
+  // Data-parallel training: flags (or torchrun's environment), and the process group main()
+  // connects before a command that takes it (dist_aware) runs.
+  std::string dist_init;
+  int dist_rank = -1, world_size = -1;
+  double dist_timeout = 900;
+  bool dist_aware = false, dist_main = true;
+  std::shared_ptr<Dist> dist;
 };
 
 using Runner = std::function<Status()>;
@@ -84,6 +92,8 @@ void bind(CLI::App* s, Opt& o, GlobalOptions& g, Runner* run, Fn fn, Print print
     // than the CPU for every other command.
     g.device_aware = requires { o.device; }
     || requires { o.loop.device; };
+    g.dist_aware = requires { o.dist; }
+    || requires { o.loop.dist; };
     *run = [&o, &g, fn, print]() -> Status {
       if constexpr (requires { o.seed; }) o.seed = g.seed;
       if constexpr (requires { o.threads; })
@@ -92,7 +102,12 @@ void bind(CLI::App* s, Opt& o, GlobalOptions& g, Runner* run, Fn fn, Print print
         o.device = g.device;
       else if constexpr (requires { o.loop.device; })
         o.loop.device = g.device;
+      if constexpr (requires { o.dist; })
+        o.dist = g.dist;
+      else if constexpr (requires { o.loop.dist; })
+        o.loop.dist = g.dist;
       LF_ASSIGN_OR_RETURN(nlohmann::json j, fn(o));
+      if (!g.dist_main) return Status::ok_status();  // the results are rank 0's to print
       if (g.json)
         emit_json(g, j);
       else

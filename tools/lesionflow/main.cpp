@@ -5,6 +5,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/runtime.h"
 #include "lesionflow/stop.h"
+#include "train/dist.h"
 
 int main(int argc, char** argv) {
   using namespace lf;
@@ -29,6 +30,22 @@ int main(int argc, char** argv) {
          "auto = bf16 where the CPU has AVX512_BF16 or AMX")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16", "auto"}));
+  auto* dg = "Distributed (data-parallel train, finetune, distill, classify train)";
+  app.add_option("--dist-init", g.dist_init,
+                 "rendezvous: env:// (torchrun's MASTER_ADDR/MASTER_PORT), tcp://HOST:PORT or "
+                 "file://PATH")
+      ->group(dg);
+  app.add_option("--dist-rank", g.dist_rank, "this process's rank (default: $RANK)")
+      ->check(cli::kNonNegative)
+      ->group(dg);
+  app.add_option("--world-size", g.world_size, "number of ranks (default: $WORLD_SIZE, else 1)")
+      ->check(cli::kPositive)
+      ->group(dg);
+  app.add_option("--dist-timeout", g.dist_timeout,
+                 "seconds a collective waits for the other ranks before failing")
+      ->capture_default_str()
+      ->check(cli::kPositive)
+      ->group(dg);
   app.add_flag("--verbose", g.verbose, "debug logging");
   app.add_flag("--quiet", g.quiet, "warnings and errors only");
   cli::Runner run;
@@ -87,6 +104,31 @@ int main(int argc, char** argv) {
   if (!run) {
     std::cerr << app.help();
     return 2;
+  }
+  {
+    DistOptions dopt{g.dist_init, g.dist_rank, g.world_size, g.dist_timeout};
+    auto resolved = resolve_dist_options(dopt);
+    Status ds = resolved.ok() ? Status::ok_status() : resolved.status();
+    if (ds.ok() && dist_requested(*resolved)) {
+      if (!g.dist_aware) {
+        ds = Status::error("a world of " + std::to_string(resolved->world_size) +
+                           " ranks was requested, but this command does not run data-parallel "
+                           "(train, finetune, distill and classify train do)");
+      } else {
+        if (resolved->rank != 0 && !g.verbose)
+          set_log_level(LogLevel::kWarn);  // rank 0 reports progress and results
+        auto d = Dist::connect(*resolved);
+        if (d.ok()) {
+          g.dist = *d;
+          g.dist_main = (*d)->is_main();
+        } else
+          ds = d.status();
+      }
+    }
+    if (!ds.ok()) {
+      log_error(ds.message());
+      return 2;
+    }
   }
   Status st;
   try {
