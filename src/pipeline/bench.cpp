@@ -143,6 +143,10 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
     LF_RETURN_IF_ERROR(run_child_memory(o));
     return nlohmann::json{};
   }
+  if (!o.child_dist.empty()) {
+    LF_RETURN_IF_ERROR(run_child_dist(o));
+    return nlohmann::json{};
+  }
   const int threads = get_threads();
   log_info("bench: " + std::to_string(threads) + " threads, " + std::to_string(o.reps) +
            " repetitions, BLAS " + loaded_blas());
@@ -425,6 +429,12 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
       }
     }
   }
+  // Data-parallel rows: each layout in its own processes, after the interleaved rows.
+  nlohmann::json data_parallel;
+  if (o.only.empty() ||
+      std::regex_search(std::string("data-parallel"), std::regex(o.only, std::regex::icase))) {
+    LF_ASSIGN_OR_RETURN(data_parallel, bench_data_parallel(o));
+  }
   // Report.
   const double sgemm = median(vs[0].values);
   nlohmann::json res = {{"date", ""},
@@ -495,6 +505,7 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
         med["fine-tune step, lora (rank 16, attn+mlp)"] / (med["generator train step (C++)"] / B);
   res["ratios"] = ratios;
   res["finetune_memory"] = ft_memory;
+  if (!data_parallel.is_null()) res["data_parallel"] = data_parallel;
   for (auto& [mode, m] : ft_memory.items())
     std::printf("%-48s %12lld params %8lld MB training memory (peak RSS %lld MB)\n",
                 ("fine-tune " + mode).c_str(), (long long)m.value("trainable_parameters", 0LL),

@@ -21,9 +21,14 @@ struct BenchOptions {
   std::string child_memory;  // internal: "lora" | "full" -> print fine-tune memory as JSON
   std::string profile;       // write a chrome trace of two generator training steps and stop
   std::string only;          // regex: run only the variants whose name matches (sgemm always runs)
+  std::string child_dist;    // internal: "STEPS:RANK:WORLD:INIT" -> one data-parallel rank
 };
 
 // Runs the benchmark (or, with child_memory set, one fine-tune memory probe printed as JSON).
 Result<nlohmann::json> run_bench(const BenchOptions& o);
+// The data-parallel rows (bench_dist.cpp): 1 rank x all threads vs ranks x 1 thread, the
+// all-reduce cost and a ring all-reduce estimate for N machines; and one rank of them.
+Result<nlohmann::json> bench_data_parallel(const BenchOptions& o);
+Status run_child_dist(const BenchOptions& o);
 
 }  // namespace lf

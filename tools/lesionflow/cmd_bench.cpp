@@ -35,6 +35,7 @@ void add_bench(CLI::App& app, GlobalOptions& g, Runner* run) {
   b->add_option("--child-memory", o.child_memory,
                 "internal: measure one fine-tune mode's memory (lora|full)")
       ->group("");
+  b->add_option("--child-dist", o.child_dist, "internal: one data-parallel rank")->group("");
   b->add_option("--profile", o.profile,
                 "write a per-op chrome trace of two generator training steps and exit");
   b->add_option("--only", o.only,
@@ -43,7 +44,7 @@ void add_bench(CLI::App& app, GlobalOptions& g, Runner* run) {
   b->callback([&g, run]() {
     *run = [&g]() -> Status {
       LF_ASSIGN_OR_RETURN(nlohmann::json res, run_bench(o));
-      if (o.child_memory.empty()) emit_json(g, res);
+      if (o.child_memory.empty() && o.child_dist.empty()) emit_json(g, res);
       return Status::ok_status();
     };
   });
