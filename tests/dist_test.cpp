@@ -155,6 +155,31 @@ TEST(Dist, TwoRanksEqualOneProcessAndTheirCheckpointResumesOnOne) {
             1e-6);
 }
 
+// LoRA fine-tuning and distillation run through the same loop: on 2 ranks their loss curves
+// follow one process's (the adapters and the student are broadcast from rank 0 at the start).
+TEST(Dist, LoraFinetuneAndDistillOnTwoRanksFollowOneProcess) {
+  const std::string dir = test::tmp_dir("dist_adapt");
+  CliRun base = run_cli(train_args(dir + "/base", 2));
+  ASSERT_EQ(base.exit_code, 0) << base.output;
+  for (const std::string cmd :
+       {"finetune --base " + dir + "/base/ema.safetensors", "distill --teacher " + dir +
+                                                                "/base/ema.safetensors"}) {
+    const std::string args = "--threads 1 " + cmd + " --data " + phantom_cache() +
+                             " --steps 4 --batch 8 --sample-every 0 --val-every 0 --log-every 1";
+    const std::string name = cmd.substr(0, cmd.find(' '));
+    CliRun one = run_cli(args + " --out " + dir + "/" + name + "1");
+    ASSERT_EQ(one.exit_code, 0) << one.output;
+    std::string two = run_command_capture(launch(2) + " \"" + lf_bin() + "\" " + args + " --out " +
+                                          dir + "/" + name + "2 2>&1; echo \"@exit=$?\"");
+    ASSERT_NE(two.find("@exit=0"), std::string::npos) << two;
+    const auto l1 = losses(dir + "/" + name + "1"), l2 = losses(dir + "/" + name + "2");
+    ASSERT_EQ(l1.size(), 4u) << name;
+    ASSERT_EQ(l2.size(), 4u) << name << two;
+    for (auto& [s, v] : l1)
+      EXPECT_NEAR(l2.at(s), v, 1e-4 * std::max(1.0, v)) << name << " step " << s;
+  }
+}
+
 // A rank killed mid-run: the other stops within the timeout with a message naming the failed
 // collective; a rank that hangs (SIGSTOP): the other stops once the timeout passes. Either way
 // the last checkpoint resumes.
