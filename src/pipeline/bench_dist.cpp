@@ -110,9 +110,8 @@ Result<nlohmann::json> bench_data_parallel(const BenchOptions& o) {
   const int R = std::max(2, cores);  // ranks x 1 thread
   LF_ASSIGN_OR_RETURN(TempDir scratch, TempDir::create("bench_dist"));
   const std::string self = "\"" + self_executable_path() + "\"";
-  const std::string common = " bench --preset " + o.preset + " --batch " +
-                             std::to_string(o.batch) + " --text-tokens " +
-                             std::to_string(o.text_tokens) + " --child-dist ";
+  const std::string common = " bench --preset " + o.preset + " --batch " + std::to_string(o.batch) +
+                             " --text-tokens " + std::to_string(o.text_tokens) + " --child-dist ";
   const int steps = std::max(4, 2 * o.reps);
   auto parse_last = [](const std::string& out) -> Result<nlohmann::json> {
     auto k = out.rfind('{');
@@ -159,16 +158,14 @@ Result<nlohmann::json> bench_data_parallel(const BenchOptions& o) {
   std::printf("\n%-48s %12s %12s %12s\n", "data-parallel (generator train step)", "img/s",
               "comm share", "threads");
   for (const auto* j : {&one, &many})
-    std::printf("%-48s %12.2f %11.1f%% %12s\n",
-                ((*j)["ranks"].dump() + " rank(s) x " + (*j)["threads_per_rank"].dump() +
-                 " thread(s)")
-                    .c_str(),
-                (*j)["images_per_second"].get<double>(), 100 * (*j)["comm_share"].get<double>(),
-                "");
+    std::printf(
+        "%-48s %12.2f %11.1f%% %12s\n",
+        ((*j)["ranks"].dump() + " rank(s) x " + (*j)["threads_per_rank"].dump() + " thread(s)")
+            .c_str(),
+        (*j)["images_per_second"].get<double>(), 100 * (*j)["comm_share"].get<double>(), "");
   std::printf("all-reduce of %.1fM parameters: %.3f s (%.2f ns/parameter, %.2f GB/s loopback)\n",
               P / 1e6, ar, ar > 0 ? 1e9 * ar / P : 0, bw_loopback / 1e9);
-  std::printf("%-10s %14s %14s %12s\n", "machines", "img/s (lo bw)", "img/s (10GbE)",
-              "eff. 10GbE");
+  std::printf("%-10s %14s %14s %12s\n", "machines", "img/s (lo bw)", "img/s (10GbE)", "eff. 10GbE");
   for (auto& e : est)
     std::printf("%-10d %14.1f %14.1f %11.0f%%\n", e["machines"].get<int>(),
                 e["images_per_second_loopback_bandwidth"].get<double>(),
