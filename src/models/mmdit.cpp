@@ -26,6 +26,11 @@ MMDiTConfig MMDiTConfig::preset(const std::string& name) {
     c.max_text_len = 48;
   } else if (name == "small") {
     c.prediction = Prediction::kX;
+  } else if (name == "medium") {  // small 1.5x wider (2.25x the image stream's compute)
+    c.dim = 384;
+    c.heads = 6;
+    c.refine_channels = 48;
+    c.prediction = Prediction::kX;
   } else if (name == "base") {
     c.patch = 4;
     c.dim = 512;

@@ -33,7 +33,7 @@ struct MMDiTConfig {
   double rope_theta = 100.0;                      // RoPE base for 2D positions (small grids)
   Prediction prediction = Prediction::kVelocity;  // velocity | x (network predicts the clean image)
 
-  static MMDiTConfig preset(const std::string& name);  // tiny | small | base
+  static MMDiTConfig preset(const std::string& name);  // tiny | small | medium | base
   nlohmann::json to_json() const;
   static MMDiTConfig from_json(const nlohmann::json& j);
   int tokens() const { return (image_size / patch) * (image_size / patch); }

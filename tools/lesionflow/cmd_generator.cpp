@@ -70,7 +70,9 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->check(kPositive);
   t->add_option("--tokenizer", tr.tokenizer,
                 "sentencepiece model (default: train one on the captions)");
-  t->add_option("--preset", tr.preset, "tiny | small | base")->capture_default_str();
+  t->add_option("--preset", tr.preset, "tiny | small | medium | base")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"tiny", "small", "medium", "base"}));
   t->add_option(
        "--objective", tr.objective,
        "flow (rectified flow, default) | diffusion (DDPM epsilon prediction, linear betas, "
