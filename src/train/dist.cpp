@@ -4,7 +4,6 @@
 #include "train/dist.h"
 
 #include <cstdlib>
-#include <filesystem>
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -87,15 +86,8 @@ Result<std::pair<int64_t, int64_t>> batch_shard(int64_t B, int rank, int world) 
   return std::make_pair(rank * b, (rank + 1) * b);
 }
 
-Dist::~Dist() {
-  if (!pg_) return;
-  // Rank 0 removes the rendezvous file once everyone is done with it.
-  if (rank_ == 0 && !file_path_.empty()) {
-    (void)barrier();
-    std::error_code ec;
-    std::filesystem::remove(file_path_, ec);
-  }
-}
+// c10d's FileStore removes its file when the last rank lets go of it.
+Dist::~Dist() = default;
 
 Status Dist::fail(const std::string& op, const std::exception& e) const {
   std::string what = e.what();
@@ -119,8 +111,7 @@ Result<std::shared_ptr<Dist>> Dist::connect(const DistOptions& o) {
   std::string host = "127.0.0.1";
   try {
     if (o.init.rfind("file://", 0) == 0) {
-      d->file_path_ = o.init.substr(7);
-      d->pg_->store = c10::make_intrusive<c10d::FileStore>(d->file_path_, o.world_size);
+      d->pg_->store = c10::make_intrusive<c10d::FileStore>(o.init.substr(7), o.world_size);
       d->pg_->store->setTimeout(timeout);
       host.clear();
     } else {

@@ -18,7 +18,7 @@ namespace lf {
 
 struct DistOptions {
   // "" or env:// = torchrun's MASTER_ADDR / MASTER_PORT; tcp://HOST:PORT (rank 0 listens there);
-  // file://PATH (a file on a filesystem every rank sees; removed by rank 0 at the end).
+  // file://PATH (a file on a filesystem every rank sees; removed when the last rank is done).
   std::string init;
   int rank = -1, world_size = -1;  // -1: from RANK / WORLD_SIZE
   double timeout_seconds = 900;    // a collective that waits longer fails (a rank died or hangs)
@@ -63,7 +63,7 @@ class Dist {
   Dist() = default;
   Status fail(const std::string& op, const std::exception& e) const;
   int rank_ = 0, world_ = 1;
-  std::string address_, file_path_;
+  std::string address_;
   double timeout_ = 900;
   mutable double comm_seconds_ = 0;
   std::unique_ptr<ProcessGroupHolder> pg_;
