@@ -39,7 +39,7 @@ while ((${#pids[@]} > 0)); do
   done_pid=""
   wait -n -p done_pid "${pids[@]}"
   code=$?
-  [[ -z $done_pid ]] && continue  # interrupted by a trapped signal: wait again
+  [[ -z ${done_pid:-} ]] && continue  # interrupted by a trapped signal: wait again
   rest=()
   for p in "${pids[@]}"; do [[ $p != "$done_pid" ]] && rest+=("$p"); done
   pids=("${rest[@]}")

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
@@ -177,6 +178,36 @@ TEST(Dist, LoraFinetuneAndDistillOnTwoRanksFollowOneProcess) {
     for (auto& [s, v] : l1)
       EXPECT_NEAR(l2.at(s), v, 1e-4 * std::max(1.0, v)) << name << " step " << s;
   }
+}
+
+// SIGTERM to the launcher reaches every rank: they stop before the same step (the wish rides in
+// the step's all-reduce), rank 0 checkpoints it, the launcher exits 143, and the run resumes.
+TEST(Dist, SigtermToTheLauncherStopsEveryRankAtTheSameStep) {
+  const std::string dir = test::tmp_dir("dist_sigterm");
+  const std::string script =
+      launch(2) + " \"" + lf_bin() + "\" " + train_args(dir + "/run", 100000) + " > " + dir +
+      "/log.txt 2>&1 & pid=$!; for i in $(seq 1200); do [ \"$(wc -l < " + dir +
+      "/run/metrics.jsonl 2>/dev/null || echo 0)\" -ge 5 ] && break; sleep 0.05; done; "
+      "kill -TERM $pid; wait $pid; echo \"@exit=$?\"";
+  const std::string out = run_command_capture(script);
+  const std::string log = read_text(dir + "/log.txt");
+  EXPECT_NE(out.find("@exit=143"), std::string::npos) << out << log;
+  // Both ranks name the same step; rank 1's line is prefixed by the launcher.
+  const std::string key = "SIGTERM received: checkpointing step ";
+  std::map<bool, int> step_of;  // rank 1's line?
+  std::stringstream lines(log);
+  for (std::string line; std::getline(lines, line);) {
+    auto k = line.find(key);
+    if (k != std::string::npos)
+      step_of[line.rfind("[rank 1]", 0) == 0] = std::atoi(line.c_str() + k + key.size());
+  }
+  ASSERT_EQ(step_of.size(), 2u) << log;
+  const int s0 = step_of[false];
+  EXPECT_EQ(s0, step_of[true]) << log;
+  EXPECT_GE(s0, 5) << log;
+  CliRun res = run_cli(train_args(dir + "/run", s0 + 2, "--resume"));
+  EXPECT_EQ(res.exit_code, 0) << res.output;
+  EXPECT_NE(res.output.find("at step " + std::to_string(s0)), std::string::npos) << res.output;
 }
 
 // A rank killed mid-run: the other stops within the timeout with a message naming the failed
