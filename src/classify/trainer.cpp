@@ -207,14 +207,8 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
                (ws.sum() / wt.sum()).to(module_device(*model));
         opt.zero_grad();
         loss.backward();
-        std::vector<Tensor> red;
-        for (auto& p : params) {
-          if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-          red.push_back(p.grad());
-        }
         auto lt = loss.detach().reshape({1}).to(torch::kCPU, torch::kFloat32).clone();
-        red.push_back(lt);
-        LF_RETURN_IF_ERROR(dist->allreduce(red, /*mean=*/false));
+        LF_RETURN_IF_ERROR(dist->allreduce_gradients(params, lt, /*mean=*/false));
         loss = lt[0];
       } else {
         loss = classifier_loss(model, x, yt, wt);

@@ -199,6 +199,16 @@ Status Dist::allreduce(std::vector<Tensor>& ts, bool mean) const {
   return Status::ok_status();
 }
 
+Status Dist::allreduce_gradients(std::vector<Tensor>& params, Tensor extra, bool mean) const {
+  std::vector<Tensor> red;
+  for (auto& p : params) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    red.push_back(p.grad());
+  }
+  red.push_back(extra);
+  return allreduce(red, mean);
+}
+
 Status Dist::broadcast(std::vector<Tensor>& ts, int root) const {
   auto t0 = std::chrono::steady_clock::now();
   try {

@@ -46,6 +46,10 @@ class Dist {
   // buckets of at most bucket_bytes; each bucket's all-reduce starts as soon as it is packed
   // (packing the next one overlaps it). Undefined tensors are not allowed (use zeros).
   Status allreduce(std::vector<torch::Tensor>& ts, bool mean) const;
+  // The gradients of `params` (a zero gradient is made for a tensor that got none) and `extra`
+  // (a small CPU fp32 tensor of values to reduce along, e.g. the loss), in one all-reduce.
+  Status allreduce_gradients(std::vector<torch::Tensor>& params, torch::Tensor extra,
+                             bool mean) const;
   // Rank root's values to every rank, in place.
   Status broadcast(std::vector<torch::Tensor>& ts, int root = 0) const;
   // Rank 0's bytes to every rank (through the store; e.g. a tokenizer model).

@@ -508,16 +508,10 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     if (dist) {
       opt.zero_grad();
       loss.backward();
-      // Gradients (zeros where a tensor got none), the loss and the stop wishes, averaged.
-      std::vector<Tensor> red;
-      for (auto& p : params) {
-        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
-        red.push_back(p.grad());
-      }
+      // Gradients, the loss and the stop wishes, averaged.
       auto flags =
           torch::tensor({loss.item<float>(), want_signal ? 1.0f : 0.0f, want_budget ? 1.0f : 0.0f});
-      red.push_back(flags);
-      LF_RETURN_IF_ERROR(dist->allreduce(red, /*mean=*/true));
+      LF_RETURN_IF_ERROR(dist->allreduce_gradients(params, flags, /*mean=*/true));
       if (flags[1].item<float>() > 0 || flags[2].item<float>() > 0) {
         stop_before(flags[1].item<float>() > 0, flags[2].item<float>() > 0);
         break;
