@@ -205,23 +205,21 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
         auto ws = wt.narrow(0, shard_lo, n);
         loss = classifier_loss(model, x.narrow(0, shard_lo, n), yt.narrow(0, shard_lo, n), ws) *
                (ws.sum() / wt.sum()).to(module_device(*model));
-        opt.zero_grad();
-        loss.backward();
+      } else {
+        loss = classifier_loss(model, x, yt, wt);
+      }
+      opt.zero_grad();
+      loss.backward();
+      if (dist) {  // gradients and the loss, summed over the ranks
         auto lt = loss.detach().reshape({1}).to(torch::kCPU, torch::kFloat32).clone();
         LF_RETURN_IF_ERROR(dist->allreduce_gradients(params, lt, /*mean=*/false));
         loss = lt[0];
-      } else {
-        loss = classifier_loss(model, x, yt, wt);
       }
       double lv = loss.item<double>();
       if (!std::isfinite(lv))
         return Status::error("classify: loss is " + std::to_string(lv) + " at epoch " +
                              std::to_string(epoch) + " step " + std::to_string(b) +
                              "; stopped (last good weights in " + last + "); try a lower --lr");
-      if (!dist) {
-        opt.zero_grad();
-        loss.backward();
-      }
       clip_grad_norm(params, 5.0);
       opt.step();
       loss_sum += lv;

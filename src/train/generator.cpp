@@ -505,15 +505,15 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     prepare(step);
     auto per = generator_loss(model, {x0, noise, t, ids, mask}, cfg.flow, target);
     auto loss = per.mean();
-    if (dist) {
-      opt.zero_grad();
-      loss.backward();
-      // Gradients, the loss and the stop wishes, averaged.
+    opt.zero_grad();
+    loss.backward();
+    if (dist) {  // gradients, the loss and the stop wishes, averaged over the ranks
       auto flags =
           torch::tensor({loss.item<float>(), want_signal ? 1.0f : 0.0f, want_budget ? 1.0f : 0.0f});
       LF_RETURN_IF_ERROR(dist->allreduce_gradients(params, flags, /*mean=*/true));
-      if (flags[1].item<float>() > 0 || flags[2].item<float>() > 0) {
-        stop_before(flags[1].item<float>() > 0, flags[2].item<float>() > 0);
+      const bool by_signal = flags[1].item<float>() > 0, by_budget = flags[2].item<float>() > 0;
+      if (by_signal || by_budget) {
+        stop_before(by_signal, by_budget);
         break;
       }
       loss = flags[0];
@@ -524,10 +524,6 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
                            std::to_string(step) + " (lr " + std::to_string(lr) +
                            "); stopped without overwriting the last checkpoint in " + cfg.out +
                            "; try a lower --lr or --grad-clip");
-    }
-    if (!dist) {
-      opt.zero_grad();
-      loss.backward();
     }
     Tensor gnorm_t = clip_grad_norm(params, cfg.grad_clip);
     opt.step();
