@@ -154,6 +154,62 @@ TEST(Autoencoder, LatentGeneratorRefusesAnotherAutoencoder) {
       << missing.status().message();
 }
 
+TEST(Autoencoder, DecoderOnlyFineTuneKeepsTheLatentSpaceAndServesItsGenerator) {
+  auto dir = test::tmp_dir("ae_decoder_only");
+  auto p = phantoms(64, 32, 5);
+  torch::manual_seed(4);
+  Autoencoder ae0(small_ae(32));
+  ae0->config().latent_shift = 0.25;
+  ae0->config().latent_scale = 1.5;
+  ASSERT_TRUE(save_autoencoder(dir + "/ae.safetensors", ae0, 0).ok());
+  const std::string h0 = *hash_file(dir + "/ae.safetensors");
+  auto init = load_autoencoder(dir + "/ae.safetensors");
+  ASSERT_TRUE(init.ok());
+  AETrainConfig tc;
+  tc.steps = 40;
+  tc.batch = 8;
+  tc.lr = 1e-3;
+  tc.warmup = 4;
+  tc.gan_weight = 0;
+  tc.val_every = 0;
+  tc.ckpt_every = 0;
+  tc.decoder_only = true;
+  tc.out = dir + "/ft";
+  // Without the init's latent hash the run refuses to start.
+  EXPECT_FALSE(train_autoencoder(tc, init->model, p.px, p.px, 32).ok());
+  tc.latent_hash = init->latent_hash;
+  const double before = evaluate_autoencoder(init->model, p.px, 32).psnr;
+  auto r = train_autoencoder(tc, init->model, p.px, p.px, 32);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  auto ft = load_autoencoder(tc.out + "/ae.safetensors");
+  ASSERT_TRUE(ft.ok()) << ft.status().message();
+  EXPECT_NE(ft->hash, h0);
+  EXPECT_EQ(ft->latent_hash, h0);
+  EXPECT_EQ(ft->model->config().latent_shift, 0.25);  // not re-measured
+  EXPECT_EQ(ft->model->config().latent_scale, 1.5);
+  auto p0 = ae0->named_parameters(), p1 = ft->model->named_parameters();
+  int changed_dec = 0;
+  for (const auto& kv : p0) {
+    const bool same = torch::equal(kv.value(), p1[kv.key()]);
+    if (kv.key().rfind("encoder.", 0) == 0) {
+      EXPECT_TRUE(same) << kv.key();
+    } else {
+      changed_dec += !same;
+    }
+  }
+  EXPECT_GT(changed_dec, 0);
+  EXPECT_GT(evaluate_autoencoder(ft->model, p.px, 32).psnr, before + 1.0);  // the decoder learned
+  // A latent generator of the init decodes with the fine-tuned file; an unrelated AE is refused.
+  auto tok = std::make_shared<Tokenizer>(*Tokenizer::train(p.captions, {128, "bpe", 0}));
+  MMDiT m(test::latent_micro(tok->vocab_size()));
+  ASSERT_TRUE(save_generator(dir + "/gen.safetensors", m, *tok, 0, FlowConfig{}, "ema",
+                             {{"ae", ae_metadata(h0, "ae.safetensors")}})
+                  .ok());
+  auto g = load_generator(dir + "/gen.safetensors", tc.out + "/ae.safetensors");
+  ASSERT_TRUE(g.ok()) << g.status().message();
+  EXPECT_EQ(g->ae_hash, h0);
+}
+
 TEST(AutoencoderSlow, LatentTrainingOverfitsASmallBatch) {
   auto p = phantoms(8, 32, 4);
   auto tok = std::make_shared<Tokenizer>(*Tokenizer::train(p.captions, {128, "bpe", 0}));

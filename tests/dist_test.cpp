@@ -162,8 +162,8 @@ TEST(Dist, LoraFinetuneAndDistillOnTwoRanksFollowOneProcess) {
   const std::string dir = test::tmp_dir("dist_adapt");
   CliRun base = run_cli(train_args(dir + "/base", 2));
   ASSERT_EQ(base.exit_code, 0) << base.output;
-  for (const std::string cmd : {"finetune --base " + dir + "/base/ema.safetensors",
-                                "distill --teacher " + dir + "/base/ema.safetensors"}) {
+  for (const std::string& cmd : {"finetune --base " + dir + "/base/ema.safetensors",
+                                 "distill --teacher " + dir + "/base/ema.safetensors"}) {
     const std::string args = "--threads 1 " + cmd + " --data " + phantom_cache() +
                              " --steps 4 --batch 8 --sample-every 0 --val-every 0 --log-every 1";
     const std::string name = cmd.substr(0, cmd.find(' '));

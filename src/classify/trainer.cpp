@@ -208,8 +208,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       } else {
         loss = classifier_loss(model, x, yt, wt);
       }
-      opt.zero_grad();
-      loss.backward();
+      backward_with_fresh_grads(loss, params);
       if (dist) {  // gradients and the loss, summed over the ranks
         auto lt = loss.detach().reshape({1}).to(torch::kCPU, torch::kFloat32).clone();
         LF_RETURN_IF_ERROR(dist->allreduce_gradients(params, lt, /*mean=*/false));

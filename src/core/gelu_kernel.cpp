@@ -23,7 +23,41 @@ inline float exp_inline(float x) {
   return p * scale;
 }
 
+inline float from_bf16(uint16_t h) {
+  const uint32_t bits = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+// Round to nearest even (NaN and infinity keep their class: the carry cannot leave the exponent
+// field of a NaN, and infinity has a zero mantissa).
+inline uint16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
 }  // namespace
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void gelu_tanh_fwd_bf16(
+    const uint16_t* x, uint16_t* y, uint16_t* d, int64_t n) {
+  const float kA = 0.7978845608f, kB = 0.044715f;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = from_bf16(x[i]), v2 = v * v;
+    const float u2 = 2.f * kA * v * (1.f + kB * v2);
+    const float s = 1.f / (1.f + exp_inline(-u2));
+    y[i] = to_bf16(v * s);
+    if (d) d[i] = to_bf16(s + v * s * (1.f - s) * 2.f * kA * (1.f + 3.f * kB * v2));
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void mul_bf16(const uint16_t* g,
+                                                                           const uint16_t* d,
+                                                                           uint16_t* gx,
+                                                                           int64_t n) {
+  for (int64_t i = 0; i < n; ++i) gx[i] = to_bf16(from_bf16(g[i]) * from_bf16(d[i]));
+}
 
 __attribute__((target_clones("avx2", "default"))) void gelu_tanh_fwd(const float* x, float* y,
                                                                      float* d, int64_t n) {

@@ -8,4 +8,9 @@ namespace lf {
 // d = dy/dx (skipped when d is null), so that the backward is one multiply. |error| of y is
 // ~1e-7 relative to |x|.
 void gelu_tanh_fwd(const float* x, float* y, float* d, int64_t n);
+// The same on bfloat16 arrays (raw bits): computed in float32, rounded to nearest even on the way
+// out; d (skipped when null) is bfloat16 too, as the gradient it multiplies is.
+void gelu_tanh_fwd_bf16(const uint16_t* x, uint16_t* y, uint16_t* d, int64_t n);
+// gx = g * d on bfloat16 arrays (the backward of gelu_tanh_fwd_bf16), product rounded once.
+void mul_bf16(const uint16_t* g, const uint16_t* d, uint16_t* gx, int64_t n);
 }  // namespace lf

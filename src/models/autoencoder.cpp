@@ -179,6 +179,7 @@ Result<LoadedAutoencoder> load_autoencoder(const std::string& path) {
   out.model->eval();
   // Tensors in any float dtype (fp16/bf16 shipped files) load into the fp32 module.
   out.hash = hash_bytes(bytes);
+  out.latent_hash = st.metadata.count("latent_hash") ? st.metadata["latent_hash"] : out.hash;
   out.path = path;
   out.metadata = st.metadata;
   return out;

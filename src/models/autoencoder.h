@@ -68,6 +68,10 @@ Status save_autoencoder(const std::string& path, Autoencoder& ae, int64_t step,
 struct LoadedAutoencoder {
   Autoencoder model{nullptr};
   std::string hash;
+  // The latent space's identity: the hash of the file whose encoder (and latent shift/scale) this
+  // one keeps -- its own hash, or metadata "latent_hash" after a decoder-only fine-tune. Latent
+  // generators and latent caches are bound to it, so a better decoder serves them unchanged.
+  std::string latent_hash;
   std::string path;
   std::map<std::string, std::string> metadata;
 };

@@ -23,9 +23,49 @@ struct GeluTanhFn : public torch::autograd::Function<GeluTanhFn> {
     return {grads[0] * ctx->get_saved_variables()[0]};
   }
 };
+// bfloat16 in and out (the MLP's hidden activation under --precision bf16): ATen's bf16 GELU and
+// its backward ran at a tenth of the fp32 kernel's rate (profile of the bf16 training step).
+const uint16_t* bits(const Tensor& t) {
+  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+uint16_t* bits_mut(Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+struct GeluTanhBf16Fn : public torch::autograd::Function<GeluTanhBf16Fn> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x) {
+    auto y = torch::empty_like(x), d = torch::empty_like(x);
+    const uint16_t* X = bits(x);
+    uint16_t *Y = bits_mut(y), *D = bits_mut(d);
+    at::parallel_for(0, x.numel(), 16384,
+                     [&](int64_t b, int64_t e) { gelu_tanh_fwd_bf16(X + b, Y + b, D + b, e - b); });
+    ctx->save_for_backward({d});
+    return y;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto d = ctx->get_saved_variables()[0];
+    auto g = grads[0].to(torch::kBFloat16).contiguous();
+    auto gx = torch::empty_like(d);
+    const uint16_t *G = bits(g), *D = bits(d);
+    uint16_t* GX = bits_mut(gx);
+    at::parallel_for(0, d.numel(), 16384,
+                     [&](int64_t b, int64_t e) { mul_bf16(G + b, D + b, GX + b, e - b); });
+    return {gx};
+  }
+};
 }  // namespace
 
 Tensor gelu_tanh(const Tensor& x) {
+  if (x.device().is_cpu() && x.scalar_type() == torch::kBFloat16) {
+    if (torch::GradMode::is_enabled() && x.requires_grad())
+      return GeluTanhBf16Fn::apply(x.contiguous());
+    auto xc = x.contiguous();
+    auto y = torch::empty_like(xc);
+    const uint16_t* X = bits(xc);
+    uint16_t* Y = bits_mut(y);
+    at::parallel_for(0, xc.numel(), 16384, [&](int64_t b, int64_t e) {
+      gelu_tanh_fwd_bf16(X + b, Y + b, nullptr, e - b);
+    });
+    return y;
+  }
   if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat32) return torch::gelu(x, "tanh");
   if (torch::GradMode::is_enabled() && x.requires_grad()) return GeluTanhFn::apply(x.contiguous());
   auto xc = x.contiguous();  // inference: no derivative to keep

@@ -73,16 +73,16 @@ Result<LoadedGenerator> load_generator(const std::string& path, const std::strin
       return Status::error(path + ": a latent generator needs its autoencoder '" + file +
                            "' (hash " + want + "); it is not at " + ap + ": pass --ae FILE");
     LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(ap));
-    if (la.hash != want)
+    if (la.latent_hash != want)
       return Status::error(ap + ": wrong autoencoder for " + path +
                            " (the generator was trained on the latents of hash " + want +
-                           ", this file has hash " + la.hash + ")");
+                           ", this file's latent space has hash " + la.latent_hash + ")");
     if (la.model->config().latent_channels != cfg.channels ||
         la.model->config().latent_size() != cfg.image_size)
       return Status::error(ap + ": autoencoder latents do not match the generator's input shape");
     g.ae = la.model;
     g.ae_path = ap;
-    g.ae_hash = la.hash;
+    g.ae_hash = la.latent_hash;
   } else if (!ae_path.empty()) {
     return Status::error(path + ": a pixel-space generator was given an autoencoder (" + ae_path +
                          ")");

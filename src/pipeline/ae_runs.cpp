@@ -3,9 +3,12 @@
 
 #include <algorithm>
 
+#include "classify/classifier.h"
+#include "eval/audit.h"
 #include "lesionflow/data.h"
 #include "lesionflow/io.h"
 #include "lesionflow/log.h"
+#include "pipeline/audit_run.h"
 
 namespace lf {
 namespace {
@@ -27,11 +30,14 @@ nlohmann::json AERunOptions::to_json() const {
           {"splits", splits},
           {"out", out},
           {"ae", ae},
+          {"init", init},
           {"latent_channels", latent_channels},
           {"widths", widths},
           {"res_blocks", res_blocks},
           {"train", train.to_json()},
           {"split", split},
+          {"fd_images", fd_images},
+          {"features", features},
           {"seed", seed}};
 }
 
@@ -49,6 +55,19 @@ Result<nlohmann::json> run_ae_training(AERunOptions o) {
   LF_ASSIGN_OR_RETURN(c, AEConfig::from_json(c.to_json()));  // validates
   torch::manual_seed(o.seed);
   Autoencoder ae(c);
+  if (!o.init.empty()) {  // start from a trained autoencoder: its architecture, weights, latents
+    LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(o.init));
+    if (la.model->config().image_size != ps.size)
+      return Status::error(o.init + ": expects " + std::to_string(la.model->config().image_size) +
+                           "px images, " + o.data + " has " + std::to_string(ps.size) + "px");
+    ae = la.model;
+    c = ae->config();
+    o.train.latent_hash = la.latent_hash;
+  } else if (o.train.decoder_only) {
+    return Status::error(
+        "ae train: --decoder-only needs --init AE.safetensors (the autoencoder "
+        "whose decoder is fine-tuned)");
+  }
   int64_t np = 0;
   for (auto& p : ae->parameters()) np += p.numel();
   log_info("autoencoder: " + std::to_string(np) + " parameters, f=" + std::to_string(c.factor()) +
@@ -85,8 +104,9 @@ Result<nlohmann::json> run_ae_encoding(const AERunOptions& o) {
   LF_RETURN_IF_ERROR(load_ae_and_data(o, &la, &ps));
   std::vector<const uint8_t*> all;
   for (int64_t i = 0; i < ps.count(); ++i) all.push_back(ps.image(i));
-  LF_ASSIGN_OR_RETURN(torch::Tensor lat, latent_cache(o.data, la.model, la.hash, all, ps.size));
-  const std::string path = latent_cache_path(o.data, la.hash);
+  LF_ASSIGN_OR_RETURN(torch::Tensor lat,
+                      latent_cache(o.data, la.model, la.latent_hash, all, ps.size));
+  const std::string path = latent_cache_path(o.data, la.latent_hash);
   return nlohmann::json{{"latents", path}, {"shape", lat.sizes().vec()}, {"images", ps.count()}};
 }
 
@@ -98,6 +118,39 @@ Result<nlohmann::json> run_ae_evaluation(const AERunOptions& o) {
   AEEval e = evaluate_autoencoder(la.model, imgs, ps.size);
   nlohmann::json j = {
       {"split", o.split}, {"images", e.images}, {"psnr", e.psnr}, {"ssim", e.ssim}, {"ae", o.ae}};
+  if (o.fd_images <= 0) return j;
+  // The reconstruction's HAM-FD: a seeded subset of the split, raw and reconstructed, against the
+  // test split in the reference network's features (the audit's floor protocol, subset seed 13).
+  const std::string feat =
+      o.features.empty() ? shipped_model_path(kReferenceNetworkFile) : o.features;
+  if (feat.empty()) return Status::error("ae eval --fd: give --features (no reference network)");
+  LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(feat));
+  LF_ASSIGN_OR_RETURN(auto test, split_images(ps, o.splits, "test"));
+  auto perm_gen = at::detail::createCPUGenerator(13);
+  auto perm = torch::randperm(static_cast<int64_t>(imgs.size()), perm_gen, torch::kInt64);
+  const int64_t n = std::min<int64_t>(o.fd_images, imgs.size());
+  std::vector<const uint8_t*> sub;
+  for (int64_t i = 0; i < n; ++i) sub.push_back(imgs[perm[i].item<int64_t>()]);
+  const int64_t px = int64_t(ps.size) * ps.size * 3;
+  auto contiguous = [px](const std::vector<const uint8_t*>& v) {
+    std::vector<uint8_t> out(v.size() * px);
+    for (size_t i = 0; i < v.size(); ++i) std::copy(v[i], v[i] + px, out.data() + i * px);
+    return out;
+  };
+  auto raw = contiguous(sub), tst = contiguous(test);
+  auto rec = reconstruct_images(la.model, sub, ps.size);
+  auto f_te = extract_features(lc.model, tst.data(), test.size(), ps.size);
+  auto f_raw = extract_features(lc.model, raw.data(), n, ps.size);
+  auto f_rec = extract_features(lc.model, rec.data(), n, ps.size);
+  auto ci_raw = frechet_distance_ci(f_raw, f_te, 100, 12);
+  auto ci_rec = frechet_distance_ci(f_rec, f_te, 100, 11);
+  j["fd"] = {{"real", frechet_distance(f_raw, f_te)},
+             {"real_ci", {ci_raw.first, ci_raw.second}},
+             {"reconstructed", frechet_distance(f_rec, f_te)},
+             {"reconstructed_ci", {ci_rec.first, ci_rec.second}},
+             {"images", n},
+             {"test_images", static_cast<int64_t>(test.size())},
+             {"features", feat}};
   return j;
 }
 

@@ -12,11 +12,16 @@ namespace lf {
 
 struct AERunOptions {
   std::string data, splits, out, ae;
+  std::string init;  // train: start from this autoencoder (with train.decoder_only: a new decoder)
   int latent_channels = 4;
   std::vector<int> widths{32, 64, 128};
   int res_blocks = 1;
   AETrainConfig train;
   std::string split = "val";  // eval
+  // eval --fd N: HAM-FD of N reconstructed images of the split vs the test split, beside the same
+  // N images unreconstructed (how much of a latent generator's HAM-FD the autoencoder alone costs).
+  int fd_images = 0;
+  std::string features;  // the feature network (default: the shipped reference network)
   uint64_t seed = 0;
   nlohmann::json to_json() const;
 };
@@ -25,7 +30,7 @@ struct AERunOptions {
 Result<nlohmann::json> run_ae_training(AERunOptions o);
 // {latents (cache file), shape, images}
 Result<nlohmann::json> run_ae_encoding(const AERunOptions& o);
-// {split, images, psnr, ssim, ae}
+// {split, images, psnr, ssim, ae} (+ fd {real, reconstructed, *_ci, images, test_images} with --fd)
 Result<nlohmann::json> run_ae_evaluation(const AERunOptions& o);
 
 }  // namespace lf

@@ -111,8 +111,7 @@ struct FinetuneBench {
     auto gen = at::detail::createCPUGenerator(1);
     auto t = sample_timesteps(x0.size(0), flow, gen);
     auto loss = generator_loss(model, {x0, torch::randn_like(x0), t, ids, mask}, flow).mean();
-    opt->zero_grad();
-    loss.backward();
+    backward_with_fresh_grads(loss, params);
     clip_grad_norm(params, 1.0);
     opt->step();
   }
@@ -134,6 +133,38 @@ Status run_child_memory(const BenchOptions& o) {
                       {"training_mb", peak_rss_mb() - before}};
   std::printf("%s\n", j.dump().c_str());
   return Status::ok_status();
+}
+
+// Runs f under the legacy profiler with input shapes and writes a chrome trace (complete events,
+// the input shapes under args) -- RecordProfile writes no shapes. scripts/profile_ops.py sums it.
+Status write_profile(const std::string& path, const std::function<void()>& f) {
+  namespace prof = torch::autograd::profiler;
+  prof::enableProfilerLegacy(
+      torch::profiler::impl::ProfilerConfig(torch::profiler::impl::ProfilerState::CPU, true));
+  f();
+  auto lists = prof::disableProfilerLegacy();
+  nlohmann::json events = nlohmann::json::array();
+  for (const auto& list : lists) {
+    std::map<at::RecordFunctionHandle, const prof::LegacyEvent*> open;
+    for (const auto& e : list) {
+      if (e.kind() == prof::EventKind::PushRange) {
+        open[e.handle()] = &e;
+      } else if (e.kind() == prof::EventKind::PopRange) {
+        auto it = open.find(e.handle());
+        if (it == open.end()) continue;
+        const auto& s = *it->second;
+        events.push_back({{"name", s.name()},
+                          {"ph", "X"},
+                          {"ts", s.cpuUs()},
+                          {"dur", s.cpuElapsedUs(e)},
+                          {"pid", 0},
+                          {"tid", s.threadId()},
+                          {"args", {{"shapes", s.shapes()}}}});
+        open.erase(it);
+      }
+    }
+  }
+  return write_file_atomic(path, events.dump() + "\n");
 }
 
 }  // namespace
@@ -160,6 +191,12 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   Tokenizer tok = std::move(*tok_r);
   MMDiTConfig mc = MMDiTConfig::preset(o.preset);
   mc.vocab_size = tok.vocab_size();
+  if (o.space == "latent") {  // as train --ae does with the f=4, 4-channel autoencoder
+    mc.image_size /= 4;
+    mc.channels = 4;
+    mc.patch = 2;
+    mc.prediction = Prediction::kVelocity;
+  }
   torch::manual_seed(0);
   const int S = mc.image_size, B = o.batch, T = o.text_tokens;
   // A training step is a full fine-tune step: one object serves the training row, the
@@ -171,10 +208,9 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   const double train_flops_per_img = 3 * mmdit_forward_flops(mc, T);
   if (!o.profile.empty()) {  // per-op times (chrome://tracing; scripts/profile_ops.py sums them)
     gen_step();
-    {
-      torch::autograd::profiler::RecordProfile rp(o.profile);
+    LF_RETURN_IF_ERROR(write_profile(o.profile, [&] {
       for (int i = 0; i < 2; ++i) gen_step();
-    }
+    }));
     log_info("bench: wrote " + o.profile);
     return nlohmann::json{{"profile", o.profile}};
   }
@@ -443,6 +479,7 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
                         {"torch", torch_version()},
                         {"reps", o.reps},
                         {"preset", o.preset},
+                        {"space", o.space},
                         {"batch", B},
                         {"text_tokens", T},
                         {"generator_parameters", model->num_parameters()},

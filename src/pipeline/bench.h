@@ -12,6 +12,9 @@ namespace lf {
 struct BenchOptions {
   int reps = 5;
   std::string preset = "small";
+  // pixel: the preset on 64 px images (8x8 patches); latent: the preset on the f=4, 4-channel
+  // latents the HAM generator trains on (16x16x4, 2x2 patches, velocity prediction).
+  std::string space = "pixel";
   int batch = 32, text_tokens = 40, sample_steps = 20, distilled_steps = 4;
   double cfg = 4.0;
   std::string data = "../shared/data/ham10000";

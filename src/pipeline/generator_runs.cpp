@@ -237,7 +237,7 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
                            std::to_string(la.model->config().image_size) +
                            "px images, the data is " + std::to_string(d.ps.size) + "px");
     latent_space.ae = la.model;
-    latent_space.ae_hash = la.hash;
+    latent_space.ae_hash = la.latent_hash;
     latent_space.ae_path = o.ae;
     mc.image_size = la.model->config().latent_size();
     mc.channels = la.model->config().latent_channels;

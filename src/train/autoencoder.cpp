@@ -30,6 +30,8 @@ nlohmann::json AETrainConfig::to_json() const {
           {"gan_weight", gan_weight},
           {"gan_start", gan_start},
           {"augment", augment},
+          {"decoder_only", decoder_only},
+          {"latent_hash", latent_hash},
           {"max_minutes", max_minutes},
           {"seed", seed},
           {"out", out}};
@@ -87,6 +89,23 @@ AEEval evaluate_autoencoder(Autoencoder& ae, const std::vector<const uint8_t*>& 
   return e;
 }
 
+std::vector<uint8_t> reconstruct_images(Autoencoder& ae, const std::vector<const uint8_t*>& images,
+                                        int size) {
+  torch::NoGradGuard ng;
+  const bool was_training = ae->is_training();
+  ae->eval();
+  std::vector<uint8_t> out;
+  out.reserve(images.size() * size * size * 3);
+  for (int64_t s = 0; s < static_cast<int64_t>(images.size()); s += 64) {
+    int64_t n = std::min<int64_t>(64, images.size() - s);
+    auto y = ae->decode_raw(ae->encode_posterior(batch_of(images, s, n, size)).first);
+    auto u8 = tensor_to_images(y.clamp(-1, 1));
+    out.insert(out.end(), u8.begin(), u8.end());
+  }
+  if (was_training) ae->train();
+  return out;
+}
+
 void calibrate_latents(Autoencoder& ae, const std::vector<const uint8_t*>& images, int size,
                        int64_t n) {
   torch::NoGradGuard ng;
@@ -119,8 +138,19 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   const std::string ckpt = cfg.out + "/ae.safetensors", disc_path = cfg.out + "/disc.safetensors",
                     state = cfg.out + "/state.bin", state_d = cfg.out + "/state_disc.bin",
                     metrics = cfg.out + "/metrics.jsonl";
+  if (cfg.decoder_only && cfg.latent_hash.empty())
+    return Status::error("ae train: a decoder-only fine-tune needs the latent hash of its init");
   PatchDiscriminator disc(ae->config().channels);
-  torch::optim::AdamW opt(ae->parameters(),
+  std::vector<Tensor> trainable;
+  for (const auto& p : ae->named_parameters()) {
+    const bool dec = p.key().rfind("decoder.", 0) == 0;
+    if (cfg.decoder_only && !dec) {
+      p.value().set_requires_grad(false);
+    } else {
+      trainable.push_back(p.value());
+    }
+  }
+  torch::optim::AdamW opt(trainable,
                           torch::optim::AdamWOptions(cfg.lr).betas({0.9, 0.99}).weight_decay(0));
   torch::optim::AdamW opt_d(disc->parameters(),
                             torch::optim::AdamWOptions(cfg.lr).betas({0.5, 0.9}).weight_decay(0));
@@ -162,9 +192,14 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   std::vector<const uint8_t*> val_sub(val.begin(), val.begin() + std::min<size_t>(val.size(), 256));
   AETrainResult res;
   auto save_all = [&](int64_t s) -> Status {
-    calibrate_latents(ae, train, size, 1024);
+    std::map<std::string, std::string> extra;
+    if (cfg.decoder_only) {
+      extra["latent_hash"] = cfg.latent_hash;  // the encoder and the normalisation are the init's
+    } else {
+      calibrate_latents(ae, train, size, 1024);
+    }
     std::vector<CheckpointFile> files = {
-        {ckpt, [&](const std::string& p) { return save_autoencoder(p, ae, s); }}};
+        {ckpt, [&](const std::string& p) { return save_autoencoder(p, ae, s, extra); }}};
     if (s > cfg.gan_start && cfg.gan_weight > 0) {
       files.push_back({disc_path, [&](const std::string& p) {
                          return save_module(p, *disc, {{"format", "lesionflow.ae_disc.v1"}});
@@ -209,7 +244,11 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
       x = torch::stack(xs);
     }
     auto gen = at::detail::createCPUGenerator(derive_seed(cfg.seed, Stream::kAeNoise, step));
-    auto [mean, logvar] = ae->encode_posterior(x);
+    Tensor mean, logvar;
+    {
+      torch::AutoGradMode grad_mode(!cfg.decoder_only);  // a frozen encoder needs no graph
+      std::tie(mean, logvar) = ae->encode_posterior(x);
+    }
     auto z = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen, torch::kFloat32);
     auto y = ae->decode_raw(z);
     auto rec = (y - x).abs().mean();
@@ -233,7 +272,7 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
           "; stopped without overwriting the last checkpoint in " + cfg.out + "; try a lower --lr");
     opt.zero_grad();
     loss.backward();
-    torch::nn::utils::clip_grad_norm_(ae->parameters(), cfg.grad_clip);
+    torch::nn::utils::clip_grad_norm_(trainable, cfg.grad_clip);
     opt.step();
     if (gan_on) {  // least-squares discriminator: real -> 1, reconstruction -> 0
       auto d_loss =

@@ -32,6 +32,11 @@ struct AETrainConfig {
   uint64_t seed = 0;
   std::string out;
   bool resume = false;
+  // Decoder-only fine-tune (of an autoencoder loaded into `ae` by the caller): the encoder and the
+  // latent shift/scale stay as they are, so the latents -- and every latent generator trained on
+  // them -- keep their meaning; the file records latent_hash (the init's latent space).
+  bool decoder_only = false;
+  std::string latent_hash;
   nlohmann::json to_json() const;
 };
 
@@ -62,6 +67,9 @@ struct AEEval {
   int64_t images = 0;
 };
 AEEval evaluate_autoencoder(Autoencoder& ae, const std::vector<const uint8_t*>& images, int size);
+// Decoded reconstructions (posterior mean, clamped) of images, as RGB uint8 rows like the input.
+std::vector<uint8_t> reconstruct_images(Autoencoder& ae, const std::vector<const uint8_t*>& images,
+                                        int size);
 
 // Normalised latents of images under the 8 dihedral transforms: [N, 8, C, s, s] float16
 // (index k as in dihedral()), so latent training keeps exact flip/rotation augmentation.

@@ -133,6 +133,19 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
   return total;
 }
 
+void backward_with_fresh_grads(const torch::Tensor& loss,
+                               const std::vector<torch::Tensor>& params) {
+  std::vector<char> had(params.size(), 0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    had[i] = params[i].grad().defined();
+    if (had[i]) params[i].mutable_grad().reset();
+  }
+  loss.backward();
+  for (size_t i = 0; i < params.size(); ++i)
+    if (had[i] && !params[i].grad().defined())
+      params[i].mutable_grad() = torch::zeros_like(params[i]);
+}
+
 void ema_update(std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& params,
                 double decay) {
   torch::NoGradGuard ng;

@@ -22,6 +22,10 @@ void set_lr(torch::optim::Optimizer& opt, double lr);  // AdamW param groups
 // torch::nn::utils::clip_grad_norm_ and returns the norm before clipping as a 0-dim tensor on
 // the gradients' device (undefined when no parameter has a gradient).
 torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double max_norm);
+// optimizer.zero_grad() + loss.backward() without zero-filling: the gradients are dropped and the
+// backward writes them fresh (a zero fill and an add per parameter less; 4% of a generator step).
+// A parameter that had a gradient and gets none from this loss gets zeros, as zero_grad gave it.
+void backward_with_fresh_grads(const torch::Tensor& loss, const std::vector<torch::Tensor>& params);
 // ema = decay * ema + (1 - decay) * param, in place, without autograd.
 void ema_update(std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& params,
                 double decay);

@@ -505,8 +505,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     prepare(step);
     auto per = generator_loss(model, {x0, noise, t, ids, mask}, cfg.flow, target);
     auto loss = per.mean();
-    opt.zero_grad();
-    loss.backward();
+    backward_with_fresh_grads(loss, params);
     if (dist) {  // gradients, the loss and the stop wishes, averaged over the ranks
       auto flags =
           torch::tensor({loss.item<float>(), want_signal ? 1.0f : 0.0f, want_budget ? 1.0f : 0.0f});

@@ -53,6 +53,12 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->capture_default_str()
       ->check(kNonNegative);
   tr->add_flag("--resume", o.train.resume, "continue the run in --out exactly where it stopped");
+  tr->add_option("--init", o.init,
+                 "start from this autoencoder (its architecture and weights; the width flags are "
+                 "ignored)");
+  tr->add_flag("--decoder-only", o.train.decoder_only,
+               "with --init: train only the decoder; the encoder and latent normalisation stay, "
+               "so latent generators made for --init decode with the new file");
   bind(tr, o, g, run, run_ae_training, [](const nlohmann::json& j) {
     std::printf(
         "autoencoder trained to step %lld (%.1f img/s): validation PSNR %.2f dB, SSIM %.4f -> %s\n",
@@ -80,10 +86,26 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
   ev->add_option("--split", vo.split, "train | val | test")
       ->capture_default_str()
       ->check(CLI::IsMember({"train", "val", "test"}));
+  ev->add_option("--fd", vo.fd_images,
+                 "also the HAM-FD vs the test split of N images of --split, raw and "
+                 "reconstructed (the autoencoder's share of a latent generator's FD)")
+      ->check(CLI::Range(2, 1000000));
+  ev->add_option("--features", vo.features,
+                 "feature network for --fd (default: the shipped reference network)");
   bind(ev, vo, g, run, run_ae_evaluation, [](const nlohmann::json& j) {
     std::printf("%s: %lld %s images, PSNR %.2f dB, SSIM %.4f\n", vo.ae.c_str(),
                 (long long)j["images"].get<int64_t>(), vo.split.c_str(), j["psnr"].get<double>(),
                 j["ssim"].get<double>());
+    if (j.contains("fd")) {
+      const auto& f = j["fd"];
+      std::printf(
+          "FD vs %lld test images, %lld images: real %.3f [%.3f, %.3f], reconstructed %.3f "
+          "[%.3f, %.3f]\n",
+          (long long)f["test_images"].get<int64_t>(), (long long)f["images"].get<int64_t>(),
+          f["real"].get<double>(), f["real_ci"][0].get<double>(), f["real_ci"][1].get<double>(),
+          f["reconstructed"].get<double>(), f["reconstructed_ci"][0].get<double>(),
+          f["reconstructed_ci"][1].get<double>());
+    }
   });
 }
 

@@ -12,6 +12,10 @@ void add_bench(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->capture_default_str()
       ->check(kPositive);
   b->add_option("--preset", o.preset, "generator preset")->capture_default_str();
+  b->add_option("--space", o.space,
+                "generator on 64 px images (pixel) or on the f=4 4-channel latents (latent)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"pixel", "latent"}));
   b->add_option("--batch", o.batch, "generator training batch")
       ->capture_default_str()
       ->check(kPositive);
