@@ -605,6 +605,7 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
       {"real_sizes", {60}},
       {"seeds", {0}},
       {"classifier", {{"archs", {"cnn"}}, {"epochs", 2}, {"width", 8}}},
+      {"test_datasets", {"phantom:80"}},  // an extra test set: its own columns and paired rows
       {"out", dir + "/exp"}}.dump();
   ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
   auto summary = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
@@ -616,9 +617,12 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
     }
   }
   EXPECT_TRUE(summary["audit"].contains("fd") && summary["audit"].contains("memorisation"));
-  // Paired comparisons: each non-real arm against real on the same test images.
-  ASSERT_EQ(summary["paired"]["per_seed"].size(), 2u);
+  // Paired comparisons: each non-real arm against real on the same test images, on the test split
+  // and on the extra test set.
+  ASSERT_EQ(summary["paired"]["per_seed"].size(), 4u);
+  std::map<std::string, int> per_test_set;
   for (auto& p : summary["paired"]["per_seed"]) {
+    ++per_test_set[p["test_set"].get<std::string>()];
     EXPECT_NE(p["arm"], "real");
     const double d = p["auc_arm"].get<double>() - p["auc_real"].get<double>();
     EXPECT_NEAR(p["diff"].get<double>(), d, 1e-12);
@@ -626,7 +630,14 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
     EXPECT_GE(p["p_value"].get<double>(), 0.0);
     EXPECT_LE(p["p_value"].get<double>(), 1.0);
   }
-  EXPECT_EQ(summary["paired"]["pooled"].size(), 2u);
+  EXPECT_EQ(per_test_set, (std::map<std::string, int>{{"phantom:80", 2}, {"test", 2}}));
+  EXPECT_EQ(summary["paired"]["pooled"].size(), 4u);
+  for (auto& cell : summary["cells"]) {
+    const auto& e = cell["extra_tests"]["phantom:80"];
+    EXPECT_GT(e["auc"]["mean"].get<double>(), 0.0) << cell.dump();
+    EXPECT_EQ(e["auc"]["values"].size(), 1u);
+    EXPECT_TRUE(e["sensitivity"]["mean"].is_number());
+  }
   // Rerun: every stage is cached (no training), same summary cells.
   ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
   auto again = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
@@ -637,6 +648,7 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   EXPECT_NE(html.find("real+synthetic"), std::string::npos);
   EXPECT_NE(html.find("Fréchet"), std::string::npos);
   EXPECT_NE(html.find("Does synthetic data help?"), std::string::npos);
+  EXPECT_NE(html.find("AUC, phantom:80"), std::string::npos);
   std::string shot = dir + "/shot.png";
   std::system(("chromium --headless --no-sandbox --disable-gpu --hide-scrollbars "
                "--window-size=1200,1600 --screenshot=" +

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 #include <sstream>
+#include <tuple>
 
 #include "lesionflow/captions.h"
 #include "lesionflow/io.h"
@@ -315,16 +316,18 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
   const std::vector<double> test_scores = predict_malignant(model, test);
   r["test"] = evaluation_json(test_scores, test, tr.threshold, job.seed);
   // Per-image scores, for paired comparisons between arms on the same test images.
-  {
+  auto write_scores = [](const std::string& path, const LabeledSet& set,
+                         const std::vector<double>& sc) {
     std::string csv = "id,label,score\n";
     char buf[64];
-    for (int64_t i = 0; i < test.count(); ++i) {
-      std::snprintf(buf, sizeof buf, ",%d,%.9g\n", test.labels[i], test_scores[i]);
-      csv += test.ids[i] + buf;
+    for (int64_t i = 0; i < set.count(); ++i) {
+      std::snprintf(buf, sizeof buf, ",%d,%.9g\n", set.labels[i], sc[i]);
+      csv += set.ids[i] + buf;
     }
-    LF_RETURN_IF_ERROR(write_file_atomic(job.train.out + "/test_scores.csv", csv));
-    r["test_scores"] = job.train.out + "/test_scores.csv";
-  }
+    return write_file_atomic(path, csv);
+  };
+  LF_RETURN_IF_ERROR(write_scores(job.train.out + "/test_scores.csv", test, test_scores));
+  r["test_scores"] = job.train.out + "/test_scores.csv";
   if (classes) {  // dx accuracy and balanced (mean per-class recall) accuracy of the argmax
     auto pred = predict_proba(model, test.pixels.data(), test.count(), test.size).argmax(1);
     const int K = static_cast<int>(classes->size());
@@ -352,10 +355,18 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
                     {"recall_per_class", per},
                     {"n", total}};
   }
-  nlohmann::json extra = nlohmann::json::object();
-  for (auto& t : extra_tests)
-    extra[t.name] = evaluation_json(predict_malignant(model, t.set), t.set, tr.threshold, job.seed);
+  nlohmann::json extra = nlohmann::json::object(), extra_scores = nlohmann::json::object();
+  for (size_t k = 0; k < extra_tests.size(); ++k) {
+    const auto& t = extra_tests[k];
+    const std::vector<double> sc = predict_malignant(model, t.set);
+    extra[t.name] = evaluation_json(sc, t.set, tr.threshold, job.seed);
+    const std::string path = job.train.out + "/test_scores_extra" + std::to_string(k) +
+                             ".csv";  // in --test-dataset order
+    LF_RETURN_IF_ERROR(write_scores(path, t.set, sc));
+    extra_scores[t.name] = path;
+  }
   r["extra_tests"] = extra;
+  r["extra_test_scores"] = extra_scores;
   LF_RETURN_IF_ERROR(write_file_atomic(result_path, r.dump(2) + "\n"));
   return r;
 }
@@ -400,16 +411,24 @@ nlohmann::json paired_json(const PairedAuc& p) {
 }  // namespace
 
 Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>& results) {
-  // key (arch, requested size) -> seed -> arm -> scores file
-  std::map<std::pair<std::string, int64_t>, std::map<uint64_t, std::map<std::string, std::string>>>
-      files;
+  // key (test set, arch, requested size) -> seed -> arm -> scores file. "test" is the experiment's
+  // own test split; the extra test datasets (--test-dataset) are compared the same way.
+  using Key = std::tuple<std::string, std::string, int64_t>;
+  std::map<Key, std::map<uint64_t, std::map<std::string, std::string>>> files;
   for (const auto& r : results) {
-    if (!r.contains("test_scores")) continue;
-    files[{r.value("arch", ""), r.value("requested_real_size", int64_t{-1})}]
-         [r.value("seed", uint64_t{0})][r.value("arm", "")] = r["test_scores"].get<std::string>();
+    const std::string arch = r.value("arch", "");
+    const int64_t size = r.value("requested_real_size", int64_t{-1});
+    const uint64_t seed = r.value("seed", uint64_t{0});
+    if (r.contains("test_scores"))
+      files[{"test", arch, size}][seed][r.value("arm", "")] = r["test_scores"].get<std::string>();
+    if (r.contains("extra_test_scores"))
+      for (const auto& [name, path] : r["extra_test_scores"].items())
+        files[{name, arch, size}][seed][r.value("arm", "")] = path.get<std::string>();
   }
   nlohmann::json out = {{"per_seed", nlohmann::json::array()}, {"pooled", nlohmann::json::array()}};
-  for (const auto& [key, by_seed] : files) {
+  for (const auto& [key3, by_seed] : files) {
+    const std::string& test_set = std::get<0>(key3);
+    const std::pair<std::string, int64_t> key{std::get<1>(key3), std::get<2>(key3)};
     std::map<std::string, std::vector<double>> diffs;
     std::map<std::string, std::vector<double>> sum_real, sum_arm;  // summed over seeds
     std::vector<std::string> ids;  // the test images, the same for every seed and arm
@@ -425,6 +444,7 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
           return Status::error(path + ": not scored on the same test images as " + real->second);
         PairedAuc p = paired_auc(a.scores, b.scores, a.labels, 2000, seed);
         nlohmann::json j = paired_json(p);
+        j["test_set"] = test_set;
         j["arch"] = key.first;
         j["real_size"] = key.second;
         j["seed"] = seed;
@@ -449,8 +469,9 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
     }
     for (const auto& [arm, d] : diffs) {
       auto [mean, sd] = mean_sd(d);
-      nlohmann::json j = {{"arch", key.first}, {"real_size", key.second}, {"arm", arm},
-                          {"seeds", d.size()}, {"mean_diff", mean},       {"sd_diff", sd}};
+      nlohmann::json j = {{"test_set", test_set}, {"arch", key.first}, {"real_size", key.second},
+                          {"arm", arm},           {"seeds", d.size()}, {"mean_diff", mean},
+                          {"sd_diff", sd}};
       // The seed-averaged (summed: AUC is rank-based) scores of each arm, compared paired.
       j["seed_averaged"] = paired_json(paired_auc(sum_real[arm], sum_arm[arm], labels, 2000, 0));
       out["pooled"].push_back(j);
@@ -495,6 +516,20 @@ nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
         wg.push_back((*r)["test"]["worst_group"]["balanced_accuracy"].get<double>());
     auto [wm, ws] = mean_sd(wg);
     c["worst_group_balanced_accuracy"] = {{"mean", wm}, {"sd", ws}, {"values", wg}};
+    // The extra test datasets: AUC, and sensitivity/specificity at the validation threshold.
+    if (rs[0]->contains("extra_tests"))
+      for (const auto& [name, ev0] : (*rs[0])["extra_tests"].items()) {
+        nlohmann::json e;
+        for (std::string m : {"auc", "sensitivity", "specificity"}) {
+          std::vector<double> v;
+          for (auto* r : rs)
+            if ((*r).contains("extra_tests") && (*r)["extra_tests"].contains(name))
+              v.push_back((*r)["extra_tests"][name][m]["value"].get<double>());
+          auto [em, es] = mean_sd(v);
+          e[m] = {{"mean", em}, {"sd", es}, {"values", v}};
+        }
+        c["extra_tests"][name] = e;
+      }
     if ((*rs[0])["test"].contains("worst_group"))
       c["worst_group_first_seed"] = (*rs[0])["test"]["worst_group"];
     out.push_back(c);

@@ -89,9 +89,9 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
          "same size and seed, on the same test images. Mean AUC difference over seeds; then the "
          "seed-averaged scores of both arms compared paired: DeLong p-value and paired bootstrap "
          "95% CI. A gain counts when the interval excludes 0.</p>";
-    h << "<table><tr><th>model</th><th>real</th><th>arm</th><th>seeds</th><th>mean AUC "
-         "difference</th><th>seed-averaged: AUC real → arm</th><th>difference [95% CI]</th>"
-         "<th>DeLong p</th><th>verdict</th></tr>";
+    h << "<table><tr><th>test set</th><th>model</th><th>real</th><th>arm</th><th>seeds</th>"
+         "<th>mean AUC difference</th><th>seed-averaged: AUC real → arm</th><th>difference [95% "
+         "CI]</th><th>DeLong p</th><th>verdict</th></tr>";
     char b[256];
     for (auto& c : s["paired"]["pooled"]) {
       std::string avg = "-", ci = "-", p = "-", verdict = "-";
@@ -108,10 +108,12 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
         verdict = lo > 0 ? "better" : hi < 0 ? "worse" : "no clear difference";
       }
       std::snprintf(b, sizeof b, "%+.3f ± %.3f", num(c["mean_diff"]), num(c["sd_diff"]));
-      h << "<tr><td>" << html_escape(c.value("arch", "")) << "</td><td>" << c["real_size"]
-        << "</td><td>" << html_escape(c.value("arm", "")) << "</td><td>" << c["seeds"]
-        << "</td><td>" << b << "</td><td>" << avg << "</td><td>" << ci << "</td><td>" << p
-        << "</td><td>" << verdict << "</td></tr>";
+      const std::string ts = c.value("test_set", "test");
+      h << "<tr><td>" << html_escape(ts == "test" ? "test split" : ts) << "</td><td>"
+        << html_escape(c.value("arch", "")) << "</td><td>" << c["real_size"] << "</td><td>"
+        << html_escape(c.value("arm", "")) << "</td><td>" << c["seeds"] << "</td><td>" << b
+        << "</td><td>" << avg << "</td><td>" << ci << "</td><td>" << p << "</td><td>" << verdict
+        << "</td></tr>";
     }
     h << "</table>";
   }
@@ -123,10 +125,19 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
        "skin type) with >= "
     << kGroupMinImages << " images, >= " << kGroupMinPerClass
     << " malignant and >= " << kGroupMinPerClass << " benign.</p>";
+  // The extra test datasets get their own columns: AUC, and sensitivity / specificity at the
+  // threshold picked on validation (does the operating point transfer?).
+  std::vector<std::string> extra_names;
+  if (!s["cells"].empty() && s["cells"][0].contains("extra_tests"))
+    for (auto& [k, v] : s["cells"][0]["extra_tests"].items()) extra_names.push_back(k);
   h << "<table><tr><th>model</th><th>arm</th><th>real</th><th>synthetic</th><th>seeds</th><th>AUC</"
        "th><th>accuracy</th>"
        "<th>balanced accuracy</th><th>sensitivity</th><th>specificity</th><th>worst-group balanced "
-       "accuracy</th></tr>";
+       "accuracy</th>";
+  for (auto& n : extra_names)
+    h << "<th>AUC, " << html_escape(n) << "</th><th>sensitivity / specificity, " << html_escape(n)
+      << "</th>";
+  h << "</tr>";
   std::map<std::string, Series> scarcity;
   for (auto& c : s["cells"]) {
     auto ci_first = [&](const char* m) {
@@ -144,7 +155,17 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
       << "</td><td>" << pm(c["auc"]) << ci_first("auc") << "</td><td>" << pm(c["accuracy"])
       << "</td><td>" << pm(c["balanced_accuracy"]) << ci_first("balanced_accuracy") << "</td><td>"
       << pm(c["sensitivity"]) << "</td><td>" << pm(c["specificity"]) << "</td><td>" << wg
-      << "</td></tr>";
+      << "</td>";
+    for (auto& n : extra_names) {
+      if (!c.contains("extra_tests") || !c["extra_tests"].contains(n)) {
+        h << "<td>-</td><td>-</td>";
+        continue;
+      }
+      const auto& e = c["extra_tests"][n];
+      h << "<td>" << pm(e["auc"]) << "</td><td>" << fmt(num(e["sensitivity"]["mean"])) << " / "
+        << fmt(num(e["specificity"]["mean"])) << "</td>";
+    }
+    h << "</tr>";
     if (c.value("arch", "") == s["cells"][0].value("arch", ""))
       scarcity[c.value("arm", "")].points.emplace_back(num(c["real_size"], 0),
                                                        num(c["auc"]["mean"]));
