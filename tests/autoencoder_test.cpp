@@ -39,6 +39,19 @@ AEConfig small_ae(int size) {
   c.latent_channels = 4;
   return c;
 }
+// A short GAN-free training run without validation or intermediate checkpoints.
+AETrainConfig quick_ae_training(int64_t steps, int batch, int64_t warmup, const std::string& out) {
+  AETrainConfig tc;
+  tc.steps = steps;
+  tc.batch = batch;
+  tc.lr = 1e-3;
+  tc.warmup = warmup;
+  tc.gan_weight = 0;
+  tc.val_every = 0;
+  tc.ckpt_every = 0;
+  tc.out = out;
+  return tc;
+}
 struct PrecisionGuard {  // restores fp32 after a test that switches to bf16
   ~PrecisionGuard() { set_compute_precision(Precision::kFP32); }
 };
@@ -89,15 +102,7 @@ TEST(AutoencoderSlow, RoundTripOnPhantomsAfterShortTraining) {
   torch::manual_seed(0);
   Autoencoder ae(small_ae(32));
   const double before = evaluate_autoencoder(ae, held.px, 32).psnr;
-  AETrainConfig tc;
-  tc.steps = 500;
-  tc.batch = 16;
-  tc.lr = 1e-3;
-  tc.warmup = 20;
-  tc.gan_weight = 0;
-  tc.val_every = 0;
-  tc.ckpt_every = 0;
-  tc.out = test::tmp_dir("ae_roundtrip");
+  AETrainConfig tc = quick_ae_training(500, 16, 20, test::tmp_dir("ae_roundtrip"));
   auto r = train_autoencoder(tc, ae, train.px, held.px, 32);
   ASSERT_TRUE(r.ok()) << r.status().message();
   // Held-out phantoms (other seeds) after 500 steps: measured 25.1 dB, SSIM 0.67 (untrained:
@@ -165,16 +170,8 @@ TEST(Autoencoder, DecoderOnlyFineTuneKeepsTheLatentSpaceAndServesItsGenerator) {
   const std::string h0 = *hash_file(dir + "/ae.safetensors");
   auto init = load_autoencoder(dir + "/ae.safetensors");
   ASSERT_TRUE(init.ok());
-  AETrainConfig tc;
-  tc.steps = 40;
-  tc.batch = 8;
-  tc.lr = 1e-3;
-  tc.warmup = 4;
-  tc.gan_weight = 0;
-  tc.val_every = 0;
-  tc.ckpt_every = 0;
+  AETrainConfig tc = quick_ae_training(40, 8, 4, dir + "/ft");
   tc.decoder_only = true;
-  tc.out = dir + "/ft";
   // Without the init's latent hash the run refuses to start.
   EXPECT_FALSE(train_autoencoder(tc, init->model, p.px, p.px, 32).ok());
   tc.latent_hash = init->latent_hash;

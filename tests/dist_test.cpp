@@ -4,6 +4,8 @@
 // hangs makes the other stop with a message, leaving the last checkpoint usable.
 #include "train/dist.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -65,7 +67,9 @@ std::map<int64_t, double> losses(const std::string& run) {
 
 const std::string& phantom_cache() {
   static const std::string dir = [] {
-    std::string d = test::tmp_dir("dist_data");
+    // One directory per test process: ctest -j runs the Dist tests side by side, and tmp_dir
+    // empties the directory it returns.
+    std::string d = test::tmp_dir("dist_data_" + std::to_string(::getpid()));
     CliRun r = run_cli("--threads 1 data prepare --dataset phantom:48 --size 16 --out " + d +
                        "/ph --quiet");
     EXPECT_EQ(r.exit_code, 0) << r.output;

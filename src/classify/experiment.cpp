@@ -223,7 +223,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
         keep.push_back(i);
       }
     }
-    if (!job.train.dist || job.train.dist->is_main())
+    if (is_main_rank(job.train.dist))
       LF_RETURN_IF_ERROR(write_file_atomic(job.train.out + "/filtered.jsonl", lines));
     log_info("classify real+filtered: dropped " + std::to_string(drop.size()) + " of " +
              std::to_string(synthetic->count()) + " synthetic images (" + job.train.out +
@@ -277,7 +277,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
                " synthetic images -> " + pc.out);
       LF_RETURN_IF_ERROR(train_classifier(pc, pm, pretrain_set, val).status());
       if (stop_requested()) return Status::error("classify: stopped during pretraining");
-      if (!tc.dist || tc.dist->is_main()) LF_RETURN_IF_ERROR(write_file_atomic(done, "ok\n"));
+      if (is_main_rank(tc.dist)) LF_RETURN_IF_ERROR(write_file_atomic(done, "ok\n"));
     }
     LF_ASSIGN_OR_RETURN(SafeTensors w, load_safetensors(pc.out + "/best.safetensors"));
     LF_RETURN_IF_ERROR(load_classifier_weights(w, model, pc.out + "/best.safetensors"));
@@ -287,7 +287,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
            std::to_string(n_syn) + " seed " + std::to_string(job.seed) + " (" + arch_name(mc.arch) +
            ") -> " + tc.out);
   LF_ASSIGN_OR_RETURN(ClsTrainResult tr, train_classifier(tc, model, train, val));
-  if (tc.dist && !tc.dist->is_main())  // the evaluation and the files are rank 0's
+  if (!is_main_rank(tc.dist))  // the evaluation and the files are rank 0's
     return nlohmann::json{{"rank", tc.dist->rank()},
                           {"world_size", tc.dist->world()},
                           {"epochs_run", tr.epochs_run},

@@ -93,7 +93,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
                          "px, the model expects " + std::to_string(model->config().image_size) +
                          "px");
   Dist* dist = cfg.dist.get();
-  const bool main_rank = !dist || dist->is_main();
+  const bool main_rank = is_main_rank(cfg.dist);
   int64_t shard_lo = 0, shard_hi = cfg.batch;
   if (dist) {
     LF_ASSIGN_OR_RETURN(std::tie(shard_lo, shard_hi),

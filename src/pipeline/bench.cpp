@@ -28,11 +28,17 @@
 #include "train/generator.h"
 
 namespace lf {
-namespace {
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
+
+double bench_util::median(std::vector<double> v) {
+  if (v.empty()) return std::nan("");
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
+
+namespace {
+using bench_util::Clock;
+using bench_util::median;
+using bench_util::since;
 
 // Forward FLOPs of one image through the MMDiT (multiply-adds x 2), counted per layer from the
 // config; T text tokens. Norms, activations, RoPE and softmax are not counted (< 2%).
@@ -60,12 +66,6 @@ double mmdit_sample_flops(const MMDiTConfig& c, int T, int steps, bool guided) {
   double f = once(T) + steps * mmdit_forward_flops(c, T, false);
   if (guided) f += once(1) + steps * mmdit_forward_flops(c, 1, false);
   return f;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return std::nan("");
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
 struct Variant {

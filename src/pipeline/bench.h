@@ -2,12 +2,23 @@
 // against the same models in python3-torch, interleaved so drift hits every variant alike.
 // Prints a table and writes OUT/DATE.json.
 #pragma once
+#include <chrono>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "lesionflow/status.h"
 
 namespace lf {
+
+// Timing helpers of the bench files (bench.cpp, bench_dist.cpp).
+namespace bench_util {
+using Clock = std::chrono::steady_clock;
+inline double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+double median(std::vector<double> v);  // NaN for an empty list
+}  // namespace bench_util
 
 struct BenchOptions {
   int reps = 5;

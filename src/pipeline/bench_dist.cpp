@@ -18,14 +18,9 @@
 
 namespace lf {
 namespace {
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
+using bench_util::Clock;
+using bench_util::median;
+using bench_util::since;
 }  // namespace
 
 // Child: "STEPS:RANK:WORLD:INIT". Trains the preset on random data, global batch o.batch split

@@ -45,8 +45,10 @@ Status export_generator(const std::string& checkpoint, const std::string& out,
     const std::string ae_file = p.stem().string() + "_ae.safetensors";
     const std::string ae_out = (p.parent_path() / ae_file).string();
     LF_RETURN_IF_ERROR(convert_safetensors(g.ae_path, ae_out, dtype));
-    LF_ASSIGN_OR_RETURN(std::string h, hash_file(ae_out));
-    st.metadata["ae"] = ae_metadata(h, ae_file);
+    // The converted file's latent space: its own hash, or the latent_hash a decoder-only
+    // fine-tune recorded (kept by the conversion).
+    LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(ae_out));
+    st.metadata["ae"] = ae_metadata(la.latent_hash, ae_file);
   }
   return save_safetensors(out, st);
 }

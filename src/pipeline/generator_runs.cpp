@@ -204,7 +204,7 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   const std::string tok_path = o.out + "/tokenizer.model";
   Result<Tokenizer> tok = Status::error("unset");
-  const bool other_rank = o.loop.dist && !o.loop.dist->is_main();
+  const bool other_rank = !is_main_rank(o.loop.dist);
   if (other_rank) {  // rank 0's tokenizer (training it is not bit-reproducible)
     std::string bytes;
     LF_RETURN_IF_ERROR(o.loop.dist->share_bytes("tokenizer", bytes));
@@ -503,7 +503,7 @@ Result<nlohmann::json> run_finetune(const FinetuneRunOptions& o) {
     LF_ASSIGN_OR_RETURN(r, train_generator(tc, base.model, *base.tok, train,
                                            va_idx.empty() ? nullptr : &val, &target));
   }
-  if (o.loop.dist && !o.loop.dist->is_main()) return train_result_json(r, o.out);  // rank 0 writes
+  if (!is_main_rank(o.loop.dist)) return train_result_json(r, o.out);  // rank 0 writes
   info["steps"] = r.step;
   info["seconds"] = r.seconds;
   info["steps_per_second"] = r.step / std::max(r.seconds, 1e-9);
@@ -561,7 +561,7 @@ Result<nlohmann::json> run_distill(const DistillRunOptions& o) {
                       train_generator(tc, student.model, *student.tok, train, &val, &target));
   nlohmann::json j = train_result_json(r, o.out);
   j["sampling"] = sampling;
-  if (!o.loop.dist || o.loop.dist->is_main())
+  if (is_main_rank(o.loop.dist))
     LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/distill.json", j.dump(2) + "\n"));
   return j;
 }

@@ -281,4 +281,6 @@ Status Dist::check_in_sync(const std::vector<Tensor>& ts, const std::string& wha
   return Status::ok_status();
 }
 
+bool is_main_rank(const std::shared_ptr<Dist>& d) { return !d || d->is_main(); }
+
 }  // namespace lf

@@ -73,6 +73,10 @@ class Dist {
   std::unique_ptr<ProcessGroupHolder> pg_;
 };
 
+// True for one process (no Dist) and for rank 0: the process that writes the files and prints
+// the results.
+bool is_main_rank(const std::shared_ptr<Dist>& d);
+
 // The rows [begin, end) of a global batch of B that `rank` of `world` trains on; an error when
 // B is not divisible by the world size (the global batch must not depend on it).
 Result<std::pair<int64_t, int64_t>> batch_shard(int64_t B, int rank, int world);

@@ -305,7 +305,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     ae->to(cfg.device);
   }
   Dist* dist = cfg.dist.get();
-  const bool main_rank = !dist || dist->is_main();  // writes checkpoints, metrics, samples
+  const bool main_rank = is_main_rank(cfg.dist);  // writes checkpoints, metrics, samples
   int64_t shard_lo = 0, shard_hi = cfg.batch;
   if (dist) {
     LF_ASSIGN_OR_RETURN(std::tie(shard_lo, shard_hi),

@@ -11,6 +11,7 @@
 
 namespace lf {
 class Dist;
+bool is_main_rank(const std::shared_ptr<Dist>& d);  // train/dist.h
 struct GenerateConfig;
 struct SamplerFlags;
 }  // namespace lf
@@ -31,7 +32,7 @@ struct GlobalOptions {
   std::string dist_init;
   int dist_rank = -1, world_size = -1;
   double dist_timeout = 900;
-  bool dist_aware = false, dist_main = true;
+  bool dist_aware = false;
   std::shared_ptr<Dist> dist;
 };
 
@@ -107,7 +108,7 @@ void bind(CLI::App* s, Opt& o, GlobalOptions& g, Runner* run, Fn fn, Print print
       else if constexpr (requires { o.loop.dist; })
         o.loop.dist = g.dist;
       LF_ASSIGN_OR_RETURN(nlohmann::json j, fn(o));
-      if (!g.dist_main) return Status::ok_status();  // the results are rank 0's to print
+      if (!is_main_rank(g.dist)) return Status::ok_status();  // the results are rank 0's to print
       if (g.json)
         emit_json(g, j);
       else

@@ -118,10 +118,9 @@ int main(int argc, char** argv) {
         if (resolved->rank != 0 && !g.verbose)
           set_log_level(LogLevel::kWarn);  // rank 0 reports progress and results
         auto d = Dist::connect(*resolved);
-        if (d.ok()) {
+        if (d.ok())
           g.dist = *d;
-          g.dist_main = (*d)->is_main();
-        } else
+        else
           ds = d.status();
       }
     }
