@@ -31,6 +31,11 @@ std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const torch::T
                                                                   const torch::Tensor& ref,
                                                                   bool exclude_self = false);
 
+// The real-vs-real floor's subset: n of `total` rows, a seeded random permutation's first n
+// (prepared sets are stored grouped by dx). `audit` takes its training images this way and
+// `ae eval --fd` its raw and reconstructed images, so their FDs are comparable.
+torch::Tensor floor_subset(int64_t total, int64_t n);
+
 struct AuditInputs {
   // The reference network (trained on real data only): feature rows [n,F] of n images of side
   // `size`, and P(malignant) per image (the classification accuracy score).

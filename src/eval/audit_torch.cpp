@@ -206,6 +206,11 @@ static nlohmann::json diversity(const AuditInputs& in, const LabeledSet& sy, con
           {"prompts_with_repeats", n_prompt}};
 }
 
+torch::Tensor floor_subset(int64_t total, int64_t n) {
+  auto perm_gen = at::detail::createCPUGenerator(13);
+  return torch::randperm(total, perm_gen, torch::kInt64).slice(0, 0, std::min(total, n));
+}
+
 nlohmann::json run_audit(const AuditInputs& in) {
   nlohmann::json out;
   const auto& tr = *in.real_train;
@@ -223,10 +228,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
   // The floor uses as many real training images as there are synthetic ones (FD is biased
   // upward for small sets), with bootstrap 95% intervals over both sides.
   // A seeded random subset: the training split is stored in metadata order (grouped by dx).
-  auto perm_gen = at::detail::createCPUGenerator(13);
-  auto f_tr_n =
-      f_tr.index_select(0, torch::randperm(f_tr.size(0), perm_gen, torch::kInt64)
-                               .slice(0, 0, std::min<int64_t>(f_tr.size(0), f_sy.size(0))));
+  auto f_tr_n = f_tr.index_select(0, floor_subset(f_tr.size(0), f_sy.size(0)));
   auto ci_sy = frechet_distance_ci(f_sy, f_te, in.bootstrap, 11);
   auto ci_tr = frechet_distance_ci(f_tr_n, f_te, in.bootstrap, 12);
   out["fd"] = {{"synthetic_vs_real_test", frechet_distance(f_sy, f_te)},

@@ -54,7 +54,7 @@ Result<nlohmann::json> run_ae_training(AERunOptions o) {
   c.res_blocks = o.res_blocks;
   LF_ASSIGN_OR_RETURN(c, AEConfig::from_json(c.to_json()));  // validates
   torch::manual_seed(o.seed);
-  Autoencoder ae(c);
+  Autoencoder ae{nullptr};
   if (!o.init.empty()) {  // start from a trained autoencoder: its architecture, weights, latents
     LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(o.init));
     if (la.model->config().image_size != ps.size)
@@ -67,6 +67,8 @@ Result<nlohmann::json> run_ae_training(AERunOptions o) {
     return Status::error(
         "ae train: --decoder-only needs --init AE.safetensors (the autoencoder "
         "whose decoder is fine-tuned)");
+  } else {
+    ae = Autoencoder(c);
   }
   int64_t np = 0;
   for (auto& p : ae->parameters()) np += p.numel();
@@ -125,22 +127,19 @@ Result<nlohmann::json> run_ae_evaluation(const AERunOptions& o) {
       o.features.empty() ? shipped_model_path(kReferenceNetworkFile) : o.features;
   if (feat.empty()) return Status::error("ae eval --fd: give --features (no reference network)");
   LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(feat));
-  LF_ASSIGN_OR_RETURN(auto test, split_images(ps, o.splits, "test"));
-  auto perm_gen = at::detail::createCPUGenerator(13);
-  auto perm = torch::randperm(static_cast<int64_t>(imgs.size()), perm_gen, torch::kInt64);
-  const int64_t n = std::min<int64_t>(o.fd_images, imgs.size());
+  LF_ASSIGN_OR_RETURN(auto split_idx, split_or_default(ps.records, o.splits, o.split));
+  LF_ASSIGN_OR_RETURN(auto test_idx, split_or_default(ps.records, o.splits, "test"));
+  auto perm = floor_subset(static_cast<int64_t>(split_idx.size()), o.fd_images);
+  std::vector<size_t> sub_idx;
+  for (int64_t i = 0; i < perm.size(0); ++i) sub_idx.push_back(split_idx[perm[i].item<int64_t>()]);
+  auto raw = labeled_from_prepared(ps, sub_idx, nullptr),
+       test = labeled_from_prepared(ps, test_idx, nullptr);
+  const int64_t n = raw.count();
   std::vector<const uint8_t*> sub;
-  for (int64_t i = 0; i < n; ++i) sub.push_back(imgs[perm[i].item<int64_t>()]);
-  const int64_t px = int64_t(ps.size) * ps.size * 3;
-  auto contiguous = [px](const std::vector<const uint8_t*>& v) {
-    std::vector<uint8_t> out(v.size() * px);
-    for (size_t i = 0; i < v.size(); ++i) std::copy(v[i], v[i] + px, out.data() + i * px);
-    return out;
-  };
-  auto raw = contiguous(sub), tst = contiguous(test);
+  for (int64_t i = 0; i < n; ++i) sub.push_back(raw.image(i));
   auto rec = reconstruct_images(la.model, sub, ps.size);
-  auto f_te = extract_features(lc.model, tst.data(), test.size(), ps.size);
-  auto f_raw = extract_features(lc.model, raw.data(), n, ps.size);
+  auto f_te = extract_features(lc.model, test.pixels.data(), test.count(), ps.size);
+  auto f_raw = extract_features(lc.model, raw.pixels.data(), n, ps.size);
   auto f_rec = extract_features(lc.model, rec.data(), n, ps.size);
   auto ci_raw = frechet_distance_ci(f_raw, f_te, 100, 12);
   auto ci_rec = frechet_distance_ci(f_rec, f_te, 100, 11);
@@ -149,7 +148,7 @@ Result<nlohmann::json> run_ae_evaluation(const AERunOptions& o) {
              {"reconstructed", frechet_distance(f_rec, f_te)},
              {"reconstructed_ci", {ci_rec.first, ci_rec.second}},
              {"images", n},
-             {"test_images", static_cast<int64_t>(test.size())},
+             {"test_images", test.count()},
              {"features", feat}};
   return j;
 }
