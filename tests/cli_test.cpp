@@ -119,6 +119,45 @@ TEST(Cli, SigtermCheckpointsTheCurrentStepAndResumeContinuesFromIt) {
       << resumed.output;
 }
 
+// train --init: a run starts from a trained generator (its architecture, tokenizer and weights,
+// a fresh optimizer), so on the same first batch and noise its loss is below a fresh model's; its
+// checkpoints record the init; flags that contradict the init are refused.
+TEST(Cli, TrainInitContinuesFromATrainedGenerator) {
+  const std::string dir = test::tmp_dir("cli_train_init");
+  ASSERT_EQ(run_cli("--threads 1 data prepare --dataset phantom:48 --size 16 --out " + dir +
+                    "/ph --quiet")
+                .exit_code,
+            0);
+  const std::string common = "--threads 1 train --data " + dir +
+                             "/ph --batch 8 --sample-every 0 --val-every 0 --log-every 1 ";
+  CliRun base = run_cli(common + "--preset tiny --steps 80 --lr 2e-3 --out " + dir + "/base");
+  ASSERT_EQ(base.exit_code, 0) << base.output;
+  CliRun fresh = run_cli(common + "--preset tiny --steps 2 --out " + dir + "/fresh");
+  ASSERT_EQ(fresh.exit_code, 0) << fresh.output;
+  CliRun init =
+      run_cli(common + "--steps 2 --init " + dir + "/base/ema.safetensors --out " + dir + "/init");
+  ASSERT_EQ(init.exit_code, 0) << init.output;
+  EXPECT_NE(init.output.find("starting from"), std::string::npos) << init.output;
+  auto first_loss = [](const std::string& metrics) {
+    std::ifstream in(metrics);
+    std::string line;
+    std::getline(in, line);
+    return nlohmann::json::parse(line)["loss"].get<double>();
+  };
+  const double l_fresh = first_loss(dir + "/fresh/metrics.jsonl"),
+               l_init = first_loss(dir + "/init/metrics.jsonl");
+  EXPECT_LT(l_init, 0.8 * l_fresh) << "fresh " << l_fresh << ", from the trained one " << l_init;
+  auto st = load_safetensors(dir + "/init/ema.safetensors");
+  ASSERT_TRUE(st.ok()) << st.status().message();
+  auto rec = nlohmann::json::parse(st->metadata["init"]);
+  EXPECT_EQ(rec["hash"].get<std::string>(), *hash_file(dir + "/base/ema.safetensors"));
+  EXPECT_EQ(rec["step"].get<int64_t>(), 80);
+  CliRun bad = run_cli(common + "--steps 2 --patch 2 --init " + dir +
+                       "/base/ema.safetensors --out " + dir + "/bad");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--patch 2 differs"), std::string::npos) << bad.output;
+}
+
 // caption is resumable: SIGTERM mid-run exits 143 and keeps the finished images in its journal;
 // the same command continues from them and writes exactly what an uninterrupted run writes.
 TEST(Cli, CaptionStoppedBySigtermResumesToTheUninterruptedResult) {

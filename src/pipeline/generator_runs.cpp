@@ -179,6 +179,7 @@ nlohmann::json TrainRunOptions::to_json() const {
           {"objective", objective},
           {"ae", ae},
           {"patch", patch},
+          {"init", init},
           {"steps", loop.steps},
           {"batch", loop.batch},
           {"lr", loop.lr},
@@ -200,6 +201,25 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
     return Status::error(
         "train: --prediction applies to --objective flow; a diffusion network predicts the noise");
 
+  LoadedGenerator init;  // --init: the generator this run starts from
+  if (!o.init.empty()) {
+    LF_ASSIGN_OR_RETURN(init, load_generator(o.init, o.ae));
+    if (!o.tokenizer.empty())
+      return Status::error("train: --init " + o.init +
+                           " brings its own tokenizer; drop --tokenizer " + o.tokenizer);
+    if (!o.objective.empty() && objective != init.flow.objective)
+      return Status::error("train: --objective " + o.objective + " differs from the objective of " +
+                           o.init);
+    if (!o.prediction.empty() && o.prediction != prediction_name(init.flow.prediction))
+      return Status::error("train: --prediction " + o.prediction +
+                           " differs from the prediction of " + o.init);
+    if (o.patch > 0 && o.patch != init.model->config().patch)
+      return Status::error("train: --patch " + std::to_string(o.patch) +
+                           " differs from the patch of " + o.init + " (" +
+                           std::to_string(init.model->config().patch) + ")");
+    log_info("starting from " + o.init + " (step " + std::to_string(init.step) +
+             "): its architecture, tokenizer and flow settings; a fresh optimizer");
+  }
   LF_ASSIGN_OR_RETURN(GenData d, load_gen_data(o.data));
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   const std::string tok_path = o.out + "/tokenizer.model";
@@ -211,6 +231,8 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
     tok = Tokenizer::from_bytes(bytes);
   } else if (o.loop.resume && file_exists(tok_path))
     tok = Tokenizer::load_file(tok_path);
+  else if (init.tok)
+    tok = Tokenizer::from_bytes(init.tok->model_bytes());
   else if (!o.tokenizer.empty())
     tok = Tokenizer::load_file(o.tokenizer);
   else {
@@ -230,7 +252,18 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
   mc.vocab_size = tok->vocab_size();
   mc.image_size = d.ps.size;
   LoadedGenerator latent_space;  // only its autoencoder, for a latent generator
-  if (!o.ae.empty()) {
+  if (init.model) {
+    mc = init.model->config();
+    const int side = init.latent() ? init.ae->config().image_size : mc.image_size;
+    if (side != d.ps.size)
+      return Status::error(o.init + ": makes " + std::to_string(side) + "px images, the data is " +
+                           std::to_string(d.ps.size) + "px");
+    if (init.latent()) {
+      latent_space.ae = init.ae;
+      latent_space.ae_hash = init.ae_hash;
+      latent_space.ae_path = init.ae_path;
+    }
+  } else if (!o.ae.empty()) {
     LF_ASSIGN_OR_RETURN(LoadedAutoencoder la, load_autoencoder(o.ae));
     if (la.model->config().image_size != d.ps.size)
       return Status::error(o.ae + ": the autoencoder is for " +
@@ -244,8 +277,8 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
     mc.patch = 2;
     mc.prediction = Prediction::kVelocity;  // Flux's objective on latents (--prediction overrides)
   }
-  if (o.patch > 0) mc.patch = o.patch;
-  if (!o.prediction.empty()) {
+  if (o.patch > 0 && !init.model) mc.patch = o.patch;
+  if (!o.prediction.empty() && !init.model) {
     LF_ASSIGN_OR_RETURN(mc.prediction, parse_prediction(o.prediction));
   }
   if (objective == Objective::kDiffusion)
@@ -254,12 +287,20 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
     return Status::error("train: --patch " + std::to_string(mc.patch) +
                          " does not divide the input side " + std::to_string(mc.image_size));
   torch::manual_seed(o.seed);
-  MMDiT model(mc);
+  MMDiT model = init.model ? init.model : MMDiT(mc);
   log_info("model: " + std::to_string(model->num_parameters()) + " parameters, " +
-           std::to_string(mc.tokens()) + " image tokens, preset " + o.preset);
+           std::to_string(mc.tokens()) + " image tokens, " +
+           (init.model ? "from " + o.init : "preset " + o.preset));
   LF_ASSIGN_OR_RETURN(GenTrainConfig tc, loop_config(o.loop, o.out, o.seed, 100));
   tc.flow.prediction = mc.prediction;
   tc.flow.objective = objective;
+  if (init.model) {
+    tc.flow = init.flow;
+    tc.metadata["init"] = nlohmann::json{
+        {"file", std::filesystem::path(o.init).filename().string()},
+        {"hash", init.hash},
+        {"step", init.step}}.dump();
+  }
   if (objective == Objective::kDiffusion)
     tc.grid.sampler.method = SamplerMethod::kDdim;  // DDIM (eta 0) for the grids
   // Validation prompts: the first validation caption of each label, then of each dx.

@@ -60,6 +60,10 @@ struct TrainRunOptions {
   std::string objective;   // flow | diffusion ("" = flow)
   std::string ae;          // autoencoder: train a latent generator on its cached latents
   int patch = 0;           // 0 = the preset's (2 on latents)
+  // Start from a trained generator (e.g. the shipped one): its architecture, tokenizer, flow
+  // settings, weights and (latent) autoencoder; a fresh optimizer and LR schedule. Runs of an
+  // earlier session whose state.bin is gone continue this way.
+  std::string init;
   bool freeze_text = false;
   std::string out;
   uint64_t seed = 0;

@@ -31,6 +31,7 @@ nlohmann::json AETrainConfig::to_json() const {
           {"gan_start", gan_start},
           {"augment", augment},
           {"decoder_only", decoder_only},
+          {"latent_noise", latent_noise},
           {"latent_hash", latent_hash},
           {"max_minutes", max_minutes},
           {"seed", seed},
@@ -138,6 +139,9 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   const std::string ckpt = cfg.out + "/ae.safetensors", disc_path = cfg.out + "/disc.safetensors",
                     state = cfg.out + "/state.bin", state_d = cfg.out + "/state_disc.bin",
                     metrics = cfg.out + "/metrics.jsonl";
+  if (cfg.latent_noise < 0)
+    return Status::error("ae train: --latent-noise must be >= 0, got " +
+                         std::to_string(cfg.latent_noise));
   if (cfg.decoder_only && cfg.latent_hash.empty())
     return Status::error("ae train: a decoder-only fine-tune needs the latent hash of its init");
   PatchDiscriminator disc(ae->config().channels);
@@ -250,6 +254,11 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
       std::tie(mean, logvar) = ae->encode_posterior(x);
     }
     auto z = mean + torch::exp(0.5 * logvar) * torch::randn(mean.sizes(), gen, torch::kFloat32);
+    if (cfg.latent_noise > 0) {  // per-image sigma in normalised units -> raw units
+      auto sigma = torch::rand({z.size(0), 1, 1, 1}, gen, torch::kFloat32) *
+                   (cfg.latent_noise / ae->config().latent_scale);
+      z = z + sigma * torch::randn(z.sizes(), gen, torch::kFloat32);
+    }
     auto y = ae->decode_raw(z);
     auto rec = (y - x).abs().mean();
     auto gl = image_gradient_l1(y, x);

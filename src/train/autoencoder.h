@@ -37,6 +37,10 @@ struct AETrainConfig {
   // them -- keep their meaning; the file records latent_hash (the init's latent space).
   bool decoder_only = false;
   std::string latent_hash;
+  // Latent-noise augmentation: the decoder sees z + sigma * N(0, 1) with sigma ~ U(0, latent_noise)
+  // per image (in normalised latent units) and must still produce the clean image, so that it
+  // learns to correct the small off-manifold errors of a generator's latents. 0 = off.
+  double latent_noise = 0.0;
   nlohmann::json to_json() const;
 };
 

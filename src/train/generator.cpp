@@ -342,7 +342,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
   };
   auto save_weights = [&](const std::string& path, int64_t s, const std::string& kind) -> Status {
     if (target && target->save) return target->save(path, s, kind);
-    std::map<std::string, std::string> extra;
+    std::map<std::string, std::string> extra = cfg.metadata;
     if (!cfg.ae_hash.empty()) extra["ae"] = ae_metadata(cfg.ae_hash, cfg.ae_file);
     return save_generator(path, model, tok, s, cfg.flow, kind, extra);
   };

@@ -73,6 +73,8 @@ struct GenTrainConfig {
   // every checkpoint's metadata (key "ae") so the checkpoint is never decoded by another one.
   Autoencoder ae{nullptr};
   std::string ae_hash, ae_file;
+  // Extra metadata written into every checkpoint (e.g. "init": the generator a run started from).
+  std::map<std::string, std::string> metadata;
   // Where the model, its optimizer state, EMA and batches live. The loop moves the model (and
   // the grid's autoencoder) there; LoRA adapters must already be there (error otherwise).
   torch::Device device = torch::kCPU;

@@ -59,6 +59,12 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_flag("--decoder-only", o.train.decoder_only,
                "with --init: train only the decoder; the encoder and latent normalisation stay, "
                "so latent generators made for --init decode with the new file");
+  tr->add_option("--latent-noise", o.train.latent_noise,
+                 "decoder input noise: z + U(0, S) * N(0, 1) in normalised latent units, the "
+                 "clean image as target (teaches the decoder to correct a generator's latent "
+                 "errors; 0 = off)")
+      ->capture_default_str()
+      ->check(kNonNegative);
   bind(tr, o, g, run, run_ae_training, [](const nlohmann::json& j) {
     std::printf(
         "autoencoder trained to step %lld (%.1f img/s): validation PSNR %.2f dB, SSIM %.4f -> %s\n",

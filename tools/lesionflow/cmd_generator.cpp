@@ -85,6 +85,10 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
       "autoencoder .safetensors: train a latent generator on its cached latents (ae encode)");
   t->add_option("--patch", tr.patch, "patch side (default: the preset's; 2 on latents)")
       ->check(CLI::Range(1, 32));
+  t->add_option("--init", tr.init,
+                "start from this generator (e.g. models/lesionflow_ham64.safetensors): its "
+                "architecture, tokenizer, flow settings, weights and autoencoder, with a fresh "
+                "optimizer and schedule (--preset, --vocab and --ae are not needed)");
   t->add_flag("--freeze-text", tr.freeze_text,
               "keep the text encoder at its initial (or --resume) weights");
   loop_flags(t, tr.loop);
