@@ -293,6 +293,39 @@ TEST(MMDiT, FusedQkNormRopeMatchesComposedOpsForwardAndBackward) {
   torch::set_num_threads(threads);
 }
 
+// bf16 q/k straight from a bf16 GEMM: the kernel reads them as float, so the result equals the
+// float32 path on the same (bf16-representable) values; the input gradients come back bf16,
+// within one bf16 rounding of the float32 ones.
+TEST(MMDiT, FusedQkNormRopeReadsBf16Inputs) {
+  torch::manual_seed(9);
+  const int64_t B = 2, H = 2, Ta = 4, Nb = 9, hd = 8;
+  auto [ic, is] = rope_2d(3, hd, 100.0);
+  auto cos = torch::cat({torch::ones({Ta, hd / 2}), ic}, 0),
+       sin = torch::cat({torch::zeros({Ta, hd / 2}), is}, 0);
+  auto ta = torch::randn({B, Ta, 3, H, hd}).to(torch::kBFloat16).requires_grad_(),
+       tb = torch::randn({B, Nb, 3, H, hd}).to(torch::kBFloat16).requires_grad_();
+  auto fa = ta.detach().to(torch::kFloat32).requires_grad_(),
+       fb = tb.detach().to(torch::kFloat32).requires_grad_();
+  auto wa = (1 + 0.3 * torch::randn({hd})).requires_grad_(),
+       wb = (1 + 0.3 * torch::randn({hd})).requires_grad_();
+  auto view = [](const torch::Tensor& t) { return t.permute({2, 0, 3, 1, 4})[0]; };
+  auto go = torch::randn({B, H, Ta + Nb, hd});
+  auto out = qk_norm_rope(view(ta), wa, view(tb), wb, cos, sin);
+  ASSERT_EQ(out.scalar_type(), torch::kFloat32);
+  auto g = torch::autograd::grad({out}, {ta, wa, tb, wb}, {go});
+  auto ref = qk_norm_rope(view(fa), wa, view(fb), wb, cos, sin);
+  auto rg = torch::autograd::grad({ref}, {fa, wa, fb, wb}, {go});
+  EXPECT_LT((out - ref).abs().max().item<float>(), 1e-6);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(g[i].scalar_type(), i % 2 == 0 ? torch::kBFloat16 : torch::kFloat32) << i;
+    const float tol = i % 2 == 0 ? 1e-2f : 1e-6f;  // inputs: a bf16 rounding; weights: exact
+    EXPECT_LT((g[i].to(torch::kFloat32) - rg[i].to(torch::kFloat32)).abs().max().item<float>(),
+              tol * (1 + rg[i].abs().max().item<float>()))
+        << i;
+    EXPECT_GT(rg[i].abs().max().item<float>(), 1e-3) << i;
+  }
+}
+
 TEST(MMDiT, FusedGeluMatchesTorchForwardAndBackward) {
   // Wide range (tails clamp inside exp), odd length (vector remainder), gradients.
   auto x = torch::cat({torch::linspace(-30, 30, 2001), 3 * torch::randn({4099})}).requires_grad_();

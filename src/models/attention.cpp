@@ -166,7 +166,12 @@ Tensor attention_bias(const Tensor& key_mask) {
   return bias.view({key_mask.size(0), 1, 1, key_mask.size(1)});
 }
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& key_bias) {
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v_in, const Tensor& key_bias) {
+  // v straight from a bf16 GEMM: cast and made contiguous in one pass (q, k come float32 from the
+  // QK norm).
+  const Tensor v = v_in.scalar_type() == q.scalar_type()
+                       ? v_in
+                       : v_in.to(q.scalar_type(), false, false, c10::MemoryFormat::Contiguous);
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), S = k.size(2), hd = q.size(3);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   if (!q.device().is_cpu()) {  // CUDA: batched GEMMs are efficient there

@@ -101,7 +101,8 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
 // Per-head RMS norm of q or k (weight wa on the rows of xa, wb on those of xb), then RoPE with
 // cos/sin [La+Lb, hd/2], returned as one [B,H,La+Lb,hd] tensor: the same as
 // apply_rope(cat({rms_norm(xa, wa), rms_norm(xb, wb)}, 2), cos, sin), fused into one pass each
-// way on CPU float32 (an explicit backward). xa, xb: [B,H,L,hd] views with a unit last stride.
+// way on CPU (an explicit backward). xa, xb: [B,H,L,hd] views with a unit last stride, float32 or
+// bfloat16 (a bf16 GEMM's output, read without a cast pass); the result is float32 either way.
 torch::Tensor qk_norm_rope(const torch::Tensor& xa, const torch::Tensor& wa,
                            const torch::Tensor& xb, const torch::Tensor& wb,
                            const torch::Tensor& cos, const torch::Tensor& sin);

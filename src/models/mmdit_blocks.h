@@ -35,6 +35,14 @@ inline Tensor lin(torch::nn::Linear l, const Tensor& x) {  // l: a module handle
                        l->bias.to(torch::kBFloat16))
       .to(torch::kFloat32);
 }
+// lin() whose bf16 result stays bf16 (for q, k, v: the QK-norm/RoPE kernel reads bf16 and
+// returns float32; v is cast inside attention() in the pass that makes it contiguous).
+inline Tensor lin_keep(torch::nn::Linear l, const Tensor& x) {
+  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
+    return l->forward(x);
+  const auto h = torch::kBFloat16;
+  return torch::linear(x.to(h), l->weight.to(h), l->bias.to(h));
+}
 // b + x W^T for x [M,K], W [N,K] (blocks of a fused weight), same precision rule as lin().
 inline Tensor addmm_p(const Tensor& b, const Tensor& x, const Tensor& W) {
   if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
@@ -89,8 +97,8 @@ struct DoubleBlockImpl : torch::nn::Module {
     auto sv = torch::silu(vec);
     auto im = lin(img->mod, sv).unsqueeze(1).chunk(6, -1),
          tm = lin(txt->mod, sv).unsqueeze(1).chunk(6, -1);
-    auto [iq, ik, iv] = split_heads(lin(img->qkv, modulate(ln(img_x), im[0], im[1])), heads);
-    auto [tq, tk, tv] = split_heads(lin(txt->qkv, modulate(ln(txt_x), tm[0], tm[1])), heads);
+    auto [iq, ik, iv] = split_heads(lin_keep(img->qkv, modulate(ln(img_x), im[0], im[1])), heads);
+    auto [tq, tk, tv] = split_heads(lin_keep(txt->qkv, modulate(ln(txt_x), tm[0], tm[1])), heads);
     // QK norm per stream, RoPE on the joint sequence (text rows: identity), written joint.
     auto q = qk_norm_rope(tq, txt->q_norm, iq, img->q_norm, cos, sin);
     auto k = qk_norm_rope(tk, txt->k_norm, ik, img->k_norm, cos, sin);
@@ -134,8 +142,7 @@ struct SingleBlockImpl : torch::nn::Module {
     if (bf16) {
       auto xb = xm.to(h);
       qkv = torch::addmm(b1.narrow(0, 0, 3 * dim).to(h), xb, W1.narrow(0, 0, 3 * dim).to(h).t())
-                .to(torch::kFloat32)
-                .view({B, L, 3 * dim});
+                .view({B, L, 3 * dim});  // stays bf16 (see lin_keep)
       mh = torch::addmm(b1.narrow(0, 3 * dim, hidden).to(h), xb,
                         W1.narrow(0, 3 * dim, hidden).to(h).t());
     } else {

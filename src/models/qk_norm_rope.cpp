@@ -3,6 +3,7 @@
 // torch ops this is ~6 passes for the norm, 4 multiplies, 2 adds, a stack and two selects for
 // RoPE, and a strided cat per tensor, each again in backward; here it is one pass each way.
 #include <cmath>
+#include <vector>
 
 #include "models/mmdit.h"
 
@@ -16,28 +17,32 @@ namespace {
 constexpr float kEps = 1e-6f;  // as rms_norm in mmdit_blocks.h
 
 // Row l of the joint sequence [B,H,La+Lb,hd]: where its input lives and which weight it uses.
+// T: the input element type (float, or bf16 straight from a bf16 GEMM; read as float).
+template <class T>
 struct Segments {
-  const float *xa, *xb, *wa, *wb;
+  const T *xa, *xb;
+  const float *wa, *wb;
   int64_t La, Lb, H, hd;
   int64_t sa[3], sb[3];  // strides (b, h, l) of xa and xb; the last dim is unit-stride
-  const float* row(int64_t b, int64_t h, int64_t l) const {
+  const T* row(int64_t b, int64_t h, int64_t l) const {
     return l < La ? xa + b * sa[0] + h * sa[1] + l * sa[2]
                   : xb + b * sb[0] + h * sb[1] + (l - La) * sb[2];
   }
   const float* weight(int64_t l) const { return l < La ? wa : wb; }
 };
 
-Segments segments(const Tensor& xa, const Tensor& wa, const Tensor& xb, const Tensor& wb) {
-  Segments s{xa.data_ptr<float>(),
-             xb.data_ptr<float>(),
-             wa.data_ptr<float>(),
-             wb.data_ptr<float>(),
-             xa.size(2),
-             xb.size(2),
-             xa.size(1),
-             xa.size(3),
-             {},
-             {}};
+template <class T>
+Segments<T> segments(const Tensor& xa, const Tensor& wa, const Tensor& xb, const Tensor& wb) {
+  Segments<T> s{xa.data_ptr<T>(),
+                xb.data_ptr<T>(),
+                wa.data_ptr<float>(),
+                wb.data_ptr<float>(),
+                xa.size(2),
+                xb.size(2),
+                xa.size(1),
+                xa.size(3),
+                {},
+                {}};
   for (int d = 0; d < 3; ++d) {
     s.sa[d] = xa.stride(d);
     s.sb[d] = xb.stride(d);
@@ -54,31 +59,91 @@ void over_row_chunks(int64_t rows, int64_t chunks, const F& fn) {
   });
 }
 
+// Forward: float output [B,H,La+Lb,hd] and the inverse RMS per row (for the backward).
+template <class T>
+void qk_forward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tensor& sin, Tensor& out,
+                Tensor& rinv) {
+  const int64_t L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
+  const float *C = cos.data_ptr<float>(), *S = sin.data_ptr<float>();
+  float *O = out.data_ptr<float>(), *R = rinv.data_ptr<float>();
+  over_row_chunks(B * sg.H * L, at::get_num_threads(), [&](int64_t, int64_t r0, int64_t r1) {
+    std::vector<float> xf(static_cast<size_t>(hd));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t l = r % L, h = (r / L) % sg.H, b = r / (L * sg.H);
+      const T* xr = sg.row(b, h, l);
+      const float *w = sg.weight(l), *c = C + l * half, *s = S + l * half;
+      float ss = 0;
+      for (int64_t i = 0; i < hd; ++i) {
+        xf[i] = static_cast<float>(xr[i]);
+        ss += xf[i] * xf[i];
+      }
+      const float* x = xf.data();
+      const float ri = 1.f / std::sqrt(ss / static_cast<float>(hd) + kEps);
+      R[r] = ri;
+      float* o = O + r * hd;
+      for (int64_t j = 0; j < half; ++j) {
+        const float y0 = x[2 * j] * ri * w[2 * j], y1 = x[2 * j + 1] * ri * w[2 * j + 1];
+        o[2 * j] = y0 * c[j] - y1 * s[j];
+        o[2 * j + 1] = y0 * s[j] + y1 * c[j];
+      }
+    }
+  });
+}
+
+// Backward: input gradients (written as T, like the inputs) and the per-chunk partial sums of
+// the two weight gradients (a fixed split, so their sum is deterministic).
+template <class T>
+void qk_backward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tensor& sin,
+                 const Tensor& rinv, const Tensor& go, Tensor& gxa, Tensor& gxb, int64_t chunks,
+                 std::vector<double>& gw_part) {
+  const int64_t H = sg.H, L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
+  const float *C = cos.data_ptr<float>(), *S = sin.data_ptr<float>(), *R = rinv.data_ptr<float>();
+  const float* G = go.data_ptr<float>();
+  T *GA = gxa.data_ptr<T>(), *GB = gxb.data_ptr<T>();
+  over_row_chunks(B * H * L, chunks, [&](int64_t chunk, int64_t r0, int64_t r1) {
+    std::vector<float> gn(static_cast<size_t>(hd)), n(static_cast<size_t>(hd));
+    double* gw_acc = gw_part.data() + chunk * 2 * hd;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t l = r % L, h = (r / L) % H, b = r / (L * H);
+      const bool in_a = l < sg.La;
+      const T* x = sg.row(b, h, l);
+      const float *w = sg.weight(l), *c = C + l * half, *s = S + l * half, *g = G + r * hd;
+      double* gw = gw_acc + (in_a ? 0 : hd);
+      const float ri = R[r];
+      float dot = 0;
+      for (int64_t j = 0; j < half; ++j) {  // undo the rotation, then through the weight
+        const float gy0 = g[2 * j] * c[j] + g[2 * j + 1] * s[j],
+                    gy1 = -g[2 * j] * s[j] + g[2 * j + 1] * c[j];
+        const float n0 = static_cast<float>(x[2 * j]) * ri,
+                    n1 = static_cast<float>(x[2 * j + 1]) * ri;
+        gw[2 * j] += gy0 * n0;
+        gw[2 * j + 1] += gy1 * n1;
+        gn[2 * j] = gy0 * w[2 * j];
+        gn[2 * j + 1] = gy1 * w[2 * j + 1];
+        n[2 * j] = n0;
+        n[2 * j + 1] = n1;
+        dot += gn[2 * j] * n0 + gn[2 * j + 1] * n1;
+      }
+      dot /= static_cast<float>(hd);
+      T* gx = in_a ? GA + ((b * H + h) * sg.La + l) * hd
+                   : GB + ((b * H + h) * sg.Lb + (l - sg.La)) * hd;
+      for (int64_t i = 0; i < hd; ++i) gx[i] = static_cast<T>(ri * (gn[i] - n[i] * dot));
+    }
+  });
+}
+
+// xa, xb: float32 or bfloat16 (both the same); the output is float32 either way (the attention
+// runs in float32), the input gradients have the inputs' type.
 struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& xa, const Tensor& wa, const Tensor& xb,
                         const Tensor& wb, const Tensor& cos, const Tensor& sin) {
-    const auto sg = segments(xa, wa, xb, wb);
-    const int64_t B = xa.size(0), L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
-    auto out = torch::empty({B, sg.H, L, hd}, xa.options());
-    auto rinv = torch::empty({B, sg.H, L}, xa.options());
-    const float *C = cos.data_ptr<float>(), *S = sin.data_ptr<float>();
-    float *O = out.data_ptr<float>(), *R = rinv.data_ptr<float>();
-    over_row_chunks(B * sg.H * L, at::get_num_threads(), [&](int64_t, int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t l = r % L, h = (r / L) % sg.H, b = r / (L * sg.H);
-        const float *x = sg.row(b, h, l), *w = sg.weight(l), *c = C + l * half, *s = S + l * half;
-        float ss = 0;
-        for (int64_t i = 0; i < hd; ++i) ss += x[i] * x[i];
-        const float ri = 1.f / std::sqrt(ss / static_cast<float>(hd) + kEps);
-        R[r] = ri;
-        float* o = O + r * hd;
-        for (int64_t j = 0; j < half; ++j) {
-          const float y0 = x[2 * j] * ri * w[2 * j], y1 = x[2 * j + 1] * ri * w[2 * j + 1];
-          o[2 * j] = y0 * c[j] - y1 * s[j];
-          o[2 * j + 1] = y0 * s[j] + y1 * c[j];
-        }
-      }
-    });
+    const int64_t B = xa.size(0), L = xa.size(2) + xb.size(2), hd = xa.size(3);
+    auto out = torch::empty({B, xa.size(1), L, hd}, xa.options().dtype(torch::kFloat32));
+    auto rinv = torch::empty({B, xa.size(1), L}, xa.options().dtype(torch::kFloat32));
+    if (xa.scalar_type() == torch::kBFloat16)
+      qk_forward(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, out, rinv);
+    else
+      qk_forward(segments<float>(xa, wa, xb, wb), B, cos, sin, out, rinv);
     ctx->save_for_backward({xa, wa, xb, wb, cos, sin, rinv});
     return out;
   }
@@ -87,45 +152,17 @@ struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
     auto sv = ctx->get_saved_variables();
     const Tensor &xa = sv[0], &wa = sv[1], &xb = sv[2], &wb = sv[3], &cos = sv[4], &sin = sv[5],
                  &rinv = sv[6];
-    const auto sg = segments(xa, wa, xb, wb);
-    const int64_t B = xa.size(0), H = sg.H, L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
+    const int64_t B = xa.size(0), hd = xa.size(3);
     auto go = grads[0].contiguous();
     auto gxa = torch::empty(xa.sizes(), xa.options()), gxb = torch::empty(xb.sizes(), xb.options());
     const int64_t chunks = at::get_num_threads();
-    // Weight gradients: one partial sum per chunk (fixed split, so the sum is deterministic).
     std::vector<double> gw_part(static_cast<size_t>(chunks * 2 * hd), 0.0);
-    const float *C = cos.data_ptr<float>(), *S = sin.data_ptr<float>(), *R = rinv.data_ptr<float>();
-    const float* G = go.data_ptr<float>();
-    float *GA = gxa.data_ptr<float>(), *GB = gxb.data_ptr<float>();
-    over_row_chunks(B * H * L, chunks, [&](int64_t chunk, int64_t r0, int64_t r1) {
-      std::vector<float> gn(static_cast<size_t>(hd)), n(static_cast<size_t>(hd));
-      double* gw_acc = gw_part.data() + chunk * 2 * hd;
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t l = r % L, h = (r / L) % H, b = r / (L * H);
-        const bool in_a = l < sg.La;
-        const float *x = sg.row(b, h, l), *w = sg.weight(l), *c = C + l * half, *s = S + l * half,
-                    *g = G + r * hd;
-        double* gw = gw_acc + (in_a ? 0 : hd);
-        const float ri = R[r];
-        float dot = 0;
-        for (int64_t j = 0; j < half; ++j) {  // undo the rotation, then through the weight
-          const float gy0 = g[2 * j] * c[j] + g[2 * j + 1] * s[j],
-                      gy1 = -g[2 * j] * s[j] + g[2 * j + 1] * c[j];
-          const float n0 = x[2 * j] * ri, n1 = x[2 * j + 1] * ri;
-          gw[2 * j] += gy0 * n0;
-          gw[2 * j + 1] += gy1 * n1;
-          gn[2 * j] = gy0 * w[2 * j];
-          gn[2 * j + 1] = gy1 * w[2 * j + 1];
-          n[2 * j] = n0;
-          n[2 * j + 1] = n1;
-          dot += gn[2 * j] * n0 + gn[2 * j + 1] * n1;
-        }
-        dot /= static_cast<float>(hd);
-        float* gx = in_a ? GA + ((b * H + h) * sg.La + l) * hd
-                         : GB + ((b * H + h) * sg.Lb + (l - sg.La)) * hd;
-        for (int64_t i = 0; i < hd; ++i) gx[i] = ri * (gn[i] - n[i] * dot);
-      }
-    });
+    if (xa.scalar_type() == torch::kBFloat16)
+      qk_backward(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, rinv, go, gxa, gxb, chunks,
+                  gw_part);
+    else
+      qk_backward(segments<float>(xa, wa, xb, wb), B, cos, sin, rinv, go, gxa, gxb, chunks,
+                  gw_part);
     auto gwa = torch::zeros({hd}, torch::kFloat64), gwb = torch::zeros({hd}, torch::kFloat64);
     for (int64_t c = 0; c < chunks; ++c) {
       gwa += torch::from_blob(gw_part.data() + c * 2 * hd, {hd}, torch::kFloat64);
@@ -147,13 +184,17 @@ Tensor qk_norm_rope(const Tensor& xa, const Tensor& wa, const Tensor& xb, const 
               "qk_norm_rope: q/k are [B,H,L,hd], hd even");
   TORCH_CHECK(cos.size(0) == xa.size(2) + xb.size(2),
               "qk_norm_rope: cos/sin need one row per sequence position");
-  const bool fused = xa.device().is_cpu() && xa.scalar_type() == torch::kFloat32 &&
-                     xb.scalar_type() == torch::kFloat32 && xa.stride(3) == 1 &&
-                     xb.stride(3) == 1 && wa.is_contiguous() && wb.is_contiguous() &&
-                     cos.is_contiguous() && sin.is_contiguous() &&
-                     cos.scalar_type() == torch::kFloat32;
-  if (!fused)
-    return apply_rope(torch::cat({rms_norm_ref(xa, wa), rms_norm_ref(xb, wb)}, 2), cos, sin);
+  const auto dt = xa.scalar_type();
+  const bool fused = xa.device().is_cpu() && (dt == torch::kFloat32 || dt == torch::kBFloat16) &&
+                     xb.scalar_type() == dt && xa.stride(3) == 1 && xb.stride(3) == 1 &&
+                     wa.scalar_type() == torch::kFloat32 && wb.scalar_type() == torch::kFloat32 &&
+                     wa.is_contiguous() && wb.is_contiguous() && cos.is_contiguous() &&
+                     sin.is_contiguous() && cos.scalar_type() == torch::kFloat32;
+  if (!fused) {  // composed ops, in float32 like the fused path
+    auto f32 = [](const Tensor& t) { return t.to(torch::kFloat32); };
+    return apply_rope(torch::cat({rms_norm_ref(f32(xa), wa), rms_norm_ref(f32(xb), wb)}, 2), cos,
+                      sin);
+  }
   return QkNormRopeFn::apply(xa, wa, xb, wb, cos, sin);
 }
 
