@@ -27,21 +27,18 @@ inline Tensor merge_heads(const Tensor& x) {  // [B,H,N,hd] -> [B,N,D]
   return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
 }
 // y = x W^T + b; under Precision::kBF16 the GEMM runs in bfloat16 (x, W, b cast on the fly,
-// gradients flow back to the float32 master weights through the casts) and y returns to x's dtype.
-inline Tensor lin(torch::nn::Linear l, const Tensor& x) {  // l: a module handle (shared)
-  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
-    return l->forward(x);
-  return torch::linear(x.to(torch::kBFloat16), l->weight.to(torch::kBFloat16),
-                       l->bias.to(torch::kBFloat16))
-      .to(torch::kFloat32);
-}
-// lin() whose bf16 result stays bf16 (for q, k, v: the QK-norm/RoPE kernel reads bf16 and
-// returns float32; v is cast inside attention() in the pass that makes it contiguous).
+// gradients flow back to the float32 master weights through the casts) and y stays bfloat16 (for
+// q, k, v: the QK-norm/RoPE kernel reads bf16 and returns float32; v is cast inside attention()
+// in the pass that makes it contiguous).
 inline Tensor lin_keep(torch::nn::Linear l, const Tensor& x) {
   if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
     return l->forward(x);
   const auto h = torch::kBFloat16;
   return torch::linear(x.to(h), l->weight.to(h), l->bias.to(h));
+}
+// lin_keep() with y returned to x's dtype.
+inline Tensor lin(torch::nn::Linear l, const Tensor& x) {  // l: a module handle (shared)
+  return lin_keep(l, x).to(x.scalar_type());
 }
 // b + x W^T for x [M,K], W [N,K] (blocks of a fused weight), same precision rule as lin().
 inline Tensor addmm_p(const Tensor& b, const Tensor& x, const Tensor& W) {

@@ -210,6 +210,7 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
     if (!o.objective.empty() && objective != init.flow.objective)
       return Status::error("train: --objective " + o.objective + " differs from the objective of " +
                            o.init);
+    objective = init.flow.objective;  // e.g. DDIM grids for a diffusion init
     if (!o.prediction.empty() && o.prediction != prediction_name(init.flow.prediction))
       return Status::error("train: --prediction " + o.prediction +
                            " differs from the prediction of " + o.init);

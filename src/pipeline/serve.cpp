@@ -355,9 +355,7 @@ Result<std::unique_ptr<ApiServer>> ApiServer::start(const ServeOptions& o) {
   LF_ASSIGN_OR_RETURN(impl->gen, load_generator(impl->ckpt));
   impl->image_size =
       impl->gen.latent() ? impl->gen.ae->config().image_size : impl->gen.model->config().image_size;
-  impl->defaults.sampler.method = SamplerMethod::kDpm2m;  // as `sample`
-  impl->defaults.sampler.steps = 20;
-  impl->defaults.cfg_scale = 1.5;
+  use_default_sampling(impl->defaults);  // as `sample`
   apply_recommended_sampling(impl->gen.metadata, SamplerFlags{}, impl->defaults);
   for (auto& spec : o.lora) {
     auto [path, strength] = split_strength(spec);

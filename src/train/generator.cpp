@@ -77,6 +77,12 @@ double colour_stat_distance(const Tensor& gen, const Tensor& real) {
 
 }  // namespace
 
+void use_default_sampling(GenerateConfig& gc) {
+  gc.sampler.method = SamplerMethod::kDpm2m;
+  gc.sampler.steps = 20;
+  gc.cfg_scale = 1.5;
+}
+
 Status check_generate_config(const GenerateConfig& gc, const std::string& what) {
   auto bad = [&](const std::string& m) { return Status::error(what + ": " + m); };
   if (gc.sampler.steps < 1)

@@ -104,13 +104,9 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
   s->add_option("--prompt", sa.prompts, "prompt (repeatable)");
   s->add_option("--prompts-file", sa.prompts_file, "one prompt per line");
   s->add_option("--n", sa.n, "images per prompt")->capture_default_str()->check(kPositive);
-  // Unset sampler flags take the checkpoint's recommendation (a distilled student's), else these
-  // defaults: DPM-Solver++(2M), 20 steps, CFG 1.5 (HAM-FD of the shipped model 3.2 vs 4.4 for
-  // Euler 20 at the same cost, CAS and asked-colour presence still >= 0.8; docs/results.md, ninth
-  // sitting).
-  sa.gen.sampler.method = SamplerMethod::kDpm2m;
-  sa.gen.sampler.steps = 20;
-  sa.gen.cfg_scale = 1.5;
+  // Unset sampler flags take the checkpoint's recommendation (a distilled student's), else the
+  // defaults of use_default_sampling().
+  use_default_sampling(sa.gen);
   add_sampler_flags(s, sa.gen, sa.given);
   s->add_option(
       "--ae", sa.ae,

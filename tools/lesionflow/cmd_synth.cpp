@@ -84,11 +84,9 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   y->add_option("--flatten", s.plan.flatten, "cell share ~ real_count^flatten within a class")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  // Sampler flags not given: a distilled checkpoint's recommended settings, else these defaults
-  // (as `sample`: DPM-Solver++(2M), 20 steps).
-  s.gen.sampler.method = SamplerMethod::kDpm2m;
-  s.gen.sampler.steps = 20;
-  s.gen.cfg_scale = 1.5;
+  // Sampler flags not given: a distilled checkpoint's recommended settings, else the defaults of
+  // use_default_sampling() (as `sample`).
+  use_default_sampling(s.gen);
   add_sampler_flags(y, s.gen, s.given);
   y->add_option("--batch", s.gen.batch, "images per forward batch")
       ->capture_default_str()
