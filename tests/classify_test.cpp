@@ -235,6 +235,10 @@ TEST(Audit, FrechetDistanceKnownAnswerAndPrecisionRecall) {
   auto b = torch::randn({n, d}, torch::kFloat64) * 2 + mu;
   // ||mu||^2 + sum(1 + 4 - 2*sqrt(1*4)) = 2.25 + 4
   EXPECT_NEAR(frechet_distance(a, b), 6.25, 0.2);
+  const FrechetParts parts = frechet_parts(a, b);  // the mean shift and the spread apart
+  EXPECT_NEAR(parts.mean, 2.25, 0.15);  // 3 standard errors of |mean difference|^2 at n = 20000
+  EXPECT_NEAR(parts.covariance, 4.0, 0.2);
+  EXPECT_NEAR(parts.mean + parts.covariance, frechet_distance(a, b), 1e-12);
   EXPECT_LT(frechet_distance(a.slice(0, 0, n / 2), a.slice(0, n / 2, n)), 0.02);
   auto r = torch::randn({400, 3}, torch::kFloat64);
   auto [p_same, r_same] = knn_precision_recall(r, r.clone(), 3);
@@ -514,8 +518,9 @@ TEST(Classifier, PretrainThenFinetuneResumesExactlyAtThePhaseBoundary) {
 // real+synthetic into one cell).
 TEST(Experiment, AggregateKeepsEachArmInItsOwnCell) {
   std::vector<nlohmann::json> results;
-  const std::vector<std::string> arms = {"synthetic", "synthetic-then-real", "real+filtered",
-                                         "real+synthetic", "real"};
+  const std::vector<std::string> arms = {
+      "synthetic",      "synthetic-then-real",    "real+filtered", "real+synthetic (4.00x)",
+      "real+synthetic", "real+synthetic (0.50x)", "real"};
   for (size_t a = 0; a < arms.size(); ++a)
     for (int seed = 0; seed < 2; ++seed)
       results.push_back({{"arch", "cnn"},
@@ -533,8 +538,14 @@ TEST(Experiment, AggregateKeepsEachArmInItsOwnCell) {
   }
   auto cells = aggregate_results(results);
   ASSERT_EQ(cells.size(), arms.size());
-  const std::vector<std::string> order = {"real", "real+synthetic", "real+filtered",
-                                          "synthetic-then-real", "synthetic"};
+  // A ratio sweep's arms sit with their recipe, ordered by ratio.
+  const std::vector<std::string> order = {"real",
+                                          "real+synthetic",
+                                          "real+synthetic (0.50x)",
+                                          "real+synthetic (4.00x)",
+                                          "real+filtered",
+                                          "synthetic-then-real",
+                                          "synthetic"};
   for (size_t i = 0; i < order.size(); ++i) {
     EXPECT_EQ(cells[i]["arm"], order[i]);
     const size_t a = std::find(arms.begin(), arms.end(), order[i]) - arms.begin();
@@ -601,7 +612,8 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
          {"--preset", "tiny", "--steps", "20", "--batch", "16", "--sample-every", "0",
           "--val-every", "0"}}}},
       {"synth", {{"total", 40}, {"steps", 4}}},
-      {"synthetic_mix_size", 25},  // the mix arm takes a seeded 25 of the 40
+      // The ratio sweep: the mix arm twice, with a seeded 15 and 30 of the 40 synthetic images.
+      {"synthetic_mix_ratios", {0.25, 0.5}},
       {"real_sizes", {60}},
       {"seeds", {0}},
       {"classifier", {{"archs", {"cnn"}}, {"epochs", 2}, {"width", 8}}},
@@ -609,17 +621,23 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
       {"out", dir + "/exp"}}.dump();
   ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
   auto summary = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
-  ASSERT_EQ(summary["cells"].size(), 3u);  // real, real+synthetic, synthetic
+  // real, real+synthetic at two ratios, synthetic
+  ASSERT_EQ(summary["cells"].size(), 4u);
   EXPECT_EQ(summary["synthetic"]["images"], 40);
-  for (auto& cell : summary["cells"]) {
-    if (cell["arm"] == "real+synthetic") {
-      EXPECT_EQ(cell["synthetic_size"], 25);
+  EXPECT_EQ(summary["cells"][1]["arm"], "real+synthetic (0.25x)");
+  EXPECT_EQ(summary["cells"][1]["synthetic_size"], 15);
+  EXPECT_EQ(summary["cells"][2]["arm"], "real+synthetic (0.50x)");
+  EXPECT_EQ(summary["cells"][2]["synthetic_size"], 30);
+  EXPECT_EQ(summary["cells"][3]["arm"], "synthetic");
+  for (auto& r : summary["runs"]) {
+    if (r["arm"] != "real" && r["arm"] != "synthetic") {
+      EXPECT_EQ(r["recipe"], "real+synthetic");
     }
   }
   EXPECT_TRUE(summary["audit"].contains("fd") && summary["audit"].contains("memorisation"));
   // Paired comparisons: each non-real arm against real on the same test images, on the test split
   // and on the extra test set.
-  ASSERT_EQ(summary["paired"]["per_seed"].size(), 4u);
+  ASSERT_EQ(summary["paired"]["per_seed"].size(), 6u);
   std::map<std::string, int> per_test_set;
   for (auto& p : summary["paired"]["per_seed"]) {
     ++per_test_set[p["test_set"].get<std::string>()];
@@ -630,8 +648,8 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
     EXPECT_GE(p["p_value"].get<double>(), 0.0);
     EXPECT_LE(p["p_value"].get<double>(), 1.0);
   }
-  EXPECT_EQ(per_test_set, (std::map<std::string, int>{{"phantom:80", 2}, {"test", 2}}));
-  EXPECT_EQ(summary["paired"]["pooled"].size(), 4u);
+  EXPECT_EQ(per_test_set, (std::map<std::string, int>{{"phantom:80", 3}, {"test", 3}}));
+  EXPECT_EQ(summary["paired"]["pooled"].size(), 6u);
   for (auto& cell : summary["cells"]) {
     const auto& e = cell["extra_tests"]["phantom:80"];
     EXPECT_GT(e["auc"]["mean"].get<double>(), 0.0) << cell.dump();

@@ -294,10 +294,13 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
                           {"train_seconds", tr.seconds},
                           {"train_images_per_second", tr.images_per_second}};
   nlohmann::json r = {
-      {"arm", job.arm},
+      {"arm", job.label.empty() ? job.arm : job.label},
+      {"recipe", job.arm},
       {"real_size", job.arm == "synthetic" ? 0 : static_cast<int64_t>(real_idx.size())},
       {"requested_real_size", job.real_size},
       {"synthetic_size", n_syn},
+      {"synthetic_ratio",
+       job.synthetic_ratio > 0 ? nlohmann::json(job.synthetic_ratio) : nlohmann::json(nullptr)},
       {"seed", job.seed},
       {"arch", arch_name(mc.arch)},
       {"model", mc.to_json()},
@@ -482,10 +485,11 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
 
 nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
   std::map<std::string, std::vector<const nlohmann::json*>> cells;  // key orders arch, size, arm
-  // One cell per arm, in a fixed order (the arm's name after its rank keeps unknown arms apart).
+  // One cell per arm, in a fixed order (the arm's name after its rank keeps unknown arms apart;
+  // the arms of a ratio sweep, "recipe (R.RRx)", rank as their recipe, then by ratio).
   auto arm_rank = [](const std::string& a) {
     const auto& order = classifier_arms();
-    auto it = std::find(order.begin(), order.end(), a);
+    auto it = std::find(order.begin(), order.end(), a.substr(0, a.find(" (")));
     return std::to_string(it - order.begin()) + "|" + a;
   };
   for (auto& r : results) {

@@ -52,6 +52,10 @@ struct ClsJob {
   // Synthetic images used: synthetic-only arm, -1 = as many as real_size; real+synthetic arm,
   // -1 = all of them, else a seeded subset (the synthetic:real ratio sweep).
   int64_t synthetic_size = -1;
+  // The arm's name in results and reports when one recipe runs at several synthetic:real ratios
+  // (e.g. "real+synthetic (0.50x)"); empty: `arm`.
+  std::string label;
+  double synthetic_ratio = 0;  // the ratio asked for (0: not a ratio sweep)
 };
 // Trains (or, when DIR/result.json exists, loads) one classifier and evaluates it on the real
 // test split and each extra test set. Returns the result JSON (also written to DIR/result.json).

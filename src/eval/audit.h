@@ -15,6 +15,12 @@ namespace lf {
 // Frechet distance between Gaussians fitted to feature rows a [N,F] and b [M,F] (float64
 // internally; the matrix square root via a symmetric eigendecomposition).
 double frechet_distance(const torch::Tensor& a, const torch::Tensor& b);
+// Its two parts: |mu_a - mu_b|^2 (where the sets sit) and Tr(Sa + Sb - 2 (Sa Sb)^1/2) (how they
+// spread); frechet_distance = mean + covariance (before the clamp at 0).
+struct FrechetParts {
+  double mean = 0, covariance = 0;
+};
+FrechetParts frechet_parts(const torch::Tensor& a, const torch::Tensor& b);
 // Improved precision/recall (Kynkaanniemi et al. 2019): a fake sample is "precise" if it lies in
 // the k-NN ball of some real sample, recall symmetrically.
 std::pair<double, double> knn_precision_recall(const torch::Tensor& real, const torch::Tensor& fake,

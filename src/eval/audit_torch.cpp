@@ -13,7 +13,7 @@
 namespace lf {
 using torch::Tensor;
 
-double frechet_distance(const Tensor& a0, const Tensor& b0) {
+FrechetParts frechet_parts(const Tensor& a0, const Tensor& b0) {
   auto a = a0.to(torch::kFloat64), b = b0.to(torch::kFloat64);
   auto mu_a = a.mean(0), mu_b = b.mean(0);
   auto ca = a - mu_a, cb = b - mu_b;
@@ -28,9 +28,13 @@ double frechet_distance(const Tensor& a0, const Tensor& b0) {
   auto inner = ra.mm(sb).mm(ra);
   inner = (inner + inner.t()) / 2;
   auto ev = std::get<0>(torch::linalg::eigh(inner, "L")).clamp_min(0).sqrt().sum();
-  double d =
-      (mu_a - mu_b).pow(2).sum().item<double>() + (sa.trace() + sb.trace() - 2 * ev).item<double>();
-  return std::max(0.0, d);
+  return {(mu_a - mu_b).pow(2).sum().item<double>(),
+          (sa.trace() + sb.trace() - 2 * ev).item<double>()};
+}
+
+double frechet_distance(const Tensor& a, const Tensor& b) {
+  const FrechetParts p = frechet_parts(a, b);
+  return std::max(0.0, p.mean + p.covariance);
 }
 
 namespace {
@@ -231,12 +235,16 @@ nlohmann::json run_audit(const AuditInputs& in) {
   auto f_tr_n = f_tr.index_select(0, floor_subset(f_tr.size(0), f_sy.size(0)));
   auto ci_sy = frechet_distance_ci(f_sy, f_te, in.bootstrap, 11);
   auto ci_tr = frechet_distance_ci(f_tr_n, f_te, in.bootstrap, 12);
-  out["fd"] = {{"synthetic_vs_real_test", frechet_distance(f_sy, f_te)},
-               {"synthetic_vs_real_test_ci", {ci_sy.first, ci_sy.second}},
-               {"real_train_vs_real_test", frechet_distance(f_tr_n, f_te)},
-               {"real_train_vs_real_test_ci", {ci_tr.first, ci_tr.second}},
-               {"real_train_images", f_tr_n.size(0)},
-               {"feature", in.feature_name}};
+  const FrechetParts p_sy = frechet_parts(f_sy, f_te), p_tr = frechet_parts(f_tr_n, f_te);
+  out["fd"] = {
+      {"synthetic_vs_real_test", std::max(0.0, p_sy.mean + p_sy.covariance)},
+      {"synthetic_vs_real_test_ci", {ci_sy.first, ci_sy.second}},
+      {"synthetic_vs_real_test_parts", {{"mean", p_sy.mean}, {"covariance", p_sy.covariance}}},
+      {"real_train_vs_real_test", std::max(0.0, p_tr.mean + p_tr.covariance)},
+      {"real_train_vs_real_test_parts", {{"mean", p_tr.mean}, {"covariance", p_tr.covariance}}},
+      {"real_train_vs_real_test_ci", {ci_tr.first, ci_tr.second}},
+      {"real_train_images", f_tr_n.size(0)},
+      {"feature", in.feature_name}};
   auto [dens, cov] = density_coverage(f_te, f_sy, 5);
   auto [dens0, cov0] = density_coverage(f_te, f_tr_n, 5);
   out["density_coverage"] = {{"density", dens},

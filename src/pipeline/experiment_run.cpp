@@ -155,6 +155,7 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                     {"seeds", K::kInts},
                                     {"synthetic_weight", K::kNumber},
                                     {"synthetic_mix_size", K::kInt},
+                                    {"synthetic_mix_ratios", K::kNumbers},
                                     {"filter_confidence", K::kNumber}},
                                    file, ""));
   if (c.contains("generator"))
@@ -334,63 +335,93 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     ClsJob job;
     double cost;  // training images per epoch
   };
+  // The synthetic:real ratio sweep: each mixing arm once per ratio (synthetic images = ratio x
+  // the real images of the cell), named "arm (R.RRx)".
+  const auto ratios = cfg_get<std::vector<double>>(c, "synthetic_mix_ratios", {});
+  for (double r : ratios)
+    if (!(r > 0))
+      return Status::error(o.config_name + ": synthetic_mix_ratios must be > 0, not " +
+                           std::to_string(r));
+  if (!ratios.empty() && c.contains("synthetic_mix_size"))
+    return Status::error(o.config_name +
+                         ": give synthetic_mix_size or synthetic_mix_ratios, not both");
+  auto is_mixing = [](const std::string& a) {
+    return a == "real+synthetic" || a == "real+filtered" || a == "synthetic-then-real";
+  };
   std::vector<Planned> jobs;
   for (auto& arch : archs)
     for (auto n : sizes)
       for (auto& arm : arms)
-        for (auto s : seeds) {
-          // The extra architectures are measured once (first size, first seed), as the budget
-          // allows.
-          if (arch != archs[0] && (n != sizes[0] || s != seeds[0])) continue;
-          ClsJob j;
-          j.arm = arm;
-          j.real_size = n;
-          j.seed = s;
-          LF_ASSIGN_OR_RETURN(j.model.arch, parse_arch(arch));
-          j.model.width = cfg_get<int>(cj, "width", 32);
-          j.train.epochs = cfg_get<int>(cj, "epochs", 20);
-          j.train.batch = cfg_get<int>(cj, "batch", 64);
-          j.train.lr =
-              cfg_get<double>(cj, arch == "vit" ? "vit_lr" : "lr", arch == "vit" ? 5e-4 : 1e-3);
-          j.train.patience = cfg_get<int>(cj, "patience", 5);
-          j.train.shift_augment = cfg_get<double>(cj, "shift_augment", 0.0);
-          {
-            const auto cc = cfg_get<std::string>(cj, "colour_constancy", std::string("none"));
-            if (cc != "none" && cc != "shades-of-gray")
-              return Status::error(o.config_name +
-                                   ": classifier.colour_constancy must be none or "
-                                   "shades-of-gray, not '" +
-                                   cc + "'");
-            j.model.shades_of_gray = cc == "shades-of-gray";
+        for (double ratio : is_mixing(arm) && !ratios.empty() ? ratios : std::vector<double>{0})
+          for (auto s : seeds) {
+            // The extra architectures are measured once (first size, first seed), as the budget
+            // allows.
+            if (arch != archs[0] && (n != sizes[0] || s != seeds[0])) continue;
+            ClsJob j;
+            j.arm = arm;
+            j.real_size = n;
+            j.seed = s;
+            LF_ASSIGN_OR_RETURN(j.model.arch, parse_arch(arch));
+            j.model.width = cfg_get<int>(cj, "width", 32);
+            j.train.epochs = cfg_get<int>(cj, "epochs", 20);
+            j.train.batch = cfg_get<int>(cj, "batch", 64);
+            j.train.lr =
+                cfg_get<double>(cj, arch == "vit" ? "vit_lr" : "lr", arch == "vit" ? 5e-4 : 1e-3);
+            j.train.patience = cfg_get<int>(cj, "patience", 5);
+            j.train.shift_augment = cfg_get<double>(cj, "shift_augment", 0.0);
+            {
+              const auto cc = cfg_get<std::string>(cj, "colour_constancy", std::string("none"));
+              if (cc != "none" && cc != "shades-of-gray")
+                return Status::error(o.config_name +
+                                     ": classifier.colour_constancy must be none or "
+                                     "shades-of-gray, not '" +
+                                     cc + "'");
+              j.model.shades_of_gray = cc == "shades-of-gray";
+            }
+            j.train.resume = true;
+            j.synthetic_weight = cfg_get<double>(c, "synthetic_weight", 1.0);
+            if (is_mixing(arm)) j.synthetic_size = cfg_get<int64_t>(c, "synthetic_mix_size", -1);
+            char ratio_tag[32] = "";
+            if (ratio > 0) {
+              const int64_t n_real = n > 0 ? std::min<int64_t>(n, real.train.size())
+                                           : static_cast<int64_t>(real.train.size());
+              j.synthetic_size = std::max<int64_t>(1, std::llround(ratio * n_real));
+              j.synthetic_ratio = ratio;
+              char label[64];
+              std::snprintf(label, sizeof label, "%s (%.2fx)", arm.c_str(), ratio);
+              j.label = label;
+              std::snprintf(ratio_tag, sizeof ratio_tag, "_r%.2f", ratio);
+              if (j.synthetic_size > syn.count() && s == seeds[0])
+                log_warn(o.config_name + ": " + j.label + " at " + std::to_string(n_real) +
+                         " real images asks for " + std::to_string(j.synthetic_size) +
+                         " synthetic images; the set has " + std::to_string(syn.count()) +
+                         " (all are used; raise synth.total)");
+            }
+            auto job_dir = [&](const std::string& a, const char* tag) {
+              char dir[192];
+              std::snprintf(dir, sizeof dir, "/classifiers/%s_%s_n%lld_s%llu%s", arch.c_str(),
+                            a == "real+synthetic"        ? "realsyn"
+                            : a == "real+filtered"       ? "realfilt"
+                            : a == "synthetic-then-real" ? "pretrain"
+                                                         : a.c_str(),
+                            (long long)n, (unsigned long long)s, tag);
+              return out + dir;
+            };
+            j.train.out = job_dir(arm, ratio_tag);
+            if (arm == "real+filtered") {  // filtered by the real-only classifier of this cell
+              j.filter_with = job_dir("real", "");
+              j.filter_confidence = cfg_get<double>(c, "filter_confidence", 0.9);
+            }
+            const double mix = j.synthetic_size > 0
+                                   ? std::min<double>(j.synthetic_size, syn.count())
+                                   : static_cast<double>(syn.count());
+            double cost =
+                (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) +
+                (arm == "real+synthetic" || arm == "real+filtered" || arm == "synthetic-then-real"
+                     ? mix
+                     : 0);
+            jobs.push_back({j, cost * (arch == "vit" ? 3.0 : 1.0)});
           }
-          j.train.resume = true;
-          j.synthetic_weight = cfg_get<double>(c, "synthetic_weight", 1.0);
-          if (arm == "real+synthetic" || arm == "real+filtered" || arm == "synthetic-then-real")
-            j.synthetic_size = cfg_get<int64_t>(c, "synthetic_mix_size", -1);
-          auto job_dir = [&](const std::string& a) {
-            char dir[160];
-            std::snprintf(dir, sizeof dir, "/classifiers/%s_%s_n%lld_s%llu", arch.c_str(),
-                          a == "real+synthetic"        ? "realsyn"
-                          : a == "real+filtered"       ? "realfilt"
-                          : a == "synthetic-then-real" ? "pretrain"
-                                                       : a.c_str(),
-                          (long long)n, (unsigned long long)s);
-            return out + dir;
-          };
-          j.train.out = job_dir(arm);
-          if (arm == "real+filtered") {  // filtered by the real-only classifier of this cell
-            j.filter_with = job_dir("real");
-            j.filter_confidence = cfg_get<double>(c, "filter_confidence", 0.9);
-          }
-          const double mix = j.synthetic_size > 0 ? std::min<double>(j.synthetic_size, syn.count())
-                                                  : static_cast<double>(syn.count());
-          double cost =
-              (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) +
-              (arm == "real+synthetic" || arm == "real+filtered" || arm == "synthetic-then-real"
-                   ? mix
-                   : 0);
-          jobs.push_back({j, cost * (arch == "vit" ? 3.0 : 1.0)});
-        }
   // Budget: scale the epochs of every job by one factor so the planned work fits what is left.
   if (budget > 0) {
     double left = budget - minutes();
