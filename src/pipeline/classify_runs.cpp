@@ -139,7 +139,8 @@ Result<nlohmann::json> run_fd(const FdOptions& o) {
   if (gen.count() < 2) return Status::error(o.images + ": fewer than 2 readable PNG images");
   auto fr = extract_features(lc.model, real.pixels.data(), real.count(), real.size);
   auto fg = extract_features(lc.model, gen.pixels.data(), gen.count(), gen.size);
-  double fd = frechet_distance(fg, fr);
+  const FrechetParts parts = frechet_parts(fg, fr);
+  const double fd = std::max(0.0, parts.mean + parts.covariance);
   // Pixel statistics: per-channel mean/std distance (0..1 scale), model-free.
   auto stats = [](const LabeledSet& s) {
     auto t = torch::from_blob(const_cast<uint8_t*>(s.pixels.data()),
@@ -187,6 +188,7 @@ Result<nlohmann::json> run_fd(const FdOptions& o) {
     div["prompts"] = n;
   }
   return nlohmann::json{{"fd", fd},
+                        {"fd_parts", {{"mean", parts.mean}, {"covariance", parts.covariance}}},
                         {"diversity", div},
                         {"pixel_stat_distance", pix},
                         {"real_images", real.count()},

@@ -53,9 +53,10 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   fdc->add_option("--images", f.images, "directory of generated PNGs")->required();
   bind(fdc, f, g, run, run_fd, [](const nlohmann::json& j) {
     std::printf(
-        "FD %.4f, pixel-statistics distance %.4f, mean P(malignant) %.3f generated vs %.3f real "
-        "(%lld generated vs %lld real images)\n",
-        j["fd"].get<double>(), j["pixel_stat_distance"].get<double>(),
+        "FD %.4f (mean %.4f + covariance %.4f), pixel-statistics distance %.4f, mean "
+        "P(malignant) %.3f generated vs %.3f real (%lld generated vs %lld real images)\n",
+        j["fd"].get<double>(), j["fd_parts"]["mean"].get<double>(),
+        j["fd_parts"]["covariance"].get<double>(), j["pixel_stat_distance"].get<double>(),
         j["p_malignant_generated"].get<double>(), j["p_malignant_real"].get<double>(),
         (long long)j["generated_images"].get<int64_t>(),
         (long long)j["real_images"].get<int64_t>());
