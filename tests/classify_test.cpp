@@ -665,6 +665,11 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   std::string html = *read_file(dir + "/report.html");
   EXPECT_NE(html.find("real+synthetic"), std::string::npos);
   EXPECT_NE(html.find("Fréchet"), std::string::npos);
+  EXPECT_NE(html.find("a shift of the whole set"), std::string::npos);  // FD's two parts
+  const auto& fd = summary["audit"]["fd"];
+  EXPECT_NEAR(fd["synthetic_vs_real_test_parts"]["mean"].get<double>() +
+                  fd["synthetic_vs_real_test_parts"]["covariance"].get<double>(),
+              fd["synthetic_vs_real_test"].get<double>(), 1e-9);
   EXPECT_NE(html.find("Does synthetic data help?"), std::string::npos);
   EXPECT_NE(html.find("AUC, phantom:80"), std::string::npos);
   std::string shot = dir + "/shot.png";

@@ -288,6 +288,19 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
       << fmt(num(a["fd"]["synthetic_vs_real_test"]))
       << "</td><td>real train vs real test: " << fmt(num(a["fd"]["real_train_vs_real_test"]))
       << "</td></tr>";
+    // Its two parts: a shift of the whole set (e.g. every image softer or less red) vs a
+    // different spread (missing or extra variety).
+    auto parts = [&](const char* key) {
+      const auto& p = a["fd"].value(key, nlohmann::json::object());
+      return "shift " + fmt(num(p.value("mean", nlohmann::json(nullptr)))) + " + spread " +
+             fmt(num(p.value("covariance", nlohmann::json(nullptr))));
+    };
+    if (a["fd"].contains("synthetic_vs_real_test_parts"))
+      h << "<tr><td>Fréchet distance, its parts: |mean difference|² (a shift of the whole set) + "
+           "covariance term (a different spread)</td><td>"
+        << parts("synthetic_vs_real_test_parts")
+        << "</td><td>real train vs real test: " << parts("real_train_vs_real_test_parts")
+        << "</td></tr>";
     h << "<tr><td>precision / recall (k=3)</td><td>" << fmt(num(a["precision_recall"]["precision"]))
       << " / " << fmt(num(a["precision_recall"]["recall"]))
       << "</td><td>real train: " << fmt(num(a["precision_recall"]["real_train_precision"])) << " / "
