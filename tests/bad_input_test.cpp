@@ -489,6 +489,8 @@ std::vector<Case> config_cases() {
       exp("wrong_type", R"({"data": "d", "out": "OUT", "seeds": "zero"})",
           {"exp.json", "'seeds' must be an array of integers"}),
       exp("not_json", R"({"data": "d", "out": "OUT",)", {"exp.json", "not valid JSON"}),
+      exp("ratio_not_positive", R"({"data": "d", "out": "OUT", "synthetic_mix_ratios": [1, 0]})",
+          {"exp.json", "synthetic_mix_ratios must be > 0, not 0"}),
       {"flags_config_unknown_key",
        [](const std::string& dir) {
          write(dir + "/flags.toml", "seed = 3\nthreds = 1\n");

@@ -189,6 +189,13 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"colour_constancy", K::kString},
                                       {"images_per_second_estimate", K::kNumber}},
                                      file, "classifier."));
+  if (c.contains("synthetic_mix_ratios")) {
+    for (const auto& r : c["synthetic_mix_ratios"])
+      if (!(r.get<double>() > 0))
+        return Status::error(file + ": synthetic_mix_ratios must be > 0, not " + r.dump());
+    if (c.contains("synthetic_mix_size"))
+      return Status::error(file + ": give synthetic_mix_size or synthetic_mix_ratios, not both");
+  }
   return Status::ok_status();
 }
 
@@ -337,14 +344,8 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
   };
   // The synthetic:real ratio sweep: each mixing arm once per ratio (synthetic images = ratio x
   // the real images of the cell), named "arm (R.RRx)".
+  // (validate_experiment_config checked them: > 0, not with synthetic_mix_size)
   const auto ratios = cfg_get<std::vector<double>>(c, "synthetic_mix_ratios", {});
-  for (double r : ratios)
-    if (!(r > 0))
-      return Status::error(o.config_name + ": synthetic_mix_ratios must be > 0, not " +
-                           std::to_string(r));
-  if (!ratios.empty() && c.contains("synthetic_mix_size"))
-    return Status::error(o.config_name +
-                         ": give synthetic_mix_size or synthetic_mix_ratios, not both");
   auto is_mixing = [](const std::string& a) {
     return a == "real+synthetic" || a == "real+filtered" || a == "synthetic-then-real";
   };
