@@ -2,6 +2,7 @@
 // trained here), classification accuracy score, memorisation (nearest real training image in
 // feature and pixel space) and concept adherence (the concepts module measures the images).
 #pragma once
+#include <algorithm>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -19,6 +20,8 @@ double frechet_distance(const torch::Tensor& a, const torch::Tensor& b);
 // spread); frechet_distance = mean + covariance (before the clamp at 0).
 struct FrechetParts {
   double mean = 0, covariance = 0;
+  double total() const { return std::max(0.0, mean + covariance); }  // = frechet_distance
+  nlohmann::json to_json() const { return {{"mean", mean}, {"covariance", covariance}}; }
 };
 FrechetParts frechet_parts(const torch::Tensor& a, const torch::Tensor& b);
 // Improved precision/recall (Kynkaanniemi et al. 2019): a fake sample is "precise" if it lies in

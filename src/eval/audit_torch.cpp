@@ -32,10 +32,7 @@ FrechetParts frechet_parts(const Tensor& a0, const Tensor& b0) {
           (sa.trace() + sb.trace() - 2 * ev).item<double>()};
 }
 
-double frechet_distance(const Tensor& a, const Tensor& b) {
-  const FrechetParts p = frechet_parts(a, b);
-  return std::max(0.0, p.mean + p.covariance);
-}
+double frechet_distance(const Tensor& a, const Tensor& b) { return frechet_parts(a, b).total(); }
 
 namespace {
 Tensor pairwise_dist(const Tensor& a, const Tensor& b) {
@@ -236,15 +233,14 @@ nlohmann::json run_audit(const AuditInputs& in) {
   auto ci_sy = frechet_distance_ci(f_sy, f_te, in.bootstrap, 11);
   auto ci_tr = frechet_distance_ci(f_tr_n, f_te, in.bootstrap, 12);
   const FrechetParts p_sy = frechet_parts(f_sy, f_te), p_tr = frechet_parts(f_tr_n, f_te);
-  out["fd"] = {
-      {"synthetic_vs_real_test", std::max(0.0, p_sy.mean + p_sy.covariance)},
-      {"synthetic_vs_real_test_ci", {ci_sy.first, ci_sy.second}},
-      {"synthetic_vs_real_test_parts", {{"mean", p_sy.mean}, {"covariance", p_sy.covariance}}},
-      {"real_train_vs_real_test", std::max(0.0, p_tr.mean + p_tr.covariance)},
-      {"real_train_vs_real_test_parts", {{"mean", p_tr.mean}, {"covariance", p_tr.covariance}}},
-      {"real_train_vs_real_test_ci", {ci_tr.first, ci_tr.second}},
-      {"real_train_images", f_tr_n.size(0)},
-      {"feature", in.feature_name}};
+  out["fd"] = {{"synthetic_vs_real_test", p_sy.total()},
+               {"synthetic_vs_real_test_ci", {ci_sy.first, ci_sy.second}},
+               {"synthetic_vs_real_test_parts", p_sy.to_json()},
+               {"real_train_vs_real_test", p_tr.total()},
+               {"real_train_vs_real_test_parts", p_tr.to_json()},
+               {"real_train_vs_real_test_ci", {ci_tr.first, ci_tr.second}},
+               {"real_train_images", f_tr_n.size(0)},
+               {"feature", in.feature_name}};
   auto [dens, cov] = density_coverage(f_te, f_sy, 5);
   auto [dens0, cov0] = density_coverage(f_te, f_tr_n, 5);
   out["density_coverage"] = {{"density", dens},

@@ -144,15 +144,12 @@ Result<nlohmann::json> run_ae_evaluation(const AERunOptions& o) {
   auto ci_raw = frechet_distance_ci(f_raw, f_te, 100, 12);
   auto ci_rec = frechet_distance_ci(f_rec, f_te, 100, 11);
   const FrechetParts p_raw = frechet_parts(f_raw, f_te), p_rec = frechet_parts(f_rec, f_te);
-  auto parts = [](const FrechetParts& p) {
-    return nlohmann::json{{"mean", p.mean}, {"covariance", p.covariance}};
-  };
-  j["fd"] = {{"real", frechet_distance(f_raw, f_te)},
+  j["fd"] = {{"real", p_raw.total()},
              {"real_ci", {ci_raw.first, ci_raw.second}},
-             {"real_parts", parts(p_raw)},
-             {"reconstructed", frechet_distance(f_rec, f_te)},
+             {"real_parts", p_raw.to_json()},
+             {"reconstructed", p_rec.total()},
              {"reconstructed_ci", {ci_rec.first, ci_rec.second}},
-             {"reconstructed_parts", parts(p_rec)},
+             {"reconstructed_parts", p_rec.to_json()},
              {"images", n},
              {"test_images", test.count()},
              {"features", feat}};

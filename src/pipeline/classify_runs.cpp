@@ -140,7 +140,7 @@ Result<nlohmann::json> run_fd(const FdOptions& o) {
   auto fr = extract_features(lc.model, real.pixels.data(), real.count(), real.size);
   auto fg = extract_features(lc.model, gen.pixels.data(), gen.count(), gen.size);
   const FrechetParts parts = frechet_parts(fg, fr);
-  const double fd = std::max(0.0, parts.mean + parts.covariance);
+  const double fd = parts.total();
   // Pixel statistics: per-channel mean/std distance (0..1 scale), model-free.
   auto stats = [](const LabeledSet& s) {
     auto t = torch::from_blob(const_cast<uint8_t*>(s.pixels.data()),
@@ -188,7 +188,7 @@ Result<nlohmann::json> run_fd(const FdOptions& o) {
     div["prompts"] = n;
   }
   return nlohmann::json{{"fd", fd},
-                        {"fd_parts", {{"mean", parts.mean}, {"covariance", parts.covariance}}},
+                        {"fd_parts", parts.to_json()},
                         {"diversity", div},
                         {"pixel_stat_distance", pix},
                         {"real_images", real.count()},

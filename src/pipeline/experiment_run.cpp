@@ -416,11 +416,8 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
             const double mix = j.synthetic_size > 0
                                    ? std::min<double>(j.synthetic_size, syn.count())
                                    : static_cast<double>(syn.count());
-            double cost =
-                (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) +
-                (arm == "real+synthetic" || arm == "real+filtered" || arm == "synthetic-then-real"
-                     ? mix
-                     : 0);
+            const double cost = (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) +
+                                (is_mixing(arm) ? mix : 0);
             jobs.push_back({j, cost * (arch == "vit" ? 3.0 : 1.0)});
           }
   // Budget: scale the epochs of every job by one factor so the planned work fits what is left.
