@@ -20,6 +20,7 @@
 #include "lesionflow/runtime.h"
 #include "synth/synth.h"
 #include "test_util.h"
+#include "train/common.h"
 
 using namespace lf;
 
@@ -227,6 +228,43 @@ TEST(Metrics, YoudenThresholdBootstrapAndWorstGroup) {
   EXPECT_NEAR(w->balanced_accuracy, 0.5, 1e-12);
 }
 
+TEST(Audit, WeightedFrechetEqualsRepeatedRowsAndMixWeightsMatchTheClassMix) {
+  torch::manual_seed(1);
+  auto a = torch::randn({300, 3}, torch::kFloat64);
+  auto b = torch::randn({200, 3}, torch::kFloat64) + 0.5;
+  // Integer weights are copies: weight 3 on the first 50 rows of b = those rows three times.
+  auto w = torch::ones({200}, torch::kFloat64);
+  w.slice(0, 0, 50).fill_(3.0);
+  auto b_rep = torch::cat({b, b.slice(0, 0, 50), b.slice(0, 0, 50)});
+  const FrechetParts pw = frechet_parts(a, b, torch::Tensor(), w), pr = frechet_parts(a, b_rep);
+  EXPECT_NEAR(pw.mean, pr.mean, 1e-10);
+  EXPECT_NEAR(pw.covariance, pr.covariance, 1e-10);
+  EXPECT_GT(std::abs(pw.total() - frechet_parts(a, b).total()), 1e-3);
+  // Two classes far apart: a set with 50/50 against real rows with 90/10 is far in plain FD,
+  // but with the real rows weighted to 50/50 it is the same distribution.
+  std::vector<std::string> real_dx, syn_dx;
+  std::vector<torch::Tensor> real_rows, syn_rows;
+  for (int i = 0; i < 2000; ++i) {
+    const bool mel = i % 10 == 0;
+    real_dx.push_back(mel ? "mel" : "nv");
+    real_rows.push_back(torch::randn({1, 3}, torch::kFloat64) + (mel ? 4.0 : 0.0));
+  }
+  for (int i = 0; i < 2000; ++i) {
+    const bool mel = i % 2 == 0;
+    syn_dx.push_back(mel ? "mel" : "nv");
+    syn_rows.push_back(torch::randn({1, 3}, torch::kFloat64) + (mel ? 4.0 : 0.0));
+  }
+  auto real = torch::cat(real_rows), syn = torch::cat(syn_rows);
+  auto mw = mix_weights(real_dx, syn_dx);
+  ASSERT_EQ(mw.size(), 2000u);
+  EXPECT_NEAR(mw[0], 0.5 / 0.1, 1e-9);  // a mel row
+  EXPECT_NEAR(mw[1], 0.5 / 0.9, 1e-9);
+  EXPECT_GT(frechet_parts(syn, real).total(), 3.0);
+  EXPECT_LT(frechet_parts(syn, real, torch::Tensor(), torch::tensor(mw, torch::kFloat64)).total(),
+            0.2);
+  EXPECT_TRUE(mix_weights({"nv", "nv"}, {"nv", "mel"}).empty());  // mel cannot be matched
+}
+
 TEST(Audit, FrechetDistanceKnownAnswerAndPrecisionRecall) {
   torch::manual_seed(0);
   const int n = 20000, d = 4;
@@ -274,6 +312,18 @@ TEST(Synth, PlanBalancesClassesFlattensCellsAndIsDeterministic) {
   for (auto& it : *fill) fill_min += it.label == minority;
   EXPECT_EQ(fill_min, std::min<int>(200, std::abs(600 - 2 * pos)) +
                           (200 - std::min<int>(200, std::abs(600 - 2 * pos))) / 2);
+  // real: the real class mix (largest-remainder rounding: within 1 per cell), whatever flatten
+  // says.
+  c.balance = "real";
+  c.flatten = 0.5;
+  nlohmann::json sr;
+  auto real_mix = plan_synthetic(ds->records, caps, c, &sr);
+  LF_ASSERT_OK(real_mix);
+  int real_pos = 0;
+  for (auto& it : *real_mix) real_pos += it.label == 1;
+  EXPECT_NEAR(real_pos, 200.0 * pos / 600, static_cast<double>(sr["cells"].size()));
+  for (auto& cell : sr["cells"])
+    EXPECT_NEAR(cell["synthetic"].get<double>(), 200.0 * cell["real"].get<double>() / 600, 1.0);
   // Deterministic for a seed; a different seed draws other prompts.
   c.balance = "label";
   auto again = plan_synthetic(ds->records, caps, c, nullptr);
@@ -300,6 +350,85 @@ TEST(Synth, PlanBalancesClassesFlattensCellsAndIsDeterministic) {
   }
   for (auto& [l, mm] : minmax) EXPECT_LE(mm.second - mm.first, 1) << "label " << l;
   EXPECT_FALSE(plan_synthetic(ds->records, caps, SynthPlanConfig{10, "bogus"}, nullptr).ok());
+}
+
+TEST(Synth, ImageToImageStartsFromTheSourceImageAndRecordsIt) {
+  auto ds = load_dataset("phantom:24", {}, 1);
+  ASSERT_TRUE(ds.ok());
+  PrepareStats st;
+  auto ps = prepare(*ds, PrepareConfig{16, FitMode::kCrop, 2}, &st);
+  LF_ASSERT_OK(ps);
+  std::vector<std::string> corpus;
+  for (auto& r : ds->records) corpus.push_back(compose_caption(facts_from_record(r), 0));
+  auto tok = Tokenizer::train(corpus, {96, "bpe", 0});
+  ASSERT_TRUE(tok.ok()) << tok.status().message();
+  MMDiTConfig mc = MMDiTConfig::preset("tiny");
+  mc.image_size = 16;
+  mc.patch = 4;
+  mc.vocab_size = tok->vocab_size();
+  torch::manual_seed(0);
+  LoadedGenerator g;
+  g.model = MMDiT(mc);
+  g.tok = std::make_shared<Tokenizer>(std::move(*tok));
+  g.hash = "test";
+  SynthPlanConfig pc;
+  pc.total = 4;
+  nlohmann::json summary;
+  auto plan = plan_synthetic(ps->records, {}, pc, &summary);
+  LF_ASSERT_OK(plan);
+  auto init = source_images(g, "", *ps);
+  LF_ASSERT_OK(init);
+  auto run = [&](double strength, const std::string& name) {
+    SynthGenConfig sc;
+    sc.gen.sampler.method = SamplerMethod::kDpm2m;
+    sc.gen.sampler.steps = 10;
+    sc.gen.sampler.start = strength;
+    sc.gen.cfg_scale = 1.0;
+    sc.init = *init;
+    sc.out = test::tmp_dir(name);
+    auto made = generate_synthetic(g, *plan, sc, summary);
+    EXPECT_TRUE(made.ok() && *made == 4);
+    return sc.out;
+  };
+  auto image = [](const std::string& file) {
+    auto m = read_image(file);
+    EXPECT_TRUE(m.ok());
+    return *m;
+  };
+  // Strength 0.02: each image is its source real image (under its dihedral transform) up to
+  // the 8-bit rounding and the little the untrained network moves it; strength 1 ignores it.
+  const std::string near = run(0.02, "synth_i2i_near"), far = run(1.0, "synth_i2i_far");
+  auto recs = *read_jsonl(near + "/manifest.jsonl");
+  ASSERT_EQ(recs.size(), 4u);
+  double d_near = 0, d_far = 0;
+  for (auto& j : recs) {
+    ASSERT_TRUE(j.contains("init"));
+    EXPECT_EQ(j["init"]["source_id"], j["source_id"]);
+    EXPECT_DOUBLE_EQ(j["init"]["strength"].get<double>(), 0.02);
+    int64_t row = -1;
+    for (int64_t i = 0; i < ps->count(); ++i)
+      if (ps->records[i].id == j["source_id"]) row = i;
+    ASSERT_GE(row, 0);
+    auto src = dihedral(images_to_tensor({ps->image(row)}, 16), j["init"]["dihedral"].get<int>());
+    auto as_tensor = [](const cv::Mat& bgr) {
+      cv::Mat rgb;
+      cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+      return images_to_tensor({rgb.data}, rgb.rows);
+    };
+    const std::string f = j["file"];
+    d_near += (as_tensor(image(near + "/" + f)) - src).abs().mean().item<double>();
+    d_far += (as_tensor(image(far + "/" + f)) - src).abs().mean().item<double>();
+    EXPECT_FALSE(read_jsonl(far + "/manifest.jsonl")->at(0).contains("init"));
+  }
+  EXPECT_LT(d_near / 4, 0.05);
+  EXPECT_GT(d_far / 4, 4 * (d_near / 4));
+  // Without the source images, a strength below 1 is refused with a message.
+  SynthGenConfig bad;
+  bad.gen.sampler.start = 0.5;
+  bad.out = test::tmp_dir("synth_i2i_bad");
+  auto r = generate_synthetic(g, *plan, bad, summary);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("--strength"), std::string::npos);
 }
 
 TEST(Synth, GenerationResumesWithIdenticalImages) {
@@ -670,6 +799,11 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   EXPECT_NEAR(fd["synthetic_vs_real_test_parts"]["mean"].get<double>() +
                   fd["synthetic_vs_real_test_parts"]["covariance"].get<double>(),
               fd["synthetic_vs_real_test"].get<double>(), 1e-9);
+  // The label-balanced synthetic set against real images weighted to its dx mix.
+  ASSERT_TRUE(fd["mix_matched"].is_object()) << fd.dump();
+  ASSERT_TRUE(fd["mix_matched"].contains("synthetic_vs_real_test")) << fd["mix_matched"].dump();
+  EXPECT_NE(fd["mix_matched"]["dx_mix"]["synthetic"], fd["mix_matched"]["dx_mix"]["real_test"]);
+  EXPECT_NE(html.find("weighted per diagnosis"), std::string::npos);
   EXPECT_NE(html.find("Does synthetic data help?"), std::string::npos);
   EXPECT_NE(html.find("AUC, phantom:80"), std::string::npos);
   std::string shot = dir + "/shot.png";

@@ -405,6 +405,41 @@ TEST(Flow, EulerIntegratesAKnownLinearFieldExactly) {
   EXPECT_EQ(ts.back(), 0.0);
 }
 
+TEST(Flow, ImageToImageStartsAtTheStrengthAndFollowsTheExactFlowMapFromThere) {
+  // The schedule from start s: s, then the full schedule's times below s.
+  SamplerConfig sc{SamplerMethod::kEuler, 10, 1.0};
+  sc.start = 0.45;
+  auto ts = sampling_schedule(sc);
+  ASSERT_EQ(ts.size(), 6u);  // 0.45, 0.4, 0.3, 0.2, 0.1, 0
+  EXPECT_DOUBLE_EQ(ts[0], 0.45);
+  EXPECT_NEAR(ts[1], 0.4, 1e-12);
+  EXPECT_EQ(ts.back(), 0.0);
+  // Data N(mu, sd^2) with its exact velocity: the flow from t = s maps x_s to
+  // mu + sd (x_s - (1 - s) mu) / sqrt((1 - s)^2 sd^2 + s^2) (the marginal at s is Gaussian).
+  const double mu = 0.5, sd = 0.3, s = 0.45;
+  VelocityFn v = [&](const Tensor& x, const Tensor& t) {
+    auto tt = t.view({-1, 1, 1, 1}).to(torch::kFloat64);
+    auto var = (1 - tt).pow(2) * sd * sd + tt * tt, d = x - (1 - tt) * mu;
+    return tt / var * d - mu - (1 - tt) * sd * sd / var * d;
+  };
+  auto x0 = torch::linspace(-0.4, 1.4, 7, torch::kFloat64).view({7, 1, 1, 1});
+  auto z = torch::linspace(-1.5, 1.5, 7, torch::kFloat64).view({7, 1, 1, 1});
+  auto xs = (1 - s) * x0 + s * z;
+  auto exact = mu + sd * (xs - (1 - s) * mu) / std::sqrt((1 - s) * (1 - s) * sd * sd + s * s);
+  SamplerConfig dpm{SamplerMethod::kDpm2m, 40, 1.0};
+  dpm.start = s;
+  const double err40 = (sample_flow(v, xs, dpm) - exact).abs().max().item<double>();
+  dpm.steps = 320;
+  const double err320 = (sample_flow(v, xs, dpm) - exact).abs().max().item<double>();
+  EXPECT_LT(err40, 0.02);
+  EXPECT_LT(err320, 2e-3);  // converges to the exact map
+  EXPECT_LT(err320, err40 / 4);
+  // A small strength keeps the starting image (the velocity's pull over t <= s is small).
+  dpm.start = 0.02;
+  auto near = sample_flow(v, 0.98 * x0 + 0.02 * z, dpm);
+  EXPECT_LT((near - x0).abs().max().item<double>(), 0.05);
+}
+
 TEST(Flow, MultistepSamplersBeatEulerOnAGaussianWithKnownFlowMap) {
   // Data N(mu, s^2): the exact velocity is affine in x and the flow map sends noise z to
   // mu + s z. Curved trajectories (s < 1) separate first- from second-order samplers.

@@ -23,7 +23,16 @@ struct FrechetParts {
   double total() const { return std::max(0.0, mean + covariance); }  // = frechet_distance
   nlohmann::json to_json() const { return {{"mean", mean}, {"covariance", covariance}}; }
 };
-FrechetParts frechet_parts(const torch::Tensor& a, const torch::Tensor& b);
+// Optional row weights wa [N], wb [M] are frequency weights (a row of weight 2 counts as two
+// copies: weighted mean, covariance over sum(w) - 1), e.g. to give one set another's class mix.
+FrechetParts frechet_parts(const torch::Tensor& a, const torch::Tensor& b,
+                           const torch::Tensor& wa = torch::Tensor(),
+                           const torch::Tensor& wb = torch::Tensor());
+// Per-row weights that give a set of rows with labels `have` the label mix of `want`
+// (w = share in want / share in have, so the weights sum to have.size()); empty when a label of
+// `want` is missing from `have` (that mix cannot be matched).
+std::vector<double> mix_weights(const std::vector<std::string>& have,
+                                const std::vector<std::string>& want);
 // Improved precision/recall (Kynkaanniemi et al. 2019): a fake sample is "precise" if it lies in
 // the k-NN ball of some real sample, recall symmetrically.
 std::pair<double, double> knn_precision_recall(const torch::Tensor& real, const torch::Tensor& fake,

@@ -13,12 +13,22 @@
 namespace lf {
 using torch::Tensor;
 
-FrechetParts frechet_parts(const Tensor& a0, const Tensor& b0) {
+namespace {
+// Mean and covariance of rows x with frequency weights w (undefined: all 1).
+std::pair<Tensor, Tensor> weighted_moments(const Tensor& x, const Tensor& w0) {
+  Tensor w = w0.defined() ? w0.to(torch::kFloat64).view({-1, 1})
+                          : torch::ones({x.size(0), 1}, x.options());
+  const double n = w.sum().item<double>();
+  auto mu = (x * w).sum(0) / n;
+  auto c = x - mu;
+  return {mu, (c * w).t().mm(c) / std::max(1.0, n - 1)};
+}
+}  // namespace
+
+FrechetParts frechet_parts(const Tensor& a0, const Tensor& b0, const Tensor& wa, const Tensor& wb) {
   auto a = a0.to(torch::kFloat64), b = b0.to(torch::kFloat64);
-  auto mu_a = a.mean(0), mu_b = b.mean(0);
-  auto ca = a - mu_a, cb = b - mu_b;
-  auto sa = ca.t().mm(ca) / std::max<int64_t>(1, a.size(0) - 1);
-  auto sb = cb.t().mm(cb) / std::max<int64_t>(1, b.size(0) - 1);
+  auto [mu_a, sa] = weighted_moments(a, wa);
+  auto [mu_b, sb] = weighted_moments(b, wb);
   // Tr sqrt(Sa Sb) = Tr sqrt(Sa^1/2 Sb Sa^1/2), a symmetric PSD matrix.
   auto sym_sqrt = [](const Tensor& m) {
     auto [w, v] = torch::linalg::eigh(m, "L");
@@ -33,6 +43,18 @@ FrechetParts frechet_parts(const Tensor& a0, const Tensor& b0) {
 }
 
 double frechet_distance(const Tensor& a, const Tensor& b) { return frechet_parts(a, b).total(); }
+
+std::vector<double> mix_weights(const std::vector<std::string>& have,
+                                const std::vector<std::string>& want) {
+  std::map<std::string, double> h, w;
+  for (auto& x : have) h[x] += 1.0 / have.size();
+  for (auto& x : want) w[x] += 1.0 / want.size();
+  for (auto& [k, v] : w)
+    if (!h.count(k)) return {};
+  std::vector<double> out;
+  for (auto& x : have) out.push_back(w.count(x) ? w[x] / h[x] : 0.0);
+  return out;
+}
 
 namespace {
 Tensor pairwise_dist(const Tensor& a, const Tensor& b) {
@@ -241,6 +263,55 @@ nlohmann::json run_audit(const AuditInputs& in) {
                {"real_train_vs_real_test_ci", {ci_tr.first, ci_tr.second}},
                {"real_train_images", f_tr_n.size(0)},
                {"feature", in.feature_name}};
+  // The same FD with the real images weighted per diagnosis to the synthetic set's mix: a
+  // label-balanced set differs from the real test split by its class mix alone, which the plain
+  // FD counts as infidelity.
+  {
+    std::map<std::string, std::string> syn_dx;
+    for (auto& j : in.manifest) syn_dx[j.value("id", "")] = j.value("dx", "");
+    auto dx_of = [&](const LabeledSet& s, bool synthetic) {
+      std::vector<std::string> v;
+      for (int64_t i = 0; i < s.count(); ++i) {
+        std::string d;
+        if (synthetic) {
+          auto it = syn_dx.find(s.ids[i]);
+          if (it != syn_dx.end()) d = it->second;
+        } else {
+          auto it = in.real_captions.find(s.ids[i]);
+          if (it != in.real_captions.end()) d = it->second.value("dx", "");
+        }
+        if (d.empty()) return std::vector<std::string>{};
+        v.push_back(d);
+      }
+      return v;
+    };
+    auto d_sy = dx_of(sy, true), d_te = dx_of(te, false), d_tr_all = dx_of(tr, false);
+    nlohmann::json mm = nullptr;
+    if (!d_sy.empty() && !d_te.empty() && !d_tr_all.empty()) {
+      std::vector<std::string> d_tr;
+      auto idx = floor_subset(f_tr.size(0), f_sy.size(0));
+      for (int64_t k = 0; k < idx.size(0); ++k) d_tr.push_back(d_tr_all[idx[k].item<int64_t>()]);
+      auto w_te = mix_weights(d_te, d_sy), w_tr = mix_weights(d_tr, d_sy);
+      auto share = [](const std::vector<std::string>& v) {
+        std::map<std::string, double> m;
+        for (auto& x : v) m[x] += 1.0 / v.size();
+        return nlohmann::json(m);
+      };
+      if (!w_te.empty() && !w_tr.empty()) {
+        auto wt = torch::tensor(w_te, torch::kFloat64), wr = torch::tensor(w_tr, torch::kFloat64);
+        const FrechetParts m_sy = frechet_parts(f_sy, f_te, Tensor(), wt),
+                           m_tr = frechet_parts(f_tr_n, f_te, wr, wt);
+        mm = {{"synthetic_vs_real_test", m_sy.total()},
+              {"synthetic_vs_real_test_parts", m_sy.to_json()},
+              {"real_train_vs_real_test", m_tr.total()},
+              {"real_train_vs_real_test_parts", m_tr.to_json()}};
+      } else {
+        mm = {{"unavailable", "a diagnosis of the synthetic set is missing from the real images"}};
+      }
+      mm["dx_mix"] = {{"synthetic", share(d_sy)}, {"real_test", share(d_te)}};
+    }
+    out["fd"]["mix_matched"] = mm;
+  }
   auto [dens, cov] = density_coverage(f_te, f_sy, 5);
   auto [dens0, cov0] = density_coverage(f_te, f_tr_n, 5);
   out["density_coverage"] = {{"density", dens},

@@ -215,11 +215,17 @@ std::vector<double> ddpm_sampling_schedule(const FlowConfig& cfg, int steps) {
 }
 
 std::vector<double> sampling_schedule(const SamplerConfig& cfg) {
-  if (!cfg.ts.empty()) return cfg.ts;
-  std::vector<double> ts(cfg.steps + 1);
-  for (int i = 0; i <= cfg.steps; ++i)
-    ts[i] = shift_time(1.0 - static_cast<double>(i) / cfg.steps, cfg.shift);
-  return ts;
+  std::vector<double> ts = cfg.ts;
+  if (ts.empty()) {
+    ts.resize(cfg.steps + 1);
+    for (int i = 0; i <= cfg.steps; ++i)
+      ts[i] = shift_time(1.0 - static_cast<double>(i) / cfg.steps, cfg.shift);
+  }
+  if (cfg.start >= 1.0) return ts;
+  std::vector<double> part{cfg.start};
+  for (double t : ts)
+    if (t < cfg.start) part.push_back(t);
+  return part;
 }
 
 namespace {

@@ -108,11 +108,15 @@ struct SamplerConfig {
   double eta = 0.0;        // ddim only: 0 = deterministic .. 1 = ancestral
   std::vector<double> ts;  // explicit decreasing schedule ending at 0 (steps + 1 entries); empty:
                            // uniform in t from 1 with `shift`
+  // Where integration starts: 1 = from pure noise; s < 1 = from an image noised to t = s
+  // (SDEdit, Meng et al. 2022): the schedule's times below s, preceded by s itself.
+  double start = 1.0;
 };
 // The flow times of DDIM's schedule for a diffusion network: steps + 1 DDPM steps spaced evenly
 // from K down to 0.
 std::vector<double> ddpm_sampling_schedule(const FlowConfig& cfg, int steps);
-// Decreasing schedule from 1 to 0 with steps+1 entries (cfg.ts when given).
+// Decreasing schedule from 1 to 0 with steps+1 entries (cfg.ts when given); with start < 1 only
+// its times below start, preceded by start (so about steps * start steps).
 std::vector<double> sampling_schedule(const SamplerConfig& cfg);
 // Fresh standard normal noise shaped like the state, for stochastic samplers.
 using NoiseFn = std::function<torch::Tensor()>;

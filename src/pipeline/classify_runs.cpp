@@ -236,6 +236,9 @@ Result<nlohmann::json> run_synth(const SynthRunOptions& o) {
   LF_RETURN_IF_ERROR(check_generate_config(sc.gen, "synth"));
   sc.out = o.out;
   sc.generator_path = o.generator;
+  if (sc.gen.sampler.start < 1.0) {
+    LF_ASSIGN_OR_RETURN(sc.init, source_images(gen, o.data, real.ps));
+  }
   auto t0 = std::chrono::steady_clock::now();
   LF_ASSIGN_OR_RETURN(int64_t made, generate_synthetic(gen, plan, sc, summary));
   double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -174,6 +174,7 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"eta", K::kNumber},
                                       {"cfg", K::kNumber},
                                       {"cfg_interval", K::kNumbers},
+                                      {"strength", K::kNumber},
                                       {"batch", K::kInt}},
                                      file, "synth."));
   if (c.contains("classifier"))
@@ -308,8 +309,13 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     sc.gen.cfg_t_lo = ci[0];
     sc.gen.cfg_t_hi = ci[1];
     sc.gen.batch = cfg_get<int>(sj, "batch", 16);
+    sc.gen.sampler.start = cfg_get<double>(sj, "strength", 1.0);
+    LF_RETURN_IF_ERROR(check_generate_config(sc.gen, o.config_name + ": synth"));
     sc.out = syn_dir;
     sc.generator_path = gen_path;
+    if (sc.gen.sampler.start < 1.0) {
+      LF_ASSIGN_OR_RETURN(sc.init, source_images(gen, data, real.ps));
+    }
     auto t0 = std::chrono::steady_clock::now();
     LF_ASSIGN_OR_RETURN(int64_t made, generate_synthetic(gen, plan, sc, summary));
     if (made > 0) {

@@ -290,10 +290,12 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
       << "</td></tr>";
     // Its two parts: a shift of the whole set (e.g. every image softer or less red) vs a
     // different spread (missing or extra variety).
-    auto parts = [&](const char* key) {
-      const auto& p = a["fd"].value(key, nlohmann::json::object());
+    auto parts_of = [&](const nlohmann::json& p) {
       return "shift " + fmt(num(p.value("mean", nlohmann::json(nullptr)))) + " + spread " +
              fmt(num(p.value("covariance", nlohmann::json(nullptr))));
+    };
+    auto parts = [&](const char* key) {
+      return parts_of(a["fd"].value(key, nlohmann::json::object()));
     };
     if (a["fd"].contains("synthetic_vs_real_test_parts"))
       h << "<tr><td>Fréchet distance, its parts: |mean difference|² (a shift of the whole set) + "
@@ -301,6 +303,16 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
         << parts("synthetic_vs_real_test_parts")
         << "</td><td>real train vs real test: " << parts("real_train_vs_real_test_parts")
         << "</td></tr>";
+    // The same with the real images weighted per diagnosis to the synthetic set's mix (a
+    // label-balanced set is not penalised for its class mix).
+    const auto& mm = a["fd"].value("mix_matched", nlohmann::json());
+    if (mm.is_object() && mm.contains("synthetic_vs_real_test"))
+      h << "<tr><td>Fréchet distance with the real images weighted per diagnosis to the "
+           "synthetic set's diagnosis mix</td><td>"
+        << fmt(num(mm["synthetic_vs_real_test"])) << " ("
+        << parts_of(mm.value("synthetic_vs_real_test_parts", nlohmann::json::object()))
+        << ")</td><td>real train vs real test, same weights: "
+        << fmt(num(mm["real_train_vs_real_test"])) << "</td></tr>";
     h << "<tr><td>precision / recall (k=3)</td><td>" << fmt(num(a["precision_recall"]["precision"]))
       << " / " << fmt(num(a["precision_recall"]["recall"]))
       << "</td><td>real train: " << fmt(num(a["precision_recall"]["real_train_precision"])) << " / "

@@ -9,12 +9,14 @@
 #include <set>
 #include <sstream>
 
+#include "data/images_torch.h"
 #include "lesionflow/captions.h"
 #include "lesionflow/io.h"
 #include "lesionflow/jsonl.h"
 #include "lesionflow/log.h"
 #include "lesionflow/rng.h"
 #include "lesionflow/scratch.h"
+#include "train/autoencoder.h"
 #include "train/common.h"
 
 namespace lf {
@@ -65,10 +67,15 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
                                               const SynthPlanConfig& cfg, nlohmann::json* summary) {
   if (cfg.total <= 0) return Status::error("synth: --total must be positive");
   const bool fill = cfg.balance.rfind("fill-", 0) == 0;
-  const std::string by = fill ? cfg.balance.substr(5) : cfg.balance;
+  // real: the real training split's own mix of dx x subgroup cells (one class, flatten 1), the
+  // set to compare with real images when fidelity (HAM-FD) is the question.
+  const bool real_mix = cfg.balance == "real";
+  const std::string by = fill ? cfg.balance.substr(5) : real_mix ? "none" : cfg.balance;
+  const double flatten = real_mix ? 1.0 : cfg.flatten;
   if (by != "label" && by != "dx" && by != "none")
-    return Status::error("synth: --balance must be label, dx, none, fill-label or fill-dx (got '" +
-                         cfg.balance + "')");
+    return Status::error(
+        "synth: --balance must be label, dx, none, real, fill-label or fill-dx (got '" +
+        cfg.balance + "')");
   // Cells: (dx, attributes...) -> members.
   struct Cell {
     std::string dx;
@@ -122,7 +129,7 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
     auto& keys = class_cells[classes[ci]];
     std::vector<double> w;
     for (auto& k : keys)
-      w.push_back(std::pow(static_cast<double>(cells[k].members.size()), cfg.flatten));
+      w.push_back(std::pow(static_cast<double>(cells[k].members.size()), flatten));
     auto n_cell = apportion(w, per_class[ci]);
     for (size_t j = 0; j < keys.size(); ++j) {
       Cell& c = cells[keys[j]];
@@ -176,6 +183,43 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   return plan;
 }
 
+int init_transform(const SynthItem& item) { return static_cast<int>((item.seed >> 17) % 8); }
+
+Result<InitImageFn> source_images(LoadedGenerator& g, const std::string& prepared_dir,
+                                  const PreparedSet& ps) {
+  auto row = std::make_shared<std::map<std::string, int64_t>>();
+  for (int64_t i = 0; i < ps.count(); ++i) (*row)[ps.records[i].id] = i;
+  auto find = [row](const SynthItem& it) {
+    auto r = row->find(it.source_id);
+    if (r == row->end())
+      throw std::invalid_argument("synth: source image '" + it.source_id + "' of " + it.id +
+                                  " is not in the prepared cache");
+    return r->second;
+  };
+  const auto& mc = g.model->config();
+  if (g.latent()) {
+    std::vector<const uint8_t*> all;
+    for (int64_t i = 0; i < ps.count(); ++i) all.push_back(ps.image(i));
+    LF_ASSIGN_OR_RETURN(torch::Tensor lat,
+                        latent_cache(prepared_dir, g.ae, g.ae_hash, all, ps.size));
+    if (lat.size(2) != mc.channels || lat.size(3) != mc.image_size)
+      return Status::error(prepared_dir + ": its " + std::to_string(ps.size) +
+                           "px images give latents the generator does not take (it expects " +
+                           std::to_string(mc.channels) + "x" + std::to_string(mc.image_size) + "x" +
+                           std::to_string(mc.image_size) + ")");
+    return InitImageFn([lat, find](const SynthItem& it, int k) {
+      return lat[find(it)][k % lat.size(1)].to(torch::kFloat32);
+    });
+  }
+  if (ps.size != mc.image_size)
+    return Status::error(prepared_dir + ": images are " + std::to_string(ps.size) +
+                         "px but the generator makes " + std::to_string(mc.image_size) + "px");
+  const PreparedSet* p = &ps;
+  return InitImageFn([p, find](const SynthItem& it, int k) {
+    return dihedral(images_to_tensor({p->image(find(it))}, p->size), k).squeeze(0);
+  });
+}
+
 Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthItem>& plan,
                                    const SynthGenConfig& cfg, const nlohmann::json& plan_summary) {
   if (cfg.out.empty()) return Status::error("synth: --out is required");
@@ -200,7 +244,8 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   plan_file["sampler"] = {
       {"method", cfg.gen.sampler.method}, {"steps", cfg.gen.sampler.steps},
       {"shift", cfg.gen.sampler.shift},   {"eta", cfg.gen.sampler.eta},
-      {"cfg", cfg.gen.cfg_scale},         {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}}};
+      {"cfg", cfg.gen.cfg_scale},         {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}},
+      {"strength", cfg.gen.sampler.start}};
   LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/plan.json", plan_file.dump(2) + "\n"));
   std::vector<const SynthItem*> todo;
   for (auto& it : plan)
@@ -211,15 +256,21 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   Progress prog("synth", static_cast<int64_t>(plan.size()), "img",
                 static_cast<int64_t>(done.size()));
   const int B = std::max(1, cfg.gen.batch);
+  const bool img2img = cfg.gen.sampler.start < 1.0;
+  if (img2img && !cfg.init)
+    return Status::error("synth: --strength below 1 needs the source images (a prepared cache)");
   int64_t made = 0;
   for (size_t s = 0; s < todo.size(); s += B) {
     std::vector<std::string> prompts;
     std::vector<uint64_t> seeds;
+    std::vector<torch::Tensor> inits;
     for (size_t i = s; i < std::min(todo.size(), s + B); ++i) {
       prompts.push_back(todo[i]->prompt);
       seeds.push_back(todo[i]->seed);
+      if (img2img) inits.push_back(cfg.init(*todo[i], init_transform(*todo[i])));
     }
-    auto imgs = generate_images(g, prompts, seeds, cfg.gen);
+    auto imgs = generate_images(g, prompts, seeds, cfg.gen,
+                                img2img ? torch::stack(inits) : torch::Tensor());
     auto u8 = tensor_to_images(imgs);
     const int S = static_cast<int>(imgs.size(2));
     std::string lines;
@@ -242,6 +293,10 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
                 {"generator_hash", g.hash},
                 {"adapter_hash", cfg.adapter_hash}});
       if (!it.asked.is_null()) j["asked"] = it.asked;
+      if (img2img)  // image-to-image: what it started from
+        j["init"] = {{"source_id", it.source_id},
+                     {"dihedral", init_transform(it)},
+                     {"strength", cfg.gen.sampler.start}};
       lines += j.dump() + "\n";
     }
     append_line(manifest,

@@ -2,6 +2,7 @@
 // prompts from the real captions of that cell, generate (resumably) with a provenance record
 // per image.
 #pragma once
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -16,7 +17,9 @@ namespace lf {
 struct SynthPlanConfig {
   int64_t total = 1000;  // synthetic images to generate
   // label | dx: equal numbers per class in the synthetic set; fill-label | fill-dx: give the
-  // images to the classes short of real ones so real + synthetic is balanced; none: one class.
+  // images to the classes short of real ones so real + synthetic is balanced; none: one class;
+  // real: one class with the cells of the real training split in their own proportions (flatten
+  // 1): the set to compare with real images when fidelity (HAM-FD) is the question.
   std::string balance = "label";
   double flatten = 0.5;  // within a class, cell share ~ real_count^flatten (0 = uniform)
   std::vector<std::string> attributes{"sex", "age"};  // subgroup attributes of a cell
@@ -45,11 +48,23 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
                                               const std::map<std::string, nlohmann::json>& captions,
                                               const SynthPlanConfig& cfg, nlohmann::json* summary);
 
+// The starting image of an item for image-to-image synthesis: its source record's image under the
+// dihedral transform k (0..7), in the generator's space ([C,S,S] latent or pixels in [-1,1]).
+using InitImageFn = std::function<torch::Tensor(const SynthItem& item, int k)>;
+
 struct SynthGenConfig {
-  GenerateConfig gen;  // sampler, steps, cfg scale, batch
+  GenerateConfig gen;  // sampler, steps, cfg scale, batch; gen.sampler.start < 1: image-to-image
   std::string out;     // DIR: images/*.png, manifest.jsonl, plan.json
   std::string generator_path, adapter_hash;
+  InitImageFn init;  // required when gen.sampler.start < 1
 };
+// The source images of a prepared cache as starting images for `g` (latents from the cache's
+// latent file, encoded on first use, for a latent generator). Fails when the cache's image size
+// does not match the generator. The returned function reads `ps`, which must outlive it.
+Result<InitImageFn> source_images(LoadedGenerator& g, const std::string& prepared_dir,
+                                  const PreparedSet& ps);
+// The dihedral transform an item's starting image gets (from its seed).
+int init_transform(const SynthItem& item);
 // Generates every planned item not yet in DIR/manifest.jsonl (resumable: an interrupted run
 // continues where it stopped and produces the same images). Returns the number generated now.
 Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthItem>& plan,

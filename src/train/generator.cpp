@@ -97,15 +97,15 @@ Status check_generate_config(const GenerateConfig& gc, const std::string& what) 
     return bad("--eta applies to --sampler ddim only");
   if (!(0 <= gc.cfg_t_lo && gc.cfg_t_lo <= gc.cfg_t_hi && gc.cfg_t_hi <= 1))
     return bad("--cfg-interval must satisfy 0 <= LO <= HI <= 1");
+  if (!(gc.sampler.start > 0 && gc.sampler.start <= 1))
+    return bad("--strength must be in (0, 1], got " + std::to_string(gc.sampler.start));
   return Status::ok_status();
 }
 
 nlohmann::json sampling_metadata(const GenerateConfig& gc) {
-  return {{"sampler", gc.sampler.method},
-          {"steps", gc.sampler.steps},
-          {"shift", gc.sampler.shift},
-          {"eta", gc.sampler.eta},
-          {"cfg", gc.cfg_scale}};
+  return {{"sampler", gc.sampler.method}, {"steps", gc.sampler.steps},
+          {"shift", gc.sampler.shift},    {"eta", gc.sampler.eta},
+          {"cfg", gc.cfg_scale},          {"strength", gc.sampler.start}};
 }
 
 GenerateConfig recommended_sampling(const std::map<std::string, std::string>& metadata) {
@@ -191,8 +191,9 @@ void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok,
 }
 
 Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
-                       const std::vector<uint64_t>& seeds, const GenerateConfig& gc) {
-  auto x = generate(g.model, *g.tok, g.flow, prompts, seeds, gc);
+                       const std::vector<uint64_t>& seeds, const GenerateConfig& gc,
+                       const Tensor& init) {
+  auto x = generate(g.model, *g.tok, g.flow, prompts, seeds, gc, init);
   if (!g.latent()) return x.clamp(-1, 1);
   torch::NoGradGuard ng;
   return g.ae->decode(x);
@@ -214,10 +215,20 @@ Status attach_latents(
 
 Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
                 const std::vector<std::string>& prompts, const std::vector<uint64_t>& seeds,
-                const GenerateConfig& gc) {
+                const GenerateConfig& gc, const Tensor& init) {
   torch::NoGradGuard ng;
   const auto& c = model->config();
   const int64_t N = static_cast<int64_t>(prompts.size());
+  const double start = gc.sampler.start;
+  if (start < 1.0) {
+    if (!(start > 0.0))
+      throw std::invalid_argument("generate: the start time (strength) must be in (0, 1]");
+    if (!init.defined() || init.dim() != 4 || init.size(0) != N || init.size(1) != c.channels ||
+        init.size(2) != c.image_size || init.size(3) != c.image_size)
+      throw std::invalid_argument("generate: strength < 1 needs one " + std::to_string(c.channels) +
+                                  "x" + std::to_string(c.image_size) + "x" +
+                                  std::to_string(c.image_size) + " starting image per prompt");
+  }
   const auto dev = module_device(*model);  // noise is drawn on the CPU (seed-exact), then moved
   std::vector<Tensor> outs;
   auto [eids, emask] = tokenize_batch(tok, {""}, c.max_text_len);
@@ -269,7 +280,10 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
       auto vu = net_velocity(net_u, x, t, flow);
       return vu + gc.cfg_scale * (vc - vu);
     };
-    outs.push_back(sample_flow(v, torch::cat(noise, 0).to(dev), sc, fresh));
+    auto x1 = torch::cat(noise, 0);
+    if (start < 1.0)  // the image on the flow's path at t = start, with this image's own noise
+      x1 = (1 - start) * init.narrow(0, s, n).to(torch::kCPU, torch::kFloat32) + start * x1;
+    outs.push_back(sample_flow(v, x1.to(dev), sc, fresh));
   }
   return torch::cat(outs, 0);
 }

@@ -170,8 +170,11 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
 
 // generate() followed by the autoencoder's decoder for a latent generator: images [N,3,S,S] in
 // [-1,1].
+// With gc.sampler.start < 1, `init` holds one starting image per prompt in the model's space
+// ([N,C,S,S] latents or pixels; see generate).
 torch::Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
-                              const std::vector<uint64_t>& seeds, const GenerateConfig& gc);
+                              const std::vector<uint64_t>& seeds, const GenerateConfig& gc,
+                              const torch::Tensor& init = torch::Tensor());
 // The images the generator is trained on: the latents of `images` (latent generator) or the images.
 // Attaches latents from the prepared cache's latent file (made on first use) to each subset
 // (record indices, images); the file is read once for all of them.
@@ -181,9 +184,11 @@ Status attach_latents(
 
 // One sample per (prompt, seed) pair in the model's space (pixels in about [-1,1], or normalised
 // latents, which must not be clamped); the noise of image i depends only on seeds[i].
+// gc.sampler.start = s < 1 (image-to-image, SDEdit): image i starts from (1 - s) init[i] +
+// s noise_i at t = s instead of from noise at t = 1; `init` is [N,C,S,S] in the model's space.
 torch::Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
                        const std::vector<std::string>& prompts, const std::vector<uint64_t>& seeds,
-                       const GenerateConfig& gc);
+                       const GenerateConfig& gc, const torch::Tensor& init = torch::Tensor());
 
 // Drop trailing columns that are padding in every row (exact: padded keys are masked out).
 std::pair<torch::Tensor, torch::Tensor> trim_padding(const torch::Tensor& ids,

@@ -24,6 +24,10 @@ Status run_audit_cmd(const AuditOptions& o, const GlobalOptions& g) {
       fd["synthetic_vs_real_test_ci"][1].get<double>(), fd["real_train_vs_real_test"].get<double>(),
       fd["real_train_vs_real_test_ci"][0].get<double>(),
       fd["real_train_vs_real_test_ci"][1].get<double>());
+  if (fd["mix_matched"].is_object() && fd["mix_matched"].contains("synthetic_vs_real_test"))
+    std::printf("HAM-FD with the real images weighted to the synthetic dx mix %.2f (floor %.2f)\n",
+                fd["mix_matched"]["synthetic_vs_real_test"].get<double>(),
+                fd["mix_matched"]["real_train_vs_real_test"].get<double>());
   auto& pr = a["precision_recall"];
   auto& dc = a["density_coverage"];
   std::printf("precision %.3f recall %.3f (real train: %.3f / %.3f)  density %.3f coverage %.3f\n",

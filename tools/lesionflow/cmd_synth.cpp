@@ -80,7 +80,8 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->check(kPositive);
   y->add_option(
        "--balance", s.plan.balance,
-       "label | dx (equal classes) | fill-label | fill-dx (top up the short classes) | none")
+       "label | dx (equal classes) | fill-label | fill-dx (top up the short classes) | none | "
+       "real (the real training mix of dx x subgroup cells: for fidelity against real images)")
       ->capture_default_str();
   y->add_option("--flatten", s.plan.flatten, "cell share ~ real_count^flatten within a class")
       ->capture_default_str()
@@ -92,6 +93,11 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   y->add_option("--batch", s.gen.batch, "images per forward batch")
       ->capture_default_str()
       ->check(kPositive);
+  y->add_option("--strength", s.gen.sampler.start,
+                "image-to-image: start each image from its source real image noised to t = "
+                "STRENGTH (SDEdit; 1 = from pure noise, lower = closer to the real image)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   y->add_flag("--plan-only", s.plan_only, "write plan.json and stop");
   y->add_option("--out", s.out, "output directory (required)");
   static SynthExportOptions e;
