@@ -9,10 +9,12 @@ LF=${LF:-./build/lesionflow}
 OUT=${OUT:-runs/ship_eval}
 N=${N:-400}
 GEN=${GEN:-models/lesionflow_ham64.safetensors}
-# The synthetic set follows the training split's class mix (comparable with the real floor) at the
-# default guidance 2; the audits before the sixth sitting used BALANCE=label CFG=4.
-BALANCE=${BALANCE:-none}
-CFG=${CFG:-2}
+# The synthetic set follows the training split's mix of dx x subgroup cells (--balance real,
+# comparable with the real floor) at the default sampler. Before the twelfth sitting this was
+# --balance none, whose cells are flattened (share ~ count^0.5: 41% nevi against 67% in the real
+# splits), and the audits before the sixth sitting used BALANCE=label CFG=4.
+BALANCE=${BALANCE:-real}
+CFG=${CFG:-}
 mkdir -p $OUT
 OUT=$OUT /usr/bin/python3 - <<'PY'
 import csv, json
@@ -28,11 +30,11 @@ with open(os.environ.get("OUT", "runs/ship_eval") + "/dx_prompts.txt", "w") as f
         f.write(by[d] + "\n")
 PY
 /usr/bin/python3 scripts/real_grid.py cache/ham64 cache/ham_splits.csv test mel,nv,bkl,bcc,akiec,vasc,df 8 $OUT/real_test_by_dx.png
-$LF --precision auto sample --checkpoint $GEN --prompts-file $OUT/dx_prompts.txt --n 8 --out $OUT/samples_by_dx
+$LF --precision auto sample --checkpoint $GEN --prompts-file $OUT/dx_prompts.txt --n 8 ${CFG:+--cfg $CFG} --out $OUT/samples_by_dx
 # Diversity within a prompt (mean MS-SSIM of the 8 seeds of each dx prompt) next to random real pairs.
 $LF --json fd --data cache/ham64 --splits cache/ham_splits.csv --split test --images $OUT/samples_by_dx \
     > $OUT/fd_samples_by_dx.json
 $LF --precision auto synth --generator $GEN --data cache/ham64 --splits cache/ham_splits.csv \
-    --captions cache/ham_captions.jsonl --total $N --balance $BALANCE --steps 20 --cfg $CFG --out $OUT/synth
+    --captions cache/ham_captions.jsonl --total $N --balance $BALANCE ${CFG:+--cfg $CFG} --out $OUT/synth
 $LF audit --synthetic $OUT/synth --data cache/ham64 --splits cache/ham_splits.csv --captions cache/ham_captions.jsonl \
     --out $OUT/audit.json

@@ -43,9 +43,10 @@ struct GenerateConfig {
 };
 
 // The sampling defaults of `sample`, `synth` and `serve` (flags not given, no recommendation in
-// the checkpoint): DPM-Solver++(2M), 20 steps, CFG 1.5. On the shipped HAM model HAM-FD 3.2
-// against 4.4 for Euler 20 at the same cost, CAS and asked-colour presence still >= 0.8
-// (docs/results.md, ninth sitting). Sets only the sampler method, steps and guidance of `gc`.
+// the checkpoint): DPM-Solver++(2M), 20 steps, CFG 1 (no guidance: one forward per step). On the
+// shipped HAM model (v3) and a set with the real class mix, HAM-FD 2.84 against 3.65 at CFG 1.5,
+// with CAS 0.85 and asked-colour presence 0.83 (docs/results.md, twelfth sitting; DPM++ against
+// Euler: ninth sitting). Sets only the sampler method, steps and guidance of `gc`.
 void use_default_sampling(GenerateConfig& gc);
 
 // steps >= 1, cfg_scale >= 0, 0 <= cfg_t_lo <= cfg_t_hi <= 1, batch >= 1, shift > 0; the error
