@@ -352,25 +352,36 @@ TEST(Synth, PlanBalancesClassesFlattensCellsAndIsDeterministic) {
   EXPECT_FALSE(plan_synthetic(ds->records, caps, SynthPlanConfig{10, "bogus"}, nullptr).ok());
 }
 
+// An untrained 16-px pixel generator (tiny preset, patch 4) with a tokenizer trained on the
+// records' composed captions; g.tok is empty if the tokenizer fails to train.
+static LoadedGenerator tiny_pixel_generator(const std::vector<Record>& records) {
+  std::vector<std::string> corpus;
+  for (auto& r : records) corpus.push_back(compose_caption(facts_from_record(r), 0));
+  auto tok = Tokenizer::train(corpus, {96, "bpe", 0});
+  LoadedGenerator g;
+  if (!tok.ok()) {
+    ADD_FAILURE() << tok.status().message();
+    return g;
+  }
+  MMDiTConfig mc = MMDiTConfig::preset("tiny");
+  mc.image_size = 16;
+  mc.patch = 4;
+  mc.vocab_size = tok->vocab_size();
+  torch::manual_seed(0);
+  g.model = MMDiT(mc);
+  g.tok = std::make_shared<Tokenizer>(std::move(*tok));
+  g.hash = "test";
+  return g;
+}
+
 TEST(Synth, ImageToImageStartsFromTheSourceImageAndRecordsIt) {
   auto ds = load_dataset("phantom:24", {}, 1);
   ASSERT_TRUE(ds.ok());
   PrepareStats st;
   auto ps = prepare(*ds, PrepareConfig{16, FitMode::kCrop, 2}, &st);
   LF_ASSERT_OK(ps);
-  std::vector<std::string> corpus;
-  for (auto& r : ds->records) corpus.push_back(compose_caption(facts_from_record(r), 0));
-  auto tok = Tokenizer::train(corpus, {96, "bpe", 0});
-  ASSERT_TRUE(tok.ok()) << tok.status().message();
-  MMDiTConfig mc = MMDiTConfig::preset("tiny");
-  mc.image_size = 16;
-  mc.patch = 4;
-  mc.vocab_size = tok->vocab_size();
-  torch::manual_seed(0);
-  LoadedGenerator g;
-  g.model = MMDiT(mc);
-  g.tok = std::make_shared<Tokenizer>(std::move(*tok));
-  g.hash = "test";
+  LoadedGenerator g = tiny_pixel_generator(ds->records);
+  ASSERT_TRUE(g.tok) << "tokenizer training failed";
   SynthPlanConfig pc;
   pc.total = 4;
   nlohmann::json summary;
@@ -433,19 +444,8 @@ TEST(Synth, ImageToImageStartsFromTheSourceImageAndRecordsIt) {
 
 TEST(Synth, GenerationResumesWithIdenticalImages) {
   auto ds = load_dataset("phantom:50", {}, 1);
-  std::vector<std::string> corpus;
-  for (auto& r : ds->records) corpus.push_back(compose_caption(facts_from_record(r), 0));
-  auto tok = Tokenizer::train(corpus, {96, "bpe", 0});
-  ASSERT_TRUE(tok.ok()) << tok.status().message();
-  MMDiTConfig mc = MMDiTConfig::preset("tiny");
-  mc.image_size = 16;
-  mc.patch = 4;
-  mc.vocab_size = tok->vocab_size();
-  torch::manual_seed(0);
-  LoadedGenerator g;
-  g.model = MMDiT(mc);
-  g.tok = std::make_shared<Tokenizer>(std::move(*tok));
-  g.hash = "test";
+  LoadedGenerator g = tiny_pixel_generator(ds->records);
+  ASSERT_TRUE(g.tok) << "tokenizer training failed";
   SynthPlanConfig pc;
   pc.total = 6;
   nlohmann::json summary;

@@ -4,6 +4,7 @@
 #pragma once
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -28,6 +29,8 @@ struct FrechetParts {
 FrechetParts frechet_parts(const torch::Tensor& a, const torch::Tensor& b,
                            const torch::Tensor& wa = torch::Tensor(),
                            const torch::Tensor& wb = torch::Tensor());
+// The share of each label among `labels` (shares sum to 1).
+std::map<std::string, double> label_shares(const std::vector<std::string>& labels);
 // Per-row weights that give a set of rows with labels `have` the label mix of `want`
 // (w = share in want / share in have, so the weights sum to have.size()); empty when a label of
 // `want` is missing from `have` (that mix cannot be matched).

@@ -44,11 +44,15 @@ FrechetParts frechet_parts(const Tensor& a0, const Tensor& b0, const Tensor& wa,
 
 double frechet_distance(const Tensor& a, const Tensor& b) { return frechet_parts(a, b).total(); }
 
+std::map<std::string, double> label_shares(const std::vector<std::string>& labels) {
+  std::map<std::string, double> m;
+  for (auto& x : labels) m[x] += 1.0 / labels.size();
+  return m;
+}
+
 std::vector<double> mix_weights(const std::vector<std::string>& have,
                                 const std::vector<std::string>& want) {
-  std::map<std::string, double> h, w;
-  for (auto& x : have) h[x] += 1.0 / have.size();
-  for (auto& x : want) w[x] += 1.0 / want.size();
+  auto h = label_shares(have), w = label_shares(want);
   for (auto& [k, v] : w)
     if (!h.count(k)) return {};
   std::vector<double> out;
@@ -292,11 +296,6 @@ nlohmann::json run_audit(const AuditInputs& in) {
       auto idx = floor_subset(f_tr.size(0), f_sy.size(0));
       for (int64_t k = 0; k < idx.size(0); ++k) d_tr.push_back(d_tr_all[idx[k].item<int64_t>()]);
       auto w_te = mix_weights(d_te, d_sy), w_tr = mix_weights(d_tr, d_sy);
-      auto share = [](const std::vector<std::string>& v) {
-        std::map<std::string, double> m;
-        for (auto& x : v) m[x] += 1.0 / v.size();
-        return nlohmann::json(m);
-      };
       if (!w_te.empty() && !w_tr.empty()) {
         auto wt = torch::tensor(w_te, torch::kFloat64), wr = torch::tensor(w_tr, torch::kFloat64);
         const FrechetParts m_sy = frechet_parts(f_sy, f_te, Tensor(), wt),
@@ -308,7 +307,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
       } else {
         mm = {{"unavailable", "a diagnosis of the synthetic set is missing from the real images"}};
       }
-      mm["dx_mix"] = {{"synthetic", share(d_sy)}, {"real_test", share(d_te)}};
+      mm["dx_mix"] = {{"synthetic", label_shares(d_sy)}, {"real_test", label_shares(d_te)}};
     }
     out["fd"]["mix_matched"] = mm;
   }

@@ -16,7 +16,6 @@
 #include "lesionflow/log.h"
 #include "lesionflow/rng.h"
 #include "lesionflow/scratch.h"
-#include "train/autoencoder.h"
 #include "train/common.h"
 
 namespace lf {
@@ -198,10 +197,7 @@ Result<InitImageFn> source_images(LoadedGenerator& g, const std::string& prepare
   };
   const auto& mc = g.model->config();
   if (g.latent()) {
-    std::vector<const uint8_t*> all;
-    for (int64_t i = 0; i < ps.count(); ++i) all.push_back(ps.image(i));
-    LF_ASSIGN_OR_RETURN(torch::Tensor lat,
-                        latent_cache(prepared_dir, g.ae, g.ae_hash, all, ps.size));
+    LF_ASSIGN_OR_RETURN(torch::Tensor lat, prepared_latents(g, prepared_dir, ps));
     if (lat.size(2) != mc.channels || lat.size(3) != mc.image_size)
       return Status::error(prepared_dir + ": its " + std::to_string(ps.size) +
                            "px images give latents the generator does not take (it expects " +

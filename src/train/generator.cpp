@@ -199,13 +199,18 @@ Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& promp
   return g.ae->decode(x);
 }
 
+Result<Tensor> prepared_latents(LoadedGenerator& g, const std::string& prepared_dir,
+                                const PreparedSet& ps) {
+  std::vector<const uint8_t*> all;
+  for (int64_t i = 0; i < ps.count(); ++i) all.push_back(ps.image(i));
+  return latent_cache(prepared_dir, g.ae, g.ae_hash, all, ps.size);
+}
+
 Status attach_latents(
     LoadedGenerator& g, const std::string& prepared_dir, const PreparedSet& ps,
     const std::vector<std::pair<const std::vector<size_t>*, CaptionedImages*>>& subsets) {
   if (!g.latent()) return Status::ok_status();
-  std::vector<const uint8_t*> all;
-  for (int64_t i = 0; i < ps.count(); ++i) all.push_back(ps.image(i));
-  LF_ASSIGN_OR_RETURN(Tensor lat, latent_cache(prepared_dir, g.ae, g.ae_hash, all, ps.size));
+  LF_ASSIGN_OR_RETURN(Tensor lat, prepared_latents(g, prepared_dir, ps));
   for (auto& [idx, out] : subsets) {
     std::vector<int64_t> sel(idx->begin(), idx->end());
     out->latents = lat.index_select(0, torch::tensor(sel, torch::kInt64));

@@ -176,6 +176,10 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
 torch::Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
                               const std::vector<uint64_t>& seeds, const GenerateConfig& gc,
                               const torch::Tensor& init = torch::Tensor());
+// The latents of every record of a prepared cache for a latent generator, [N, 8 dihedral
+// transforms, C, s, s] fp16, from the cache's latent file (encoded and written on first use).
+Result<torch::Tensor> prepared_latents(LoadedGenerator& g, const std::string& prepared_dir,
+                                       const PreparedSet& ps);
 // The images the generator is trained on: the latents of `images` (latent generator) or the images.
 // Attaches latents from the prepared cache's latent file (made on first use) to each subset
 // (record indices, images); the file is read once for all of them.
