@@ -491,6 +491,11 @@ std::vector<Case> config_cases() {
       exp("not_json", R"({"data": "d", "out": "OUT",)", {"exp.json", "not valid JSON"}),
       exp("ratio_not_positive", R"({"data": "d", "out": "OUT", "synthetic_mix_ratios": [1, 0]})",
           {"exp.json", "synthetic_mix_ratios must be > 0, not 0"}),
+      exp("vary_unknown", R"({"data": "d", "out": "OUT", "synth": {"vary": ["size", "hair"]}})",
+          {"exp.json", "synth.vary takes \"size\" and/or \"skin\", not \"hair\""}),
+      exp("extra_archs_unknown",
+          R"({"data": "d", "out": "OUT", "classifier": {"extra_archs": "twice"}})",
+          {"exp.json", "classifier.extra_archs must be \"once\" or \"all\""}),
       {"flags_config_unknown_key",
        [](const std::string& dir) {
          write(dir + "/flags.toml", "seed = 3\nthreds = 1\n");

@@ -265,6 +265,34 @@ TEST(Audit, WeightedFrechetEqualsRepeatedRowsAndMixWeightsMatchTheClassMix) {
   EXPECT_TRUE(mix_weights({"nv", "nv"}, {"nv", "mel"}).empty());  // mel cannot be matched
 }
 
+TEST(Audit, FdOverDisjointDrawsGivesTheSpreadAndAFloorOfTheSameSize) {
+  torch::manual_seed(3);
+  const int d = 3;
+  auto test = torch::randn({2000, d}, torch::kFloat64);
+  auto train = torch::randn({900, d}, torch::kFloat64);
+  auto same = torch::randn({1000, d}, torch::kFloat64);
+  auto shifted = torch::randn({1000, d}, torch::kFloat64) + 1.0;  // |mean difference|^2 = 3
+  // K = min(1000, 900) / 200 = 4 draws on each side.
+  const FdDraws ds = fd_draws(same, test, train, 200, 21);
+  ASSERT_EQ(ds.synthetic.size(), 4u);
+  ASSERT_EQ(ds.floor.size(), 4u);
+  // Draws from the test distribution sit at the floor: both are small-sample bias only.
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_LT(ds.synthetic[i], 0.15);
+    EXPECT_LT(ds.floor[i], 0.15);
+  }
+  EXPECT_NE(ds.synthetic[0], ds.synthetic[1]);  // different rows, different FDs
+  const FdDraws dsh = fd_draws(shifted, test, train, 200, 21);
+  for (double f : dsh.synthetic) EXPECT_NEAR(f, 3.0, 0.5);
+  EXPECT_EQ(dsh.floor, ds.floor);  // the floor draws depend on the seed and the train rows only
+  auto j = dsh.to_json();
+  EXPECT_EQ(j["draws"].get<int>(), 4);
+  EXPECT_GT(j["ratio"].get<double>(), 10.0);
+  EXPECT_GT(j["synthetic_sd"].get<double>(), 0.0);
+  // Fewer than two draws fit: nothing to report.
+  EXPECT_TRUE(fd_draws(same.slice(0, 0, 300), test, train, 200, 21).to_json().is_null());
+}
+
 TEST(Audit, FrechetDistanceKnownAnswerAndPrecisionRecall) {
   torch::manual_seed(0);
   const int n = 20000, d = 4;
@@ -350,6 +378,52 @@ TEST(Synth, PlanBalancesClassesFlattensCellsAndIsDeterministic) {
   }
   for (auto& [l, mm] : minmax) EXPECT_LE(mm.second - mm.first, 1) << "label " << l;
   EXPECT_FALSE(plan_synthetic(ds->records, caps, SynthPlanConfig{10, "bogus"}, nullptr).ok());
+}
+
+TEST(Synth, VaryDrawsSizeAndSkinAnewAndKeepsThePlan) {
+  // The phrase of a caption is replaced; a caption without one gets it appended.
+  EXPECT_EQ(
+      with_attribute("a nevus; large lesion, fitzpatrick type II skin", "size", "small lesion"),
+      "a nevus; small lesion, fitzpatrick type II skin");
+  EXPECT_EQ(with_attribute("a nevus; large lesion, fitzpatrick type II skin", "skin",
+                           "fitzpatrick type VI skin"),
+            "a nevus; large lesion, fitzpatrick type VI skin");
+  EXPECT_EQ(with_attribute("a nevus", "size", "small lesion"), "a nevus; small lesion");
+  auto ds = load_dataset("phantom:300", {}, 3);
+  ASSERT_TRUE(ds.ok());
+  std::map<std::string, nlohmann::json> caps;
+  for (auto& r : ds->records)
+    caps[r.id] = {{"caption", "dermoscopic image of a " + r.dx + "; large lesion, fitzpatrick " +
+                                  "type I skin, two colours"}};
+  SynthPlanConfig c;
+  c.total = 600;
+  auto plain = plan_synthetic(ds->records, caps, c, nullptr);
+  c.vary = {"size", "skin"};
+  auto varied = plan_synthetic(ds->records, caps, c, nullptr);
+  LF_ASSERT_OK(plain);
+  LF_ASSERT_OK(varied);
+  std::map<std::string, int> sizes, skins;
+  for (size_t i = 0; i < varied->size(); ++i) {
+    const auto& a = (*plain)[i];
+    const auto& b = (*varied)[i];
+    // The same cells, sources and noise: only the two phrases differ.
+    EXPECT_EQ(a.source_id, b.source_id);
+    EXPECT_EQ(a.seed, b.seed);
+    const std::string size = b.varied["size"], skin = b.varied["skin"];
+    EXPECT_NE(b.prompt.find(size), std::string::npos) << b.prompt;
+    EXPECT_NE(b.prompt.find(skin), std::string::npos) << b.prompt;
+    EXPECT_EQ(with_attribute(with_attribute(a.prompt, "size", size), "skin", skin), b.prompt);
+    EXPECT_TRUE(a.varied.is_null());
+    sizes[size]++;
+    skins[skin]++;
+  }
+  // Uniform draws: 3 sizes of ~200 and 6 skin types of ~100 in 600 images.
+  ASSERT_EQ(sizes.size(), 3u);
+  ASSERT_EQ(skins.size(), 6u);
+  for (auto& [k, n] : sizes) EXPECT_NEAR(n, 200, 50) << k;
+  for (auto& [k, n] : skins) EXPECT_NEAR(n, 100, 40) << k;
+  c.vary = {"colour"};
+  EXPECT_FALSE(plan_synthetic(ds->records, caps, c, nullptr).ok());
 }
 
 // An untrained 16-px pixel generator (tiny preset, patch 4) with a tokenizer trained on the
@@ -747,6 +821,7 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
       {"seeds", {0}},
       {"classifier", {{"archs", {"cnn"}}, {"epochs", 2}, {"width", 8}}},
       {"test_datasets", {"phantom:80"}},  // an extra test set: its own columns and paired rows
+      {"budget_minutes", 600},            // ample: recorded, epochs not scaled
       {"out", dir + "/exp"}}.dump();
   ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
   auto summary = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
@@ -764,6 +839,9 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
     }
   }
   EXPECT_TRUE(summary["audit"].contains("fd") && summary["audit"].contains("memorisation"));
+  EXPECT_EQ(summary["budget"]["minutes"], 600);
+  EXPECT_EQ(summary["budget"]["epoch_factor"], 1.0);
+  EXPECT_EQ(summary["budget"]["epochs_used"], 2);
   // Paired comparisons: each non-real arm against real on the same test images, on the test split
   // and on the extra test set.
   ASSERT_EQ(summary["paired"]["per_seed"].size(), 6u);
@@ -804,6 +882,8 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   ASSERT_TRUE(fd["mix_matched"].contains("synthetic_vs_real_test")) << fd["mix_matched"].dump();
   EXPECT_NE(fd["mix_matched"]["dx_mix"]["synthetic"], fd["mix_matched"]["dx_mix"]["real_test"]);
   EXPECT_NE(html.find("weighted per diagnosis"), std::string::npos);
+  EXPECT_NE(html.find("Time budget 600 min"), std::string::npos);
+  EXPECT_NE(html.find("not scaled"), std::string::npos);
   EXPECT_NE(html.find("Does synthetic data help?"), std::string::npos);
   EXPECT_NE(html.find("AUC, phantom:80"), std::string::npos);
   std::string shot = dir + "/shot.png";

@@ -29,6 +29,7 @@ enum class Stream : uint64_t {
   kSamplerStep = 19,     // step noise of a stochastic sampler (ddim eta > 0), seed = image's seed
   kShift = 20,           // `data shift`: the shifts of an image, index = hash of its id
   kClsShift = 21,        // classifier acquisition-shift augmentation, index = step
+  kSynthVary = 22,       // `synth --vary`: the prompt attributes drawn anew, index = item
 };
 
 // SplitMix64 finaliser: a bijective 64-bit mix.

@@ -57,6 +57,18 @@ std::pair<std::vector<int64_t>, std::vector<double>> nearest_rows(const torch::T
 // `ae eval --fd` its raw and reconstructed images, so their FDs are comparable.
 torch::Tensor floor_subset(int64_t total, int64_t n);
 
+// FD over disjoint draws: the synthetic rows cut into K sets of `size` (a seeded permutation) and
+// K disjoint sets of `size` real training rows (the floor), each against all of `test`. One set of
+// 400 says little: on HAM two draws of the same generator's plan and noise gave 2.84 and 1.93.
+// K = min(synthetic, train) / size; none when K < 2.
+struct FdDraws {
+  int64_t size = 0;
+  std::vector<double> synthetic, floor;
+  nlohmann::json to_json() const;
+};
+FdDraws fd_draws(const torch::Tensor& synthetic, const torch::Tensor& test,
+                 const torch::Tensor& train, int64_t size, uint64_t seed);
+
 struct AuditInputs {
   // The reference network (trained on real data only): feature rows [n,F] of n images of side
   // `size`, and P(malignant) per image (the classification accuracy score).
@@ -69,7 +81,8 @@ struct AuditInputs {
   std::vector<nlohmann::json> manifest;                 // synthetic manifest lines ("asked")
   std::map<std::string, nlohmann::json> real_captions;  // id -> captions.jsonl record
   int max_concept_images = 300;
-  int bootstrap = 100;  // FD interval resamples
+  int bootstrap = 100;      // FD interval resamples
+  int64_t draw_size = 400;  // FD over disjoint draws of this many images (0 = off)
   std::string feature_name =
       "penultimate layer of the real-only classifier";  // how the report names the features
   int closest_pairs = 8;

@@ -238,6 +238,47 @@ torch::Tensor floor_subset(int64_t total, int64_t n) {
   return torch::randperm(total, perm_gen, torch::kInt64).slice(0, 0, std::min(total, n));
 }
 
+FdDraws fd_draws(const torch::Tensor& synthetic, const torch::Tensor& test,
+                 const torch::Tensor& train, int64_t size, uint64_t seed) {
+  FdDraws d;
+  d.size = size;
+  if (size < 2) return d;
+  const int64_t k = std::min(synthetic.size(0), train.size(0)) / size;
+  if (k < 2) return d;
+  auto g_sy = at::detail::createCPUGenerator(seed);
+  auto g_tr = at::detail::createCPUGenerator(seed + 1);
+  auto p_sy = torch::randperm(synthetic.size(0), g_sy, torch::kInt64);
+  auto p_tr = torch::randperm(train.size(0), g_tr, torch::kInt64);
+  for (int64_t i = 0; i < k; ++i) {
+    auto rows = [&](const torch::Tensor& perm) { return perm.slice(0, i * size, (i + 1) * size); };
+    d.synthetic.push_back(frechet_parts(synthetic.index_select(0, rows(p_sy)), test).total());
+    d.floor.push_back(frechet_parts(train.index_select(0, rows(p_tr)), test).total());
+  }
+  return d;
+}
+
+nlohmann::json FdDraws::to_json() const {
+  auto mean_sd = [](const std::vector<double>& v) {
+    double m = 0, s = 0;
+    for (double x : v) m += x;
+    m /= std::max<size_t>(1, v.size());
+    for (double x : v) s += (x - m) * (x - m);
+    return std::make_pair(m, v.size() > 1 ? std::sqrt(s / static_cast<double>(v.size() - 1)) : 0.0);
+  };
+  if (synthetic.empty()) return nullptr;
+  auto [ms, ss] = mean_sd(synthetic);
+  auto [mf, sf] = mean_sd(floor);
+  return {{"size", size},
+          {"draws", synthetic.size()},
+          {"synthetic", synthetic},
+          {"synthetic_mean", ms},
+          {"synthetic_sd", ss},
+          {"floor", floor},
+          {"floor_mean", mf},
+          {"floor_sd", sf},
+          {"ratio", mf > 0 ? nlohmann::json(ms / mf) : nlohmann::json(nullptr)}};
+}
+
 nlohmann::json run_audit(const AuditInputs& in) {
   nlohmann::json out;
   const auto& tr = *in.real_train;
@@ -267,6 +308,8 @@ nlohmann::json run_audit(const AuditInputs& in) {
                {"real_train_vs_real_test_ci", {ci_tr.first, ci_tr.second}},
                {"real_train_images", f_tr_n.size(0)},
                {"feature", in.feature_name}};
+  // The same measurement over disjoint draws of in.draw_size images, with its spread.
+  out["fd"]["draws"] = fd_draws(f_sy, f_te, f_tr, in.draw_size, 21).to_json();
   // The same FD with the real images weighted per diagnosis to the synthetic set's mix: a
   // label-balanced set differs from the real test split by its class mix alone, which the plain
   // FD counts as infidelity.
@@ -375,14 +418,25 @@ nlohmann::json run_audit(const AuditInputs& in) {
   std::map<std::string, const nlohmann::json*> asked_of;
   for (auto& j : in.manifest)
     if (j.contains("asked")) asked_of[j.value("id", "")] = &j["asked"];
+  // A seeded random subset of each side, not the first images: sets are stored grouped by dx
+  // (synthetic ids follow the plan's cells, the prepared splits the metadata), so the first 300 of
+  // 2,000 synthetic images were akiec, bcc and bkl only.
   Adherence syn, ref;
-  for (int64_t i = 0, k = 0; i < sy.count() && k < in.max_concept_images; ++i) {
+  auto order = [](int64_t n, uint64_t seed) {
+    auto g = at::detail::createCPUGenerator(seed);
+    auto p = torch::randperm(n, g, torch::kInt64);
+    return std::vector<int64_t>(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + n);
+  };
+  const auto sy_order = order(sy.count(), 17), te_order = order(te.count(), 18);
+  for (int64_t q = 0, k = 0; q < sy.count() && k < in.max_concept_images; ++q) {
+    const int64_t i = sy_order[q];
     auto it = asked_of.find(sy.ids[i]);
     if (it == asked_of.end()) continue;
     syn.add(*it->second, measure_rgb(sy, i));
     ++k;
   }
-  for (int64_t i = 0, k = 0; i < te.count() && k < in.max_concept_images; ++i) {
+  for (int64_t q = 0, k = 0; q < te.count() && k < in.max_concept_images; ++q) {
+    const int64_t i = te_order[q];
     auto it = in.real_captions.find(te.ids[i]);
     if (it == in.real_captions.end() || !it->second.contains("measured")) continue;
     auto& mj = it->second["measured"];

@@ -31,7 +31,7 @@ Result<nlohmann::json> audit_synthetic_set(const AuditRunOptions& o) {
                            ", " + std::to_string(lc.model->config().outputs()) + " outputs, hash " +
                            h + ")";
   LF_ASSIGN_OR_RETURN(nlohmann::json out, audit_loaded(lc, real, syn, o.synthetic, o.bootstrap,
-                                                       o.max_concept_images, name));
+                                                       o.max_concept_images, name, o.draw_size));
   out["feature_network"] = {
       {"path", feat}, {"hash", h}, {"metadata_val_auc", lc.metadata["val_auc"]}};
   out["synthetic"] = {{"dir", o.synthetic}, {"images", syn.count()}, {"skipped", skipped}};
@@ -41,7 +41,7 @@ Result<nlohmann::json> audit_synthetic_set(const AuditRunOptions& o) {
 Result<nlohmann::json> audit_loaded(LoadedClassifier& lc, const RealData& real,
                                     const LabeledSet& syn, const std::string& synthetic_dir,
                                     int bootstrap, int max_concept_images,
-                                    const std::string& feature_name) {
+                                    const std::string& feature_name, int64_t draw_size) {
   auto tr = labeled_from_prepared(real.ps, real.train, &real.captions);
   auto te = labeled_from_prepared(real.ps, real.test, &real.captions);
   AuditInputs ai;
@@ -58,6 +58,7 @@ Result<nlohmann::json> audit_loaded(LoadedClassifier& lc, const RealData& real,
   ai.real_captions = real.captions;
   ai.bootstrap = bootstrap;
   ai.max_concept_images = max_concept_images;
+  ai.draw_size = draw_size;
   ai.feature_name = !feature_name.empty()
                         ? feature_name
                         : std::string("penultimate layer of the real-only classifier (") +

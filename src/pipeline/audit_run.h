@@ -18,6 +18,7 @@ struct AuditRunOptions {
   std::string features;  // classifier .safetensors; "" = the shipped reference network
   int bootstrap = 100;
   int max_concept_images = 300;
+  int64_t draw_size = 400;  // FD over disjoint draws of this many images (0 = off)
 };
 // Fidelity (FD with bootstrap CI and the real train-vs-test floor, precision/recall,
 // density/coverage), CAS (reference P(malignant) of the synthetic images vs their asked labels),
@@ -28,6 +29,6 @@ Result<nlohmann::json> audit_synthetic_set(const AuditRunOptions& o);
 Result<nlohmann::json> audit_loaded(LoadedClassifier& lc, const RealData& real,
                                     const LabeledSet& syn, const std::string& synthetic_dir,
                                     int bootstrap = 100, int max_concept_images = 300,
-                                    const std::string& feature_name = "");
+                                    const std::string& feature_name = "", int64_t draw_size = 400);
 
 }  // namespace lf

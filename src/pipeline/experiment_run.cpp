@@ -175,6 +175,7 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"cfg", K::kNumber},
                                       {"cfg_interval", K::kNumbers},
                                       {"strength", K::kNumber},
+                                      {"vary", K::kStrings},
                                       {"batch", K::kInt}},
                                      file, "synth."));
   if (c.contains("classifier"))
@@ -188,8 +189,17 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"patience", K::kInt},
                                       {"shift_augment", K::kNumber},
                                       {"colour_constancy", K::kString},
+                                      {"extra_archs", K::kString},
                                       {"images_per_second_estimate", K::kNumber}},
                                      file, "classifier."));
+  if (c.contains("classifier") && c["classifier"].contains("extra_archs") &&
+      c["classifier"]["extra_archs"] != "once" && c["classifier"]["extra_archs"] != "all")
+    return Status::error(file + ": classifier.extra_archs must be \"once\" or \"all\", not " +
+                         c["classifier"]["extra_archs"].dump());
+  if (c.contains("synth") && c["synth"].contains("vary"))
+    for (const auto& v : c["synth"]["vary"])
+      if (v != "size" && v != "skin")
+        return Status::error(file + ": synth.vary takes \"size\" and/or \"skin\", not " + v.dump());
   if (c.contains("synthetic_mix_ratios")) {
     for (const auto& r : c["synthetic_mix_ratios"])
       if (!(r.get<double>() > 0))
@@ -292,6 +302,7 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     pc.total = cfg_get<int64_t>(sj, "total", 1000);
     pc.balance = cfg_get<std::string>(sj, "balance", "label");
     pc.flatten = cfg_get<double>(sj, "flatten", 0.5);
+    pc.vary = cfg_get<std::vector<std::string>>(sj, "vary", {});
     pc.seed = o.seed;
     nlohmann::json summary;
     LF_ASSIGN_OR_RETURN(auto plan, plan_synthetic(train, real.captions, pc, &summary));
@@ -355,15 +366,17 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
   auto is_mixing = [](const std::string& a) {
     return a == "real+synthetic" || a == "real+filtered" || a == "synthetic-then-real";
   };
+  // Architectures after the first run every cell with extra_archs "all", else once.
+  const bool extra_all = cfg_get<std::string>(cj, "extra_archs", std::string("once")) == "all";
   std::vector<Planned> jobs;
   for (auto& arch : archs)
     for (auto n : sizes)
       for (auto& arm : arms)
         for (double ratio : is_mixing(arm) && !ratios.empty() ? ratios : std::vector<double>{0})
           for (auto s : seeds) {
-            // The extra architectures are measured once (first size, first seed), as the budget
-            // allows.
-            if (arch != archs[0] && (n != sizes[0] || s != seeds[0])) continue;
+            // The extra architectures are measured once (first size, first seed) unless
+            // classifier.extra_archs is "all".
+            if (!extra_all && arch != archs[0] && (n != sizes[0] || s != seeds[0])) continue;
             ClsJob j;
             j.arm = arm;
             j.real_size = n;
@@ -427,6 +440,9 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
             jobs.push_back({j, cost * (arch == "vit" ? 3.0 : 1.0)});
           }
   // Budget: scale the epochs of every job by one factor so the planned work fits what is left.
+  // What the budget did, for the summary and the report (the epochs of a scaled run are not the
+  // config's).
+  nlohmann::json budget_info;
   if (budget > 0) {
     double left = budget - minutes();
     double work = 0;
@@ -434,13 +450,22 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       if (!file_exists(p.job.train.out + "/result.json")) work += p.cost * p.job.train.epochs;
     double ips = cfg_get<double>(cj, "images_per_second_estimate", 250.0);
     double need = work / ips / 60;
+    double f = 1.0;
+    const int planned = jobs.empty() ? 0 : jobs.front().job.train.epochs;
     if (need > left && left > 0) {
-      double f = left / need;
+      f = left / need;
       for (auto& p : jobs)
         p.job.train.epochs = std::max(2, static_cast<int>(p.job.train.epochs * f));
       log_info("experiment: budget " + std::to_string(left) + " min for ~" + std::to_string(need) +
                " min of training: epochs scaled by " + std::to_string(f));
     }
+    budget_info = {{"minutes", budget},
+                   {"minutes_before_classifiers", minutes()},
+                   {"left_for_classifiers", left},
+                   {"estimated_classifier_minutes", need},
+                   {"epoch_factor", f},
+                   {"epochs_planned", planned},
+                   {"epochs_used", jobs.empty() ? 0 : jobs.front().job.train.epochs}};
   }
   std::vector<nlohmann::json> results;
   Progress prog("experiment", static_cast<int64_t>(jobs.size()), "job");
@@ -477,6 +502,7 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       {"runs", results},
       {"audit", audit},
       {"minutes", minutes()},
+      {"budget", budget_info},
       {"out", out}};
   LF_RETURN_IF_ERROR(write_file_atomic(out + "/summary.json", summary.dump(2) + "\n"));
   return summary;

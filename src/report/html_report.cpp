@@ -118,6 +118,21 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
     h << "</table>";
   }
   h << "<h2>Classifiers: real vs real+synthetic vs synthetic-only</h2>";
+  // A time budget that scaled the classifier epochs is said here, with the run's wall time.
+  if (s.contains("budget") && s["budget"].is_object()) {
+    const auto& b = s["budget"];
+    char line[400];
+    std::snprintf(line, sizeof line,
+                  "<p><b>Time budget %.0f min</b> (wall time of this run: %.1f min; %.1f min "
+                  "before the classifiers). Classifier epochs %s: %d planned, %d used (factor "
+                  "%.2f; estimated classifier work %.1f min for %.1f min left).</p>",
+                  num(b["minutes"]), num(s.value("minutes", nlohmann::json(0.0))),
+                  num(b["minutes_before_classifiers"]),
+                  num(b["epoch_factor"]) < 1.0 ? "<b>scaled down to fit</b>" : "not scaled",
+                  b.value("epochs_planned", 0), b.value("epochs_used", 0), num(b["epoch_factor"]),
+                  num(b["estimated_classifier_minutes"]), num(b["left_for_classifiers"]));
+    h << line;
+  }
   h << "<p>Binary benign vs malignant, evaluated on the lesion-grouped test split; operating point "
        "(Youden) "
        "picked on the validation split. Mean ± sd over seeds; brackets: bootstrap 95% CI of the "
@@ -313,6 +328,14 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
         << parts_of(mm.value("synthetic_vs_real_test_parts", nlohmann::json::object()))
         << ")</td><td>real train vs real test, same weights: "
         << fmt(num(mm["real_train_vs_real_test"])) << "</td></tr>";
+    // Over disjoint draws: the FD of one small set moves a lot between draws, so the spread.
+    const auto& dr = a["fd"].value("draws", nlohmann::json());
+    if (dr.is_object() && dr.contains("synthetic_mean"))
+      h << "<tr><td>Fréchet distance over " << dr["draws"] << " disjoint draws of " << dr["size"]
+        << " images (mean ± sd)</td><td>" << fmt(num(dr["synthetic_mean"])) << " ± "
+        << fmt(num(dr["synthetic_sd"])) << " (" << fmt(num(dr["ratio"]))
+        << "x the floor)</td><td>real train vs real test, draws of the same size: "
+        << fmt(num(dr["floor_mean"])) << " ± " << fmt(num(dr["floor_sd"])) << "</td></tr>";
     h << "<tr><td>precision / recall (k=3)</td><td>" << fmt(num(a["precision_recall"]["precision"]))
       << " / " << fmt(num(a["precision_recall"]["recall"]))
       << "</td><td>real train: " << fmt(num(a["precision_recall"]["real_train_precision"])) << " / "

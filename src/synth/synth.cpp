@@ -6,6 +6,7 @@
 #include <fstream>
 #include <opencv2/imgproc.hpp>
 #include <random>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -21,11 +22,8 @@
 namespace lf {
 
 nlohmann::json SynthPlanConfig::to_json() const {
-  return {{"total", total},
-          {"balance", balance},
-          {"flatten", flatten},
-          {"attributes", attributes},
-          {"seed", seed}};
+  return {{"total", total},           {"balance", balance}, {"flatten", flatten},
+          {"attributes", attributes}, {"vary", vary},       {"seed", seed}};
 }
 
 namespace {
@@ -59,7 +57,26 @@ std::vector<int64_t> water_fill(const std::vector<int64_t>& real, int64_t total)
   }
   return add;
 }
+// The phrases `vary` draws from, and the pattern of the phrase a caption already has.
+const std::map<std::string, std::pair<std::vector<std::string>, std::regex>>& vary_phrases() {
+  static const std::map<std::string, std::pair<std::vector<std::string>, std::regex>> m = {
+      {"size",
+       {{"small lesion", "medium-sized lesion", "large lesion"},
+        std::regex("(small|medium-sized|large) lesion")}},
+      {"skin",
+       {{"fitzpatrick type I skin", "fitzpatrick type II skin", "fitzpatrick type III skin",
+         "fitzpatrick type IV skin", "fitzpatrick type V skin", "fitzpatrick type VI skin"},
+        std::regex("fitzpatrick type [IV]+ skin")}}};
+  return m;
+}
 }  // namespace
+
+std::string with_attribute(const std::string& prompt, const std::string& attribute,
+                           const std::string& phrase) {
+  const auto& re = vary_phrases().at(attribute).second;
+  if (std::regex_search(prompt, re)) return std::regex_replace(prompt, re, phrase);
+  return prompt + (prompt.find(';') == std::string::npos ? "; " : ", ") + phrase;
+}
 
 Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
                                               const std::map<std::string, nlohmann::json>& captions,
@@ -101,6 +118,9 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
     c.members.push_back(i);
   }
   if (cells.empty()) return Status::error("synth: no labelled real training records to plan from");
+  for (auto& v : cfg.vary)
+    if (!vary_phrases().count(v))
+      return Status::error("synth: --vary takes size and/or skin (got '" + v + "')");
   // Classes.
   auto class_of = [&](const Cell& c) {
     return by == "label" ? std::to_string(c.label) : by == "dx" ? c.dx : std::string("all");
@@ -169,6 +189,17 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
     plan[i].index = static_cast<int64_t>(i);
     plan[i].id = id;
     plan[i].seed = derive_seed(cfg.seed, Stream::kSynthImage, i);
+    if (!cfg.vary.empty()) {
+      std::mt19937_64 vr(derive_seed(cfg.seed, Stream::kSynthVary, i));
+      plan[i].varied = nlohmann::json::object();
+      for (auto& a : cfg.vary) {
+        const auto& phrases = vary_phrases().at(a).first;
+        const auto& phrase =
+            phrases[std::uniform_int_distribution<size_t>(0, phrases.size() - 1)(vr)];
+        plan[i].prompt = with_attribute(plan[i].prompt, a, phrase);
+        plan[i].varied[a] = phrase;
+      }
+    }
   }
   if (summary) {
     nlohmann::json cls = nlohmann::json::object();
@@ -289,6 +320,7 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
                 {"generator_hash", g.hash},
                 {"adapter_hash", cfg.adapter_hash}});
       if (!it.asked.is_null()) j["asked"] = it.asked;
+      if (!it.varied.is_null()) j["varied"] = it.varied;
       if (img2img)  // image-to-image: what it started from
         j["init"] = {{"source_id", it.source_id},
                      {"dihedral", init_transform(it)},

@@ -23,6 +23,10 @@ struct SynthPlanConfig {
   std::string balance = "label";
   double flatten = 0.5;  // within a class, cell share ~ real_count^flatten (0 = uniform)
   std::vector<std::string> attributes{"sex", "age"};  // subgroup attributes of a cell
+  // Prompt attributes drawn anew per image instead of kept from the source caption, for variety
+  // the real cells lack: "size" (small / medium-sized / large lesion, uniform) and "skin"
+  // (Fitzpatrick type I-VI, uniform). The manifest records what was asked ("varied").
+  std::vector<std::string> vary;
   uint64_t seed = 0;
   nlohmann::json to_json() const;
 };
@@ -36,6 +40,7 @@ struct SynthItem {
   std::map<std::string, std::string> subgroup;
   std::string source_id;  // the real image whose caption is the prompt
   nlohmann::json asked;   // measured concepts of that caption (for concept adherence)
+  nlohmann::json varied;  // attribute -> phrase put into the prompt by SynthPlanConfig::vary
   uint64_t seed = 0;      // noise seed of this image
 };
 
@@ -47,6 +52,11 @@ struct SynthItem {
 Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
                                               const std::map<std::string, nlohmann::json>& captions,
                                               const SynthPlanConfig& cfg, nlohmann::json* summary);
+
+// The prompt with its phrase for `attribute` ("size" or "skin") replaced by `phrase` (appended
+// when the prompt has none).
+std::string with_attribute(const std::string& prompt, const std::string& attribute,
+                           const std::string& phrase);
 
 // The starting image of an item for image-to-image synthesis: its source record's image under the
 // dihedral transform k (0..7), in the generator's space ([C,S,S] latent or pixels in [-1,1]).

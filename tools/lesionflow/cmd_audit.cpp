@@ -28,6 +28,13 @@ Status run_audit_cmd(const AuditOptions& o, const GlobalOptions& g) {
     std::printf("HAM-FD with the real images weighted to the synthetic dx mix %.2f (floor %.2f)\n",
                 fd["mix_matched"]["synthetic_vs_real_test"].get<double>(),
                 fd["mix_matched"]["real_train_vs_real_test"].get<double>());
+  if (fd["draws"].is_object())
+    std::printf(
+        "HAM-FD over %d disjoint draws of %d: %.2f +- %.2f (floor %.2f +- %.2f), ratio %.2f\n",
+        fd["draws"]["draws"].get<int>(), fd["draws"]["size"].get<int>(),
+        fd["draws"]["synthetic_mean"].get<double>(), fd["draws"]["synthetic_sd"].get<double>(),
+        fd["draws"]["floor_mean"].get<double>(), fd["draws"]["floor_sd"].get<double>(),
+        fd["draws"]["ratio"].get<double>());
   auto& pr = a["precision_recall"];
   auto& dc = a["density_coverage"];
   std::printf("precision %.3f recall %.3f (real train: %.3f / %.3f)  density %.3f coverage %.3f\n",
@@ -68,6 +75,11 @@ void add_audit(CLI::App& app, GlobalOptions& g, Runner* run) {
   a->add_option("--bootstrap", o.run.bootstrap, "FD interval resamples")
       ->capture_default_str()
       ->check(CLI::Range(0, 10000));
+  a->add_option("--draw-size", o.run.draw_size,
+                "also FD over disjoint draws of this many synthetic images, each with a floor of "
+                "as many real training images (reported when the set holds 2 draws; 0 = off)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   a->add_option("--out", o.out, "write the audit JSON here");
   a->callback([&g, run]() { *run = [&g]() { return run_audit_cmd(o, g); }; });
 }

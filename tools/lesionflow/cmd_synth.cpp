@@ -86,6 +86,12 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
   y->add_option("--flatten", s.plan.flatten, "cell share ~ real_count^flatten within a class")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
+  y->add_option("--vary", s.plan.vary,
+                "draw these prompt attributes anew per image instead of keeping the source "
+                "caption's: size (small / medium-sized / large lesion) and/or skin (Fitzpatrick "
+                "I-VI), uniformly; the manifest records them")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"size", "skin"}));
   // Sampler flags not given: a distilled checkpoint's recommended settings, else the defaults of
   // use_default_sampling() (as `sample`).
   use_default_sampling(s.gen);
