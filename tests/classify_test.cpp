@@ -562,6 +562,23 @@ TEST(Synth, GenerationResumesWithIdenticalImages) {
   EXPECT_EQ(*after_torn, 1);
   EXPECT_EQ(*read_file(sc.out + "/images/synth_000005.png"), *first);
   ASSERT_EQ(read_jsonl(sc.out + "/manifest.jsonl")->size(), 6u);
+  // Resuming with another generator, or another plan, is refused and leaves the set as it was.
+  const auto before = *read_file(sc.out + "/manifest.jsonl");
+  LoadedGenerator other = g;
+  other.hash = "another";
+  auto mixed = generate_synthetic(other, *plan, sc, summary);
+  ASSERT_FALSE(mixed.ok());
+  EXPECT_NE(mixed.status().message().find("refusing to mix two generators"), std::string::npos)
+      << mixed.status().message();
+  EXPECT_NE(mixed.status().message().find("manifest.jsonl"), std::string::npos);
+  pc.seed = 7;
+  auto other_plan = plan_synthetic(ds->records, {}, pc, nullptr);
+  LF_ASSERT_OK(other_plan);
+  auto replanned = generate_synthetic(g, *other_plan, sc, summary);
+  ASSERT_FALSE(replanned.ok());
+  EXPECT_NE(replanned.status().message().find("another prompt or seed"), std::string::npos)
+      << replanned.status().message();
+  EXPECT_EQ(*read_file(sc.out + "/manifest.jsonl"), before);
 
   // Export: both layouts read back through lesionflow's own loaders with the manifest's labels;
   // the HAM layout carries the source image's age and sex.

@@ -257,6 +257,27 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   if (file_exists(manifest)) {
     // A kill during the append leaves a torn last line: it is dropped and its images are redone.
     LF_ASSIGN_OR_RETURN(auto recs, read_jsonl_tolerant(manifest));
+    // A set is made by one generator (and adapter) from one plan: resuming with another would mix
+    // two sets under one manifest, so it is refused before anything is written.
+    std::map<std::string, const SynthItem*> planned;
+    for (auto& it : plan) planned[it.id] = &it;
+    for (const auto& j : recs) {
+      const std::string id = j.value("id", "");
+      if (j.value("generator_hash", g.hash) != g.hash ||
+          j.value("adapter_hash", cfg.adapter_hash) != cfg.adapter_hash)
+        return Status::error(manifest + ": " + id + " was made by generator " +
+                             j.value("generator_hash", "") + " (adapter '" +
+                             j.value("adapter_hash", "") + "'), this run's is " + g.hash +
+                             " (adapter '" + cfg.adapter_hash +
+                             "'); refusing to mix two generators in one set (use a new --out)");
+      auto it = planned.find(id);
+      if (it != planned.end() && (j.value("prompt", "") != it->second->prompt ||
+                                  j.value("seed", uint64_t{0}) != it->second->seed))
+        return Status::error(manifest + ": " + id +
+                             " has another prompt or seed than this run's plan (--total, "
+                             "--balance, --flatten, --vary or --seed changed?); refusing to mix "
+                             "two plans in one set (use a new --out)");
+    }
     std::string kept;
     for (const auto& j : recs)
       if (file_exists(cfg.out + "/" + j.value("file", ""))) {
