@@ -859,6 +859,8 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   EXPECT_EQ(summary["budget"]["minutes"], 600);
   EXPECT_EQ(summary["budget"]["epoch_factor"], 1.0);
   EXPECT_EQ(summary["budget"]["epochs_used"], 2);
+  EXPECT_EQ(summary["classifier_epochs"]["planned"], 2);
+  EXPECT_EQ(summary["classifier_epochs"]["used"], 2);
   // Paired comparisons: each non-real arm against real on the same test images, on the test split
   // and on the extra test set.
   ASSERT_EQ(summary["paired"]["per_seed"].size(), 6u);
@@ -915,6 +917,21 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   cv::cvtColor(img, grey, cv::COLOR_BGR2GRAY);
   double non_white = cv::countNonZero(grey < 200) / static_cast<double>(grey.total());
   EXPECT_GT(non_white, 0.01) << "the rendered report looks blank";
+  // A rerun with more epochs planned and no budget finds every job done: the summary and the
+  // report give the epochs the results were trained with, not the config's.
+  auto cfg3 = nlohmann::json::parse(*read_file(dir + "/config.json"));
+  cfg3["classifier"]["epochs"] = 3;
+  cfg3.erase("budget_minutes");
+  std::ofstream(dir + "/config3.json") << cfg3.dump();
+  ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config3.json"));
+  auto third = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
+  EXPECT_EQ(third["classifier_epochs"]["planned"], 3);
+  EXPECT_EQ(third["classifier_epochs"]["used"], 2);
+  EXPECT_TRUE(third["budget"].is_null());
+  ASSERT_TRUE(sh(lf + " report --experiment " + dir + "/exp --out " + dir + "/report3.html"));
+  const std::string html3 = *read_file(dir + "/report3.html");
+  EXPECT_NE(html3.find("other than planned"), std::string::npos);
+  EXPECT_NE(html3.find("3 planned, 2 used"), std::string::npos);
 }
 
 namespace lf {

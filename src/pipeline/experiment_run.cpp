@@ -464,8 +464,7 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
                    {"left_for_classifiers", left},
                    {"estimated_classifier_minutes", need},
                    {"epoch_factor", f},
-                   {"epochs_planned", planned},
-                   {"epochs_used", jobs.empty() ? 0 : jobs.front().job.train.epochs}};
+                   {"epochs_planned", planned}};
   }
   std::vector<nlohmann::json> results;
   Progress prog("experiment", static_cast<int64_t>(jobs.size()), "job");
@@ -491,6 +490,13 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       LF_RETURN_IF_ERROR(write_file_atomic(out + "/audit.json", audit.dump(2) + "\n"));
     }
   }
+  // The epochs the results were trained with, from the results themselves: a rerun that finds
+  // every job done must not report the config's epochs for jobs an earlier budget scaled.
+  std::set<int> used_epochs;
+  for (auto& r : results) used_epochs.insert(r["train"].value("epochs", 0));
+  const nlohmann::json epochs_used =
+      used_epochs.size() == 1 ? nlohmann::json(*used_epochs.begin()) : nlohmann::json(used_epochs);
+  if (budget_info.is_object()) budget_info["epochs_used"] = epochs_used;
   LF_ASSIGN_OR_RETURN(nlohmann::json paired, paired_arm_comparisons(results));
   nlohmann::json summary = {
       {"config", c},
@@ -503,6 +509,7 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       {"audit", audit},
       {"minutes", minutes()},
       {"budget", budget_info},
+      {"classifier_epochs", {{"planned", cfg_get<int>(cj, "epochs", 20)}, {"used", epochs_used}}},
       {"out", out}};
   LF_RETURN_IF_ERROR(write_file_atomic(out + "/summary.json", summary.dump(2) + "\n"));
   return summary;

@@ -118,20 +118,34 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
     h << "</table>";
   }
   h << "<h2>Classifiers: real vs real+synthetic vs synthetic-only</h2>";
-  // A time budget that scaled the classifier epochs is said here, with the run's wall time.
-  if (s.contains("budget") && s["budget"].is_object()) {
-    const auto& b = s["budget"];
-    char line[400];
-    std::snprintf(line, sizeof line,
-                  "<p><b>Time budget %.0f min</b> (wall time of this run: %.1f min; %.1f min "
-                  "before the classifiers). Classifier epochs %s: %d planned, %d used (factor "
-                  "%.2f; estimated classifier work %.1f min for %.1f min left).</p>",
-                  num(b["minutes"]), num(s.value("minutes", nlohmann::json(0.0))),
-                  num(b["minutes_before_classifiers"]),
-                  num(b["epoch_factor"]) < 1.0 ? "<b>scaled down to fit</b>" : "not scaled",
-                  b.value("epochs_planned", 0), b.value("epochs_used", 0), num(b["epoch_factor"]),
-                  num(b["estimated_classifier_minutes"]), num(b["left_for_classifiers"]));
-    h << line;
+  // A time budget, and classifier epochs other than the config's (a budget, now or in the run that
+  // trained them, scaled them), are said here with the run's wall time.
+  {
+    const auto& ep = s.value("classifier_epochs", nlohmann::json::object());
+    const int planned = ep.value("planned", 0);
+    const nlohmann::json used = ep.value("used", nlohmann::json(planned));
+    const bool scaled = used != nlohmann::json(planned);
+    const std::string used_txt = used.is_number() ? std::to_string(used.get<int>()) : used.dump();
+    char line[512] = "";
+    if (s.contains("budget") && s["budget"].is_object()) {
+      const auto& b = s["budget"];
+      std::snprintf(line, sizeof line,
+                    "<p><b>Time budget %.0f min</b> (wall time of this run: %.1f min; %.1f min "
+                    "before the classifiers; estimated classifier work %.1f min for %.1f min "
+                    "left). ",
+                    num(b["minutes"]), num(s.value("minutes", nlohmann::json(0.0))),
+                    num(b["minutes_before_classifiers"]), num(b["estimated_classifier_minutes"]),
+                    num(b["left_for_classifiers"]));
+      h << line;
+    } else if (scaled) {
+      h << "<p>";
+    }
+    if (scaled || (s.contains("budget") && s["budget"].is_object()))
+      h << "Classifier epochs "
+        << (scaled ? "<b>other than planned</b> (a time budget scales them to fit, in this run or "
+                     "in the run that trained them)"
+                   : "not scaled")
+        << ": " << planned << " planned, " << used_txt << " used.</p>";
   }
   h << "<p>Binary benign vs malignant, evaluated on the lesion-grouped test split; operating point "
        "(Youden) "
