@@ -233,9 +233,16 @@ static nlohmann::json diversity(const AuditInputs& in, const LabeledSet& sy, con
           {"prompts_with_repeats", n_prompt}};
 }
 
+namespace {
+// A seeded random order of n rows (the audit's subsets: sets are stored grouped by dx).
+torch::Tensor seeded_permutation(int64_t n, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return torch::randperm(n, gen, torch::kInt64);
+}
+}  // namespace
+
 torch::Tensor floor_subset(int64_t total, int64_t n) {
-  auto perm_gen = at::detail::createCPUGenerator(13);
-  return torch::randperm(total, perm_gen, torch::kInt64).slice(0, 0, std::min(total, n));
+  return seeded_permutation(total, 13).slice(0, 0, std::min(total, n));
 }
 
 FdDraws fd_draws(const torch::Tensor& synthetic, const torch::Tensor& test,
@@ -245,10 +252,8 @@ FdDraws fd_draws(const torch::Tensor& synthetic, const torch::Tensor& test,
   if (size < 2) return d;
   const int64_t k = std::min(synthetic.size(0), train.size(0)) / size;
   if (k < 2) return d;
-  auto g_sy = at::detail::createCPUGenerator(seed);
-  auto g_tr = at::detail::createCPUGenerator(seed + 1);
-  auto p_sy = torch::randperm(synthetic.size(0), g_sy, torch::kInt64);
-  auto p_tr = torch::randperm(train.size(0), g_tr, torch::kInt64);
+  auto p_sy = seeded_permutation(synthetic.size(0), seed);
+  auto p_tr = seeded_permutation(train.size(0), seed + 1);
   for (int64_t i = 0; i < k; ++i) {
     auto rows = [&](const torch::Tensor& perm) { return perm.slice(0, i * size, (i + 1) * size); };
     d.synthetic.push_back(frechet_parts(synthetic.index_select(0, rows(p_sy)), test).total());
@@ -258,13 +263,6 @@ FdDraws fd_draws(const torch::Tensor& synthetic, const torch::Tensor& test,
 }
 
 nlohmann::json FdDraws::to_json() const {
-  auto mean_sd = [](const std::vector<double>& v) {
-    double m = 0, s = 0;
-    for (double x : v) m += x;
-    m /= std::max<size_t>(1, v.size());
-    for (double x : v) s += (x - m) * (x - m);
-    return std::make_pair(m, v.size() > 1 ? std::sqrt(s / static_cast<double>(v.size() - 1)) : 0.0);
-  };
   if (synthetic.empty()) return nullptr;
   auto [ms, ss] = mean_sd(synthetic);
   auto [mf, sf] = mean_sd(floor);
@@ -423,8 +421,7 @@ nlohmann::json run_audit(const AuditInputs& in) {
   // 2,000 synthetic images were akiec, bcc and bkl only.
   Adherence syn, ref;
   auto order = [](int64_t n, uint64_t seed) {
-    auto g = at::detail::createCPUGenerator(seed);
-    auto p = torch::randperm(n, g, torch::kInt64);
+    auto p = seeded_permutation(n, seed);
     return std::vector<int64_t>(p.data_ptr<int64_t>(), p.data_ptr<int64_t>() + n);
   };
   const auto sy_order = order(sy.count(), 17), te_order = order(te.count(), 18);
