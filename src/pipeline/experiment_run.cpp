@@ -198,7 +198,7 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                          c["classifier"]["extra_archs"].dump());
   if (c.contains("synth") && c["synth"].contains("vary"))
     for (const auto& v : c["synth"]["vary"])
-      if (v != "size" && v != "skin")
+      if (!v.is_string() || !is_vary_attribute(v.get<std::string>()))
         return Status::error(file + ": synth.vary takes \"size\" and/or \"skin\", not " + v.dump());
   if (c.contains("synthetic_mix_ratios")) {
     for (const auto& r : c["synthetic_mix_ratios"])

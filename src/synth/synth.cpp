@@ -71,6 +71,8 @@ const std::map<std::string, std::pair<std::vector<std::string>, std::regex>>& va
 }
 }  // namespace
 
+bool is_vary_attribute(const std::string& attribute) { return vary_phrases().count(attribute) > 0; }
+
 std::string with_attribute(const std::string& prompt, const std::string& attribute,
                            const std::string& phrase) {
   const auto& re = vary_phrases().at(attribute).second;
@@ -119,7 +121,7 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   }
   if (cells.empty()) return Status::error("synth: no labelled real training records to plan from");
   for (auto& v : cfg.vary)
-    if (!vary_phrases().count(v))
+    if (!is_vary_attribute(v))
       return Status::error("synth: --vary takes size and/or skin (got '" + v + "')");
   // Classes.
   auto class_of = [&](const Cell& c) {

@@ -53,6 +53,8 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
                                               const std::map<std::string, nlohmann::json>& captions,
                                               const SynthPlanConfig& cfg, nlohmann::json* summary);
 
+// Whether `attribute` is one SynthPlanConfig::vary takes ("size", "skin").
+bool is_vary_attribute(const std::string& attribute);
 // The prompt with its phrase for `attribute` ("size" or "skin") replaced by `phrase` (appended
 // when the prompt has none).
 std::string with_attribute(const std::string& prompt, const std::string& attribute,
