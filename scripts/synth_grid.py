@@ -7,59 +7,12 @@ row per synthetic set (its first N images of that dx, from manifest.jsonl).
 numpy only (PNG read and written with zlib); reads 8-bit RGB(A) PNGs as lesionflow writes them.
 """
 import json
-import struct
 import sys
-import zlib
 
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from real_grid import load_images, write_png  # noqa: E402
-
-
-def read_png(path):
-    d = open(path, "rb").read()
-    assert d[:8] == b"\x89PNG\r\n\x1a\n", path + ": not a PNG"
-    i, idat = 8, b""
-    while i < len(d):
-        n = struct.unpack(">I", d[i:i + 4])[0]
-        tag, body = d[i + 4:i + 8], d[i + 8:i + 8 + n]
-        i += 12 + n
-        if tag == b"IHDR":
-            w, h, depth, ctype = struct.unpack(">IIBB", body[:10])
-            assert depth == 8 and ctype in (2, 6), path + ": only 8-bit RGB/RGBA PNGs"
-        elif tag == b"IDAT":
-            idat += body
-    ch = 3 if ctype == 2 else 4
-    raw, stride = zlib.decompress(idat), w * ch
-    out = np.zeros((h, stride), np.int32)
-    prev = np.zeros(stride, np.int32)
-    pos = 0
-    for y in range(h):
-        f = raw[pos]
-        line = np.frombuffer(raw[pos + 1:pos + 1 + stride], np.uint8).astype(np.int32)
-        pos += 1 + stride
-        if f == 0:
-            cur = line
-        elif f == 2:
-            cur = (line + prev) & 255
-        else:  # sub, average, Paeth: sequential along the row
-            cur = np.zeros(stride, np.int32)
-            for x in range(stride):
-                a = cur[x - ch] if x >= ch else 0
-                b = prev[x]
-                c = prev[x - ch] if x >= ch else 0
-                if f == 1:
-                    p = a
-                elif f == 3:
-                    p = (a + b) // 2
-                else:
-                    pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
-                    p = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                cur[x] = (line[x] + p) & 255
-        out[y] = cur
-        prev = cur
-    return out.reshape(h, w, ch)[:, :, :3].astype(np.uint8)
+from real_grid import load_images, read_png, write_png  # noqa: E402
 
 
 def main():
