@@ -2,12 +2,14 @@
 #include "pipeline/ae_runs.h"
 
 #include <algorithm>
+#include <filesystem>
 
 #include "classify/classifier.h"
 #include "eval/audit.h"
 #include "lesionflow/data.h"
 #include "lesionflow/io.h"
 #include "lesionflow/log.h"
+#include "models/checkpoint.h"
 #include "pipeline/audit_run.h"
 
 namespace lf {
@@ -38,7 +40,36 @@ nlohmann::json AERunOptions::to_json() const {
           {"split", split},
           {"fd_images", fd_images},
           {"features", features},
+          {"gen_latents", gen_latents},
           {"seed", seed}};
+}
+
+Result<torch::Tensor> load_saved_latents(const std::string& dir, const std::string& latent_hash) {
+  namespace fs = std::filesystem;
+  const std::string d = fs::is_directory(dir + "/latents") ? dir + "/latents" : dir;
+  if (!fs::is_directory(d)) return Status::error(dir + ": not a folder of saved latents");
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(d))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors")
+      files.push_back(e.path().string());
+  std::sort(files.begin(), files.end());
+  if (files.empty())
+    return Status::error(d + ": no .safetensors latents (make them with synth --save-latents)");
+  std::vector<torch::Tensor> zs;
+  for (const auto& f : files) {
+    LF_ASSIGN_OR_RETURN(SafeTensors st, load_safetensors(f));
+    auto it = st.tensors.find("latent");
+    if (st.metadata["format"] != "lesionflow.latent.v1" || it == st.tensors.end())
+      return Status::error(f + ": not a latent written by synth --save-latents");
+    if (st.metadata["latent_hash"] != latent_hash)
+      return Status::error(f + ": a latent of the latent space " + st.metadata["latent_hash"] +
+                           ", but the autoencoder's is " + latent_hash);
+    LF_ASSIGN_OR_RETURN(torch::Tensor z, from_raw(it->second, f));
+    if (!zs.empty() && z.sizes() != zs[0].sizes())
+      return Status::error(f + ": latent shape differs from the other files'");
+    zs.push_back(z.to(torch::kFloat32));
+  }
+  return torch::stack(zs);
 }
 
 Result<nlohmann::json> run_ae_training(AERunOptions o) {
@@ -75,6 +106,15 @@ Result<nlohmann::json> run_ae_training(AERunOptions o) {
   log_info("autoencoder: " + std::to_string(np) + " parameters, f=" + std::to_string(c.factor()) +
            ", latent " + std::to_string(c.latent_channels) + "x" + std::to_string(c.latent_size()) +
            "x" + std::to_string(c.latent_size()));
+  if (!o.gen_latents.empty()) {
+    if (!o.train.decoder_only)
+      return Status::error("ae train: --gen-latents needs --decoder-only and --init");
+    LF_ASSIGN_OR_RETURN(o.train.gen_latents,
+                        load_saved_latents(o.gen_latents, o.train.latent_hash));
+    o.train.gen_latents_source = o.gen_latents;
+    log_info("generator latents: " + std::to_string(o.train.gen_latents.size(0)) + " from " +
+             o.gen_latents);
+  }
   o.train.seed = o.seed;
   o.train.out = o.out;
   o.train.warmup = std::min<int64_t>(o.train.warmup, o.train.steps / 10 + 1);

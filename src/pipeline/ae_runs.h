@@ -22,10 +22,15 @@ struct AERunOptions {
   // N images unreconstructed (how much of a latent generator's HAM-FD the autoencoder alone costs).
   int fd_images = 0;
   std::string features;  // the feature network (default: the shipped reference network)
+  // train --gen-latents: a synthetic set made with `synth --save-latents` (or its latents/ folder)
+  std::string gen_latents;
   uint64_t seed = 0;
   nlohmann::json to_json() const;
 };
 
+// The latents in DIR/latents (or DIR) written by `synth --save-latents`, stacked [N,C,s,s];
+// every file must belong to the latent space `latent_hash`.
+Result<torch::Tensor> load_saved_latents(const std::string& dir, const std::string& latent_hash);
 // {step, seconds, images_per_second, val_psnr, val_ssim, stopped_by_budget, checkpoint}
 Result<nlohmann::json> run_ae_training(AERunOptions o);
 // {latents (cache file), shape, images}

@@ -235,6 +235,7 @@ Result<nlohmann::json> run_synth(const SynthRunOptions& o) {
                              sc.gen);  // a distilled student's settings for flags not given
   LF_RETURN_IF_ERROR(check_generate_config(sc.gen, "synth"));
   sc.out = o.out;
+  sc.save_latents = o.save_latents;
   sc.generator_path = o.generator;
   if (sc.gen.sampler.start < 1.0) {
     LF_ASSIGN_OR_RETURN(sc.init, source_images(gen, o.data, real.ps));

@@ -64,6 +64,7 @@ struct SynthRunOptions {
   SamplerFlags
       given;  // which sampler flags the user gave (the rest: a checkpoint's recommendation)
   bool plan_only = false;
+  bool save_latents = false;  // latents/<id>.safetensors beside the images (latent generators)
   uint64_t seed = 0;
 };
 // plan.json (plan_only) or the synthetic set with manifest.jsonl; {planned, generated_now, seconds,

@@ -17,6 +17,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/rng.h"
 #include "lesionflow/scratch.h"
+#include "models/checkpoint.h"
 #include "train/common.h"
 
 namespace lf {
@@ -309,6 +310,12 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   const bool img2img = cfg.gen.sampler.start < 1.0;
   if (img2img && !cfg.init)
     return Status::error("synth: --strength below 1 needs the source images (a prepared cache)");
+  if (cfg.save_latents) {
+    if (!g.latent())
+      return Status::error("synth: --save-latents needs a latent generator (" + cfg.generator_path +
+                           " works in pixel space)");
+    LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/latents"));
+  }
   int64_t made = 0;
   for (size_t s = 0; s < todo.size(); s += B) {
     std::vector<std::string> prompts;
@@ -319,8 +326,10 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
       seeds.push_back(todo[i]->seed);
       if (img2img) inits.push_back(cfg.init(*todo[i], init_transform(*todo[i])));
     }
-    auto imgs = generate_images(g, prompts, seeds, cfg.gen,
-                                img2img ? torch::stack(inits) : torch::Tensor());
+    torch::Tensor lat;
+    auto imgs =
+        generate_images(g, prompts, seeds, cfg.gen, img2img ? torch::stack(inits) : torch::Tensor(),
+                        cfg.save_latents ? &lat : nullptr);
     auto u8 = tensor_to_images(imgs);
     const int S = static_cast<int>(imgs.size(2));
     std::string lines;
@@ -330,6 +339,16 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
       cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
       std::string file = "images/" + it.id + ".png";
       LF_RETURN_IF_ERROR(write_png(cfg.out + "/" + file, bgr));
+      if (cfg.save_latents) {
+        SafeTensors st;
+        st.tensors["latent"] =
+            to_raw(lat[static_cast<int64_t>(k)].to(torch::kFloat32).contiguous());
+        st.metadata = {{"format", "lesionflow.latent.v1"},
+                       {"id", it.id},
+                       {"latent_hash", g.ae_hash},
+                       {"generator_hash", g.hash}};
+        LF_RETURN_IF_ERROR(save_safetensors(cfg.out + "/latents/" + it.id + ".safetensors", st));
+      }
       nlohmann::json j = sampling_metadata(cfg.gen);  // sampler, steps, shift, eta, cfg
       j.update({{"id", it.id},
                 {"file", file},

@@ -69,6 +69,10 @@ struct SynthGenConfig {
   std::string out;     // DIR: images/*.png, manifest.jsonl, plan.json
   std::string generator_path, adapter_hash;
   InitImageFn init;  // required when gen.sampler.start < 1
+  // Latent generators: also write each image's normalised latent (before decoding) to
+  // latents/<id>.safetensors (tensor "latent" [C,s,s] fp32, metadata latent_hash), e.g. for
+  // `ae train --gen-latents`.
+  bool save_latents = false;
 };
 // The source images of a prepared cache as starting images for `g` (latents from the cache's
 // latent file, encoded on first use, for a latent generator). Fails when the cache's image size

@@ -33,6 +33,10 @@ nlohmann::json AETrainConfig::to_json() const {
           {"decoder_only", decoder_only},
           {"latent_noise", latent_noise},
           {"latent_hash", latent_hash},
+          {"gen_latents", gen_latents.defined() ? nlohmann::json{{"source", gen_latents_source},
+                                                                 {"count", gen_latents.size(0)},
+                                                                 {"weight", gen_weight}}
+                                                : nlohmann::json()},
           {"max_minutes", max_minutes},
           {"seed", seed},
           {"out", out}};
@@ -144,6 +148,22 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
                          std::to_string(cfg.latent_noise));
   if (cfg.decoder_only && cfg.latent_hash.empty())
     return Status::error("ae train: a decoder-only fine-tune needs the latent hash of its init");
+  const bool has_gen = cfg.gen_latents.defined() && cfg.gen_latents.size(0) > 0;
+  if (has_gen) {
+    if (!cfg.decoder_only)
+      return Status::error(
+          "ae train: generator latents need --decoder-only (they live in the init's latent "
+          "space, which a trained encoder would move)");
+    if (cfg.gan_weight <= 0)
+      return Status::error(
+          "ae train: generator latents are used by the PatchGAN; --gan-weight "
+          "must be > 0");
+    const auto& ac = ae->config();
+    if (cfg.gen_latents.dim() != 4 || cfg.gen_latents.size(1) != ac.latent_channels ||
+        cfg.gen_latents.size(2) != ac.latent_size() || cfg.gen_latents.size(3) != ac.latent_size())
+      return Status::error("ae train: generator latents " + cfg.gen_latents_source +
+                           " do not have the autoencoder's latent shape");
+  }
   PatchDiscriminator disc(ae->config().channels);
   std::vector<Tensor> trainable;
   for (const auto& p : ae->named_parameters()) {
@@ -217,7 +237,7 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
   auto t0 = std::chrono::steady_clock::now();
   const int64_t start = step;
   Progress prog("ae train", cfg.steps, "step", step);
-  double acc_rec = 0, acc_g = 0, acc_kl = 0, acc_gan = 0, acc_d = 0;
+  double acc_rec = 0, acc_g = 0, acc_kl = 0, acc_gan = 0, acc_d = 0, acc_gen = 0;
   int acc_n = 0;
   ae->train();
   StopOnSignal stop_guard;  // SIGTERM / Ctrl-C: checkpoint this step, then return
@@ -267,11 +287,19 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
     if (cfg.feat_weight > 0)
       loss = loss + cfg.feat_weight * (features(y) - features(x).detach()).abs().mean();
     const bool gan_on = cfg.gan_weight > 0 && step >= cfg.gan_start;
-    Tensor gan_g;
+    Tensor gan_g, y_gen, gan_gen;
     if (gan_on) {
       for (auto& p : disc->parameters()) p.set_requires_grad(false);
       gan_g = (disc->forward(y) - 1).pow(2).mean();
       loss = loss + cfg.gan_weight * gan_g;
+      if (has_gen) {  // a batch of the generator's latents, decoded
+        auto gi = torch::randint(0, cfg.gen_latents.size(0), {x.size(0)}, gen, torch::kInt64);
+        const auto& ac = ae->config();
+        y_gen =
+            ae->decode_raw(cfg.gen_latents.index_select(0, gi) / ac.latent_scale + ac.latent_shift);
+        gan_gen = (disc->forward(y_gen) - 1).pow(2).mean();
+        loss = loss + cfg.gen_weight * gan_gen;
+      }
       for (auto& p : disc->parameters()) p.set_requires_grad(true);
     }
     const double lv = loss.item<double>();
@@ -284,8 +312,10 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
     torch::nn::utils::clip_grad_norm_(trainable, cfg.grad_clip);
     opt.step();
     if (gan_on) {  // least-squares discriminator: real -> 1, reconstruction -> 0
-      auto d_loss =
-          0.5 * ((disc->forward(x) - 1).pow(2).mean() + disc->forward(y.detach()).pow(2).mean());
+      auto fake = disc->forward(y.detach()).pow(2).mean();
+      if (has_gen) fake = 0.5 * (fake + disc->forward(y_gen.detach()).pow(2).mean());
+      auto d_loss = 0.5 * ((disc->forward(x) - 1).pow(2).mean() + fake);
+      if (has_gen) acc_gen += gan_gen.item<double>();
       opt_d.zero_grad();
       d_loss.backward();
       opt_d.step();
@@ -308,11 +338,12 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
                                           {"kl", acc_kl / acc_n},
                                           {"gan_g", acc_gan / acc_n},
                                           {"gan_d", acc_d / acc_n},
+                                          {"gan_gen", acc_gen / acc_n},
                                           {"lr", lr},
                                           {"images_per_second",
                                            (step - start) * cfg.batch / std::max(el, 1e-9)}}
                                .dump());
-      acc_rec = acc_g = acc_kl = acc_gan = acc_d = 0;
+      acc_rec = acc_g = acc_kl = acc_gan = acc_d = acc_gen = 0;
       acc_n = 0;
     }
     if (!val_sub.empty() && cfg.val_every > 0 && step % cfg.val_every == 0) {

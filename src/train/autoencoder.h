@@ -41,6 +41,14 @@ struct AETrainConfig {
   // per image (in normalised latent units) and must still produce the clean image, so that it
   // learns to correct the small off-manifold errors of a generator's latents. 0 = off.
   double latent_noise = 0.0;
+  // Decoder-only: normalised latents a generator made ([N,C,s,s], e.g. `synth --save-latents`).
+  // Their decodes are shown to the PatchGAN as fakes too, with weight gen_weight on the decoder's
+  // adversarial loss, so the decoder learns to turn the generator's latents (not only the
+  // encoder's) into images the discriminator cannot tell from real ones. The reconstruction
+  // losses on real images still anchor it. Empty = off.
+  torch::Tensor gen_latents;
+  std::string gen_latents_source;  // where they came from (recorded in options.json)
+  double gen_weight = 0.1;
   nlohmann::json to_json() const;
 };
 

@@ -192,9 +192,10 @@ void add_distillation(TrainTarget& target, MMDiT teacher, const Tokenizer& tok,
 
 Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
                        const std::vector<uint64_t>& seeds, const GenerateConfig& gc,
-                       const Tensor& init) {
+                       const Tensor& init, Tensor* latents) {
   auto x = generate(g.model, *g.tok, g.flow, prompts, seeds, gc, init);
   if (!g.latent()) return x.clamp(-1, 1);
+  if (latents) *latents = x;
   torch::NoGradGuard ng;
   return g.ae->decode(x);
 }

@@ -173,9 +173,12 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
 // [-1,1].
 // With gc.sampler.start < 1, `init` holds one starting image per prompt in the model's space
 // ([N,C,S,S] latents or pixels; see generate).
+// `latents` (optional, latent generators only): receives the normalised latents [N,C,s,s] before
+// decoding.
 torch::Tensor generate_images(LoadedGenerator& g, const std::vector<std::string>& prompts,
                               const std::vector<uint64_t>& seeds, const GenerateConfig& gc,
-                              const torch::Tensor& init = torch::Tensor());
+                              const torch::Tensor& init = torch::Tensor(),
+                              torch::Tensor* latents = nullptr);
 // The latents of every record of a prepared cache for a latent generator, [N, 8 dihedral
 // transforms, C, s, s] fp16, from the cache's latent file (encoded and written on first use).
 Result<torch::Tensor> prepared_latents(LoadedGenerator& g, const std::string& prepared_dir,

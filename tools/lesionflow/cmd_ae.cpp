@@ -65,6 +65,15 @@ void add_ae(CLI::App& app, GlobalOptions& g, Runner* run) {
                  "errors; 0 = off)")
       ->capture_default_str()
       ->check(kNonNegative);
+  tr->add_option("--gen-latents", o.gen_latents,
+                 "with --decoder-only: a synthetic set made with synth --save-latents; the "
+                 "PatchGAN also sees the decoder's images of these generator latents, so the "
+                 "decoder learns to make them look real")
+      ->check(CLI::ExistingDirectory);
+  tr->add_option("--gen-weight", o.train.gen_weight,
+                 "weight of the adversarial loss on the generator latents' decodes")
+      ->capture_default_str()
+      ->check(kNonNegative);
   bind(tr, o, g, run, run_ae_training, [](const nlohmann::json& j) {
     std::printf(
         "autoencoder trained to step %lld (%.1f img/s): validation PSNR %.2f dB, SSIM %.4f -> %s\n",

@@ -105,6 +105,9 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
   y->add_flag("--plan-only", s.plan_only, "write plan.json and stop");
+  y->add_flag("--save-latents", s.save_latents,
+              "latent generators: also write each image's latent to latents/<id>.safetensors "
+              "(for ae train --gen-latents)");
   y->add_option("--out", s.out, "output directory (required)");
   static SynthExportOptions e;
   auto* yx = y->add_subcommand(
