@@ -58,6 +58,16 @@ AETrainConfig quick_ae_training(int64_t steps, int batch, int64_t warmup, const 
   tc.out = out;
   return tc;
 }
+// A small autoencoder trained for 150 steps on the phantoms, saved as DIR/ae.safetensors (the init
+// of the decoder-only tests).
+Autoencoder base_autoencoder(const std::string& dir, const Phantoms& p, uint64_t torch_seed) {
+  torch::manual_seed(torch_seed);
+  Autoencoder ae(small_ae(32));
+  EXPECT_TRUE(
+      train_autoencoder(quick_ae_training(150, 16, 10, dir + "/base"), ae, p.px, p.px, 32).ok());
+  EXPECT_TRUE(save_autoencoder(dir + "/ae.safetensors", ae, 150).ok());
+  return ae;
+}
 struct PrecisionGuard {  // restores fp32 after a test that switches to bf16
   ~PrecisionGuard() { set_compute_precision(Precision::kFP32); }
 };
@@ -218,11 +228,7 @@ TEST(Autoencoder, DecoderOnlyFineTuneKeepsTheLatentSpaceAndServesItsGenerator) {
 TEST(Autoencoder, LatentNoiseTeachesTheDecoderToCorrectNoisedLatents) {
   auto dir = test::tmp_dir("ae_latent_noise");
   auto p = phantoms(48, 32, 6);
-  torch::manual_seed(5);
-  Autoencoder ae0(small_ae(32));
-  ASSERT_TRUE(
-      train_autoencoder(quick_ae_training(150, 16, 10, dir + "/base"), ae0, p.px, p.px, 32).ok());
-  ASSERT_TRUE(save_autoencoder(dir + "/ae.safetensors", ae0, 150).ok());
+  base_autoencoder(dir, p, 5);
   auto x = images_to_tensor(p.px, 32);
   auto noised_error = [&](double noise) {
     auto init = load_autoencoder(dir + "/ae.safetensors");
@@ -340,11 +346,7 @@ TEST(Autoencoder, SavedGeneratorLatentsDecodeToTheirImagesAndTrainTheDecoder) {
 TEST(Autoencoder, GeneratorLatentsPullTheirDecodesTowardsRealImages) {
   auto dir = test::tmp_dir("ae_gen_pull");
   auto p = phantoms(48, 32, 8);
-  torch::manual_seed(9);
-  Autoencoder ae0(small_ae(32));
-  ASSERT_TRUE(
-      train_autoencoder(quick_ae_training(150, 16, 10, dir + "/base"), ae0, p.px, p.px, 32).ok());
-  ASSERT_TRUE(save_autoencoder(dir + "/ae.safetensors", ae0, 150).ok());
+  Autoencoder ae0 = base_autoencoder(dir, p, 9);
   auto x = images_to_tensor(p.px, 32);
   Tensor biased;
   {
