@@ -152,6 +152,25 @@ TEST(Cli, TrainInitContinuesFromATrainedGenerator) {
   auto rec = nlohmann::json::parse(st->metadata["init"]);
   EXPECT_EQ(rec["hash"].get<std::string>(), *hash_file(dir + "/base/ema.safetensors"));
   EXPECT_EQ(rec["step"].get<int64_t>(), 80);
+  // --add-single: two zero-gated single-stream blocks appended; the grown model computes what
+  // the init computes, so the first loss (same batch and noise) is the same, and the checkpoint
+  // records the deeper architecture.
+  CliRun grown = run_cli(common + "--steps 2 --add-single 2 --init " + dir +
+                         "/base/ema.safetensors --out " + dir + "/grown");
+  ASSERT_EQ(grown.exit_code, 0) << grown.output;
+  EXPECT_NE(grown.output.find("single-stream blocks"), std::string::npos) << grown.output;
+  const double l_grown = first_loss(dir + "/grown/metrics.jsonl");
+  EXPECT_NEAR(l_grown, l_init, 1e-5 * l_init) << "init " << l_init << ", grown " << l_grown;
+  auto gst = load_safetensors(dir + "/grown/ema.safetensors");
+  ASSERT_TRUE(gst.ok()) << gst.status().message();
+  auto base_cfg =
+      nlohmann::json::parse(load_safetensors(dir + "/base/ema.safetensors")->metadata["config"]);
+  auto grown_cfg = nlohmann::json::parse(gst->metadata["config"]);
+  EXPECT_EQ(grown_cfg["single_blocks"].get<int>(), base_cfg["single_blocks"].get<int>() + 2);
+  CliRun no_init = run_cli(common + "--preset tiny --steps 2 --add-single 1 --out " + dir + "/ni");
+  EXPECT_NE(no_init.exit_code, 0);
+  EXPECT_NE(no_init.output.find("--add-single grows the generator of --init"), std::string::npos)
+      << no_init.output;
   CliRun bad = run_cli(common + "--steps 2 --patch 2 --init " + dir +
                        "/base/ema.safetensors --out " + dir + "/bad");
   EXPECT_NE(bad.exit_code, 0);

@@ -180,6 +180,7 @@ nlohmann::json TrainRunOptions::to_json() const {
           {"ae", ae},
           {"patch", patch},
           {"init", init},
+          {"add_single", add_single},
           {"steps", loop.steps},
           {"batch", loop.batch},
           {"lr", loop.lr},
@@ -188,6 +189,27 @@ nlohmann::json TrainRunOptions::to_json() const {
           {"freeze_text", freeze_text},
           {"out", out},
           {"seed", seed}};
+}
+
+// `base` with `n` single-stream blocks appended after its own. Every tensor of `base` is copied by
+// name; the new blocks keep their fresh initialisation, whose zero modulation makes each of them
+// the identity, so the grown model's output equals base's until training moves the new gates.
+static MMDiT grow_single_blocks(const MMDiT& base, int n, uint64_t seed) {
+  MMDiTConfig c = base->config();
+  c.single_blocks += n;
+  torch::manual_seed(seed + 7919);  // the new blocks' weights (deterministic per --seed)
+  MMDiT grown(c);
+  torch::NoGradGuard ng;
+  auto src = base->named_parameters(), dst = grown->named_parameters();
+  for (const auto& p : src) dst[p.key()].copy_(p.value());
+  auto src_b = base->named_buffers(), dst_b = grown->named_buffers();
+  for (const auto& b : src_b) dst_b[b.key()].copy_(b.value());
+  log_info("grown: " + std::to_string(base->config().single_blocks) + " -> " +
+           std::to_string(c.single_blocks) + " single-stream blocks (" +
+           std::to_string(grown->num_parameters()) +
+           " parameters; the new blocks start as the "
+           "identity)");
+  return grown;
 }
 
 Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
@@ -202,6 +224,9 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
         "train: --prediction applies to --objective flow; a diffusion network predicts the noise");
 
   LoadedGenerator init;  // --init: the generator this run starts from
+  if (o.add_single < 0) return Status::error("train: --add-single must be >= 0");
+  if (o.add_single > 0 && o.init.empty())
+    return Status::error("train: --add-single grows the generator of --init; give --init GEN");
   if (!o.init.empty()) {
     LF_ASSIGN_OR_RETURN(init, load_generator(o.init, o.ae));
     if (!o.tokenizer.empty())
@@ -220,6 +245,7 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
                            std::to_string(init.model->config().patch) + ")");
     log_info("starting from " + o.init + " (step " + std::to_string(init.step) +
              "): its architecture, tokenizer and flow settings; a fresh optimizer");
+    if (o.add_single > 0) init.model = grow_single_blocks(init.model, o.add_single, o.seed);
   }
   LF_ASSIGN_OR_RETURN(GenData d, load_gen_data(o.data));
   LF_RETURN_IF_ERROR(make_dirs(o.out));

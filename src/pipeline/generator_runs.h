@@ -64,6 +64,10 @@ struct TrainRunOptions {
   // settings, weights and (latent) autoencoder; a fresh optimizer and LR schedule. Runs of an
   // earlier session whose state.bin is gone continue this way.
   std::string init;
+  // With --init: append this many single-stream blocks to its architecture. Their modulation is
+  // zero-initialised (adaLN-zero gates), so the grown model computes exactly what the init does
+  // at step 0 and training adds capacity from there.
+  int add_single = 0;
   bool freeze_text = false;
   std::string out;
   uint64_t seed = 0;

@@ -89,6 +89,10 @@ void add_generator(CLI::App& app, GlobalOptions& g, Runner* run) {
                 "start from this generator (e.g. models/lesionflow_ham64.safetensors): its "
                 "architecture, tokenizer, flow settings, weights and autoencoder, with a fresh "
                 "optimizer and schedule (--preset, --vocab and --ae are not needed)");
+  t->add_option("--add-single", tr.add_single,
+                "with --init: append N single-stream blocks (zero-gated, so the grown model starts "
+                "as the init) to add depth to a trained generator")
+      ->check(CLI::NonNegativeNumber);
   t->add_flag("--freeze-text", tr.freeze_text,
               "keep the text encoder at its initial (or --resume) weights");
   loop_flags(t, tr.loop);
