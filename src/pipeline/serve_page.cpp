@@ -69,7 +69,7 @@ colours: <span id="colours"></span>
 <label>images <input id="n" type="number" min="1" max="16" value="4"></label>
 <label>seed <input id="seed" type="number" min="0" value="0"></label>
 <label>steps <input id="steps" type="number" min="1" max="64" value="20"></label>
-<label>guidance <input id="cfg" type="number" min="0" max="20" step="0.5" value="1.5"></label>
+<label>guidance <input id="cfg" type="number" min="0" max="20" step="0.25" value="1.25"></label>
 <label>adapter strength <input id="lora_strength" type="number" min="0" max="2" step="0.1" value="1"></label>
 </fieldset>
 <button type="button" id="generate">Generate</button>
@@ -187,7 +187,7 @@ $("zip").onclick=()=>{
 (async()=>{
   try{const r=await fetch("/v1/model");const m=await r.json();
     $("model").innerHTML=`<small>model ${esc(m.hash).slice(0,12)} (step ${m.step}, ${m.image_size} px${m.adapters?", adapters "+esc(m.adapters):""}); limits: ${m.limits.n} images, ${m.limits.steps} steps</small>`;
-    imageSize=m.image_size||64;$("steps").value=m.sampling.steps||20;$("cfg").value=m.sampling.cfg||1.5;
+    imageSize=m.image_size||64;$("steps").value=m.sampling.steps||20;$("cfg").value=m.sampling.cfg||1.25;
     if(!m.adapters)$("lora_strength").disabled=true;}catch(e){}
   const q=new URLSearchParams(location.search);
   for(const [k,v] of q){if(k==="colours"){for(const c of v.split(","))document.querySelectorAll("#colours input").forEach(e=>{if(e.value===c)e.checked=true;});}

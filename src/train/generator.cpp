@@ -80,7 +80,7 @@ double colour_stat_distance(const Tensor& gen, const Tensor& real) {
 void use_default_sampling(GenerateConfig& gc) {
   gc.sampler.method = SamplerMethod::kDpm2m;
   gc.sampler.steps = 20;
-  gc.cfg_scale = 1.0;
+  gc.cfg_scale = 1.25;
 }
 
 Status check_generate_config(const GenerateConfig& gc, const std::string& what) {
