@@ -45,9 +45,9 @@ struct GenerateConfig {
 // The sampling defaults of `sample`, `synth` and `serve` (flags not given, no recommendation in
 // the checkpoint): DPM-Solver++(2M), 20 steps, CFG 1.25 (two forwards per step). On the shipped
 // HAM model (v3, decoder v2) and 2,000 images with the real class mix, HAM-FD 0.79 against 1.05 at
-// CFG 1, 1.38 at 1.5 and 0.94 at CFG 1 with 40 steps (the same cost), with CAS 0.84 and asked-colour
-// presence 0.87 (docs/results.md, fifteenth sitting; DPM++ against Euler: ninth sitting). Sets
-// only the sampler method, steps and guidance of `gc`.
+// CFG 1, 1.38 at 1.5 and 0.94 at CFG 1 with 40 steps (the same cost), with CAS 0.84 and
+// asked-colour presence 0.87 (docs/results.md, fifteenth sitting; DPM++ against Euler: ninth
+// sitting). Sets only the sampler method, steps and guidance of `gc`.
 void use_default_sampling(GenerateConfig& gc);
 
 // steps >= 1, cfg_scale >= 0, 0 <= cfg_t_lo <= cfg_t_hi <= 1, batch >= 1, shift > 0; the error
