@@ -207,8 +207,7 @@ static MMDiT grow_single_blocks(const MMDiT& base, int n, uint64_t seed) {
   log_info("grown: " + std::to_string(base->config().single_blocks) + " -> " +
            std::to_string(c.single_blocks) + " single-stream blocks (" +
            std::to_string(grown->num_parameters()) +
-           " parameters; the new blocks start as the "
-           "identity)");
+           " parameters; the new ones start as the identity)");
   return grown;
 }
 
