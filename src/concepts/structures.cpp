@@ -10,6 +10,11 @@ namespace {
 
 // Black-hat contrast (L* units) above which a pixel belongs to a dark structure.
 constexpr double kDarkContrast = 8.0;
+// Pigment network: L* by which a hole's ring is darker than its centre (on L* smoothed with
+// sigma 0.012 R), the least number of holes, and their least share of the lesion.
+constexpr double kHoleContrast = 3.0;
+constexpr int kMinHoles = 8;
+constexpr double kNetworkShare = 0.12;
 
 int odd_px(double v, int min_px) { return std::max(min_px, static_cast<int>(std::lround(v))) | 1; }
 
@@ -120,8 +125,9 @@ StructureScores measure_structures(const cv::Mat& lab, const cv::Mat& lab_hairle
   s.score[2] = streaks;
   s.present[2] = streaks >= 3;
 
-  // Pigment network: the cells of a dark mesh, i.e. light holes of side 0.05-0.25 R enclosed by
-  // dark lines, away from the border.
+  // Pigment network: a connected mesh of dark lines around light holes, found two ways.
+  // (a) Coarse, well-resolved meshes: light cells of side 0.05-0.25 R enclosed by dark lines
+  // (black-hat above kDarkContrast), away from the border.
   cv::Mat inner, light;
   cv::erode(mask, inner, disc(odd_px(0.1 * R, 3)));
   light = inner & ~dark;
@@ -133,8 +139,77 @@ StructureScores measure_structures(const cv::Mat& lab, const cv::Mat& lab_hairle
     ++cells;
     cell_area += b.area;
   }
-  s.score[0] = cell_area / area;
-  s.present[0] = cells >= 6 && s.score[0] >= 0.08;
+  const bool coarse = cells >= 6 && cell_area / area >= 0.08;
+  // (b) Fine, faint meshes (a real network at HAM's 200x150 px has holes of 1-3 px whose lines
+  // do not close in the pixel grid): a hole is a local maximum of L* (smoothed with sigma
+  // 0.012 R) inside the lesion, away from the border and hairs, that is darker by
+  // kHoleContrast or more at >= 13 of 16 points of a ring of radius 0.04-0.14 R around it, where
+  // each of those points lies on a mesh: a connected dark component (black-hat of the smoothed
+  // L* above kHoleContrast) of at least 0.1 R^2. The rays of the light background between
+  // separate dots, globules or granules meet no mesh, and a light spot beside a line fails the
+  // ring.
+  cv::Mat Ls, bh_s, fine_dark;
+  const double sigma = std::max(0.5, 0.012 * R);
+  cv::GaussianBlur(L, Ls, cv::Size(), sigma);
+  cv::morphologyEx(Ls, bh_s, cv::MORPH_BLACKHAT, disc(odd_px(0.18 * R, 5)));
+  fine_dark = (bh_s > kHoleContrast) & zone;
+  cv::Mat mesh = cv::Mat::zeros(mask.size(), CV_8U);
+  {
+    cv::Mat labels, stats, cents;
+    const int n = cv::connectedComponentsWithStats(fine_dark, labels, stats, cents, 8, CV_32S);
+    std::vector<uint8_t> keep(n, 0);
+    for (int i = 1; i < n; ++i) keep[i] = stats.at<int>(i, cv::CC_STAT_AREA) >= 0.03 * R * R;
+    for (int y = 0; y < mask.rows; ++y)
+      for (int x = 0; x < mask.cols; ++x)
+        mesh.at<uint8_t>(y, x) = keep[labels.at<int>(y, x)] ? 255 : 0;
+    cv::dilate(mesh, mesh, cv::Mat());  // a ring point at the edge of a line is on the mesh
+  }
+  cv::Mat near_hair;
+  if (!hair.empty()) cv::dilate(hair, near_hair, disc(odd_px(0.3 * R, 3)));
+  cv::Mat local_max;
+  cv::dilate(Ls, local_max, cv::Mat());
+  const auto sample = [&](double x, double y) {
+    x = std::clamp(x, 0.0, Ls.cols - 1.001);
+    y = std::clamp(y, 0.0, Ls.rows - 1.001);
+    const int x0 = static_cast<int>(x), y0 = static_cast<int>(y);
+    const double fx = x - x0, fy = y - y0;
+    return (1 - fy) * ((1 - fx) * Ls.at<float>(y0, x0) + fx * Ls.at<float>(y0, x0 + 1)) +
+           fy * ((1 - fx) * Ls.at<float>(y0 + 1, x0) + fx * Ls.at<float>(y0 + 1, x0 + 1));
+  };
+  constexpr int kRays = 16, kRaysDark = 13;
+  std::array<double, kRays> cs{}, sn{};
+  for (int k = 0; k < kRays; ++k) {
+    cs[k] = std::cos(2 * M_PI * k / kRays);
+    sn[k] = std::sin(2 * M_PI * k / kRays);
+  }
+  int holes = 0;
+  for (int y = 1; y + 1 < Ls.rows; ++y)
+    for (int x = 1; x + 1 < Ls.cols; ++x) {
+      if (!inner.at<uint8_t>(y, x) || (!near_hair.empty() && near_hair.at<uint8_t>(y, x))) continue;
+      const float v = Ls.at<float>(y, x);
+      if (v < local_max.at<float>(y, x)) continue;
+      for (double rf : {0.04, 0.06, 0.08, 0.11, 0.14}) {
+        const double r = std::max(1.5, rf * R);
+        int darker = 0;
+        for (int k = 0; k < kRays; ++k) {
+          const double sx = x + r * cs[k], sy = y + r * sn[k];
+          const int px = std::clamp(static_cast<int>(std::lround(sx)), 0, mesh.cols - 1),
+                    py = std::clamp(static_cast<int>(std::lround(sy)), 0, mesh.rows - 1);
+          darker += mesh.at<uint8_t>(py, px) && sample(sx, sy) <= v - kHoleContrast;
+        }
+        if (darker >= kRaysDark) {
+          ++holes;
+          break;
+        }
+      }
+    }
+  const double inner_area = std::max(1.0, static_cast<double>(cv::countNonZero(inner)));
+  const double hole_share = std::min(1.0, holes * M_PI * 0.0064 * R * R / inner_area);
+  const bool fine = holes >= kMinHoles && hole_share >= kNetworkShare;
+  // score: the larger of the two shares of the lesion (enclosed cells; holes, each counted as a
+  // cell of radius 0.08 R).
+  s.score[0] = std::max(cell_area / area, hole_share);
+  s.present[0] = coarse || fine;
 
   // Blue-whitish veil and the white scar of regression: colour regions relative to the skin.
   // Shares of the lesion's pixels that are not part of a dark line or dot (network lines and
