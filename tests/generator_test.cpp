@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <limits>
 #include <sstream>
 
 #include "flow/flow.h"
@@ -362,6 +363,40 @@ TEST(MMDiT, FusedGeluOnBf16MatchesFp32WithinBf16Rounding) {
   EXPECT_LE(gerr.max().item<float>(), 0.f);
   torch::NoGradGuard ng;  // the inference path gives the same values
   EXPECT_TRUE(torch::equal(gelu_tanh(xb.detach()), y.detach()));
+}
+
+TEST(MMDiT, FusedGeluPropagatesNanAndInfinity) {
+  // The kernels are built with -ffinite-math-only (CMakeLists.txt): a NaN activation must still
+  // come out NaN (so a diverged run is caught as a NaN loss), and +-inf must stay non-finite, in
+  // fp32 and bf16, with and without the derivative, at every position of a vector (remainder).
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
+  for (auto dt : {torch::kFloat32, torch::kBFloat16})
+    for (bool grad : {false, true})
+      for (int64_t pos : {0, 5, 16, 36}) {
+        auto x = torch::linspace(-2, 2, 37).to(dt);
+        x[pos] = nan;
+        x[(pos + 1) % 37] = inf;
+        x[(pos + 2) % 37] = -inf;
+        torch::Tensor y;
+        if (grad) {
+          auto xg = x.clone().requires_grad_();
+          y = gelu_tanh(xg);
+          auto g = torch::autograd::grad({y}, {xg}, {torch::ones_like(y)})[0].to(torch::kFloat32);
+          EXPECT_TRUE(std::isnan(g[pos].item<float>())) << pos;
+          y = y.detach();
+        } else {
+          torch::NoGradGuard ng;
+          y = gelu_tanh(x);
+        }
+        auto yf = y.to(torch::kFloat32);
+        EXPECT_TRUE(std::isnan(yf[pos].item<float>())) << pos << " grad " << grad;
+        EXPECT_EQ(yf[(pos + 1) % 37].item<float>(), inf) << pos;
+        // gelu(-inf) is -inf * 0 (NaN in torch); here -inf * sigmoid(-2u) with the exponent
+        // clamped, i.e. -inf: not finite either way, so a blown-up activation stays visible.
+        EXPECT_FALSE(std::isfinite(yf[(pos + 2) % 37].item<float>())) << pos;
+        EXPECT_FALSE(torch::isnan(yf.narrow(0, (pos + 3) % 37, 1)).any().item<bool>());
+      }
 }
 
 TEST(Train, FreshGradientsEqualZeroGradThenBackward) {

@@ -30,20 +30,24 @@ inline Tensor merge_heads(const Tensor& x) {  // [B,H,N,hd] -> [B,N,D]
 // gradients flow back to the float32 master weights through the casts) and y stays bfloat16 (for
 // q, k, v: the QK-norm/RoPE kernel reads bf16 and returns float32; v is cast inside attention()
 // in the pass that makes it contiguous).
+// Whether x goes through a bf16 GEMM: under Precision::kBF16, for float32 inputs and for bf16
+// ones (the attention's output, already bf16).
+inline bool bf16_gemm(const Tensor& x) {
+  return compute_precision() == Precision::kBF16 &&
+         (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16);
+}
 inline Tensor lin_keep(torch::nn::Linear l, const Tensor& x) {
-  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
-    return l->forward(x);
+  if (!bf16_gemm(x)) return l->forward(x);
   const auto h = torch::kBFloat16;
   return torch::linear(x.to(h), l->weight.to(h), l->bias.to(h));
 }
-// lin_keep() with y returned to x's dtype.
+// lin_keep() with y returned to float32 (under bf16; otherwise it has x's dtype already).
 inline Tensor lin(torch::nn::Linear l, const Tensor& x) {  // l: a module handle (shared)
-  return lin_keep(l, x).to(x.scalar_type());
+  return bf16_gemm(x) ? lin_keep(l, x).to(torch::kFloat32) : l->forward(x);
 }
 // b + x W^T for x [M,K], W [N,K] (blocks of a fused weight), same precision rule as lin().
 inline Tensor addmm_p(const Tensor& b, const Tensor& x, const Tensor& W) {
-  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
-    return torch::addmm(b, x, W.t());
+  if (!bf16_gemm(x)) return torch::addmm(b, x, W.t());
   const auto h = torch::kBFloat16;
   return torch::addmm(b.to(h), x.to(h), W.to(h).t()).to(torch::kFloat32);
 }
