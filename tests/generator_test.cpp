@@ -325,6 +325,21 @@ TEST(MMDiT, FusedQkNormRopeReadsBf16Inputs) {
         << i;
     EXPECT_GT(rg[i].abs().max().item<float>(), 1e-3) << i;
   }
+  // Under Precision::kBF16 the output is bf16 (it feeds the bf16 attention without a cast pass):
+  // the float32 result rounded once, and gradients within a bf16 rounding of the output
+  // gradient (now read as bf16) for the inputs and the weights.
+  set_compute_precision(Precision::kBF16);
+  auto ob = qk_norm_rope(view(ta), wa, view(tb), wb, cos, sin);
+  auto gb = torch::autograd::grad({ob}, {ta, wa, tb, wb}, {go.to(torch::kBFloat16)});
+  set_compute_precision(Precision::kFP32);
+  ASSERT_EQ(ob.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(ob, ref.detach().to(torch::kBFloat16)));
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(gb[i].scalar_type(), i % 2 == 0 ? torch::kBFloat16 : torch::kFloat32) << i;
+    EXPECT_LT((gb[i].to(torch::kFloat32) - rg[i].to(torch::kFloat32)).abs().max().item<float>(),
+              2e-2f * (1 + rg[i].abs().max().item<float>()))
+        << i;
+  }
 }
 
 TEST(MMDiT, FusedGeluMatchesTorchForwardAndBackward) {

@@ -102,7 +102,8 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
 // cos/sin [La+Lb, hd/2], returned as one [B,H,La+Lb,hd] tensor: the same as
 // apply_rope(cat({rms_norm(xa, wa), rms_norm(xb, wb)}, 2), cos, sin), fused into one pass each
 // way on CPU (an explicit backward). xa, xb: [B,H,L,hd] views with a unit last stride, float32 or
-// bfloat16 (a bf16 GEMM's output, read without a cast pass); the result is float32 either way.
+// bfloat16 (a bf16 GEMM's output, read without a cast pass); the result is float32, or bfloat16
+// for bf16 inputs under Precision::kBF16 (where the attention runs in bf16).
 torch::Tensor qk_norm_rope(const torch::Tensor& xa, const torch::Tensor& wa,
                            const torch::Tensor& xb, const torch::Tensor& wb,
                            const torch::Tensor& cos, const torch::Tensor& sin);

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "lesionflow/runtime.h"
 #include "models/mmdit.h"
 
 namespace lf {
@@ -15,6 +16,7 @@ using torch::autograd::tensor_list;
 namespace {
 
 constexpr float kEps = 1e-6f;  // as rms_norm in mmdit_blocks.h
+constexpr int64_t kMaxHeadDim = 512;
 
 // Row l of the joint sequence [B,H,La+Lb,hd]: where its input lives and which weight it uses.
 // T: the input element type (float, or bf16 straight from a bf16 GEMM; read as float).
@@ -59,13 +61,15 @@ void over_row_chunks(int64_t rows, int64_t chunks, const F& fn) {
   });
 }
 
-// Forward: float output [B,H,La+Lb,hd] and the inverse RMS per row (for the backward).
-template <class T>
+// Forward: output [B,H,La+Lb,hd] of type TO (float, or bf16 for the bf16 attention) and the
+// inverse RMS per row (for the backward).
+template <class T, class TO>
 void qk_forward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tensor& sin, Tensor& out,
                 Tensor& rinv) {
   const int64_t L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
   const float *C = cos.data_ptr<float>(), *S = sin.data_ptr<float>();
-  float *O = out.data_ptr<float>(), *R = rinv.data_ptr<float>();
+  TO* O = out.data_ptr<TO>();
+  float* R = rinv.data_ptr<float>();
   over_row_chunks(B * sg.H * L, at::get_num_threads(), [&](int64_t, int64_t r0, int64_t r1) {
     std::vector<float> xf(static_cast<size_t>(hd));
     for (int64_t r = r0; r < r1; ++r) {
@@ -80,25 +84,26 @@ void qk_forward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tenso
       const float* x = xf.data();
       const float ri = 1.f / std::sqrt(ss / static_cast<float>(hd) + kEps);
       R[r] = ri;
-      float* o = O + r * hd;
+      TO* o = O + r * hd;
       for (int64_t j = 0; j < half; ++j) {
         const float y0 = x[2 * j] * ri * w[2 * j], y1 = x[2 * j + 1] * ri * w[2 * j + 1];
-        o[2 * j] = y0 * c[j] - y1 * s[j];
-        o[2 * j + 1] = y0 * s[j] + y1 * c[j];
+        o[2 * j] = static_cast<TO>(y0 * c[j] - y1 * s[j]);
+        o[2 * j + 1] = static_cast<TO>(y0 * s[j] + y1 * c[j]);
       }
     }
   });
 }
 
 // Backward: input gradients (written as T, like the inputs) and the per-chunk partial sums of
-// the two weight gradients (a fixed split, so their sum is deterministic).
-template <class T>
+// the two weight gradients (a fixed split, so their sum is deterministic); the output gradient
+// has the output's type TO.
+template <class T, class TO>
 void qk_backward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tensor& sin,
                  const Tensor& rinv, const Tensor& go, Tensor& gxa, Tensor& gxb, int64_t chunks,
                  std::vector<double>& gw_part) {
   const int64_t H = sg.H, L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
   const float *C = cos.data_ptr<float>(), *S = sin.data_ptr<float>(), *R = rinv.data_ptr<float>();
-  const float* G = go.data_ptr<float>();
+  const TO* G = go.data_ptr<TO>();
   T *GA = gxa.data_ptr<T>(), *GB = gxb.data_ptr<T>();
   over_row_chunks(B * H * L, chunks, [&](int64_t chunk, int64_t r0, int64_t r1) {
     std::vector<float> gn(static_cast<size_t>(hd)), n(static_cast<size_t>(hd));
@@ -107,7 +112,9 @@ void qk_backward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tens
       const int64_t l = r % L, h = (r / L) % H, b = r / (L * H);
       const bool in_a = l < sg.La;
       const T* x = sg.row(b, h, l);
-      const float *w = sg.weight(l), *c = C + l * half, *s = S + l * half, *g = G + r * hd;
+      const float *w = sg.weight(l), *c = C + l * half, *s = S + l * half;
+      float g[kMaxHeadDim];
+      for (int64_t i = 0; i < hd; ++i) g[i] = static_cast<float>(G[r * hd + i]);
       double* gw = gw_acc + (in_a ? 0 : hd);
       const float ri = R[r];
       float dot = 0;
@@ -132,19 +139,28 @@ void qk_backward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tens
   });
 }
 
-// xa, xb: float32 or bfloat16 (both the same); the output is float32 either way (the attention
-// runs in float32), the input gradients have the inputs' type.
+// xa, xb: float32 or bfloat16 (both the same); the output is float32, or bfloat16 for bf16
+// inputs under Precision::kBF16 (the attention then runs in bf16: no cast pass between), the
+// input gradients have the inputs' type.
 struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& xa, const Tensor& wa, const Tensor& xb,
                         const Tensor& wb, const Tensor& cos, const Tensor& sin) {
     const int64_t B = xa.size(0), L = xa.size(2) + xb.size(2), hd = xa.size(3);
-    auto out = torch::empty({B, xa.size(1), L, hd}, xa.options().dtype(torch::kFloat32));
+    const bool in_bf16 = xa.scalar_type() == torch::kBFloat16;
+    const bool out_bf16 = in_bf16 && compute_precision() == Precision::kBF16;
+    auto out = torch::empty({B, xa.size(1), L, hd},
+                            xa.options().dtype(out_bf16 ? torch::kBFloat16 : torch::kFloat32));
     auto rinv = torch::empty({B, xa.size(1), L}, xa.options().dtype(torch::kFloat32));
-    if (xa.scalar_type() == torch::kBFloat16)
-      qk_forward(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, out, rinv);
+    if (out_bf16)
+      qk_forward<c10::BFloat16, c10::BFloat16>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin,
+                                               out, rinv);
+    else if (in_bf16)
+      qk_forward<c10::BFloat16, float>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, out,
+                                       rinv);
     else
-      qk_forward(segments<float>(xa, wa, xb, wb), B, cos, sin, out, rinv);
+      qk_forward<float, float>(segments<float>(xa, wa, xb, wb), B, cos, sin, out, rinv);
     ctx->save_for_backward({xa, wa, xb, wb, cos, sin, rinv});
+    ctx->saved_data["out_bf16"] = out_bf16;
     return out;
   }
 
@@ -153,16 +169,20 @@ struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
     const Tensor &xa = sv[0], &wa = sv[1], &xb = sv[2], &wb = sv[3], &cos = sv[4], &sin = sv[5],
                  &rinv = sv[6];
     const int64_t B = xa.size(0), hd = xa.size(3);
-    auto go = grads[0].contiguous();
+    const bool out_bf16 = ctx->saved_data["out_bf16"].toBool();
+    auto go = grads[0].to(out_bf16 ? torch::kBFloat16 : torch::kFloat32).contiguous();
     auto gxa = torch::empty(xa.sizes(), xa.options()), gxb = torch::empty(xb.sizes(), xb.options());
     const int64_t chunks = at::get_num_threads();
     std::vector<double> gw_part(static_cast<size_t>(chunks * 2 * hd), 0.0);
-    if (xa.scalar_type() == torch::kBFloat16)
-      qk_backward(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, rinv, go, gxa, gxb, chunks,
-                  gw_part);
+    if (out_bf16)
+      qk_backward<c10::BFloat16, c10::BFloat16>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos,
+                                                sin, rinv, go, gxa, gxb, chunks, gw_part);
+    else if (xa.scalar_type() == torch::kBFloat16)
+      qk_backward<c10::BFloat16, float>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, rinv,
+                                        go, gxa, gxb, chunks, gw_part);
     else
-      qk_backward(segments<float>(xa, wa, xb, wb), B, cos, sin, rinv, go, gxa, gxb, chunks,
-                  gw_part);
+      qk_backward<float, float>(segments<float>(xa, wa, xb, wb), B, cos, sin, rinv, go, gxa, gxb,
+                                chunks, gw_part);
     auto gwa = torch::zeros({hd}, torch::kFloat64), gwb = torch::zeros({hd}, torch::kFloat64);
     for (int64_t c = 0; c < chunks; ++c) {
       gwa += torch::from_blob(gw_part.data() + c * 2 * hd, {hd}, torch::kFloat64);
@@ -187,9 +207,10 @@ Tensor qk_norm_rope(const Tensor& xa, const Tensor& wa, const Tensor& xb, const 
   const auto dt = xa.scalar_type();
   const bool fused = xa.device().is_cpu() && (dt == torch::kFloat32 || dt == torch::kBFloat16) &&
                      xb.scalar_type() == dt && xa.stride(3) == 1 && xb.stride(3) == 1 &&
-                     wa.scalar_type() == torch::kFloat32 && wb.scalar_type() == torch::kFloat32 &&
-                     wa.is_contiguous() && wb.is_contiguous() && cos.is_contiguous() &&
-                     sin.is_contiguous() && cos.scalar_type() == torch::kFloat32;
+                     xa.size(3) <= kMaxHeadDim && wa.scalar_type() == torch::kFloat32 &&
+                     wb.scalar_type() == torch::kFloat32 && wa.is_contiguous() &&
+                     wb.is_contiguous() && cos.is_contiguous() && sin.is_contiguous() &&
+                     cos.scalar_type() == torch::kFloat32;
   if (!fused) {  // composed ops, in float32 like the fused path
     auto f32 = [](const Tensor& t) { return t.to(torch::kFloat32); };
     return apply_rope(torch::cat({rms_norm_ref(f32(xa), wa), rms_norm_ref(f32(xb), wb)}, 2), cos,
