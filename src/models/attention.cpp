@@ -3,6 +3,7 @@
 // barrier cost more than the arithmetic. This version splits the batch x heads items over the
 // intra-op threads instead; inside a parallel region each GEMM runs single-threaded. Forward and
 // backward are explicit (a custom autograd function); the math is the plain softmax attention.
+// Under Precision::kBF16 the CPU path is ATen's bf16 bmm instead (see attention() below).
 #include <dlfcn.h>
 
 #include <cmath>
@@ -168,15 +169,11 @@ Tensor attention_bias(const Tensor& key_mask) {
 }
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v_in, const Tensor& key_bias) {
-  // v straight from a bf16 GEMM: cast and made contiguous in one pass (q, k come float32 from the
-  // QK norm).
-  const Tensor v = v_in.scalar_type() == q.scalar_type()
-                       ? v_in
-                       : v_in.to(q.scalar_type(), false, false, c10::MemoryFormat::Contiguous);
   const int64_t B = q.size(0), H = q.size(1), L = q.size(2), S = k.size(2), hd = q.size(3);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   if (compute_precision() == Precision::kBF16 && q.device().is_cpu()) {
-    // bf16: the four batched GEMMs (forward and backward) in bfloat16 through ATen's bmm (oneDNN:
+    // bf16: the two batched GEMMs of the forward and the four of the backward in bfloat16 through
+    // ATen's bmm (oneDNN:
     // ~400 GFLOP/s at [128,104,64] where float32 bmm runs at ~40 and the float32 per-item kernel
     // below at ~100), the scale, bias and softmax in float32 (what CPU autocast does). The output
     // stays bf16: lin() and addmm_p() take it straight into the projection's bf16 GEMM.
@@ -187,6 +184,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v_in, const Ten
     auto p = torch::softmax(scores, -1).to(h);
     return torch::bmm(p, v_in.to(h).reshape({B * H, S, hd})).view({B, H, L, hd});
   }
+  // v straight from a bf16 GEMM (float32 paths): cast and made contiguous in one pass.
+  const Tensor v = v_in.scalar_type() == q.scalar_type()
+                       ? v_in
+                       : v_in.to(q.scalar_type(), false, false, c10::MemoryFormat::Contiguous);
   if (!q.device().is_cpu()) {  // CUDA: batched GEMMs are efficient there
     auto q3 = q.reshape({B * H, L, hd}), k3t = k.reshape({B * H, S, hd}).transpose(1, 2);
     auto scores = key_bias.defined()

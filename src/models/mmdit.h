@@ -115,6 +115,7 @@ torch::Tensor unpatchify(const torch::Tensor& x, int p, int c, int h);  // inver
 // or an undefined tensor when every key is attended (no masking work at all).
 torch::Tensor attention_bias(const torch::Tensor& key_mask);
 // softmax(q k^T / sqrt(hd) + bias) v with q,k,v: [B,H,N,hd]; scale and bias fused into the GEMM.
+// Under Precision::kBF16 on CPU: bf16 GEMMs, fp32 softmax, and a bf16 result.
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const torch::Tensor& key_bias);
 

@@ -28,8 +28,8 @@ inline Tensor merge_heads(const Tensor& x) {  // [B,H,N,hd] -> [B,N,D]
 }
 // y = x W^T + b; under Precision::kBF16 the GEMM runs in bfloat16 (x, W, b cast on the fly,
 // gradients flow back to the float32 master weights through the casts) and y stays bfloat16 (for
-// q, k, v: the QK-norm/RoPE kernel reads bf16 and returns float32; v is cast inside attention()
-// in the pass that makes it contiguous).
+// q, k, v: the QK-norm/RoPE kernel reads bf16 and returns bf16 q, k for the bf16 attention, which
+// takes v as it is).
 // Whether x goes through a bf16 GEMM: under Precision::kBF16, for float32 inputs and for bf16
 // ones (the attention's output, already bf16).
 inline bool bf16_gemm(const Tensor& x) {
