@@ -9,8 +9,10 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <sstream>
 
 #include "test_util.h"
+#include "train/generator.h"
 
 namespace lf {
 namespace {
@@ -37,6 +39,19 @@ std::string png_bytes(int size) {
 }
 
 }  // namespace
+
+// The page's guidance field starts at use_default_sampling()'s value (and falls back to it when
+// /v1/model cannot be read): filled in from the one definition, no placeholder left.
+TEST(Serve, ThePageStartsFromTheDefaultGuidance) {
+  GenerateConfig gc;
+  use_default_sampling(gc);
+  const std::string page = serve_page_html();
+  EXPECT_EQ(page.find("@DEFAULT_CFG@"), std::string::npos);
+  std::ostringstream v;
+  v << gc.cfg_scale;  // shortest form, e.g. "1.25"
+  EXPECT_NE(page.find("step=\"0.25\" value=\"" + v.str() + "\""), std::string::npos) << v.str();
+  EXPECT_NE(page.find("m.sampling.cfg||" + v.str() + ";"), std::string::npos) << v.str();
+}
 
 TEST(Serve, ValidRequestsGenerateCaptionAndMeasure) {
   auto server = start_server();

@@ -1,11 +1,15 @@
 // The page of `lesionflow serve` (GET /): plain HTML/CSS/JS, no CDN, works offline. It talks to
 // the JSON API only (docs/api.md). URL parameters fill the form (a shareable link), and
 // `autorun=1` presses Generate once the page has loaded (used by the headless-browser test).
+#include <string>
+
 #include "pipeline/serve.h"
+#include "train/generator.h"
 
 namespace lf {
+namespace {
 
-const char* serve_page_html() {
+const char* page_template() {
   return R"LFPAGE(<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -69,7 +73,7 @@ colours: <span id="colours"></span>
 <label>images <input id="n" type="number" min="1" max="16" value="4"></label>
 <label>seed <input id="seed" type="number" min="0" value="0"></label>
 <label>steps <input id="steps" type="number" min="1" max="64" value="20"></label>
-<label>guidance <input id="cfg" type="number" min="0" max="20" step="0.25" value="1.25"></label>
+<label>guidance <input id="cfg" type="number" min="0" max="20" step="0.25" value="@DEFAULT_CFG@"></label>
 <label>adapter strength <input id="lora_strength" type="number" min="0" max="2" step="0.1" value="1"></label>
 </fieldset>
 <button type="button" id="generate">Generate</button>
@@ -187,7 +191,7 @@ $("zip").onclick=()=>{
 (async()=>{
   try{const r=await fetch("/v1/model");const m=await r.json();
     $("model").innerHTML=`<small>model ${esc(m.hash).slice(0,12)} (step ${m.step}, ${m.image_size} px${m.adapters?", adapters "+esc(m.adapters):""}); limits: ${m.limits.n} images, ${m.limits.steps} steps</small>`;
-    imageSize=m.image_size||64;$("steps").value=m.sampling.steps||20;$("cfg").value=m.sampling.cfg||1.25;
+    imageSize=m.image_size||64;$("steps").value=m.sampling.steps||20;$("cfg").value=m.sampling.cfg||@DEFAULT_CFG@;
     if(!m.adapters)$("lora_strength").disabled=true;}catch(e){}
   const q=new URLSearchParams(location.search);
   for(const [k,v] of q){if(k==="colours"){for(const c of v.split(","))document.querySelectorAll("#colours input").forEach(e=>{if(e.value===c)e.checked=true;});}
@@ -199,6 +203,26 @@ $("zip").onclick=()=>{
 })();
 </script></body></html>
 )LFPAGE";
+}
+
+// The guidance the page starts from (and falls back to when /v1/model cannot be read) is
+// use_default_sampling()'s, filled in once: one place to change the default.
+std::string fill_page() {
+  GenerateConfig gc;
+  use_default_sampling(gc);
+  std::string page = page_template(), cfg = std::to_string(gc.cfg_scale);
+  cfg.erase(cfg.find_last_not_of('0') + 1);  // "1.250000" -> "1.25"
+  if (!cfg.empty() && cfg.back() == '.') cfg.pop_back();
+  for (size_t at; (at = page.find("@DEFAULT_CFG@")) != std::string::npos;)
+    page.replace(at, 13, cfg);
+  return page;
+}
+
+}  // namespace
+
+const char* serve_page_html() {
+  static const std::string page = fill_page();
+  return page.c_str();
 }
 
 }  // namespace lf
