@@ -145,7 +145,7 @@ StructureScores measure_structures(const cv::Mat& lab, const cv::Mat& lab_hairle
   // 0.012 R) inside the lesion, away from the border and hairs, that is darker by
   // kHoleContrast or more at >= 13 of 16 points of a ring of radius 0.04-0.14 R around it, where
   // each of those points lies on a mesh: a connected dark component (black-hat of the smoothed
-  // L* above kHoleContrast) of at least 0.1 R^2. The rays of the light background between
+  // L* above kHoleContrast) of at least 0.03 R^2. The rays of the light background between
   // separate dots, globules or granules meet no mesh, and a light spot beside a line fails the
   // ring.
   cv::Mat Ls, bh_s, fine_dark;

@@ -1,6 +1,7 @@
 // The page of `lesionflow serve` (GET /): plain HTML/CSS/JS, no CDN, works offline. It talks to
 // the JSON API only (docs/api.md). URL parameters fill the form (a shareable link), and
 // `autorun=1` presses Generate once the page has loaded (used by the headless-browser test).
+#include <sstream>
 #include <string>
 
 #include "pipeline/serve.h"
@@ -210,11 +211,12 @@ $("zip").onclick=()=>{
 std::string fill_page() {
   GenerateConfig gc;
   use_default_sampling(gc);
-  std::string page = page_template(), cfg = std::to_string(gc.cfg_scale);
-  cfg.erase(cfg.find_last_not_of('0') + 1);  // "1.250000" -> "1.25"
-  if (!cfg.empty() && cfg.back() == '.') cfg.pop_back();
-  for (size_t at; (at = page.find("@DEFAULT_CFG@")) != std::string::npos;)
-    page.replace(at, 13, cfg);
+  std::ostringstream cfg;
+  cfg << gc.cfg_scale;  // shortest form, e.g. "1.25"
+  const std::string placeholder = "@DEFAULT_CFG@";
+  std::string page = page_template();
+  for (size_t at; (at = page.find(placeholder)) != std::string::npos;)
+    page.replace(at, placeholder.size(), cfg.str());
   return page;
 }
 
