@@ -164,9 +164,8 @@ TEST(Device, ClipEmaAndAdamWStayOnTheDevice) {
   for (auto& p : params) ema.push_back(p.detach().clone());
   torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-3));
   (params[0].sum() + params[1].pow(2).sum()).backward();
-  expect_on(clip_grad_norm(params, 1.0), kMeta, "gradient norm");
-  opt.step();
-  ema_update(ema, params, 0.99);
+  // The fused step falls back to clip + AdamW + EMA off the CPU.
+  expect_on(clip_adamw_ema_step(opt, params, 1.0, &ema, 0.99), kMeta, "gradient norm");
   for (size_t i = 0; i < params.size(); ++i) {
     expect_on(params[i], kMeta, "parameter");
     expect_on(ema[i], kMeta, "EMA");
@@ -301,6 +300,122 @@ TEST(Device, ClipGradNormMatchesLibtorchsClipGradNorm) {
     EXPECT_DOUBLE_EQ(got, ref);
     for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].grad(), b[i].grad()));
   }
+}
+
+// Two copies of the same parameters (one of 150K elements: several chunks of the fused loop; one
+// without a gradient), each step given the same random gradients.
+struct OptCase {
+  std::vector<torch::Tensor> params, ema;
+  std::unique_ptr<torch::optim::AdamW> opt;
+  explicit OptCase(uint64_t seed) {
+    torch::manual_seed(seed);
+    for (auto shape : std::vector<std::vector<int64_t>>{{300, 500}, {7}, {3, 5}, {11}})
+      params.push_back(torch::randn(shape).requires_grad_(true));
+    for (auto& p : params) ema.push_back(p.detach().clone() * 0.5);
+    opt = std::make_unique<torch::optim::AdamW>(
+        params, torch::optim::AdamWOptions(1e-2).weight_decay(0.05).betas({0.9, 0.99}));
+  }
+  void set_grads(int step) {
+    torch::manual_seed(100 + step);
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (i == 3) continue;  // never gets a gradient: skipped by the clip and AdamW
+      params[i].mutable_grad() = torch::randn(params[i].sizes()) * (step % 2 ? 10.0 : 0.01);
+    }
+  }
+};
+
+// max |a - b| over max |b|: element-wise relative differences blow up where an update nearly
+// cancels a weight (a one-ulp difference of the terms over a result near zero).
+double max_rel_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return ((a - b).abs().max() / b.abs().max()).item<double>();
+}
+
+TEST(Optimizer, FusedClipAdamWEmaMatchesLibtorch) {
+  // clip_adamw_ema_step against clip_grad_norm + torch::optim::AdamW::step + ema_update: the same
+  // norms, weights, moments and EMA, with the clip active on odd steps (gradients x10) and idle on
+  // even ones; on steps 4 and 5 libtorch's own step runs on the fused optimizer's state, which only
+  // matches if the fused path kept that state under libtorch's keys and step counts.
+  OptCase ref(1), fused(1);
+  for (int step = 0; step < 6; ++step) {
+    ref.set_grads(step);
+    fused.set_grads(step);
+    double n_ref = clip_grad_norm(ref.params, 1.0).item<double>();
+    ref.opt->step();
+    ema_update(ref.ema, ref.params, 0.9);
+    double n_fused;
+    if (step < 4) {
+      n_fused = clip_adamw_ema_step(*fused.opt, fused.params, 1.0, &fused.ema, 0.9).item<double>();
+    } else {
+      n_fused = clip_grad_norm(fused.params, 1.0).item<double>();
+      fused.opt->step();
+      ema_update(fused.ema, fused.params, 0.9);
+    }
+    EXPECT_NEAR(n_fused, n_ref, 1e-5 * n_ref) << "step " << step;
+    for (size_t i = 0; i < ref.params.size(); ++i) {
+      SCOPED_TRACE("step " + std::to_string(step) + ", parameter " + std::to_string(i));
+      EXPECT_LT(max_rel_diff(fused.params[i], ref.params[i]), 1e-6);
+      EXPECT_LT(max_rel_diff(fused.ema[i], ref.ema[i]), 1e-6);
+    }
+    // A fused step must change something: the weights moved from the start.
+    if (step == 0) {
+      EXPECT_GT((fused.params[0] - OptCase(1).params[0]).abs().max().item<double>(), 1e-3);
+    }
+  }
+  EXPECT_EQ(fused.opt->state().size(), 3u);  // no state for the parameter without a gradient
+  for (const auto& p : ref.params) {
+    if (!p.grad().defined()) continue;
+    const auto key = c10::guts::to_string(p.unsafeGetTensorImpl());
+    auto& r = static_cast<torch::optim::AdamWParamState&>(*ref.opt->state().at(key));
+    const size_t i = &p - ref.params.data();
+    auto& f = static_cast<torch::optim::AdamWParamState&>(
+        *fused.opt->state().at(c10::guts::to_string(fused.params[i].unsafeGetTensorImpl())));
+    EXPECT_EQ(f.step(), r.step());
+    EXPECT_LT(max_rel_diff(f.exp_avg(), r.exp_avg()), 1e-5);
+    EXPECT_LT(max_rel_diff(f.exp_avg_sq(), r.exp_avg_sq()), 1e-5);
+  }
+}
+
+TEST(Optimizer, FusedStepStateSavesAndResumesInLibtorch) {
+  // The optimizer state of fused steps, saved and loaded into a fresh libtorch AdamW (a resume),
+  // continues exactly as the uninterrupted fused run does.
+  OptCase run(2), resumed(2);
+  for (int step = 0; step < 3; ++step) {
+    run.set_grads(step);
+    clip_adamw_ema_step(*run.opt, run.params, 1.0);
+  }
+  const std::string path = ::testing::TempDir() + "/fused_state.bin";
+  ASSERT_TRUE(save_state(path, 3, *run.opt).ok());
+  {
+    torch::NoGradGuard ng;
+    for (size_t i = 0; i < run.params.size(); ++i) resumed.params[i].copy_(run.params[i]);
+  }
+  auto st = load_state(path, *resumed.opt);
+  ASSERT_TRUE(st.ok()) << st.status().message();
+  EXPECT_EQ(*st, 3);
+  for (auto* c : {&run, &resumed}) {
+    c->set_grads(3);
+    clip_adamw_ema_step(*c->opt, c->params, 1.0);
+  }
+  for (size_t i = 0; i < run.params.size(); ++i)
+    EXPECT_TRUE(torch::equal(resumed.params[i], run.params[i])) << "parameter " << i;
+}
+
+TEST(Optimizer, FusedStepPropagatesNanFromAGradient) {
+  // A NaN in one gradient makes the norm NaN, and the clip spreads it to every weight that has a
+  // gradient, exactly as clip_grad_norm + libtorch's AdamW do.
+  OptCase ref(3), c(3);
+  for (auto* o : {&ref, &c}) {
+    o->set_grads(0);
+    o->params[1].mutable_grad()[2] = std::nan("");
+  }
+  EXPECT_TRUE(std::isnan(clip_grad_norm(ref.params, 1.0).item<double>()));
+  ref.opt->step();
+  auto n = clip_adamw_ema_step(*c.opt, c.params, 1.0, &c.ema, 0.9);
+  EXPECT_TRUE(std::isnan(n.item<double>()));
+  for (size_t i = 0; i < c.params.size(); ++i)
+    EXPECT_TRUE(torch::equal(torch::isnan(c.params[i]), torch::isnan(ref.params[i])))
+        << "parameter " << i;
+  EXPECT_TRUE(torch::isnan(c.params[0]).all().item<bool>());
 }
 
 }  // namespace

@@ -938,7 +938,10 @@ TEST(Train, DiffusionObjectiveLearnsSavesItsObjectiveAndSamples) {
   EXPECT_EQ(x.sizes(), (std::vector<int64_t>{2, 3, 16, 16}));
   EXPECT_GT(x.std().item<double>(), 0.05);
   auto x2 = generate(g->model, *g->tok, g->flow, {d.imgs.captions[0]}, {1}, gc);
-  EXPECT_TRUE(torch::allclose(x[0], x2[0], 1e-4, 1e-5));  // seed-exact, batch-independent
+  // Seed-exact and batch-independent up to float rounding of the output's scale (the DDIM
+  // output of this toy run reaches |x| ~ 150, where one float ulp is 1.5e-5).
+  const double scale = x[0].abs().max().item<double>();
+  EXPECT_LE((x[0] - x2[0]).abs().max().item<double>(), 1e-5 + 1e-6 * scale) << "scale " << scale;
 }
 
 TEST(Train, NanLossStopsWithAMessage) {

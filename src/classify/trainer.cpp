@@ -219,8 +219,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
         return Status::error("classify: loss is " + std::to_string(lv) + " at epoch " +
                              std::to_string(epoch) + " step " + std::to_string(b) +
                              "; stopped (last good weights in " + last + "); try a lower --lr");
-      clip_grad_norm(params, 5.0);
-      opt.step();
+      clip_adamw_ema_step(opt, params, 5.0);
       loss_sum += lv;
       seen += static_cast<int64_t>(idx.size());
       char extra[64];

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "core/adamw_kernel.h"
 #include "lesionflow/io.h"
 #include "lesionflow/log.h"
 
@@ -150,6 +151,129 @@ void ema_update(std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor
                 double decay) {
   torch::NoGradGuard ng;
   for (size_t i = 0; i < params.size(); ++i) ema[i].mul_(decay).add_(params[i], 1 - decay);
+}
+
+namespace {
+
+// Whether the fused step can run: the state is read and written through raw float pointers.
+bool fusable(torch::optim::AdamW& opt, const std::vector<Tensor>& params,
+             const std::vector<Tensor>* ema) {
+  if (opt.param_groups().size() != 1) return false;
+  const auto& group = opt.param_groups()[0];
+  if (static_cast<const torch::optim::AdamWOptions&>(group.options()).amsgrad()) return false;
+  const auto& gp = group.params();
+  if (gp.size() != params.size() || (ema && ema->size() != params.size())) return false;
+  auto plain = [](const Tensor& t) {
+    return t.defined() && t.device().is_cpu() && t.scalar_type() == torch::kFloat32 &&
+           t.is_contiguous() && t.layout() == torch::kStrided;
+  };
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& p = params[i];
+    if (!p.is_same(gp[i]) || !plain(p)) return false;
+    if (ema && (!plain((*ema)[i]) || (*ema)[i].numel() != p.numel())) return false;
+    const Tensor& g = p.grad();
+    if (g.defined() && (!plain(g) || g.numel() != p.numel())) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+Tensor clip_adamw_ema_step(torch::optim::AdamW& opt, const std::vector<Tensor>& params,
+                           double max_norm, std::vector<Tensor>* ema, double ema_decay) {
+  if (!fusable(opt, params, ema)) {
+    Tensor norm = clip_grad_norm(params, max_norm);
+    opt.step();
+    if (ema) ema_update(*ema, params, ema_decay);
+    return norm;
+  }
+  torch::NoGradGuard ng;
+  // Work in chunks of up to 64K elements, so that small and large parameters share the threads.
+  struct Chunk {
+    size_t param;
+    int64_t begin, len;
+  };
+  constexpr int64_t kChunk = 1 << 16;
+  std::vector<Chunk> chunks;
+  bool any_grad = false;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!params[i].grad().defined()) continue;
+    any_grad = true;
+    for (int64_t b = 0; b < params[i].numel(); b += kChunk)
+      chunks.push_back({i, b, std::min(kChunk, params[i].numel() - b)});
+  }
+  // Parameters without a gradient are skipped, by the clip and by AdamW alike (their EMA still
+  // moves toward them, as ema_update does).
+  std::vector<double> partial(chunks.size());
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      const Chunk& k = chunks[c];
+      partial[c] = sum_squares(params[k.param].grad().data_ptr<float>() + k.begin, k.len);
+    }
+  });
+  // The norm and coefficient in float, as clip_grad_norm computes them from float tensors (a NaN
+  // norm gives a NaN coefficient, as torch::clamp does).
+  const float total =
+      static_cast<float>(std::sqrt(std::accumulate(partial.begin(), partial.end(), 0.0)));
+  const float ratio = static_cast<float>(max_norm) / (total + static_cast<float>(1e-6));
+  const float coef = ratio > 1.0f ? 1.0f : ratio;
+
+  auto& group = opt.param_groups()[0];
+  const auto& o = static_cast<const torch::optim::AdamWOptions&>(group.options());
+  const double lr = o.lr(), beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
+  std::vector<AdamWStep> scal(params.size());
+  std::vector<float*> m(params.size(), nullptr), v(params.size(), nullptr);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& p = params[i];
+    if (!p.grad().defined()) continue;
+    // State as torch::optim::AdamW keeps it (key: the TensorImpl address), created as it does.
+    auto& slot = opt.state()[c10::guts::to_string(p.unsafeGetTensorImpl())];
+    if (!slot) {
+      auto st = std::make_unique<torch::optim::AdamWParamState>();
+      st->step(0);
+      st->exp_avg(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+      st->exp_avg_sq(torch::zeros_like(p, torch::MemoryFormat::Preserve));
+      slot = std::move(st);
+    }
+    auto& st = static_cast<torch::optim::AdamWParamState&>(*slot);
+    if (!st.exp_avg().is_contiguous() || !st.exp_avg_sq().is_contiguous() ||
+        st.exp_avg().scalar_type() != torch::kFloat32 ||
+        st.exp_avg_sq().scalar_type() != torch::kFloat32) {  // a state restored in another form
+      st.exp_avg(st.exp_avg().to(torch::kFloat32).contiguous());
+      st.exp_avg_sq(st.exp_avg_sq().to(torch::kFloat32).contiguous());
+    }
+    st.step(st.step() + 1);
+    const double bc1 = 1 - std::pow(beta1, st.step()), bc2 = 1 - std::pow(beta2, st.step());
+    AdamWStep& s = scal[i];
+    s.grad_scale = coef;
+    s.weight_keep = static_cast<float>(1 - lr * o.weight_decay());
+    s.beta1 = static_cast<float>(beta1);
+    s.one_minus_beta1 = static_cast<float>(1 - beta1);
+    s.beta2 = static_cast<float>(beta2);
+    s.one_minus_beta2 = static_cast<float>(1 - beta2);
+    s.sqrt_bias2 = static_cast<float>(std::sqrt(bc2));
+    s.eps = static_cast<float>(o.eps());
+    s.neg_step_size = static_cast<float>(-lr / bc1);
+    s.ema_keep = static_cast<float>(ema_decay);
+    s.ema_take = static_cast<float>(1 - ema_decay);
+    m[i] = st.exp_avg().data_ptr<float>();
+    v[i] = st.exp_avg_sq().data_ptr<float>();
+  }
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      const Chunk& k = chunks[c];
+      const size_t i = k.param;
+      float* e = ema ? (*ema)[i].data_ptr<float>() + k.begin : nullptr;
+      adamw_ema_update(params[i].data_ptr<float>() + k.begin,
+                       params[i].grad().data_ptr<float>() + k.begin, m[i] + k.begin, v[i] + k.begin,
+                       e, k.len, scal[i]);
+    }
+  });
+  if (ema)  // parameters without a gradient: the EMA still follows them
+    for (size_t i = 0; i < params.size(); ++i)
+      if (!params[i].grad().defined()) (*ema)[i].mul_(ema_decay).add_(params[i], 1 - ema_decay);
+  if (!any_grad) return {};
+  return torch::tensor(total);
 }
 
 torch::Device module_device(const torch::nn::Module& m) {

@@ -29,6 +29,16 @@ void backward_with_fresh_grads(const torch::Tensor& loss, const std::vector<torc
 // ema = decay * ema + (1 - decay) * param, in place, without autograd.
 void ema_update(std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& params,
                 double decay);
+// clip_grad_norm(params, max_norm), opt.step() and, when ema is given, ema_update(*ema, params,
+// ema_decay), fused: one parallel pass over memory instead of ~10 ATen ops per parameter
+// (issue 20; docs/precision.md). The optimizer state stays libtorch's (the same tensors, keys
+// and step counts), so a checkpoint or resume cannot tell which path ran. Fused when opt has one
+// param group holding exactly `params` (amsgrad off) and every tensor is a contiguous float32
+// CPU tensor; otherwise the three calls above run. Returns the norm before clipping, as
+// clip_grad_norm does.
+torch::Tensor clip_adamw_ema_step(torch::optim::AdamW& opt,
+                                  const std::vector<torch::Tensor>& params, double max_norm,
+                                  std::vector<torch::Tensor>* ema = nullptr, double ema_decay = 0);
 // The device of a module's parameters (CPU for a module without any).
 torch::Device module_device(const torch::nn::Module& m);
 

@@ -550,9 +550,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
                            "); stopped without overwriting the last checkpoint in " + cfg.out +
                            "; try a lower --lr or --grad-clip");
     }
-    Tensor gnorm_t = clip_grad_norm(params, cfg.grad_clip);
-    opt.step();
-    ema_update(ema, params, std::min(cfg.ema_decay, (1.0 + step) / (10.0 + step)));
+    Tensor gnorm_t = clip_adamw_ema_step(opt, params, cfg.grad_clip, &ema,
+                                         std::min(cfg.ema_decay, (1.0 + step) / (10.0 + step)));
     ++step;
     bins.add(t, per);
     loss_acc += lv;
