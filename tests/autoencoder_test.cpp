@@ -225,10 +225,11 @@ TEST(Autoencoder, DecoderOnlyFineTuneKeepsTheLatentSpaceAndServesItsGenerator) {
 
 // --latent-noise: a decoder fine-tuned on noised latents maps noised latents closer to the clean
 // image than one fine-tuned on exact latents (same init, data and steps).
+// Pooled over two base autoencoders: with one, the outcome rests on a single training trajectory,
+// which float rounding in the optimizer can move (see GeneratorLatentsPullTheirDecodesTowards...).
 TEST(Autoencoder, LatentNoiseTeachesTheDecoderToCorrectNoisedLatents) {
   auto dir = test::tmp_dir("ae_latent_noise");
   auto p = phantoms(48, 32, 6);
-  base_autoencoder(dir, p, 5);
   auto x = images_to_tensor(p.px, 32);
   auto noised_error = [&](double noise) {
     auto init = load_autoencoder(dir + "/ae.safetensors");
@@ -246,9 +247,16 @@ TEST(Autoencoder, LatentNoiseTeachesTheDecoderToCorrectNoisedLatents) {
     auto zn = z + 0.6 * torch::randn(z.sizes(), gen, torch::kFloat32);
     return (init->model->decode(zn) - x).abs().mean().item<double>();
   };
-  const double exact = noised_error(0.0), noised = noised_error(1.0);
-  EXPECT_LT(noised, 0.95 * exact) << "L1 on noised latents: exact-trained " << exact
-                                  << ", noise-trained " << noised;
+  double exact = 0, noised = 0;
+  for (uint64_t seed : {5, 6}) {
+    base_autoencoder(dir, p, seed);
+    exact += noised_error(0.0);
+    noised += noised_error(1.0);
+  }
+  RecordProperty("l1_exact_trained", std::to_string(exact / 2));
+  RecordProperty("l1_noise_trained", std::to_string(noised / 2));
+  EXPECT_LT(noised, 0.95 * exact) << "L1 on noised latents (mean of 2 bases): exact-trained "
+                                  << exact / 2 << ", noise-trained " << noised / 2;
 }
 
 // synth --save-latents writes each image's latent (which decodes to that image), ae train
@@ -343,17 +351,15 @@ TEST(Autoencoder, SavedGeneratorLatentsDecodeToTheirImagesAndTrainTheDecoder) {
 // The point of --gen-latents: latents with a systematic error (here an offset, as a generator's
 // bias would be) decode to images the discriminator learns to reject, and the decoder learns to
 // make them look like the real images; without them it does not.
+// Pooled over two base autoencoders (torch seeds 9 and 10): the effect's size depends on the
+// base's training trajectory. Measured (seventeenth sitting, fused AdamW step) per base: plain
+// 0.49 / 0.79, with --gen-latents 0.42 / 0.28 (ratios 0.86 / 0.35; libtorch's unfused step gave
+// 0.41 / 0.40, and bases 11 and 12 0.35-0.37 with either step).
 TEST(Autoencoder, GeneratorLatentsPullTheirDecodesTowardsRealImages) {
   auto dir = test::tmp_dir("ae_gen_pull");
   auto p = phantoms(48, 32, 8);
-  Autoencoder ae0 = base_autoencoder(dir, p, 9);
   auto x = images_to_tensor(p.px, 32);
   Tensor biased;
-  {
-    torch::NoGradGuard ng;
-    ae0->eval();
-    biased = ae0->encode(x) + 0.75;
-  }
   auto colour_gap = [&](bool with_gen) {
     auto init = load_autoencoder(dir + "/ae.safetensors");
     EXPECT_TRUE(init.ok());
@@ -375,12 +381,22 @@ TEST(Autoencoder, GeneratorLatentsPullTheirDecodesTowardsRealImages) {
     // per-channel mean colour of the set, decoded biased latents vs real
     return (y.mean({0, 2, 3}) - x.mean({0, 2, 3})).abs().sum().item<double>();
   };
-  const double plain = colour_gap(false), pulled = colour_gap(true);
-  RecordProperty("colour_gap_plain", std::to_string(plain));
-  RecordProperty("colour_gap_with_gen_latents", std::to_string(pulled));
-  // Measured: plain 0.50, with --gen-latents 0.33 (ratio 0.66).
-  EXPECT_LT(pulled, 0.85 * plain) << "mean-colour gap of the biased latents' decodes: plain "
-                                  << plain << ", with --gen-latents " << pulled;
+  double plain = 0, pulled = 0;
+  for (uint64_t seed : {9, 10}) {
+    Autoencoder ae0 = base_autoencoder(dir, p, seed);
+    {
+      torch::NoGradGuard ng;
+      ae0->eval();
+      biased = ae0->encode(x) + 0.75;
+    }
+    plain += colour_gap(false);
+    pulled += colour_gap(true);
+  }
+  RecordProperty("colour_gap_plain", std::to_string(plain / 2));
+  RecordProperty("colour_gap_with_gen_latents", std::to_string(pulled / 2));
+  EXPECT_LT(pulled, 0.85 * plain) << "mean-colour gap of the biased latents' decodes (mean of 2 "
+                                  << "bases): plain " << plain / 2 << ", with --gen-latents "
+                                  << pulled / 2;
 }
 
 TEST(AutoencoderSlow, LatentTrainingOverfitsASmallBatch) {

@@ -309,8 +309,7 @@ Result<AETrainResult> train_autoencoder(const AETrainConfig& cfg, Autoencoder& a
           "; stopped without overwriting the last checkpoint in " + cfg.out + "; try a lower --lr");
     opt.zero_grad();
     loss.backward();
-    torch::nn::utils::clip_grad_norm_(trainable, cfg.grad_clip);
-    opt.step();
+    clip_adamw_ema_step(opt, trainable, cfg.grad_clip);
     if (gan_on) {  // least-squares discriminator: real -> 1, reconstruction -> 0
       auto fake = disc->forward(y.detach()).pow(2).mean();
       if (has_gen) fake = 0.5 * (fake + disc->forward(y_gen.detach()).pow(2).mean());
