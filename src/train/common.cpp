@@ -236,6 +236,11 @@ Tensor clip_adamw_ema_step(torch::optim::AdamW& opt, const std::vector<Tensor>& 
       slot = std::move(st);
     }
     auto& st = static_cast<torch::optim::AdamWParamState&>(*slot);
+    // The kernel writes through raw pointers: a state of another shape (restored from another
+    // model) must stop here, as libtorch's step would, not overrun.
+    TORCH_CHECK(st.exp_avg().numel() == p.numel() && st.exp_avg_sq().numel() == p.numel(),
+                "AdamW state of parameter ", i, " has ", st.exp_avg().numel(),
+                " elements, the parameter ", p.numel(), " (a training state from another model?)");
     if (!st.exp_avg().is_contiguous() || !st.exp_avg_sq().is_contiguous() ||
         st.exp_avg().scalar_type() != torch::kFloat32 ||
         st.exp_avg_sq().scalar_type() != torch::kFloat32) {  // a state restored in another form
