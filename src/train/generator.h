@@ -32,9 +32,9 @@ struct CaptionedImages {
 
 struct GenerateConfig {
   SamplerConfig sampler;
-  // 1 = no guidance (one forward per step). 2: on the shipped HAM model, HAM-FD 5.6 against 11.9
-  // at 3 and 20.7 at 4 with CAS and asked-colour presence within 0.01 (docs/results.md,
-  // "Guidance"). `sample`, `synth` and `serve` start from use_default_sampling() instead.
+  // 1 = no guidance (one forward per step). 2 is the library's default (training grids, tests): it
+  // was the best guidance of the shipped v2 model (HAM-FD 5.6 against 11.9 at 3 and 20.7 at 4).
+  // `sample`, `synth` and `serve` start from use_default_sampling() instead (CFG 1.25, below).
   double cfg_scale = 2.0;
   // Guidance only while lo <= t <= hi (Kynkaenniemi et al. 2024, guidance in a limited
   // interval); outside it one conditional forward per step. Default: every step.
