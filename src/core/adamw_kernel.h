@@ -1,7 +1,7 @@
 // The optimizer step of training on raw float arrays: gradient scale (clipping), AdamW and the
 // EMA of the weights in one pass over memory, written so that the compiler vectorises it (AVX-512
 // / AVX2 clones chosen at run time). Torch-free: the driver that walks libtorch's AdamW state is
-// fused_clip_adamw_ema() in src/train/common.h.
+// clip_adamw_ema_step() in src/train/common.h.
 #pragma once
 #include <cstdint>
 
