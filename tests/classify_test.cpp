@@ -426,6 +426,126 @@ TEST(Synth, VaryDrawsSizeAndSkinAnewAndKeepsThePlan) {
   EXPECT_FALSE(plan_synthetic(ds->records, caps, c, nullptr).ok());
 }
 
+// Omitting a phrase keeps the rest of the caption's list grammatical, and a planned set keeps
+// its cells, sources and noise; the prompts' structure phrases are checked against the
+// generator's training captions (the shipped v3 met "pigment network" in 11% of today's prompts
+// after a detector change, which cost HAM-FD 0.85 -> 1.01).
+TEST(Synth, OmittedPhrasesAndPhraseDriftAgainstTheTrainingCaptions) {
+  const std::string x = "pigment network";
+  const std::vector<std::string> om{x};
+  EXPECT_EQ(without_phrases("a nevus; large lesion, pigment network, dots/globules and "
+                            "regression structures, one colour: black",
+                            om),
+            "a nevus; large lesion, dots/globules and regression structures, one colour: black");
+  EXPECT_EQ(without_phrases("a nevus; pigment network and dots/globules, large lesion", om),
+            "a nevus; dots/globules, large lesion");
+  EXPECT_EQ(without_phrases("a nevus; streaks, pigment network and dots/globules", om),
+            "a nevus; streaks and dots/globules");
+  EXPECT_EQ(without_phrases("a nevus; large lesion, dots/globules and pigment network", om),
+            "a nevus; large lesion, dots/globules");
+  EXPECT_EQ(without_phrases("a nevus; pigment network", om), "a nevus");
+  EXPECT_EQ(without_phrases("a nevus; pigment network, large lesion", om), "a nevus; large lesion");
+  EXPECT_EQ(without_phrases("a nevus; large lesion, pigment network", om), "a nevus; large lesion");
+  EXPECT_EQ(without_phrases("a nevus; large lesion", om), "a nevus; large lesion");
+
+  auto ds = load_dataset("phantom:200", {}, 3);
+  ASSERT_TRUE(ds.ok());
+  std::map<std::string, nlohmann::json> caps;
+  int k = 0;
+  for (auto& r : ds->records)  // every fourth caption names a network
+    caps[r.id] = {{"caption", "dermoscopic image of a " + r.dx + "; large lesion" +
+                                  (k++ % 4 == 0 ? ", pigment network and dots/globules" : "") +
+                                  ", two colours"}};
+  SynthPlanConfig c;
+  c.total = 400;
+  auto plain = plan_synthetic(ds->records, caps, c, nullptr);
+  c.omit = om;
+  auto omitted = plan_synthetic(ds->records, caps, c, nullptr);
+  LF_ASSERT_OK(plain);
+  LF_ASSERT_OK(omitted);
+  std::vector<std::string> prompts;
+  int had = 0;
+  for (size_t i = 0; i < plain->size(); ++i) {
+    const auto &a = (*plain)[i], &b = (*omitted)[i];
+    EXPECT_EQ(a.source_id, b.source_id);
+    EXPECT_EQ(a.seed, b.seed);
+    EXPECT_EQ(b.prompt.find(x), std::string::npos) << b.prompt;
+    EXPECT_EQ(b.prompt, without_phrases(a.prompt, om));
+    had += a.prompt.find(x) != std::string::npos;
+    prompts.push_back(a.prompt);
+  }
+  ASSERT_GT(had, 40);
+  const double share = static_cast<double>(had) / prompts.size();
+  // No profile in the generator: nothing to compare, the prompts' own shares are reported.
+  auto none = prompt_phrase_drift({}, prompts);
+  EXPECT_TRUE(none["training"].is_null());
+  EXPECT_NEAR(none["prompts"][x].get<double>(), share, 1e-9);
+  EXPECT_EQ(none["drifted"].size(), 0u);
+  // Trained on captions where the phrase was rare: it drifts; where it was as common: it does not.
+  nlohmann::json rare = caption_phrase_profile({"a; pigment network",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a",
+                                                "a"});
+  EXPECT_NEAR(rare[x].get<double>(), 0.02, 1e-12);
+  EXPECT_EQ(rare["streaks"].get<double>(), 0.0);
+  auto drift = prompt_phrase_drift({{"caption_profile", rare.dump()}}, prompts);
+  // (dots/globules, never in those captions, drifts too; phrases in alphabetical order.)
+  ASSERT_EQ(drift["drifted"].size(), 2u) << drift.dump();
+  EXPECT_EQ(drift["drifted"][0]["phrase"], "dots/globules");
+  EXPECT_EQ(drift["drifted"][1]["phrase"], x);
+  EXPECT_NEAR(drift["drifted"][1]["training"].get<double>(), 0.02, 1e-12);
+  EXPECT_NEAR(drift["drifted"][1]["prompts"].get<double>(), share, 1e-9);
+  auto same =
+      prompt_phrase_drift({{"caption_profile", caption_phrase_profile(prompts).dump()}}, prompts);
+  EXPECT_EQ(same["drifted"].size(), 0u) << same.dump();
+}
+
 // An untrained 16-px pixel generator (tiny preset, patch 4) with a tokenizer trained on the
 // records' composed captions; g.tok is empty if the tokenizer fails to train.
 static LoadedGenerator tiny_pixel_generator(const std::vector<Record>& records) {

@@ -152,6 +152,11 @@ TEST(Cli, TrainInitContinuesFromATrainedGenerator) {
   auto rec = nlohmann::json::parse(st->metadata["init"]);
   EXPECT_EQ(rec["hash"].get<std::string>(), *hash_file(dir + "/base/ema.safetensors"));
   EXPECT_EQ(rec["step"].get<int64_t>(), 80);
+  // Every checkpoint records the structure phrases of its training captions (synth compares its
+  // prompts with them): plain phantoms have no structures, so every share is 0.
+  auto profile = nlohmann::json::parse(st->metadata["caption_profile"]);
+  ASSERT_EQ(profile.size(), 5u) << profile.dump();
+  for (auto& [phrase, share] : profile.items()) EXPECT_EQ(share.get<double>(), 0.0) << phrase;
   // --add-single: two zero-gated single-stream blocks appended; the grown model computes what
   // the init computes, so the first loss (same batch and noise) is the same, and the checkpoint
   // records the deeper architecture.

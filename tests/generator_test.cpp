@@ -183,6 +183,86 @@ TEST(Generate, SeedsFixTheImageAndTheGuidanceIntervalSkipsGuidance) {
   EXPECT_FALSE(check_generate_config(gc, "sample").ok());
 }
 
+// Autoguidance: the guiding branch is the guide on the same prompt, so after one Euler step
+// (linear in the velocity) the image is the guide's image plus w times the difference; with the
+// model as its own guide the images are the unguided ones at any weight; with weight 0 they are
+// the guide's. A guide of another tokenizer or input size is refused, naming the file.
+TEST(Generate, AutoguidanceBlendsTheGuideOnTheSamePromptAndChecksTheGuide) {
+  auto caps = phantom_captions(20);
+  auto tok = Tokenizer::train(caps, {64, "bpe", 0});
+  ASSERT_TRUE(tok.ok());
+  auto c = micro();
+  c.vocab_size = tok->vocab_size();
+  MMDiT m = random_model(c, 8, 0.2), weak = random_model(c, 9, 0.2);
+  FlowConfig flow;
+  flow.prediction = Prediction::kX;
+  std::vector<std::string> prompts(caps.begin(), caps.begin() + 4);
+  std::vector<uint64_t> seeds{11, 12, 13, 14};
+  GenerateConfig gc;
+  gc.sampler.method = SamplerMethod::kEuler;
+  gc.sampler.steps = 1;
+  gc.cfg_scale = 1;
+  gc.batch = 3;
+  auto own = generate(m, *tok, flow, prompts, seeds, gc);
+  auto guide_only = generate(weak, *tok, flow, prompts, seeds, gc);
+  EXPECT_GT((own - guide_only).abs().max().item<float>(), 1e-2);
+  gc.guide_model = weak;
+  gc.cfg_scale = 2.5;
+  auto blended = generate(m, *tok, flow, prompts, seeds, gc);
+  EXPECT_TRUE(torch::allclose(blended, guide_only + 2.5 * (own - guide_only), 1e-4, 1e-5))
+      << (blended - guide_only - 2.5 * (own - guide_only)).abs().max();
+  // Classifier-free guidance at the same weight is another image: the guide replaced the empty
+  // caption.
+  gc.guide_model = MMDiT{nullptr};
+  auto cfg = generate(m, *tok, flow, prompts, seeds, gc);
+  EXPECT_GT((cfg - blended).abs().max().item<float>(), 1e-2);
+  // Several DPM-Solver++ steps: the model as its own guide is no guidance; weight 0 is the guide.
+  gc.sampler.method = SamplerMethod::kDpm2m;
+  gc.sampler.steps = 4;
+  gc.cfg_scale = 1;
+  auto m4 = generate(m, *tok, flow, prompts, seeds, gc);
+  auto w4 = generate(weak, *tok, flow, prompts, seeds, gc);
+  gc.cfg_scale = 3;
+  gc.guide_model = m;
+  EXPECT_TRUE(torch::allclose(generate(m, *tok, flow, prompts, seeds, gc), m4, 1e-4, 1e-5));
+  gc.cfg_scale = 0;
+  gc.guide_model = weak;
+  EXPECT_TRUE(torch::allclose(generate(m, *tok, flow, prompts, seeds, gc), w4, 1e-4, 1e-5));
+
+  // load_guide: files written and read back.
+  const std::string dir = test::tmp_dir("guide");
+  ASSERT_TRUE(save_generator(dir + "/main.safetensors", m, *tok, 9, flow, "ema").ok());
+  ASSERT_TRUE(save_generator(dir + "/weak.safetensors", weak, *tok, 3, flow, "ema").ok());
+  auto other_tok = Tokenizer::train(phantom_captions(40), {96, "bpe", 0});
+  ASSERT_TRUE(other_tok.ok());
+  ASSERT_NE(other_tok->hash(), tok->hash());
+  ASSERT_TRUE(save_generator(dir + "/tok.safetensors", weak, *other_tok, 3, flow, "ema").ok());
+  auto c32 = c;
+  c32.image_size = 32;
+  MMDiT big = random_model(c32, 10, 0.2);
+  ASSERT_TRUE(save_generator(dir + "/size.safetensors", big, *tok, 3, flow, "ema").ok());
+  auto main = load_generator(dir + "/main.safetensors");
+  ASSERT_TRUE(main.ok()) << main.status().message();
+  GenerateConfig lc;
+  EXPECT_TRUE(load_guide(lc, *main).ok());  // no guide: nothing to do
+  EXPECT_TRUE(lc.guide_model.is_empty());
+  for (const char* bad : {"tok", "size"}) {
+    lc.guide = dir + "/" + bad + ".safetensors";
+    auto st = load_guide(lc, *main);
+    ASSERT_FALSE(st.ok()) << bad;
+    EXPECT_NE(st.message().find(lc.guide), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find(std::string(bad) == "tok" ? "tokenizer" : "input"),
+              std::string::npos)
+        << st.message();
+    EXPECT_TRUE(lc.guide_model.is_empty());
+  }
+  lc.guide = dir + "/weak.safetensors";
+  ASSERT_TRUE(load_guide(lc, *main).ok());
+  ASSERT_FALSE(lc.guide_model.is_empty());
+  EXPECT_TRUE(torch::equal(lc.guide_model->parameters()[0], weak->parameters()[0]));
+  EXPECT_EQ(sampling_metadata(lc).value("guide", ""), lc.guide);
+}
+
 TEST(Generate, ReturnsTheModelSpaceUnclampedAndOnlyPixelsAreClamped) {
   // A fresh network predicts zero velocity (adaLN-zero, zero output layer), so a sample is its
   // starting noise. Normalised latents have unit spread: clamping them to [-1,1] (which a

@@ -41,6 +41,16 @@ std::string compose_caption(const CaptionFacts& f, uint64_t variant_seed = 0);
 constexpr size_t kMaxCaptionChars = 4096;
 Result<std::map<std::string, nlohmann::json>> read_caption_file(const std::string& path);
 
+// The share of `captions` that name each dermoscopic structure (structure_names(): "pigment
+// network", ...), as {phrase: fraction}. A generator records it for its training captions
+// (checkpoint metadata "caption_profile"), so prompts that use a phrase far more often than its
+// training captions did can be flagged: a detector that changed after training changes what the
+// phrase means to the model (docs/results.md, eighteenth sitting).
+nlohmann::json caption_phrase_profile(const std::vector<std::string>& captions);
+// `caption` without each of `phrases` and the list punctuation around it ("A, X and B" -> "A and
+// B", "X and B" -> "B", "A and X" -> "A", "; X, B" -> "; B").
+std::string without_phrases(std::string caption, const std::vector<std::string>& phrases);
+
 std::string number_word(int n);  // 1 -> "one", ...
 std::string roman(int n);        // 1..6 -> "I".."VI"
 

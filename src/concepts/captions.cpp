@@ -222,4 +222,45 @@ Result<std::map<std::string, nlohmann::json>> read_caption_file(const std::strin
   return m;
 }
 
+nlohmann::json caption_phrase_profile(const std::vector<std::string>& captions) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& phrase : structure_names()) {
+    int64_t n = 0;
+    for (const auto& c : captions) n += c.find(phrase) != std::string::npos;
+    out[phrase] = captions.empty() ? 0.0 : static_cast<double>(n) / captions.size();
+  }
+  return out;
+}
+
+std::string without_phrases(std::string caption, const std::vector<std::string>& phrases) {
+  auto replace_all = [&](const std::string& from, const std::string& to) {
+    for (size_t at = caption.find(from); at != std::string::npos; at = caption.find(from, at)) {
+      caption.replace(at, from.size(), to);
+      at += to.size();
+    }
+  };
+  for (const auto& x : phrases) {
+    if (x.empty()) continue;
+    // Inside a list first (the joins a list uses), then as its last or only element.
+    replace_all(", " + x + " and ", " and ");
+    replace_all(x + ", ", "");
+    replace_all(x + " and ", "");
+    replace_all(" and " + x, "");
+    replace_all(", " + x, "");
+    replace_all("; " + x, ";");
+    replace_all(x, "");
+  }
+  replace_all(";,", ";");
+  replace_all("; ;", ";");
+  while (!caption.empty() &&
+         (caption.back() == ';' || caption.back() == ' ' || caption.back() == ','))
+    caption.pop_back();
+  // "; " after the subject clause when the removed phrase was the first of its list.
+  replace_all(";  ", "; ");
+  const size_t semi = caption.find(';');
+  if (semi != std::string::npos && semi + 1 < caption.size() && caption[semi + 1] != ' ')
+    caption.insert(semi + 1, " ");
+  return caption;
+}
+
 }  // namespace lf

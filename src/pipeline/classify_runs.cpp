@@ -234,6 +234,7 @@ Result<nlohmann::json> run_synth(const SynthRunOptions& o) {
   apply_recommended_sampling(gen.metadata, o.given,
                              sc.gen);  // a distilled student's settings for flags not given
   LF_RETURN_IF_ERROR(check_generate_config(sc.gen, "synth"));
+  LF_RETURN_IF_ERROR(load_guide(sc.gen, gen));
   sc.out = o.out;
   sc.save_latents = o.save_latents;
   sc.generator_path = o.generator;

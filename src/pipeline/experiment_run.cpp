@@ -174,8 +174,10 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"eta", K::kNumber},
                                       {"cfg", K::kNumber},
                                       {"cfg_interval", K::kNumbers},
+                                      {"guide", K::kString},
                                       {"strength", K::kNumber},
                                       {"vary", K::kStrings},
+                                      {"omit", K::kStrings},
                                       {"batch", K::kInt}},
                                      file, "synth."));
   if (c.contains("classifier"))
@@ -303,6 +305,7 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     pc.balance = cfg_get<std::string>(sj, "balance", "label");
     pc.flatten = cfg_get<double>(sj, "flatten", 0.5);
     pc.vary = cfg_get<std::vector<std::string>>(sj, "vary", {});
+    pc.omit = cfg_get<std::vector<std::string>>(sj, "omit", {});
     pc.seed = o.seed;
     nlohmann::json summary;
     LF_ASSIGN_OR_RETURN(auto plan, plan_synthetic(train, real.captions, pc, &summary));
@@ -321,7 +324,9 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     sc.gen.cfg_t_hi = ci[1];
     sc.gen.batch = cfg_get<int>(sj, "batch", 16);
     sc.gen.sampler.start = cfg_get<double>(sj, "strength", 1.0);
+    sc.gen.guide = cfg_get<std::string>(sj, "guide", "");
     LF_RETURN_IF_ERROR(check_generate_config(sc.gen, o.config_name + ": synth"));
+    LF_RETURN_IF_ERROR(load_guide(sc.gen, gen));
     sc.out = syn_dir;
     sc.generator_path = gen_path;
     if (sc.gen.sampler.start < 1.0) {

@@ -336,6 +336,8 @@ Result<nlohmann::json> run_generator_training(const TrainRunOptions& o) {
   for (auto& [k, c] : by_dx)
     if (tc.val_prompts.size() < 8) tc.val_prompts.push_back(c);
   auto train = d.subset(d.train_idx), val = d.subset(d.val_idx);
+  // What the structure phrases meant in the training captions (synth compares its prompts).
+  tc.metadata["caption_profile"] = caption_phrase_profile(train.captions).dump();
   LF_RETURN_IF_ERROR(use_latent_space(latent_space, o.data.data, o.out, d, d.train_idx, d.val_idx,
                                       train, val, tc));
   if (latent_space.latent())
@@ -378,6 +380,7 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
   apply_recommended_sampling(gen.metadata, o.given,
                              gc);  // a distilled student's settings for flags not given
   LF_RETURN_IF_ERROR(check_generate_config(gc, "sample"));
+  LF_RETURN_IF_ERROR(load_guide(gc, gen));
   LoraRuntime lora(gen.model);
   std::string adapter_hashes;
   for (auto& spec : o.lora) {

@@ -23,8 +23,26 @@
 namespace lf {
 
 nlohmann::json SynthPlanConfig::to_json() const {
-  return {{"total", total},           {"balance", balance}, {"flatten", flatten},
-          {"attributes", attributes}, {"vary", vary},       {"seed", seed}};
+  return {{"total", total}, {"balance", balance}, {"flatten", flatten}, {"attributes", attributes},
+          {"vary", vary},   {"omit", omit},       {"seed", seed}};
+}
+
+nlohmann::json prompt_phrase_drift(const std::map<std::string, std::string>& generator_metadata,
+                                   const std::vector<std::string>& prompts) {
+  nlohmann::json out = {{"prompts", caption_phrase_profile(prompts)},
+                        {"training", nullptr},
+                        {"drifted", nlohmann::json::array()}};
+  auto it = generator_metadata.find("caption_profile");
+  if (it == generator_metadata.end()) return out;
+  auto trained = nlohmann::json::parse(it->second, nullptr, false);
+  if (trained.is_discarded() || !trained.is_object()) return out;
+  out["training"] = trained;
+  for (auto& [phrase, share] : out["prompts"].items()) {
+    const double p = share.get<double>(), t = trained.value(phrase, 0.0);
+    if (p > 2 * t + 0.02)
+      out["drifted"].push_back({{"phrase", phrase}, {"prompts", p}, {"training", t}});
+  }
+  return out;
 }
 
 namespace {
@@ -203,6 +221,7 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
         plan[i].varied[a] = phrase;
       }
     }
+    if (!cfg.omit.empty()) plan[i].prompt = without_phrases(plan[i].prompt, cfg.omit);
   }
   if (summary) {
     nlohmann::json cls = nlohmann::json::object();
@@ -297,6 +316,25 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
       {"shift", cfg.gen.sampler.shift},   {"eta", cfg.gen.sampler.eta},
       {"cfg", cfg.gen.cfg_scale},         {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}},
       {"strength", cfg.gen.sampler.start}};
+  {
+    std::vector<std::string> prompts;
+    for (const auto& it : plan) prompts.push_back(it.prompt);
+    plan_file["prompt_phrases"] = prompt_phrase_drift(g.metadata, prompts);
+    const auto& pp = plan_file["prompt_phrases"];
+    if (pp["training"].is_null())
+      log_info(
+          "synth: the generator records no caption profile (older checkpoints do not), so "
+          "the prompts' structure phrases " +
+          pp["prompts"].dump() + " cannot be checked against its training captions");
+    for (const auto& d : pp["drifted"])
+      log_warn("synth: \"" + d["phrase"].get<std::string>() + "\" is in " +
+               std::to_string(static_cast<int>(std::lround(100 * d["prompts"].get<double>()))) +
+               "% of the prompts but " +
+               std::to_string(static_cast<int>(std::lround(100 * d["training"].get<double>()))) +
+               "% of the generator's training captions: the captions come from another detector "
+               "than the one it learned; consider --omit-phrases \"" +
+               d["phrase"].get<std::string>() + "\"");
+  }
   LF_RETURN_IF_ERROR(write_file_atomic(cfg.out + "/plan.json", plan_file.dump(2) + "\n"));
   std::vector<const SynthItem*> todo;
   for (auto& it : plan)

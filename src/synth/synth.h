@@ -27,6 +27,9 @@ struct SynthPlanConfig {
   // the real cells lack: "size" (small / medium-sized / large lesion, uniform) and "skin"
   // (Fitzpatrick type I-VI, uniform). The manifest records what was asked ("varied").
   std::vector<std::string> vary;
+  // Phrases taken out of every prompt (without_phrases), e.g. a structure that the generator's
+  // training captions did not use in today's sense (see prompt_phrase_drift).
+  std::vector<std::string> omit;
   uint64_t seed = 0;
   nlohmann::json to_json() const;
 };
@@ -52,6 +55,15 @@ struct SynthItem {
 Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
                                               const std::map<std::string, nlohmann::json>& captions,
                                               const SynthPlanConfig& cfg, nlohmann::json* summary);
+
+// The structure phrases of `prompts` against the generator's training captions (its checkpoint
+// metadata "caption_profile", written by `train`): {"prompts": profile, "training": profile or
+// null, "drifted": [{"phrase", "prompts", "training"}]}. A phrase drifts when the prompts use it
+// more than twice as often as the training captions plus 2 points: the captions were made by a
+// newer detector than the generator learned the phrase from (shipped v3 on today's captions:
+// "pigment network" in 11% of prompts, HAM-FD 1.01 against 0.85 with it omitted).
+nlohmann::json prompt_phrase_drift(const std::map<std::string, std::string>& generator_metadata,
+                                   const std::vector<std::string>& prompts);
 
 // Whether `attribute` is one SynthPlanConfig::vary takes ("size", "skin").
 bool is_vary_attribute(const std::string& attribute);

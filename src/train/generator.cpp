@@ -103,9 +103,36 @@ Status check_generate_config(const GenerateConfig& gc, const std::string& what) 
 }
 
 nlohmann::json sampling_metadata(const GenerateConfig& gc) {
-  return {{"sampler", gc.sampler.method}, {"steps", gc.sampler.steps},
-          {"shift", gc.sampler.shift},    {"eta", gc.sampler.eta},
-          {"cfg", gc.cfg_scale},          {"strength", gc.sampler.start}};
+  nlohmann::json j = {{"sampler", gc.sampler.method}, {"steps", gc.sampler.steps},
+                      {"shift", gc.sampler.shift},    {"eta", gc.sampler.eta},
+                      {"cfg", gc.cfg_scale},          {"strength", gc.sampler.start}};
+  if (!gc.guide.empty()) j["guide"] = gc.guide;
+  return j;
+}
+
+Status load_guide(GenerateConfig& gc, const LoadedGenerator& main) {
+  if (gc.guide.empty()) return Status::ok_status();
+  LF_ASSIGN_OR_RETURN(LoadedGenerator g, load_generator(gc.guide, main.ae_path));
+  auto refuse = [&](const std::string& what) {
+    return Status::error(gc.guide + ": cannot guide " + main.hash + " (" + what +
+                         "); a guide is a weaker version of the same model: fewer steps or "
+                         "fewer blocks on the same tokenizer and latents");
+  };
+  const auto &a = main.model->config(), &b = g.model->config();
+  if (g.tok->hash() != main.tok->hash())
+    return refuse("tokenizer " + g.tok->hash() + " vs " + main.tok->hash());
+  if (a.channels != b.channels || a.image_size != b.image_size || a.max_text_len != b.max_text_len)
+    return refuse("input " + std::to_string(b.channels) + "x" + std::to_string(b.image_size) +
+                  " with " + std::to_string(b.max_text_len) + " text tokens vs " +
+                  std::to_string(a.channels) + "x" + std::to_string(a.image_size) + " with " +
+                  std::to_string(a.max_text_len));
+  if (g.flow.objective != main.flow.objective || g.flow.prediction != main.flow.prediction)
+    return refuse("another objective or prediction");
+  if (g.latent() != main.latent() || g.ae_hash != main.ae_hash)
+    return refuse("latent space " + g.ae_hash + " vs " + main.ae_hash);
+  g.model->to(module_device(*main.model));
+  gc.guide_model = g.model;
+  return Status::ok_status();
 }
 
 GenerateConfig recommended_sampling(const std::map<std::string, std::string>& metadata) {
@@ -272,9 +299,15 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
     // equals the padded batch while saving the padded tokens' compute.
     TextCond cond = model->encode_text(ids, mask), uncond;
     const bool guided = gc.cfg_scale != 1.0;
-    if (guided) uncond = model->encode_text(eids.narrow(1, 0, 1), emask.narrow(1, 0, 1)).expand(n);
+    // The guiding branch: the guide on the same prompt (autoguidance), else this model on the
+    // empty caption.
+    MMDiT other = gc.guide_model.is_empty() ? model : gc.guide_model;
+    if (guided)
+      uncond = gc.guide_model.is_empty()
+                   ? model->encode_text(eids.narrow(1, 0, 1), emask.narrow(1, 0, 1)).expand(n)
+                   : other->encode_text(ids, mask);
     NetFn net_c = [&](const Tensor& x, const Tensor& t) { return model->forward(x, t, cond); };
-    NetFn net_u = [&](const Tensor& x, const Tensor& t) { return model->forward(x, t, uncond); };
+    NetFn net_u = [&](const Tensor& x, const Tensor& t) { return other->forward(x, t, uncond); };
     VelocityFn v = [&](const Tensor& x, const Tensor& t) {
       auto vc = net_velocity(net_c, x, t, flow);
       if (!guided) return vc;

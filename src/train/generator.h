@@ -40,6 +40,13 @@ struct GenerateConfig {
   // interval); outside it one conditional forward per step. Default: every step.
   double cfg_t_lo = 0.0, cfg_t_hi = 1.0;
   int batch = 16;
+  // Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
+  // with a guide, the guiding branch is that weaker model on the same prompt instead of this
+  // model on the empty caption, v = v_guide + cfg_scale * (v_model - v_guide), within the same
+  // interval. `guide` is its file (recorded with every image), `guide_model` the loaded network
+  // (load_guide: the same tokenizer, input and latent space as the model it guides).
+  std::string guide;
+  MMDiT guide_model{nullptr};
 };
 
 // The sampling defaults of `sample`, `synth` and `serve` (flags not given, no recommendation in
@@ -49,6 +56,11 @@ struct GenerateConfig {
 // asked-colour presence 0.87 (docs/results.md, fifteenth sitting; DPM++ against Euler: ninth
 // sitting). Sets only the sampler method, steps and guidance of `gc`.
 void use_default_sampling(GenerateConfig& gc);
+
+// Loads gc.guide (if set) into gc.guide_model on main's device, to sample `main` with. Refused,
+// with both files named, when the guide's tokenizer, model input (channels, size, text length),
+// flow objective/prediction or autoencoder latent space differ from main's.
+Status load_guide(GenerateConfig& gc, const LoadedGenerator& main);
 
 // steps >= 1, cfg_scale >= 0, 0 <= cfg_t_lo <= cfg_t_hi <= 1, batch >= 1, shift > 0; the error
 // names `what` (the command) and the flag.

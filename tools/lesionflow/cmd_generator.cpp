@@ -32,6 +32,10 @@ void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given) {
        "guide only while LO <= t <= HI (t = 1 is noise; default 0 1)")
       ->expected(2)
       ->check(CLI::Range(0.0, 1.0));
+  s->add_option("--guide", gc.guide,
+                "autoguidance: guide with this weaker generator on the same prompt instead of "
+                "the empty caption (--cfg is then its weight; same tokenizer and latents)")
+      ->check(CLI::ExistingFile);
   s->add_option("--shift", gc.sampler.shift,
                 "timestep shift of the schedule (default: the checkpoint's, else this)")
       ->capture_default_str()

@@ -92,6 +92,11 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
                 "I-VI), uniformly; the manifest records them")
       ->delimiter(',')
       ->check(CLI::IsMember({"size", "skin"}));
+  y->add_option("--omit-phrases", s.plan.omit,
+                "take these phrases out of every prompt (comma-separated), e.g. \"pigment "
+                "network\" when the captions were measured by a newer detector than the "
+                "generator was trained on (synth warns when it can tell)")
+      ->delimiter(',');
   // Sampler flags not given: a distilled checkpoint's recommended settings, else the defaults of
   // use_default_sampling() (as `sample`).
   use_default_sampling(s.gen);
