@@ -326,12 +326,13 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
           "synth: the generator records no caption profile (older checkpoints do not), so "
           "the prompts' structure phrases " +
           pp["prompts"].dump() + " cannot be checked against its training captions");
+    auto pct = [](const nlohmann::json& share) {
+      return std::to_string(std::lround(100 * share.get<double>())) + "%";
+    };
     for (const auto& d : pp["drifted"])
-      log_warn("synth: \"" + d["phrase"].get<std::string>() + "\" is in " +
-               std::to_string(static_cast<int>(std::lround(100 * d["prompts"].get<double>()))) +
-               "% of the prompts but " +
-               std::to_string(static_cast<int>(std::lround(100 * d["training"].get<double>()))) +
-               "% of the generator's training captions: the captions come from another detector "
+      log_warn("synth: \"" + d["phrase"].get<std::string>() + "\" is in " + pct(d["prompts"]) +
+               " of the prompts but " + pct(d["training"]) +
+               " of the generator's training captions: the captions come from another detector "
                "than the one it learned; consider --omit-phrases \"" +
                d["phrase"].get<std::string>() + "\"");
   }

@@ -128,8 +128,11 @@ Status load_guide(GenerateConfig& gc, const LoadedGenerator& main) {
                   std::to_string(a.max_text_len));
   if (g.flow.objective != main.flow.objective || g.flow.prediction != main.flow.prediction)
     return refuse("another objective or prediction");
-  if (g.latent() != main.latent() || g.ae_hash != main.ae_hash)
-    return refuse("latent space " + g.ae_hash + " vs " + main.ae_hash);
+  // A latent guide was loaded with main's autoencoder, so load_generator has already refused one
+  // trained on another latent space; what is left is a pixel guide for a latent model or back.
+  if (g.latent() != main.latent())
+    return refuse(g.latent() ? "a latent guide for a pixel model"
+                             : "a pixel guide for a latent model");
   g.model->to(module_device(*main.model));
   gc.guide_model = g.model;
   return Status::ok_status();
@@ -301,11 +304,12 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
     const bool guided = gc.cfg_scale != 1.0;
     // The guiding branch: the guide on the same prompt (autoguidance), else this model on the
     // empty caption.
-    MMDiT other = gc.guide_model.is_empty() ? model : gc.guide_model;
+    const bool autoguide = !gc.guide_model.is_empty();
+    MMDiT other = autoguide ? gc.guide_model : model;
     if (guided)
-      uncond = gc.guide_model.is_empty()
-                   ? model->encode_text(eids.narrow(1, 0, 1), emask.narrow(1, 0, 1)).expand(n)
-                   : other->encode_text(ids, mask);
+      uncond = autoguide
+                   ? other->encode_text(ids, mask)
+                   : model->encode_text(eids.narrow(1, 0, 1), emask.narrow(1, 0, 1)).expand(n);
     NetFn net_c = [&](const Tensor& x, const Tensor& t) { return model->forward(x, t, cond); };
     NetFn net_u = [&](const Tensor& x, const Tensor& t) { return other->forward(x, t, uncond); };
     VelocityFn v = [&](const Tensor& x, const Tensor& t) {
