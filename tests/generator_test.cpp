@@ -918,9 +918,11 @@ TEST(Train, ResumeEqualsUninterruptedTraining) {
   GenTrainConfig tc = test::short_run("resume_a", 6, 8, 1e-3, 2);
   tc.log_every = 1;
   tc.seed = 5;
+  tc.keep_every = 2;  // EMA snapshots at steps 2, 4 and 6, across the interruption below
   torch::manual_seed(0);
   MMDiT a(c);
   ASSERT_TRUE(train_generator(tc, a, *d.tok, d.imgs, nullptr).ok());
+  const std::string dir_a = tc.out;
   torch::manual_seed(0);
   MMDiT b(c);
   tc.out = test::tmp_dir("resume_b");
@@ -948,9 +950,38 @@ TEST(Train, ResumeEqualsUninterruptedTraining) {
     }
     return v;
   };
-  auto la = losses(tc.out.substr(0, tc.out.size() - 1) + "a"), lb = losses(tc.out);
+  auto la = losses(dir_a), lb = losses(tc.out);
   ASSERT_EQ(la.size(), 6u);
   EXPECT_EQ(la, lb);
+  // --keep-every: the kept EMA snapshots are the run's EMA at those steps. The last one is the
+  // final ema.safetensors, an earlier one differs from it, and the interrupted run kept the same
+  // snapshots as the uninterrupted one.
+  auto tensors = [](const std::string& path) {
+    auto st = load_safetensors(path);
+    EXPECT_TRUE(st.ok()) << path;
+    std::map<std::string, Tensor> m;
+    if (st.ok())
+      for (const auto& [k, raw] : st->tensors) m[k] = *from_raw(raw, path);
+    return m;
+  };
+  auto same = [](const std::map<std::string, Tensor>& x, const std::map<std::string, Tensor>& y) {
+    if (x.size() != y.size() || x.empty()) return false;
+    for (const auto& [k, t] : x)
+      if (!y.count(k) || !torch::equal(t, y.at(k))) return false;
+    return true;
+  };
+  for (int s : {2, 4, 6})
+    for (const auto& dir : {dir_a, tc.out})
+      ASSERT_TRUE(file_exists(dir + "/ema_step_00000" + std::to_string(s) + ".safetensors"))
+          << dir << " step " << s;
+  EXPECT_FALSE(file_exists(dir_a + "/ema_step_000003.safetensors"));
+  const auto last = tensors(dir_a + "/ema_step_000006.safetensors");
+  EXPECT_TRUE(same(last, tensors(dir_a + "/ema.safetensors")));
+  EXPECT_FALSE(same(tensors(dir_a + "/ema_step_000002.safetensors"), last));
+  for (int s : {2, 4, 6}) {
+    const std::string f = "/ema_step_00000" + std::to_string(s) + ".safetensors";
+    EXPECT_TRUE(same(tensors(dir_a + f), tensors(tc.out + f))) << f;
+  }
 }
 
 TEST(Train, FrozenTextEncoderStaysFixedWhileTheRestTrains) {

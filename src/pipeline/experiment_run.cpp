@@ -52,6 +52,7 @@ Status set_train_option(TrainRunOptions& t, const std::string& key, const nlohma
   if (key == "lr") return num(t.loop.lr);
   if (key == "max_minutes") return num(t.loop.max_minutes);
   if (key == "ckpt_every") return num(t.loop.ckpt_every);
+  if (key == "keep_every") return num(t.loop.keep_every);
   if (key == "sample_every") return num(t.loop.sample_every);
   if (key == "log_every") return num(t.loop.log_every);
   if (key == "val_every") return num(t.loop.val_every);
@@ -62,7 +63,7 @@ Status set_train_option(TrainRunOptions& t, const std::string& key, const nlohma
   return Status::error("generator: unknown training option '" + key +
                        "' (known: preset, objective, prediction, ae, tokenizer, vocab, patch, "
                        "steps, batch, lr, max_minutes, "
-                       "ckpt_every, sample_every, log_every, val_every, freeze_text)");
+                       "ckpt_every, keep_every, sample_every, log_every, val_every, freeze_text)");
 }
 
 // What each key of an experiment config must hold. A key the runner does not read, or a value of

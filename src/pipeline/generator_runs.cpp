@@ -37,6 +37,7 @@ Result<GenTrainConfig> loop_config(const LoopOptions& o, const std::string& out,
   tc.out = out;
   tc.resume = o.resume;
   tc.ckpt_every = o.ckpt_every;
+  tc.keep_every = o.keep_every;
   tc.sample_every = o.sample_every;
   tc.log_every = o.log_every;
   tc.val_every = o.val_every;

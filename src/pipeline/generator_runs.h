@@ -35,6 +35,7 @@ struct LoopOptions {
   double lr = 3e-4;
   double max_minutes = 0;
   int ckpt_every = 250, sample_every = 500, log_every = 25, val_every = 250;
+  int keep_every = 0;  // keep the EMA weights of every Nth step (ema_step_NNNNNN.safetensors)
   int64_t stop_at_step = -1;  // stop (checkpointed) at this step, keeping the schedule of `steps`
   bool resume = false;
   std::string device = "cpu";  // cpu | cuda[:N]

@@ -33,6 +33,7 @@ nlohmann::json GenTrainConfig::to_json() const {
           {"augment", augment},
           {"log_every", log_every},
           {"ckpt_every", ckpt_every},
+          {"keep_every", keep_every},
           {"sample_every", sample_every},
           {"val_every", val_every},
           {"max_minutes", max_minutes},
@@ -669,6 +670,15 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
       append_line(metrics, m.dump());
     }
     if (cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) LF_RETURN_IF_ERROR(checkpoint(step));
+    if (main_rank && cfg.keep_every > 0 && step % cfg.keep_every == 0) {
+      char name[64];
+      std::snprintf(name, sizeof name, "/ema_step_%06lld.safetensors",
+                    static_cast<long long>(step));
+      swap_ema();
+      Status st = save_weights(cfg.out + name, step, "ema");
+      swap_ema();
+      LF_RETURN_IF_ERROR(st);
+    }
   }
   LF_RETURN_IF_ERROR(checkpoint(step));
   if (dist) {

@@ -80,6 +80,9 @@ struct GenTrainConfig {
   bool augment = true;           // flips + 90-degree rotations
   int log_every = 25;
   int ckpt_every = 250;
+  // Also keep the EMA weights of every Nth step as ema_step_NNNNNN.safetensors (0 = never): the
+  // run's own earlier models, e.g. an autoguidance guide or HAM-FD along training.
+  int keep_every = 0;
   int sample_every = 500;  // validation grid with EMA weights (0 = never)
   int val_every = 250;     // validation loss (0 = never)
   double max_minutes = 0;  // wall-clock budget (0 = none): checkpoint and stop

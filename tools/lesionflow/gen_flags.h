@@ -23,6 +23,11 @@ inline void loop_flags(CLI::App* s, LoopOptions& l) {
   s->add_option("--ckpt-every", l.ckpt_every, "checkpoint every N steps")
       ->capture_default_str()
       ->check(kPositive);
+  s->add_option("--keep-every", l.keep_every,
+                "also keep the EMA weights of every Nth step as ema_step_NNNNNN.safetensors "
+                "(0 = never; e.g. a guide for --guide)")
+      ->capture_default_str()
+      ->check(kNonNegative);
   s->add_option("--sample-every", l.sample_every, "validation grid every N steps")
       ->capture_default_str()
       ->check(kNonNegative);
