@@ -38,4 +38,4 @@ RESUME=()
 [[ -f $RUN/state.bin ]] && RESUME=(--resume)
 $LF --precision auto train --data $CACHE/ham64 --splits $CACHE/ham_splits.csv --captions $CACHE/ham_captions.jsonl \
     --ae runs/ae_f4c4/ae.safetensors --preset small --steps $STEPS --batch 32 --lr 3e-4 --out $RUN \
-    --ckpt-every 250 --sample-every 500 --val-every 250 --max-minutes $MINUTES "${RESUME[@]}"
+    --ckpt-every 250 --keep-every 1000 --sample-every 500 --val-every 250 --max-minutes $MINUTES "${RESUME[@]}"
