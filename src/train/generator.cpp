@@ -442,16 +442,16 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
         cfg.out + "/options.json",
         nlohmann::json{{"train", cfg.to_json()}, {"model", mc.to_json()}}.dump(2) + "\n"));
 
+  auto save_ema = [&](const std::string& p, int64_t s) -> Status {
+    swap_ema();
+    Status st = save_weights(p, s, "ema");
+    swap_ema();
+    return st;
+  };
   auto save_all = [&](int64_t s) -> Status {
     return commit_checkpoint(
         journal, {{ckpt, [&](const std::string& p) { return save_weights(p, s, "raw"); }},
-                  {ema_path,
-                   [&](const std::string& p) {
-                     swap_ema();
-                     Status st = save_weights(p, s, "ema");
-                     swap_ema();
-                     return st;
-                   }},
+                  {ema_path, [&](const std::string& p) { return save_ema(p, s); }},
                   {state, [&](const std::string& p) { return save_state(p, s, opt); }}});
   };
 
@@ -674,10 +674,7 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
       char name[64];
       std::snprintf(name, sizeof name, "/ema_step_%06lld.safetensors",
                     static_cast<long long>(step));
-      swap_ema();
-      Status st = save_weights(cfg.out + name, step, "ema");
-      swap_ema();
-      LF_RETURN_IF_ERROR(st);
+      LF_RETURN_IF_ERROR(save_ema(cfg.out + name, step));
     }
   }
   LF_RETURN_IF_ERROR(checkpoint(step));
