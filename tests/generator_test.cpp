@@ -970,18 +970,18 @@ TEST(Train, ResumeEqualsUninterruptedTraining) {
       if (!y.count(k) || !torch::equal(t, y.at(k))) return false;
     return true;
   };
+  auto snap = [](const std::string& dir, int s) {
+    return dir + "/ema_step_00000" + std::to_string(s) + ".safetensors";
+  };
   for (int s : {2, 4, 6})
     for (const auto& dir : {dir_a, tc.out})
-      ASSERT_TRUE(file_exists(dir + "/ema_step_00000" + std::to_string(s) + ".safetensors"))
-          << dir << " step " << s;
-  EXPECT_FALSE(file_exists(dir_a + "/ema_step_000003.safetensors"));
-  const auto last = tensors(dir_a + "/ema_step_000006.safetensors");
+      ASSERT_TRUE(file_exists(snap(dir, s))) << dir << " step " << s;
+  EXPECT_FALSE(file_exists(snap(dir_a, 3)));
+  const auto last = tensors(snap(dir_a, 6));
   EXPECT_TRUE(same(last, tensors(dir_a + "/ema.safetensors")));
-  EXPECT_FALSE(same(tensors(dir_a + "/ema_step_000002.safetensors"), last));
-  for (int s : {2, 4, 6}) {
-    const std::string f = "/ema_step_00000" + std::to_string(s) + ".safetensors";
-    EXPECT_TRUE(same(tensors(dir_a + f), tensors(tc.out + f))) << f;
-  }
+  EXPECT_FALSE(same(tensors(snap(dir_a, 2)), last));
+  for (int s : {2, 4, 6})
+    EXPECT_TRUE(same(tensors(snap(dir_a, s)), tensors(snap(tc.out, s)))) << "step " << s;
 }
 
 TEST(Train, FrozenTextEncoderStaysFixedWhileTheRestTrains) {
