@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <opencv2/imgproc.hpp>
 #include <random>
 #include <regex>
@@ -172,7 +173,11 @@ Tensor classifier_input(const ClassifierConfig& c, const std::vector<const uint8
 }
 
 // ---- inference -------------------------------------------------------------------------
-Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
+namespace {
+// Runs `head` (the batch's normalised input on the model's device -> a [b, width] tensor) over
+// the n images in batches, in eval mode without gradients; [0, width] when there are none.
+Tensor map_batches(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch,
+                   int64_t width, const std::function<Tensor(const Tensor&)>& head) {
   torch::NoGradGuard ng;
   model->eval();
   const auto dev = module_device(*model);
@@ -180,11 +185,15 @@ Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int si
   for (int64_t s = 0; s < n; s += batch) {
     std::vector<const uint8_t*> px;
     for (int64_t i = s; i < std::min(n, s + batch); ++i) px.push_back(pixels + i * size * size * 3);
-    parts.push_back(
-        torch::softmax(model->forward(classifier_input(model->config(), px, size).to(dev)), 1)
-            .to(torch::kCPU));
+    parts.push_back(head(classifier_input(model->config(), px, size).to(dev)).to(torch::kCPU));
   }
-  return parts.empty() ? torch::zeros({0, model->config().outputs()}) : torch::cat(parts);
+  return parts.empty() ? torch::zeros({0, width}) : torch::cat(parts);
+}
+}  // namespace
+
+Tensor predict_proba(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
+  return map_batches(model, pixels, n, size, batch, model->config().outputs(),
+                     [&](const Tensor& x) { return torch::softmax(model->forward(x), 1); });
 }
 
 std::vector<double> predict_malignant(Classifier& model, const uint8_t* pixels, int64_t n, int size,
@@ -208,17 +217,8 @@ std::vector<double> predict_malignant(Classifier& model, const LabeledSet& set, 
 }
 
 Tensor extract_features(Classifier& model, const uint8_t* pixels, int64_t n, int size, int batch) {
-  torch::NoGradGuard ng;
-  model->eval();
-  const auto dev = module_device(*model);
-  std::vector<Tensor> parts;
-  for (int64_t s = 0; s < n; s += batch) {
-    std::vector<const uint8_t*> px;
-    for (int64_t i = s; i < std::min(n, s + batch); ++i) px.push_back(pixels + i * size * size * 3);
-    parts.push_back(
-        model->features(classifier_input(model->config(), px, size).to(dev)).to(torch::kCPU));
-  }
-  return parts.empty() ? torch::zeros({0, model->config().feature_dim()}) : torch::cat(parts);
+  return map_batches(model, pixels, n, size, batch, model->config().feature_dim(),
+                     [&](const Tensor& x) { return model->features(x); });
 }
 
 Status save_classifier(const std::string& path, Classifier& model, double threshold,
