@@ -1139,6 +1139,7 @@ TEST(Distill, TargetIsTheGuidedTeacherStepAndTheStudentLearnsIt) {
   GenerateConfig sc;
   sc.sampler.steps = 2;
   sc.cfg_scale = 1.0;
+  sc.cfg_t_lo = 0.3;
   ASSERT_TRUE(save_generator(tc.out + "/student.safetensors", student, *d.tok, 60, fc, "raw",
                              {{"sampling", sampling_metadata(sc).dump()}})
                   .ok());
@@ -1147,16 +1148,28 @@ TEST(Distill, TargetIsTheGuidedTeacherStepAndTheStudentLearnsIt) {
   auto rec = recommended_sampling(loaded->metadata);
   EXPECT_EQ(rec.sampler.steps, 2);
   EXPECT_EQ(rec.cfg_scale, 1.0);
+  EXPECT_EQ(rec.cfg_t_lo, 0.3);
   EXPECT_EQ(recommended_sampling({}).sampler.steps, 20);  // an ordinary checkpoint: the defaults
+  // A recommendation written before the interval was recorded guided every step.
+  auto old_rec = nlohmann::json::parse(loaded->metadata.at("sampling"));
+  old_rec.erase("cfg_interval");
+  EXPECT_EQ(recommended_sampling({{"sampling", old_rec.dump()}}).cfg_t_lo, 0.0);
   // Flags given on the command line win; the others take the recommendation.
   GenerateConfig cli;
+  use_default_sampling(cli);  // as `sample` does before parsing: CFG 1.25 while t >= 0.6
+  EXPECT_EQ(cli.cfg_t_lo, 0.6);
   cli.sampler.steps = 9;
-  cli.cfg_scale = 2.5;
   SamplerFlags given;
   given.steps = true;
   apply_recommended_sampling(loaded->metadata, given, cli);
   EXPECT_EQ(cli.sampler.steps, 9);
   EXPECT_EQ(cli.cfg_scale, 1.0);
+  EXPECT_EQ(cli.cfg_t_lo, 0.3);  // the recommended guidance comes with its interval
+  GenerateConfig own = cli;
+  own.cfg_t_lo = 0.8;
+  given.interval = true;  // ... unless --cfg-interval was given
+  apply_recommended_sampling(loaded->metadata, given, own);
+  EXPECT_EQ(own.cfg_t_lo, 0.8);
   GenerateConfig plain = cli;
   apply_recommended_sampling({}, SamplerFlags{}, plain);  // no recommendation: unchanged
   EXPECT_EQ(plain.sampler.steps, 9);

@@ -407,7 +407,6 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
       std::snprintf(nm, sizeof nm, "p%03zu_%04d.png", p, i);
       names.push_back(nm);
     }
-  const std::vector<double> interval{gc.cfg_t_lo, gc.cfg_t_hi};
   Progress prog("sample", static_cast<int64_t>(ps.size()), "img");
   std::vector<cv::Mat> tiles;
   std::ostringstream manifest;
@@ -419,11 +418,10 @@ Result<nlohmann::json> run_sampling(const SampleRunOptions& o) {
     LF_RETURN_IF_ERROR(write_tiles(
         imgs, o.out, std::vector<std::string>(names.begin() + s, names.begin() + e), &tiles));
     for (size_t i = s; i < e; ++i) {
-      nlohmann::json j = sampling_metadata(gc);  // sampler, steps, shift, eta, cfg
+      nlohmann::json j = sampling_metadata(gc);  // sampler, steps, shift, eta, cfg, interval
       j.update({{"file", names[i]},
                 {"prompt", ps[i]},
                 {"seed", seeds[i]},
-                {"cfg_interval", interval},
                 {"checkpoint", ckpt},
                 {"checkpoint_hash", gen.hash},
                 {"adapters", adapter_hashes}});

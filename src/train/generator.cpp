@@ -82,6 +82,8 @@ void use_default_sampling(GenerateConfig& gc) {
   gc.sampler.method = SamplerMethod::kDpm2m;
   gc.sampler.steps = 20;
   gc.cfg_scale = 1.25;
+  gc.cfg_t_lo = 0.6;
+  gc.cfg_t_hi = 1.0;
 }
 
 Status check_generate_config(const GenerateConfig& gc, const std::string& what) {
@@ -104,9 +106,13 @@ Status check_generate_config(const GenerateConfig& gc, const std::string& what) 
 }
 
 nlohmann::json sampling_metadata(const GenerateConfig& gc) {
-  nlohmann::json j = {{"sampler", gc.sampler.method}, {"steps", gc.sampler.steps},
-                      {"shift", gc.sampler.shift},    {"eta", gc.sampler.eta},
-                      {"cfg", gc.cfg_scale},          {"strength", gc.sampler.start}};
+  nlohmann::json j = {{"sampler", gc.sampler.method},
+                      {"steps", gc.sampler.steps},
+                      {"shift", gc.sampler.shift},
+                      {"eta", gc.sampler.eta},
+                      {"cfg", gc.cfg_scale},
+                      {"strength", gc.sampler.start},
+                      {"cfg_interval", {gc.cfg_t_lo, gc.cfg_t_hi}}};
   if (!gc.guide.empty()) j["guide"] = gc.guide;
   return j;
 }
@@ -150,6 +156,12 @@ GenerateConfig recommended_sampling(const std::map<std::string, std::string>& me
   gc.sampler.shift = j.value("shift", gc.sampler.shift);
   gc.sampler.eta = j.value("eta", gc.sampler.eta);
   gc.cfg_scale = j.value("cfg", gc.cfg_scale);
+  // Checkpoints written before the interval was recorded were sampled with guidance at every step.
+  auto ci = j.value("cfg_interval", std::vector<double>{0.0, 1.0});
+  if (ci.size() == 2) {
+    gc.cfg_t_lo = ci[0];
+    gc.cfg_t_hi = ci[1];
+  }
   return gc;
 }
 
@@ -162,6 +174,12 @@ void apply_recommended_sampling(const std::map<std::string, std::string>& metada
   if (!given.steps) gc.sampler.steps = rec.sampler.steps;
   if (!given.shift) gc.sampler.shift = rec.sampler.shift;
   if (!given.cfg) gc.cfg_scale = rec.cfg_scale;
+  // The recommended guidance comes with its own interval: the default one was measured on the
+  // shipped model at CFG 1.25, not on this checkpoint's guidance.
+  if (!given.interval) {
+    gc.cfg_t_lo = rec.cfg_t_lo;
+    gc.cfg_t_hi = rec.cfg_t_hi;
+  }
   // The recommended eta belongs to the recommended sampler.
   if (!given.eta && gc.sampler.method == rec.sampler.method) gc.sampler.eta = rec.sampler.eta;
   log_info("sampling settings " + sampling_metadata(gc).dump() + " (checkpoint recommends " +
