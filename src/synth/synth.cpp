@@ -388,7 +388,7 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
                        {"generator_hash", g.hash}};
         LF_RETURN_IF_ERROR(save_safetensors(cfg.out + "/latents/" + it.id + ".safetensors", st));
       }
-      nlohmann::json j = sampling_metadata(cfg.gen);  // sampler, steps, shift, eta, cfg
+      nlohmann::json j = sampling_metadata(cfg.gen);  // sampler, steps, shift, eta, cfg, interval
       j.update({{"id", it.id},
                 {"file", file},
                 {"prompt", it.prompt},
@@ -397,7 +397,6 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
                 {"subgroup", it.subgroup},
                 {"source_id", it.source_id},
                 {"seed", it.seed},
-                {"cfg_interval", {cfg.gen.cfg_t_lo, cfg.gen.cfg_t_hi}},
                 {"generator_hash", g.hash},
                 {"adapter_hash", cfg.adapter_hash}});
       if (!it.asked.is_null()) j["asked"] = it.asked;
