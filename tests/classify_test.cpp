@@ -166,6 +166,131 @@ TEST(Metrics, MatchScikitLearnOnRandomData) {
   EXPECT_NEAR(m.specificity, spec, 1e-6);
 }
 
+TEST(Metrics, OperatingPointsAndCalibrationMatchScikitLearn) {
+  std::mt19937_64 rng(9);
+  std::uniform_real_distribution<double> U(0, 1);
+  std::vector<double> s;
+  std::vector<int> y;
+  for (int i = 0; i < 800; ++i) {
+    y.push_back(U(rng) < 0.25);
+    s.push_back(std::round(std::min(0.999, 0.45 * y.back() + 0.6 * U(rng)) * 200) / 200);
+  }
+  std::string dir = test::tmp_dir("sklearn_cal");
+  {
+    std::ofstream f(dir + "/d.csv");
+    f.precision(17);
+    for (size_t i = 0; i < s.size(); ++i) f << s[i] << "," << y[i] << "\n";
+  }
+  // Independent: sklearn's full ROC (no dropped points) and Brier score; the bins by
+  // numpy.digitize on the bin edges.
+  std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
+from sklearn.metrics import roc_curve, brier_score_loss
+d = np.loadtxt(sys.argv[1], delimiter=','); s, y = d[:, 0], d[:, 1].astype(int)
+fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+spec = (1 - fpr)[tpr >= 0.95].max(); sens = tpr[(1 - fpr) >= 0.9].max()
+k = np.minimum(np.digitize(s, np.arange(1, 10) / 10.0), 9)
+ece = sum(abs(s[k == b].mean() - y[k == b].mean()) * (k == b).sum() for b in range(10) if (k == b).any()) / len(s)
+print('%.12f %.12f %.12f %.12f %d' % (spec, sens, brier_score_loss(y, s), ece, (k == 3).sum()))
+)";
+  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv 2>&1");
+  std::istringstream is(out);
+  double spec, sens, brier, ece;
+  int n3;
+  ASSERT_TRUE(is >> spec >> sens >> brier >> ece >> n3)
+      << "python3 + scikit-learn needed (scripts/setup.sh --test): " << out;
+  EXPECT_NEAR(specificity_at_sensitivity(s, y, 0.95), spec, 1e-12);
+  EXPECT_NEAR(sensitivity_at_specificity(s, y, 0.90), sens, 1e-12);
+  auto c = calibration(s, y, 10);
+  EXPECT_NEAR(c.brier, brier, 1e-12);
+  EXPECT_NEAR(c.ece, ece, 1e-12);
+  ASSERT_EQ(c.bins.size(), 10u);
+  EXPECT_EQ(c.bins[3].n, n3);
+  auto e = evaluate_binary(s, y, 0.5, 200, 0);
+  EXPECT_EQ(e.ece.value, c.ece);
+  EXPECT_LE(e.specificity_at_sensitivity.lo, spec);
+  EXPECT_GE(e.specificity_at_sensitivity.hi, spec);
+  // Known answers: separable scores reach both targets with a specificity/sensitivity of 1;
+  // scores of exactly 0 and 1 that are right are perfectly calibrated.
+  std::vector<double> sep{0, 0, 0, 1, 1};
+  std::vector<int> ys{0, 0, 0, 1, 1};
+  EXPECT_EQ(specificity_at_sensitivity(sep, ys, 0.95), 1.0);
+  EXPECT_EQ(sensitivity_at_specificity(sep, ys, 0.90), 1.0);
+  EXPECT_EQ(calibration(sep, ys).ece, 0.0);
+  EXPECT_EQ(calibration(sep, ys).brier, 0.0);
+  EXPECT_TRUE(std::isnan(specificity_at_sensitivity(sep, {1, 1, 1, 1, 1}, 0.95)));
+}
+
+// A calibrated classifier and the same ranking at another prior (a classifier trained with four
+// times the malignant odds of the test set, as label-balanced synthetic images make one): the
+// same AUC, and only the second is miscalibrated.
+TEST(Metrics, CalibrationSeesAPriorShiftThatAucDoesNot) {
+  std::mt19937_64 rng(4);
+  std::uniform_real_distribution<double> U(0, 1);
+  std::vector<double> p, shifted;
+  std::vector<int> y;
+  for (int i = 0; i < 20000; ++i) {
+    p.push_back(U(rng));
+    y.push_back(U(rng) < p.back());  // P(malignant | score) = score: calibrated by construction
+    shifted.push_back(4 * p.back() / (4 * p.back() + 1 - p.back()));
+  }
+  EXPECT_NEAR(roc_auc(p, y), roc_auc(shifted, y), 1e-12);
+  const auto a = calibration(p, y), b = calibration(shifted, y);
+  EXPECT_LT(a.ece, 0.02);
+  EXPECT_GT(b.ece, 0.15);
+  EXPECT_LT(a.brier, b.brier);
+  // The known Brier score of a calibrated uniform score: E[p(1-p)] = 1/6.
+  EXPECT_NEAR(a.brier, 1.0 / 6, 0.005);
+  for (const auto& bin : a.bins) EXPECT_NEAR(bin.positive_fraction, bin.mean_score, 0.04);
+  // Platt scaling fitted on a held-out half finds the prior shift (logit' = logit + log 4, so
+  // a = 1, b = -log 4) and undoes it on the other half.
+  std::vector<double> fit_s(shifted.begin(), shifted.begin() + 10000),
+      held_s(shifted.begin() + 10000, shifted.end());
+  std::vector<int> fit_y(y.begin(), y.begin() + 10000), held_y(y.begin() + 10000, y.end());
+  const Platt pl = fit_platt(fit_s, fit_y);
+  EXPECT_NEAR(pl.a, 1.0, 0.06);
+  EXPECT_NEAR(pl.b, -std::log(4.0), 0.08);
+  std::vector<double> fixed;
+  for (double v : held_s) fixed.push_back(pl.apply(v));
+  EXPECT_LT(calibration(fixed, held_y).ece, 0.025);
+  EXPECT_NEAR(roc_auc(fixed, held_y), roc_auc(held_s, held_y), 1e-12);
+}
+
+TEST(Metrics, PlattScalingMatchesAnUnpenalisedLogisticRegression) {
+  std::mt19937_64 rng(12);
+  std::normal_distribution<double> N(0, 1);
+  std::vector<double> s;
+  std::vector<int> y;
+  for (int i = 0; i < 600; ++i) {
+    y.push_back(i % 3 == 0);
+    s.push_back(1 / (1 + std::exp(-(2.5 * N(rng) + 1.5 * y.back() - 0.3))));  // overconfident
+  }
+  std::string dir = test::tmp_dir("platt");
+  {
+    std::ofstream f(dir + "/d.csv");
+    f.precision(17);
+    for (size_t i = 0; i < s.size(); ++i) f << s[i] << "," << y[i] << "\n";
+  }
+  std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
+from sklearn.linear_model import LogisticRegression
+d = np.loadtxt(sys.argv[1], delimiter=','); s, y = d[:, 0], d[:, 1].astype(int)
+z = np.log(s / (1 - s)).reshape(-1, 1)
+m = LogisticRegression(C=1e12, tol=1e-12, max_iter=10000).fit(z, y)
+print('%.12f %.12f' % (m.coef_[0, 0], m.intercept_[0]))
+)";
+  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv 2>&1");
+  std::istringstream is(out);
+  double a, b;
+  ASSERT_TRUE(is >> a >> b) << "python3 + scikit-learn needed (scripts/setup.sh --test): " << out;
+  const Platt p = fit_platt(s, y);
+  EXPECT_NEAR(p.a, a, 1e-4);
+  EXPECT_NEAR(p.b, b, 1e-4);
+  EXPECT_LT(p.a, 0.8);  // the scores were overconfident: the scaling flattens them
+  // One class only: the identity.
+  const Platt id = fit_platt({0.2, 0.7}, {1, 1});
+  EXPECT_EQ(id.a, 1.0);
+  EXPECT_EQ(id.b, 0.0);
+}
+
 TEST(Metrics, YoudenThresholdBootstrapAndWorstGroup) {
   // Perfectly separable: the Youden threshold splits the classes.
   std::vector<double> s{0.1, 0.2, 0.3, 0.7, 0.8, 0.9};
@@ -805,6 +930,76 @@ TEST(Classifier, PretrainThenFinetuneResumesExactlyAtThePhaseBoundary) {
   job.train.out = dir_c;
   LF_ASSERT_OK(run_cls_job(job, real, &syn, {}));
   EXPECT_NE(*read_file(dir_c + "/test_scores.csv"), *read_file(dir_a + "/test_scores.csv"));
+}
+
+// A cached job from before the operating points and calibration (its result.json without them)
+// is re-evaluated from its saved scores, on the test split and the extra test set alike, and
+// the AUCs it had stay.
+TEST(Experiment, CachedResultsFromBeforeTheMetricsAreReevaluatedFromTheirScores) {
+  auto ds = load_dataset("phantom:60", {}, 3);
+  PrepareStats st;
+  auto ps = prepare(*ds, PrepareConfig{16, FitMode::kCrop, 2}, &st);
+  LF_ASSERT_OK(ps);
+  RealData real;
+  real.ps = std::move(*ps);
+  for (size_t i = 0; i < real.ps.records.size(); ++i)
+    (i % 5 == 0 ? real.test : i % 5 == 1 ? real.val : real.train).push_back(i);
+  std::vector<NamedSet> extra{{"phantom:40", phantom_set(40, 16, 8)}};
+  ClsJob job;
+  job.seed = 2;
+  job.model.width = 8;
+  job.train.epochs = 2;
+  job.train.batch = 16;
+  job.train.out = test::tmp_dir("reevaluate");
+  auto fresh = run_cls_job(job, real, nullptr, extra);
+  LF_ASSERT_OK(fresh);
+  ASSERT_TRUE((*fresh)["test"].contains("calibration_bins"));
+  ASSERT_TRUE((*fresh)["test"].contains("recalibrated"));
+  // The Platt scaling fitted on validation travels with the model.
+  auto lc = load_classifier(job.train.out + "/best.safetensors");
+  LF_ASSERT_OK(lc);
+  ASSERT_TRUE(lc->platt.has_value());
+  EXPECT_DOUBLE_EQ(lc->platt->a, (*fresh)["platt"]["a"].get<double>());
+  EXPECT_DOUBLE_EQ(lc->platt->b, (*fresh)["platt"]["b"].get<double>());
+  ASSERT_TRUE((*fresh)["extra_tests"]["phantom:40"].contains("ece"));
+  // Make it an old result: no operating points, no calibration.
+  nlohmann::json old = *fresh;
+  for (auto* t : {&old["test"], &old["extra_tests"]["phantom:40"]})
+    for (const char* k : {"calibration_bins", "brier", "ece", "specificity_at_sensitivity",
+                          "sensitivity_at_specificity", "recalibrated"})
+      t->erase(k);
+  old.erase("platt");  // fitted again from the saved weights on the validation split
+  const std::string result = job.train.out + "/result.json";
+  Status w = write_file_atomic(result, old.dump(2));
+  ASSERT_TRUE(w.ok()) << w.message();
+  auto again = run_cls_job(job, real, nullptr, extra);
+  LF_ASSERT_OK(again);
+  auto on_disk = nlohmann::json::parse(*read_file(result));
+  // The saved scores are rounded to 9 digits: equal up to that.
+  auto v = [](const nlohmann::json& j) { return j["value"].get<double>(); };
+  const auto &ft = (*fresh)["test"], &fx = (*fresh)["extra_tests"]["phantom:40"];
+  for (const auto* r : {&*again, &on_disk}) {
+    const auto &t = (*r)["test"], &x = (*r)["extra_tests"]["phantom:40"];
+    ASSERT_TRUE(t.contains("calibration_bins") && t.contains("recalibrated") && x.contains("ece"));
+    EXPECT_NEAR(v(t["auc"]), v(ft["auc"]), 1e-9);
+    EXPECT_NEAR(v(t["ece"]), v(ft["ece"]), 1e-7);
+    EXPECT_NEAR(v(t["brier"]), v(ft["brier"]), 1e-7);
+    EXPECT_NEAR(v(t["specificity_at_sensitivity"]), v(ft["specificity_at_sensitivity"]), 1e-9);
+    ASSERT_EQ(t["calibration_bins"].size(), ft["calibration_bins"].size());
+    for (size_t b = 0; b < ft["calibration_bins"].size(); ++b)
+      EXPECT_EQ(t["calibration_bins"][b]["n"], ft["calibration_bins"][b]["n"]);
+    EXPECT_NEAR(v(x["auc"]), v(fx["auc"]), 1e-9);
+    EXPECT_NEAR(v(x["ece"]), v(fx["ece"]), 1e-7);
+    EXPECT_NEAR((*r)["platt"]["a"].get<double>(), (*fresh)["platt"]["a"].get<double>(), 1e-6);
+    EXPECT_NEAR(t["recalibrated"]["ece"].get<double>(), ft["recalibrated"]["ece"].get<double>(),
+                1e-6);
+  }
+  // The cell of the re-evaluated job carries the new metrics.
+  auto cells = aggregate_results({*again});
+  ASSERT_EQ(cells.size(), 1u);
+  EXPECT_NEAR(cells[0]["ece"]["mean"].get<double>(), v(ft["ece"]), 1e-7);
+  EXPECT_TRUE(cells[0]["extra_tests"]["phantom:40"].contains("specificity_at_sensitivity"));
+  EXPECT_TRUE(cells[0].contains("ece_recalibrated"));
 }
 
 // Every arm is its own cell, in a fixed order (an earlier version pooled every arm after

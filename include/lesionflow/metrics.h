@@ -1,5 +1,5 @@
 // Classification metrics (no torch): ROC AUC with ties, ROC curve, accuracy, balanced accuracy,
-// sensitivity/specificity at a threshold.
+// sensitivity/specificity at a threshold, operating points read off the ROC, calibration.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -24,6 +24,46 @@ BinaryMetrics binary_metrics(const std::vector<double>& scores, const std::vecto
 // (sensitivity + specificity - 1), midway between adjacent distinct scores. 0.5 if undefined.
 double youden_threshold(const std::vector<double>& scores, const std::vector<int>& labels);
 
+// Operating points read off the ROC curve (thresholds of the form "score >= t"): the highest
+// specificity among thresholds reaching sensitivity >= target (triage: miss few malignancies),
+// and the highest sensitivity among thresholds keeping specificity >= target. NaN when a class
+// is absent.
+double specificity_at_sensitivity(const std::vector<double>& scores, const std::vector<int>& labels,
+                                  double target);
+double sensitivity_at_specificity(const std::vector<double>& scores, const std::vector<int>& labels,
+                                  double target);
+// The operating points every evaluation reports.
+constexpr double kTriageSensitivity = 0.95, kTriageSpecificity = 0.90;
+
+// Calibration of scores read as P(malignant): the Brier score (mean squared difference to the
+// 0/1 label) and the expected calibration error over `bins` equal-width score bins (Guo et al.
+// 2017: the |mean score - malignant fraction| of each bin, weighted by its share of the images;
+// a score in [k/bins, (k+1)/bins) falls in bin k, 1 in the last). A classifier trained with
+// another malignant fraction than the test set's (label-balanced synthetic images) ranks as well
+// and is calibrated worse: AUC does not see it, ECE and Brier do.
+struct CalibrationBin {
+  double lo = 0, hi = 0, mean_score = 0, positive_fraction = 0;
+  int n = 0;
+};
+struct Calibration {
+  double brier = 0, ece = 0;
+  std::vector<CalibrationBin> bins;  // all `bins` of them, empty ones with n = 0
+};
+constexpr int kCalibrationBins = 10;
+Calibration calibration(const std::vector<double>& scores, const std::vector<int>& labels,
+                        int bins = kCalibrationBins);
+
+// Platt scaling: P'(malignant) = sigmoid(a * logit(p) + b), (a, b) the maximum-likelihood fit
+// (Newton's method) on held-out scores, e.g. the validation split's. Monotone for a > 0, so AUC
+// and the ranking stay; it undoes a class-balanced loss's prior and an over- or under-confident
+// temperature. Scores are clamped to [1e-7, 1 - 1e-7] before the logit. The identity when both
+// classes are not present.
+struct Platt {
+  double a = 1, b = 0;
+  double apply(double p) const;
+};
+Platt fit_platt(const std::vector<double>& scores, const std::vector<int>& labels);
+
 struct Interval {
   double value = 0, lo = 0, hi = 0;  // point estimate and percentile bootstrap 95% CI
 };
@@ -31,9 +71,11 @@ struct EvalSummary {
   int n = 0, positives = 0;
   double threshold = 0.5;
   Interval auc, accuracy, balanced_accuracy, sensitivity, specificity;
+  // At kTriageSensitivity / kTriageSpecificity, and the calibration of the scores.
+  Interval specificity_at_sensitivity, sensitivity_at_specificity, brier, ece;
 };
-// AUC and threshold metrics with percentile bootstrap CIs (B resamples of the test set,
-// seeded). NaN AUCs of resamples with one class are skipped.
+// AUC, threshold metrics, operating points and calibration with percentile bootstrap CIs (B
+// resamples of the test set, seeded). NaN values of resamples with one class are skipped.
 EvalSummary evaluate_binary(const std::vector<double>& scores, const std::vector<int>& labels,
                             double threshold, int bootstrap = 1000, uint64_t seed = 0);
 

@@ -222,11 +222,19 @@ Tensor extract_features(Classifier& model, const uint8_t* pixels, int64_t n, int
 }
 
 Status save_classifier(const std::string& path, Classifier& model, double threshold,
-                       const std::map<std::string, std::string>& extra) {
+                       const std::map<std::string, std::string>& extra,
+                       const std::optional<Platt>& platt) {
   std::map<std::string, std::string> meta = extra;
   meta["format"] = "lesionflow.classifier.v1";
   meta["config"] = model->config().to_json().dump();
   meta["threshold"] = std::to_string(threshold);
+  if (platt) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.17g", platt->a);
+    meta["platt_a"] = buf;
+    std::snprintf(buf, sizeof buf, "%.17g", platt->b);
+    meta["platt_b"] = buf;
+  }
   std::string names;
   for (const auto& c : model->config().classes) names += (names.empty() ? "" : ",") + c;
   meta["classes"] = names.empty() ? "benign,malignant" : names;
@@ -285,6 +293,9 @@ Result<LoadedClassifier> load_classifier(const std::string& path) {
   lc.model = Classifier(cfg);
   LF_RETURN_IF_ERROR(load_classifier_weights(st, lc.model, path));
   lc.threshold = std::atof(st.metadata["threshold"].c_str());
+  if (st.metadata.count("platt_a") && st.metadata.count("platt_b"))
+    lc.platt =
+        Platt{std::atof(st.metadata["platt_a"].c_str()), std::atof(st.metadata["platt_b"].c_str())};
   lc.metadata = st.metadata;
   lc.model->eval();
   return lc;

@@ -4,11 +4,13 @@
 #pragma once
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "lesionflow/data.h"
 #include "lesionflow/io.h"
+#include "lesionflow/metrics.h"
 #include "lesionflow/status.h"
 #include "models/cnn.h"
 #include "models/vit.h"
@@ -96,14 +98,16 @@ struct ClsTrainResult {
   int epochs_run = 0, best_epoch = -1;
   double best_val_auc = 0, threshold = 0.5, seconds = 0, images_per_second = 0;
   bool stopped_early = false;
+  std::optional<Platt> platt;  // fitted on the validation split's scores (none without one)
 };
 // One step's loss: images x [B,3,S,S] in [-1,1], targets y [B] (int64) and weights w [B] are
 // moved to the model's device; returns sum(w * cross-entropy) / sum(w) there, without a host
 // synchronisation (the training loop and the device test call this).
 torch::Tensor classifier_loss(Classifier& model, const torch::Tensor& x, const torch::Tensor& y,
                               const torch::Tensor& w);
-// Run directory: best.safetensors (weights of the best validation epoch, threshold picked on
-// validation in the metadata), last.safetensors + state.bin (resume), history.jsonl.
+// Run directory: best.safetensors (weights of the best validation epoch; the threshold picked
+// and the Platt scaling fitted on validation in the metadata), last.safetensors + state.bin
+// (resume), history.jsonl.
 Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& model,
                                         const LabeledSet& train, const LabeledSet& val);
 
@@ -122,10 +126,12 @@ torch::Tensor extract_features(Classifier& model, const uint8_t* pixels, int64_t
                                int batch = 128);
 
 Status save_classifier(const std::string& path, Classifier& model, double threshold,
-                       const std::map<std::string, std::string>& extra = {});
+                       const std::map<std::string, std::string>& extra = {},
+                       const std::optional<Platt>& platt = std::nullopt);
 struct LoadedClassifier {
   Classifier model{nullptr};
   double threshold = 0.5;
+  std::optional<Platt> platt;  // metadata platt_a / platt_b (checkpoints from before: none)
   std::map<std::string, std::string> metadata;
 };
 Result<LoadedClassifier> load_classifier(const std::string& path);

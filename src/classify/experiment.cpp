@@ -47,8 +47,21 @@ Result<NamedSet> load_test_dataset(const std::string& spec, int size) {
   return n;
 }
 
+namespace {
+nlohmann::json calibration_bins_json(const Calibration& c) {
+  nlohmann::json bins = nlohmann::json::array();
+  for (const auto& b : c.bins)
+    bins.push_back({{"lo", b.lo},
+                    {"hi", b.hi},
+                    {"n", b.n},
+                    {"mean_score", b.mean_score},
+                    {"malignant_fraction", b.positive_fraction}});
+  return bins;
+}
+}  // namespace
+
 nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& set, double thr,
-                               uint64_t seed) {
+                               uint64_t seed, const std::optional<Platt>& recalibration) {
   auto e = evaluate_binary(s, set.labels, thr, 1000, seed);
   auto iv = [](const Interval& i) {
     return nlohmann::json{{"value", i.value}, {"lo", i.lo}, {"hi", i.hi}};
@@ -60,7 +73,23 @@ nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& s
                       {"accuracy", iv(e.accuracy)},
                       {"balanced_accuracy", iv(e.balanced_accuracy)},
                       {"sensitivity", iv(e.sensitivity)},
-                      {"specificity", iv(e.specificity)}};
+                      {"specificity", iv(e.specificity)},
+                      {"brier", iv(e.brier)},
+                      {"ece", iv(e.ece)}};
+  j["specificity_at_sensitivity"] = iv(e.specificity_at_sensitivity);
+  j["specificity_at_sensitivity"]["target"] = kTriageSensitivity;
+  j["sensitivity_at_specificity"] = iv(e.sensitivity_at_specificity);
+  j["sensitivity_at_specificity"]["target"] = kTriageSpecificity;
+  j["calibration_bins"] = calibration_bins_json(calibration(s, set.labels));
+  if (recalibration) {
+    std::vector<double> r(s.size());
+    for (size_t i = 0; i < s.size(); ++i) r[i] = recalibration->apply(s[i]);
+    const Calibration c = calibration(r, set.labels);
+    j["recalibrated"] = {{"platt", {{"a", recalibration->a}, {"b", recalibration->b}}},
+                         {"brier", c.brier},
+                         {"ece", c.ece},
+                         {"calibration_bins", calibration_bins_json(c)}};
+  }
   auto roc = roc_curve(s, set.labels);
   nlohmann::json pts = nlohmann::json::array();
   size_t stride = std::max<size_t>(1, roc.size() / 100);
@@ -116,30 +145,68 @@ std::vector<int64_t> contradicted_labels(const std::vector<double>& p_malignant,
 
 namespace {
 
-// A cached result from before the worst-group rule: its test metrics re-evaluated from the saved
-// test scores (AUCs unchanged) and written back, so cells mixing old and new jobs rank groups
-// alike. Results that already carry the rule, dx classifiers and results without scores are left.
-Status reevaluate_old_result(const ClsJob& job, const RealData& real,
-                             const std::string& result_path, nlohmann::json& cached) {
-  const std::string scores_csv = job.train.out + "/test_scores.csv";
-  if (!cached.contains("test") || cached["test"].contains("worst_group_rule") ||
-      !file_exists(scores_csv) || !job.model.classes.empty())
-    return Status::ok_status();
-  LF_ASSIGN_OR_RETURN(CsvTable t, read_csv(scores_csv));
+nlohmann::json platt_json(const std::optional<Platt>& p) {
+  return p ? nlohmann::json{{"a", p->a}, {"b", p->b}, {"fitted_on", "validation"}}
+           : nlohmann::json(nullptr);
+}
+std::optional<Platt> platt_from_json(const nlohmann::json& j) {
+  if (!j.is_object() || !j.contains("a") || !j.contains("b")) return std::nullopt;
+  return Platt{j["a"].get<double>(), j["b"].get<double>()};
+}
+
+// The scores of `set`'s images, in its order, from a scores CSV (id, score).
+Result<std::vector<double>> scores_in_order(const std::string& csv, const LabeledSet& set) {
+  LF_ASSIGN_OR_RETURN(CsvTable t, read_csv(csv));
   std::map<std::string, double> by_id;
   const int ci = t.column("id"), cs = t.column("score");
+  if (ci < 0 || cs < 0) return Status::error(csv + ": needs columns id and score");
   for (auto& row : t.rows) by_id[row[ci]] = std::atof(row[cs].c_str());
-  auto test = labeled_from_prepared(real.ps, real.test, &real.captions);
   std::vector<double> scores;
-  for (int64_t i = 0; i < test.count(); ++i) {
-    auto it = by_id.find(test.ids[i]);
-    if (it == by_id.end())
-      return Status::error(scores_csv + ": no score for test image " + test.ids[i]);
+  for (int64_t i = 0; i < set.count(); ++i) {
+    auto it = by_id.find(set.ids[i]);
+    if (it == by_id.end()) return Status::error(csv + ": no score for image " + set.ids[i]);
     scores.push_back(it->second);
   }
-  cached["test"] = evaluation_json(scores, test, cached.value("threshold", 0.5), job.seed);
+  return scores;
+}
+
+// A cached result from before the current metrics (the worst-group rule, the operating points,
+// calibration and its Platt recalibration): its test metrics, and those of the extra test sets
+// given now, re-evaluated from the saved scores (AUCs unchanged) and written back, so cells mixing
+// old and new jobs report alike. Current results, dx classifiers and results without scores are
+// left.
+Status reevaluate_old_result(const ClsJob& job, const RealData& real,
+                             const std::vector<NamedSet>& extra_tests,
+                             const std::string& result_path, nlohmann::json& cached) {
+  const std::string scores_csv = job.train.out + "/test_scores.csv";
+  if (!cached.contains("test") || cached["test"].contains("recalibrated") ||
+      !file_exists(scores_csv) || !job.model.classes.empty())
+    return Status::ok_status();
+  const double thr = cached.value("threshold", 0.5);
+  // The Platt scaling: the result's, else fitted now on the validation scores of the job's
+  // best weights (as training does), else none.
+  std::optional<Platt> platt = platt_from_json(cached.value("platt", nlohmann::json()));
+  const std::string best = job.train.out + "/best.safetensors";
+  if (!platt && file_exists(best) && !real.val.empty()) {
+    LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(best));
+    lc.model->to(job.train.device);
+    auto val = labeled_from_prepared(real.ps, real.val, &real.captions);
+    platt = fit_platt(predict_malignant(lc.model, val), val.labels);
+    cached["platt"] = platt_json(platt);
+  }
+  auto test = labeled_from_prepared(real.ps, real.test, &real.captions);
+  LF_ASSIGN_OR_RETURN(std::vector<double> scores, scores_in_order(scores_csv, test));
+  cached["test"] = evaluation_json(scores, test, thr, job.seed, platt);
+  if (cached.contains("extra_test_scores"))
+    for (const auto& t : extra_tests) {
+      if (!cached["extra_test_scores"].contains(t.name)) continue;
+      const std::string csv = cached["extra_test_scores"][t.name].get<std::string>();
+      if (!file_exists(csv)) continue;
+      LF_ASSIGN_OR_RETURN(std::vector<double> sc, scores_in_order(csv, t.set));
+      cached["extra_tests"][t.name] = evaluation_json(sc, t.set, thr, job.seed, platt);
+    }
   LF_RETURN_IF_ERROR(write_file_atomic(result_path, cached.dump(2) + "\n"));
-  log_info(result_path + ": re-evaluated with the current worst-group rule");
+  log_info(result_path + ": re-evaluated with the current metrics");
   return Status::ok_status();
 }
 
@@ -158,7 +225,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       log_warn(result_path + ": unreadable (" + e.what() + "); running the job again");
     }
     if (!cached.is_null()) {
-      LF_RETURN_IF_ERROR(reevaluate_old_result(job, real, result_path, cached));
+      LF_RETURN_IF_ERROR(reevaluate_old_result(job, real, extra_tests, result_path, cached));
       return cached;
     }
   }
@@ -309,6 +376,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       {"best_epoch", tr.best_epoch},
       {"val_auc", tr.best_val_auc},
       {"threshold", tr.threshold},
+      {"platt", platt_json(tr.platt)},
       {"train_seconds", tr.seconds},
       {"train_images_per_second", tr.images_per_second}};
   if (job.arm == "real+filtered")
@@ -317,7 +385,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
                    {"synthetic_dropped", n_dropped},
                    {"dropped_list", job.train.out + "/filtered.jsonl"}};
   const std::vector<double> test_scores = predict_malignant(model, test);
-  r["test"] = evaluation_json(test_scores, test, tr.threshold, job.seed);
+  r["test"] = evaluation_json(test_scores, test, tr.threshold, job.seed, tr.platt);
   // Per-image scores, for paired comparisons between arms on the same test images.
   auto write_scores = [](const std::string& path, const LabeledSet& set,
                          const std::vector<double>& sc) {
@@ -362,7 +430,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
   for (size_t k = 0; k < extra_tests.size(); ++k) {
     const auto& t = extra_tests[k];
     const std::vector<double> sc = predict_malignant(model, t.set);
-    extra[t.name] = evaluation_json(sc, t.set, tr.threshold, job.seed);
+    extra[t.name] = evaluation_json(sc, t.set, tr.threshold, job.seed, tr.platt);
     const std::string path = job.train.out + "/test_scores_extra" + std::to_string(k) +
                              ".csv";  // in --test-dataset order
     LF_RETURN_IF_ERROR(write_scores(path, t.set, sc));
@@ -484,6 +552,10 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
 }
 
 nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
+  // JSON writes NaN (a metric undefined on one class) as null.
+  auto num_or_nan = [](const nlohmann::json& j) {
+    return j.is_number() ? j.get<double>() : std::nan("");
+  };
   std::map<std::string, std::vector<const nlohmann::json*>> cells;  // key orders arch, size, arm
   // One cell per arm, in a fixed order (the arm's name after its rank keeps unknown arms apart;
   // the arms of a ratio sweep, "recipe (R.RRx)", rank as their recipe, then by ratio).
@@ -506,31 +578,59 @@ nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
                         {"real_images", rs[0]->value("real_size", int64_t{0})},
                         {"synthetic_size", rs[0]->value("synthetic_size", int64_t{0})},
                         {"seeds", rs.size()}};
-    for (std::string m : {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"}) {
+    for (std::string m :
+         {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
+          "specificity_at_sensitivity", "sensitivity_at_specificity", "brier", "ece"}) {
+      if (!(*rs[0])["test"].contains(m)) continue;  // a result from before the metric
       std::vector<double> v;
-      for (auto* r : rs) v.push_back((*r)["test"][m]["value"].get<double>());
+      for (auto* r : rs)
+        v.push_back((*r)["test"].contains(m) ? num_or_nan((*r)["test"][m]["value"]) : std::nan(""));
       auto [mean, sd] = mean_sd(v);
       c[m] = {{"mean", mean}, {"sd", sd}, {"values", v}};
       // CI of the first seed's run, for scale.
       c[m]["ci_first_seed"] = {(*rs[0])["test"][m]["lo"], (*rs[0])["test"][m]["hi"]};
     }
+    // Calibration after the Platt scaling fitted on validation.
+    if ((*rs[0])["test"].contains("recalibrated"))
+      for (std::string m : {"brier", "ece"}) {
+        std::vector<double> v;
+        for (auto* r : rs)
+          v.push_back((*r)["test"].contains("recalibrated")
+                          ? num_or_nan((*r)["test"]["recalibrated"][m])
+                          : std::nan(""));
+        auto [mean, sd] = mean_sd(v);
+        c[m + "_recalibrated"] = {{"mean", mean}, {"sd", sd}, {"values", v}};
+      }
     std::vector<double> wg;
     for (auto* r : rs)
       if ((*r)["test"].contains("worst_group"))
         wg.push_back((*r)["test"]["worst_group"]["balanced_accuracy"].get<double>());
     auto [wm, ws] = mean_sd(wg);
     c["worst_group_balanced_accuracy"] = {{"mean", wm}, {"sd", ws}, {"values", wg}};
-    // The extra test datasets: AUC, and sensitivity/specificity at the validation threshold.
+    // The extra test datasets: AUC, sensitivity/specificity at the validation threshold, the
+    // specificity at the triage sensitivity, and calibration.
     if (rs[0]->contains("extra_tests"))
       for (const auto& [name, ev0] : (*rs[0])["extra_tests"].items()) {
         nlohmann::json e;
-        for (std::string m : {"auc", "sensitivity", "specificity"}) {
+        for (std::string m :
+             {"auc", "sensitivity", "specificity", "specificity_at_sensitivity", "ece"}) {
+          if (!ev0.contains(m)) continue;
           std::vector<double> v;
           for (auto* r : rs)
-            if ((*r).contains("extra_tests") && (*r)["extra_tests"].contains(name))
-              v.push_back((*r)["extra_tests"][name][m]["value"].get<double>());
+            if ((*r).contains("extra_tests") && (*r)["extra_tests"].contains(name) &&
+                (*r)["extra_tests"][name].contains(m))
+              v.push_back(num_or_nan((*r)["extra_tests"][name][m]["value"]));
           auto [em, es] = mean_sd(v);
           e[m] = {{"mean", em}, {"sd", es}, {"values", v}};
+        }
+        if (ev0.contains("recalibrated")) {  // does the validation split's scaling transfer?
+          std::vector<double> v;
+          for (auto* r : rs)
+            if ((*r).contains("extra_tests") && (*r)["extra_tests"].contains(name) &&
+                (*r)["extra_tests"][name].contains("recalibrated"))
+              v.push_back(num_or_nan((*r)["extra_tests"][name]["recalibrated"]["ece"]));
+          auto [em, es] = mean_sd(v);
+          e["ece_recalibrated"] = {{"mean", em}, {"sd", es}, {"values", v}};
         }
         c["extra_tests"][name] = e;
       }

@@ -3,6 +3,7 @@
 #pragma once
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -63,10 +64,12 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
                                    const LabeledSet* synthetic,
                                    const std::vector<NamedSet>& extra_tests);
 
-// Metrics of one scored test set: EvalSummary with CIs, ROC curve (subsampled), per-group and
-// worst-group metrics.
+// Metrics of one scored test set: EvalSummary with CIs, ROC curve (subsampled), calibration
+// bins, per-group and worst-group metrics; with a recalibration (Platt scaling fitted on the
+// validation split), "recalibrated": the Brier score, ECE and bins of the rescaled scores.
 nlohmann::json evaluation_json(const std::vector<double>& scores, const LabeledSet& set,
-                               double threshold, uint64_t seed);
+                               double threshold, uint64_t seed,
+                               const std::optional<Platt>& recalibration = std::nullopt);
 
 // Paired comparisons on the same test images: for every (arch, requested real size, seed) that
 // has a "real" job, each other arm against it (AUC difference other - real, DeLong SE and p,

@@ -288,11 +288,16 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   // Best weights back; operating point on validation.
   LF_ASSIGN_OR_RETURN(SafeTensors bw, load_safetensors(best));
   LF_RETURN_IF_ERROR(load_module_tensors(bw, *model, best));
-  if (val.count() > 0) res.threshold = youden_threshold(predict_malignant(model, val), val.labels);
+  if (val.count() > 0) {
+    const std::vector<double> vs = predict_malignant(model, val);
+    res.threshold = youden_threshold(vs, val.labels);
+    res.platt = fit_platt(vs, val.labels);
+  }
   LF_RETURN_IF_ERROR(save_classifier(best, model, res.threshold,
                                      {{"epoch", std::to_string(res.best_epoch)},
                                       {"val_auc", std::to_string(res.best_val_auc)},
-                                      {"train", cfg.to_json().dump()}}));
+                                      {"train", cfg.to_json().dump()}},
+                                     res.platt));
   prog.finish(res.stopped_early ? "(early stop)" : "",
               res.epochs_run > 0 ? static_cast<int64_t>(res.epochs_run) * steps_per_epoch : -1);
   return res;

@@ -27,6 +27,10 @@ std::vector<double> midranks(const std::vector<double>& v) {
   }
   return r;
 }
+
+bool has_both_classes(const std::vector<int>& y) {
+  return std::count(y.begin(), y.end(), 1) > 0 && std::count(y.begin(), y.end(), 0) > 0;
+}
 }  // namespace
 
 double roc_auc(const std::vector<double>& s, const std::vector<int>& y) {
@@ -76,6 +80,105 @@ BinaryMetrics binary_metrics(const std::vector<double>& s, const std::vector<int
   return m;
 }
 
+double specificity_at_sensitivity(const std::vector<double>& s, const std::vector<int>& y,
+                                  double target) {
+  double best = std::nan("");
+  if (!has_both_classes(y)) return best;
+  for (auto [fpr, tpr] : roc_curve(s, y))
+    if (tpr >= target - 1e-12 && (std::isnan(best) || 1 - fpr > best)) best = 1 - fpr;
+  return best;
+}
+
+double sensitivity_at_specificity(const std::vector<double>& s, const std::vector<int>& y,
+                                  double target) {
+  double best = std::nan("");
+  if (!has_both_classes(y)) return best;
+  for (auto [fpr, tpr] : roc_curve(s, y))
+    if (1 - fpr >= target - 1e-12 && (std::isnan(best) || tpr > best)) best = tpr;
+  return best;
+}
+
+Calibration calibration(const std::vector<double>& s, const std::vector<int>& y, int bins) {
+  Calibration c;
+  bins = std::max(1, bins);
+  c.bins.resize(bins);
+  std::vector<double> sum_s(bins, 0), sum_y(bins, 0);
+  for (size_t i = 0; i < s.size(); ++i) {
+    const double p = std::clamp(s[i], 0.0, 1.0);
+    const int k = std::min(bins - 1, static_cast<int>(p * bins));
+    sum_s[k] += p;
+    sum_y[k] += y[i];
+    c.bins[k].n++;
+    c.brier += (p - y[i]) * (p - y[i]);
+  }
+  const double n = s.size();
+  for (int k = 0; k < bins; ++k) {
+    auto& b = c.bins[k];
+    b.lo = double(k) / bins;
+    b.hi = double(k + 1) / bins;
+    if (b.n == 0) continue;
+    b.mean_score = sum_s[k] / b.n;
+    b.positive_fraction = sum_y[k] / b.n;
+    c.ece += b.n / n * std::abs(b.mean_score - b.positive_fraction);
+  }
+  c.brier = n > 0 ? c.brier / n : std::nan("");
+  if (n == 0) c.ece = std::nan("");
+  return c;
+}
+
+namespace {
+double logit_clamped(double p) {
+  p = std::clamp(p, 1e-7, 1 - 1e-7);
+  return std::log(p / (1 - p));
+}
+}  // namespace
+
+double Platt::apply(double p) const { return 1 / (1 + std::exp(-(a * logit_clamped(p) + b))); }
+
+Platt fit_platt(const std::vector<double>& s, const std::vector<int>& y) {
+  Platt f;
+  if (!has_both_classes(y) || s.size() != y.size()) return f;
+  std::vector<double> z(s.size());
+  for (size_t i = 0; i < s.size(); ++i) z[i] = logit_clamped(s[i]);
+  // Newton steps on the negative log-likelihood with a backtracking line search; separable
+  // data would send a to infinity, so a tiny ridge pulling a towards 1 keeps the fit finite.
+  const double ridge = 1e-6 * z.size();
+  auto objective = [&](double a, double b) {
+    double l = 0.5 * ridge * (a - 1) * (a - 1);
+    for (size_t i = 0; i < z.size(); ++i) {
+      const double u = y[i] ? a * z[i] + b : -(a * z[i] + b);
+      l += std::log1p(std::exp(-std::abs(u))) + std::max(-u, 0.0);  // -log sigmoid(u), stable
+    }
+    return l;
+  };
+  double cur = objective(f.a, f.b);
+  for (int it = 0; it < 100; ++it) {
+    double ga = ridge * (f.a - 1), gb = 0, haa = ridge, hab = 0, hbb = 0;
+    for (size_t i = 0; i < z.size(); ++i) {
+      const double q = 1 / (1 + std::exp(-(f.a * z[i] + f.b))), r = q - y[i], w = q * (1 - q);
+      ga += r * z[i];
+      gb += r;
+      haa += w * z[i] * z[i];
+      hab += w * z[i];
+      hbb += w;
+    }
+    const double det = haa * hbb - hab * hab;
+    if (!(det > 0)) break;
+    const double da = (hbb * ga - hab * gb) / det, db = (haa * gb - hab * ga) / det;
+    if (std::abs(da) + std::abs(db) < 1e-12) break;
+    double step = 1, next = cur;
+    for (; step > 1e-8; step /= 2) {
+      next = objective(f.a - step * da, f.b - step * db);
+      if (next <= cur) break;
+    }
+    if (step <= 1e-8) break;
+    f.a -= step * da;
+    f.b -= step * db;
+    cur = next;
+  }
+  return f;
+}
+
 }  // namespace lf
 
 namespace lf {
@@ -122,7 +225,7 @@ EvalSummary evaluate_binary(const std::vector<double>& s, const std::vector<int>
   e.positives = static_cast<int>(std::count(y.begin(), y.end(), 1));
   e.threshold = thr;
   auto m = binary_metrics(s, y, thr);
-  std::vector<double> auc, acc, bacc, sens, spec;
+  std::vector<double> auc, acc, bacc, sens, spec, spec_at, sens_at, brier, ece;
   std::mt19937_64 rng(derive_seed(seed, Stream::kBootstrap));
   std::uniform_int_distribution<size_t> pick(0, s.empty() ? 0 : s.size() - 1);
   std::vector<double> bs(s.size());
@@ -139,12 +242,24 @@ EvalSummary evaluate_binary(const std::vector<double>& s, const std::vector<int>
     bacc.push_back(mb.balanced_accuracy);
     sens.push_back(mb.sensitivity);
     spec.push_back(mb.specificity);
+    spec_at.push_back(specificity_at_sensitivity(bs, by, kTriageSensitivity));
+    sens_at.push_back(sensitivity_at_specificity(bs, by, kTriageSpecificity));
+    auto cb = calibration(bs, by);
+    brier.push_back(cb.brier);
+    ece.push_back(cb.ece);
   }
   e.auc = percentile_ci(roc_auc(s, y), auc);
   e.accuracy = percentile_ci(m.accuracy, acc);
   e.balanced_accuracy = percentile_ci(m.balanced_accuracy, bacc);
   e.sensitivity = percentile_ci(m.sensitivity, sens);
   e.specificity = percentile_ci(m.specificity, spec);
+  e.specificity_at_sensitivity =
+      percentile_ci(specificity_at_sensitivity(s, y, kTriageSensitivity), spec_at);
+  e.sensitivity_at_specificity =
+      percentile_ci(sensitivity_at_specificity(s, y, kTriageSpecificity), sens_at);
+  auto cal = calibration(s, y);
+  e.brier = percentile_ci(cal.brier, brier);
+  e.ece = percentile_ci(cal.ece, ece);
   return e;
 }
 

@@ -96,7 +96,8 @@ Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o) {
   if (sets.empty()) return Status::error("classify eval: give --data/--splits or --test-dataset");
   nlohmann::json out = nlohmann::json::object();
   for (auto& s : sets)
-    out[s.name] = evaluation_json(predict_malignant(lc.model, s.set), s.set, lc.threshold, o.seed);
+    out[s.name] =
+        evaluation_json(predict_malignant(lc.model, s.set), s.set, lc.threshold, o.seed, lc.platt);
   if (!o.out.empty()) LF_RETURN_IF_ERROR(write_file_atomic(o.out, out.dump(2) + "\n"));
   return out;
 }

@@ -153,7 +153,16 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
        "first seed. Worst group: the lowest balanced accuracy among groups (sex, age band, site, "
        "skin type) with >= "
     << kGroupMinImages << " images, >= " << kGroupMinPerClass
-    << " malignant and >= " << kGroupMinPerClass << " benign.</p>";
+    << " malignant and >= " << kGroupMinPerClass << " benign. Specificity at sensitivity "
+    << fmt(kTriageSensitivity, "%.2f")
+    << ": the best specificity of a threshold that misses at most "
+    << fmt(100 * (1 - kTriageSensitivity), "%.0f")
+    << "% of malignant lesions, read off the test ROC. Brier score and expected calibration "
+       "error ("
+    << kCalibrationBins
+    << " bins): how far the scores are from the test set's malignant rates (lower is better); "
+       "a classifier trained at another malignant fraction than the test set's ranks as well and "
+       "is calibrated worse.</p>";
   // The extra test datasets get their own columns: AUC, and sensitivity / specificity at the
   // threshold picked on validation (does the operating point transfer?).
   std::vector<std::string> extra_names;
@@ -161,7 +170,10 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
     for (auto& [k, v] : s["cells"][0]["extra_tests"].items()) extra_names.push_back(k);
   h << "<table><tr><th>model</th><th>arm</th><th>real</th><th>synthetic</th><th>seeds</th><th>AUC</"
        "th><th>accuracy</th>"
-       "<th>balanced accuracy</th><th>sensitivity</th><th>specificity</th><th>worst-group balanced "
+       "<th>balanced accuracy</th><th>sensitivity</th><th>specificity</th><th>specificity at "
+       "sensitivity "
+    << fmt(kTriageSensitivity, "%.2f")
+    << "</th><th>Brier / ECE</th><th>worst-group balanced "
        "accuracy</th>";
   for (auto& n : extra_names)
     h << "<th>AUC, " << html_escape(n) << "</th><th>sensitivity / specificity, " << html_escape(n)
@@ -173,6 +185,7 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
       return " <small>[" + fmt(num(c[m]["ci_first_seed"][0])) + ", " +
              fmt(num(c[m]["ci_first_seed"][1])) + "]</small>";
     };
+    auto opt_pm = [&](const char* m) { return c.contains(m) ? pm(c[m]) : std::string("-"); };
     std::string wg = pm(c["worst_group_balanced_accuracy"]);
     if (c.contains("worst_group_first_seed"))
       wg += " <small>(" +
@@ -183,8 +196,9 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
       << c["real_images"] << "</td><td>" << c["synthetic_size"] << "</td><td>" << c["seeds"]
       << "</td><td>" << pm(c["auc"]) << ci_first("auc") << "</td><td>" << pm(c["accuracy"])
       << "</td><td>" << pm(c["balanced_accuracy"]) << ci_first("balanced_accuracy") << "</td><td>"
-      << pm(c["sensitivity"]) << "</td><td>" << pm(c["specificity"]) << "</td><td>" << wg
-      << "</td>";
+      << pm(c["sensitivity"]) << "</td><td>" << pm(c["specificity"]) << "</td><td>"
+      << opt_pm("specificity_at_sensitivity") << "</td><td>" << opt_pm("brier") << " / "
+      << opt_pm("ece") << "</td><td>" << wg << "</td>";
     for (auto& n : extra_names) {
       if (!c.contains("extra_tests") || !c["extra_tests"].contains(n)) {
         h << "<td>-</td><td>-</td>";
@@ -234,8 +248,23 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
   }
   h << svg_line_plot(rocs,
                      "ROC, test split (real size " + std::to_string(largest) + ", first seed)",
-                     "1 - specificity", "sensitivity", 460, 300)
-    << "</div>";
+                     "1 - specificity", "sensitivity", 460, 300);
+  // Reliability diagram of the same runs: per score bin, the test images' malignant fraction
+  // against their mean score (the diagonal is perfect calibration).
+  std::vector<Series> rel{{"perfectly calibrated", {{0, 0}, {1, 1}}}};
+  for (auto* r : shown) {
+    if (!(*r)["test"].contains("calibration_bins")) continue;
+    Series ser{(*r).value("arm", "") + " (ECE " + fmt(num((*r)["test"]["ece"]["value"])) + ")", {}};
+    for (auto& b : (*r)["test"]["calibration_bins"])
+      if (b.value("n", 0) > 0)
+        ser.points.emplace_back(num(b["mean_score"]), num(b["malignant_fraction"]));
+    rel.push_back(ser);
+  }
+  if (rel.size() > 1)
+    h << svg_line_plot(
+        rel, "reliability, test split (real size " + std::to_string(largest) + ", first seed)",
+        "mean P(malignant) in the bin", "malignant fraction", 460, 300);
+  h << "</div>";
   // Subgroups of the shown runs.
   if (!shown.empty()) {
     h << "<h3>Subgroups (balanced accuracy; test split, first seed, real size " << largest

@@ -1,8 +1,10 @@
 // lesionflow classify train|eval: flags -> options structs of pipeline/classify_runs.h -> printed
 // summaries.
+#include <cmath>
 #include <limits>
 
 #include "cli.h"
+#include "lesionflow/metrics.h"
 #include "pipeline/classify_runs.h"
 
 namespace lf::cli {
@@ -16,6 +18,12 @@ void print_eval(const std::string& what, const nlohmann::json& t) {
       t["auc"]["hi"].get<double>(), t["accuracy"]["value"].get<double>(),
       t["balanced_accuracy"]["value"].get<double>(), t["sensitivity"]["value"].get<double>(),
       t["specificity"]["value"].get<double>());
+  auto value = [&](const char* m) {
+    return t.contains(m) && t[m]["value"].is_number() ? t[m]["value"].get<double>() : std::nan("");
+  };
+  if (t.contains("brier"))
+    std::printf("  specificity at sensitivity %.2f: %.3f  Brier %.3f  ECE %.3f", kTriageSensitivity,
+                value("specificity_at_sensitivity"), value("brier"), value("ece"));
   if (t.contains("worst_group"))
     std::printf("  worst group %s=%s %.3f",
                 t["worst_group"]["attribute"].get<std::string>().c_str(),
