@@ -1154,6 +1154,14 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config.json"));
   auto again = nlohmann::json::parse(*read_file(dir + "/exp/summary.json"));
   EXPECT_EQ(again["cells"], summary["cells"]);
+  EXPECT_EQ(again["audit"], summary["audit"]);
+  EXPECT_NE(read_file(dir + "/log.txt")->find("has the same inputs; reused"), std::string::npos);
+  // Calibration and the operating points, before and after the validation split's Platt scaling.
+  for (auto& cell : summary["cells"]) {
+    EXPECT_TRUE(cell["ece"]["mean"].is_number()) << cell.dump();
+    EXPECT_TRUE(cell["ece_recalibrated"]["mean"].is_number()) << cell.dump();
+    EXPECT_TRUE(cell["specificity_at_sensitivity"]["mean"].is_number()) << cell.dump();
+  }
   ASSERT_TRUE(sh(lf + " report --experiment " + dir + "/exp --captions " + dir +
                  "/captions.jsonl --out " + dir + "/report.html"));
   std::string html = *read_file(dir + "/report.html");
@@ -1173,6 +1181,8 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   EXPECT_NE(html.find("not scaled"), std::string::npos);
   EXPECT_NE(html.find("Does synthetic data help?"), std::string::npos);
   EXPECT_NE(html.find("AUC, phantom:80"), std::string::npos);
+  EXPECT_NE(html.find("Brier / ECE"), std::string::npos);
+  EXPECT_NE(html.find("reliability, test split"), std::string::npos);
   std::string shot = dir + "/shot.png";
   std::system(("chromium --headless --no-sandbox --disable-gpu --hide-scrollbars "
                "--window-size=1200,1600 --screenshot=" +

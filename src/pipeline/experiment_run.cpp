@@ -490,10 +490,36 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
         break;
       }
     if (!ref_dir.empty()) {
-      LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(ref_dir + "/best.safetensors"));
-      LF_ASSIGN_OR_RETURN(audit, audit_loaded(lc, real, syn, syn_dir));
-      audit["feature_extractor"] = ref_dir + "/best.safetensors";
-      LF_RETURN_IF_ERROR(write_file_atomic(out + "/audit.json", audit.dump(2) + "\n"));
+      // The audit is a function of the feature extractor, the synthetic set and the real data:
+      // a rerun that finds the same inputs (file hashes) reuses it. kAuditVersion changes when
+      // the audit's measures do.
+      constexpr int kAuditVersion = 1;
+      const std::string ref = ref_dir + "/best.safetensors", audit_path = out + "/audit.json";
+      nlohmann::json inputs = {{"audit_version", kAuditVersion}, {"synthetic_images", syn.count()}};
+      for (const auto& [key, path] : std::vector<std::pair<std::string, std::string>>{
+               {"feature_extractor", ref},
+               {"manifest", syn_dir + "/manifest.jsonl"},
+               {"splits", splits},
+               {"captions", captions}}) {
+        if (path.empty()) continue;
+        LF_ASSIGN_OR_RETURN(std::string h, hash_file(path));
+        inputs[key] = h;
+      }
+      inputs["real_images"] = real.ps.count();
+      if (file_exists(audit_path)) {
+        auto prev = nlohmann::json::parse(*read_file(audit_path), nullptr, false);
+        if (!prev.is_discarded() && prev.value("inputs", nlohmann::json()) == inputs) {
+          audit = std::move(prev);
+          log_info("audit: " + audit_path + " has the same inputs; reused");
+        }
+      }
+      if (audit.is_null()) {
+        LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(ref));
+        LF_ASSIGN_OR_RETURN(audit, audit_loaded(lc, real, syn, syn_dir));
+        audit["feature_extractor"] = ref;
+        audit["inputs"] = inputs;
+        LF_RETURN_IF_ERROR(write_file_atomic(audit_path, audit.dump(2) + "\n"));
+      }
     }
   }
   // The epochs the results were trained with, from the results themselves: a rerun that finds
