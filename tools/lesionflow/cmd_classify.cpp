@@ -24,6 +24,9 @@ void print_eval(const std::string& what, const nlohmann::json& t) {
   if (t.contains("brier"))
     std::printf("  specificity at sensitivity %.2f: %.3f  Brier %.3f  ECE %.3f", kTriageSensitivity,
                 value("specificity_at_sensitivity"), value("brier"), value("ece"));
+  if (t.contains("recalibrated") && t["recalibrated"]["ece"].is_number())
+    std::printf(" (after the validation split's Platt scaling: Brier %.3f  ECE %.3f)",
+                t["recalibrated"]["brier"].get<double>(), t["recalibrated"]["ece"].get<double>());
   if (t.contains("worst_group"))
     std::printf("  worst group %s=%s %.3f",
                 t["worst_group"]["attribute"].get<std::string>().c_str(),
