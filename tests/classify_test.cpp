@@ -993,6 +993,8 @@ TEST(Experiment, CachedResultsFromBeforeTheMetricsAreReevaluatedFromTheirScores)
     EXPECT_NEAR((*r)["platt"]["a"].get<double>(), (*fresh)["platt"]["a"].get<double>(), 1e-6);
     EXPECT_NEAR(t["recalibrated"]["ece"].get<double>(), ft["recalibrated"]["ece"].get<double>(),
                 1e-6);
+    EXPECT_NEAR(t["recalibrated"]["accuracy"].get<double>(),
+                ft["recalibrated"]["accuracy"].get<double>(), 1e-9);
   }
   // The cell of the re-evaluated job carries the new metrics.
   auto cells = aggregate_results({*again});
@@ -1160,6 +1162,7 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   for (auto& cell : summary["cells"]) {
     EXPECT_TRUE(cell["ece"]["mean"].is_number()) << cell.dump();
     EXPECT_TRUE(cell["ece_recalibrated"]["mean"].is_number()) << cell.dump();
+    EXPECT_TRUE(cell["accuracy_recalibrated"]["mean"].is_number()) << cell.dump();
     EXPECT_TRUE(cell["specificity_at_sensitivity"]["mean"].is_number()) << cell.dump();
   }
   ASSERT_TRUE(sh(lf + " report --experiment " + dir + "/exp --captions " + dir +

@@ -85,9 +85,15 @@ nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& s
     std::vector<double> r(s.size());
     for (size_t i = 0; i < s.size(); ++i) r[i] = recalibration->apply(s[i]);
     const Calibration c = calibration(r, set.labels);
+    // Calibrated probabilities decide at 0.5 for the most correct answers: the accuracy a
+    // classifier reporting plain accuracy (argmax) is compared by.
+    const BinaryMetrics half = binary_metrics(r, set.labels, 0.5);
     j["recalibrated"] = {{"platt", {{"a", recalibration->a}, {"b", recalibration->b}}},
                          {"brier", c.brier},
                          {"ece", c.ece},
+                         {"accuracy", half.accuracy},
+                         {"sensitivity", half.sensitivity},
+                         {"specificity", half.specificity},
                          {"calibration_bins", calibration_bins_json(c)}};
   }
   auto roc = roc_curve(s, set.labels);
@@ -179,7 +185,9 @@ Status reevaluate_old_result(const ClsJob& job, const RealData& real,
                              const std::vector<NamedSet>& extra_tests,
                              const std::string& result_path, nlohmann::json& cached) {
   const std::string scores_csv = job.train.out + "/test_scores.csv";
-  if (!cached.contains("test") || cached["test"].contains("recalibrated") ||
+  if (!cached.contains("test") ||
+      (cached["test"].contains("recalibrated") &&
+       cached["test"]["recalibrated"].contains("accuracy")) ||
       !file_exists(scores_csv) || !job.model.classes.empty())
     return Status::ok_status();
   const double thr = cached.value("threshold", 0.5);
@@ -592,7 +600,7 @@ nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
     }
     // Calibration after the Platt scaling fitted on validation.
     if ((*rs[0])["test"].contains("recalibrated"))
-      for (std::string m : {"brier", "ece"}) {
+      for (std::string m : {"brier", "ece", "accuracy"}) {
         std::vector<double> v;
         for (auto* r : rs)
           v.push_back((*r)["test"].contains("recalibrated")
