@@ -35,6 +35,20 @@ LabeledSet phantom_set(int n, int size, uint64_t seed) {
   return labeled_from_prepared(*ps, all, nullptr);
 }
 
+// Runs a python3 script on (score, label) pairs written at full precision to its first argument
+// (a CSV); returns what it prints.
+std::string python_on_scores(const std::string& name, const std::vector<double>& s,
+                             const std::vector<int>& y, const std::string& script) {
+  const std::string dir = test::tmp_dir(name);
+  {
+    std::ofstream f(dir + "/d.csv");
+    f.precision(17);
+    for (size_t i = 0; i < s.size(); ++i) f << s[i] << "," << y[i] << "\n";
+  }
+  std::ofstream(dir + "/m.py") << script;
+  return run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv 2>&1");
+}
+
 // A width-16 CNN for 32 px images, trained from seed 0 on `set` (which also validates); the run
 // directory is a fresh temp dir named `name`.
 Classifier train_small_cnn(const LabeledSet& set, int epochs, int batch, double lr,
@@ -175,15 +189,9 @@ TEST(Metrics, OperatingPointsAndCalibrationMatchScikitLearn) {
     y.push_back(U(rng) < 0.25);
     s.push_back(std::round(std::min(0.999, 0.45 * y.back() + 0.6 * U(rng)) * 200) / 200);
   }
-  std::string dir = test::tmp_dir("sklearn_cal");
-  {
-    std::ofstream f(dir + "/d.csv");
-    f.precision(17);
-    for (size_t i = 0; i < s.size(); ++i) f << s[i] << "," << y[i] << "\n";
-  }
   // Independent: sklearn's full ROC (no dropped points) and Brier score; the bins by
   // numpy.digitize on the bin edges.
-  std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
+  std::string out = python_on_scores("sklearn_cal", s, y, R"(import sys, numpy as np
 from sklearn.metrics import roc_curve, brier_score_loss
 d = np.loadtxt(sys.argv[1], delimiter=','); s, y = d[:, 0], d[:, 1].astype(int)
 fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
@@ -191,8 +199,7 @@ spec = (1 - fpr)[tpr >= 0.95].max(); sens = tpr[(1 - fpr) >= 0.9].max()
 k = np.minimum(np.digitize(s, np.arange(1, 10) / 10.0), 9)
 ece = sum(abs(s[k == b].mean() - y[k == b].mean()) * (k == b).sum() for b in range(10) if (k == b).any()) / len(s)
 print('%.12f %.12f %.12f %.12f %d' % (spec, sens, brier_score_loss(y, s), ece, (k == 3).sum()))
-)";
-  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv 2>&1");
+)");
   std::istringstream is(out);
   double spec, sens, brier, ece;
   int n3;
@@ -264,20 +271,13 @@ TEST(Metrics, PlattScalingMatchesAnUnpenalisedLogisticRegression) {
     y.push_back(i % 3 == 0);
     s.push_back(1 / (1 + std::exp(-(2.5 * N(rng) + 1.5 * y.back() - 0.3))));  // overconfident
   }
-  std::string dir = test::tmp_dir("platt");
-  {
-    std::ofstream f(dir + "/d.csv");
-    f.precision(17);
-    for (size_t i = 0; i < s.size(); ++i) f << s[i] << "," << y[i] << "\n";
-  }
-  std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
+  std::string out = python_on_scores("platt", s, y, R"(import sys, numpy as np
 from sklearn.linear_model import LogisticRegression
 d = np.loadtxt(sys.argv[1], delimiter=','); s, y = d[:, 0], d[:, 1].astype(int)
 z = np.log(s / (1 - s)).reshape(-1, 1)
 m = LogisticRegression(C=1e12, tol=1e-12, max_iter=10000).fit(z, y)
 print('%.12f %.12f' % (m.coef_[0, 0], m.intercept_[0]))
-)";
-  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv 2>&1");
+)");
   std::istringstream is(out);
   double a, b;
   ASSERT_TRUE(is >> a >> b) << "python3 + scikit-learn needed (scripts/setup.sh --test): " << out;
