@@ -1186,6 +1186,7 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   EXPECT_NE(html.find("AUC, phantom:80"), std::string::npos);
   EXPECT_NE(html.find("Brier / ECE"), std::string::npos);
   EXPECT_NE(html.find("reliability, test split"), std::string::npos);
+  EXPECT_NE(html.find("reliability after Platt scaling"), std::string::npos);
   std::string shot = dir + "/shot.png";
   std::system(("chromium --headless --no-sandbox --disable-gpu --hide-scrollbars "
                "--window-size=1200,1600 --screenshot=" +

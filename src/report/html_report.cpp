@@ -176,7 +176,7 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
        "<th>balanced accuracy</th><th>sensitivity</th><th>specificity</th><th>specificity at "
        "sensitivity "
     << fmt(kTriageSensitivity, "%.2f")
-    << "</th><th>Brier / ECE</th><th>worst-group balanced "
+    << "</th><th>Brier / ECE (means)</th><th>worst-group balanced "
        "accuracy</th>";
   for (auto& n : extra_names)
     h << "<th>AUC, " << html_escape(n) << "</th><th>sensitivity / specificity, " << html_escape(n)
@@ -189,6 +189,9 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
              fmt(num(c[m]["ci_first_seed"][1])) + "]</small>";
     };
     auto opt_pm = [&](const char* m) { return c.contains(m) ? pm(c[m]) : std::string("-"); };
+    auto mean_of = [&](const char* m) {  // a compact column: means only
+      return c.contains(m) ? fmt(num(c[m]["mean"])) : std::string("-");
+    };
     std::string wg = pm(c["worst_group_balanced_accuracy"]);
     if (c.contains("worst_group_first_seed"))
       wg += " <small>(" +
@@ -203,10 +206,10 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
               : std::string())
       << "</td><td>" << pm(c["balanced_accuracy"]) << ci_first("balanced_accuracy") << "</td><td>"
       << pm(c["sensitivity"]) << "</td><td>" << pm(c["specificity"]) << "</td><td>"
-      << opt_pm("specificity_at_sensitivity") << "</td><td>" << opt_pm("brier") << " / "
-      << opt_pm("ece")
+      << opt_pm("specificity_at_sensitivity") << "</td><td style='white-space:nowrap'>"
+      << mean_of("brier") << " / " << mean_of("ece")
       << (c.contains("ece_recalibrated")
-              ? " → " + opt_pm("brier_recalibrated") + " / " + opt_pm("ece_recalibrated")
+              ? "<br>→ " + mean_of("brier_recalibrated") + " / " + mean_of("ece_recalibrated")
               : std::string())
       << "</td><td>" << wg << "</td>";
     for (auto& n : extra_names) {
@@ -259,21 +262,31 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
   h << svg_line_plot(rocs,
                      "ROC, test split (real size " + std::to_string(largest) + ", first seed)",
                      "1 - specificity", "sensitivity", 460, 300);
-  // Reliability diagram of the same runs: per score bin, the test images' malignant fraction
-  // against their mean score (the diagonal is perfect calibration).
-  std::vector<Series> rel{{"perfectly calibrated", {{0, 0}, {1, 1}}}};
-  for (auto* r : shown) {
-    if (!(*r)["test"].contains("calibration_bins")) continue;
-    Series ser{(*r).value("arm", "") + " (ECE " + fmt(num((*r)["test"]["ece"]["value"])) + ")", {}};
-    for (auto& b : (*r)["test"]["calibration_bins"])
-      if (b.value("n", 0) > 0)
-        ser.points.emplace_back(num(b["mean_score"]), num(b["malignant_fraction"]));
-    rel.push_back(ser);
+  // Reliability diagrams of the same runs, raw and after the validation split's Platt scaling:
+  // per score bin, the test images' malignant fraction against their mean score (the diagonal,
+  // last so the arms keep the ROC's colours, is perfect calibration).
+  for (const bool recal : {false, true}) {
+    std::vector<Series> rel;
+    for (auto* r : shown) {
+      const auto& t = (*r)["test"];
+      const nlohmann::json* src = recal
+                                      ? (t.contains("recalibrated") ? &t["recalibrated"] : nullptr)
+                                      : (t.contains("calibration_bins") ? &t : nullptr);
+      if (!src) continue;
+      const double ece = recal ? num((*src)["ece"]) : num((*src)["ece"]["value"]);
+      Series ser{(*r).value("arm", "") + " (ECE " + fmt(ece) + ")", {}};
+      for (auto& b : (*src)["calibration_bins"])
+        if (b.value("n", 0) > 0)
+          ser.points.emplace_back(num(b["mean_score"]), num(b["malignant_fraction"]));
+      rel.push_back(ser);
+    }
+    if (rel.empty()) continue;
+    rel.push_back({"perfectly calibrated", {{0, 0}, {1, 1}}});
+    h << svg_line_plot(rel,
+                       std::string(recal ? "reliability after Platt scaling" : "reliability") +
+                           ", test split (real size " + std::to_string(largest) + ", first seed)",
+                       "mean P(malignant) in the bin", "malignant fraction", 460, 300);
   }
-  if (rel.size() > 1)
-    h << svg_line_plot(
-        rel, "reliability, test split (real size " + std::to_string(largest) + ", first seed)",
-        "mean P(malignant) in the bin", "malignant fraction", 460, 300);
   h << "</div>";
   // Subgroups of the shown runs.
   if (!shown.empty()) {
