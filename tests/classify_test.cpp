@@ -18,6 +18,7 @@
 #include "lesionflow/pipeline.h"
 #include "lesionflow/record_pixels.h"
 #include "lesionflow/runtime.h"
+#include "pipeline/classify_runs.h"
 #include "synth/synth.h"
 #include "test_util.h"
 #include "train/common.h"
@@ -1002,6 +1003,44 @@ TEST(Experiment, CachedResultsFromBeforeTheMetricsAreReevaluatedFromTheirScores)
   EXPECT_NEAR(cells[0]["ece"]["mean"].get<double>(), v(ft["ece"]), 1e-7);
   EXPECT_TRUE(cells[0]["extra_tests"]["phantom:40"].contains("specificity_at_sensitivity"));
   EXPECT_TRUE(cells[0].contains("ece_recalibrated"));
+}
+
+// `classify calibrate` refits the Platt scaling on a labelled set a user brings and writes a
+// model that predicts as before and carries the new scaling.
+TEST(Classifier, CalibrateRefitsPlattOnAUsersSetAndKeepsTheWeights) {
+  auto train = phantom_set(80, 32, 21);
+  train_small_cnn(train, 2, 16, 1e-3, "calibrate");
+  const std::string dir = std::filesystem::temp_directory_path() / "lesionflow_test_calibrate";
+  ClassifyCalibrateOptions o;
+  o.model = dir + "/best.safetensors";
+  o.dataset = "phantom:150";
+  o.out = dir + "/recalibrated.safetensors";
+  auto r = run_classify_calibrate(o);
+  LF_ASSERT_OK(r);
+  auto before = load_classifier(o.model), after = load_classifier(o.out);
+  LF_ASSERT_OK(before);
+  LF_ASSERT_OK(after);
+  auto users = load_test_dataset(o.dataset, 32);
+  LF_ASSERT_OK(users);
+  const auto s0 = predict_malignant(before->model, users->set),
+             s1 = predict_malignant(after->model, users->set);
+  EXPECT_EQ(s0, s1);  // the same weights
+  EXPECT_EQ(after->threshold, before->threshold);
+  ASSERT_TRUE(after->platt.has_value());
+  const Platt want = fit_platt(s0, users->set.labels);
+  EXPECT_DOUBLE_EQ(after->platt->a, want.a);
+  EXPECT_DOUBLE_EQ(after->platt->b, want.b);
+  EXPECT_EQ(after->metadata["platt_fitted_on"], "phantom:150");
+  EXPECT_EQ(after->metadata["epoch"], before->metadata["epoch"]);
+  EXPECT_EQ((*r)["n"], users->set.count());
+  // The maximum-likelihood scaling cannot raise the log-loss it minimises; the Brier score on
+  // the same images follows it here.
+  EXPECT_LE((*r)["after"]["brier"].get<double>(), (*r)["before"]["brier"].get<double>() + 1e-9);
+  // A missing model is named.
+  o.model = dir + "/none.safetensors";
+  auto bad = run_classify_calibrate(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("none.safetensors"), std::string::npos);
 }
 
 // Every arm is its own cell, in a fixed order (an earlier version pooled every arm after

@@ -102,6 +102,46 @@ Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o) {
   return out;
 }
 
+Result<nlohmann::json> run_classify_calibrate(const ClassifyCalibrateOptions& o) {
+  if (o.model.empty() || o.dataset.empty() || o.out.empty())
+    return Status::error("classify calibrate: --model, --dataset and --out are required");
+  LF_ASSIGN_OR_RETURN(torch::Device dev, parse_device(o.device));
+  LF_ASSIGN_OR_RETURN(LoadedClassifier lc, load_classifier(o.model));
+  if (!lc.model->config().classes.empty())
+    return Status::error(o.model + ": a dx classifier; calibrate takes a benign/malignant one");
+  lc.model->to(dev);
+  LF_ASSIGN_OR_RETURN(NamedSet set, load_test_dataset(o.dataset, lc.model->config().image_size));
+  const std::vector<int>& y = set.set.labels;
+  const int positives = static_cast<int>(std::count(y.begin(), y.end(), 1));
+  if (positives == 0 || positives == static_cast<int>(y.size()))
+    return Status::error(o.dataset + ": calibration needs benign and malignant images (got " +
+                         std::to_string(positives) + " malignant of " + std::to_string(y.size()) +
+                         ")");
+  const std::vector<double> s = predict_malignant(lc.model, set.set);
+  const Platt p = fit_platt(s, y);
+  std::vector<double> before = s, after(s.size());
+  if (lc.platt)
+    for (auto& v : before) v = lc.platt->apply(v);
+  for (size_t i = 0; i < s.size(); ++i) after[i] = p.apply(s[i]);
+  const Calibration cb = calibration(before, y), ca = calibration(after, y);
+  std::map<std::string, std::string> meta = lc.metadata;
+  for (const char* k : {"format", "config", "threshold", "classes", "platt_a", "platt_b"})
+    meta.erase(k);
+  meta["platt_fitted_on"] = o.dataset;
+  LF_RETURN_IF_ERROR(save_classifier(o.out, lc.model, lc.threshold, meta, p));
+  auto platt_j = [](const std::optional<Platt>& q) {
+    return q ? nlohmann::json{{"a", q->a}, {"b", q->b}} : nlohmann::json(nullptr);
+  };
+  return nlohmann::json{{"dataset", o.dataset},
+                        {"n", y.size()},
+                        {"positives", positives},
+                        {"platt", platt_j(p)},
+                        {"previous_platt", platt_j(lc.platt)},
+                        {"before", {{"brier", cb.brier}, {"ece", cb.ece}}},
+                        {"after", {{"brier", ca.brier}, {"ece", ca.ece}}},
+                        {"out", o.out}};
+}
+
 Result<nlohmann::json> run_fd(const FdOptions& o) {
   const std::string feat =
       o.features.empty() ? shipped_model_path(kReferenceNetworkFile) : o.features;

@@ -47,6 +47,18 @@ struct ClassifyEvalOptions {
 // {set name: evaluation_json}
 Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o);
 
+// Refits a classifier's Platt scaling on a labelled dataset the user brings (e.g. their own
+// camera's validation images: the validation split's scaling transfers only in part under an
+// acquisition shift) and writes the model with it to `out` (weights, threshold and the other
+// metadata unchanged; `platt_fitted_on` names the dataset). Returns {dataset, n, positives,
+// platt, previous_platt, before {brier, ece}, after {brier, ece}, out}; before/after are on the
+// fitting set itself, so "after" is optimistic.
+struct ClassifyCalibrateOptions {
+  std::string model, dataset, out;
+  std::string device = "cpu";
+};
+Result<nlohmann::json> run_classify_calibrate(const ClassifyCalibrateOptions& o);
+
 struct FdOptions {
   std::string features;  // classifier whose penultimate layer gives the features ("" = shipped
                          // reference network)

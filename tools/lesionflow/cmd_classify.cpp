@@ -25,7 +25,7 @@ void print_eval(const std::string& what, const nlohmann::json& t) {
     std::printf("  specificity at sensitivity %.2f: %.3f  Brier %.3f  ECE %.3f", kTriageSensitivity,
                 value("specificity_at_sensitivity"), value("brier"), value("ece"));
   if (t.contains("recalibrated") && t["recalibrated"]["ece"].is_number())
-    std::printf(" (after the validation split's Platt scaling: Brier %.3f  ECE %.3f)",
+    std::printf(" (after the model's Platt scaling: Brier %.3f  ECE %.3f)",
                 t["recalibrated"]["brier"].get<double>(), t["recalibrated"]["ece"].get<double>());
   if (t.contains("worst_group"))
     std::printf("  worst group %s=%s %.3f",
@@ -122,6 +122,26 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   ev->add_option("--out", e.out, "metrics JSON");
   bind(ev, e, g, run, run_classify_eval, [](const nlohmann::json& r) {
     for (auto& [k, v] : r.items()) print_eval(k, v);
+  });
+
+  static ClassifyCalibrateOptions cal;
+  auto* ca = c->add_subcommand(
+      "calibrate",
+      "refit the Platt scaling of a classifier on your own labelled images (e.g. another camera)");
+  ca->add_option("--model", cal.model, "best.safetensors")->required();
+  ca->add_option("--dataset", cal.dataset,
+                 "labelled images: isic:CSV:DIR, folder:PATH, ham10000:DIR, phantom:N")
+      ->required();
+  ca->add_option("--out", cal.out, "the recalibrated model (may be --model itself)")->required();
+  bind(ca, cal, g, run, run_classify_calibrate, [](const nlohmann::json& r) {
+    std::printf(
+        "%s: %d images (%d malignant); Platt a %.3f b %.3f; on these images Brier %.3f -> %.3f, "
+        "ECE %.3f -> %.3f (in-sample) -> %s\n",
+        r["dataset"].get<std::string>().c_str(), r["n"].get<int>(), r["positives"].get<int>(),
+        r["platt"]["a"].get<double>(), r["platt"]["b"].get<double>(),
+        r["before"]["brier"].get<double>(), r["after"]["brier"].get<double>(),
+        r["before"]["ece"].get<double>(), r["after"]["ece"].get<double>(),
+        r["out"].get<std::string>().c_str());
   });
 }
 
