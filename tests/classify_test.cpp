@@ -50,6 +50,20 @@ std::string python_on_scores(const std::string& name, const std::vector<double>&
   return run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv 2>&1");
 }
 
+// `n` phantom lesions at `size` px as real data, split by index: 3/5 train, 1/5 val, 1/5 test.
+RealData phantom_real_data(int n, int size, uint64_t seed) {
+  RealData real;
+  auto ds = load_dataset("phantom:" + std::to_string(n), {}, seed);
+  PrepareStats st;
+  auto ps = prepare(*ds, PrepareConfig{size, FitMode::kCrop, 2}, &st);
+  EXPECT_TRUE(ps.ok()) << ps.status().message();
+  if (!ps.ok()) return real;
+  real.ps = std::move(*ps);
+  for (size_t i = 0; i < real.ps.records.size(); ++i)
+    (i % 5 == 0 ? real.test : i % 5 == 1 ? real.val : real.train).push_back(i);
+  return real;
+}
+
 // A width-16 CNN for 32 px images, trained from seed 0 on `set` (which also validates); the run
 // directory is a fresh temp dir named `name`.
 Classifier train_small_cnn(const LabeledSet& set, int epochs, int batch, double lr,
@@ -893,14 +907,8 @@ TEST(Classifier, FilterDropsAPlantedMislabelledSyntheticImageAndKeepsCorrectOnes
 // (the fine-tune's files lost), the rerun skips the finished pretraining and ends bit-identical to
 // the uninterrupted run; the fine-tune really starts from the pretrained weights.
 TEST(Classifier, PretrainThenFinetuneResumesExactlyAtThePhaseBoundary) {
-  auto ds = load_dataset("phantom:60", {}, 3);
-  PrepareStats st;
-  auto ps = prepare(*ds, PrepareConfig{16, FitMode::kCrop, 2}, &st);
-  LF_ASSERT_OK(ps);
-  RealData real;
-  real.ps = std::move(*ps);
-  for (size_t i = 0; i < real.ps.records.size(); ++i)
-    (i % 5 == 0 ? real.test : i % 5 == 1 ? real.val : real.train).push_back(i);
+  RealData real = phantom_real_data(60, 16, 3);
+  ASSERT_EQ(real.test.size(), 12u);
   auto syn = phantom_set(30, 16, 5);
   ClsJob job;
   job.arm = "synthetic-then-real";
@@ -937,14 +945,8 @@ TEST(Classifier, PretrainThenFinetuneResumesExactlyAtThePhaseBoundary) {
 // is re-evaluated from its saved scores, on the test split and the extra test set alike, and
 // the AUCs it had stay.
 TEST(Experiment, CachedResultsFromBeforeTheMetricsAreReevaluatedFromTheirScores) {
-  auto ds = load_dataset("phantom:60", {}, 3);
-  PrepareStats st;
-  auto ps = prepare(*ds, PrepareConfig{16, FitMode::kCrop, 2}, &st);
-  LF_ASSERT_OK(ps);
-  RealData real;
-  real.ps = std::move(*ps);
-  for (size_t i = 0; i < real.ps.records.size(); ++i)
-    (i % 5 == 0 ? real.test : i % 5 == 1 ? real.val : real.train).push_back(i);
+  RealData real = phantom_real_data(60, 16, 3);
+  ASSERT_EQ(real.test.size(), 12u);
   std::vector<NamedSet> extra{{"phantom:40", phantom_set(40, 16, 8)}};
   ClsJob job;
   job.seed = 2;
