@@ -152,6 +152,66 @@ print('%.12f %.12f %.12f %.12f %.12f %.12f' % (A, Bv, sqrt(var), erfc(abs(z) / s
   EXPECT_EQ(same.ci_hi, 0.0);
 }
 
+// The operating points of two classifiers on the same images, paired: the differences and their
+// bootstrap CIs against scikit-learn's ROC over the same resamples.
+TEST(Metrics, PairedOperatingPointsMatchScikitLearnOverTheSameResamples) {
+  std::mt19937_64 rng(21);
+  std::uniform_real_distribution<double> U(0, 1);
+  std::vector<double> a, b;
+  std::vector<int> y;
+  for (int i = 0; i < 400; ++i) {
+    y.push_back(U(rng) < 0.3);
+    const double base = 0.5 * y.back() + U(rng);
+    a.push_back(base);
+    b.push_back(base + 0.3 * y.back() * (U(rng) < 0.5) + 0.2 * U(rng));  // better on half
+  }
+  const int B = 100;
+  auto R = bootstrap_resamples(y.size(), B, 7);
+  std::string dir = test::tmp_dir("paired_ops");
+  {
+    std::ofstream f(dir + "/d.csv");
+    f.precision(17);
+    for (size_t i = 0; i < y.size(); ++i) f << a[i] << "," << b[i] << "," << y[i] << "\n";
+    std::ofstream g(dir + "/r.csv");
+    for (auto& r : R) {
+      for (size_t i = 0; i < r.size(); ++i) g << (i ? "," : "") << r[i];
+      g << "\n";
+    }
+  }
+  std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
+from sklearn.metrics import roc_curve
+d = np.loadtxt(sys.argv[1], delimiter=','); a, b, y = d[:, 0], d[:, 1], d[:, 2].astype(int)
+def ops(s, yy):
+    f, t, _ = roc_curve(yy, s, drop_intermediate=False)
+    return np.array([(1 - f)[t >= 0.95 - 1e-12].max(), t[(1 - f) >= 0.9 - 1e-12].max()])
+R = np.loadtxt(sys.argv[2], dtype=int, delimiter=',')
+D = np.array([ops(b[r], y[r]) - ops(a[r], y[r]) for r in R if 0 < y[r].sum() < len(r)])
+def q(v, p):
+    v = sorted(v); return v[min(len(v) - 1, int(p * (len(v) - 1) + 0.5))]
+d0 = ops(b, y) - ops(a, y)
+print('%.12f %.12f %.12f %.12f %.12f %.12f' % (d0[0], q(D[:, 0], 0.025), q(D[:, 0], 0.975), d0[1], q(D[:, 1], 0.025), q(D[:, 1], 0.975)))
+)";
+  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv " +
+                                        dir + "/r.csv 2>&1");
+  std::istringstream is(out);
+  double sd, slo, shi, nd, nlo, nhi;
+  ASSERT_TRUE(is >> sd >> slo >> shi >> nd >> nlo >> nhi)
+      << "python3 + scikit-learn needed (scripts/setup.sh --test): " << out;
+  auto p = paired_operating_points(a, b, y, B, 7);
+  EXPECT_NEAR(p.spec_at_sens_diff, sd, 1e-12);
+  EXPECT_NEAR(p.spec_at_sens_lo, slo, 1e-12);
+  EXPECT_NEAR(p.spec_at_sens_hi, shi, 1e-12);
+  EXPECT_NEAR(p.sens_at_spec_diff, nd, 1e-12);
+  EXPECT_NEAR(p.sens_at_spec_lo, nlo, 1e-12);
+  EXPECT_NEAR(p.sens_at_spec_hi, nhi, 1e-12);
+  EXPECT_GT(p.sens_at_spec_diff, 0.05);  // B is better by construction
+  // A classifier against itself: no difference anywhere.
+  auto same = paired_operating_points(a, a, y, 20, 0);
+  EXPECT_EQ(same.spec_at_sens_diff, 0.0);
+  EXPECT_EQ(same.sens_at_spec_lo, 0.0);
+  EXPECT_EQ(same.sens_at_spec_hi, 0.0);
+}
+
 TEST(Metrics, MatchScikitLearnOnRandomData) {
   std::mt19937_64 rng(5);
   std::uniform_real_distribution<double> U(0, 1);
@@ -1187,6 +1247,11 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   }
   EXPECT_EQ(per_test_set, (std::map<std::string, int>{{"phantom:80", 3}, {"test", 3}}));
   EXPECT_EQ(summary["paired"]["pooled"].size(), 6u);
+  for (auto& p : summary["paired"]["pooled"]) {
+    const auto& op = p["seed_averaged"]["sensitivity_at_specificity"];
+    EXPECT_LE(op["ci_lo"].get<double>(), op["ci_hi"].get<double>()) << p.dump();
+    EXPECT_EQ(op["target"], kTriageSpecificity);
+  }
   for (auto& cell : summary["cells"]) {
     const auto& e = cell["extra_tests"]["phantom:80"];
     EXPECT_GT(e["auc"]["mean"].get<double>(), 0.0) << cell.dump();

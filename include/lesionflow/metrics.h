@@ -92,6 +92,17 @@ struct PairedAuc {
 };
 PairedAuc paired_auc(const std::vector<double>& scores_a, const std::vector<double>& scores_b,
                      const std::vector<int>& labels, int bootstrap = 2000, uint64_t seed = 0);
+// The same pairing for the operating points (specificity_at_sensitivity at kTriageSensitivity,
+// sensitivity_at_specificity at kTriageSpecificity): the differences B - A and their paired
+// percentile bootstrap 95% CIs over the same resamples as paired_auc with these B and seed.
+struct PairedOperatingPoints {
+  double spec_at_sens_diff = 0, spec_at_sens_lo = 0, spec_at_sens_hi = 0;
+  double sens_at_spec_diff = 0, sens_at_spec_lo = 0, sens_at_spec_hi = 0;
+};
+PairedOperatingPoints paired_operating_points(const std::vector<double>& scores_a,
+                                              const std::vector<double>& scores_b,
+                                              const std::vector<int>& labels, int bootstrap = 2000,
+                                              uint64_t seed = 0);
 // The bootstrap resamples paired_auc draws (image indices), for checking it from outside.
 std::vector<std::vector<size_t>> bootstrap_resamples(size_t n, int bootstrap, uint64_t seed);
 // The percentile 95% interval paired_auc reports for a set of resampled differences.

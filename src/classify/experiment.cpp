@@ -553,6 +553,17 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
                           {"sd_diff", sd}};
       // The seed-averaged (summed: AUC is rank-based) scores of each arm, compared paired.
       j["seed_averaged"] = paired_json(paired_auc(sum_real[arm], sum_arm[arm], labels, 2000, 0));
+      // And where on the ROC the difference is: the operating points, paired the same way.
+      const PairedOperatingPoints op =
+          paired_operating_points(sum_real[arm], sum_arm[arm], labels, 1000, 0);
+      j["seed_averaged"]["specificity_at_sensitivity"] = {{"target", kTriageSensitivity},
+                                                          {"diff", op.spec_at_sens_diff},
+                                                          {"ci_lo", op.spec_at_sens_lo},
+                                                          {"ci_hi", op.spec_at_sens_hi}};
+      j["seed_averaged"]["sensitivity_at_specificity"] = {{"target", kTriageSpecificity},
+                                                          {"diff", op.sens_at_spec_diff},
+                                                          {"ci_lo", op.sens_at_spec_lo},
+                                                          {"ci_hi", op.sens_at_spec_hi}};
       out["pooled"].push_back(j);
     }
   }

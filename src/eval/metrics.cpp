@@ -382,6 +382,34 @@ PairedAuc paired_auc(const std::vector<double>& a, const std::vector<double>& b,
   return r;
 }
 
+PairedOperatingPoints paired_operating_points(const std::vector<double>& a,
+                                              const std::vector<double>& b,
+                                              const std::vector<int>& y, int B, uint64_t seed) {
+  PairedOperatingPoints r;
+  auto spec = [](const std::vector<double>& s, const std::vector<int>& yy) {
+    return specificity_at_sensitivity(s, yy, kTriageSensitivity);
+  };
+  auto sens = [](const std::vector<double>& s, const std::vector<int>& yy) {
+    return sensitivity_at_specificity(s, yy, kTriageSpecificity);
+  };
+  r.spec_at_sens_diff = spec(b, y) - spec(a, y);
+  r.sens_at_spec_diff = sens(b, y) - sens(a, y);
+  std::vector<double> d_spec, d_sens, sa(y.size()), sb(y.size());
+  std::vector<int> sy(y.size());
+  for (const auto& idx : bootstrap_resamples(y.size(), B, seed)) {
+    for (size_t i = 0; i < idx.size(); ++i) {
+      sa[i] = a[idx[i]];
+      sb[i] = b[idx[i]];
+      sy[i] = y[idx[i]];
+    }
+    d_spec.push_back(spec(sb, sy) - spec(sa, sy));  // NaN (one class) is skipped
+    d_sens.push_back(sens(sb, sy) - sens(sa, sy));
+  }
+  std::tie(r.spec_at_sens_lo, r.spec_at_sens_hi) = percentile_interval(std::move(d_spec));
+  std::tie(r.sens_at_spec_lo, r.sens_at_spec_hi) = percentile_interval(std::move(d_sens));
+  return r;
+}
+
 std::pair<double, double> mean_sd(const std::vector<double>& v) {
   double sum = 0, n = 0;
   for (double x : v)

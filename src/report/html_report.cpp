@@ -88,13 +88,28 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
     h << "<h2>Does synthetic data help?</h2><p>Each arm against the real-only classifier of the "
          "same size and seed, on the same test images. Mean AUC difference over seeds; then the "
          "seed-averaged scores of both arms compared paired: DeLong p-value and paired bootstrap "
-         "95% CI. A gain counts when the interval excludes 0.</p>";
+         "95% CI. A gain counts when the interval excludes 0. The last two columns say where on "
+         "the ROC the difference is, paired the same way: at the high-specificity end "
+         "(sensitivity at specificity 0.90) and at the triage end (specificity at sensitivity "
+         "0.95).</p>";
     h << "<table><tr><th>test set</th><th>model</th><th>real</th><th>arm</th><th>seeds</th>"
          "<th>mean AUC difference</th><th>seed-averaged: AUC real → arm</th><th>difference [95% "
-         "CI]</th><th>DeLong p</th><th>verdict</th></tr>";
+         "CI]</th><th>DeLong p</th><th>verdict</th><th>sensitivity at specificity 0.90, "
+         "difference</th><th>specificity at sensitivity 0.95, difference</th></tr>";
     char b[256];
     for (auto& c : s["paired"]["pooled"]) {
-      std::string avg = "-", ci = "-", p = "-", verdict = "-";
+      std::string avg = "-", ci = "-", p = "-", verdict = "-", at_spec = "-", at_sens = "-";
+      auto op_diff = [&](const nlohmann::json& o) {
+        char t[96];
+        std::snprintf(t, sizeof t, "%+.3f [%+.3f, %+.3f]", num(o["diff"]), num(o["ci_lo"]),
+                      num(o["ci_hi"]));
+        return std::string(t);
+      };
+      if (c.contains("seed_averaged") &&
+          c["seed_averaged"].contains("specificity_at_sensitivity")) {
+        at_spec = op_diff(c["seed_averaged"]["sensitivity_at_specificity"]);
+        at_sens = op_diff(c["seed_averaged"]["specificity_at_sensitivity"]);
+      }
       if (c.contains("seed_averaged")) {
         const auto& a = c["seed_averaged"];
         std::snprintf(b, sizeof b, "%.3f → %.3f", num(a["auc_real"]), num(a["auc_arm"]));
@@ -113,7 +128,7 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
         << html_escape(c.value("arch", "")) << "</td><td>" << c["real_size"] << "</td><td>"
         << html_escape(c.value("arm", "")) << "</td><td>" << c["seeds"] << "</td><td>" << b
         << "</td><td>" << avg << "</td><td>" << ci << "</td><td>" << p << "</td><td>" << verdict
-        << "</td></tr>";
+        << "</td><td>" << at_spec << "</td><td>" << at_sens << "</td></tr>";
     }
     h << "</table>";
   }
