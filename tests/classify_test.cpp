@@ -64,6 +64,21 @@ RealData phantom_real_data(int n, int size, uint64_t seed) {
   return real;
 }
 
+// Two classifiers' scores with the labels (DIR/d.csv: a, b, label at full precision) and the
+// bootstrap resamples (DIR/r.csv: one row of image indices each), for a python reference.
+void write_pair_and_resamples(const std::string& dir, const std::vector<double>& a,
+                              const std::vector<double>& b, const std::vector<int>& y,
+                              const std::vector<std::vector<size_t>>& R) {
+  std::ofstream f(dir + "/d.csv");
+  f.precision(17);
+  for (size_t i = 0; i < y.size(); ++i) f << a[i] << "," << b[i] << "," << y[i] << "\n";
+  std::ofstream g(dir + "/r.csv");
+  for (auto& r : R) {
+    for (size_t i = 0; i < r.size(); ++i) g << (i ? "," : "") << r[i];
+    g << "\n";
+  }
+}
+
 // A width-16 CNN for 32 px images, trained from seed 0 on `set` (which also validates); the run
 // directory is a fresh temp dir named `name`.
 Classifier train_small_cnn(const LabeledSet& set, int epochs, int batch, double lr,
@@ -102,16 +117,7 @@ TEST(Metrics, PairedAucDeLongAndBootstrapMatchAPythonReference) {
   const int B = 200;
   auto R = bootstrap_resamples(y.size(), B, 3);
   std::string dir = test::tmp_dir("delong");
-  {
-    std::ofstream f(dir + "/d.csv");
-    f.precision(17);
-    for (size_t i = 0; i < y.size(); ++i) f << a[i] << "," << b[i] << "," << y[i] << "\n";
-    std::ofstream g(dir + "/r.csv");
-    for (auto& r : R) {
-      for (size_t i = 0; i < r.size(); ++i) g << (i ? "," : "") << r[i];
-      g << "\n";
-    }
-  }
+  write_pair_and_resamples(dir, a, b, y, R);
   std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
 from math import erfc, sqrt
 d = np.loadtxt(sys.argv[1], delimiter=','); a, b, y = d[:, 0], d[:, 1], d[:, 2].astype(int)
@@ -168,16 +174,7 @@ TEST(Metrics, PairedOperatingPointsMatchScikitLearnOverTheSameResamples) {
   const int B = 100;
   auto R = bootstrap_resamples(y.size(), B, 7);
   std::string dir = test::tmp_dir("paired_ops");
-  {
-    std::ofstream f(dir + "/d.csv");
-    f.precision(17);
-    for (size_t i = 0; i < y.size(); ++i) f << a[i] << "," << b[i] << "," << y[i] << "\n";
-    std::ofstream g(dir + "/r.csv");
-    for (auto& r : R) {
-      for (size_t i = 0; i < r.size(); ++i) g << (i ? "," : "") << r[i];
-      g << "\n";
-    }
-  }
+  write_pair_and_resamples(dir, a, b, y, R);
   std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
 from sklearn.metrics import roc_curve
 d = np.loadtxt(sys.argv[1], delimiter=','); a, b, y = d[:, 0], d[:, 1], d[:, 2].astype(int)

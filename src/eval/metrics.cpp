@@ -80,22 +80,29 @@ BinaryMetrics binary_metrics(const std::vector<double>& s, const std::vector<int
   return m;
 }
 
-double specificity_at_sensitivity(const std::vector<double>& s, const std::vector<int>& y,
-                                  double target) {
+namespace {
+// The best value of one rate (specificity when `on_sensitivity`, else sensitivity) among the ROC
+// points whose other rate reaches `target`; NaN with one class.
+double best_rate_at(const std::vector<double>& s, const std::vector<int>& y, double target,
+                    bool on_sensitivity) {
   double best = std::nan("");
   if (!has_both_classes(y)) return best;
-  for (auto [fpr, tpr] : roc_curve(s, y))
-    if (tpr >= target - 1e-12 && (std::isnan(best) || 1 - fpr > best)) best = 1 - fpr;
+  for (auto [fpr, tpr] : roc_curve(s, y)) {
+    const double held = on_sensitivity ? tpr : 1 - fpr, value = on_sensitivity ? 1 - fpr : tpr;
+    if (held >= target - 1e-12 && (std::isnan(best) || value > best)) best = value;
+  }
   return best;
+}
+}  // namespace
+
+double specificity_at_sensitivity(const std::vector<double>& s, const std::vector<int>& y,
+                                  double target) {
+  return best_rate_at(s, y, target, true);
 }
 
 double sensitivity_at_specificity(const std::vector<double>& s, const std::vector<int>& y,
                                   double target) {
-  double best = std::nan("");
-  if (!has_both_classes(y)) return best;
-  for (auto [fpr, tpr] : roc_curve(s, y))
-    if (1 - fpr >= target - 1e-12 && (std::isnan(best) || tpr > best)) best = tpr;
-  return best;
+  return best_rate_at(s, y, target, false);
 }
 
 Calibration calibration(const std::vector<double>& s, const std::vector<int>& y, int bins) {
