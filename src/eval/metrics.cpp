@@ -348,6 +348,25 @@ std::pair<double, double> percentile_interval(std::vector<double> v) {
   return {r.lo, r.hi};
 }
 
+namespace {
+// Calls f(scores_a, scores_b, labels) for each of bootstrap_resamples(n, B, seed), both
+// classifiers resampled with the same images.
+template <class F>
+void for_each_paired_resample(const std::vector<double>& a, const std::vector<double>& b,
+                              const std::vector<int>& y, int B, uint64_t seed, F f) {
+  std::vector<double> sa(y.size()), sb(y.size());
+  std::vector<int> sy(y.size());
+  for (const auto& idx : bootstrap_resamples(y.size(), B, seed)) {
+    for (size_t i = 0; i < idx.size(); ++i) {
+      sa[i] = a[idx[i]];
+      sb[i] = b[idx[i]];
+      sy[i] = y[idx[i]];
+    }
+    f(sa, sb, sy);
+  }
+}
+}  // namespace
+
 PairedAuc paired_auc(const std::vector<double>& a, const std::vector<double>& b,
                      const std::vector<int>& y, int B, uint64_t seed) {
   PairedAuc r;
@@ -375,16 +394,10 @@ PairedAuc paired_auc(const std::vector<double>& a, const std::vector<double>& b,
     r.z = 0;
     r.p_value = r.diff == 0 ? 1.0 : 0.0;
   }
-  std::vector<double> diffs, sa(y.size()), sb(y.size());
-  std::vector<int> sy(y.size());
-  for (const auto& idx : bootstrap_resamples(y.size(), B, seed)) {
-    for (size_t i = 0; i < idx.size(); ++i) {
-      sa[i] = a[idx[i]];
-      sb[i] = b[idx[i]];
-      sy[i] = y[idx[i]];
-    }
+  std::vector<double> diffs;
+  for_each_paired_resample(a, b, y, B, seed, [&](const auto& sa, const auto& sb, const auto& sy) {
     diffs.push_back(roc_auc(sb, sy) - roc_auc(sa, sy));  // NaN (one class) is skipped
-  }
+  });
   std::tie(r.ci_lo, r.ci_hi) = percentile_interval(std::move(diffs));
   return r;
 }
@@ -401,17 +414,11 @@ PairedOperatingPoints paired_operating_points(const std::vector<double>& a,
   };
   r.spec_at_sens_diff = spec(b, y) - spec(a, y);
   r.sens_at_spec_diff = sens(b, y) - sens(a, y);
-  std::vector<double> d_spec, d_sens, sa(y.size()), sb(y.size());
-  std::vector<int> sy(y.size());
-  for (const auto& idx : bootstrap_resamples(y.size(), B, seed)) {
-    for (size_t i = 0; i < idx.size(); ++i) {
-      sa[i] = a[idx[i]];
-      sb[i] = b[idx[i]];
-      sy[i] = y[idx[i]];
-    }
+  std::vector<double> d_spec, d_sens;
+  for_each_paired_resample(a, b, y, B, seed, [&](const auto& sa, const auto& sb, const auto& sy) {
     d_spec.push_back(spec(sb, sy) - spec(sa, sy));  // NaN (one class) is skipped
     d_sens.push_back(sens(sb, sy) - sens(sa, sy));
-  }
+  });
   std::tie(r.spec_at_sens_lo, r.spec_at_sens_hi) = percentile_interval(std::move(d_spec));
   std::tie(r.sens_at_spec_lo, r.sens_at_spec_hi) = percentile_interval(std::move(d_sens));
   return r;
