@@ -60,6 +60,13 @@ nlohmann::json calibration_bins_json(const Calibration& c) {
 }
 }  // namespace
 
+nlohmann::json platt_json(const std::optional<Platt>& p, const std::string& fitted_on) {
+  if (!p) return nullptr;
+  nlohmann::json j = {{"a", p->a}, {"b", p->b}};
+  if (!fitted_on.empty()) j["fitted_on"] = fitted_on;
+  return j;
+}
+
 nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& set, double thr,
                                uint64_t seed, const std::optional<Platt>& recalibration) {
   auto e = evaluate_binary(s, set.labels, thr, 1000, seed);
@@ -81,6 +88,7 @@ nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& s
   j["sensitivity_at_specificity"] = iv(e.sensitivity_at_specificity);
   j["sensitivity_at_specificity"]["target"] = kTriageSpecificity;
   j["calibration_bins"] = calibration_bins_json(calibration(s, set.labels));
+  j["metrics_version"] = kMetricsVersion;
   if (recalibration) {
     std::vector<double> r(s.size());
     for (size_t i = 0; i < s.size(); ++i) r[i] = recalibration->apply(s[i]);
@@ -88,7 +96,7 @@ nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& s
     // Calibrated probabilities decide at 0.5 for the most correct answers: the accuracy a
     // classifier reporting plain accuracy (argmax) is compared by.
     const BinaryMetrics half = binary_metrics(r, set.labels, 0.5);
-    j["recalibrated"] = {{"platt", {{"a", recalibration->a}, {"b", recalibration->b}}},
+    j["recalibrated"] = {{"platt", platt_json(recalibration)},
                          {"brier", c.brier},
                          {"ece", c.ece},
                          {"accuracy", half.accuracy},
@@ -151,10 +159,6 @@ std::vector<int64_t> contradicted_labels(const std::vector<double>& p_malignant,
 
 namespace {
 
-nlohmann::json platt_json(const std::optional<Platt>& p) {
-  return p ? nlohmann::json{{"a", p->a}, {"b", p->b}, {"fitted_on", "validation"}}
-           : nlohmann::json(nullptr);
-}
 std::optional<Platt> platt_from_json(const nlohmann::json& j) {
   if (!j.is_object() || !j.contains("a") || !j.contains("b")) return std::nullopt;
   return Platt{j["a"].get<double>(), j["b"].get<double>()};
@@ -176,8 +180,9 @@ Result<std::vector<double>> scores_in_order(const std::string& csv, const Labele
   return scores;
 }
 
-// A cached result from before the current metrics (the worst-group rule, the operating points,
-// calibration and its Platt recalibration): its test metrics, and those of the extra test sets
+// A cached result from before the current metrics (a metrics_version below kMetricsVersion: the
+// worst-group rule, the operating points, calibration and its Platt recalibration): its test
+// metrics, and those of the extra test sets
 // given now, re-evaluated from the saved scores (AUCs unchanged) and written back, so cells mixing
 // old and new jobs report alike. Current results, dx classifiers and results without scores are
 // left.
@@ -185,9 +190,7 @@ Status reevaluate_old_result(const ClsJob& job, const RealData& real,
                              const std::vector<NamedSet>& extra_tests,
                              const std::string& result_path, nlohmann::json& cached) {
   const std::string scores_csv = job.train.out + "/test_scores.csv";
-  if (!cached.contains("test") ||
-      (cached["test"].contains("recalibrated") &&
-       cached["test"]["recalibrated"].contains("accuracy")) ||
+  if (!cached.contains("test") || cached["test"].value("metrics_version", 0) >= kMetricsVersion ||
       !file_exists(scores_csv) || !job.model.classes.empty())
     return Status::ok_status();
   const double thr = cached.value("threshold", 0.5);
@@ -200,7 +203,7 @@ Status reevaluate_old_result(const ClsJob& job, const RealData& real,
     lc.model->to(job.train.device);
     auto val = labeled_from_prepared(real.ps, real.val, &real.captions);
     platt = fit_platt(predict_malignant(lc.model, val), val.labels);
-    cached["platt"] = platt_json(platt);
+    cached["platt"] = platt_json(platt, "validation");
   }
   auto test = labeled_from_prepared(real.ps, real.test, &real.captions);
   LF_ASSIGN_OR_RETURN(std::vector<double> scores, scores_in_order(scores_csv, test));
@@ -384,7 +387,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       {"best_epoch", tr.best_epoch},
       {"val_auc", tr.best_val_auc},
       {"threshold", tr.threshold},
-      {"platt", platt_json(tr.platt)},
+      {"platt", platt_json(tr.platt, "validation")},
       {"train_seconds", tr.seconds},
       {"train_images_per_second", tr.images_per_second}};
   if (job.arm == "real+filtered")
@@ -571,9 +574,22 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
 }
 
 nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
-  // JSON writes NaN (a metric undefined on one class) as null.
-  auto num_or_nan = [](const nlohmann::json& j) {
-    return j.is_number() ? j.get<double>() : std::nan("");
+  using Ptr = nlohmann::json::json_pointer;
+  // The value at `p` of each result (JSON writes NaN, a metric undefined on one class, as null);
+  // a result without it adds NaN when `missing_as_nan`, else nothing.
+  auto collect = [](const std::vector<const nlohmann::json*>& rs, const Ptr& p,
+                    bool missing_as_nan) {
+    std::vector<double> v;
+    for (auto* r : rs)
+      if (r->contains(p))
+        v.push_back((*r)[p].is_number() ? (*r)[p].get<double>() : std::nan(""));
+      else if (missing_as_nan)
+        v.push_back(std::nan(""));
+    return v;
+  };
+  auto spread = [](const std::vector<double>& v) {
+    auto [mean, sd] = mean_sd(v);
+    return nlohmann::json{{"mean", mean}, {"sd", sd}, {"values", v}};
   };
   std::map<std::string, std::vector<const nlohmann::json*>> cells;  // key orders arch, size, arm
   // One cell per arm, in a fixed order (the arm's name after its rank keeps unknown arms apart;
@@ -597,59 +613,50 @@ nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
                         {"real_images", rs[0]->value("real_size", int64_t{0})},
                         {"synthetic_size", rs[0]->value("synthetic_size", int64_t{0})},
                         {"seeds", rs.size()}};
-    for (std::string m :
-         {"auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity",
-          "specificity_at_sensitivity", "sensitivity_at_specificity", "brier", "ece"}) {
-      if (!(*rs[0])["test"].contains(m)) continue;  // a result from before the metric
-      std::vector<double> v;
-      for (auto* r : rs)
-        v.push_back((*r)["test"].contains(m) ? num_or_nan((*r)["test"][m]["value"]) : std::nan(""));
-      auto [mean, sd] = mean_sd(v);
-      c[m] = {{"mean", mean}, {"sd", sd}, {"values", v}};
-      // CI of the first seed's run, for scale.
-      c[m]["ci_first_seed"] = {(*rs[0])["test"][m]["lo"], (*rs[0])["test"][m]["hi"]};
-    }
-    // Calibration after the Platt scaling fitted on validation.
-    if ((*rs[0])["test"].contains("recalibrated"))
-      for (std::string m : {"brier", "ece", "accuracy"}) {
-        std::vector<double> v;
-        for (auto* r : rs)
-          v.push_back((*r)["test"].contains("recalibrated")
-                          ? num_or_nan((*r)["test"]["recalibrated"][m])
-                          : std::nan(""));
-        auto [mean, sd] = mean_sd(v);
-        c[m + "_recalibrated"] = {{"mean", mean}, {"sd", sd}, {"values", v}};
+    // Per metric, where it stands in a result; "/value" ones are intervals whose first seed's CI
+    // is kept for scale. A metric the first seed's result lacks (from before it) is left out.
+    for (const auto& [name, where] : std::vector<std::pair<std::string, std::string>>{
+             {"auc", "/test/auc/value"},
+             {"accuracy", "/test/accuracy/value"},
+             {"balanced_accuracy", "/test/balanced_accuracy/value"},
+             {"sensitivity", "/test/sensitivity/value"},
+             {"specificity", "/test/specificity/value"},
+             {"specificity_at_sensitivity", "/test/specificity_at_sensitivity/value"},
+             {"sensitivity_at_specificity", "/test/sensitivity_at_specificity/value"},
+             {"brier", "/test/brier/value"},
+             {"ece", "/test/ece/value"},
+             // Calibration after the Platt scaling fitted on validation.
+             {"brier_recalibrated", "/test/recalibrated/brier"},
+             {"ece_recalibrated", "/test/recalibrated/ece"},
+             {"accuracy_recalibrated", "/test/recalibrated/accuracy"}}) {
+      const Ptr p(where);
+      if (!rs[0]->contains(p)) continue;
+      c[name] = spread(collect(rs, p, true));
+      if (p.back() == "value") {
+        const Ptr iv = p.parent_pointer();
+        c[name]["ci_first_seed"] = {(*rs[0])[iv / "lo"], (*rs[0])[iv / "hi"]};
       }
+    }
     std::vector<double> wg;
     for (auto* r : rs)
       if ((*r)["test"].contains("worst_group"))
         wg.push_back((*r)["test"]["worst_group"]["balanced_accuracy"].get<double>());
-    auto [wm, ws] = mean_sd(wg);
-    c["worst_group_balanced_accuracy"] = {{"mean", wm}, {"sd", ws}, {"values", wg}};
+    c["worst_group_balanced_accuracy"] = spread(wg);
     // The extra test datasets: AUC, sensitivity/specificity at the validation threshold, the
     // specificity at the triage sensitivity, and calibration.
     if (rs[0]->contains("extra_tests"))
       for (const auto& [name, ev0] : (*rs[0])["extra_tests"].items()) {
         nlohmann::json e;
-        for (std::string m :
-             {"auc", "sensitivity", "specificity", "specificity_at_sensitivity", "ece"}) {
-          if (!ev0.contains(m)) continue;
-          std::vector<double> v;
-          for (auto* r : rs)
-            if ((*r).contains("extra_tests") && (*r)["extra_tests"].contains(name) &&
-                (*r)["extra_tests"][name].contains(m))
-              v.push_back(num_or_nan((*r)["extra_tests"][name][m]["value"]));
-          auto [em, es] = mean_sd(v);
-          e[m] = {{"mean", em}, {"sd", es}, {"values", v}};
-        }
-        if (ev0.contains("recalibrated")) {  // does the validation split's scaling transfer?
-          std::vector<double> v;
-          for (auto* r : rs)
-            if ((*r).contains("extra_tests") && (*r)["extra_tests"].contains(name) &&
-                (*r)["extra_tests"][name].contains("recalibrated"))
-              v.push_back(num_or_nan((*r)["extra_tests"][name]["recalibrated"]["ece"]));
-          auto [em, es] = mean_sd(v);
-          e["ece_recalibrated"] = {{"mean", em}, {"sd", es}, {"values", v}};
+        // The last one: does the validation split's scaling transfer?
+        for (const auto& [m, where] : std::vector<std::pair<std::string, std::string>>{
+                 {"auc", "/auc/value"},
+                 {"sensitivity", "/sensitivity/value"},
+                 {"specificity", "/specificity/value"},
+                 {"specificity_at_sensitivity", "/specificity_at_sensitivity/value"},
+                 {"ece", "/ece/value"},
+                 {"ece_recalibrated", "/recalibrated/ece"}}) {
+          const Ptr p = Ptr("/extra_tests") / name / Ptr(where);
+          if (ev0.contains(Ptr(where))) e[m] = spread(collect(rs, p, false));
         }
         c["extra_tests"][name] = e;
       }

@@ -64,6 +64,14 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
                                    const LabeledSet* synthetic,
                                    const std::vector<NamedSet>& extra_tests);
 
+// What evaluation_json reports, versioned: a cached result below this version is re-evaluated
+// from its saved scores when an experiment meets it. Raise it with every new metric.
+// 1: operating points, calibration and the Platt recalibration (twenty-first sitting).
+constexpr int kMetricsVersion = 1;
+
+// A Platt scaling as JSON {a, b[, fitted_on]}; null without one.
+nlohmann::json platt_json(const std::optional<Platt>& p, const std::string& fitted_on = "");
+
 // Metrics of one scored test set: EvalSummary with CIs, ROC curve (subsampled), calibration
 // bins, per-group and worst-group metrics; with a recalibration (Platt scaling fitted on the
 // validation split), "recalibrated": the Brier score, ECE and bins of the rescaled scores.

@@ -81,28 +81,30 @@ BinaryMetrics binary_metrics(const std::vector<double>& s, const std::vector<int
 }
 
 namespace {
-// The best value of one rate (specificity when `on_sensitivity`, else sensitivity) among the ROC
-// points whose other rate reaches `target`; NaN with one class.
-double best_rate_at(const std::vector<double>& s, const std::vector<int>& y, double target,
-                    bool on_sensitivity) {
-  double best = std::nan("");
-  if (!has_both_classes(y)) return best;
+// Both operating points off one ROC curve: {specificity at sensitivity >= kTriageSensitivity,
+// sensitivity at specificity >= kTriageSpecificity} by default, each the best among the ROC
+// points whose other rate reaches its target; NaN with one class.
+std::pair<double, double> operating_points(const std::vector<double>& s, const std::vector<int>& y,
+                                           double sens_target = kTriageSensitivity,
+                                           double spec_target = kTriageSpecificity) {
+  double spec = std::nan(""), sens = std::nan("");
+  if (!has_both_classes(y)) return {spec, sens};
   for (auto [fpr, tpr] : roc_curve(s, y)) {
-    const double held = on_sensitivity ? tpr : 1 - fpr, value = on_sensitivity ? 1 - fpr : tpr;
-    if (held >= target - 1e-12 && (std::isnan(best) || value > best)) best = value;
+    if (tpr >= sens_target - 1e-12 && (std::isnan(spec) || 1 - fpr > spec)) spec = 1 - fpr;
+    if (1 - fpr >= spec_target - 1e-12 && (std::isnan(sens) || tpr > sens)) sens = tpr;
   }
-  return best;
+  return {spec, sens};
 }
 }  // namespace
 
 double specificity_at_sensitivity(const std::vector<double>& s, const std::vector<int>& y,
                                   double target) {
-  return best_rate_at(s, y, target, true);
+  return operating_points(s, y, target, kTriageSpecificity).first;
 }
 
 double sensitivity_at_specificity(const std::vector<double>& s, const std::vector<int>& y,
                                   double target) {
-  return best_rate_at(s, y, target, false);
+  return operating_points(s, y, kTriageSensitivity, target).second;
 }
 
 Calibration calibration(const std::vector<double>& s, const std::vector<int>& y, int bins) {
@@ -249,8 +251,9 @@ EvalSummary evaluate_binary(const std::vector<double>& s, const std::vector<int>
     bacc.push_back(mb.balanced_accuracy);
     sens.push_back(mb.sensitivity);
     spec.push_back(mb.specificity);
-    spec_at.push_back(specificity_at_sensitivity(bs, by, kTriageSensitivity));
-    sens_at.push_back(sensitivity_at_specificity(bs, by, kTriageSpecificity));
+    const auto [sp, se] = operating_points(bs, by);
+    spec_at.push_back(sp);
+    sens_at.push_back(se);
     auto cb = calibration(bs, by);
     brier.push_back(cb.brier);
     ece.push_back(cb.ece);
@@ -260,10 +263,9 @@ EvalSummary evaluate_binary(const std::vector<double>& s, const std::vector<int>
   e.balanced_accuracy = percentile_ci(m.balanced_accuracy, bacc);
   e.sensitivity = percentile_ci(m.sensitivity, sens);
   e.specificity = percentile_ci(m.specificity, spec);
-  e.specificity_at_sensitivity =
-      percentile_ci(specificity_at_sensitivity(s, y, kTriageSensitivity), spec_at);
-  e.sensitivity_at_specificity =
-      percentile_ci(sensitivity_at_specificity(s, y, kTriageSpecificity), sens_at);
+  const auto [sp, se] = operating_points(s, y);
+  e.specificity_at_sensitivity = percentile_ci(sp, spec_at);
+  e.sensitivity_at_specificity = percentile_ci(se, sens_at);
   auto cal = calibration(s, y);
   e.brier = percentile_ci(cal.brier, brier);
   e.ece = percentile_ci(cal.ece, ece);
@@ -406,18 +408,16 @@ PairedOperatingPoints paired_operating_points(const std::vector<double>& a,
                                               const std::vector<double>& b,
                                               const std::vector<int>& y, int B, uint64_t seed) {
   PairedOperatingPoints r;
-  auto spec = [](const std::vector<double>& s, const std::vector<int>& yy) {
-    return specificity_at_sensitivity(s, yy, kTriageSensitivity);
-  };
-  auto sens = [](const std::vector<double>& s, const std::vector<int>& yy) {
-    return sensitivity_at_specificity(s, yy, kTriageSpecificity);
-  };
-  r.spec_at_sens_diff = spec(b, y) - spec(a, y);
-  r.sens_at_spec_diff = sens(b, y) - sens(a, y);
+  const auto [spec_a, sens_a] = operating_points(a, y);
+  const auto [spec_b, sens_b] = operating_points(b, y);
+  r.spec_at_sens_diff = spec_b - spec_a;
+  r.sens_at_spec_diff = sens_b - sens_a;
   std::vector<double> d_spec, d_sens;
   for_each_paired_resample(a, b, y, B, seed, [&](const auto& sa, const auto& sb, const auto& sy) {
-    d_spec.push_back(spec(sb, sy) - spec(sa, sy));  // NaN (one class) is skipped
-    d_sens.push_back(sens(sb, sy) - sens(sa, sy));
+    const auto [pa, ea] = operating_points(sa, sy);
+    const auto [pb, eb] = operating_points(sb, sy);
+    d_spec.push_back(pb - pa);  // NaN (one class) is skipped
+    d_sens.push_back(eb - ea);
   });
   std::tie(r.spec_at_sens_lo, r.spec_at_sens_hi) = percentile_interval(std::move(d_spec));
   std::tie(r.sens_at_spec_lo, r.sens_at_spec_hi) = percentile_interval(std::move(d_sens));

@@ -129,14 +129,11 @@ Result<nlohmann::json> run_classify_calibrate(const ClassifyCalibrateOptions& o)
     meta.erase(k);
   meta["platt_fitted_on"] = o.dataset;
   LF_RETURN_IF_ERROR(save_classifier(o.out, lc.model, lc.threshold, meta, p));
-  auto platt_j = [](const std::optional<Platt>& q) {
-    return q ? nlohmann::json{{"a", q->a}, {"b", q->b}} : nlohmann::json(nullptr);
-  };
   return nlohmann::json{{"dataset", o.dataset},
                         {"n", y.size()},
                         {"positives", positives},
-                        {"platt", platt_j(p)},
-                        {"previous_platt", platt_j(lc.platt)},
+                        {"platt", platt_json(p)},
+                        {"previous_platt", platt_json(lc.platt)},
                         {"before", {{"brier", cb.brier}, {"ece", cb.ece}}},
                         {"after", {{"brier", ca.brier}, {"ece", ca.ece}}},
                         {"out", o.out}};
