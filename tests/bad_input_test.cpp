@@ -493,6 +493,13 @@ std::vector<Case> config_cases() {
           {"exp.json", "synthetic_mix_ratios must be > 0, not 0"}),
       exp("vary_unknown", R"({"data": "d", "out": "OUT", "synth": {"vary": ["size", "hair"]}})",
           {"exp.json", "synth.vary takes \"size\" and/or \"skin\", not \"hair\""}),
+      exp("emphasis_unknown", R"({"data": "d", "out": "OUT", "synth": {"emphasis": "hard"}})",
+          {"exp.json",
+           "synth.emphasis must be \"none\", \"abcd-discordant\" or "
+           "\"abcd-discordant-malignant\", not \"hard\""}),
+      exp("emphasis_strength_negative",
+          R"({"data": "d", "out": "OUT", "synth": {"emphasis_strength": -1}})",
+          {"exp.json", "synth.emphasis_strength must be >= 0, not -1"}),
       exp("extra_archs_unknown",
           R"({"data": "d", "out": "OUT", "classifier": {"extra_archs": "twice"}})",
           {"exp.json", "classifier.extra_archs must be \"once\" or \"all\""}),

@@ -623,6 +623,109 @@ TEST(Synth, VaryDrawsSizeAndSkinAnewAndKeepsThePlan) {
   EXPECT_FALSE(plan_synthetic(ds->records, caps, c, nullptr).ok());
 }
 
+// abcd-discordant draws each cell's sources with weight exp(strength * z) (z the standardised TDS,
+// negated for malignant lesions): known answer on captions with known TDS values, against the
+// weighted means computed here; none keeps today's uniform draws.
+TEST(Synth, AbcdDiscordantEmphasisTiltsTheSourcesByTheirTds) {
+  auto ds = load_dataset("phantom:300", {}, 3);
+  ASSERT_TRUE(ds.ok());
+  std::map<std::string, nlohmann::json> caps;
+  std::map<std::string, double> tds_of;
+  for (size_t i = 0; i < ds->records.size(); ++i) {
+    const auto& r = ds->records[i];
+    const double t = 0.5 + 0.05 * static_cast<double>((i * 37) % 101);  // 0.5 .. 5.5
+    tds_of[r.id] = t;
+    caps[r.id] = {{"caption", "a " + r.dx}, {"measured", {{"tds", t}}}};
+  }
+  SynthPlanConfig c;
+  c.total = 8000;
+  c.attributes = {};  // cells are the dx
+  auto plain = plan_synthetic(ds->records, caps, c, nullptr);
+  LF_ASSERT_OK(plain);
+  c.emphasis = "abcd-discordant";
+  c.emphasis_strength = 1.0;
+  nlohmann::json summary;
+  auto tilted = plan_synthetic(ds->records, caps, c, &summary);
+  LF_ASSERT_OK(tilted);
+  ASSERT_EQ(plain->size(), tilted->size());
+  // The expected source TDS per dx: the weighted mean over the dx's records.
+  double mean = 0, sq = 0;
+  for (auto& [id, t] : tds_of) mean += t;
+  mean /= tds_of.size();
+  for (auto& [id, t] : tds_of) sq += (t - mean) * (t - mean);
+  const double sd = std::sqrt(sq / (tds_of.size() - 1));
+  std::map<std::string, double> wsum, wtsum, real_sum, plain_sum, tilted_sum;
+  std::map<std::string, int> label_of, real_n, plain_n, tilted_n;
+  for (const auto& r : ds->records) {
+    const double t = tds_of[r.id], z = (t - mean) / sd;
+    const double w = std::exp(r.label > 0 ? -z : z);
+    wsum[r.dx] += w;
+    wtsum[r.dx] += w * t;
+    real_sum[r.dx] += t;
+    real_n[r.dx]++;
+    label_of[r.dx] = r.label;
+  }
+  for (const auto& it : *plain) {
+    plain_sum[it.dx] += it.asked["tds"].get<double>();
+    plain_n[it.dx]++;
+  }
+  for (const auto& it : *tilted) {
+    EXPECT_DOUBLE_EQ(it.asked["tds"].get<double>(), tds_of[it.source_id]);
+    tilted_sum[it.dx] += it.asked["tds"].get<double>();
+    tilted_n[it.dx]++;
+  }
+  ASSERT_GE(wsum.size(), 2u);
+  for (auto& [dx, w] : wsum) {
+    ASSERT_GT(tilted_n[dx], 300) << dx;
+    const double real_mean = real_sum[dx] / real_n[dx];
+    const double want = wtsum[dx] / w;
+    const double got = tilted_sum[dx] / tilted_n[dx];
+    EXPECT_NEAR(got, want, 0.12) << dx;
+    EXPECT_NEAR(plain_sum[dx] / plain_n[dx], real_mean, 0.12) << dx;
+    // Malignant sources shift toward low TDS, benign ones toward high, by a visible amount.
+    if (label_of[dx] > 0)
+      EXPECT_LT(got, real_mean - 0.4) << dx;
+    else
+      EXPECT_GT(got, real_mean + 0.4) << dx;
+  }
+  // The summary reports the same means per class.
+  for (auto& [cls, j] : summary["classes"].items()) {
+    ASSERT_TRUE(j["source_tds_mean"].is_number()) << cls;
+    const int label = std::stoi(cls);
+    if (label > 0)
+      EXPECT_LT(j["source_tds_mean"].get<double>(), j["real_tds_mean"].get<double>() - 0.4);
+    else
+      EXPECT_GT(j["source_tds_mean"].get<double>(), j["real_tds_mean"].get<double>() + 0.4);
+  }
+  EXPECT_EQ(summary["config"]["emphasis"], "abcd-discordant");
+  // none is the uniform draw of before (same sources as a default config).
+  SynthPlanConfig d;
+  d.total = 8000;
+  d.attributes = {};
+  d.emphasis = "none";
+  auto none = plan_synthetic(ds->records, caps, d, nullptr);
+  LF_ASSERT_OK(none);
+  for (size_t i = 0; i < none->size(); ++i) EXPECT_EQ((*none)[i].source_id, (*plain)[i].source_id);
+  // abcd-discordant-malignant: the benign sources are drawn uniformly.
+  c.emphasis = "abcd-discordant-malignant";
+  auto mal = plan_synthetic(ds->records, caps, c, nullptr);
+  LF_ASSERT_OK(mal);
+  std::map<std::string, double> mal_sum;
+  for (const auto& it : *mal) mal_sum[it.dx] += it.asked["tds"].get<double>();
+  for (auto& [dx, w] : wsum) {
+    const double got = mal_sum[dx] / tilted_n[dx];
+    if (label_of[dx] > 0)
+      EXPECT_NEAR(got, wtsum[dx] / w, 0.12) << dx;
+    else
+      EXPECT_NEAR(got, real_sum[dx] / real_n[dx], 0.12) << dx;
+  }
+  c.emphasis = "hard";
+  EXPECT_FALSE(plan_synthetic(ds->records, caps, c, nullptr).ok());
+  c.emphasis = "abcd-discordant";
+  c.emphasis_strength = -1;
+  EXPECT_FALSE(plan_synthetic(ds->records, caps, c, nullptr).ok());
+}
+
 // Omitting a phrase keeps the rest of the caption's list grammatical, and a planned set keeps
 // its cells, sources and noise; the prompts' structure phrases are checked against the
 // generator's training captions (the shipped v3 met "pigment network" in 11% of today's prompts

@@ -179,6 +179,8 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"strength", K::kNumber},
                                       {"vary", K::kStrings},
                                       {"omit", K::kStrings},
+                                      {"emphasis", K::kString},
+                                      {"emphasis_strength", K::kNumber},
                                       {"batch", K::kInt}},
                                      file, "synth."));
   if (c.contains("classifier"))
@@ -203,6 +205,16 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
     for (const auto& v : c["synth"]["vary"])
       if (!v.is_string() || !is_vary_attribute(v.get<std::string>()))
         return Status::error(file + ": synth.vary takes \"size\" and/or \"skin\", not " + v.dump());
+  if (c.contains("synth") && c["synth"].contains("emphasis") &&
+      !is_emphasis(c["synth"]["emphasis"].get<std::string>()))
+    return Status::error(file +
+                         ": synth.emphasis must be \"none\", \"abcd-discordant\" or "
+                         "\"abcd-discordant-malignant\", not " +
+                         c["synth"]["emphasis"].dump());
+  if (c.contains("synth") && c["synth"].contains("emphasis_strength") &&
+      !(c["synth"]["emphasis_strength"].get<double>() >= 0))
+    return Status::error(file + ": synth.emphasis_strength must be >= 0, not " +
+                         c["synth"]["emphasis_strength"].dump());
   if (c.contains("synthetic_mix_ratios")) {
     for (const auto& r : c["synthetic_mix_ratios"])
       if (!(r.get<double>() > 0))
@@ -307,6 +319,8 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     pc.flatten = cfg_get<double>(sj, "flatten", 0.5);
     pc.vary = cfg_get<std::vector<std::string>>(sj, "vary", {});
     pc.omit = cfg_get<std::vector<std::string>>(sj, "omit", {});
+    pc.emphasis = cfg_get<std::string>(sj, "emphasis", "none");
+    pc.emphasis_strength = cfg_get<double>(sj, "emphasis_strength", 1.0);
     pc.seed = o.seed;
     nlohmann::json summary;
     LF_ASSIGN_OR_RETURN(auto plan, plan_synthetic(train, real.captions, pc, &summary));

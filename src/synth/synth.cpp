@@ -23,8 +23,11 @@
 namespace lf {
 
 nlohmann::json SynthPlanConfig::to_json() const {
-  return {{"total", total}, {"balance", balance}, {"flatten", flatten}, {"attributes", attributes},
-          {"vary", vary},   {"omit", omit},       {"seed", seed}};
+  return {{"total", total},       {"balance", balance},
+          {"flatten", flatten},   {"attributes", attributes},
+          {"vary", vary},         {"omit", omit},
+          {"emphasis", emphasis}, {"emphasis_strength", emphasis_strength},
+          {"seed", seed}};
 }
 
 nlohmann::json prompt_phrase_drift(const std::map<std::string, std::string>& generator_metadata,
@@ -92,6 +95,11 @@ const std::map<std::string, std::pair<std::vector<std::string>, std::regex>>& va
 
 bool is_vary_attribute(const std::string& attribute) { return vary_phrases().count(attribute) > 0; }
 
+bool is_emphasis(const std::string& emphasis) {
+  return emphasis == "none" || emphasis == "abcd-discordant" ||
+         emphasis == "abcd-discordant-malignant";
+}
+
 std::string with_attribute(const std::string& prompt, const std::string& attribute,
                            const std::string& phrase) {
   const auto& re = vary_phrases().at(attribute).second;
@@ -142,6 +150,37 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   for (auto& v : cfg.vary)
     if (!is_vary_attribute(v))
       return Status::error("synth: --vary takes size and/or skin (got '" + v + "')");
+  if (!is_emphasis(cfg.emphasis))
+    return Status::error("synth: --emphasis must be none or abcd-discordant (got '" + cfg.emphasis +
+                         "')");
+  if (!std::isfinite(cfg.emphasis_strength) || cfg.emphasis_strength < 0)
+    return Status::error("synth: --emphasis-strength must be a finite number >= 0 (got " +
+                         std::to_string(cfg.emphasis_strength) + ")");
+  // Each record's measured TDS (NaN without one) and, for abcd-discordant, its draw weight.
+  std::vector<double> tds(real.size(), std::nan(""));
+  double tds_sum = 0, tds_sq = 0;
+  int64_t tds_n = 0;
+  for (size_t i = 0; i < real.size(); ++i) {
+    auto it = captions.find(real[i].id);
+    if (real[i].label < 0 || it == captions.end() || !it->second.contains("measured")) continue;
+    const auto& m = it->second["measured"];
+    if (!m.contains("tds") || !m["tds"].is_number()) continue;
+    tds[i] = m["tds"].get<double>();
+    tds_sum += tds[i];
+    tds_sq += tds[i] * tds[i];
+    ++tds_n;
+  }
+  const double tds_mean = tds_n ? tds_sum / tds_n : 0.0;
+  const double tds_sd =
+      tds_n > 1 ? std::sqrt(std::max(0.0, (tds_sq - tds_n * tds_mean * tds_mean) / (tds_n - 1)))
+                : 0.0;
+  const bool benign_too = cfg.emphasis == "abcd-discordant";
+  auto draw_weight = [&](size_t i) {
+    if (std::isnan(tds[i]) || !(tds_sd > 0) || (real[i].label == 0 && !benign_too)) return 1.0;
+    const double z = (tds[i] - tds_mean) / tds_sd;
+    return std::exp(cfg.emphasis_strength * (real[i].label > 0 ? -z : z));
+  };
+  const bool weighted = cfg.emphasis != "none";
   // Classes.
   auto class_of = [&](const Cell& c) {
     return by == "label" ? std::to_string(c.label) : by == "dx" ? c.dx : std::string("all");
@@ -165,8 +204,14 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   std::vector<SynthItem> plan;
   nlohmann::json cell_json = nlohmann::json::array();
   std::mt19937_64 rng(derive_seed(cfg.seed, Stream::kSynthPlan));
+  // Mean TDS of each class's real records and of the planned sources (what the emphasis did).
+  std::vector<std::pair<double, int64_t>> real_tds(classes.size()), plan_tds(classes.size());
   for (size_t ci = 0; ci < classes.size(); ++ci) {
     auto& keys = class_cells[classes[ci]];
+    for (auto& k : keys)
+      for (size_t m : cells[k].members)
+        if (!std::isnan(tds[m]))
+          real_tds[ci] = {real_tds[ci].first + tds[m], real_tds[ci].second + 1};
     std::vector<double> w;
     for (auto& k : keys)
       w.push_back(std::pow(static_cast<double>(cells[k].members.size()), flatten));
@@ -179,8 +224,14 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
                            {"real", c.members.size()},
                            {"synthetic", n_cell[j]}});
       std::uniform_int_distribution<size_t> pick(0, c.members.size() - 1);
+      std::vector<double> cw;
+      for (size_t m : c.members) cw.push_back(draw_weight(m));
+      std::discrete_distribution<size_t> pick_weighted(cw.begin(), cw.end());
       for (int64_t k = 0; k < n_cell[j]; ++k) {
-        const Record& src = real[c.members[pick(rng)]];
+        const size_t r = c.members[weighted ? pick_weighted(rng) : pick(rng)];
+        const Record& src = real[r];
+        if (!std::isnan(tds[r]))
+          plan_tds[ci] = {plan_tds[ci].first + tds[r], plan_tds[ci].second + 1};
         SynthItem it;
         it.dx = c.dx;
         it.label = c.label;
@@ -195,6 +246,7 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
                         {"border", m.value("border", -1)},
                         {"colours", m.value("colours", nlohmann::json::array())},
                         {"colour_count", m.value("colour_count", -1)}};
+            if (!std::isnan(tds[r])) it.asked["tds"] = tds[r];
           }
         } else {
           it.prompt = compose_caption(metadata_facts(src), rng() | 1);
@@ -225,8 +277,14 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
   }
   if (summary) {
     nlohmann::json cls = nlohmann::json::object();
+    auto mean = [](const std::pair<double, int64_t>& s) {
+      return s.second ? nlohmann::json(s.first / s.second) : nlohmann::json(nullptr);
+    };
     for (size_t ci = 0; ci < classes.size(); ++ci)
-      cls[classes[ci]] = {{"real", reals[ci]}, {"synthetic", per_class[ci]}};
+      cls[classes[ci]] = {{"real", reals[ci]},
+                          {"synthetic", per_class[ci]},
+                          {"source_tds_mean", mean(plan_tds[ci])},
+                          {"real_tds_mean", mean(real_tds[ci])}};
     *summary = {{"config", cfg.to_json()},
                 {"classes", cls},
                 {"cells", cell_json},

@@ -30,6 +30,15 @@ struct SynthPlanConfig {
   // Phrases taken out of every prompt (without_phrases), e.g. a structure that the generator's
   // training captions did not use in today's sense (see prompt_phrase_drift).
   std::vector<std::string> omit;
+  // Which real lesions of a cell lend their captions. "none": uniformly. "abcd-discordant": toward
+  // the lesions the ABCD rule gets wrong, weight exp(emphasis_strength * z) with z the source's
+  // TDS standardised over the labelled training captions that have one, negated for malignant
+  // lesions: featureless malignant lesions and atypical-looking benign ones, the cases at the
+  // triage end of the ROC. "abcd-discordant-malignant": the malignant sources only, benign ones
+  // uniformly. Captions without a measured TDS get z = 0. The plan summary records the mean source
+  // TDS per class against the real class's.
+  std::string emphasis = "none";
+  double emphasis_strength = 1.0;
   uint64_t seed = 0;
   nlohmann::json to_json() const;
 };
@@ -67,6 +76,9 @@ nlohmann::json prompt_phrase_drift(const std::map<std::string, std::string>& gen
 
 // Whether `attribute` is one SynthPlanConfig::vary takes ("size", "skin").
 bool is_vary_attribute(const std::string& attribute);
+// Whether `emphasis` is one SynthPlanConfig::emphasis takes ("none", "abcd-discordant",
+// "abcd-discordant-malignant").
+bool is_emphasis(const std::string& emphasis);
 // The prompt with its phrase for `attribute` ("size" or "skin") replaced by `phrase` (appended
 // when the prompt has none).
 std::string with_attribute(const std::string& prompt, const std::string& attribute,

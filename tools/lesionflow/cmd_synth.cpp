@@ -92,6 +92,17 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
                 "I-VI), uniformly; the manifest records them")
       ->delimiter(',')
       ->check(CLI::IsMember({"size", "skin"}));
+  y->add_option("--emphasis", s.plan.emphasis,
+                "which real lesions lend their captions: none (uniformly within a cell) | "
+                "abcd-discordant (toward featureless malignant and atypical benign lesions: "
+                "weight exp(strength x z), z = standardised TDS, negated for malignant) | "
+                "abcd-discordant-malignant (the malignant sources only)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "abcd-discordant", "abcd-discordant-malignant"}));
+  y->add_option("--emphasis-strength", s.plan.emphasis_strength,
+                "abcd-discordant: the tilt per standard deviation of TDS (0 = uniform)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 10.0));
   y->add_option("--omit-phrases", s.plan.omit,
                 "take these phrases out of every prompt (comma-separated), e.g. \"pigment "
                 "network\" when the captions were measured by a newer detector than the "
