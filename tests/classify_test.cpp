@@ -1205,6 +1205,77 @@ TEST(Classifier, CalibrateRefitsPlattOnAUsersSetAndKeepsTheWeights) {
   EXPECT_NE(bad.status().message().find("none.safetensors"), std::string::npos);
 }
 
+// classify eval scores any split of a prepared cache and writes every image's score: the CSV holds
+// the val split's images with the model's own scores and the Platt-rescaled ones, and its AUC
+// is the one in the metrics.
+TEST(Classifier, EvalScoresTheValSplitPerImage) {
+  auto train = phantom_set(80, 32, 21);
+  train_small_cnn(train, 2, 16, 1e-3, "evalsplit");
+  const std::string model =
+      std::string(std::filesystem::temp_directory_path() / "lesionflow_test_evalsplit") +
+      "/best.safetensors";
+  const std::string dir = test::tmp_dir("evalsplit_data");
+  auto ds = load_dataset("phantom:120", {}, 5);
+  LF_ASSERT_OK(ds);
+  PrepareStats st;
+  auto ps = prepare(*ds, PrepareConfig{32, FitMode::kCrop, 2}, &st);
+  LF_ASSERT_OK(ps);
+  ASSERT_TRUE(save_prepared(dir + "/cache", *ps, st).ok());
+  auto sp = make_splits(ds->records, {0.6, 0.2, 0.2, 3});
+  LF_ASSERT_OK(sp);
+  ASSERT_TRUE(write_splits(dir + "/splits.csv", ds->records, *sp).ok());
+  ClassifyEvalOptions o;
+  o.model = model;
+  o.data = dir + "/cache";
+  o.splits = dir + "/splits.csv";
+  o.split = "val";
+  o.scores = dir + "/scores.csv";
+  auto r = run_classify_eval(o);
+  LF_ASSERT_OK(r);
+  const std::string name = "val split of " + o.data;
+  ASSERT_TRUE(r->contains(name)) << r->dump();
+  // The val images, scored independently.
+  std::vector<size_t> val;
+  for (size_t i = 0; i < sp->size(); ++i)
+    if ((*sp)[i] == "val") val.push_back(i);
+  ASSERT_GT(val.size(), 10u);
+  auto lc = load_classifier(model);
+  LF_ASSERT_OK(lc);
+  ASSERT_TRUE(lc->platt.has_value());
+  const LabeledSet vs = labeled_from_prepared(*ps, val, nullptr);
+  const auto want = predict_malignant(lc->model, vs);
+  auto text = read_file(o.scores);
+  LF_ASSERT_OK(text);
+  std::istringstream in(*text);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "set,id,label,score,p_calibrated");
+  std::map<std::string, std::pair<int, double>> want_of;
+  for (int64_t i = 0; i < vs.count(); ++i) want_of[vs.ids[i]] = {vs.labels[i], want[i]};
+  std::vector<double> got;
+  std::vector<int> y;
+  while (std::getline(in, line)) {
+    // The set name has no comma here: set,id,label,score,p_calibrated.
+    std::vector<std::string> f;
+    std::stringstream ls(line);
+    for (std::string c; std::getline(ls, c, ',');) f.push_back(c);
+    ASSERT_EQ(f.size(), 5u) << line;
+    EXPECT_EQ(f[0], name);
+    ASSERT_TRUE(want_of.count(f[1])) << f[1] << " is not a val image";
+    EXPECT_EQ(std::stoi(f[2]), want_of[f[1]].first);
+    EXPECT_NEAR(std::stod(f[3]), want_of[f[1]].second, 1e-7);
+    EXPECT_NEAR(std::stod(f[4]), lc->platt->apply(want_of[f[1]].second), 1e-7);
+    got.push_back(std::stod(f[3]));
+    y.push_back(std::stoi(f[2]));
+  }
+  EXPECT_EQ(got.size(), val.size());
+  EXPECT_NEAR((*r)[name]["auc"]["value"].get<double>(), roc_auc(got, y), 1e-6);
+  o.split = "holdout";
+  auto bad = run_classify_eval(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("--split"), std::string::npos);
+}
+
 // Every arm is its own cell, in a fixed order (an earlier version pooled every arm after
 // real+synthetic into one cell).
 TEST(Experiment, AggregateKeepsEachArmInItsOwnCell) {

@@ -67,6 +67,33 @@ nlohmann::json platt_json(const std::optional<Platt>& p, const std::string& fitt
   return j;
 }
 
+std::string scores_csv(const LabeledSet& set, const std::vector<double>& scores,
+                       const std::string& set_name, const std::optional<Platt>& platt,
+                       bool header) {
+  auto quoted = [](const std::string& v) {
+    if (v.find_first_of(",\"\n") == std::string::npos) return v;
+    std::string q = "\"";
+    for (char c : v) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+    return q + "\"";
+  };
+  std::string csv;
+  if (header)
+    csv = std::string(set_name.empty() ? "" : "set,") + "id,label,score" +
+          (platt ? ",p_calibrated" : "") + "\n";
+  const std::string prefix = set_name.empty() ? "" : quoted(set_name) + ",";
+  char buf[96];
+  for (int64_t i = 0; i < set.count(); ++i) {
+    std::snprintf(buf, sizeof buf, ",%d,%.9g", set.labels[i], scores[i]);
+    csv += prefix + quoted(set.ids[i]) + buf;
+    if (platt) {
+      std::snprintf(buf, sizeof buf, ",%.9g", platt->apply(scores[i]));
+      csv += buf;
+    }
+    csv += "\n";
+  }
+  return csv;
+}
+
 nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& set, double thr,
                                uint64_t seed, const std::optional<Platt>& recalibration) {
   auto e = evaluate_binary(s, set.labels, thr, 1000, seed);
@@ -400,13 +427,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
   // Per-image scores, for paired comparisons between arms on the same test images.
   auto write_scores = [](const std::string& path, const LabeledSet& set,
                          const std::vector<double>& sc) {
-    std::string csv = "id,label,score\n";
-    char buf[64];
-    for (int64_t i = 0; i < set.count(); ++i) {
-      std::snprintf(buf, sizeof buf, ",%d,%.9g\n", set.labels[i], sc[i]);
-      csv += set.ids[i] + buf;
-    }
-    return write_file_atomic(path, csv);
+    return write_file_atomic(path, scores_csv(set, sc));
   };
   LF_RETURN_IF_ERROR(write_scores(job.train.out + "/test_scores.csv", test, test_scores));
   r["test_scores"] = job.train.out + "/test_scores.csv";

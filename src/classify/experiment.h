@@ -72,6 +72,12 @@ constexpr int kMetricsVersion = 1;
 // A Platt scaling as JSON {a, b[, fitted_on]}; null without one.
 nlohmann::json platt_json(const std::optional<Platt>& p, const std::string& fitted_on = "");
 
+// Per-image scores as CSV text: header "[set,]id,label,score[,p_calibrated]" and one row per image
+// (the set column when `set_name` is given; p_calibrated with a Platt scaling).
+std::string scores_csv(const LabeledSet& set, const std::vector<double>& scores,
+                       const std::string& set_name = "",
+                       const std::optional<Platt>& platt = std::nullopt, bool header = true);
+
 // Metrics of one scored test set: EvalSummary with CIs, ROC curve (subsampled), calibration
 // bins, per-group and worst-group metrics; with a recalibration (Platt scaling fitted on the
 // validation split), "recalibrated": the Brier score, ECE and bins of the rescaled scores.

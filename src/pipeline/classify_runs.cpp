@@ -86,19 +86,28 @@ Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o) {
   lc.model->to(dev);
   std::vector<NamedSet> sets;
   if (!o.data.empty()) {
+    if (o.split != "test" && o.split != "val" && o.split != "train")
+      return Status::error("classify eval: --split must be test, val or train (got '" + o.split +
+                           "')");
     LF_ASSIGN_OR_RETURN(RealData real, load_real_data(o.data, o.splits, o.captions));
+    const auto& rows = o.split == "test" ? real.test : o.split == "val" ? real.val : real.train;
+    if (rows.empty()) return Status::error(o.splits + ": the " + o.split + " split is empty");
     sets.push_back(
-        {"test split of " + o.data, labeled_from_prepared(real.ps, real.test, &real.captions)});
+        {o.split + " split of " + o.data, labeled_from_prepared(real.ps, rows, &real.captions)});
   }
   LF_ASSIGN_OR_RETURN(auto extra,
                       load_test_datasets(o.test_datasets, lc.model->config().image_size));
   for (auto& e : extra) sets.push_back(std::move(e));
   if (sets.empty()) return Status::error("classify eval: give --data/--splits or --test-dataset");
   nlohmann::json out = nlohmann::json::object();
-  for (auto& s : sets)
-    out[s.name] =
-        evaluation_json(predict_malignant(lc.model, s.set), s.set, lc.threshold, o.seed, lc.platt);
+  std::string csv;
+  for (auto& s : sets) {
+    const std::vector<double> scores = predict_malignant(lc.model, s.set);
+    out[s.name] = evaluation_json(scores, s.set, lc.threshold, o.seed, lc.platt);
+    csv += scores_csv(s.set, scores, s.name, lc.platt, csv.empty());
+  }
   if (!o.out.empty()) LF_RETURN_IF_ERROR(write_file_atomic(o.out, out.dump(2) + "\n"));
+  if (!o.scores.empty()) LF_RETURN_IF_ERROR(write_file_atomic(o.scores, csv));
   return out;
 }
 

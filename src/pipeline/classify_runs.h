@@ -38,9 +38,11 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o);
 
 struct ClassifyEvalOptions {
   std::string model;                   // best.safetensors
-  std::string data, splits, captions;  // optional: the test split of a prepared cache
+  std::string data, splits, captions;  // optional: a split of a prepared cache
+  std::string split = "test";          // which split of `data`: test | val | train
   std::vector<std::string> test_datasets;
-  std::string out;  // optional metrics JSON
+  std::string out;     // optional metrics JSON
+  std::string scores;  // optional per-image CSV: set,id,label,score[,p_calibrated]
   uint64_t seed = 0;
   std::string device = "cpu";
 };

@@ -115,11 +115,17 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   static ClassifyEvalOptions e;
   auto* ev = c->add_subcommand("eval", "evaluate a trained classifier");
   ev->add_option("--model", e.model, "best.safetensors")->required();
-  ev->add_option("--data", e.data, "prepared cache (its test split is evaluated)");
+  ev->add_option("--data", e.data, "prepared cache (its --split is evaluated)");
+  ev->add_option("--split", e.split, "which split of --data: test | val | train")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"test", "val", "train"}));
   ev->add_option("--splits", e.splits, "splits CSV");
   ev->add_option("--captions", e.captions, "captions.jsonl (skin-tone subgroups)");
   ev->add_option("--test-dataset", e.test_datasets, "extra test datasets");
   ev->add_option("--out", e.out, "metrics JSON");
+  ev->add_option("--scores", e.scores,
+                 "per-image CSV of every evaluated set: set,id,label,score (P(malignant)) and "
+                 "p_calibrated when the model has a Platt scaling");
   bind(ev, e, g, run, run_classify_eval, [](const nlohmann::json& r) {
     for (auto& [k, v] : r.items()) print_eval(k, v);
   });
