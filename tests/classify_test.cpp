@@ -1165,6 +1165,8 @@ TEST(Experiment, CachedResultsFromBeforeTheMetricsAreReevaluatedFromTheirScores)
   EXPECT_NEAR(cells[0]["ece"]["mean"].get<double>(), v(ft["ece"]), 1e-7);
   EXPECT_TRUE(cells[0]["extra_tests"]["phantom:40"].contains("specificity_at_sensitivity"));
   EXPECT_TRUE(cells[0].contains("ece_recalibrated"));
+  EXPECT_TRUE(cells[0].contains("called_malignant_at_triage"));
+  EXPECT_TRUE((*again)["test"]["by_dx"]["triage_threshold"].is_number());
 }
 
 // `classify calibrate` refits the Platt scaling on a labelled set a user brings and writes a
@@ -1203,6 +1205,51 @@ TEST(Classifier, CalibrateRefitsPlattOnAUsersSetAndKeepsTheWeights) {
   auto bad = run_classify_calibrate(o);
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("none.safetensors"), std::string::npos);
+}
+
+// Where the errors are, per diagnosis, at the model's threshold and at the triage operating point:
+// known answer on hand-placed scores (one melanoma scored 0.10 is the 5% the triage point may
+// miss).
+TEST(Metrics, ByDiagnosisSharesCalledMalignantAtTheTriagePoint) {
+  LabeledSet set;
+  set.size = 1;
+  const uint8_t px[3] = {0, 0, 0};
+  std::vector<double> s;
+  auto add = [&](const std::string& dx, int label, double score) {
+    set.add(px, label, 1.0f, dx + std::to_string(set.count()), "real", {{"dx", dx}});
+    s.push_back(score);
+  };
+  for (int i = 0; i < 19; ++i) add(i < 4 ? "mel" : "bcc", 1, 0.80 + 0.01 * i);
+  add("mel", 1, 0.10);
+  for (int i = 0; i < 10; ++i) add("nv", 0, 0.05 * (i + 1));  // 0.05 .. 0.50
+  for (int i = 0; i < 10; ++i) add("bkl", 0, i < 4 ? 0.85 : 0.30);
+  EXPECT_NEAR(threshold_at_sensitivity(s, set.labels, 0.95), 0.80, 1e-12);
+  EXPECT_NEAR(threshold_at_sensitivity(s, set.labels, 1.0), 0.10, 1e-12);
+  EXPECT_NEAR(specificity_at_sensitivity(s, set.labels, 0.95), 0.80, 1e-12);
+  const auto j = by_dx_json(s, set, 0.5);
+  EXPECT_NEAR(j["triage_threshold"].get<double>(), 0.80, 1e-12);
+  std::map<std::string, nlohmann::json> row;
+  for (const auto& r : j["rows"]) row[r["dx"]] = r;
+  ASSERT_EQ(row.size(), 4u);
+  const std::map<std::string, std::pair<double, double>> want = {
+      {"mel", {0.8, 0.8}}, {"bcc", {1.0, 1.0}}, {"nv", {0.1, 0.0}}, {"bkl", {0.4, 0.4}}};
+  for (auto& [dx, w] : want) {
+    EXPECT_NEAR(row[dx]["called_malignant_at_threshold"].get<double>(), w.first, 1e-12) << dx;
+    EXPECT_NEAR(row[dx]["called_malignant_at_triage"].get<double>(), w.second, 1e-12) << dx;
+  }
+  EXPECT_EQ(row["mel"]["n"], 5);
+  EXPECT_EQ(row["mel"]["positives"], 5);
+  EXPECT_NEAR(row["nv"]["mean_score"].get<double>(), 0.275, 1e-12);
+  // The benign rows' shares at the triage point are its specificity's complement.
+  EXPECT_NEAR(1 - (10 * row["nv"]["called_malignant_at_triage"].get<double>() +
+                   10 * row["bkl"]["called_malignant_at_triage"].get<double>()) /
+                      20,
+              specificity_at_sensitivity(s, set.labels, kTriageSensitivity), 1e-12);
+  // One class only: no triage point.
+  LabeledSet benign = set.subset({20, 21, 22});
+  const auto k = by_dx_json({0.1, 0.2, 0.3}, benign, 0.5);
+  EXPECT_TRUE(k["triage_threshold"].is_null());
+  EXPECT_TRUE(std::isnan(threshold_at_sensitivity({0.1, 0.2}, {0, 0}, 0.95)));
 }
 
 // classify eval scores any split of a prepared cache and writes every image's score: the CSV holds
@@ -1441,6 +1488,13 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
     EXPECT_TRUE(cell["ece_recalibrated"]["mean"].is_number()) << cell.dump();
     EXPECT_TRUE(cell["accuracy_recalibrated"]["mean"].is_number()) << cell.dump();
     EXPECT_TRUE(cell["specificity_at_sensitivity"]["mean"].is_number()) << cell.dump();
+    // Per diagnosis at the triage point: every phantom dx of the test split has a share.
+    ASSERT_TRUE(cell.contains("called_malignant_at_triage")) << cell.dump();
+    EXPECT_GE(cell["called_malignant_at_triage"].size(), 2u) << cell.dump();
+    for (auto& [dx, v] : cell["called_malignant_at_triage"].items()) {
+      EXPECT_GE(v["mean"].get<double>(), 0.0) << dx;
+      EXPECT_LE(v["mean"].get<double>(), 1.0) << dx;
+    }
   }
   ASSERT_TRUE(sh(lf + " report --experiment " + dir + "/exp --captions " + dir +
                  "/captions.jsonl --out " + dir + "/report.html"));
@@ -1464,6 +1518,7 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   EXPECT_NE(html.find("Brier / ECE"), std::string::npos);
   EXPECT_NE(html.find("reliability, test split"), std::string::npos);
   EXPECT_NE(html.find("reliability after Platt scaling"), std::string::npos);
+  EXPECT_NE(html.find("Per diagnosis at sensitivity 0.95"), std::string::npos);
   std::string shot = dir + "/shot.png";
   std::system(("chromium --headless --no-sandbox --disable-gpu --hide-scrollbars "
                "--window-size=1200,1600 --screenshot=" +

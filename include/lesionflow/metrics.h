@@ -34,6 +34,10 @@ double sensitivity_at_specificity(const std::vector<double>& scores, const std::
                                   double target);
 // The operating points every evaluation reports.
 constexpr double kTriageSensitivity = 0.95, kTriageSpecificity = 0.90;
+// The threshold of specificity_at_sensitivity: the highest t with sensitivity(score >= t) >=
+// target, i.e. the ceil(target x positives)-th highest malignant score. NaN when a class is absent.
+double threshold_at_sensitivity(const std::vector<double>& scores, const std::vector<int>& labels,
+                                double target);
 
 // Calibration of scores read as P(malignant): the Brier score (mean squared difference to the
 // 0/1 label) and the expected calibration error over `bins` equal-width score bins (Guo et al.

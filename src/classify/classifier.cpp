@@ -41,7 +41,9 @@ LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t
       auto it = captions->find(r.id);
       if (it != captions->end()) cap = &it->second;
     }
-    s.add(ps.image(i), r.label, weight, r.id, "real", record_groups(r, cap));
+    auto g = record_groups(r, cap);
+    g["dx"] = r.dx;  // not a subgroup: per-diagnosis error shares (evaluation_json's by_dx)
+    s.add(ps.image(i), r.label, weight, r.id, "real", std::move(g));
     if (classes) {
       auto it = std::find(classes->begin(), classes->end(), r.dx);
       s.cls.back() = it == classes->end() ? -1 : static_cast<int>(it - classes->begin());

@@ -94,6 +94,38 @@ std::string scores_csv(const LabeledSet& set, const std::vector<double>& scores,
   return csv;
 }
 
+nlohmann::json by_dx_json(const std::vector<double>& s, const LabeledSet& set, double thr) {
+  const double triage = threshold_at_sensitivity(s, set.labels, kTriageSensitivity);
+  struct Acc {
+    int64_t n = 0, positives = 0, at_threshold = 0, at_triage = 0;
+    double score = 0;
+  };
+  std::map<std::string, Acc> by;
+  for (int64_t i = 0; i < set.count(); ++i) {
+    auto it = set.groups[i].find("dx");
+    Acc& a = by[it == set.groups[i].end() || it->second.empty() ? "unknown" : it->second];
+    a.n++;
+    a.positives += set.labels[i] == 1;
+    a.score += s[i];
+    a.at_threshold += s[i] >= thr;
+    a.at_triage += !std::isnan(triage) && s[i] >= triage;
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  for (auto& [dx, a] : by)
+    rows.push_back({{"dx", dx},
+                    {"n", a.n},
+                    {"positives", a.positives},
+                    {"mean_score", a.score / a.n},
+                    {"called_malignant_at_threshold", double(a.at_threshold) / a.n},
+                    {"called_malignant_at_triage",
+                     std::isnan(triage) ? nlohmann::json(nullptr)
+                                        : nlohmann::json(double(a.at_triage) / a.n)}});
+  return {
+      {"triage_threshold", std::isnan(triage) ? nlohmann::json(nullptr) : nlohmann::json(triage)},
+      {"triage_sensitivity", kTriageSensitivity},
+      {"rows", rows}};
+}
+
 nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& set, double thr,
                                uint64_t seed, const std::optional<Platt>& recalibration) {
   auto e = evaluate_binary(s, set.labels, thr, 1000, seed);
@@ -131,6 +163,7 @@ nlohmann::json evaluation_json(const std::vector<double>& s, const LabeledSet& s
                          {"specificity", half.specificity},
                          {"calibration_bins", calibration_bins_json(c)}};
   }
+  j["by_dx"] = by_dx_json(s, set, thr);
   auto roc = roc_curve(s, set.labels);
   nlohmann::json pts = nlohmann::json::array();
   size_t stride = std::max<size_t>(1, roc.size() / 100);
@@ -663,6 +696,18 @@ nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
       if ((*r)["test"].contains("worst_group"))
         wg.push_back((*r)["test"]["worst_group"]["balanced_accuracy"].get<double>());
     c["worst_group_balanced_accuracy"] = spread(wg);
+    // Per diagnosis, the share called malignant at the triage point (mean over seeds).
+    std::map<std::string, std::vector<double>> triage_by_dx;
+    for (auto* r : rs)
+      if ((*r)["test"].contains("by_dx"))
+        for (const auto& row : (*r)["test"]["by_dx"]["rows"])
+          if (row["called_malignant_at_triage"].is_number())
+            triage_by_dx[row["dx"].get<std::string>()].push_back(
+                row["called_malignant_at_triage"].get<double>());
+    if (!triage_by_dx.empty()) {
+      c["called_malignant_at_triage"] = nlohmann::json::object();
+      for (auto& [dx, v] : triage_by_dx) c["called_malignant_at_triage"][dx] = spread(v);
+    }
     // The extra test datasets: AUC, sensitivity/specificity at the validation threshold, the
     // specificity at the triage sensitivity, and calibration.
     if (rs[0]->contains("extra_tests"))

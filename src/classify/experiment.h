@@ -67,7 +67,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
 // What evaluation_json reports, versioned: a cached result below this version is re-evaluated
 // from its saved scores when an experiment meets it. Raise it with every new metric.
 // 1: operating points, calibration and the Platt recalibration (twenty-first sitting).
-constexpr int kMetricsVersion = 1;
+constexpr int kMetricsVersion = 2;  // 2: by_dx
 
 // A Platt scaling as JSON {a, b[, fitted_on]}; null without one.
 nlohmann::json platt_json(const std::optional<Platt>& p, const std::string& fitted_on = "");
@@ -77,6 +77,14 @@ nlohmann::json platt_json(const std::optional<Platt>& p, const std::string& fitt
 std::string scores_csv(const LabeledSet& set, const std::vector<double>& scores,
                        const std::string& set_name = "",
                        const std::optional<Platt>& platt = std::nullopt, bool header = true);
+
+// Where a classifier's errors are, per diagnosis (the "dx" entry of each image's groups): n,
+// positives, mean score and the share called malignant at `threshold` and at the triage
+// operating point (threshold_at_sensitivity at kTriageSensitivity on this set):
+// {triage_threshold, triage_sensitivity, rows: [{dx, n, positives, mean_score,
+// called_malignant_at_threshold, called_malignant_at_triage}]}.
+nlohmann::json by_dx_json(const std::vector<double>& scores, const LabeledSet& set,
+                          double threshold);
 
 // Metrics of one scored test set: EvalSummary with CIs, ROC curve (subsampled), calibration
 // bins, per-group and worst-group metrics; with a recalibration (Platt scaling fitted on the

@@ -102,6 +102,17 @@ double specificity_at_sensitivity(const std::vector<double>& s, const std::vecto
   return operating_points(s, y, target, kTriageSpecificity).first;
 }
 
+double threshold_at_sensitivity(const std::vector<double>& s, const std::vector<int>& y,
+                                double target) {
+  if (!has_both_classes(y)) return std::nan("");
+  std::vector<double> pos;
+  for (size_t i = 0; i < s.size() && i < y.size(); ++i)
+    if (y[i] == 1) pos.push_back(s[i]);
+  std::sort(pos.begin(), pos.end(), std::greater<double>());
+  const auto k = static_cast<size_t>(std::ceil(target * pos.size() - 1e-9));
+  return pos[std::clamp<size_t>(k, 1, pos.size()) - 1];
+}
+
 double sensitivity_at_specificity(const std::vector<double>& s, const std::vector<int>& y,
                                   double target) {
   return operating_points(s, y, kTriageSensitivity, target).second;

@@ -241,7 +241,48 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
       scarcity[c.value("arm", "")].points.emplace_back(num(c["real_size"], 0),
                                                        num(c["auc"]["mean"]));
   }
-  h << "</table><div class='flex'>";
+  h << "</table>";
+  // Where the triage point's errors are: per diagnosis, the share called malignant at the
+  // threshold that reaches sensitivity 0.95 on the test split (malignant rows: the share found;
+  // benign rows: the share sent on needlessly).
+  {
+    std::set<std::string> dxs;
+    for (auto& c : s["cells"])
+      if (c.contains("called_malignant_at_triage"))
+        for (auto& [dx, v] : c["called_malignant_at_triage"].items()) dxs.insert(dx);
+    std::map<std::string, bool> malignant;
+    for (auto& r : s["runs"])
+      if (r.contains("test") && r["test"].contains("by_dx"))
+        for (auto& row : r["test"]["by_dx"]["rows"])
+          malignant[row["dx"].get<std::string>()] = row.value("positives", 0) > 0;
+    if (dxs.size() > 1) {
+      h << "<h3>Per diagnosis at sensitivity " << fmt(kTriageSensitivity, "%.2f")
+        << " (test split, means over seeds)</h3><p>The share of each diagnosis called malignant "
+           "at the threshold that finds "
+        << fmt(100 * kTriageSensitivity, "%.0f")
+        << "% of the malignant lesions: for a malignant diagnosis, how many are found; for a "
+           "benign one, how many are sent on needlessly (lower is better). Where the triage "
+           "point's errors are.</p><table><tr><th>model</th><th>arm</th><th>real</th>";
+      for (auto& dx : dxs)
+        h << "<th>" << html_escape(dx)
+          << (malignant.count(dx) && malignant[dx] ? " (malignant)" : "") << "</th>";
+      h << "</tr>";
+      for (auto& c : s["cells"]) {
+        if (!c.contains("called_malignant_at_triage")) continue;
+        h << "<tr><td>" << c.value("arch", "") << "</td><td>" << c.value("arm", "") << "</td><td>"
+          << c["real_images"] << "</td>";
+        for (auto& dx : dxs)
+          h << "<td>"
+            << (c["called_malignant_at_triage"].contains(dx)
+                    ? fmt(num(c["called_malignant_at_triage"][dx]["mean"]))
+                    : std::string("-"))
+            << "</td>";
+        h << "</tr>";
+      }
+      h << "</table>";
+    }
+  }
+  h << "<div class='flex'>";
   std::vector<Series> sc;
   for (auto& [arm, ser] : scarcity) {
     ser.name = arm;

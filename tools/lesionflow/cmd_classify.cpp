@@ -33,6 +33,16 @@ void print_eval(const std::string& what, const nlohmann::json& t) {
                 t["worst_group"]["group"].get<std::string>().c_str(),
                 t["worst_group"]["balanced_accuracy"].get<double>());
   std::printf("\n");
+  if (t.contains("by_dx") && t["by_dx"]["triage_threshold"].is_number() &&
+      t["by_dx"]["rows"].size() > 1) {
+    std::printf("  called malignant at sensitivity %.2f (score >= %.3f), per diagnosis:",
+                kTriageSensitivity, t["by_dx"]["triage_threshold"].get<double>());
+    for (const auto& r : t["by_dx"]["rows"])
+      std::printf(" %s %.0f%% (n %lld)", r["dx"].get<std::string>().c_str(),
+                  100 * r["called_malignant_at_triage"].get<double>(),
+                  static_cast<long long>(r["n"].get<int64_t>()));
+    std::printf("\n");
+  }
 }
 
 void print_train(const nlohmann::json& r, const std::string& out) {
