@@ -720,7 +720,9 @@ TEST(Synth, AbcdDiscordantEmphasisTiltsTheSourcesByTheirTds) {
       EXPECT_NEAR(got, real_sum[dx] / real_n[dx], 0.12) << dx;
   }
   c.emphasis = "hard";
-  EXPECT_FALSE(plan_synthetic(ds->records, caps, c, nullptr).ok());
+  auto bad = plan_synthetic(ds->records, caps, c, nullptr);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("abcd-discordant-malignant"), std::string::npos);
   c.emphasis = "abcd-discordant";
   c.emphasis_strength = -1;
   EXPECT_FALSE(plan_synthetic(ds->records, caps, c, nullptr).ok());
@@ -1363,12 +1365,13 @@ TEST(Experiment, AggregateKeepsEachArmInItsOwnCell) {
 }
 
 TEST(Classifier, ResumeEqualsUninterruptedTraining) {
-  auto set = phantom_set(40, 16, 4);
+  auto set = phantom_set(40, 16, 4), val = phantom_set(37, 16, 5);
   ClassifierConfig mc;
   mc.image_size = 16;
   mc.width = 8;
   // Uninterrupted: 4 epochs.
   std::string a = test::tmp_dir("cls_resume_a"), b = test::tmp_dir("cls_resume_b");
+  ClsTrainResult res;
   auto train = [&](const std::string& dir, bool resume, double max_minutes_marker) {
     torch::manual_seed(0);
     Classifier m(mc);
@@ -1379,11 +1382,13 @@ TEST(Classifier, ResumeEqualsUninterruptedTraining) {
     tc.out = dir;
     tc.resume = resume;
     tc.max_minutes = max_minutes_marker;
-    auto r = train_classifier(tc, m, set, set);
+    auto r = train_classifier(tc, m, set, val);
     EXPECT_TRUE(r.ok()) << r.status().message();
+    if (r.ok()) res = *r;
     return m;
   };
   train(a, false, 0);
+  const ClsTrainResult ra = res;
   // Interrupted after epoch 1 (a budget of ~0 minutes stops after the first epoch), then resumed.
   train(b, false, 1e-9);
   auto h1 = *read_jsonl(b + "/history.jsonl");
@@ -1396,6 +1401,13 @@ TEST(Classifier, ResumeEqualsUninterruptedTraining) {
   auto ha = *read_jsonl(a + "/history.jsonl"), hb = *read_jsonl(b + "/history.jsonl");
   ASSERT_EQ(ha.size(), hb.size());
   for (size_t i = 0; i < ha.size(); ++i) EXPECT_EQ(ha[i]["train_loss"], hb[i]["train_loss"]);
+  // The best validation AUC survives the checkpoint bit-exact (it was kept to 6 decimals, so a run
+  // resumed after its best epoch reported another val_auc than the uninterrupted one).
+  EXPECT_EQ(res.best_val_auc, ra.best_val_auc);
+  EXPECT_EQ(res.threshold, ra.threshold);
+  auto best = *load_safetensors(b + "/best.safetensors");
+  EXPECT_EQ(std::strtod(best.metadata["val_auc"].c_str(), nullptr), ra.best_val_auc);
+  EXPECT_EQ(std::strtod(wb.metadata["best_val_auc"].c_str(), nullptr), ra.best_val_auc);
 }
 
 // The whole pipeline through the CLI on phantoms (tiny generator, 1 seed, 2 epochs), then the

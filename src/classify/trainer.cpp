@@ -39,6 +39,15 @@ nlohmann::json ClsTrainConfig::to_json() const {
 }
 
 namespace {
+
+// A double as checkpoint metadata that reads back bit-exact (std::to_string keeps 6 decimals, so a
+// run resumed after its best epoch reported val_auc 0.730769 where the uninterrupted one had
+// 0.7307692307692307).
+std::string exact(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
 // Random resized crop (scale 0.7-1, aspect 3/4-4/3), dihedral transform, colour jitter
 // (brightness, contrast, saturation +-15%) on one image x [3,S,S] in [-1,1].
 Tensor augment_lesion(Tensor x, std::mt19937_64& rng) {
@@ -146,7 +155,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
     LF_ASSIGN_OR_RETURN(int64_t e, load_state(state, opt));
     epoch = static_cast<int>(e);
     res.best_epoch = std::atoi(w.metadata["best_epoch"].c_str());
-    res.best_val_auc = std::atof(w.metadata["best_val_auc"].c_str());
+    res.best_val_auc = std::strtod(w.metadata["best_val_auc"].c_str(), nullptr);
     since_best = std::atoi(w.metadata["since_best"].c_str());
     if (main_rank) truncate_metrics(hist, epoch);
     log_info("resumed " + cfg.out + " after epoch " + std::to_string(epoch));
@@ -263,7 +272,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
                      [&](const std::string& p) {
                        return save_classifier(p, model, 0.5,
                                               {{"best_epoch", std::to_string(res.best_epoch)},
-                                               {"best_val_auc", std::to_string(res.best_val_auc)},
+                                               {"best_val_auc", exact(res.best_val_auc)},
                                                {"since_best", std::to_string(since_best)}});
                      }},
                     {state, [&](const std::string& p) { return save_state(p, epoch + 1, opt); }}}));
@@ -295,7 +304,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   }
   LF_RETURN_IF_ERROR(save_classifier(best, model, res.threshold,
                                      {{"epoch", std::to_string(res.best_epoch)},
-                                      {"val_auc", std::to_string(res.best_val_auc)},
+                                      {"val_auc", exact(res.best_val_auc)},
                                       {"train", cfg.to_json().dump()}},
                                      res.platt));
   prog.finish(res.stopped_early ? "(early stop)" : "",

@@ -151,8 +151,9 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
     if (!is_vary_attribute(v))
       return Status::error("synth: --vary takes size and/or skin (got '" + v + "')");
   if (!is_emphasis(cfg.emphasis))
-    return Status::error("synth: --emphasis must be none or abcd-discordant (got '" + cfg.emphasis +
-                         "')");
+    return Status::error(
+        "synth: --emphasis must be none, abcd-discordant or abcd-discordant-malignant (got '" +
+        cfg.emphasis + "')");
   if (!std::isfinite(cfg.emphasis_strength) || cfg.emphasis_strength < 0)
     return Status::error("synth: --emphasis-strength must be a finite number >= 0 (got " +
                          std::to_string(cfg.emphasis_strength) + ")");
