@@ -64,11 +64,13 @@ RealData phantom_real_data(int n, int size, uint64_t seed) {
   return real;
 }
 
-// Two classifiers' scores with the labels (DIR/d.csv: a, b, label at full precision) and the
-// bootstrap resamples (DIR/r.csv: one row of image indices each), for a python reference.
-void write_pair_and_resamples(const std::string& dir, const std::vector<double>& a,
-                              const std::vector<double>& b, const std::vector<int>& y,
-                              const std::vector<std::vector<size_t>>& R) {
+// Runs a python3 reference on two classifiers' scores with the labels (its first argument, a CSV
+// of a, b, label at full precision) and the bootstrap resamples (its second, one row of image
+// indices each); returns what it prints.
+std::string python_on_pair(const std::string& name, const std::vector<double>& a,
+                           const std::vector<double>& b, const std::vector<int>& y,
+                           const std::vector<std::vector<size_t>>& R, const std::string& script) {
+  const std::string dir = test::tmp_dir(name);
   std::ofstream f(dir + "/d.csv");
   f.precision(17);
   for (size_t i = 0; i < y.size(); ++i) f << a[i] << "," << b[i] << "," << y[i] << "\n";
@@ -77,6 +79,11 @@ void write_pair_and_resamples(const std::string& dir, const std::vector<double>&
     for (size_t i = 0; i < r.size(); ++i) g << (i ? "," : "") << r[i];
     g << "\n";
   }
+  f.close();
+  g.close();
+  std::ofstream(dir + "/m.py") << script;
+  return run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv " + dir +
+                             "/r.csv 2>&1");
 }
 
 // A width-16 CNN for 32 px images, trained from seed 0 on `set` (which also validates); the run
@@ -116,9 +123,7 @@ TEST(Metrics, PairedAucDeLongAndBootstrapMatchAPythonReference) {
   }
   const int B = 200;
   auto R = bootstrap_resamples(y.size(), B, 3);
-  std::string dir = test::tmp_dir("delong");
-  write_pair_and_resamples(dir, a, b, y, R);
-  std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
+  const std::string out = python_on_pair("delong", a, b, y, R, R"(import sys, numpy as np
 from math import erfc, sqrt
 d = np.loadtxt(sys.argv[1], delimiter=','); a, b, y = d[:, 0], d[:, 1], d[:, 2].astype(int)
 def psi(s, yy):
@@ -133,9 +138,7 @@ R = np.loadtxt(sys.argv[2], dtype=int, delimiter=',')
 diffs = sorted(psi(b[r], y[r]).mean() - psi(a[r], y[r]).mean() for r in R if 0 < y[r].sum() < len(r))
 q = lambda p: diffs[min(len(diffs) - 1, int(p * (len(diffs) - 1) + 0.5))]
 print('%.12f %.12f %.12f %.12f %.12f %.12f' % (A, Bv, sqrt(var), erfc(abs(z) / sqrt(2)), q(0.025), q(0.975)))
-)";
-  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv " +
-                                        dir + "/r.csv 2>&1");
+)");
   std::istringstream is(out);
   double auc_a, auc_b, se, p, lo, hi;
   ASSERT_TRUE(is >> auc_a >> auc_b >> se >> p >> lo >> hi)
@@ -173,9 +176,7 @@ TEST(Metrics, PairedOperatingPointsMatchScikitLearnOverTheSameResamples) {
   }
   const int B = 100;
   auto R = bootstrap_resamples(y.size(), B, 7);
-  std::string dir = test::tmp_dir("paired_ops");
-  write_pair_and_resamples(dir, a, b, y, R);
-  std::ofstream(dir + "/m.py") << R"(import sys, numpy as np
+  const std::string out = python_on_pair("paired_ops", a, b, y, R, R"(import sys, numpy as np
 from sklearn.metrics import roc_curve
 d = np.loadtxt(sys.argv[1], delimiter=','); a, b, y = d[:, 0], d[:, 1], d[:, 2].astype(int)
 def ops(s, yy):
@@ -187,9 +188,7 @@ def q(v, p):
     v = sorted(v); return v[min(len(v) - 1, int(p * (len(v) - 1) + 0.5))]
 d0 = ops(b, y) - ops(a, y)
 print('%.12f %.12f %.12f %.12f %.12f %.12f' % (d0[0], q(D[:, 0], 0.025), q(D[:, 0], 0.975), d0[1], q(D[:, 1], 0.025), q(D[:, 1], 0.975)))
-)";
-  std::string out = run_command_capture("/usr/bin/python3 " + dir + "/m.py " + dir + "/d.csv " +
-                                        dir + "/r.csv 2>&1");
+)");
   std::istringstream is(out);
   double sd, slo, shi, nd, nlo, nhi;
   ASSERT_TRUE(is >> sd >> slo >> shi >> nd >> nlo >> nhi)

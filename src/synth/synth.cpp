@@ -95,9 +95,15 @@ const std::map<std::string, std::pair<std::vector<std::string>, std::regex>>& va
 
 bool is_vary_attribute(const std::string& attribute) { return vary_phrases().count(attribute) > 0; }
 
+const std::vector<std::string>& emphasis_modes() {
+  static const std::vector<std::string> modes = {"none", "abcd-discordant",
+                                                 "abcd-discordant-malignant"};
+  return modes;
+}
+
 bool is_emphasis(const std::string& emphasis) {
-  return emphasis == "none" || emphasis == "abcd-discordant" ||
-         emphasis == "abcd-discordant-malignant";
+  const auto& m = emphasis_modes();
+  return std::find(m.begin(), m.end(), emphasis) != m.end();
 }
 
 std::string with_attribute(const std::string& prompt, const std::string& attribute,
@@ -225,9 +231,12 @@ Result<std::vector<SynthItem>> plan_synthetic(const std::vector<Record>& real,
                            {"real", c.members.size()},
                            {"synthetic", n_cell[j]}});
       std::uniform_int_distribution<size_t> pick(0, c.members.size() - 1);
-      std::vector<double> cw;
-      for (size_t m : c.members) cw.push_back(draw_weight(m));
-      std::discrete_distribution<size_t> pick_weighted(cw.begin(), cw.end());
+      std::discrete_distribution<size_t> pick_weighted;  // only with an emphasis
+      if (weighted) {
+        std::vector<double> cw;
+        for (size_t m : c.members) cw.push_back(draw_weight(m));
+        pick_weighted = std::discrete_distribution<size_t>(cw.begin(), cw.end());
+      }
       for (int64_t k = 0; k < n_cell[j]; ++k) {
         const size_t r = c.members[weighted ? pick_weighted(rng) : pick(rng)];
         const Record& src = real[r];

@@ -76,8 +76,9 @@ nlohmann::json prompt_phrase_drift(const std::map<std::string, std::string>& gen
 
 // Whether `attribute` is one SynthPlanConfig::vary takes ("size", "skin").
 bool is_vary_attribute(const std::string& attribute);
-// Whether `emphasis` is one SynthPlanConfig::emphasis takes ("none", "abcd-discordant",
-// "abcd-discordant-malignant").
+// The values SynthPlanConfig::emphasis takes ("none", "abcd-discordant",
+// "abcd-discordant-malignant"), and whether `emphasis` is one of them.
+const std::vector<std::string>& emphasis_modes();
 bool is_emphasis(const std::string& emphasis);
 // The prompt with its phrase for `attribute` ("size" or "skin") replaced by `phrase` (appended
 // when the prompt has none).

@@ -98,7 +98,7 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
                 "weight exp(strength x z), z = standardised TDS, negated for malignant) | "
                 "abcd-discordant-malignant (the malignant sources only)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"none", "abcd-discordant", "abcd-discordant-malignant"}));
+      ->check(CLI::IsMember(emphasis_modes()));
   y->add_option("--emphasis-strength", s.plan.emphasis_strength,
                 "abcd-discordant: the tilt per standard deviation of TDS (0 = uniform)")
       ->capture_default_str()
