@@ -1402,11 +1402,11 @@ TEST(Classifier, ResumeEqualsUninterruptedTraining) {
   for (size_t i = 0; i < ha.size(); ++i) EXPECT_EQ(ha[i]["train_loss"], hb[i]["train_loss"]);
   // The best validation AUC survives the checkpoint bit-exact (it was kept to 6 decimals, so a run
   // resumed after its best epoch reported another val_auc than the uninterrupted one).
-  EXPECT_EQ(res.best_val_auc, ra.best_val_auc);
+  EXPECT_EQ(res.best_val, ra.best_val);
   EXPECT_EQ(res.threshold, ra.threshold);
   auto best = *load_safetensors(b + "/best.safetensors");
-  EXPECT_EQ(std::strtod(best.metadata["val_auc"].c_str(), nullptr), ra.best_val_auc);
-  EXPECT_EQ(std::strtod(wb.metadata["best_val_auc"].c_str(), nullptr), ra.best_val_auc);
+  EXPECT_EQ(std::strtod(best.metadata["val_auc"].c_str(), nullptr), ra.best_val);
+  EXPECT_EQ(std::strtod(wb.metadata["best_val"].c_str(), nullptr), ra.best_val);
 }
 
 // The whole pipeline through the CLI on phantoms (tiny generator, 1 seed, 2 epochs), then the
@@ -1709,4 +1709,162 @@ TEST(Classifier, ShadesOfGrayUndoesAColourCastAndTravelsWithTheModel) {
   EXPECT_FALSE(torch::equal(classifier_input(c, px, 32), images_to_tensor(px, 32)));
   c.shades_of_gray = false;
   EXPECT_TRUE(torch::equal(classifier_input(c, px, 32), images_to_tensor(px, 32)));
+}
+
+// The diagnosis task's metrics against scikit-learn: accuracy, balanced accuracy (a class absent
+// from the truth left out, unknown truths skipped), the confusion matrix, and the paired bootstrap
+// CI of a balanced-accuracy difference over the same resamples.
+TEST(Metrics, MulticlassBalancedAccuracyAndItsPairedIntervalMatchScikitLearn) {
+  std::mt19937_64 rng(11);
+  const int K = 5, n = 300;  // class 4 never true; a few unknown (-1) truths
+  std::vector<int> truth, a, b;
+  std::discrete_distribution<int> prior({50, 25, 15, 10, 0});
+  std::uniform_real_distribution<double> U(0, 1);
+  std::uniform_int_distribution<int> any(0, K - 1);
+  for (int i = 0; i < n; ++i) {
+    const int t = U(rng) < 0.03 ? -1 : prior(rng);
+    truth.push_back(t);
+    a.push_back(t >= 0 && U(rng) < 0.6 ? t : any(rng));
+    b.push_back(t >= 0 && U(rng) < 0.7 ? t : any(rng));
+  }
+  const MulticlassMetrics m = multiclass_metrics(a, truth, K);
+  EXPECT_TRUE(std::isnan(m.recall[4]));
+  const auto R = bootstrap_resamples(n, 200, 3);
+  const PairedBalancedAccuracy p = paired_balanced_accuracy(a, b, truth, K, 200, 3);
+  std::vector<double> ad(a.begin(), a.end()), bd(b.begin(), b.end());
+  const std::string out = python_on_pair(
+      "dx_metrics", ad, bd, truth, R,
+      "import sys,numpy as np,warnings\n"
+      "from sklearn.metrics import accuracy_score,balanced_accuracy_score,confusion_matrix\n"
+      "warnings.simplefilter('ignore')\n"
+      "d=np.loadtxt(sys.argv[1],delimiter=',').astype(int);a,b,t=d[:,0],d[:,1],d[:,2]\n"
+      "k=t>=0\n"
+      "ba=lambda p,t:balanced_accuracy_score(t[t>=0],p[t>=0])\n"
+      "cm=confusion_matrix(t[k],a[k],labels=range(5))\n"
+      "D=[]\n"
+      "for line in open(sys.argv[2]):\n"
+      "  r=np.array([int(x) for x in line.split(',')]);D.append(ba(b[r],t[r])-ba(a[r],t[r]))\n"
+      "lo,hi=np.percentile(D,[2.5,97.5])\n"
+      "print('%.12f %.12f %.12f %.12f %.12f %d "
+      "%d'%(accuracy_score(t[k],a[k]),ba(a,t),ba(b,t)-ba(a,t),"
+      "lo,hi,cm[0,0],cm[2,1]))\n");
+  std::istringstream is(out);
+  double acc, bacc, diff, lo, hi;
+  int c00, c21;
+  ASSERT_TRUE(is >> acc >> bacc >> diff >> lo >> hi >> c00 >> c21)
+      << "python3 + scikit-learn needed (scripts/setup.sh --test): " << out;
+  EXPECT_NEAR(m.accuracy, acc, 1e-12);
+  EXPECT_NEAR(m.balanced_accuracy, bacc, 1e-12);
+  EXPECT_EQ(m.confusion[0][0], c00);
+  EXPECT_EQ(m.confusion[2][1], c21);
+  EXPECT_NEAR(p.diff, diff, 1e-12);
+  EXPECT_GT(p.diff, 0.02);  // b is right more often
+  // numpy's percentile interpolates; ours is the same rule within one resample's step.
+  EXPECT_NEAR(p.ci_lo, lo, 0.01);
+  EXPECT_NEAR(p.ci_hi, hi, 0.01);
+  EXPECT_LT(p.ci_lo, p.diff);
+  EXPECT_GT(p.ci_hi, p.diff);
+  // Identical predictions: no difference in any resample.
+  const PairedBalancedAccuracy same = paired_balanced_accuracy(a, a, truth, K, 50, 1);
+  EXPECT_EQ(same.diff, 0);
+  EXPECT_EQ(same.ci_lo, 0);
+  EXPECT_EQ(same.ci_hi, 0);
+}
+
+// A dx classifier trains on real and synthetic images, each with its diagnosis's class, picks its
+// epochs on the validation balanced accuracy, writes every test image's class probabilities, and
+// the experiment's cells and paired comparison read them: checked against an independent
+// computation in python (scikit-learn) from the CSVs.
+TEST(Experiment, DxJobsTrainOnSyntheticImagesOfTheirDiagnosisAndArePairedOnTheirProbabilities) {
+  RealData real = phantom_real_data(90, 16, 4);
+  // Three diagnoses: every third benign phantom becomes a benign keratosis.
+  int nb = 0;
+  for (auto& r : real.ps.records)
+    if (r.label == 0 && nb++ % 3 == 0) r.dx = "bkl";
+  std::vector<int> malignant;
+  const std::vector<std::string> classes = dx_classes(real, &malignant);
+  ASSERT_EQ(classes, (std::vector<std::string>{"bkl", "mel", "nv"}));
+  EXPECT_EQ(malignant, (std::vector<int>{0, 1, 0}));
+  // The "synthetic" images: other phantoms, with their diagnosis in the groups as load_synthetic
+  // gives it from the manifest.
+  LabeledSet syn = phantom_set(40, 16, 9);
+  for (int64_t i = 0; i < syn.count(); ++i) ASSERT_FALSE(syn.groups[i]["dx"].empty());
+  std::vector<nlohmann::json> results;
+  const std::string root = test::tmp_dir("dx_jobs");
+  for (const char* arm : {"real", "real+synthetic"})
+    for (uint64_t seed : {0, 1}) {
+      ClsJob job;
+      job.arm = arm;
+      job.seed = seed;
+      job.model.width = 8;
+      job.model.classes = classes;
+      job.model.malignant = malignant;
+      job.train.epochs = 3;
+      job.train.batch = 16;
+      job.train.out = root + "/" + (job.arm == "real" ? "real" : "mix") + std::to_string(seed);
+      auto r = run_cls_job(job, real, &syn, {});
+      LF_ASSERT_OK(r);
+      ASSERT_TRUE(r->contains("val_balanced_accuracy")) << r->dump();
+      ASSERT_FALSE(r->contains("val_auc"));
+      ASSERT_TRUE((*r)["test_dx"]["balanced_accuracy"].is_number());
+      EXPECT_EQ((*r)["test_dx"]["n"].get<int>(), static_cast<int>(real.test.size()));
+      EXPECT_EQ((*r)["test"]["auc"]["value"].is_number(), true);  // P(malignant) still evaluated
+      auto hist = read_jsonl(job.train.out + "/history.jsonl");
+      LF_ASSERT_OK(hist);
+      EXPECT_TRUE(hist->front().contains("val_balanced_accuracy"));
+      results.push_back(*r);
+    }
+  // The result's balanced accuracy and the pooled comparison, recomputed from the CSVs.
+  auto paired = paired_arm_comparisons(results);
+  LF_ASSERT_OK(paired);
+  ASSERT_EQ((*paired)["dx_pooled"].size(), 1u);
+  const auto& dp = (*paired)["dx_pooled"][0];
+  EXPECT_EQ(dp["arm"], "real+synthetic");
+  EXPECT_EQ(dp["seeds"].get<int>(), 2);
+  std::string files;
+  for (auto& r : results) files += " " + r["test_dx_probs"].get<std::string>();
+  const std::string py = root + "/check.py";
+  std::ofstream(py)
+      << "import sys,numpy as np,csv,warnings\n"
+         "from sklearn.metrics import balanced_accuracy_score as B\n"
+         "warnings.simplefilter('ignore')\n"
+         "def rd(p):\n"
+         "  rows=list(csv.reader(open(p)));cls=[c[2:] for c in rows[0][2:]]\n"
+         "  t=np.array([cls.index(r[1]) for r in rows[1:]]);P=np.array([[float(x) for x in "
+         "r[2:]] for r in rows[1:]])\n"
+         "  assert np.allclose(P.sum(1),1,atol=1e-6)\n"
+         "  return t,P\n"
+         "f=sys.argv[1:];t,_=rd(f[0])\n"
+         "ba=[B(t,rd(p)[1].argmax(1)) for p in f]\n"
+         "real=sum(rd(p)[1] for p in f[:2])/2;mix=sum(rd(p)[1] for p in f[2:])/2\n"
+         "print(' '.join('%.12f'%v for v in ba+[B(t,mix.argmax(1))-B(t,real.argmax(1))]))\n";
+  const std::string out = run_command_capture("/usr/bin/python3 " + py + files + " 2>&1");
+  std::istringstream is(out);
+  std::vector<double> v(5);
+  for (auto& x : v) ASSERT_TRUE(is >> x) << out;
+  for (size_t k = 0; k < 4; ++k)
+    EXPECT_NEAR(results[k]["test_dx"]["balanced_accuracy"].get<double>(), v[k], 1e-9) << k;
+  EXPECT_NEAR(dp["seed_averaged"]["diff"].get<double>(), v[4], 1e-9);
+  EXPECT_NEAR(dp["mean_diff"].get<double>(), ((v[2] - v[0]) + (v[3] - v[1])) / 2, 1e-9);
+  // The cells: the mean over seeds of the balanced accuracy and of each class's recall.
+  auto cells = aggregate_results(results);
+  ASSERT_EQ(cells.size(), 2u);
+  EXPECT_NEAR(cells[0]["dx_balanced_accuracy"]["mean"].get<double>(), (v[0] + v[1]) / 2, 1e-9);
+  EXPECT_NEAR(cells[1]["dx_balanced_accuracy"]["mean"].get<double>(), (v[2] + v[3]) / 2, 1e-9);
+  EXPECT_EQ(cells[1]["dx_recall"].size(), 3u);
+  // A synthetic image of a diagnosis the classifier does not have, or of none, is refused by name.
+  for (const char* dx : {"vasc", ""}) {
+    LabeledSet bad = syn;
+    bad.groups[5]["dx"] = dx;
+    ClsJob job;
+    job.arm = "real+synthetic";
+    job.model.width = 8;
+    job.model.classes = classes;
+    job.model.malignant = malignant;
+    job.train.epochs = 1;
+    job.train.out = root + "/bad";
+    auto r = run_cls_job(job, real, &bad, {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find(syn.ids[5]), std::string::npos) << r.status().message();
+  }
 }

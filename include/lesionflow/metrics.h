@@ -112,6 +112,29 @@ std::vector<std::vector<size_t>> bootstrap_resamples(size_t n, int bootstrap, ui
 // The percentile 95% interval paired_auc reports for a set of resampled differences.
 std::pair<double, double> percentile_interval(std::vector<double> values);
 
+// The diagnosis task (one class per dx): accuracy and balanced accuracy (the mean of the per-class
+// recalls over the classes present in `truth`, ISIC 2018 task 3's balanced multi-class accuracy;
+// scikit-learn's balanced_accuracy_score). Entries with truth < 0 are left out. `recall` gets
+// each class's recall (NaN for a class absent from truth) and `confusion` the K x K counts
+// (row = truth, column = prediction) when given.
+struct MulticlassMetrics {
+  double accuracy = 0, balanced_accuracy = 0;
+  int n = 0;
+  std::vector<double> recall;
+  std::vector<std::vector<int>> confusion;
+};
+MulticlassMetrics multiclass_metrics(const std::vector<int>& pred, const std::vector<int>& truth,
+                                     int classes);
+// Two classifiers' predictions of the same images: balanced accuracy B - A and its paired
+// percentile bootstrap 95% CI over bootstrap_resamples(n, bootstrap, seed).
+struct PairedBalancedAccuracy {
+  double a = 0, b = 0, diff = 0, ci_lo = 0, ci_hi = 0;
+};
+PairedBalancedAccuracy paired_balanced_accuracy(const std::vector<int>& pred_a,
+                                                const std::vector<int>& pred_b,
+                                                const std::vector<int>& truth, int classes,
+                                                int bootstrap = 1000, uint64_t seed = 0);
+
 // Per-subgroup metrics: groups[i] is image i's value of one attribute (e.g. sex "female").
 // A group is ranked (can be the worst group) only with at least min_n images and at least
 // min_class malignant and min_class benign ones: a balanced accuracy over 3 malignant cases says

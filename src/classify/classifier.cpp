@@ -75,6 +75,8 @@ Result<LabeledSet> load_synthetic(const std::string& dir, int size, float weight
     std::map<std::string, std::string> g;
     if (j.contains("subgroup"))
       for (auto& [k, v] : j["subgroup"].items()) g[k] = v.get<std::string>();
+    if (j.contains("dx") && j["dx"].is_string())
+      g["dx"] = j["dx"].get<std::string>();  // for a dx classifier's class (set_dx_classes)
     s.add(rgb.data, j.value("label", 0), weight, j.value("id", file), "synthetic", g);
   }
   if (skipped) *skipped = bad;

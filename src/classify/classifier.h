@@ -1,6 +1,7 @@
 // Skin-lesion classifiers trained from scratch: a small ResNet-style CNN and a small ViT
 // (patch 8 at 64 px), binary benign (0) vs malignant (1). Training with augmentation,
-// class-balanced loss, per-source weights, early stopping on validation AUC, exact resume.
+// class-balanced loss, per-source weights, early stopping on validation AUC (a dx model: balanced
+// accuracy over the diagnoses), exact resume.
 #pragma once
 #include <map>
 #include <nlohmann/json.hpp>
@@ -81,7 +82,7 @@ struct ClsTrainConfig {
   bool balanced = true;      // class weights N / (2 N_c) on the loss
   bool augment = true;       // dihedral, random resized crop, colour jitter
   double shift_augment = 0;  // chance per image of an acquisition shift (lesionflow/shift.h)
-  int patience = 5;          // epochs without validation-AUC improvement before stopping
+  int patience = 5;          // epochs without validation improvement before stopping (selected_on)
   double max_minutes = 0;    // budget: stop after the epoch that crosses it
   uint64_t seed = 0;
   std::string out;  // run directory
@@ -96,7 +97,10 @@ struct ClsTrainConfig {
 };
 struct ClsTrainResult {
   int epochs_run = 0, best_epoch = -1;
-  double best_val_auc = 0, threshold = 0.5, seconds = 0, images_per_second = 0;
+  // The best epoch's validation score: the malignant AUC of a binary model, the balanced accuracy
+  // over the diagnoses of a dx model (`selected_on` names it).
+  double best_val = 0, threshold = 0.5, seconds = 0, images_per_second = 0;
+  std::string selected_on = "val_auc";
   bool stopped_early = false;
   std::optional<Platt> platt;  // fitted on the validation split's scores (none without one)
 };

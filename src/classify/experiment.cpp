@@ -47,6 +47,85 @@ Result<NamedSet> load_test_dataset(const std::string& spec, int size) {
   return n;
 }
 
+std::vector<std::string> dx_classes(const RealData& real, std::vector<int>* malignant) {
+  std::map<std::string, int> dx_label;
+  for (size_t i : real.train)
+    dx_label[real.ps.records[i].dx] =
+        std::max(dx_label[real.ps.records[i].dx], real.ps.records[i].label);
+  std::vector<std::string> classes;
+  if (malignant) malignant->clear();
+  for (auto& [dx, l] : dx_label) {
+    classes.push_back(dx);
+    if (malignant) malignant->push_back(l == 1);
+  }
+  return classes;
+}
+
+Status set_dx_classes(LabeledSet& set, const std::vector<std::string>& classes,
+                      const std::string& what) {
+  for (int64_t i = 0; i < set.count(); ++i) {
+    auto g = set.groups[i].find("dx");
+    if (g == set.groups[i].end() || g->second.empty())
+      return Status::error("classify: " + what + " '" + set.ids[i] +
+                           "' has no diagnosis (dx), which a dx classifier needs");
+    auto it = std::find(classes.begin(), classes.end(), g->second);
+    if (it == classes.end()) {
+      std::string known;
+      for (const auto& c : classes) known += (known.empty() ? "" : ", ") + c;
+      return Status::error("classify: " + what + " '" + set.ids[i] + "' has dx '" + g->second +
+                           "', not one of the classifier's classes (" + known + ")");
+    }
+    set.cls[i] = static_cast<int>(it - classes.begin());
+  }
+  return Status::ok_status();
+}
+
+Result<nlohmann::json> dx_evaluation(const torch::Tensor& prob, const LabeledSet& set,
+                                     const std::vector<std::string>& classes) {
+  const int K = static_cast<int>(classes.size());
+  if (prob.dim() != 2 || prob.size(0) != set.count() || prob.size(1) != K)
+    return Status::error("classify: dx probabilities are not [" + std::to_string(set.count()) +
+                         ", " + std::to_string(K) + "]");
+  auto am = prob.argmax(1).to(torch::kInt64).contiguous();
+  std::vector<int> pred(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + am.numel());
+  const MulticlassMetrics m = multiclass_metrics(pred, set.cls, K);
+  auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
+  nlohmann::json recall = nlohmann::json::object(), count = nlohmann::json::object();
+  for (int k = 0; k < K; ++k) {
+    recall[classes[k]] = num(m.recall[k]);
+    int n = 0;
+    for (int v : m.confusion[k]) n += v;
+    count[classes[k]] = n;
+  }
+  return nlohmann::json{{"accuracy", num(m.accuracy)},
+                        {"balanced_accuracy", num(m.balanced_accuracy)},
+                        {"recall_per_class", recall},
+                        {"n_per_class", count},
+                        {"n", m.n},
+                        {"confusion", {{"classes", classes}, {"matrix", m.confusion}}}};
+}
+
+std::string dx_probs_csv(const LabeledSet& set, const torch::Tensor& prob,
+                         const std::vector<std::string>& classes) {
+  std::string out = "id,dx";
+  for (const auto& c : classes) out += ",p_" + c;
+  out += "\n";
+  auto p = prob.to(torch::kFloat64).contiguous();
+  const double* d = p.data_ptr<double>();
+  const int64_t K = static_cast<int64_t>(classes.size());
+  char buf[32];
+  for (int64_t i = 0; i < set.count(); ++i) {
+    const int c = set.cls[i];
+    out += set.ids[i] + "," + (c >= 0 && c < K ? classes[c] : std::string());
+    for (int64_t k = 0; k < K; ++k) {
+      std::snprintf(buf, sizeof buf, ",%.9g", d[i * K + k]);
+      out += buf;
+    }
+    out += "\n";
+  }
+  return out;
+}
+
 namespace {
 nlohmann::json calibration_bins_json(const Calibration& c) {
   nlohmann::json bins = nlohmann::json::array();
@@ -319,8 +398,12 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
   train.size = real.ps.size;
   const std::vector<std::string>* classes =
       job.model.classes.empty() ? nullptr : &job.model.classes;
-  if (classes && job.arm != "real")
-    return Status::error("classify: a dx classifier (--classes dx) trains on real images only");
+  LabeledSet syn_dx;  // a dx classifier: the synthetic images with their diagnosis's class
+  if (classes && synthetic) {
+    syn_dx = *synthetic;
+    LF_RETURN_IF_ERROR(set_dx_classes(syn_dx, *classes, "synthetic image"));
+    synthetic = &syn_dx;
+  }
   if (job.arm != "synthetic")
     train.append(labeled_from_prepared(real.ps, real_idx, &real.captions, 1.0f, classes));
   int64_t n_syn = 0;
@@ -445,7 +528,7 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       {"train", tc.to_json()},
       {"epochs_run", tr.epochs_run},
       {"best_epoch", tr.best_epoch},
-      {"val_auc", tr.best_val_auc},
+      {tr.selected_on, tr.best_val},
       {"threshold", tr.threshold},
       {"platt", platt_json(tr.platt, "validation")},
       {"train_seconds", tr.seconds},
@@ -464,32 +547,12 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
   };
   LF_RETURN_IF_ERROR(write_scores(job.train.out + "/test_scores.csv", test, test_scores));
   r["test_scores"] = job.train.out + "/test_scores.csv";
-  if (classes) {  // dx accuracy and balanced (mean per-class recall) accuracy of the argmax
-    auto pred = predict_proba(model, test.pixels.data(), test.count(), test.size).argmax(1);
-    const int K = static_cast<int>(classes->size());
-    std::vector<double> hit(K, 0), n(K, 0);
-    double correct = 0, total = 0;
-    for (int64_t i = 0; i < test.count(); ++i) {
-      if (test.cls[i] < 0) continue;
-      const bool ok = pred[i].item<int64_t>() == test.cls[i];
-      correct += ok;
-      total += 1;
-      hit[test.cls[i]] += ok;
-      n[test.cls[i]] += 1;
-    }
-    double bal = 0;
-    int present = 0;
-    nlohmann::json per = nlohmann::json::object();
-    for (int k = 0; k < K; ++k)
-      if (n[k] > 0) {
-        bal += hit[k] / n[k];
-        ++present;
-        per[(*classes)[k]] = hit[k] / n[k];
-      }
-    r["test_dx"] = {{"accuracy", total > 0 ? correct / total : 0.0},
-                    {"balanced_accuracy", present ? bal / present : 0.0},
-                    {"recall_per_class", per},
-                    {"n", total}};
+  if (classes) {  // the diagnosis task: argmax over the classes, per-class recall, confusion
+    const torch::Tensor prob = predict_proba(model, test.pixels.data(), test.count(), test.size);
+    LF_ASSIGN_OR_RETURN(r["test_dx"], dx_evaluation(prob, test, *classes));
+    const std::string path = job.train.out + "/test_dx_probs.csv";
+    LF_RETURN_IF_ERROR(write_file_atomic(path, dx_probs_csv(test, prob, *classes)));
+    r["test_dx_probs"] = path;
   }
   nlohmann::json extra = nlohmann::json::object(), extra_scores = nlohmann::json::object();
   for (size_t k = 0; k < extra_tests.size(); ++k) {
@@ -531,6 +594,143 @@ Result<Scores> read_scores(const std::string& path) {
     s.scores.push_back(std::stod(line.substr(b + 1)));
   }
   return s;
+}
+// A dx job's test_dx_probs.csv: "id,dx,p_<class>..." (dx_probs_csv).
+struct DxProbs {
+  std::vector<std::string> ids, classes;
+  std::vector<int> truth;              // index into classes, -1 for an unknown dx
+  std::vector<std::vector<double>> p;  // [image][class]
+};
+Result<DxProbs> read_dx_probs(const std::string& path) {
+  LF_ASSIGN_OR_RETURN(std::string txt, read_file(path));
+  DxProbs d;
+  std::istringstream in(txt);
+  std::string line, cell;
+  std::getline(in, line);
+  {
+    std::istringstream h(line);
+    std::vector<std::string> cols;
+    while (std::getline(h, cell, ',')) cols.push_back(cell);
+    if (cols.size() < 3 || cols[0] != "id" || cols[1] != "dx")
+      return Status::error(path + ": header is not id,dx,p_<class>...");
+    for (size_t k = 2; k < cols.size(); ++k) {
+      if (cols[k].rfind("p_", 0) != 0) return Status::error(path + ": column '" + cols[k] + "'");
+      d.classes.push_back(cols[k].substr(2));
+    }
+  }
+  int row = 1;
+  while (std::getline(in, line)) {
+    ++row;
+    if (line.empty()) continue;
+    std::istringstream r(line);
+    std::vector<std::string> cols;
+    while (std::getline(r, cell, ',')) cols.push_back(cell);
+    if (line.back() == ',') cols.push_back("");
+    if (cols.size() != d.classes.size() + 2)
+      return Status::error(path + ": line " + std::to_string(row) + " has " +
+                           std::to_string(cols.size()) + " fields, the header " +
+                           std::to_string(d.classes.size() + 2));
+    d.ids.push_back(cols[0]);
+    auto it = std::find(d.classes.begin(), d.classes.end(), cols[1]);
+    d.truth.push_back(it == d.classes.end() ? -1 : static_cast<int>(it - d.classes.begin()));
+    std::vector<double> p;
+    for (size_t k = 2; k < cols.size(); ++k) p.push_back(std::stod(cols[k]));
+    d.p.push_back(std::move(p));
+  }
+  return d;
+}
+std::vector<int> argmax_rows(const std::vector<std::vector<double>>& p) {
+  std::vector<int> out;
+  for (const auto& row : p)
+    out.push_back(static_cast<int>(std::max_element(row.begin(), row.end()) - row.begin()));
+  return out;
+}
+// The diagnosis task, paired on the same test images: per (arch, requested size), each arm's
+// seed-averaged class probabilities, argmax, against the real arm's; the balanced accuracy
+// difference with a paired bootstrap CI, per-class recalls, and the per-seed differences. Into
+// out["dx_pooled"] (only when some job is a dx job).
+Status paired_dx_comparisons(const std::vector<nlohmann::json>& results, nlohmann::json& out) {
+  using Key = std::pair<std::string, int64_t>;
+  std::map<Key, std::map<std::string, std::map<uint64_t, std::string>>> files;  // arm -> seed
+  for (const auto& r : results)
+    if (r.contains("test_dx_probs"))
+      files[{r.value("arch", ""), r.value("requested_real_size", int64_t{-1})}][r.value("arm", "")]
+           [r.value("seed", uint64_t{0})] = r["test_dx_probs"];
+  if (files.empty()) return Status::ok_status();
+  out["dx_pooled"] = nlohmann::json::array();
+  for (const auto& [key, arms] : files) {
+    auto real_it = arms.find("real");
+    if (real_it == arms.end()) continue;
+    // Seed-averaged probabilities and each seed's predictions of one arm.
+    struct Arm {
+      DxProbs avg;
+      std::map<uint64_t, std::vector<int>> pred;
+    };
+    auto load_arm = [](const std::map<uint64_t, std::string>& by_seed) -> Result<Arm> {
+      Arm a;
+      for (const auto& [seed, path] : by_seed) {
+        LF_ASSIGN_OR_RETURN(DxProbs d, read_dx_probs(path));
+        a.pred[seed] = argmax_rows(d.p);
+        if (a.avg.ids.empty()) {
+          a.avg = d;
+          continue;
+        }
+        if (d.ids != a.avg.ids || d.classes != a.avg.classes)
+          return Status::error(path + ": other test images or classes than " +
+                               by_seed.begin()->second);
+        for (size_t i = 0; i < d.p.size(); ++i)
+          for (size_t k = 0; k < d.p[i].size(); ++k) a.avg.p[i][k] += d.p[i][k];
+      }
+      for (auto& row : a.avg.p)
+        for (auto& v : row) v /= static_cast<double>(by_seed.size());
+      return a;
+    };
+    LF_ASSIGN_OR_RETURN(Arm real, load_arm(real_it->second));
+    const int K = static_cast<int>(real.avg.classes.size());
+    const std::vector<int> real_pred = argmax_rows(real.avg.p);
+    auto recalls = [&](const std::vector<int>& pred) {
+      const MulticlassMetrics m = multiclass_metrics(pred, real.avg.truth, K);
+      nlohmann::json j = nlohmann::json::object();
+      for (int k = 0; k < K; ++k)
+        j[real.avg.classes[k]] =
+            std::isnan(m.recall[k]) ? nlohmann::json(nullptr) : nlohmann::json(m.recall[k]);
+      return j;
+    };
+    for (const auto& [arm, by_seed] : arms) {
+      if (arm == "real") continue;
+      LF_ASSIGN_OR_RETURN(Arm a, load_arm(by_seed));
+      if (a.avg.ids != real.avg.ids || a.avg.classes != real.avg.classes)
+        return Status::error(by_seed.begin()->second + ": other test images or classes than " +
+                             real_it->second.begin()->second);
+      std::vector<double> d;  // per seed that both arms have
+      for (const auto& [seed, pred] : a.pred) {
+        auto rp = real.pred.find(seed);
+        if (rp == real.pred.end()) continue;
+        d.push_back(multiclass_metrics(pred, real.avg.truth, K).balanced_accuracy -
+                    multiclass_metrics(rp->second, real.avg.truth, K).balanced_accuracy);
+      }
+      auto [mean, sd] = mean_sd(d);
+      const std::vector<int> arm_pred = argmax_rows(a.avg.p);
+      const PairedBalancedAccuracy pb =
+          paired_balanced_accuracy(real_pred, arm_pred, real.avg.truth, K, 1000, 0);
+      out["dx_pooled"].push_back({{"test_set", "test"},
+                                  {"arch", key.first},
+                                  {"real_size", key.second},
+                                  {"arm", arm},
+                                  {"seeds", d.size()},
+                                  {"mean_diff", mean},
+                                  {"sd_diff", sd},
+                                  {"seed_averaged",
+                                   {{"balanced_accuracy_real", pb.a},
+                                    {"balanced_accuracy_arm", pb.b},
+                                    {"diff", pb.diff},
+                                    {"ci_lo", pb.ci_lo},
+                                    {"ci_hi", pb.ci_hi},
+                                    {"recall_real", recalls(real_pred)},
+                                    {"recall_arm", recalls(arm_pred)}}}});
+    }
+  }
+  return Status::ok_status();
 }
 nlohmann::json paired_json(const PairedAuc& p) {
   auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
@@ -624,6 +824,7 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
       out["pooled"].push_back(j);
     }
   }
+  LF_RETURN_IF_ERROR(paired_dx_comparisons(results, out));
   return out;
 }
 
@@ -682,7 +883,10 @@ nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
              // Calibration after the Platt scaling fitted on validation.
              {"brier_recalibrated", "/test/recalibrated/brier"},
              {"ece_recalibrated", "/test/recalibrated/ece"},
-             {"accuracy_recalibrated", "/test/recalibrated/accuracy"}}) {
+             {"accuracy_recalibrated", "/test/recalibrated/accuracy"},
+             // The diagnosis task of a dx classifier (argmax over the diagnoses).
+             {"dx_accuracy", "/test_dx/accuracy"},
+             {"dx_balanced_accuracy", "/test_dx/balanced_accuracy"}}) {
       const Ptr p(where);
       if (!rs[0]->contains(p)) continue;
       c[name] = spread(collect(rs, p, true));
@@ -690,6 +894,11 @@ nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results) {
         const Ptr iv = p.parent_pointer();
         c[name]["ci_first_seed"] = {(*rs[0])[iv / "lo"], (*rs[0])[iv / "hi"]};
       }
+    }
+    if (rs[0]->contains("test_dx")) {  // per diagnosis, its recall (mean over seeds)
+      c["dx_recall"] = nlohmann::json::object();
+      for (const auto& [dx, v0] : (*rs[0])["test_dx"]["recall_per_class"].items())
+        c["dx_recall"][dx] = spread(collect(rs, Ptr("/test_dx/recall_per_class") / dx, true));
     }
     std::vector<double> wg;
     for (auto* r : rs)

@@ -30,6 +30,23 @@ struct NamedSet {
 // evaluated only, never trained on. Corrupt images are skipped and counted in the log.
 Result<NamedSet> load_test_dataset(const std::string& spec, int size);
 
+// The diagnosis task (a classifier with one output per dx).
+// The classes of a dx classifier: the diagnoses of the training split, in name order, each flagged
+// malignant when its images are (into `malignant`).
+std::vector<std::string> dx_classes(const RealData& real, std::vector<int>* malignant);
+// Gives each image of `set` the class of its diagnosis (its groups' "dx"); an image whose dx is
+// missing or not among `classes` is an error naming it (`what`: "synthetic image", ...).
+Status set_dx_classes(LabeledSet& set, const std::vector<std::string>& classes,
+                      const std::string& what);
+// The diagnosis task on a scored set (prob [N, K], rows in `set`'s order; images with cls < 0
+// left out): accuracy, balanced accuracy (mean per-class recall), recall_per_class, n per class
+// and the confusion matrix {classes, rows: truth, columns: prediction}.
+Result<nlohmann::json> dx_evaluation(const torch::Tensor& prob, const LabeledSet& set,
+                                     const std::vector<std::string>& classes);
+// Per-image class probabilities as CSV: "id,dx,p_<class>..." (dx = the true diagnosis).
+std::string dx_probs_csv(const LabeledSet& set, const torch::Tensor& prob,
+                         const std::vector<std::string>& classes);
+
 // Synthetic images whose label a real-only classifier contradicts with high confidence: benign
 // ones it scores P(malignant) > confidence, malignant ones it scores < 1 - confidence. Returns
 // their indices (ascending).

@@ -142,6 +142,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   torch::optim::AdamW opt(params,
                           torch::optim::AdamWOptions(cfg.lr).weight_decay(cfg.weight_decay));
   ClsTrainResult res;
+  res.selected_on = multi ? "val_balanced_accuracy" : "val_auc";
   int epoch = 0, since_best = 0;
   const std::string journal = cfg.out + "/checkpoint.journal";
   if (main_rank) {
@@ -155,7 +156,10 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
     LF_ASSIGN_OR_RETURN(int64_t e, load_state(state, opt));
     epoch = static_cast<int>(e);
     res.best_epoch = std::atoi(w.metadata["best_epoch"].c_str());
-    res.best_val_auc = std::strtod(w.metadata["best_val_auc"].c_str(), nullptr);
+    // best_val_auc: checkpoints from before dx models selected on balanced accuracy
+    const auto bv =
+        w.metadata.count("best_val") ? w.metadata["best_val"] : w.metadata["best_val_auc"];
+    res.best_val = std::strtod(bv.c_str(), nullptr);
     since_best = std::atoi(w.metadata["since_best"].c_str());
     if (main_rank) truncate_metrics(hist, epoch);
     log_info("resumed " + cfg.out + " after epoch " + std::to_string(epoch));
@@ -235,12 +239,20 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       std::snprintf(extra, sizeof extra, "epoch %d loss %.4f", epoch + 1, lv);
       if (main_rank) prog.update(step + 1, extra);
     }
-    // Validation AUC picks the best epoch.
+    // Validation AUC picks the best epoch; a dx model's balanced accuracy over the diagnoses.
     double val_auc = std::nan("");
     double minutes =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
     if (dist) LF_RETURN_IF_ERROR(dist->broadcast(buffers));  // rank 0's batch-norm statistics
-    if (main_rank && val.count() > 0) val_auc = roc_auc(predict_malignant(model, val), val.labels);
+    if (main_rank && val.count() > 0) {
+      if (multi) {
+        auto pred = predict_proba(model, val.pixels.data(), val.count(), val.size).argmax(1);
+        std::vector<int> pv(pred.data_ptr<int64_t>(), pred.data_ptr<int64_t>() + val.count());
+        val_auc = multiclass_metrics(pv, val.cls, K).balanced_accuracy;
+      } else {
+        val_auc = roc_auc(predict_malignant(model, val), val.labels);
+      }
+    }
     if (dist) {  // rank 0's validation and clock decide for every rank
       std::vector<Tensor> d{torch::tensor({val_auc, minutes}, torch::kFloat64)};
       LF_RETURN_IF_ERROR(dist->broadcast(d));
@@ -248,9 +260,9 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       minutes = d[0][1].item<double>();
       LF_RETURN_IF_ERROR(dist->check_in_sync(params, "weights"));
     }
-    bool improved = !std::isnan(val_auc) ? val_auc > res.best_val_auc + 1e-6 : true;
+    bool improved = !std::isnan(val_auc) ? val_auc > res.best_val + 1e-6 : true;
     if (improved) {
-      res.best_val_auc = std::isnan(val_auc) ? 0 : val_auc;
+      res.best_val = std::isnan(val_auc) ? 0 : val_auc;
       res.best_epoch = epoch + 1;
       since_best = 0;
       if (main_rank)
@@ -260,19 +272,21 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       ++since_best;
     }
     if (main_rank)
-      append_line(hist, nlohmann::json{{"step", epoch + 1},
-                                       {"epoch", epoch + 1},
-                                       {"train_loss", loss_sum / steps_per_epoch},
-                                       {"val_auc", std::isnan(val_auc) ? nlohmann::json(nullptr)
+      append_line(hist,
+                  nlohmann::json{{"step", epoch + 1},
+                                 {"epoch", epoch + 1},
+                                 {"train_loss", loss_sum / steps_per_epoch},
+                                 {res.selected_on, std::isnan(val_auc) ? nlohmann::json(nullptr)
                                                                        : nlohmann::json(val_auc)}}
-                            .dump());
+                      .dump());
     if (main_rank)
       LF_RETURN_IF_ERROR(commit_checkpoint(
           journal, {{last,
                      [&](const std::string& p) {
                        return save_classifier(p, model, 0.5,
                                               {{"best_epoch", std::to_string(res.best_epoch)},
-                                               {"best_val_auc", exact(res.best_val_auc)},
+                                               {"best_val", exact(res.best_val)},
+                                               {"selected_on", res.selected_on},
                                                {"since_best", std::to_string(since_best)}});
                      }},
                     {state, [&](const std::string& p) { return save_state(p, epoch + 1, opt); }}}));
@@ -304,7 +318,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
   }
   LF_RETURN_IF_ERROR(save_classifier(best, model, res.threshold,
                                      {{"epoch", std::to_string(res.best_epoch)},
-                                      {"val_auc", exact(res.best_val_auc)},
+                                      {res.selected_on, exact(res.best_val)},
                                       {"train", cfg.to_json().dump()}},
                                      res.platt));
   prog.finish(res.stopped_early ? "(early stop)" : "",

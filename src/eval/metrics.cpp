@@ -361,6 +361,60 @@ std::pair<double, double> percentile_interval(std::vector<double> v) {
   return {r.lo, r.hi};
 }
 
+MulticlassMetrics multiclass_metrics(const std::vector<int>& pred, const std::vector<int>& truth,
+                                     int classes) {
+  MulticlassMetrics m;
+  m.confusion.assign(classes, std::vector<int>(classes, 0));
+  std::vector<int> hit(classes, 0), n(classes, 0);
+  int correct = 0;
+  for (size_t i = 0; i < truth.size() && i < pred.size(); ++i) {
+    const int t = truth[i], p = pred[i];
+    if (t < 0 || t >= classes) continue;
+    ++m.n;
+    ++n[t];
+    if (p == t) {
+      ++hit[t];
+      ++correct;
+    }
+    if (p >= 0 && p < classes) ++m.confusion[t][p];
+  }
+  m.recall.assign(classes, std::nan(""));
+  double sum = 0;
+  int present = 0;
+  for (int k = 0; k < classes; ++k)
+    if (n[k] > 0) {
+      m.recall[k] = static_cast<double>(hit[k]) / n[k];
+      sum += m.recall[k];
+      ++present;
+    }
+  m.accuracy = m.n ? static_cast<double>(correct) / m.n : std::nan("");
+  m.balanced_accuracy = present ? sum / present : std::nan("");
+  return m;
+}
+
+PairedBalancedAccuracy paired_balanced_accuracy(const std::vector<int>& pred_a,
+                                                const std::vector<int>& pred_b,
+                                                const std::vector<int>& truth, int classes,
+                                                int bootstrap, uint64_t seed) {
+  PairedBalancedAccuracy r;
+  r.a = multiclass_metrics(pred_a, truth, classes).balanced_accuracy;
+  r.b = multiclass_metrics(pred_b, truth, classes).balanced_accuracy;
+  r.diff = r.b - r.a;
+  std::vector<double> diffs;
+  std::vector<int> pa(truth.size()), pb(truth.size()), t(truth.size());
+  for (const auto& idx : bootstrap_resamples(truth.size(), bootstrap, seed)) {
+    for (size_t j = 0; j < idx.size(); ++j) {
+      pa[j] = pred_a[idx[j]];
+      pb[j] = pred_b[idx[j]];
+      t[j] = truth[idx[j]];
+    }
+    diffs.push_back(multiclass_metrics(pb, t, classes).balanced_accuracy -
+                    multiclass_metrics(pa, t, classes).balanced_accuracy);
+  }
+  std::tie(r.ci_lo, r.ci_hi) = percentile_interval(std::move(diffs));
+  return r;
+}
+
 namespace {
 // Calls f(scores_a, scores_b, labels) for each of bootstrap_resamples(n, B, seed), both
 // classifiers resampled with the same images.

@@ -43,16 +43,8 @@ Result<nlohmann::json> run_classify_train(const ClassifyTrainOptions& o) {
   job.seed = o.seed;
   LF_ASSIGN_OR_RETURN(job.model.arch, parse_arch(o.arch));
   job.model.width = o.width;
-  if (o.classes ==
-      "dx") {  // one output per diagnosis of the training split; malignant ones flagged
-    std::map<std::string, int> dx_label;
-    for (size_t i : real.train)
-      dx_label[real.ps.records[i].dx] =
-          std::max(dx_label[real.ps.records[i].dx], real.ps.records[i].label);
-    for (auto& [dx, l] : dx_label) {
-      job.model.classes.push_back(dx);
-      job.model.malignant.push_back(l == 1);
-    }
+  if (o.classes == "dx") {  // one output per diagnosis of the training split; malignant flagged
+    job.model.classes = dx_classes(real, &job.model.malignant);
     log_info("dx classifier over " + std::to_string(job.model.classes.size()) + " classes");
   } else if (o.classes != "binary") {
     return Status::error("classify train: --classes must be binary or dx, not '" + o.classes + "'");

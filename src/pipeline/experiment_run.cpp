@@ -195,12 +195,17 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"shift_augment", K::kNumber},
                                       {"colour_constancy", K::kString},
                                       {"extra_archs", K::kString},
+                                      {"classes", K::kString},
                                       {"images_per_second_estimate", K::kNumber}},
                                      file, "classifier."));
   if (c.contains("classifier") && c["classifier"].contains("extra_archs") &&
       c["classifier"]["extra_archs"] != "once" && c["classifier"]["extra_archs"] != "all")
     return Status::error(file + ": classifier.extra_archs must be \"once\" or \"all\", not " +
                          c["classifier"]["extra_archs"].dump());
+  if (c.contains("classifier") && c["classifier"].contains("classes") &&
+      c["classifier"]["classes"] != "binary" && c["classifier"]["classes"] != "dx")
+    return Status::error(file + ": classifier.classes must be \"binary\" or \"dx\", not " +
+                         c["classifier"]["classes"].dump());
   if (c.contains("synth") && c["synth"].contains("vary"))
     for (const auto& v : c["synth"]["vary"])
       if (!v.is_string() || !is_vary_attribute(v.get<std::string>()))
@@ -388,6 +393,13 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
   };
   // Architectures after the first run every cell with extra_archs "all", else once.
   const bool extra_all = cfg_get<std::string>(cj, "extra_archs", std::string("once")) == "all";
+  // The diagnosis task: one output per dx of the training split, epochs picked on the validation
+  // balanced accuracy; P(malignant) (the malignant classes' summed probability) is evaluated too.
+  std::vector<int> dx_malignant;
+  const std::vector<std::string> dx_cls =
+      cfg_get<std::string>(cj, "classes", std::string("binary")) == "dx"
+          ? dx_classes(real, &dx_malignant)
+          : std::vector<std::string>{};
   std::vector<Planned> jobs;
   for (auto& arch : archs)
     for (auto n : sizes)
@@ -403,6 +415,8 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
             j.seed = s;
             LF_ASSIGN_OR_RETURN(j.model.arch, parse_arch(arch));
             j.model.width = cfg_get<int>(cj, "width", 32);
+            j.model.classes = dx_cls;
+            j.model.malignant = dx_malignant;
             j.train.epochs = cfg_get<int>(cj, "epochs", 20);
             j.train.batch = cfg_get<int>(cj, "batch", 64);
             j.train.lr =

@@ -282,6 +282,41 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
       h << "</table>";
     }
   }
+  // The diagnosis task (dx classifiers): balanced accuracy over the diagnoses, each diagnosis's
+  // recall, and each arm against real, paired on the seed-averaged probabilities.
+  if (!s["cells"].empty() && s["cells"][0].contains("dx_balanced_accuracy")) {
+    std::vector<std::string> dxs;
+    for (auto& [dx, v] : s["cells"][0]["dx_recall"].items()) dxs.push_back(dx);
+    h << "<h3>The diagnosis task (" << dxs.size()
+      << " classes, test split)</h3><p>One output per diagnosis, epochs picked on the validation "
+         "balanced accuracy. Balanced accuracy: the mean of the diagnoses' recalls (ISIC 2018 "
+         "task 3), mean ± sd over seeds; then each diagnosis's recall (mean over seeds). Against "
+         "real: the balanced accuracy of the seed-averaged probabilities' argmax, paired on the "
+         "same test images (bootstrap 95% CI).</p><table><tr><th>model</th><th>arm</th>"
+         "<th>real</th><th>synthetic</th><th>balanced accuracy</th><th>accuracy</th>";
+    for (auto& dx : dxs) h << "<th>" << html_escape(dx) << "</th>";
+    h << "<th>vs real (seed-averaged)</th></tr>";
+    for (auto& c : s["cells"]) {
+      if (!c.contains("dx_balanced_accuracy")) continue;
+      std::string vs = "-";
+      if (s.contains("paired") && s["paired"].contains("dx_pooled"))
+        for (auto& p : s["paired"]["dx_pooled"])
+          if (p.value("arch", "") == c.value("arch", "") && p["real_size"] == c["real_size"] &&
+              p.value("arm", "") == c.value("arm", "")) {
+            const auto& q = p["seed_averaged"];
+            vs = fmt(num(q["diff"]), "%+.3f") + " [" + fmt(num(q["ci_lo"]), "%+.3f") + ", " +
+                 fmt(num(q["ci_hi"]), "%+.3f") + "]";
+          }
+      h << "<tr><td>" << c.value("arch", "") << "</td><td>" << c.value("arm", "") << "</td><td>"
+        << c["real_images"] << "</td><td>" << c["synthetic_size"] << "</td><td>"
+        << pm(c["dx_balanced_accuracy"]) << "</td><td>" << pm(c["dx_accuracy"]) << "</td>";
+      for (auto& dx : dxs)
+        h << "<td>" << (c["dx_recall"].contains(dx) ? fmt(num(c["dx_recall"][dx]["mean"])) : "-")
+          << "</td>";
+      h << "<td>" << vs << "</td></tr>";
+    }
+    h << "</table>";
+  }
   h << "<div class='flex'>";
   std::vector<Series> sc;
   for (auto& [arm, ser] : scarcity) {

@@ -27,6 +27,28 @@ void print_cells(const nlohmann::json& summary) {
                 f("accuracy").c_str(), f("balanced_accuracy").c_str(),
                 f("worst_group_balanced_accuracy").c_str());
   }
+  if (!summary["cells"].empty() && summary["cells"][0].contains("dx_balanced_accuracy")) {
+    std::printf("diagnosis task (%zu classes): balanced accuracy, mean ± sd over seeds\n",
+                summary["cells"][0]["dx_recall"].size());
+    for (auto& cell : summary["cells"]) {
+      if (!cell.contains("dx_balanced_accuracy")) continue;
+      const auto& m = cell["dx_balanced_accuracy"];
+      std::printf("%-5s %-15s %6lld %6lld  %.3f±%.3f", cell["arch"].get<std::string>().c_str(),
+                  cell["arm"].get<std::string>().c_str(),
+                  (long long)cell["real_images"].get<int64_t>(),
+                  (long long)cell["synthetic_size"].get<int64_t>(),
+                  m["mean"].is_number() ? m["mean"].get<double>() : NAN,
+                  m["sd"].is_number() ? m["sd"].get<double>() : NAN);
+      if (summary["paired"].contains("dx_pooled"))
+        for (auto& p : summary["paired"]["dx_pooled"])
+          if (p["arch"] == cell["arch"] && p["real_size"] == cell["real_size"] &&
+              p["arm"] == cell["arm"])
+            std::printf("  vs real %+.3f [%+.3f, %+.3f]", p["seed_averaged"]["diff"].get<double>(),
+                        p["seed_averaged"]["ci_lo"].get<double>(),
+                        p["seed_averaged"]["ci_hi"].get<double>());
+      std::printf("\n");
+    }
+  }
   std::printf("experiment summary: %s/summary.json (%.1f min)\n",
               summary["out"].get<std::string>().c_str(), summary["minutes"].get<double>());
 }
