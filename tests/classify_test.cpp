@@ -1852,6 +1852,28 @@ TEST(Experiment, DxJobsTrainOnSyntheticImagesOfTheirDiagnosisAndArePairedOnTheir
   EXPECT_NEAR(cells[0]["dx_balanced_accuracy"]["mean"].get<double>(), (v[0] + v[1]) / 2, 1e-9);
   EXPECT_NEAR(cells[1]["dx_balanced_accuracy"]["mean"].get<double>(), (v[2] + v[3]) / 2, 1e-9);
   EXPECT_EQ(cells[1]["dx_recall"].size(), 3u);
+  // `classify eval` of a dx model gives the diagnosis task on a dataset a user brings.
+  {
+    ClassifyEvalOptions eo;
+    eo.model = root + "/mix0/best.safetensors";
+    eo.test_datasets = {"phantom:40"};
+    auto ev = run_classify_eval(eo);
+    LF_ASSERT_OK(ev);
+    const auto& d = (*ev)["phantom:40"]["dx"];
+    EXPECT_EQ(d["n"].get<int>(), 40);
+    EXPECT_EQ(d["images_of_other_diagnoses"].get<int>(), 0);
+    auto lc = load_classifier(eo.model);
+    LF_ASSERT_OK(lc);
+    LabeledSet ph = phantom_set(40, 16, 0);  // phantom:40 with the default seed
+    std::vector<int> truth;
+    for (int64_t i = 0; i < ph.count(); ++i)
+      truth.push_back(ph.labels[i] ? 1 : 2);  // mel, nv among {bkl, mel, nv}
+    auto am = predict_proba(lc->model, ph.pixels.data(), ph.count(), ph.size).argmax(1);
+    std::vector<int> pred(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + am.numel());
+    EXPECT_NEAR(d["balanced_accuracy"].get<double>(),
+                multiclass_metrics(pred, truth, 3).balanced_accuracy, 1e-12);
+    EXPECT_TRUE(d["recall_per_class"]["bkl"].is_null());  // no benign keratosis among phantoms
+  }
   // A synthetic image of a diagnosis the classifier does not have, or of none, is refused by name.
   for (const char* dx : {"vasc", ""}) {
     LabeledSet bad = syn;

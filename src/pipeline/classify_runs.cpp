@@ -97,6 +97,21 @@ Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o) {
     const std::vector<double> scores = predict_malignant(lc.model, s.set);
     out[s.name] = evaluation_json(scores, s.set, lc.threshold, o.seed, lc.platt);
     csv += scores_csv(s.set, scores, s.name, lc.platt, csv.empty());
+    const auto& classes = lc.model->config().classes;
+    if (!classes.empty()) {  // a dx model: the diagnosis task on the images of its diagnoses
+      int64_t other = 0;
+      for (int64_t i = 0; i < s.set.count(); ++i) {
+        auto g = s.set.groups[i].find("dx");
+        auto it = g == s.set.groups[i].end() ? classes.end()
+                                             : std::find(classes.begin(), classes.end(), g->second);
+        s.set.cls[i] = it == classes.end() ? -1 : static_cast<int>(it - classes.begin());
+        other += it == classes.end();
+      }
+      const torch::Tensor prob =
+          predict_proba(lc.model, s.set.pixels.data(), s.set.count(), s.set.size);
+      LF_ASSIGN_OR_RETURN(out[s.name]["dx"], dx_evaluation(prob, s.set, classes));
+      out[s.name]["dx"]["images_of_other_diagnoses"] = other;  // left out of the dx metrics
+    }
   }
   if (!o.out.empty()) LF_RETURN_IF_ERROR(write_file_atomic(o.out, out.dump(2) + "\n"));
   if (!o.scores.empty()) LF_RETURN_IF_ERROR(write_file_atomic(o.scores, csv));

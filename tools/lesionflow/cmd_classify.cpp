@@ -43,6 +43,14 @@ void print_eval(const std::string& what, const nlohmann::json& t) {
                   static_cast<long long>(r["n"].get<int64_t>()));
     std::printf("\n");
   }
+  if (t.contains("dx") && t["dx"]["balanced_accuracy"].is_number()) {
+    std::printf("  diagnosis task: accuracy %.3f, balanced accuracy %.3f (%lld images; recall",
+                t["dx"]["accuracy"].get<double>(), t["dx"]["balanced_accuracy"].get<double>(),
+                static_cast<long long>(t["dx"]["n"].get<int64_t>()));
+    for (const auto& [dx, r] : t["dx"]["recall_per_class"].items())
+      if (r.is_number()) std::printf(" %s %.2f", dx.c_str(), r.get<double>());
+    std::printf(")\n");
+  }
 }
 
 void print_train(const nlohmann::json& r, const std::string& out) {
@@ -91,9 +99,10 @@ void add_classify(CLI::App& app, GlobalOptions& g, Runner* run) {
   tr->add_option("--arch", t.arch, "cnn | vit")
       ->capture_default_str()
       ->check(CLI::IsMember({"cnn", "vit"}));
-  tr->add_option(
-        "--classes", t.classes,
-        "binary (benign/malignant) | dx (one output per diagnosis: the reference feature network)")
+  tr->add_option("--classes", t.classes,
+                 "binary (benign/malignant) | dx (one output per diagnosis of the training split, "
+                 "synthetic images by their manifest dx; epochs picked on the validation balanced "
+                 "accuracy; also the reference feature network)")
       ->capture_default_str()
       ->check(CLI::IsMember({"binary", "dx"}));
   tr->add_option("--width", t.width, "CNN width")->capture_default_str()->check(kPositive);
