@@ -5,6 +5,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "classify/experiment.h"
@@ -1557,6 +1558,49 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   const std::string html3 = *read_file(dir + "/report3.html");
   EXPECT_NE(html3.find("other than planned"), std::string::npos);
   EXPECT_NE(html3.find("3 planned, 2 used"), std::string::npos);
+  // The diagnosis task with the equal-steps control, from the trained generator: one output per
+  // diagnosis, a dx-balanced synthetic set, and a real-only job trained as many steps as the mix.
+  auto cfg4 = nlohmann::json::parse(*read_file(dir + "/config.json"));
+  cfg4.erase("synthetic_mix_ratios");
+  cfg4.erase("budget_minutes");
+  cfg4["generator"] = {{"checkpoint", dir + "/exp/generator/ema.safetensors"}};
+  cfg4["classifier"]["classes"] = "dx";
+  cfg4["arms"] = {"real", "real+synthetic"};
+  cfg4["equal_steps_control"] = true;
+  // Into the binary run's directory (same synthetic set): its results are not reused for dx
+  // models, by name.
+  std::ofstream(dir + "/config4.json") << cfg4.dump();
+  EXPECT_NE(
+      std::system((lf + " experiment --config " + dir + "/config4.json > " + dir + "/log4.txt 2>&1")
+                      .c_str()),
+      0);
+  EXPECT_NE(read_file(dir + "/log4.txt")->find("was trained with model classes"),
+            std::string::npos);
+  cfg4["out"] = dir + "/exp4";
+  cfg4["synth"]["balance"] = "dx";
+  std::ofstream(dir + "/config4.json") << cfg4.dump();
+  ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config4.json"));
+  auto fourth = nlohmann::json::parse(*read_file(dir + "/exp4/summary.json"));
+  ASSERT_EQ(fourth["cells"].size(), 3u);
+  EXPECT_EQ(fourth["cells"][1]["arm"], "real (equal steps)");
+  for (auto& r : fourth["runs"]) {
+    const int e = r["train"]["epochs"].get<int>();
+    // (60 real + 40 synthetic) / 60 real x 2 epochs, rounded
+    EXPECT_EQ(e, r["arm"] == "real (equal steps)" ? 3 : 2) << r["arm"];
+    EXPECT_TRUE(r.contains("val_balanced_accuracy")) << r["arm"];
+  }
+  for (auto& cell : fourth["cells"])
+    EXPECT_TRUE(cell["dx_balanced_accuracy"]["mean"].is_number()) << cell.dump();
+  ASSERT_EQ(fourth["paired"]["vs_equal_steps"]["baseline"], "real (equal steps)");
+  std::set<std::string> vs_eq;
+  for (auto& p : fourth["paired"]["vs_equal_steps"]["pooled"])
+    vs_eq.insert(p["arm"].get<std::string>());
+  EXPECT_EQ(vs_eq, (std::set<std::string>{"real", "real+synthetic"}));
+  EXPECT_EQ(fourth["paired"]["dx_pooled"].size(), 2u);  // equal steps and mix, against real
+  ASSERT_TRUE(sh(lf + " report --experiment " + dir + "/exp4 --out " + dir + "/report4.html"));
+  const std::string html4 = *read_file(dir + "/report4.html");
+  EXPECT_NE(html4.find("The diagnosis task"), std::string::npos);
+  EXPECT_NE(html4.find("Against the equal-steps control"), std::string::npos);
 }
 
 namespace lf {

@@ -375,6 +375,17 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       log_warn(result_path + ": unreadable (" + e.what() + "); running the job again");
     }
     if (!cached.is_null()) {
+      // A result is reused for the same kind of model only: a config that now asks for another
+      // architecture or other classes (binary vs the diagnosis task) must not read old results.
+      const nlohmann::json want = job.model.to_json();
+      if (cached.contains("model"))
+        for (const char* k : {"arch", "classes"})
+          if (cached["model"].value(k, nlohmann::json()) != want[k])
+            return Status::error(result_path + " was trained with model " + k + " " +
+                                 cached["model"].value(k, nlohmann::json()).dump() +
+                                 ", this job asks for " + want[k].dump() +
+                                 "; give the experiment another out directory (or remove " +
+                                 job.train.out + ")");
       LF_RETURN_IF_ERROR(reevaluate_old_result(job, real, extra_tests, result_path, cached));
       return cached;
     }
@@ -649,7 +660,8 @@ std::vector<int> argmax_rows(const std::vector<std::vector<double>>& p) {
 // seed-averaged class probabilities, argmax, against the real arm's; the balanced accuracy
 // difference with a paired bootstrap CI, per-class recalls, and the per-seed differences. Into
 // out["dx_pooled"] (only when some job is a dx job).
-Status paired_dx_comparisons(const std::vector<nlohmann::json>& results, nlohmann::json& out) {
+Status paired_dx_comparisons(const std::vector<nlohmann::json>& results,
+                             const std::string& baseline, nlohmann::json& out) {
   using Key = std::pair<std::string, int64_t>;
   std::map<Key, std::map<std::string, std::map<uint64_t, std::string>>> files;  // arm -> seed
   for (const auto& r : results)
@@ -659,7 +671,7 @@ Status paired_dx_comparisons(const std::vector<nlohmann::json>& results, nlohman
   if (files.empty()) return Status::ok_status();
   out["dx_pooled"] = nlohmann::json::array();
   for (const auto& [key, arms] : files) {
-    auto real_it = arms.find("real");
+    auto real_it = arms.find(baseline);
     if (real_it == arms.end()) continue;
     // Seed-averaged probabilities and each seed's predictions of one arm.
     struct Arm {
@@ -697,7 +709,7 @@ Status paired_dx_comparisons(const std::vector<nlohmann::json>& results, nlohman
       return j;
     };
     for (const auto& [arm, by_seed] : arms) {
-      if (arm == "real") continue;
+      if (arm == baseline) continue;
       LF_ASSIGN_OR_RETURN(Arm a, load_arm(by_seed));
       if (a.avg.ids != real.avg.ids || a.avg.classes != real.avg.classes)
         return Status::error(by_seed.begin()->second + ": other test images or classes than " +
@@ -746,7 +758,8 @@ nlohmann::json paired_json(const PairedAuc& p) {
 }
 }  // namespace
 
-Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>& results) {
+Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>& results,
+                                              const std::string& baseline) {
   // key (test set, arch, requested size) -> seed -> arm -> scores file. "test" is the experiment's
   // own test split; the extra test datasets (--test-dataset) are compared the same way.
   using Key = std::tuple<std::string, std::string, int64_t>;
@@ -770,11 +783,11 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
     std::vector<std::string> ids;  // the test images, the same for every seed and arm
     std::vector<int> labels;
     for (const auto& [seed, arms] : by_seed) {
-      auto real = arms.find("real");
+      auto real = arms.find(baseline);
       if (real == arms.end()) continue;
       LF_ASSIGN_OR_RETURN(Scores a, read_scores(real->second));
       for (const auto& [arm, path] : arms) {
-        if (arm == "real") continue;
+        if (arm == baseline) continue;
         LF_ASSIGN_OR_RETURN(Scores b, read_scores(path));
         if (b.ids != a.ids || b.labels != a.labels)
           return Status::error(path + ": not scored on the same test images as " + real->second);
@@ -824,7 +837,8 @@ Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>&
       out["pooled"].push_back(j);
     }
   }
-  LF_RETURN_IF_ERROR(paired_dx_comparisons(results, out));
+  LF_RETURN_IF_ERROR(paired_dx_comparisons(results, baseline, out));
+  out["baseline"] = baseline;
   return out;
 }
 

@@ -114,7 +114,10 @@ nlohmann::json evaluation_json(const std::vector<double>& scores, const LabeledS
 // has a "real" job, each other arm against it (AUC difference other - real, DeLong SE and p,
 // paired bootstrap 95% CI; from the jobs' test_scores.csv), and per (arch, size, arm) the mean
 // difference over seeds with the DeLong test of the seed-averaged scores.
-Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>& results);
+// `baseline` names the arm the others are compared with ("real"; the experiment's equal-steps
+// control is "real (equal steps)").
+Result<nlohmann::json> paired_arm_comparisons(const std::vector<nlohmann::json>& results,
+                                              const std::string& baseline = "real");
 
 // Mean +- sd over seeds of each (arm, real_size, arch) cell of a list of job results.
 nlohmann::json aggregate_results(const std::vector<nlohmann::json>& results);

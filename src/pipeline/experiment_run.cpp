@@ -69,7 +69,7 @@ Status set_train_option(TrainRunOptions& t, const std::string& key, const nlohma
 // What each key of an experiment config must hold. A key the runner does not read, or a value of
 // the wrong type, is an error naming the file, the key path and what is expected; keys that
 // start with '_' are comments.
-enum class Kind { kString, kNumber, kInt, kObject, kStrings, kNumbers, kInts, kArray };
+enum class Kind { kString, kNumber, kInt, kBool, kObject, kStrings, kNumbers, kInts, kArray };
 
 const char* kind_name(Kind k) {
   switch (k) {
@@ -79,6 +79,8 @@ const char* kind_name(Kind k) {
       return "a number";
     case Kind::kInt:
       return "an integer";
+    case Kind::kBool:
+      return "true or false";
     case Kind::kObject:
       return "an object";
     case Kind::kStrings:
@@ -102,6 +104,8 @@ bool holds(const nlohmann::json& v, Kind k) {
       return v.is_number();
     case Kind::kInt:
       return v.is_number_integer();
+    case Kind::kBool:
+      return v.is_boolean();
     case Kind::kObject:
       return v.is_object();
     case Kind::kStrings:
@@ -157,7 +161,8 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                     {"synthetic_weight", K::kNumber},
                                     {"synthetic_mix_size", K::kInt},
                                     {"synthetic_mix_ratios", K::kNumbers},
-                                    {"filter_confidence", K::kNumber}},
+                                    {"filter_confidence", K::kNumber},
+                                    {"equal_steps_control", K::kBool}},
                                    file, ""));
   if (c.contains("generator"))
     LF_RETURN_IF_ERROR(check_section(
@@ -226,6 +231,9 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
         return Status::error(file + ": synthetic_mix_ratios must be > 0, not " + r.dump());
     if (c.contains("synthetic_mix_size"))
       return Status::error(file + ": give synthetic_mix_size or synthetic_mix_ratios, not both");
+    if (c.value("equal_steps_control", false))
+      return Status::error(file +
+                           ": equal_steps_control matches one mix; not with synthetic_mix_ratios");
   }
   return Status::ok_status();
 }
@@ -473,6 +481,34 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
                                 (is_mixing(arm) ? mix : 0);
             jobs.push_back({j, cost * (arch == "vit" ? 3.0 : 1.0)});
           }
+  // The equal-steps control: each real-only job again with its epochs (and patience) scaled by
+  // (real + mixed synthetic images) / real images, so it takes as many optimizer steps as the
+  // real+synthetic job of its cell. Without it a mixing arm also trains longer than real-only,
+  // and at few real images that alone can look like a gain from the synthetic images.
+  if (c.value("equal_steps_control", false)) {
+    std::vector<Planned> control;
+    for (const auto& p : jobs) {
+      if (p.job.arm != "real") continue;
+      Planned q = p;
+      const int64_t n_real = q.job.real_size > 0
+                                 ? std::min<int64_t>(q.job.real_size, real.train.size())
+                                 : static_cast<int64_t>(real.train.size());
+      const int64_t n_mix =
+          std::min<int64_t>(syn.count(), cfg_get<int64_t>(c, "synthetic_mix_size", -1) > 0
+                                             ? cfg_get<int64_t>(c, "synthetic_mix_size", -1)
+                                             : syn.count());
+      const double f = static_cast<double>(n_real + n_mix) / n_real;
+      q.job.train.epochs = static_cast<int>(std::lround(p.job.train.epochs * f));
+      q.job.train.patience = static_cast<int>(std::lround(p.job.train.patience * f));
+      q.job.label = "real (equal steps)";
+      const std::string dir = q.job.train.out;
+      q.job.train.out =
+          dir.substr(0, dir.rfind("_real_")) + "_realeq_" + dir.substr(dir.rfind("_real_") + 6);
+      q.cost = p.cost * f;
+      control.push_back(q);
+    }
+    jobs.insert(jobs.end(), control.begin(), control.end());
+  }
   // Budget: scale the epochs of every job by one factor so the planned work fits what is left.
   // What the budget did, for the summary and the report (the epochs of a scaled run are not the
   // config's).
@@ -558,6 +594,10 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       used_epochs.size() == 1 ? nlohmann::json(*used_epochs.begin()) : nlohmann::json(used_epochs);
   if (budget_info.is_object()) budget_info["epochs_used"] = epochs_used;
   LF_ASSIGN_OR_RETURN(nlohmann::json paired, paired_arm_comparisons(results));
+  if (c.value("equal_steps_control", false)) {
+    LF_ASSIGN_OR_RETURN(paired["vs_equal_steps"],
+                        paired_arm_comparisons(results, "real (equal steps)"));
+  }
   nlohmann::json summary = {
       {"config", c},
       {"command_line", o.command_line},

@@ -76,6 +76,48 @@ double num(const nlohmann::json& j, double def = std::nan("")) {
   return j.is_number() ? j.get<double>() : def;
 }
 
+// The paired comparisons of each arm against a baseline arm (summary "pooled" rows) as a table.
+void paired_table(std::ostringstream& h, const nlohmann::json& pooled) {
+  h << "<table><tr><th>test set</th><th>model</th><th>real</th><th>arm</th><th>seeds</th>"
+       "<th>mean AUC difference</th><th>seed-averaged: AUC real → arm</th><th>difference [95% "
+       "CI]</th><th>DeLong p</th><th>verdict</th><th>sensitivity at specificity 0.90, "
+       "difference</th><th>specificity at sensitivity 0.95, difference</th></tr>";
+  char b[256];
+  for (auto& c : pooled) {
+    std::string avg = "-", ci = "-", p = "-", verdict = "-", at_spec = "-", at_sens = "-";
+    auto op_diff = [&](const nlohmann::json& o) {
+      char t[96];
+      std::snprintf(t, sizeof t, "%+.3f [%+.3f, %+.3f]", num(o["diff"]), num(o["ci_lo"]),
+                    num(o["ci_hi"]));
+      return std::string(t);
+    };
+    if (c.contains("seed_averaged") && c["seed_averaged"].contains("specificity_at_sensitivity")) {
+      at_spec = op_diff(c["seed_averaged"]["sensitivity_at_specificity"]);
+      at_sens = op_diff(c["seed_averaged"]["specificity_at_sensitivity"]);
+    }
+    if (c.contains("seed_averaged")) {
+      const auto& a = c["seed_averaged"];
+      std::snprintf(b, sizeof b, "%.3f → %.3f", num(a["auc_real"]), num(a["auc_arm"]));
+      avg = b;
+      std::snprintf(b, sizeof b, "%+.3f [%+.3f, %+.3f]", num(a["diff"]), num(a["ci_lo"]),
+                    num(a["ci_hi"]));
+      ci = b;
+      std::snprintf(b, sizeof b, "%.3g", num(a["p_value"]));
+      p = b;
+      const double lo = num(a["ci_lo"]), hi = num(a["ci_hi"]);
+      verdict = lo > 0 ? "better" : hi < 0 ? "worse" : "no clear difference";
+    }
+    std::snprintf(b, sizeof b, "%+.3f ± %.3f", num(c["mean_diff"]), num(c["sd_diff"]));
+    const std::string ts = c.value("test_set", "test");
+    h << "<tr><td>" << html_escape(ts == "test" ? "test split" : ts) << "</td><td>"
+      << html_escape(c.value("arch", "")) << "</td><td>" << c["real_size"] << "</td><td>"
+      << html_escape(c.value("arm", "")) << "</td><td>" << c["seeds"] << "</td><td>" << b
+      << "</td><td>" << avg << "</td><td>" << ci << "</td><td>" << p << "</td><td>" << verdict
+      << "</td><td>" << at_spec << "</td><td>" << at_sens << "</td></tr>";
+  }
+  h << "</table>";
+}
+
 // Classifier results, scarcity curve, ROC curves, subgroups, real vs synthetic, audit.
 void experiment_section(std::ostringstream& h, const std::string& dir) {
   auto txt = read_file(dir + "/summary.json");
@@ -92,45 +134,15 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
          "the ROC the difference is, paired the same way: at the high-specificity end "
          "(sensitivity at specificity 0.90) and at the triage end (specificity at sensitivity "
          "0.95).</p>";
-    h << "<table><tr><th>test set</th><th>model</th><th>real</th><th>arm</th><th>seeds</th>"
-         "<th>mean AUC difference</th><th>seed-averaged: AUC real → arm</th><th>difference [95% "
-         "CI]</th><th>DeLong p</th><th>verdict</th><th>sensitivity at specificity 0.90, "
-         "difference</th><th>specificity at sensitivity 0.95, difference</th></tr>";
-    char b[256];
-    for (auto& c : s["paired"]["pooled"]) {
-      std::string avg = "-", ci = "-", p = "-", verdict = "-", at_spec = "-", at_sens = "-";
-      auto op_diff = [&](const nlohmann::json& o) {
-        char t[96];
-        std::snprintf(t, sizeof t, "%+.3f [%+.3f, %+.3f]", num(o["diff"]), num(o["ci_lo"]),
-                      num(o["ci_hi"]));
-        return std::string(t);
-      };
-      if (c.contains("seed_averaged") &&
-          c["seed_averaged"].contains("specificity_at_sensitivity")) {
-        at_spec = op_diff(c["seed_averaged"]["sensitivity_at_specificity"]);
-        at_sens = op_diff(c["seed_averaged"]["specificity_at_sensitivity"]);
-      }
-      if (c.contains("seed_averaged")) {
-        const auto& a = c["seed_averaged"];
-        std::snprintf(b, sizeof b, "%.3f → %.3f", num(a["auc_real"]), num(a["auc_arm"]));
-        avg = b;
-        std::snprintf(b, sizeof b, "%+.3f [%+.3f, %+.3f]", num(a["diff"]), num(a["ci_lo"]),
-                      num(a["ci_hi"]));
-        ci = b;
-        std::snprintf(b, sizeof b, "%.3g", num(a["p_value"]));
-        p = b;
-        const double lo = num(a["ci_lo"]), hi = num(a["ci_hi"]);
-        verdict = lo > 0 ? "better" : hi < 0 ? "worse" : "no clear difference";
-      }
-      std::snprintf(b, sizeof b, "%+.3f ± %.3f", num(c["mean_diff"]), num(c["sd_diff"]));
-      const std::string ts = c.value("test_set", "test");
-      h << "<tr><td>" << html_escape(ts == "test" ? "test split" : ts) << "</td><td>"
-        << html_escape(c.value("arch", "")) << "</td><td>" << c["real_size"] << "</td><td>"
-        << html_escape(c.value("arm", "")) << "</td><td>" << c["seeds"] << "</td><td>" << b
-        << "</td><td>" << avg << "</td><td>" << ci << "</td><td>" << p << "</td><td>" << verdict
-        << "</td><td>" << at_spec << "</td><td>" << at_sens << "</td></tr>";
-    }
-    h << "</table>";
+    paired_table(h, s["paired"]["pooled"]);
+  }
+  if (s.contains("paired") && s["paired"].contains("vs_equal_steps") &&
+      !s["paired"]["vs_equal_steps"]["pooled"].empty()) {
+    h << "<h3>Against the equal-steps control</h3><p>The same comparisons against a real-only "
+         "classifier trained for as many optimizer steps as the real+synthetic one (its epochs "
+         "and patience scaled by (real + synthetic) / real images): what the synthetic images "
+         "add beyond the longer training that mixing brings.</p>";
+    paired_table(h, s["paired"]["vs_equal_steps"]["pooled"]);
   }
   h << "<h2>Classifiers: real vs real+synthetic vs synthetic-only</h2>";
   // A time budget, and classifier epochs other than the config's (a budget, now or in the run that
