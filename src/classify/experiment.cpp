@@ -379,8 +379,8 @@ Result<nlohmann::json> run_cls_job(const ClsJob& job, const RealData& real,
       // architecture or other classes (binary vs the diagnosis task) must not read old results.
       const nlohmann::json want = job.model.to_json();
       if (cached.contains("model"))
-        for (const char* k : {"arch", "classes"})
-          if (cached["model"].value(k, nlohmann::json()) != want[k])
+        for (const char* k : {"arch", "classes"})  // (results from before a key: not checked)
+          if (cached["model"].contains(k) && cached["model"][k] != want[k])
             return Status::error(result_path + " was trained with model " + k + " " +
                                  cached["model"].value(k, nlohmann::json()).dump() +
                                  ", this job asks for " + want[k].dump() +
