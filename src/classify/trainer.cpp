@@ -240,7 +240,7 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       if (main_rank) prog.update(step + 1, extra);
     }
     // Validation AUC picks the best epoch; a dx model's balanced accuracy over the diagnoses.
-    double val_auc = std::nan("");
+    double val_score = std::nan("");
     double minutes =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 60;
     if (dist) LF_RETURN_IF_ERROR(dist->broadcast(buffers));  // rank 0's batch-norm statistics
@@ -248,21 +248,21 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       if (multi) {
         auto pred = predict_proba(model, val.pixels.data(), val.count(), val.size).argmax(1);
         std::vector<int> pv(pred.data_ptr<int64_t>(), pred.data_ptr<int64_t>() + val.count());
-        val_auc = multiclass_metrics(pv, val.cls, K).balanced_accuracy;
+        val_score = multiclass_metrics(pv, val.cls, K).balanced_accuracy;
       } else {
-        val_auc = roc_auc(predict_malignant(model, val), val.labels);
+        val_score = roc_auc(predict_malignant(model, val), val.labels);
       }
     }
     if (dist) {  // rank 0's validation and clock decide for every rank
-      std::vector<Tensor> d{torch::tensor({val_auc, minutes}, torch::kFloat64)};
+      std::vector<Tensor> d{torch::tensor({val_score, minutes}, torch::kFloat64)};
       LF_RETURN_IF_ERROR(dist->broadcast(d));
-      val_auc = d[0][0].item<double>();
+      val_score = d[0][0].item<double>();
       minutes = d[0][1].item<double>();
       LF_RETURN_IF_ERROR(dist->check_in_sync(params, "weights"));
     }
-    bool improved = !std::isnan(val_auc) ? val_auc > res.best_val + 1e-6 : true;
+    bool improved = !std::isnan(val_score) ? val_score > res.best_val + 1e-6 : true;
     if (improved) {
-      res.best_val = std::isnan(val_auc) ? 0 : val_auc;
+      res.best_val = std::isnan(val_score) ? 0 : val_score;
       res.best_epoch = epoch + 1;
       since_best = 0;
       if (main_rank)
@@ -272,13 +272,13 @@ Result<ClsTrainResult> train_classifier(const ClsTrainConfig& cfg, Classifier& m
       ++since_best;
     }
     if (main_rank)
-      append_line(hist,
-                  nlohmann::json{{"step", epoch + 1},
-                                 {"epoch", epoch + 1},
-                                 {"train_loss", loss_sum / steps_per_epoch},
-                                 {res.selected_on, std::isnan(val_auc) ? nlohmann::json(nullptr)
-                                                                       : nlohmann::json(val_auc)}}
-                      .dump());
+      append_line(
+          hist, nlohmann::json{{"step", epoch + 1},
+                               {"epoch", epoch + 1},
+                               {"train_loss", loss_sum / steps_per_epoch},
+                               {res.selected_on, std::isnan(val_score) ? nlohmann::json(nullptr)
+                                                                       : nlohmann::json(val_score)}}
+                    .dump());
     if (main_rank)
       LF_RETURN_IF_ERROR(commit_checkpoint(
           journal, {{last,
