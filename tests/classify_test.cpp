@@ -1601,6 +1601,7 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
   const std::string html4 = *read_file(dir + "/report4.html");
   EXPECT_NE(html4.find("The diagnosis task"), std::string::npos);
   EXPECT_NE(html4.find("Against the equal-steps control"), std::string::npos);
+  EXPECT_NE(html4.find("<th>vs real, equal steps</th>"), std::string::npos);
 }
 
 namespace lf {

@@ -307,25 +307,35 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
          "same test images (bootstrap 95% CI).</p><table><tr><th>model</th><th>arm</th>"
          "<th>real</th><th>synthetic</th><th>balanced accuracy</th><th>accuracy</th>";
     for (auto& dx : dxs) h << "<th>" << html_escape(dx) << "</th>";
-    h << "<th>vs real (seed-averaged)</th></tr>";
-    for (auto& c : s["cells"]) {
-      if (!c.contains("dx_balanced_accuracy")) continue;
+    const bool eq = s.contains("paired") && s["paired"].contains("vs_equal_steps") &&
+                    s["paired"]["vs_equal_steps"].contains("dx_pooled");
+    h << "<th>vs real (seed-averaged)</th>" << (eq ? "<th>vs real, equal steps</th>" : "")
+      << "</tr>";
+    // This cell's row of a dx_pooled list: "diff [lo, hi]", "-" without one.
+    auto vs_of = [&](const nlohmann::json& paired, const nlohmann::json& c) {
       std::string vs = "-";
-      if (s.contains("paired") && s["paired"].contains("dx_pooled"))
-        for (auto& p : s["paired"]["dx_pooled"])
+      if (paired.contains("dx_pooled"))
+        for (auto& p : paired["dx_pooled"])
           if (p.value("arch", "") == c.value("arch", "") && p["real_size"] == c["real_size"] &&
               p.value("arm", "") == c.value("arm", "")) {
             const auto& q = p["seed_averaged"];
             vs = fmt(num(q["diff"]), "%+.3f") + " [" + fmt(num(q["ci_lo"]), "%+.3f") + ", " +
                  fmt(num(q["ci_hi"]), "%+.3f") + "]";
           }
+      return vs;
+    };
+    for (auto& c : s["cells"]) {
+      if (!c.contains("dx_balanced_accuracy")) continue;
+      const std::string vs = s.contains("paired") ? vs_of(s["paired"], c) : "-";
       h << "<tr><td>" << c.value("arch", "") << "</td><td>" << c.value("arm", "") << "</td><td>"
         << c["real_images"] << "</td><td>" << c["synthetic_size"] << "</td><td>"
         << pm(c["dx_balanced_accuracy"]) << "</td><td>" << pm(c["dx_accuracy"]) << "</td>";
       for (auto& dx : dxs)
         h << "<td>" << (c["dx_recall"].contains(dx) ? fmt(num(c["dx_recall"][dx]["mean"])) : "-")
           << "</td>";
-      h << "<td>" << vs << "</td></tr>";
+      h << "<td>" << vs << "</td>";
+      if (eq) h << "<td>" << vs_of(s["paired"]["vs_equal_steps"], c) << "</td>";
+      h << "</tr>";
     }
     h << "</table>";
   }
