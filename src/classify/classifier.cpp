@@ -28,6 +28,11 @@ using torch::Tensor;
 namespace nn = torch::nn;
 
 // ---- data -----------------------------------------------------------------------------
+int dx_class_index(const std::vector<std::string>& classes, const std::string& dx) {
+  auto it = std::find(classes.begin(), classes.end(), dx);
+  return it == classes.end() ? -1 : static_cast<int>(it - classes.begin());
+}
+
 LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t>& idx,
                                  const std::map<std::string, nlohmann::json>* captions,
                                  float weight, const std::vector<std::string>* classes) {
@@ -44,10 +49,7 @@ LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t
     auto g = record_groups(r, cap);
     g["dx"] = r.dx;  // not a subgroup: per-diagnosis error shares (evaluation_json's by_dx)
     s.add(ps.image(i), r.label, weight, r.id, "real", std::move(g));
-    if (classes) {
-      auto it = std::find(classes->begin(), classes->end(), r.dx);
-      s.cls.back() = it == classes->end() ? -1 : static_cast<int>(it - classes->begin());
-    }
+    if (classes) s.cls.back() = dx_class_index(*classes, r.dx);
   }
   return s;
 }

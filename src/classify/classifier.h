@@ -20,6 +20,8 @@
 
 namespace lf {
 
+// The index of `dx` among a dx classifier's `classes`, -1 when it is not one of them.
+int dx_class_index(const std::vector<std::string>& classes, const std::string& dx);
 // Rows `idx` of a prepared cache (records with unknown label are skipped).
 // With `classes` (dx codes), each image's `cls` is the index of its dx (-1 when absent).
 LabeledSet labeled_from_prepared(const PreparedSet& ps, const std::vector<size_t>& idx,

@@ -47,6 +47,19 @@ Result<NamedSet> load_test_dataset(const std::string& spec, int size) {
   return n;
 }
 
+namespace {
+// A metric as JSON: NaN (undefined, e.g. a class absent from the test set) as null.
+nlohmann::json json_number(double v) {
+  return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v);
+}
+// Each class's recall, {dx: recall or null}.
+nlohmann::json recall_json(const MulticlassMetrics& m, const std::vector<std::string>& classes) {
+  nlohmann::json j = nlohmann::json::object();
+  for (size_t k = 0; k < classes.size(); ++k) j[classes[k]] = json_number(m.recall[k]);
+  return j;
+}
+}  // namespace
+
 std::vector<std::string> dx_classes(const RealData& real, std::vector<int>* malignant) {
   std::map<std::string, int> dx_label;
   for (size_t i : real.train)
@@ -68,14 +81,13 @@ Status set_dx_classes(LabeledSet& set, const std::vector<std::string>& classes,
     if (g == set.groups[i].end() || g->second.empty())
       return Status::error("classify: " + what + " '" + set.ids[i] +
                            "' has no diagnosis (dx), which a dx classifier needs");
-    auto it = std::find(classes.begin(), classes.end(), g->second);
-    if (it == classes.end()) {
+    set.cls[i] = dx_class_index(classes, g->second);
+    if (set.cls[i] < 0) {
       std::string known;
       for (const auto& c : classes) known += (known.empty() ? "" : ", ") + c;
       return Status::error("classify: " + what + " '" + set.ids[i] + "' has dx '" + g->second +
                            "', not one of the classifier's classes (" + known + ")");
     }
-    set.cls[i] = static_cast<int>(it - classes.begin());
   }
   return Status::ok_status();
 }
@@ -89,17 +101,15 @@ Result<nlohmann::json> dx_evaluation(const torch::Tensor& prob, const LabeledSet
   auto am = prob.argmax(1).to(torch::kInt64).contiguous();
   std::vector<int> pred(am.data_ptr<int64_t>(), am.data_ptr<int64_t>() + am.numel());
   const MulticlassMetrics m = multiclass_metrics(pred, set.cls, K);
-  auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
-  nlohmann::json recall = nlohmann::json::object(), count = nlohmann::json::object();
+  nlohmann::json count = nlohmann::json::object();
   for (int k = 0; k < K; ++k) {
-    recall[classes[k]] = num(m.recall[k]);
     int n = 0;
     for (int v : m.confusion[k]) n += v;
     count[classes[k]] = n;
   }
-  return nlohmann::json{{"accuracy", num(m.accuracy)},
-                        {"balanced_accuracy", num(m.balanced_accuracy)},
-                        {"recall_per_class", recall},
+  return nlohmann::json{{"accuracy", json_number(m.accuracy)},
+                        {"balanced_accuracy", json_number(m.balanced_accuracy)},
+                        {"recall_per_class", recall_json(m, classes)},
                         {"n_per_class", count},
                         {"n", m.n},
                         {"confusion", {{"classes", classes}, {"matrix", m.confusion}}}};
@@ -642,8 +652,7 @@ Result<DxProbs> read_dx_probs(const std::string& path) {
                            std::to_string(cols.size()) + " fields, the header " +
                            std::to_string(d.classes.size() + 2));
     d.ids.push_back(cols[0]);
-    auto it = std::find(d.classes.begin(), d.classes.end(), cols[1]);
-    d.truth.push_back(it == d.classes.end() ? -1 : static_cast<int>(it - d.classes.begin()));
+    d.truth.push_back(dx_class_index(d.classes, cols[1]));
     std::vector<double> p;
     for (size_t k = 2; k < cols.size(); ++k) p.push_back(std::stod(cols[k]));
     d.p.push_back(std::move(p));
@@ -701,12 +710,7 @@ Status paired_dx_comparisons(const std::vector<nlohmann::json>& results,
     const int K = static_cast<int>(real.avg.classes.size());
     const std::vector<int> real_pred = argmax_rows(real.avg.p);
     auto recalls = [&](const std::vector<int>& pred) {
-      const MulticlassMetrics m = multiclass_metrics(pred, real.avg.truth, K);
-      nlohmann::json j = nlohmann::json::object();
-      for (int k = 0; k < K; ++k)
-        j[real.avg.classes[k]] =
-            std::isnan(m.recall[k]) ? nlohmann::json(nullptr) : nlohmann::json(m.recall[k]);
-      return j;
+      return recall_json(multiclass_metrics(pred, real.avg.truth, K), real.avg.classes);
     };
     for (const auto& [arm, by_seed] : arms) {
       if (arm == baseline) continue;
@@ -745,16 +749,15 @@ Status paired_dx_comparisons(const std::vector<nlohmann::json>& results,
   return Status::ok_status();
 }
 nlohmann::json paired_json(const PairedAuc& p) {
-  auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
   return {{"n", p.n},
           {"positives", p.positives},
           {"auc_real", p.auc_a},
           {"auc_arm", p.auc_b},
           {"diff", p.diff},
-          {"se", num(p.se)},
+          {"se", json_number(p.se)},
           {"p_value", p.p_value},
-          {"ci_lo", num(p.ci_lo)},
-          {"ci_hi", num(p.ci_hi)}};
+          {"ci_lo", json_number(p.ci_lo)},
+          {"ci_hi", json_number(p.ci_hi)}};
 }
 }  // namespace
 

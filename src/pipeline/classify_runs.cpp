@@ -102,10 +102,8 @@ Result<nlohmann::json> run_classify_eval(const ClassifyEvalOptions& o) {
       int64_t other = 0;
       for (int64_t i = 0; i < s.set.count(); ++i) {
         auto g = s.set.groups[i].find("dx");
-        auto it = g == s.set.groups[i].end() ? classes.end()
-                                             : std::find(classes.begin(), classes.end(), g->second);
-        s.set.cls[i] = it == classes.end() ? -1 : static_cast<int>(it - classes.begin());
-        other += it == classes.end();
+        s.set.cls[i] = g == s.set.groups[i].end() ? -1 : dx_class_index(classes, g->second);
+        other += s.set.cls[i] < 0;
       }
       const torch::Tensor prob =
           predict_proba(lc.model, s.set.pixels.data(), s.set.count(), s.set.size);

@@ -409,6 +409,17 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
           ? dx_classes(real, &dx_malignant)
           : std::vector<std::string>{};
   std::vector<Planned> jobs;
+  // The equal-steps control: each real-only job again with its epochs (and patience) scaled by
+  // (real + mixed synthetic images) / real images, so it takes as many optimizer steps as the
+  // real+synthetic job of its cell. Without it a mixing arm also trains longer than real-only,
+  // and at few real images that alone can look like a gain from the synthetic images. Planned
+  // after every other job.
+  const bool equal_steps = c.value("equal_steps_control", false);
+  const int64_t mix_size = std::min<int64_t>(
+      syn.count(), cfg_get<int64_t>(c, "synthetic_mix_size", -1) > 0
+                       ? cfg_get<int64_t>(c, "synthetic_mix_size", -1)
+                       : syn.count());  // synthetic images of a real+synthetic job
+  std::vector<Planned> control;
   for (auto& arch : archs)
     for (auto n : sizes)
       for (auto& arm : arms)
@@ -444,9 +455,9 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
             j.synthetic_weight = cfg_get<double>(c, "synthetic_weight", 1.0);
             if (is_mixing(arm)) j.synthetic_size = cfg_get<int64_t>(c, "synthetic_mix_size", -1);
             char ratio_tag[32] = "";
+            const int64_t n_real = n > 0 ? std::min<int64_t>(n, real.train.size())
+                                         : static_cast<int64_t>(real.train.size());
             if (ratio > 0) {
-              const int64_t n_real = n > 0 ? std::min<int64_t>(n, real.train.size())
-                                           : static_cast<int64_t>(real.train.size());
               j.synthetic_size = std::max<int64_t>(1, std::llround(ratio * n_real));
               j.synthetic_ratio = ratio;
               char label[64];
@@ -479,36 +490,18 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
                                    : static_cast<double>(syn.count());
             const double cost = (arm == "synthetic" ? std::min<double>(n, syn.count()) : n) +
                                 (is_mixing(arm) ? mix : 0);
-            jobs.push_back({j, cost * (arch == "vit" ? 3.0 : 1.0)});
+            const double arch_cost = cost * (arch == "vit" ? 3.0 : 1.0);
+            jobs.push_back({j, arch_cost});
+            if (equal_steps && arm == "real") {
+              const double f = static_cast<double>(n_real + mix_size) / n_real;
+              j.train.epochs = static_cast<int>(std::lround(j.train.epochs * f));
+              j.train.patience = static_cast<int>(std::lround(j.train.patience * f));
+              j.label = "real (equal steps)";
+              j.train.out = job_dir("realeq", "");
+              control.push_back({j, arch_cost * f});
+            }
           }
-  // The equal-steps control: each real-only job again with its epochs (and patience) scaled by
-  // (real + mixed synthetic images) / real images, so it takes as many optimizer steps as the
-  // real+synthetic job of its cell. Without it a mixing arm also trains longer than real-only,
-  // and at few real images that alone can look like a gain from the synthetic images.
-  if (c.value("equal_steps_control", false)) {
-    std::vector<Planned> control;
-    for (const auto& p : jobs) {
-      if (p.job.arm != "real") continue;
-      Planned q = p;
-      const int64_t n_real = q.job.real_size > 0
-                                 ? std::min<int64_t>(q.job.real_size, real.train.size())
-                                 : static_cast<int64_t>(real.train.size());
-      const int64_t n_mix =
-          std::min<int64_t>(syn.count(), cfg_get<int64_t>(c, "synthetic_mix_size", -1) > 0
-                                             ? cfg_get<int64_t>(c, "synthetic_mix_size", -1)
-                                             : syn.count());
-      const double f = static_cast<double>(n_real + n_mix) / n_real;
-      q.job.train.epochs = static_cast<int>(std::lround(p.job.train.epochs * f));
-      q.job.train.patience = static_cast<int>(std::lround(p.job.train.patience * f));
-      q.job.label = "real (equal steps)";
-      const std::string dir = q.job.train.out;
-      q.job.train.out =
-          dir.substr(0, dir.rfind("_real_")) + "_realeq_" + dir.substr(dir.rfind("_real_") + 6);
-      q.cost = p.cost * f;
-      control.push_back(q);
-    }
-    jobs.insert(jobs.end(), control.begin(), control.end());
-  }
+  jobs.insert(jobs.end(), control.begin(), control.end());
   // Budget: scale the epochs of every job by one factor so the planned work fits what is left.
   // What the budget did, for the summary and the report (the epochs of a scaled run are not the
   // config's).
@@ -594,7 +587,7 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       used_epochs.size() == 1 ? nlohmann::json(*used_epochs.begin()) : nlohmann::json(used_epochs);
   if (budget_info.is_object()) budget_info["epochs_used"] = epochs_used;
   LF_ASSIGN_OR_RETURN(nlohmann::json paired, paired_arm_comparisons(results));
-  if (c.value("equal_steps_control", false)) {
+  if (equal_steps) {
     LF_ASSIGN_OR_RETURN(paired["vs_equal_steps"],
                         paired_arm_comparisons(results, "real (equal steps)"));
   }
