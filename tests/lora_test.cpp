@@ -6,7 +6,10 @@
 
 #include "lesionflow/captions.h"
 #include "lesionflow/io.h"
+#include "lesionflow/jsonl.h"
 #include "models/checkpoint.h"
+#include "pipeline/generator_runs.h"
+#include "synth/synth.h"
 #include "test_util.h"
 #include "train/generator.h"
 #include "train_util.h"
@@ -231,4 +234,121 @@ TEST(Lora, AdapterIsSmallAndAMismatchedBaseIsRefused) {
   // merge refuses too.
   EXPECT_FALSE(
       merge_lora(f.base_path, {{dir + "/a.safetensors", 1.0}}, dir + "/m.safetensors").ok());
+}
+
+TEST(Lora, PerDiagnosisAdapterMakesThatDiagnosisAsTheMergedGeneratorAndTheRestAsTheBase) {
+  auto f = make_fixture("lora_dx");
+  std::string dir = test::tmp_dir("lora_dx_files");
+  auto a = *LoraAdapter::create(f.model, LoraSpec{{"attn", "mlp"}, 4, 4});
+  randomize_up(*a, 3);
+  ASSERT_TRUE(a->save(dir + "/a.safetensors", f.base_hash, 0).ok());
+  ASSERT_TRUE(
+      merge_lora(f.base_path, {{dir + "/a.safetensors", 1.0}}, dir + "/merged.safetensors").ok());
+  auto base = load_generator(f.base_path);
+  auto merged = load_generator(dir + "/merged.safetensors");
+  ASSERT_TRUE(base.ok() && merged.ok());
+  SynthPlanConfig pc;
+  pc.total = 10;
+  pc.balance = "dx";
+  auto plan = plan_synthetic(f.ps.records, {}, pc, nullptr);
+  LF_ASSERT_OK(plan);
+  std::map<std::string, int> per_dx;
+  for (const auto& it : *plan) per_dx[it.dx]++;
+  ASSERT_GE(per_dx.size(), 2u);
+  const std::string dx = per_dx.begin()->first;  // the diagnosis that gets the adapter
+  const auto before = forward_fixed(base->model, *base->tok, 16);
+  auto run = [&](LoadedGenerator& g, const std::map<std::string, std::string>& adapters,
+                 const std::string& name) -> Result<std::string> {
+    SynthGenConfig sc;
+    sc.gen.sampler.steps = 4;
+    sc.gen.batch = 3;  // batches of the plan's order would mix the diagnoses
+    sc.gen.cfg_scale = 2.0;
+    sc.out = test::tmp_dir(name);
+    LF_ASSIGN_OR_RETURN(auto by_dx, use_dx_adapters(g, adapters, *plan, sc));
+    if (!adapters.empty()) {
+      EXPECT_EQ(by_dx[dx]["hash"], a->hash);
+      EXPECT_EQ(by_dx[dx]["file"], dir + "/a.safetensors");
+    }
+    LF_ASSIGN_OR_RETURN(int64_t made, generate_synthetic(g, *plan, sc, nlohmann::json::object()));
+    EXPECT_EQ(made, pc.total);
+    return sc.out;
+  };
+  auto with = run(*base, {{dx, dir + "/a.safetensors"}}, "lora_dx_with");
+  LF_ASSERT_OK(with);
+  // The base is restored after the set: the same forward as before it.
+  EXPECT_TRUE(torch::equal(forward_fixed(base->model, *base->tok, 16), before));
+  auto plain = run(*base, {}, "lora_dx_plain");
+  auto all_merged = run(*merged, {}, "lora_dx_merged");
+  LF_ASSERT_OK(plain);
+  LF_ASSERT_OK(all_merged);
+  auto pixels = [](const std::string& file) {
+    auto m = read_image(file);
+    EXPECT_TRUE(m.ok()) << file;
+    cv::Mat d;
+    m->convertTo(d, CV_64F);
+    return d;
+  };
+  auto max_diff = [&](const std::string& x, const std::string& y) {
+    double mx = 0;
+    cv::minMaxLoc(cv::abs(pixels(x) - pixels(y)), nullptr, &mx);
+    return mx;
+  };
+  auto recs = *read_jsonl(*with + "/manifest.jsonl");
+  ASSERT_EQ(recs.size(), static_cast<size_t>(pc.total));
+  int variant = 0;
+  double moved = 0;
+  for (const auto& j : recs) {
+    const std::string file = j["file"];
+    if (j["dx"] == dx) {
+      ++variant;
+      EXPECT_EQ(j["adapter_hash"], a->hash + ":" + std::to_string(1.0)) << file;
+      // As the merged generator makes it (up to 8-bit rounding of float noise), not as the base.
+      EXPECT_LE(max_diff(*with + "/" + file, *all_merged + "/" + file), 1.0) << file;
+      moved += max_diff(*with + "/" + file, *plain + "/" + file);
+    } else {
+      EXPECT_EQ(j["adapter_hash"], "") << file;
+      EXPECT_LE(max_diff(*with + "/" + file, *plain + "/" + file), 1.0) << file;
+    }
+  }
+  EXPECT_EQ(variant, per_dx[dx]);
+  EXPECT_GT(moved / variant, 8.0) << "the adapter did not change its diagnosis' images";
+  // Resume: a lost variant image is remade with the adapter, identically; resuming without the
+  // adapter is refused, and the set is left as it was.
+  std::string lost;
+  for (const auto& j : recs)
+    if (j["dx"] == dx) lost = j["file"];
+  const auto kept = *read_file(*with + "/" + lost);
+  std::filesystem::remove(*with + "/" + lost);
+  SynthGenConfig sc;
+  sc.gen.sampler.steps = 4;
+  sc.gen.batch = 3;
+  sc.gen.cfg_scale = 2.0;
+  sc.out = *with;
+  const auto manifest = *read_file(*with + "/manifest.jsonl");
+  auto refused = generate_synthetic(*base, *plan, sc, nlohmann::json::object());
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("refusing to mix two generators"), std::string::npos)
+      << refused.status().message();
+  EXPECT_EQ(*read_file(*with + "/manifest.jsonl"), manifest);
+  LF_ASSERT_OK(use_dx_adapters(*base, {{dx, dir + "/a.safetensors"}}, *plan, sc));
+  auto again = generate_synthetic(*base, *plan, sc, nlohmann::json::object());
+  LF_ASSERT_OK(again);
+  EXPECT_EQ(*again, 1);
+  EXPECT_EQ(*read_file(*with + "/" + lost), kept);
+  // A diagnosis the plan has no image of, an adapter of another base, malformed flags: errors.
+  SynthGenConfig other;
+  auto typo = use_dx_adapters(*base, {{"DX_TYPO", dir + "/a.safetensors"}}, *plan, other);
+  ASSERT_FALSE(typo.ok());
+  EXPECT_NE(typo.status().message().find("DX_TYPO"), std::string::npos);
+  EXPECT_NE(typo.status().message().find(dx), std::string::npos) << typo.status().message();
+  LoadedGenerator renamed = *load_generator(dir + "/merged.safetensors");
+  auto foreign = use_dx_adapters(renamed, {{dx, dir + "/a.safetensors"}}, *plan, other);
+  ASSERT_FALSE(foreign.ok());
+  EXPECT_NE(foreign.status().message().find("refusing"), std::string::npos)
+      << foreign.status().message();
+  auto flags = parse_dx_adapter_flags({"df=x.safetensors:0.5", "vasc=y.safetensors"});
+  LF_ASSERT_OK(flags);
+  EXPECT_EQ(flags->at("df"), "x.safetensors:0.5");
+  EXPECT_FALSE(parse_dx_adapter_flags({"x.safetensors"}).ok());
+  EXPECT_FALSE(parse_dx_adapter_flags({"df=a", "df=b"}).ok());
 }

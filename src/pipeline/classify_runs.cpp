@@ -14,6 +14,7 @@
 #include "lesionflow/log.h"
 #include "lesionflow/record_pixels.h"
 #include "pipeline/audit_run.h"
+#include "pipeline/generator_runs.h"
 
 namespace lf {
 
@@ -274,6 +275,7 @@ Result<nlohmann::json> run_synth(const SynthRunOptions& o) {
   pc.seed = o.seed;
   nlohmann::json summary;
   LF_ASSIGN_OR_RETURN(auto plan, plan_synthetic(train, real.captions, pc, &summary));
+  LF_ASSIGN_OR_RETURN(auto adapter_for, parse_dx_adapter_flags(o.adapter_for));
   LF_RETURN_IF_ERROR(make_dirs(o.out));
   if (o.plan_only) {
     LF_RETURN_IF_ERROR(write_file_atomic(o.out + "/plan.json", summary.dump(2) + "\n"));
@@ -293,6 +295,8 @@ Result<nlohmann::json> run_synth(const SynthRunOptions& o) {
   if (sc.gen.sampler.start < 1.0) {
     LF_ASSIGN_OR_RETURN(sc.init, source_images(gen, o.data, real.ps));
   }
+  LF_ASSIGN_OR_RETURN(nlohmann::json by_dx, use_dx_adapters(gen, adapter_for, plan, sc));
+  if (!by_dx.empty()) summary["adapters_by_dx"] = by_dx;
   auto t0 = std::chrono::steady_clock::now();
   LF_ASSIGN_OR_RETURN(int64_t made, generate_synthetic(gen, plan, sc, summary));
   double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -79,6 +79,9 @@ struct SynthRunOptions {
       given;  // which sampler flags the user gave (the rest: a checkpoint's recommendation)
   bool plan_only = false;
   bool save_latents = false;  // latents/<id>.safetensors beside the images (latent generators)
+  // "DX=FILE[:STRENGTH]": the images of that diagnosis are made with this LoRA adapter on the
+  // generator (use_dx_adapters); plan.json records them under "adapters_by_dx".
+  std::vector<std::string> adapter_for;
   uint64_t seed = 0;
 };
 // plan.json (plan_only) or the synthetic set with manifest.jsonl; {planned, generated_now, seconds,

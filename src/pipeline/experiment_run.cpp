@@ -10,6 +10,7 @@
 #include "lesionflow/stop.h"
 #include "pipeline/audit_run.h"
 #include "pipeline/classify_runs.h"
+#include "pipeline/generator_runs.h"
 #include "synth/synth.h"
 
 namespace lf {
@@ -186,8 +187,15 @@ Status validate_experiment_config(const nlohmann::json& c, const std::string& fi
                                       {"omit", K::kStrings},
                                       {"emphasis", K::kString},
                                       {"emphasis_strength", K::kNumber},
+                                      {"adapters", K::kObject},
                                       {"batch", K::kInt}},
                                      file, "synth."));
+  if (c.contains("synth") && c["synth"].contains("adapters"))
+    for (const auto& [dx, spec] : c["synth"]["adapters"].items())
+      if (!spec.is_string() || spec.get<std::string>().empty())
+        return Status::error(file + ": synth.adapters." + dx +
+                             " must be the adapter file (\"FILE\" or \"FILE:STRENGTH\"), not " +
+                             spec.dump());
   if (c.contains("classifier"))
     LF_RETURN_IF_ERROR(check_section(c["classifier"],
                                      {{"archs", K::kStrings},
@@ -360,6 +368,11 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
     if (sc.gen.sampler.start < 1.0) {
       LF_ASSIGN_OR_RETURN(sc.init, source_images(gen, data, real.ps));
     }
+    std::map<std::string, std::string> adapter_for;
+    for (const auto& [dx, spec] : sj.value("adapters", nlohmann::json::object()).items())
+      adapter_for[dx] = spec.get<std::string>();
+    LF_ASSIGN_OR_RETURN(nlohmann::json by_dx, use_dx_adapters(gen, adapter_for, plan, sc));
+    if (!by_dx.empty()) summary["adapters_by_dx"] = by_dx;
     auto t0 = std::chrono::steady_clock::now();
     LF_ASSIGN_OR_RETURN(int64_t made, generate_synthetic(gen, plan, sc, summary));
     if (made > 0) {

@@ -7,6 +7,7 @@
 #include <map>
 #include <opencv2/imgproc.hpp>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "adapters/lora.h"
@@ -478,6 +479,57 @@ std::pair<std::string, double> split_strength(const std::string& spec) {
     if (end && *end == '\0') return {spec.substr(0, c), v};
   }
   return {spec, 1.0};
+}
+
+Result<nlohmann::json> use_dx_adapters(LoadedGenerator& g,
+                                       const std::map<std::string, std::string>& specs,
+                                       const std::vector<SynthItem>& plan, SynthGenConfig& sc) {
+  nlohmann::json out = nlohmann::json::object();
+  if (specs.empty()) return out;
+  std::set<std::string> planned_dx;
+  for (const auto& it : plan) planned_dx.insert(it.dx);
+  auto runtime = std::make_shared<LoraRuntime>(g.model);
+  std::map<std::string, std::pair<std::shared_ptr<LoraAdapter>, double>> adapters;
+  for (const auto& [dx, spec] : specs) {
+    if (!planned_dx.count(dx)) {
+      std::string have;
+      for (const auto& d : planned_dx) have += (have.empty() ? "" : ", ") + d;
+      return Status::error("synth: an adapter is given for dx '" + dx +
+                           "', but the plan has no image of that diagnosis (it has: " + have + ")");
+    }
+    auto [path, strength] = split_strength(spec);
+    LF_ASSIGN_OR_RETURN(auto a, LoraAdapter::load(path, g.model, g.hash));
+    adapters[dx] = {a, strength};
+    sc.variant_tag[dx] = a->hash + ":" + std::to_string(strength);
+    out[dx] = {{"file", path}, {"hash", a->hash}, {"strength", strength}};
+  }
+  // The runtime is rebuilt per variant: one adapter bound at a time, the base restored between.
+  sc.use_variant = [&g, adapters, runtime](const std::string& dx) mutable -> Status {
+    runtime.reset();  // restores the base weights
+    runtime = std::make_shared<LoraRuntime>(g.model);
+    if (dx.empty()) return Status::ok_status();
+    auto a = adapters.find(dx);
+    if (a == adapters.end()) return Status::error("synth: no adapter for dx '" + dx + "'");
+    LF_RETURN_IF_ERROR(runtime->add(a->second.first, a->second.second));
+    torch::NoGradGuard ng;
+    runtime->apply();
+    return Status::ok_status();
+  };
+  return out;
+}
+
+Result<std::map<std::string, std::string>> parse_dx_adapter_flags(
+    const std::vector<std::string>& flags) {
+  std::map<std::string, std::string> m;
+  for (const auto& f : flags) {
+    auto eq = f.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == f.size())
+      return Status::error("synth: --adapter-for takes DX=FILE[:STRENGTH], not '" + f + "'");
+    const std::string dx = f.substr(0, eq);
+    if (m.count(dx)) return Status::error("synth: --adapter-for gives dx '" + dx + "' twice");
+    m[dx] = f.substr(eq + 1);
+  }
+  return m;
 }
 
 Result<nlohmann::json> run_finetune(const FinetuneRunOptions& o) {

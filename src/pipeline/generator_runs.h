@@ -8,6 +8,7 @@
 
 #include "lesionflow/data.h"
 #include "lesionflow/status.h"
+#include "synth/synth.h"
 #include "train/generator.h"
 
 namespace lf {
@@ -138,6 +139,18 @@ Result<nlohmann::json> run_distill(const DistillRunOptions& o);
 
 // "path[:strength]" -> (path, strength); strength 1 when absent.
 std::pair<std::string, double> split_strength(const std::string& spec);
+// Per-diagnosis LoRA variants of `g` for a synthetic set: `specs` maps a diagnosis to
+// "FILE[:STRENGTH]" (an adapter made by `finetune` on this base; refused with the reason when it
+// was made for another base). Sets sc.variant_tag (dx -> "<adapter hash>:<strength>") and
+// sc.use_variant, which applies that diagnosis' adapter to g (g must outlive sc) and restores the
+// base for "". A dx that no item of `plan` has is an error naming the plan's diagnoses. Returns
+// {dx: {file, hash, strength}} for plan.json.
+Result<nlohmann::json> use_dx_adapters(LoadedGenerator& g,
+                                       const std::map<std::string, std::string>& specs,
+                                       const std::vector<SynthItem>& plan, SynthGenConfig& sc);
+// "DX=FILE[:STRENGTH]" flags -> {dx: "FILE[:STRENGTH]"}; malformed or repeated dx: an error.
+Result<std::map<std::string, std::string>> parse_dx_adapter_flags(
+    const std::vector<std::string>& flags);
 // The given generator checkpoint, or the shipped one when none is given (logged); `what` names
 // the command in the error when neither exists.
 Result<std::string> checkpoint_or_shipped(const std::string& given, const std::string& what);

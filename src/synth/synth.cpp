@@ -337,6 +337,13 @@ Result<InitImageFn> source_images(LoadedGenerator& g, const std::string& prepare
   });
 }
 
+namespace {
+std::string adapter_tag_for(const SynthGenConfig& cfg, const std::string& dx) {
+  auto v = cfg.variant_tag.find(dx);
+  return v != cfg.variant_tag.end() ? v->second : cfg.adapter_hash;
+}
+}  // namespace
+
 Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthItem>& plan,
                                    const SynthGenConfig& cfg, const nlohmann::json& plan_summary) {
   if (cfg.out.empty()) return Status::error("synth: --out is required");
@@ -353,14 +360,16 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
     for (auto& it : plan) planned[it.id] = &it;
     for (const auto& j : recs) {
       const std::string id = j.value("id", "");
-      if (j.value("generator_hash", g.hash) != g.hash ||
-          j.value("adapter_hash", cfg.adapter_hash) != cfg.adapter_hash)
+      auto it = planned.find(id);
+      // The adapter this run would make the image with (its diagnosis' variant, else the base's).
+      const std::string want =
+          adapter_tag_for(cfg, it != planned.end() ? it->second->dx : j.value("dx", std::string()));
+      if (j.value("generator_hash", g.hash) != g.hash || j.value("adapter_hash", want) != want)
         return Status::error(manifest + ": " + id + " was made by generator " +
                              j.value("generator_hash", "") + " (adapter '" +
                              j.value("adapter_hash", "") + "'), this run's is " + g.hash +
-                             " (adapter '" + cfg.adapter_hash +
+                             " (adapter '" + want +
                              "'); refusing to mix two generators in one set (use a new --out)");
-      auto it = planned.find(id);
       if (it != planned.end() && (j.value("prompt", "") != it->second->prompt ||
                                   j.value("seed", uint64_t{0}) != it->second->seed))
         return Status::error(manifest + ": " + id +
@@ -408,6 +417,15 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
   std::vector<const SynthItem*> todo;
   for (auto& it : plan)
     if (!done.count(it.id)) todo.push_back(&it);
+  // One variant at a time: the base's items first, then each variant's, in plan order within.
+  auto variant_of = [&cfg](const SynthItem* it) {
+    return cfg.variant_tag.count(it->dx) ? it->dx : std::string();
+  };
+  std::stable_sort(todo.begin(), todo.end(), [&](const SynthItem* a, const SynthItem* b) {
+    return variant_of(a) < variant_of(b);
+  });
+  if (!cfg.variant_tag.empty() && !cfg.use_variant)
+    return Status::error("synth: per-diagnosis variants without a way to switch to them");
   if (!done.empty())
     log_info("synth: " + std::to_string(done.size()) + " images already done, " +
              std::to_string(todo.size()) + " to go");
@@ -424,11 +442,20 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
     LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/latents"));
   }
   int64_t made = 0;
-  for (size_t s = 0; s < todo.size(); s += B) {
+  std::string active = "";  // the variant the generator is set up for ("" = the base)
+  for (size_t s = 0, e = 0; s < todo.size(); s = e) {
+    const std::string variant = variant_of(todo[s]);
+    if (variant != active) {
+      LF_RETURN_IF_ERROR(cfg.use_variant(variant));
+      active = variant;
+    }
+    // A batch never spans two variants.
+    e = s;
+    while (e < todo.size() && e < s + static_cast<size_t>(B) && variant_of(todo[e]) == variant) ++e;
     std::vector<std::string> prompts;
     std::vector<uint64_t> seeds;
     std::vector<torch::Tensor> inits;
-    for (size_t i = s; i < std::min(todo.size(), s + B); ++i) {
+    for (size_t i = s; i < e; ++i) {
       prompts.push_back(todo[i]->prompt);
       seeds.push_back(todo[i]->seed);
       if (img2img) inits.push_back(cfg.init(*todo[i], init_transform(*todo[i])));
@@ -466,7 +493,7 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
                 {"source_id", it.source_id},
                 {"seed", it.seed},
                 {"generator_hash", g.hash},
-                {"adapter_hash", cfg.adapter_hash}});
+                {"adapter_hash", adapter_tag_for(cfg, it.dx)}});
       if (!it.asked.is_null()) j["asked"] = it.asked;
       if (!it.varied.is_null()) j["varied"] = it.varied;
       if (img2img)  // image-to-image: what it started from
@@ -480,6 +507,7 @@ Result<int64_t> generate_synthetic(LoadedGenerator& g, const std::vector<SynthIt
     made += static_cast<int64_t>(prompts.size());
     prog.update(static_cast<int64_t>(done.size()) + made);
   }
+  if (!active.empty()) LF_RETURN_IF_ERROR(cfg.use_variant(""));
   prog.finish();
   return made;
 }

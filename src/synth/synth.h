@@ -98,6 +98,14 @@ struct SynthGenConfig {
   // latents/<id>.safetensors (tensor "latent" [C,s,s] fp32, metadata latent_hash), e.g. for
   // `ae train --gen-latents`.
   bool save_latents = false;
+  // Per-diagnosis variants of the generator (synth --adapter-for DX=FILE[:S], experiment
+  // synth.adapters): the items of a dx in `variant_tag` are made by its variant and record its tag
+  // as their adapter_hash (the others: the base, adapter_hash). generate_synthetic makes one
+  // variant's items at a time and calls use_variant(dx) before each group ("" = the base, also
+  // called at the end); the caller owns what it switches (e.g. a LoRA runtime). An image's noise
+  // depends on its seed alone, so the grouping does not change the images.
+  std::map<std::string, std::string> variant_tag;
+  std::function<Status(const std::string& dx)> use_variant;
 };
 // The source images of a prepared cache as starting images for `g` (latents from the cache's
 // latent file, encoded on first use, for a latent generator). Fails when the cache's image size

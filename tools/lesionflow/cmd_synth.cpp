@@ -142,6 +142,10 @@ void add_synth(CLI::App& app, GlobalOptions& g, Runner* run) {
                 "STRENGTH (SDEdit; 1 = from pure noise, lower = closer to the real image)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
+  y->add_option("--adapter-for", s.adapter_for,
+                "DX=FILE[:STRENGTH]: make the images of diagnosis DX with this LoRA adapter of "
+                "the generator (finetune --filter dx=DX; repeatable, one per dx; the manifest "
+                "records each image's adapter)");
   y->add_flag("--plan-only", s.plan_only, "write plan.json and stop");
   y->add_flag("--save-latents", s.save_latents,
               "latent generators: also write each image's latent to latents/<id>.safetensors "
