@@ -1578,8 +1578,27 @@ TEST(ExperimentSlow, PhantomPipelineAndReportRendersInChromium) {
             std::string::npos);
   cfg4["out"] = dir + "/exp4";
   cfg4["synth"]["balance"] = "dx";
+  // The melanomas from a LoRA adapter of the generator (synth.adapters), the rest from the base.
+  ASSERT_TRUE(sh(lf + " finetune --base " + dir + "/exp/generator/ema.safetensors --data " + dir +
+                 "/cache --captions " + dir + "/captions.jsonl --splits " + dir +
+                 "/splits.csv --filter dx=mel --rank 2 --alpha 2 --steps 2 --batch 8 " +
+                 "--ckpt-every 2 --sample-every 0 --val-every 0 --out " + dir + "/lora_mel"));
+  cfg4["synth"]["adapters"] = {{"mel", dir + "/lora_mel/ema.safetensors"}};
   std::ofstream(dir + "/config4.json") << cfg4.dump();
   ASSERT_TRUE(sh(lf + " experiment --config " + dir + "/config4.json"));
+  {
+    auto plan4 = nlohmann::json::parse(*read_file(dir + "/exp4/synthetic/plan.json"));
+    ASSERT_EQ(plan4["adapters_by_dx"]["mel"]["file"], dir + "/lora_mel/ema.safetensors");
+    const std::string tag =
+        plan4["adapters_by_dx"]["mel"]["hash"].get<std::string>() + ":" + std::to_string(1.0);
+    std::map<std::string, int> per_dx;
+    for (auto& j : *read_jsonl(dir + "/exp4/synthetic/manifest.jsonl")) {
+      per_dx[j["dx"]]++;
+      EXPECT_EQ(j["adapter_hash"], j["dx"] == "mel" ? tag : "") << j.dump();
+    }
+    EXPECT_GT(per_dx["mel"], 0);
+    EXPECT_GT(per_dx.size(), 1u);
+  }
   auto fourth = nlohmann::json::parse(*read_file(dir + "/exp4/summary.json"));
   ASSERT_EQ(fourth["cells"].size(), 3u);
   EXPECT_EQ(fourth["cells"][1]["arm"], "real (equal steps)");

@@ -369,8 +369,8 @@ Result<nlohmann::json> run_experiment(const ExperimentOptions& o) {
       LF_ASSIGN_OR_RETURN(sc.init, source_images(gen, data, real.ps));
     }
     std::map<std::string, std::string> adapter_for;
-    for (const auto& [dx, spec] : sj.value("adapters", nlohmann::json::object()).items())
-      adapter_for[dx] = spec.get<std::string>();
+    const nlohmann::json adapters = sj.value("adapters", nlohmann::json::object());
+    for (const auto& [dx, spec] : adapters.items()) adapter_for[dx] = spec.get<std::string>();
     LF_ASSIGN_OR_RETURN(nlohmann::json by_dx, use_dx_adapters(gen, adapter_for, plan, sc));
     if (!by_dx.empty()) summary["adapters_by_dx"] = by_dx;
     auto t0 = std::chrono::steady_clock::now();
