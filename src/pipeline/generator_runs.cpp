@@ -488,7 +488,6 @@ Result<nlohmann::json> use_dx_adapters(LoadedGenerator& g,
   if (specs.empty()) return out;
   std::set<std::string> planned_dx;
   for (const auto& it : plan) planned_dx.insert(it.dx);
-  auto runtime = std::make_shared<LoraRuntime>(g.model);
   std::map<std::string, std::pair<std::shared_ptr<LoraAdapter>, double>> adapters;
   for (const auto& [dx, spec] : specs) {
     if (!planned_dx.count(dx)) {
@@ -503,11 +502,13 @@ Result<nlohmann::json> use_dx_adapters(LoadedGenerator& g,
     sc.variant_tag[dx] = a->hash + ":" + std::to_string(strength);
     out[dx] = {{"file", path}, {"hash", a->hash}, {"strength", strength}};
   }
-  // The runtime is rebuilt per variant: one adapter bound at a time, the base restored between.
-  sc.use_variant = [&g, adapters, runtime](const std::string& dx) mutable -> Status {
+  // A runtime per variant: one adapter bound at a time, the base restored between (and by the
+  // last runtime's destructor when sc goes).
+  sc.use_variant = [&g, adapters, runtime = std::shared_ptr<LoraRuntime>()](
+                       const std::string& dx) mutable -> Status {
     runtime.reset();  // restores the base weights
-    runtime = std::make_shared<LoraRuntime>(g.model);
     if (dx.empty()) return Status::ok_status();
+    runtime = std::make_shared<LoraRuntime>(g.model);
     auto a = adapters.find(dx);
     if (a == adapters.end()) return Status::error("synth: no adapter for dx '" + dx + "'");
     LF_RETURN_IF_ERROR(runtime->add(a->second.first, a->second.second));
