@@ -1,5 +1,6 @@
 // Classifiers, metrics (vs scikit-learn), synthetic-set planning/generation, audit measures,
 // and the end-to-end experiment + report rendered in headless Chromium.
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <opencv2/imgcodecs.hpp>
@@ -8,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "classify/classifier.h"
 #include "classify/experiment.h"
 #include "data/images_torch.h"
 #include "eval/audit.h"
@@ -989,6 +991,24 @@ TEST(Synth, GenerationResumesWithIdenticalImages) {
     EXPECT_EQ(r.dx, j["dx"].get<std::string>());
     EXPECT_EQ(r.label, j["label"].get<int>());
   }
+
+  // The same set with its manifest lines in another order (as per-diagnosis adapters or a
+  // completed set write them) loads in the same, id, order: training sees the same batches.
+  const std::string shuffled = test::tmp_dir("synth_reordered");
+  std::filesystem::create_directory_symlink(std::filesystem::absolute(sc.out + "/images"),
+                                            shuffled + "/images");
+  std::string reordered;
+  for (int i : {3, 5, 0, 4, 2, 1}) reordered += all[i].dump() + "\n";
+  ASSERT_TRUE(write_file_atomic(shuffled + "/manifest.jsonl", reordered).ok());
+  auto in_order = load_synthetic(sc.out, 32, 1.0f, nullptr);
+  auto out_of_order = load_synthetic(shuffled, 32, 1.0f, nullptr);
+  LF_ASSERT_OK(in_order);
+  LF_ASSERT_OK(out_of_order);
+  ASSERT_EQ(out_of_order->count(), 6);
+  EXPECT_EQ(out_of_order->ids, in_order->ids);
+  EXPECT_TRUE(std::is_sorted(out_of_order->ids.begin(), out_of_order->ids.end()));
+  EXPECT_EQ(out_of_order->pixels, in_order->pixels);
+  EXPECT_EQ(out_of_order->labels, in_order->labels);
 }
 
 TEST(Classifier, CnnAndVitOverfitASmallSetAndRoundTrip) {

@@ -58,6 +58,12 @@ Result<LabeledSet> load_synthetic(const std::string& dir, int size, float weight
                                   int64_t* skipped) {
   const std::string manifest = dir + "/manifest.jsonl";
   LF_ASSIGN_OR_RETURN(auto lines, read_jsonl(manifest));
+  // In id order, not file order: the ids follow the plan, while the manifest's lines follow
+  // generation (grouped per adapter, or a completed set's remade images last). Training draws
+  // its batches by position, so two sets with the same images must load in the same order.
+  std::stable_sort(lines.begin(), lines.end(), [](const auto& a, const auto& b) {
+    return a.value("id", std::string()) < b.value("id", std::string());
+  });
   LabeledSet s;
   s.size = size;
   int64_t bad = 0;
