@@ -353,37 +353,52 @@ TEST(Lora, PerDiagnosisAdapterMakesThatDiagnosisAsTheMergedGeneratorAndTheRestAs
   EXPECT_FALSE(parse_dx_adapter_flags({"df=a", "df=b"}).ok());
 }
 
-TEST(Lora, ShippedDermatofibromaAdapterFitsTheShippedGeneratorAndMovesOnlyWhatItIsAppliedTo) {
+TEST(Lora, ShippedDiagnosisAdaptersFitTheShippedGeneratorAndMoveOnlyWhatTheyAreAppliedTo) {
   const std::string base = test::src_dir() + "/models/lesionflow_ham64.safetensors";
-  const std::string adapter = test::src_dir() + "/models/lesionflow_ham64_lora_df.safetensors";
   auto g = load_generator(base);
   ASSERT_TRUE(g.ok()) << g.status().message();
-  auto a = LoraAdapter::load(adapter, g->model, g->hash);
-  ASSERT_TRUE(a.ok()) << a.status().message();  // made for this base, shapes fit
-  EXPECT_EQ((*a)->modules().size(), 53u);       // attention, MLP and modulation
   GenerateConfig gc;
   gc.sampler.method = SamplerMethod::kDpm2m;
   gc.sampler.steps = 8;
   gc.cfg_scale = 1.0;
-  const std::vector<std::string> prompts = {
-      "dermoscopy of a benign dermatofibroma on the lower extremity of a 45-year-old woman; "
-      "small lesion, symmetric, smooth sharp border, two colours: light brown and white",
-      "dermoscopy of a benign dermatofibroma on the back of a 60-year-old man; medium-sized "
-      "lesion, symmetric, smooth sharp border, one colour: light brown"};
   const std::vector<uint64_t> seeds = {3, 4};
-  auto plain = generate_images(*g, prompts, seeds, gc);
-  {
-    LoraRuntime rt(g->model);
-    ASSERT_TRUE(rt.add(*a, 1.0).ok());
-    torch::NoGradGuard ng;
-    rt.apply();
-    auto adapted = generate_images(*g, prompts, seeds, gc);
-    // Images in [-1, 1]: the adapter moves them (the 625 HAM dermatofibromas by 5.7 of 255 grey
-    // levels on average) without changing what is drawn.
-    const double moved = (adapted - plain).abs().mean().item<double>() * 127.5;
-    EXPECT_GT(moved, 1.0);
-    EXPECT_LT(moved, 30.0);
+  struct Shipped {
+    std::string dx;
+    std::vector<std::string> prompts;
+  };
+  const std::vector<Shipped> shipped = {
+      {"df",
+       {"dermoscopy of a benign dermatofibroma on the lower extremity of a 45-year-old woman; "
+        "small lesion, symmetric, smooth sharp border, two colours: light brown and white",
+        "dermoscopy of a benign dermatofibroma on the back of a 60-year-old man; medium-sized "
+        "lesion, symmetric, smooth sharp border, one colour: light brown"}},
+      {"bcc",
+       {"dermoscopy of a malignant basal cell carcinoma on the back of a 70-year-old man; "
+        "medium-sized lesion, asymmetric in one axis, two colours: red and blue-gray",
+        "dermoscopic image of a malignant basal cell carcinoma on the face of a 65-year-old "
+        "woman; small lesion, symmetric, smooth sharp border, one colour: light brown"}},
+  };
+  for (const auto& s : shipped) {
+    SCOPED_TRACE(s.dx);
+    const std::string adapter =
+        test::src_dir() + "/models/lesionflow_ham64_lora_" + s.dx + ".safetensors";
+    auto a = LoraAdapter::load(adapter, g->model, g->hash);
+    ASSERT_TRUE(a.ok()) << a.status().message();  // made for this base, shapes fit
+    EXPECT_EQ((*a)->modules().size(), 53u);       // attention, MLP and modulation
+    auto plain = generate_images(*g, s.prompts, seeds, gc);
+    {
+      LoraRuntime rt(g->model);
+      ASSERT_TRUE(rt.add(*a, 1.0).ok());
+      torch::NoGradGuard ng;
+      rt.apply();
+      auto adapted = generate_images(*g, s.prompts, seeds, gc);
+      // Images in [-1, 1]: the adapter moves them (the 625 HAM dermatofibromas by 5.7 of 255
+      // grey levels on average) without changing what is drawn.
+      const double moved = (adapted - plain).abs().mean().item<double>() * 127.5;
+      EXPECT_GT(moved, 1.0);
+      EXPECT_LT(moved, 30.0);
+    }
+    // Out of scope, the base is back: the same images as before.
+    EXPECT_TRUE(torch::allclose(generate_images(*g, s.prompts, seeds, gc), plain, 0, 1e-6));
   }
-  // Out of scope, the base is back: the same images as before.
-  EXPECT_TRUE(torch::allclose(generate_images(*g, prompts, seeds, gc), plain, 0, 1e-6));
 }
