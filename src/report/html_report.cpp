@@ -130,7 +130,10 @@ void experiment_section(std::ostringstream& h, const std::string& dir) {
     h << "<h2>Does synthetic data help?</h2><p>Each arm against the real-only classifier of the "
          "same size and seed, on the same test images. Mean AUC difference over seeds; then the "
          "seed-averaged scores of both arms compared paired: DeLong p-value and paired bootstrap "
-         "95% CI. A gain counts when the interval excludes 0. The last two columns say where on "
+         "95% CI. A gain counts when the interval excludes 0. The interval compares the arms' "
+         "seed ensembles; the mean over seeds (± sd) is what one classifier gains, and the two "
+         "differ when the real-only seeds vary much (averaging helps the more variable arm "
+         "more). The last two columns say where on "
          "the ROC the difference is, paired the same way: at the high-specificity end "
          "(sensitivity at specificity 0.90) and at the triage end (specificity at sensitivity "
          "0.95).</p>";
