@@ -141,6 +141,64 @@ TEST(MMDiT, ParallelAttentionMatchesPlainOpsForwardAndBackward) {
   torch::set_num_threads(threads);
 }
 
+// Under Precision::kBF16 the attention runs bf16 GEMMs around a fused softmax (bf16 scores in,
+// bf16 probabilities out, float32 arithmetic): forward and backward within a few bf16 roundings of
+// the float64 formula on the same values, padded keys ignored exactly, a NaN kept.
+TEST(MMDiT, Bf16AttentionMatchesTheFormulaWithinBf16Rounding) {
+  torch::manual_seed(16);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(2);
+  for (int64_t S : {11, 37})  // shorter than the kernel's 16 lanes, and a remainder after two
+    for (bool masked : {false, true}) {
+      auto bf = [](torch::IntArrayRef sz) {
+        return torch::randn(sz).to(torch::kBFloat16).requires_grad_();
+      };
+      auto q = bf({3, 2, S, 8}), k = bf({3, 2, S, 8}), v = bf({3, 2, S, 8});
+      auto mask = torch::ones({3, S}, torch::kBool);
+      if (masked) mask[1].narrow(0, 4, S - 4).fill_(false);
+      auto go = torch::randn({3, 2, S, 8});
+      set_compute_precision(Precision::kBF16);
+      auto out = attention(q, k, v, attention_bias(mask));
+      auto g = torch::autograd::grad({out}, {q, k, v}, {go.to(out.scalar_type())});
+      set_compute_precision(Precision::kFP32);
+      ASSERT_EQ(out.scalar_type(), torch::kBFloat16);
+      auto d = [](const torch::Tensor& t) {
+        return t.detach().to(torch::kFloat64).requires_grad_();
+      };
+      auto qd = d(q), kd = d(k), vd = d(v);
+      auto s = torch::matmul(qd, kd.transpose(-2, -1)) / std::sqrt(8.0);
+      s = s.masked_fill(mask.logical_not().view({3, 1, 1, S}), -1e9);
+      auto ref = torch::matmul(torch::softmax(s, -1), vd);
+      auto rg = torch::autograd::grad({ref}, {qd, kd, vd}, {go.to(torch::kFloat64)});
+      auto err = [](const torch::Tensor& a, const torch::Tensor& b) {
+        return (a.to(torch::kFloat64) - b).abs().max().item<double>() /
+               (1 + b.abs().max().item<double>());
+      };
+      EXPECT_LT(err(out, ref), 2e-2) << S << masked;
+      for (int i = 0; i < 3; ++i) {
+        EXPECT_LT(err(g[i], rg[i]), 3e-2) << S << masked << i;
+        EXPECT_GT(rg[i].abs().max().item<double>(), 1e-2) << i;
+      }
+      if (masked) {  // values and gradients at padded keys: no influence, no gradient
+        set_compute_precision(Precision::kBF16);
+        auto v2 = v.detach().clone();
+        v2[1].narrow(1, 4, S - 4).fill_(100);
+        EXPECT_TRUE(torch::equal(attention(q, k, v2, attention_bias(mask)), out));
+        set_compute_precision(Precision::kFP32);
+        EXPECT_EQ(g[1][1].narrow(1, 4, S - 4).abs().max().item<float>(), 0.f);
+      }
+    }
+  // A NaN in one query gives NaN in that query's row, not elsewhere.
+  auto q = torch::randn({1, 1, 5, 8}).to(torch::kBFloat16), k = q.clone(), v = q.clone();
+  q[0][0][2][3] = std::nanf("");
+  set_compute_precision(Precision::kBF16);
+  auto o = attention(q, k, v, {});
+  set_compute_precision(Precision::kFP32);
+  EXPECT_TRUE(torch::isnan(o[0][0][2]).all().item<bool>());
+  EXPECT_FALSE(torch::isnan(o[0][0][1]).any().item<bool>());
+  torch::set_num_threads(threads);
+}
+
 TEST(Generate, SeedsFixTheImageAndTheGuidanceIntervalSkipsGuidance) {
   auto caps = phantom_captions(20);
   auto tok = Tokenizer::train(caps, {64, "bpe", 0});

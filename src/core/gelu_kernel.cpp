@@ -1,44 +1,10 @@
-// See gelu_kernel.h. exp is evaluated in-line (range reduction to r in [-ln2/2, ln2/2], a
-// degree-6 Taylor polynomial: relative error < 2e-7, then scaling by 2^n through the exponent
-// bits), so the loop has no library calls and vectorises.
+// See gelu_kernel.h. exp is evaluated in-line (exp_inline in core/vec_math.h), so the loops have
+// no library calls and vectorise.
 #include "core/gelu_kernel.h"
 
-#include <cstring>
+#include "core/vec_math.h"
 
 namespace lf {
-namespace {
-
-inline float exp_inline(float x) {
-  x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
-  const float kLog2e = 1.44269504f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f,
-              kRound = 12582912.f;                 // 1.5*2^23
-  const float n = (x * kLog2e + kRound) - kRound;  // round to nearest
-  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
-  const float p =
-      1.f +
-      r * (1.f + r * (0.5f + r * (1.f / 6 + r * (1.f / 24 + r * (1.f / 120 + r * (1.f / 720))))));
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-inline float from_bf16(uint16_t h) {
-  const uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-// Round to nearest even (NaN and infinity keep their class: the carry cannot leave the exponent
-// field of a NaN, and infinity has a zero mantissa).
-inline uint16_t to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  bits += 0x7FFFu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-}  // namespace
 
 // __restrict and one loop per case (with and without the derivative): with a store that depends
 // on `d` inside the loop, or pointers that may alias, GCC keeps the loop scalar.

@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "core/softmax_kernel.h"
 #include "lesionflow/runtime.h"
 #include "models/mmdit.h"
 
@@ -158,6 +159,46 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
   }
 };
 
+// Under Precision::kBF16: p = softmax(scale * s + bias) from bf16 scores s [BH,L,S] to bf16 p,
+// float32 arithmetic, one pass (core/softmax_kernel.h); the backward is one pass too and uses the
+// bf16 p that the output GEMM used. bias: [B,S] float32 (B = BH / heads) or empty.
+constexpr int64_t kMaxFusedKeys = 4096;  // kMaxRow in softmax_kernel.cpp
+
+struct SoftmaxBf16Fn : public torch::autograd::Function<SoftmaxBf16Fn> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& s_in, const Tensor& bias, double scale,
+                        int64_t heads) {
+    auto s = s_in.contiguous();
+    const int64_t BH = s.size(0), L = s.size(1), S = s.size(2);
+    auto p = torch::empty_like(s);
+    const auto* X = reinterpret_cast<const uint16_t*>(s.data_ptr<c10::BFloat16>());
+    auto* P = reinterpret_cast<uint16_t*>(p.data_ptr<c10::BFloat16>());
+    const float* Bias = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
+    const float sc = static_cast<float>(scale);
+    over_items(BH, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        softmax_fwd_bf16(X + b * L * S, Bias ? Bias + (b / heads) * S : nullptr, sc, L, S,
+                         P + b * L * S);
+    });
+    ctx->save_for_backward({p});
+    ctx->saved_data["scale"] = scale;
+    return p;
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto p = ctx->get_saved_variables()[0];
+    auto dp = grads[0].to(torch::kBFloat16).contiguous();
+    auto ds = torch::empty_like(p);
+    const int64_t BH = p.size(0), L = p.size(1), S = p.size(2);
+    const auto* P = reinterpret_cast<const uint16_t*>(p.data_ptr<c10::BFloat16>());
+    const auto* DP = reinterpret_cast<const uint16_t*>(dp.data_ptr<c10::BFloat16>());
+    auto* DS = reinterpret_cast<uint16_t*>(ds.data_ptr<c10::BFloat16>());
+    const float sc = static_cast<float>(ctx->saved_data["scale"].toDouble());
+    over_items(BH, [&](int64_t b0, int64_t b1) {
+      softmax_bwd_bf16(P + b0 * L * S, DP + b0 * L * S, sc, (b1 - b0) * L, S, DS + b0 * L * S);
+    });
+    return {ds, Tensor(), Tensor(), Tensor()};
+  }
+};
+
 }  // namespace
 
 Tensor attention_bias(const Tensor& key_mask) {
@@ -175,13 +216,26 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v_in, const Ten
     // bf16: the two batched GEMMs of the forward and the four of the backward in bfloat16 through
     // ATen's bmm (oneDNN:
     // ~400 GFLOP/s at [128,104,64] where float32 bmm runs at ~40 and the float32 per-item kernel
-    // below at ~100), the scale, bias and softmax in float32 (what CPU autocast does). The output
-    // stays bf16: lin() and addmm_p() take it straight into the projection's bf16 GEMM.
+    // below at ~100). Scale, bias and softmax in float32 arithmetic, in one pass each way from
+    // bf16 scores to bf16 probabilities (SoftmaxBf16Fn). The output stays bf16: lin() and
+    // addmm_p() take it straight into the projection's bf16 GEMM.
     const auto h = torch::kBFloat16;
     auto q3 = q.to(h).reshape({B * H, L, hd}), k3 = k.to(h).reshape({B * H, S, hd});
-    auto scores = torch::bmm(q3, k3.transpose(1, 2)).to(torch::kFloat32).mul_(scale);
-    if (key_bias.defined()) scores = (scores.view({B, H, L, S}) + key_bias).view({B * H, L, S});
-    auto p = torch::softmax(scores, -1).to(h);
+    auto scores = torch::bmm(q3, k3.transpose(1, 2));
+    Tensor p;
+    const bool bias_per_key =
+        !key_bias.defined() ||
+        (key_bias.dim() == 4 && key_bias.size(0) == B && key_bias.size(1) == 1 &&
+         key_bias.size(2) == 1 && key_bias.size(3) == S);
+    if (S <= kMaxFusedKeys && bias_per_key) {  // (attention_bias() makes [B,1,1,S])
+      Tensor bias = torch::empty({0}, q.options().dtype(torch::kFloat32));
+      if (key_bias.defined()) bias = key_bias.to(torch::kFloat32).reshape({B, S}).contiguous();
+      p = SoftmaxBf16Fn::apply(scores, bias, scale, H);
+    } else {
+      auto sf = scores.to(torch::kFloat32).mul_(scale);
+      if (key_bias.defined()) sf = (sf.view({B, H, L, S}) + key_bias).view({B * H, L, S});
+      p = torch::softmax(sf, -1).to(h);
+    }
     return torch::bmm(p, v_in.to(h).reshape({B * H, S, hd})).view({B, H, L, hd});
   }
   // v straight from a bf16 GEMM (float32 paths): cast and made contiguous in one pass.

@@ -1,10 +1,13 @@
 // Fused per-head RMS norm + rotary embedding of q or k, for two sequence segments (text and image
 // rows, each with its own norm weight) written straight into one joint tensor. Composed from
 // torch ops this is ~6 passes for the norm, 4 multiplies, 2 adds, a stack and two selects for
-// RoPE, and a strided cat per tensor, each again in backward; here it is one pass each way.
+// RoPE, and a strided cat per tensor, each again in backward; here it is one pass each way. The
+// arithmetic is in core/qk_kernel.cpp (vectorised clones); this file walks the tensors.
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
+#include "core/qk_kernel.h"
 #include "lesionflow/runtime.h"
 #include "models/mmdit.h"
 
@@ -52,12 +55,61 @@ Segments<T> segments(const Tensor& xa, const Tensor& wa, const Tensor& xb, const
   return s;
 }
 
-// Splits [0, rows) into one chunk per intra-op thread; fn(chunk, begin, end) runs without autograd.
+// Raw element pointers: bf16 as its bits (the kernels in core/qk_kernel.h take uint16_t).
+template <class T>
+struct Raw {
+  using type = T;
+};
+template <>
+struct Raw<c10::BFloat16> {
+  using type = uint16_t;
+};
+template <class T>
+auto raw(T* p) {
+  return reinterpret_cast<typename Raw<std::remove_const_t<T>>::type*>(p);
+}
+template <class T>
+auto raw(const T* p) {
+  return reinterpret_cast<const typename Raw<T>::type*>(p);
+}
+
+void fwd_run(const float* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
+             const float* s, float* y, float* ri) {
+  qk_fwd_FF(x, xs, n, hd, w, c, s, y, ri);
+}
+void fwd_run(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
+             const float* s, float* y, float* ri) {
+  qk_fwd_BF(x, xs, n, hd, w, c, s, y, ri);
+}
+void fwd_run(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
+             const float* s, uint16_t* y, float* ri) {
+  qk_fwd_BB(x, xs, n, hd, w, c, s, y, ri);
+}
+void bwd_run(const float* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
+             const float* s, const float* ri, const float* g, float* gx, float* gw) {
+  qk_bwd_FF(x, xs, n, hd, w, c, s, ri, g, gx, gw);
+}
+void bwd_run(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
+             const float* s, const float* ri, const float* g, uint16_t* gx, float* gw) {
+  qk_bwd_BF(x, xs, n, hd, w, c, s, ri, g, gx, gw);
+}
+void bwd_run(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
+             const float* s, const float* ri, const uint16_t* g, uint16_t* gx, float* gw) {
+  qk_bwd_BB(x, xs, n, hd, w, c, s, ri, g, gx, gw);
+}
+
+// The work is split into runs: one per (batch, head, segment), n = La or Lb consecutive rows.
+// Runs are dealt to a fixed number of chunks (one per intra-op thread) in order, so the weight
+// gradient's partial sums, and with them its value, do not depend on scheduling.
+// fn(chunk, b, h, seg) runs without autograd.
 template <class F>
-void over_row_chunks(int64_t rows, int64_t chunks, const F& fn) {
+void over_runs(int64_t B, int64_t H, int64_t chunks, const F& fn) {
+  const int64_t runs = B * H * 2;
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     torch::NoGradGuard ng;
-    for (int64_t c = c0; c < c1; ++c) fn(c, rows * c / chunks, rows * (c + 1) / chunks);
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t u = runs * c / chunks; u < runs * (c + 1) / chunks; ++u)
+        fn(c, u / (2 * H), (u / 2) % H, u % 2);
   });
 }
 
@@ -66,31 +118,16 @@ void over_row_chunks(int64_t rows, int64_t chunks, const F& fn) {
 template <class T, class TO>
 void qk_forward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tensor& sin, Tensor& out,
                 Tensor& rinv) {
-  const int64_t L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
+  const int64_t H = sg.H, L = sg.La + sg.Lb, hd = sg.hd, half = hd / 2;
   const float *C = cos.data_ptr<float>(), *S = sin.data_ptr<float>();
   TO* O = out.data_ptr<TO>();
   float* R = rinv.data_ptr<float>();
-  over_row_chunks(B * sg.H * L, at::get_num_threads(), [&](int64_t, int64_t r0, int64_t r1) {
-    std::vector<float> xf(static_cast<size_t>(hd));
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t l = r % L, h = (r / L) % sg.H, b = r / (L * sg.H);
-      const T* xr = sg.row(b, h, l);
-      const float *w = sg.weight(l), *c = C + l * half, *s = S + l * half;
-      float ss = 0;
-      for (int64_t i = 0; i < hd; ++i) {
-        xf[i] = static_cast<float>(xr[i]);
-        ss += xf[i] * xf[i];
-      }
-      const float* x = xf.data();
-      const float ri = 1.f / std::sqrt(ss / static_cast<float>(hd) + kEps);
-      R[r] = ri;
-      TO* o = O + r * hd;
-      for (int64_t j = 0; j < half; ++j) {
-        const float y0 = x[2 * j] * ri * w[2 * j], y1 = x[2 * j + 1] * ri * w[2 * j + 1];
-        o[2 * j] = static_cast<TO>(y0 * c[j] - y1 * s[j]);
-        o[2 * j + 1] = static_cast<TO>(y0 * s[j] + y1 * c[j]);
-      }
-    }
+  over_runs(B, H, at::get_num_threads(), [&](int64_t, int64_t b, int64_t h, int64_t seg) {
+    const int64_t l0 = seg == 0 ? 0 : sg.La, n = seg == 0 ? sg.La : sg.Lb;
+    if (n == 0) return;
+    const int64_t r0 = (b * H + h) * L + l0;
+    fwd_run(raw(sg.row(b, h, l0)), seg == 0 ? sg.sa[2] : sg.sb[2], n, hd, sg.weight(l0),
+            C + l0 * half, S + l0 * half, raw(O + r0 * hd), R + r0);
   });
 }
 
@@ -105,37 +142,16 @@ void qk_backward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tens
   const float *C = cos.data_ptr<float>(), *S = sin.data_ptr<float>(), *R = rinv.data_ptr<float>();
   const TO* G = go.data_ptr<TO>();
   T *GA = gxa.data_ptr<T>(), *GB = gxb.data_ptr<T>();
-  over_row_chunks(B * H * L, chunks, [&](int64_t chunk, int64_t r0, int64_t r1) {
-    std::vector<float> gn(static_cast<size_t>(hd)), n(static_cast<size_t>(hd));
-    double* gw_acc = gw_part.data() + chunk * 2 * hd;
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t l = r % L, h = (r / L) % H, b = r / (L * H);
-      const bool in_a = l < sg.La;
-      const T* x = sg.row(b, h, l);
-      const float *w = sg.weight(l), *c = C + l * half, *s = S + l * half;
-      float g[kMaxHeadDim];
-      for (int64_t i = 0; i < hd; ++i) g[i] = static_cast<float>(G[r * hd + i]);
-      double* gw = gw_acc + (in_a ? 0 : hd);
-      const float ri = R[r];
-      float dot = 0;
-      for (int64_t j = 0; j < half; ++j) {  // undo the rotation, then through the weight
-        const float gy0 = g[2 * j] * c[j] + g[2 * j + 1] * s[j],
-                    gy1 = -g[2 * j] * s[j] + g[2 * j + 1] * c[j];
-        const float n0 = static_cast<float>(x[2 * j]) * ri,
-                    n1 = static_cast<float>(x[2 * j + 1]) * ri;
-        gw[2 * j] += gy0 * n0;
-        gw[2 * j + 1] += gy1 * n1;
-        gn[2 * j] = gy0 * w[2 * j];
-        gn[2 * j + 1] = gy1 * w[2 * j + 1];
-        n[2 * j] = n0;
-        n[2 * j + 1] = n1;
-        dot += gn[2 * j] * n0 + gn[2 * j + 1] * n1;
-      }
-      dot /= static_cast<float>(hd);
-      T* gx = in_a ? GA + ((b * H + h) * sg.La + l) * hd
-                   : GB + ((b * H + h) * sg.Lb + (l - sg.La)) * hd;
-      for (int64_t i = 0; i < hd; ++i) gx[i] = static_cast<T>(ri * (gn[i] - n[i] * dot));
-    }
+  over_runs(B, H, chunks, [&](int64_t chunk, int64_t b, int64_t h, int64_t seg) {
+    const int64_t l0 = seg == 0 ? 0 : sg.La, n = seg == 0 ? sg.La : sg.Lb;
+    if (n == 0) return;
+    const int64_t r0 = (b * H + h) * L + l0;
+    T* gx = seg == 0 ? GA + (b * H + h) * sg.La * hd : GB + (b * H + h) * sg.Lb * hd;
+    float gw[kMaxHeadDim] = {};
+    bwd_run(raw(sg.row(b, h, l0)), seg == 0 ? sg.sa[2] : sg.sb[2], n, hd, sg.weight(l0),
+            C + l0 * half, S + l0 * half, R + r0, raw(G + r0 * hd), raw(gx), gw);
+    double* acc = gw_part.data() + chunk * 2 * hd + seg * hd;
+    for (int64_t i = 0; i < hd; ++i) acc[i] += gw[i];
   });
 }
 
