@@ -199,6 +199,42 @@ TEST(MMDiT, Bf16AttentionMatchesTheFormulaWithinBf16Rounding) {
   torch::set_num_threads(threads);
 }
 
+// ln_modulate(): the composed ops under fp32 (bit for bit), one fused pass each way under bf16
+// whose bf16 output is the fp32 result within a bf16 rounding and whose gradients (x, and shift
+// and scale as chunks of one modulation vector, as the blocks take them) match the composed ops'.
+TEST(MMDiT, LnModulateMatchesTheComposedOps) {
+  torch::manual_seed(17);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(2);
+  for (int64_t D : {24, 40}) {  // a remainder after the kernel's 16 lanes, and two full lanes + 8
+    auto x = (3 + 2 * torch::randn({3, 7, D})).requires_grad_();
+    auto mod = (0.5 * torch::randn({3, 1, 2 * D})).requires_grad_();
+    auto ch = mod.chunk(2, -1);
+    auto go = torch::randn({3, 7, D});
+    auto ref = mmdit_detail::modulate(mmdit_detail::ln(x), ch[0], ch[1]);
+    auto rg = torch::autograd::grad({ref}, {x, mod}, {go}, /*retain_graph=*/true);
+    EXPECT_TRUE(torch::equal(ln_modulate(x, ch[0], ch[1]), ref));  // fp32: unchanged
+    set_compute_precision(Precision::kBF16);
+    auto y = ln_modulate(x, ch[0], ch[1]);
+    auto g = torch::autograd::grad({y}, {x, mod}, {go.to(torch::kBFloat16)});
+    set_compute_precision(Precision::kFP32);
+    ASSERT_EQ(y.scalar_type(), torch::kBFloat16);
+    auto yf = y.to(torch::kFloat32);
+    EXPECT_LT(((yf - ref) / (ref.abs() + 1e-2)).abs().max().item<float>(), 1.0f / 128) << D;
+    // gradients: the output gradient enters as bf16 (as from the GEMM), so compare against the
+    // composed ops fed the same rounded gradient
+    auto rgb =
+        torch::autograd::grad({ref}, {x, mod}, {go.to(torch::kBFloat16).to(torch::kFloat32)});
+    for (int i = 0; i < 2; ++i) {
+      const float scale = rgb[i].abs().max().item<float>();
+      EXPECT_GT(scale, 1e-2) << i;
+      EXPECT_LT((g[i] - rgb[i]).abs().max().item<float>(), 1e-4 * (1 + scale)) << D << i;
+      EXPECT_LT((g[i] - rg[i]).abs().max().item<float>(), 2e-2 * (1 + scale)) << D << i;
+    }
+  }
+  torch::set_num_threads(threads);
+}
+
 TEST(Generate, SeedsFixTheImageAndTheGuidanceIntervalSkipsGuidance) {
   auto caps = phantom_captions(20);
   auto tok = Tokenizer::train(caps, {64, "bpe", 0});

@@ -224,7 +224,7 @@ Tensor MMDiTImpl::forward(const Tensor& x, const Tensor& t, const TextCond& text
   for (auto& m : *single_) h = m->as<SingleBlock>()->forward(h, vec, cos, sin, key_bias);
   img = h.narrow(1, T, h.size(1) - T);
   auto fm = lin(final_mod_, torch::silu(vec)).unsqueeze(1).chunk(2, -1);
-  auto out = unpatchify(lin(final_out_, modulate(ln(img), fm[0], fm[1])), c_.patch, c_.channels,
+  auto out = unpatchify(lin(final_out_, ln_modulate(img, fm[0], fm[1])), c_.patch, c_.channels,
                         c_.image_size);
   if (!refine_.is_empty()) {
     // The convolutional refinement head: bf16 convolutions (CPU autocast) under Precision::kBF16.

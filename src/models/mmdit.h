@@ -107,6 +107,12 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
 torch::Tensor qk_norm_rope(const torch::Tensor& xa, const torch::Tensor& wa,
                            const torch::Tensor& xb, const torch::Tensor& wb,
                            const torch::Tensor& cos, const torch::Tensor& sin);
+// LayerNorm without affine (eps 1e-6) then adaLN modulation: LN(x) * (1 + scale) + shift, with
+// x [B,L,D] float32 and shift, scale [B,1,D]. Under Precision::kBF16 on CPU one fused pass each
+// way that returns bfloat16 (the input of the next bf16 GEMM); otherwise the composed ops in x's
+// type.
+torch::Tensor ln_modulate(const torch::Tensor& x, const torch::Tensor& shift,
+                          const torch::Tensor& scale);
 // torch::gelu(x, "tanh"); on CPU float32 one vectorised pass that keeps dy/dx for the backward.
 torch::Tensor gelu_tanh(const torch::Tensor& x);
 torch::Tensor patchify(const torch::Tensor& x, int p);                  // [B,C,H,W] -> [B,N,p*p*C]

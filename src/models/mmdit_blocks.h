@@ -53,9 +53,9 @@ inline Tensor addmm_p(const Tensor& b, const Tensor& x, const Tensor& W) {
 }
 // mlp2(gelu_tanh(mlp1(x))). Under Precision::kBF16 the hidden activation stays bfloat16 between
 // the two GEMMs (no round trip through float32 for the widest tensor of the block).
+// x: float32, or bf16 already (ln_modulate()'s output under bf16).
 inline Tensor mlp_p(torch::nn::Linear l1, torch::nn::Linear l2, const Tensor& x) {
-  if (compute_precision() != Precision::kBF16 || x.scalar_type() != torch::kFloat32)
-    return l2->forward(gelu_tanh(l1->forward(x)));
+  if (!bf16_gemm(x)) return l2->forward(gelu_tanh(l1->forward(x)));
   const auto h = torch::kBFloat16;
   auto a = torch::linear(x.to(h), l1->weight.to(h), l1->bias.to(h));
   return torch::linear(gelu_tanh(a), l2->weight.to(h), l2->bias.to(h)).to(torch::kFloat32);
@@ -98,8 +98,8 @@ struct DoubleBlockImpl : torch::nn::Module {
     auto sv = torch::silu(vec);
     auto im = lin(img->mod, sv).unsqueeze(1).chunk(6, -1),
          tm = lin(txt->mod, sv).unsqueeze(1).chunk(6, -1);
-    auto [iq, ik, iv] = split_heads(lin_keep(img->qkv, modulate(ln(img_x), im[0], im[1])), heads);
-    auto [tq, tk, tv] = split_heads(lin_keep(txt->qkv, modulate(ln(txt_x), tm[0], tm[1])), heads);
+    auto [iq, ik, iv] = split_heads(lin_keep(img->qkv, ln_modulate(img_x, im[0], im[1])), heads);
+    auto [tq, tk, tv] = split_heads(lin_keep(txt->qkv, ln_modulate(txt_x, tm[0], tm[1])), heads);
     // QK norm per stream, RoPE on the joint sequence (text rows: identity), written joint.
     auto q = qk_norm_rope(tq, txt->q_norm, iq, img->q_norm, cos, sin);
     auto k = qk_norm_rope(tk, txt->k_norm, ik, img->k_norm, cos, sin);
@@ -108,9 +108,9 @@ struct DoubleBlockImpl : torch::nn::Module {
     int64_t T = txt_x.size(1);
     auto ta = a.narrow(1, 0, T), ia = a.narrow(1, T, a.size(1) - T);
     img_x = gated_add(img_x, im[2], lin(img->proj, ia));
-    img_x = gated_add(img_x, im[5], mlp_p(img->mlp1, img->mlp2, modulate(ln(img_x), im[3], im[4])));
+    img_x = gated_add(img_x, im[5], mlp_p(img->mlp1, img->mlp2, ln_modulate(img_x, im[3], im[4])));
     txt_x = gated_add(txt_x, tm[2], lin(txt->proj, ta));
-    txt_x = gated_add(txt_x, tm[5], mlp_p(txt->mlp1, txt->mlp2, modulate(ln(txt_x), tm[3], tm[4])));
+    txt_x = gated_add(txt_x, tm[5], mlp_p(txt->mlp1, txt->mlp2, ln_modulate(txt_x, tm[3], tm[4])));
     return {img_x, txt_x};
   }
   int heads;
@@ -130,7 +130,7 @@ struct SingleBlockImpl : torch::nn::Module {
                  const Tensor& key_bias) {
     const int64_t B = x.size(0), L = x.size(1);
     auto m = lin(mod, torch::silu(vec)).unsqueeze(1).chunk(3, -1);
-    auto xm = modulate(ln(x), m[0], m[1]).reshape({B * L, dim});
+    auto xm = ln_modulate(x, m[0], m[1]).reshape({B * L, dim});
     // lin1 as two GEMMs on row blocks of its weight: the attention and MLP inputs come out as
     // separate contiguous tensors (no strided split; no cat of their gradients in backward).
     // The weight member is read at call time, so a LoRA delta folded into it applies here too.
