@@ -10,6 +10,7 @@
 #include <ctime>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <numeric>
 #include <opencv2/imgproc.hpp>
 #include <regex>
@@ -197,6 +198,66 @@ Status write_profile(const std::string& path, const std::function<void()>& f) {
 
 }  // namespace
 
+namespace {
+struct OpTimerCtx : at::ObserverContext {
+  std::chrono::steady_clock::time_point start;
+  bool top = false;
+};
+struct OpTimer {
+  int depth = 0;
+  std::map<std::string, std::pair<double, int64_t>> ops;  // name -> (ms, calls)
+};
+thread_local OpTimer* op_timer = nullptr;
+}  // namespace
+
+nlohmann::json time_top_level_ops(const std::function<void()>& f, int steps) {
+  OpTimer timer;
+  op_timer = &timer;
+  auto handle = at::addThreadLocalCallback(
+      at::RecordFunctionCallback(
+          [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
+            if (!op_timer) return nullptr;
+            auto c = std::make_unique<OpTimerCtx>();
+            c->top = op_timer->depth++ == 0;
+            c->start = std::chrono::steady_clock::now();
+            return c;
+          },
+          [](const at::RecordFunction& fn, at::ObserverContext* ctx) {
+            if (!op_timer || !ctx) return;
+            auto* c = static_cast<OpTimerCtx*>(ctx);
+            --op_timer->depth;
+            if (!c->top) return;
+            auto& e = op_timer->ops[fn.name()];
+            e.first += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                                 c->start)
+                           .count();
+            ++e.second;
+          })
+          .needsInputs(false));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; ++i) f();
+  const double wall =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  at::removeCallback(handle);
+  op_timer = nullptr;
+  std::vector<std::pair<double, std::string>> order;
+  double total = 0;
+  for (const auto& [name, e] : timer.ops) {
+    order.push_back({e.first, name});
+    total += e.first;
+  }
+  std::sort(order.rbegin(), order.rend());
+  nlohmann::json ops = nlohmann::json::array();
+  for (const auto& [ms, name] : order)
+    ops.push_back({{"name", name},
+                   {"ms_per_step", ms / steps},
+                   {"calls_per_step", static_cast<double>(timer.ops[name].second) / steps}});
+  return {{"steps", steps},
+          {"wall_ms_per_step", wall / steps},
+          {"ops_ms_per_step", total / steps},
+          {"ops", ops}};
+}
+
 Result<nlohmann::json> run_bench(const BenchOptions& o) {
   if (!o.child_memory.empty()) {
     LF_RETURN_IF_ERROR(run_child_memory(o));
@@ -234,6 +295,20 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   const FlowConfig& flow = full->flow;
   auto gen_step = [full] { full->step(); };
   const double train_flops_per_img = 3 * mmdit_forward_flops(mc, T);
+  if (o.op_times > 0) {  // top-level op times of the training step, after two warm-up steps
+    for (int i = 0; i < 2; ++i) gen_step();
+    nlohmann::json r = time_top_level_ops(gen_step, o.op_times);
+    std::printf("generator train step (%s): %.1f ms wall, %.1f ms in top-level ops, per step\n",
+                precision_name(compute_precision()), r["wall_ms_per_step"].get<double>(),
+                r["ops_ms_per_step"].get<double>());
+    for (size_t i = 0; i < std::min<size_t>(40, r["ops"].size()); ++i) {
+      const auto& e = r["ops"][i];
+      std::printf("%9.2f ms %7.1f x  %s\n", e["ms_per_step"].get<double>(),
+                  e["calls_per_step"].get<double>(), e["name"].get<std::string>().c_str());
+    }
+    r["precision"] = precision_name(compute_precision());
+    return r;
+  }
   if (!o.profile.empty()) {  // per-op times (chrome://tracing; scripts/profile_ops.py sums them)
     gen_step();
     LF_RETURN_IF_ERROR(write_profile(o.profile, [&] {
