@@ -234,12 +234,17 @@ nlohmann::json time_top_level_ops(const std::function<void()>& f, int steps) {
             ++e.second;
           })
           .needsInputs(false));
+  struct Remove {  // also when f throws: the callback must not outlive `timer`
+    at::CallbackHandle h;
+    ~Remove() {
+      at::removeCallback(h);
+      op_timer = nullptr;
+    }
+  } remove{handle};
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) f();
   const double wall =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  at::removeCallback(handle);
-  op_timer = nullptr;
   std::vector<std::pair<double, std::string>> order;
   double total = 0;
   for (const auto& [name, e] : timer.ops) {
