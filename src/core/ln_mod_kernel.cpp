@@ -8,24 +8,6 @@
 #include "core/vec_math.h"
 
 namespace lf {
-namespace {
-
-constexpr int64_t kLanes = 16;
-
-template <class F>
-inline float lane_sum(int64_t d, const F& f) {
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= d; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += f(i + k);
-  for (int64_t k = 0; i < d; ++i, ++k) acc[k] += f(i);
-  float s = 0;
-  for (int64_t k = 0; k < kLanes; ++k) s += acc[k];
-  return s;
-}
-
-}  // namespace
-
 #define LF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 LF_CLONES void ln_mod_fwd_bf16(const float* x, int64_t n, int64_t d, const float* shift,

@@ -12,8 +12,6 @@ namespace lf {
 namespace {
 
 constexpr float kEps = 1e-6f;
-constexpr int64_t kLanes = 16;
-constexpr int64_t kMaxHd = 512;  // as kMaxHeadDim in qk_norm_rope.cpp
 
 inline float ld(float v) { return v; }
 inline float ld(uint16_t v) { return from_bf16(v); }
@@ -28,29 +26,19 @@ inline uint16_t st<uint16_t>(float v) {
   return to_bf16(v);
 }
 
-// sum of a[i] * b[i] in kLanes partial sums, then the lanes in order.
-inline float dot_lanes(const float* __restrict a, const float* __restrict b, int64_t n) {
-  float acc[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += a[i + k] * b[i + k];
-  for (int64_t k = 0; i < n; ++i, ++k) acc[k] += a[i] * b[i];
-  float s = 0;
-  for (int64_t k = 0; k < kLanes; ++k) s += acc[k];
-  return s;
-}
-
 template <class TI, class TO>
 inline __attribute__((always_inline)) void fwd(const TI* __restrict x, int64_t xs, int64_t n,
                                                int64_t hd, const float* __restrict w,
                                                const float* __restrict c, const float* __restrict s,
                                                TO* __restrict y, float* __restrict rinv) {
   const int64_t half = hd / 2;
-  float xf[kMaxHd];
+  float xf[kQkMaxHeadDim];
   for (int64_t r = 0; r < n; ++r) {
     const TI* __restrict xr = x + r * xs;
     for (int64_t i = 0; i < hd; ++i) xf[i] = ld(xr[i]);
-    const float ri = 1.f / std::sqrt(dot_lanes(xf, xf, hd) / static_cast<float>(hd) + kEps);
+    const float ri = 1.f / std::sqrt(lane_sum(hd, [&](int64_t i) { return xf[i] * xf[i]; }) /
+                                         static_cast<float>(hd) +
+                                     kEps);
     rinv[r] = ri;
     const float *cr = c + r * half, *sr = s + r * half;
     TO* __restrict o = y + r * hd;
@@ -69,7 +57,7 @@ inline __attribute__((always_inline)) void bwd(const TI* __restrict x, int64_t x
                                                const float* __restrict rinv, const TG* __restrict g,
                                                TI* __restrict gx, float* __restrict gw) {
   const int64_t half = hd / 2;
-  float nrm[kMaxHd], gn[kMaxHd], gwr[kMaxHd];
+  float nrm[kQkMaxHeadDim], gn[kQkMaxHeadDim], gwr[kQkMaxHeadDim];
   for (int64_t i = 0; i < hd; ++i) gwr[i] = 0;
   for (int64_t r = 0; r < n; ++r) {
     const TI* __restrict xr = x + r * xs;
@@ -87,7 +75,8 @@ inline __attribute__((always_inline)) void bwd(const TI* __restrict x, int64_t x
       nrm[2 * j] = n0;
       nrm[2 * j + 1] = n1;
     }
-    const float d = dot_lanes(gn, nrm, hd) / static_cast<float>(hd);
+    const float d =
+        lane_sum(hd, [&](int64_t i) { return gn[i] * nrm[i]; }) / static_cast<float>(hd);
     TI* __restrict gxr = gx + r * hd;
     for (int64_t i = 0; i < hd; ++i) gxr[i] = st<TI>(ri * (gn[i] - nrm[i] * d));
   }

@@ -11,6 +11,8 @@
 #include <cstdint>
 
 namespace lf {
+// Longest head dimension the kernels take (their row buffers are on the stack).
+constexpr int64_t kQkMaxHeadDim = 512;
 // y = rope(x * rinv * w), rinv = 1 / sqrt(mean(x^2) + 1e-6), also written per row.
 void qk_fwd_FF(const float* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
                const float* s, float* y, float* rinv);

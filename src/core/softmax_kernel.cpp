@@ -7,18 +7,9 @@
 namespace lf {
 namespace {
 
-constexpr int64_t kLanes = 16;
-constexpr int64_t kMaxRow = 4096;
-
 // exp(a) for a = v - max <= 0, exactly 0 below -87 (a padded key's -1e9 bias gives probability 0,
 // as in float32 softmax); NaN stays NaN.
 inline float exp_nonpos(float a) { return a < -87.f ? 0.f : exp_inline(a); }
-
-inline float lanes_sum(const float* acc) {
-  float s = 0;
-  for (int64_t k = 0; k < kLanes; ++k) s += acc[k];
-  return s;
-}
 
 // One row: v = scale * s + bias into buf, its max, then exp and the sum, then the bf16 output.
 template <bool kBias>
@@ -42,20 +33,7 @@ inline __attribute__((always_inline)) void fwd_row(const uint16_t* __restrict s,
   }
   float m = mx[0];
   for (int64_t k = 1; k < kLanes; ++k) m = mx[k] > m ? mx[k] : m;
-  float acc[kLanes] = {};
-  i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const float e = exp_nonpos(buf[i + k] - m);
-      buf[i + k] = e;
-      acc[k] += e;
-    }
-  for (int64_t k = 0; i < n; ++i, ++k) {
-    const float e = exp_nonpos(buf[i] - m);
-    buf[i] = e;
-    acc[k] += e;
-  }
-  const float inv = 1.f / lanes_sum(acc);
+  const float inv = 1.f / lane_sum(n, [&](int64_t j) { return buf[j] = exp_nonpos(buf[j] - m); });
   for (i = 0; i < n; ++i) p[i] = to_bf16(buf[i] * inv);
 }
 
@@ -65,7 +43,7 @@ inline __attribute__((always_inline)) void fwd_row(const uint16_t* __restrict s,
 
 LF_CLONES void softmax_fwd_bf16(const uint16_t* s, const float* bias, float scale, int64_t rows,
                                 int64_t n, uint16_t* p) {
-  float buf[kMaxRow];
+  float buf[kSoftmaxMaxRow];
   for (int64_t r = 0; r < rows; ++r) {
     if (bias)
       fwd_row<true>(s + r * n, bias, scale, n, buf, p + r * n);
@@ -80,13 +58,9 @@ LF_CLONES void softmax_bwd_bf16(const uint16_t* p, const uint16_t* dp, float sca
     const uint16_t* __restrict pr = p + r * n;
     const uint16_t* __restrict dr = dp + r * n;
     uint16_t* __restrict o = ds + r * n;
-    float acc[kLanes] = {};
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes)
-      for (int64_t k = 0; k < kLanes; ++k) acc[k] += from_bf16(pr[i + k]) * from_bf16(dr[i + k]);
-    for (int64_t k = 0; i < n; ++i, ++k) acc[k] += from_bf16(pr[i]) * from_bf16(dr[i]);
-    const float d = lanes_sum(acc);
-    for (i = 0; i < n; ++i) o[i] = to_bf16(scale * from_bf16(pr[i]) * (from_bf16(dr[i]) - d));
+    const float d = lane_sum(n, [&](int64_t i) { return from_bf16(pr[i]) * from_bf16(dr[i]); });
+    for (int64_t i = 0; i < n; ++i)
+      o[i] = to_bf16(scale * from_bf16(pr[i]) * (from_bf16(dr[i]) - d));
   }
 }
 

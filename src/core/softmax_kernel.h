@@ -6,6 +6,8 @@
 #include <cstdint>
 
 namespace lf {
+// Longest row the kernels take (a row buffer on the stack).
+constexpr int64_t kSoftmaxMaxRow = 4096;
 // p[r] = softmax(scale * s[r] + bias) for `rows` rows of length n; bias [n] (float32, additive,
 // e.g. -1e9 on padded keys) or null. A NaN in a row makes that row NaN.
 void softmax_fwd_bf16(const uint16_t* s, const float* bias, float scale, int64_t rows, int64_t n,

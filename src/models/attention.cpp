@@ -10,6 +10,7 @@
 
 #include "core/softmax_kernel.h"
 #include "lesionflow/runtime.h"
+#include "models/bf16_bits.h"
 #include "models/mmdit.h"
 
 namespace lf {
@@ -162,16 +163,14 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
 // Under Precision::kBF16: p = softmax(scale * s + bias) from bf16 scores s [BH,L,S] to bf16 p,
 // float32 arithmetic, one pass (core/softmax_kernel.h); the backward is one pass too and uses the
 // bf16 p that the output GEMM used. bias: [B,S] float32 (B = BH / heads) or empty.
-constexpr int64_t kMaxFusedKeys = 4096;  // kMaxRow in softmax_kernel.cpp
-
 struct SoftmaxBf16Fn : public torch::autograd::Function<SoftmaxBf16Fn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& s_in, const Tensor& bias, double scale,
                         int64_t heads) {
     auto s = s_in.contiguous();
     const int64_t BH = s.size(0), L = s.size(1), S = s.size(2);
     auto p = torch::empty_like(s);
-    const auto* X = reinterpret_cast<const uint16_t*>(s.data_ptr<c10::BFloat16>());
-    auto* P = reinterpret_cast<uint16_t*>(p.data_ptr<c10::BFloat16>());
+    const uint16_t* X = bf16_bits(s);
+    uint16_t* P = bf16_bits_mut(p);
     const float* Bias = bias.numel() > 0 ? bias.data_ptr<float>() : nullptr;
     const float sc = static_cast<float>(scale);
     over_items(BH, [&](int64_t b0, int64_t b1) {
@@ -188,9 +187,8 @@ struct SoftmaxBf16Fn : public torch::autograd::Function<SoftmaxBf16Fn> {
     auto dp = grads[0].to(torch::kBFloat16).contiguous();
     auto ds = torch::empty_like(p);
     const int64_t BH = p.size(0), L = p.size(1), S = p.size(2);
-    const auto* P = reinterpret_cast<const uint16_t*>(p.data_ptr<c10::BFloat16>());
-    const auto* DP = reinterpret_cast<const uint16_t*>(dp.data_ptr<c10::BFloat16>());
-    auto* DS = reinterpret_cast<uint16_t*>(ds.data_ptr<c10::BFloat16>());
+    const uint16_t *P = bf16_bits(p), *DP = bf16_bits(dp);
+    uint16_t* DS = bf16_bits_mut(ds);
     const float sc = static_cast<float>(ctx->saved_data["scale"].toDouble());
     over_items(BH, [&](int64_t b0, int64_t b1) {
       softmax_bwd_bf16(P + b0 * L * S, DP + b0 * L * S, sc, (b1 - b0) * L, S, DS + b0 * L * S);
@@ -227,7 +225,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v_in, const Ten
         !key_bias.defined() ||
         (key_bias.dim() == 4 && key_bias.size(0) == B && key_bias.size(1) == 1 &&
          key_bias.size(2) == 1 && key_bias.size(3) == S);
-    if (S <= kMaxFusedKeys && bias_per_key) {  // (attention_bias() makes [B,1,1,S])
+    if (S <= kSoftmaxMaxRow && bias_per_key) {  // (attention_bias() makes [B,1,1,S])
       Tensor bias = torch::empty({0}, q.options().dtype(torch::kFloat32));
       if (key_bias.defined()) bias = key_bias.to(torch::kFloat32).reshape({B, S}).contiguous();
       p = SoftmaxBf16Fn::apply(scores, bias, scale, H);

@@ -1,6 +1,7 @@
 // GELU (tanh form) as one vectorised pass that also writes dy/dx (src/core/gelu_kernel.cpp), so
 // the backward is a single multiply instead of torch's recomputation of tanh.
 #include "core/gelu_kernel.h"
+#include "models/bf16_bits.h"
 #include "models/mmdit.h"
 
 namespace lf {
@@ -25,16 +26,11 @@ struct GeluTanhFn : public torch::autograd::Function<GeluTanhFn> {
 };
 // bfloat16 in and out (the MLP's hidden activation under --precision bf16): ATen's bf16 GELU and
 // its backward ran at a tenth of the fp32 kernel's rate (profile of the bf16 training step).
-const uint16_t* bits(const Tensor& t) {
-  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
-}
-uint16_t* bits_mut(Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
-
 struct GeluTanhBf16Fn : public torch::autograd::Function<GeluTanhBf16Fn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x) {
     auto y = torch::empty_like(x), d = torch::empty_like(x);
-    const uint16_t* X = bits(x);
-    uint16_t *Y = bits_mut(y), *D = bits_mut(d);
+    const uint16_t* X = bf16_bits(x);
+    uint16_t *Y = bf16_bits_mut(y), *D = bf16_bits_mut(d);
     at::parallel_for(0, x.numel(), 16384,
                      [&](int64_t b, int64_t e) { gelu_tanh_fwd_bf16(X + b, Y + b, D + b, e - b); });
     ctx->save_for_backward({d});
@@ -44,8 +40,8 @@ struct GeluTanhBf16Fn : public torch::autograd::Function<GeluTanhBf16Fn> {
     auto d = ctx->get_saved_variables()[0];
     auto g = grads[0].to(torch::kBFloat16).contiguous();
     auto gx = torch::empty_like(d);
-    const uint16_t *G = bits(g), *D = bits(d);
-    uint16_t* GX = bits_mut(gx);
+    const uint16_t *G = bf16_bits(g), *D = bf16_bits(d);
+    uint16_t* GX = bf16_bits_mut(gx);
     at::parallel_for(0, d.numel(), 16384,
                      [&](int64_t b, int64_t e) { mul_bf16(G + b, D + b, GX + b, e - b); });
     return {gx};
@@ -59,8 +55,8 @@ Tensor gelu_tanh(const Tensor& x) {
       return GeluTanhBf16Fn::apply(x.contiguous());
     auto xc = x.contiguous();
     auto y = torch::empty_like(xc);
-    const uint16_t* X = bits(xc);
-    uint16_t* Y = bits_mut(y);
+    const uint16_t* X = bf16_bits(xc);
+    uint16_t* Y = bf16_bits_mut(y);
     at::parallel_for(0, xc.numel(), 16384, [&](int64_t b, int64_t e) {
       gelu_tanh_fwd_bf16(X + b, Y + b, nullptr, e - b);
     });

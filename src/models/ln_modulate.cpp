@@ -3,6 +3,7 @@
 // to bf16 for the GEMM that follows, and their three backward nodes plus a cast back.
 #include "core/ln_mod_kernel.h"
 #include "lesionflow/runtime.h"
+#include "models/bf16_bits.h"
 #include "models/mmdit.h"
 #include "models/mmdit_blocks.h"
 
@@ -12,10 +13,6 @@ using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
 namespace {
-
-constexpr double kLnEps = 1e-6;  // as ln() in mmdit_blocks.h
-
-uint16_t* bf16_bits(Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
 // x [B,L,D] contiguous float32; shift, scale [B,D] contiguous float32 (the function's inputs are
 // the [B,1,D] views; their gradients are returned in that shape).
@@ -29,14 +26,14 @@ struct LnModulateBf16Fn : public torch::autograd::Function<LnModulateBf16Fn> {
     auto mean = torch::empty({B, L}, x.options()), rstd = torch::empty({B, L}, x.options());
     const float *X = x.data_ptr<float>(), *Sh = shift.data_ptr<float>(),
                 *Sc = scale.data_ptr<float>();
-    uint16_t* Y = bf16_bits(y);
+    uint16_t* Y = bf16_bits_mut(y);
     float *M = mean.data_ptr<float>(), *R = rstd.data_ptr<float>();
     at::parallel_for(0, B * L, 64, [&](int64_t r0, int64_t r1) {
       // rows r0..r1 may span batch items: one call per item's stretch
       for (int64_t r = r0; r < r1;) {
         const int64_t b = r / L, e = std::min(r1, (b + 1) * L);
-        ln_mod_fwd_bf16(X + r * D, e - r, D, Sh + b * D, Sc + b * D, static_cast<float>(kLnEps),
-                        Y + r * D, M + r, R + r);
+        ln_mod_fwd_bf16(X + r * D, e - r, D, Sh + b * D, Sc + b * D,
+                        static_cast<float>(mmdit_detail::kLnEps), Y + r * D, M + r, R + r);
         r = e;
       }
     });
@@ -54,7 +51,7 @@ struct LnModulateBf16Fn : public torch::autograd::Function<LnModulateBf16Fn> {
     auto gshift = torch::zeros({B, D}, x.options()), gscale = torch::zeros({B, D}, x.options());
     const float *X = x.data_ptr<float>(), *Sc = scale.data_ptr<float>(),
                 *M = mean.data_ptr<float>(), *R = rstd.data_ptr<float>();
-    const auto* GY = reinterpret_cast<const uint16_t*>(gy.data_ptr<at::BFloat16>());
+    const uint16_t* GY = bf16_bits(gy);
     float *GX = gx.data_ptr<float>(), *GSh = gshift.data_ptr<float>(),
           *GSc = gscale.data_ptr<float>();
     // One batch item per task: its shift/scale gradient rows are written by one thread, in row

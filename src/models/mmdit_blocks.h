@@ -14,7 +14,8 @@ inline Tensor modulate(const Tensor& x, const Tensor& shift, const Tensor& scale
 inline Tensor gated_add(const Tensor& x, const Tensor& gate, const Tensor& y) {
   return torch::addcmul(x, gate, y);
 }
-inline Tensor ln(const Tensor& x) { return torch::layer_norm(x, {x.size(-1)}, {}, {}, 1e-6); }
+constexpr double kLnEps = 1e-6;  // the blocks' LayerNorms (ln() and ln_modulate())
+inline Tensor ln(const Tensor& x) { return torch::layer_norm(x, {x.size(-1)}, {}, {}, kLnEps); }
 // [B,N,3D] -> q,k,v [B,H,N,hd]
 // (unbind, not three selects: the backward of a select zero-fills and adds a tensor of the whole
 // qkv size per head group, 12% of a training step in the bf16 profile; unbind's is one stack)

@@ -4,11 +4,11 @@
 // RoPE, and a strided cat per tensor, each again in backward; here it is one pass each way. The
 // arithmetic is in core/qk_kernel.cpp (vectorised clones); this file walks the tensors.
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
 #include "core/qk_kernel.h"
 #include "lesionflow/runtime.h"
+#include "models/bf16_bits.h"
 #include "models/mmdit.h"
 
 namespace lf {
@@ -19,7 +19,6 @@ using torch::autograd::tensor_list;
 namespace {
 
 constexpr float kEps = 1e-6f;  // as rms_norm in mmdit_blocks.h
-constexpr int64_t kMaxHeadDim = 512;
 
 // Row l of the joint sequence [B,H,La+Lb,hd]: where its input lives and which weight it uses.
 // T: the input element type (float, or bf16 straight from a bf16 GEMM; read as float).
@@ -53,24 +52,6 @@ Segments<T> segments(const Tensor& xa, const Tensor& wa, const Tensor& xb, const
     s.sb[d] = xb.stride(d);
   }
   return s;
-}
-
-// Raw element pointers: bf16 as its bits (the kernels in core/qk_kernel.h take uint16_t).
-template <class T>
-struct Raw {
-  using type = T;
-};
-template <>
-struct Raw<c10::BFloat16> {
-  using type = uint16_t;
-};
-template <class T>
-auto raw(T* p) {
-  return reinterpret_cast<typename Raw<std::remove_const_t<T>>::type*>(p);
-}
-template <class T>
-auto raw(const T* p) {
-  return reinterpret_cast<const typename Raw<T>::type*>(p);
 }
 
 void fwd_run(const float* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
@@ -126,8 +107,8 @@ void qk_forward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tenso
     const int64_t l0 = seg == 0 ? 0 : sg.La, n = seg == 0 ? sg.La : sg.Lb;
     if (n == 0) return;
     const int64_t r0 = (b * H + h) * L + l0;
-    fwd_run(raw(sg.row(b, h, l0)), seg == 0 ? sg.sa[2] : sg.sb[2], n, hd, sg.weight(l0),
-            C + l0 * half, S + l0 * half, raw(O + r0 * hd), R + r0);
+    fwd_run(raw_bits(sg.row(b, h, l0)), seg == 0 ? sg.sa[2] : sg.sb[2], n, hd, sg.weight(l0),
+            C + l0 * half, S + l0 * half, raw_bits(O + r0 * hd), R + r0);
   });
 }
 
@@ -147,9 +128,9 @@ void qk_backward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tens
     if (n == 0) return;
     const int64_t r0 = (b * H + h) * L + l0;
     T* gx = seg == 0 ? GA + (b * H + h) * sg.La * hd : GB + (b * H + h) * sg.Lb * hd;
-    float gw[kMaxHeadDim] = {};
-    bwd_run(raw(sg.row(b, h, l0)), seg == 0 ? sg.sa[2] : sg.sb[2], n, hd, sg.weight(l0),
-            C + l0 * half, S + l0 * half, R + r0, raw(G + r0 * hd), raw(gx), gw);
+    float gw[kQkMaxHeadDim] = {};
+    bwd_run(raw_bits(sg.row(b, h, l0)), seg == 0 ? sg.sa[2] : sg.sb[2], n, hd, sg.weight(l0),
+            C + l0 * half, S + l0 * half, R + r0, raw_bits(G + r0 * hd), raw_bits(gx), gw);
     double* acc = gw_part.data() + chunk * 2 * hd + seg * hd;
     for (int64_t i = 0; i < hd; ++i) acc[i] += gw[i];
   });
@@ -223,7 +204,7 @@ Tensor qk_norm_rope(const Tensor& xa, const Tensor& wa, const Tensor& xb, const 
   const auto dt = xa.scalar_type();
   const bool fused = xa.device().is_cpu() && (dt == torch::kFloat32 || dt == torch::kBFloat16) &&
                      xb.scalar_type() == dt && xa.stride(3) == 1 && xb.stride(3) == 1 &&
-                     xa.size(3) <= kMaxHeadDim && wa.scalar_type() == torch::kFloat32 &&
+                     xa.size(3) <= kQkMaxHeadDim && wa.scalar_type() == torch::kFloat32 &&
                      wb.scalar_type() == torch::kFloat32 && wa.is_contiguous() &&
                      wb.is_contiguous() && cos.is_contiguous() && sin.is_contiguous() &&
                      cos.scalar_type() == torch::kFloat32;
