@@ -235,6 +235,47 @@ TEST(MMDiT, LnModulateMatchesTheComposedOps) {
   torch::set_num_threads(threads);
 }
 
+TEST(MMDiT, GatedResidualMatchesTheComposedOps) {
+  torch::manual_seed(18);
+  const int threads = torch::get_num_threads();
+  torch::set_num_threads(2);
+  const auto h = torch::kBFloat16;
+  for (int64_t D : {24, 40}) {        // a remainder after 16 lanes, and two full lanes + 8
+    for (bool two : {false, true}) {  // one GEMM output, or the single block's two
+      auto x = torch::randn({3, 7, D}).requires_grad_();
+      auto mod = torch::randn({3, 1, 3 * D}).requires_grad_();
+      auto gate = mod.chunk(3, -1)[1];  // a strided [B,1,D] view, as the blocks pass it
+      auto y1 = torch::randn({3, 7, D}).to(h).requires_grad_();
+      auto y2 = two ? torch::randn({3, 7, D}).to(h).requires_grad_() : torch::Tensor();
+      auto go = torch::randn({3, 7, D});
+      // the composed ops: the GEMM outputs cast to float32, summed, addcmul
+      auto yf = two ? y1.to(torch::kFloat32) + y2.to(torch::kFloat32) : y1.to(torch::kFloat32);
+      auto ref = mmdit_detail::gated_add(x, gate, yf);
+      std::vector<torch::Tensor> in{x, mod, y1};
+      if (two) in.push_back(y2);
+      auto rg = torch::autograd::grad({ref}, in, {go});
+      set_compute_precision(Precision::kBF16);
+      auto out = gated_residual(x, gate, y1, y2);
+      auto g = torch::autograd::grad({out}, in, {go});
+      set_compute_precision(Precision::kFP32);
+      ASSERT_EQ(out.scalar_type(), torch::kFloat32);
+      EXPECT_TRUE(torch::equal(out, ref)) << D << two;  // bit for bit (FMA as ATen's)
+      EXPECT_TRUE(torch::equal(g[0], rg[0]));           // x: the output gradient itself
+      // the gate's gradient: the same products summed in another order
+      EXPECT_LT((g[1] - rg[1]).abs().max().item<float>(),
+                1e-5 * (1 + rg[1].abs().max().item<float>()));
+      EXPECT_GT(rg[1].abs().max().item<float>(), 1e-2);
+      for (size_t i = 2; i < in.size(); ++i) {  // y: g * gate rounded once to bf16, as the cast's
+        ASSERT_EQ(g[i].scalar_type(), h);
+        EXPECT_TRUE(torch::equal(g[i], rg[i])) << D << two << i;
+      }
+      // float32 (and fp32 y): the composed ops, unchanged
+      EXPECT_TRUE(torch::equal(gated_residual(x, gate, yf), ref));
+    }
+  }
+  torch::set_num_threads(threads);
+}
+
 TEST(Generate, SeedsFixTheImageAndTheGuidanceIntervalSkipsGuidance) {
   auto caps = phantom_captions(20);
   auto tok = Tokenizer::train(caps, {64, "bpe", 0});

@@ -2,6 +2,9 @@
 // vectorise without reassociating flags; exp is exp_inline (core/vec_math.h).
 #include "core/softmax_kernel.h"
 
+#include <cstring>
+#include <limits>
+
 #include "core/vec_math.h"
 
 namespace lf {
@@ -12,28 +15,35 @@ namespace {
 inline float exp_nonpos(float a) { return a < -87.f ? 0.f : exp_inline(a); }
 
 // One row: v = scale * s + bias into buf, its max, then exp and the sum, then the bf16 output.
+// buf is padded to a multiple of kLanes with -infinity (max: no effect; exp: exactly 0), so the
+// max and exp passes run whole vectors with no scalar tail; the conversion pass is a plain loop
+// of its own (fused with the max, GCC kept both scalar: 1.4 ns an element at 104 keys).
 template <bool kBias>
 inline __attribute__((always_inline)) void fwd_row(const uint16_t* __restrict s,
                                                    const float* __restrict bias, float scale,
                                                    int64_t n, float* __restrict buf,
                                                    uint16_t* __restrict p) {
-  float mx[kLanes];
-  for (int64_t k = 0; k < kLanes; ++k) mx[k] = -3.0e38f;
+  const int64_t padded = (n + kLanes - 1) / kLanes * kLanes;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) {
-      const float v = from_bf16(s[i + k]) * scale + (kBias ? bias[i + k] : 0.f);
-      buf[i + k] = v;
-      mx[k] = v > mx[k] ? v : mx[k];
-    }
-  for (int64_t k = 0; i < n; ++i, ++k) {
-    const float v = from_bf16(s[i]) * scale + (kBias ? bias[i] : 0.f);
-    buf[i] = v;
-    mx[k] = v > mx[k] ? v : mx[k];
+  for (; i < n; ++i) buf[i] = from_bf16(s[i]) * scale + (kBias ? bias[i] : 0.f);
+  for (; i < padded; ++i) buf[i] = -std::numeric_limits<float>::infinity();
+  // The lane maxima as a GCC vector: written as 16 scalar lanes, GCC keeps this loop scalar.
+  typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
+  Lanes mx;
+  for (int64_t k = 0; k < kLanes; ++k) mx[k] = -std::numeric_limits<float>::infinity();
+  for (i = 0; i < padded; i += kLanes) {
+    Lanes v;
+    std::memcpy(&v, buf + i, sizeof v);
+    mx = v > mx ? v : mx;
   }
   float m = mx[0];
   for (int64_t k = 1; k < kLanes; ++k) m = mx[k] > m ? mx[k] : m;
-  const float inv = 1.f / lane_sum(n, [&](int64_t j) { return buf[j] = exp_nonpos(buf[j] - m); });
+  float acc[kLanes] = {};
+  for (i = 0; i < padded; i += kLanes)
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] += buf[i + k] = exp_nonpos(buf[i + k] - m);
+  float sum = 0;
+  for (int64_t k = 0; k < kLanes; ++k) sum += acc[k];
+  const float inv = 1.f / sum;
   for (i = 0; i < n; ++i) p[i] = to_bf16(buf[i] * inv);
 }
 
@@ -43,7 +53,7 @@ inline __attribute__((always_inline)) void fwd_row(const uint16_t* __restrict s,
 
 LF_CLONES void softmax_fwd_bf16(const uint16_t* s, const float* bias, float scale, int64_t rows,
                                 int64_t n, uint16_t* p) {
-  float buf[kSoftmaxMaxRow];
+  float buf[kSoftmaxMaxRow + kLanes];
   for (int64_t r = 0; r < rows; ++r) {
     if (bias)
       fwd_row<true>(s + r * n, bias, scale, n, buf, p + r * n);

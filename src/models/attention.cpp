@@ -215,8 +215,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v_in, const Ten
     // ATen's bmm (oneDNN:
     // ~400 GFLOP/s at [128,104,64] where float32 bmm runs at ~40 and the float32 per-item kernel
     // below at ~100). Scale, bias and softmax in float32 arithmetic, in one pass each way from
-    // bf16 scores to bf16 probabilities (SoftmaxBf16Fn). The output stays bf16: lin() and
-    // addmm_p() take it straight into the projection's bf16 GEMM.
+    // bf16 scores to bf16 probabilities (SoftmaxBf16Fn). The output stays bf16: lin_keep() and
+    // the single block's addmm take it straight into the projection's bf16 GEMM.
     const auto h = torch::kBFloat16;
     auto q3 = q.to(h).reshape({B * H, L, hd}), k3 = k.to(h).reshape({B * H, S, hd});
     auto scores = torch::bmm(q3, k3.transpose(1, 2));

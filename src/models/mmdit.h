@@ -113,6 +113,12 @@ torch::Tensor qk_norm_rope(const torch::Tensor& xa, const torch::Tensor& wa,
 // type.
 torch::Tensor ln_modulate(const torch::Tensor& x, const torch::Tensor& shift,
                           const torch::Tensor& scale);
+// The gated residual of adaLN-Zero: x + gate * (y + y2), with x [B,L,D] float32, gate [B,1,D] and
+// y (and y2, which may be undefined) the block's GEMM output(s) [B,L,D]. Under Precision::kBF16
+// on CPU, with y, y2 bfloat16, one fused pass each way (no cast of y to float32, and y's gradient
+// comes back in bf16 for the GEMM's backward); otherwise the composed ops. The result is float32.
+torch::Tensor gated_residual(const torch::Tensor& x, const torch::Tensor& gate,
+                             const torch::Tensor& y, const torch::Tensor& y2 = {});
 // torch::gelu(x, "tanh"); on CPU float32 one vectorised pass that keeps dy/dx for the backward.
 torch::Tensor gelu_tanh(const torch::Tensor& x);
 torch::Tensor patchify(const torch::Tensor& x, int p);                  // [B,C,H,W] -> [B,N,p*p*C]

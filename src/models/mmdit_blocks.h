@@ -46,20 +46,18 @@ inline Tensor lin_keep(torch::nn::Linear l, const Tensor& x) {
 inline Tensor lin(torch::nn::Linear l, const Tensor& x) {  // l: a module handle (shared)
   return bf16_gemm(x) ? lin_keep(l, x).to(torch::kFloat32) : l->forward(x);
 }
-// b + x W^T for x [M,K], W [N,K] (blocks of a fused weight), same precision rule as lin().
-inline Tensor addmm_p(const Tensor& b, const Tensor& x, const Tensor& W) {
-  if (!bf16_gemm(x)) return torch::addmm(b, x, W.t());
-  const auto h = torch::kBFloat16;
-  return torch::addmm(b.to(h), x.to(h), W.to(h).t()).to(torch::kFloat32);
-}
 // mlp2(gelu_tanh(mlp1(x))). Under Precision::kBF16 the hidden activation stays bfloat16 between
 // the two GEMMs (no round trip through float32 for the widest tensor of the block).
 // x: float32, or bf16 already (ln_modulate()'s output under bf16).
-inline Tensor mlp_p(torch::nn::Linear l1, torch::nn::Linear l2, const Tensor& x) {
+// mlp_keep(): the same with the result left bf16 under bf16 (for gated_residual()).
+inline Tensor mlp_keep(torch::nn::Linear l1, torch::nn::Linear l2, const Tensor& x) {
   if (!bf16_gemm(x)) return l2->forward(gelu_tanh(l1->forward(x)));
   const auto h = torch::kBFloat16;
   auto a = torch::linear(x.to(h), l1->weight.to(h), l1->bias.to(h));
-  return torch::linear(gelu_tanh(a), l2->weight.to(h), l2->bias.to(h)).to(torch::kFloat32);
+  return torch::linear(gelu_tanh(a), l2->weight.to(h), l2->bias.to(h));
+}
+inline Tensor mlp_p(torch::nn::Linear l1, torch::nn::Linear l2, const Tensor& x) {
+  return bf16_gemm(x) ? mlp_keep(l1, l2, x).to(torch::kFloat32) : mlp_keep(l1, l2, x);
 }
 inline torch::nn::Linear linear(int in, int out, bool zero = false) {
   auto l = torch::nn::Linear(in, out);
@@ -108,10 +106,13 @@ struct DoubleBlockImpl : torch::nn::Module {
     auto a = merge_heads(attention(q, k, v, key_bias));
     int64_t T = txt_x.size(1);
     auto ta = a.narrow(1, 0, T), ia = a.narrow(1, T, a.size(1) - T);
-    img_x = gated_add(img_x, im[2], lin(img->proj, ia));
-    img_x = gated_add(img_x, im[5], mlp_p(img->mlp1, img->mlp2, ln_modulate(img_x, im[3], im[4])));
-    txt_x = gated_add(txt_x, tm[2], lin(txt->proj, ta));
-    txt_x = gated_add(txt_x, tm[5], mlp_p(txt->mlp1, txt->mlp2, ln_modulate(txt_x, tm[3], tm[4])));
+    // (the GEMM outputs stay bf16 under bf16: gated_residual() reads them as they are)
+    img_x = gated_residual(img_x, im[2], lin_keep(img->proj, ia));
+    img_x = gated_residual(img_x, im[5],
+                           mlp_keep(img->mlp1, img->mlp2, ln_modulate(img_x, im[3], im[4])));
+    txt_x = gated_residual(txt_x, tm[2], lin_keep(txt->proj, ta));
+    txt_x = gated_residual(txt_x, tm[5],
+                           mlp_keep(txt->mlp1, txt->mlp2, ln_modulate(txt_x, tm[3], tm[4])));
     return {img_x, txt_x};
   }
   int heads;
@@ -160,9 +161,10 @@ struct SingleBlockImpl : torch::nn::Module {
     // lin2 on [attention, MLP] as two GEMMs on column blocks of its weight: no cat.
     const auto& W2 = lin2->weight;
     Tensor y;
-    if (bf16) {  // both halves in bf16, summed in fp32
-      y = addmm_p(lin2->bias, a, W2.narrow(1, 0, dim)) +
-          torch::mm(gelu_tanh(mh), W2.narrow(1, dim, hidden).to(h).t()).to(torch::kFloat32);
+    if (bf16) {  // both halves in bf16, summed in fp32 by gated_residual()
+      auto y1 = torch::addmm(lin2->bias.to(h), a.to(h), W2.narrow(1, 0, dim).to(h).t());
+      auto y2 = torch::mm(gelu_tanh(mh), W2.narrow(1, dim, hidden).to(h).t());
+      return gated_residual(x, m[2], y1.view({B, L, dim}), y2.view({B, L, dim}));
     } else {
       y = torch::addmm(lin2->bias, a, W2.narrow(1, 0, dim).t())
               .addmm_(gelu_tanh(mh), W2.narrow(1, dim, hidden).t());
