@@ -4,6 +4,7 @@
 #include <fstream>
 #include <opencv2/imgproc.hpp>
 
+#include "core/bf16_shadow.h"
 #include "data/images_torch.h"
 #include "lesionflow/captions.h"
 #include "lesionflow/io.h"
@@ -472,6 +473,69 @@ TEST(Precision, Bf16ForwardWithinToleranceOfFp32) {
   double rel = ((a - b).norm() / a.norm()).item<double>();
   EXPECT_LT(rel, 0.03);
   EXPECT_GT(rel, 0.0);  // the bf16 path really ran
+}
+
+// The kept bf16 copies of the weights (core/bf16_shadow.h) are always the current weights
+// rounded: after the fused optimizer step (which writes them), after libtorch's step and after
+// an in-place op; reused, not recast, where nothing changed; dropped with their weight.
+TEST(Precision, Bf16WeightCopiesFollowEveryUpdate) {
+  PrecisionGuard guard;
+  set_compute_precision(Precision::kBF16);
+  auto c = MMDiTConfig::preset("tiny");
+  c.vocab_size = 64;
+  torch::manual_seed(0);
+  MMDiT m(c);
+  auto params = m->parameters();
+  auto x = torch::randn({2, 3, 32, 32});
+  auto t = torch::rand({2});
+  auto ids = torch::randint(1, 64, {2, 12}, torch::kInt64);
+  auto mask = torch::ones({2, 12}, torch::kBool);
+  auto all_current = [&] {  // every kept copy is its weight rounded, bit for bit
+    torch::NoGradGuard ng;
+    int checked = 0;
+    for (auto& p : params)
+      if (p.dim() == 2 || p.dim() == 1) {
+        if (!torch::equal(bf16_weight(p), p.to(torch::kBFloat16))) return -1;
+        ++checked;
+      }
+    return checked;
+  };
+  auto step = [&](torch::optim::AdamW& opt, bool fused) {
+    auto loss = m->forward(x, t, ids, mask).pow(2).mean();
+    backward_with_fresh_grads(loss, params);
+    if (fused)
+      clip_adamw_ema_step(opt, params, 1.0);
+    else
+      opt.step();
+  };
+  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-2));
+  const auto s0 = bf16_shadow_stats();
+  step(opt, true);
+  EXPECT_GT(bf16_shadow_stats().casts, s0.casts);  // the first forward made the GEMMs' copies
+  EXPECT_GT(bf16_shadow_stats().kept, 20u);
+  EXPECT_GT(all_current(), 20);  // (and this, those of the other weights)
+  const auto s1 = bf16_shadow_stats();
+  step(opt, true);  // the fused step writes every copy: no cast in the forward or the check
+  EXPECT_GT(all_current(), 20);
+  EXPECT_EQ(bf16_shadow_stats().casts, s1.casts);
+  step(opt, false);  // libtorch's own step: in-place ops bump the versions, copies recast
+  EXPECT_GT(all_current(), 20);
+  EXPECT_GT(bf16_shadow_stats().casts, s1.casts);
+  {  // an in-place op on one weight: its copy follows
+    torch::NoGradGuard ng;
+    params[0].add_(1.0);
+  }
+  EXPECT_GT(all_current(), 20);
+  // The gradient through a kept copy is that of the cast it replaces.
+  auto w = (torch::randn({8, 5}) * 3).requires_grad_();
+  auto r = torch::randn({8, 5}).to(torch::kBFloat16);
+  auto g1 = torch::autograd::grad({(bf16_weight(w) * r).sum()}, {w})[0];
+  auto g2 = torch::autograd::grad({(w.to(torch::kBFloat16) * r).sum()}, {w})[0];
+  EXPECT_EQ(g1.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::equal(g1, g2));
+  const size_t kept = bf16_shadow_stats().kept;
+  w = torch::Tensor();  // the weight is gone: so is its copy
+  EXPECT_EQ(bf16_shadow_stats().kept, kept - 1);
 }
 
 TEST(PrecisionSlow, Bf16TrainingTracksFp32AndResumesAcrossPrecisions) {

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "core/vec_math.h"
+
 namespace lf {
 namespace {
 
@@ -22,20 +24,32 @@ inline float step_one(float& p, float gi, float& m, float& v, const AdamWStep& s
   return pi;
 }
 
+// One loop per case, each vectorised (see the file comment).
+template <bool kEma, bool kBf16>
+inline __attribute__((always_inline)) void step_all(
+    float* __restrict p, const float* __restrict grad, float* __restrict m, float* __restrict v,
+    float* __restrict ema, uint16_t* __restrict p_bf16, int64_t n, const AdamWStep& s) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float pi = step_one(p[i], grad[i], m[i], v[i], s);
+    if (kEma) ema[i] = ema[i] * s.ema_keep + s.ema_take * pi;
+    if (kBf16) p_bf16[i] = to_bf16(pi);
+  }
+}
+
 }  // namespace
 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void adamw_ema_update(
-    float* __restrict p, const float* __restrict grad, float* __restrict m, float* __restrict v,
-    float* __restrict ema, int64_t n, const AdamWStep& s_in) {
+    float* p, const float* grad, float* m, float* v, float* ema, uint16_t* p_bf16, int64_t n,
+    const AdamWStep& s_in) {
   const AdamWStep s = s_in;  // a local copy: the compiler keeps the scalars in registers
-  if (!ema) {
-    for (int64_t i = 0; i < n; ++i) step_one(p[i], grad[i], m[i], v[i], s);
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    const float pi = step_one(p[i], grad[i], m[i], v[i], s);
-    ema[i] = ema[i] * s.ema_keep + s.ema_take * pi;
-  }
+  if (ema && p_bf16)
+    step_all<true, true>(p, grad, m, v, ema, p_bf16, n, s);
+  else if (ema)
+    step_all<true, false>(p, grad, m, v, ema, p_bf16, n, s);
+  else if (p_bf16)
+    step_all<false, true>(p, grad, m, v, ema, p_bf16, n, s);
+  else
+    step_all<false, false>(p, grad, m, v, ema, p_bf16, n, s);
 }
 
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) double sum_squares(

@@ -22,9 +22,10 @@ struct AdamWStep {
 
 // For i < n: g = grad*s; p *= weight_keep; m = beta1 m + (1-beta1) g; v = beta2 v + (1-beta2) g^2;
 // p += neg_step_size * m / (sqrt(v) / sqrt_bias2 + eps); then the EMA of the new p (ema may be
-// null). NaN and infinity propagate as in the unfused ops.
-void adamw_ema_update(float* p, const float* grad, float* m, float* v, float* ema, int64_t n,
-                      const AdamWStep& s);
+// null), and p rounded to bfloat16 into p_bf16 (raw bits; may be null: the kept bf16 copy of a
+// weight, core/bf16_shadow.h). NaN and infinity propagate as in the unfused ops.
+void adamw_ema_update(float* p, const float* grad, float* m, float* v, float* ema, uint16_t* p_bf16,
+                      int64_t n, const AdamWStep& s);
 // Sum of x[i]^2 in double.
 double sum_squares(const float* x, int64_t n);
 

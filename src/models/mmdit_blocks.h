@@ -1,5 +1,6 @@
 // Building blocks of the MMDiT (exposed for tests; include only from torch TUs).
 #pragma once
+#include "core/bf16_shadow.h"
 #include "lesionflow/runtime.h"
 #include "models/mmdit.h"
 
@@ -27,8 +28,9 @@ inline std::tuple<Tensor, Tensor, Tensor> split_heads(const Tensor& qkv, int hea
 inline Tensor merge_heads(const Tensor& x) {  // [B,H,N,hd] -> [B,N,D]
   return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
 }
-// y = x W^T + b; under Precision::kBF16 the GEMM runs in bfloat16 (x, W, b cast on the fly,
-// gradients flow back to the float32 master weights through the casts) and y stays bfloat16 (for
+// y = x W^T + b; under Precision::kBF16 the GEMM runs in bfloat16 (x cast on the fly, W and b
+// taken from their kept bf16 copies, core/bf16_shadow.h; gradients flow back to the float32
+// master weights through the casts) and y stays bfloat16 (for
 // q, k, v: the QK-norm/RoPE kernel reads bf16 and returns bf16 q, k for the bf16 attention, which
 // takes v as it is).
 // Whether x goes through a bf16 GEMM: under Precision::kBF16, for float32 inputs and for bf16
@@ -40,7 +42,7 @@ inline bool bf16_gemm(const Tensor& x) {
 inline Tensor lin_keep(torch::nn::Linear l, const Tensor& x) {
   if (!bf16_gemm(x)) return l->forward(x);
   const auto h = torch::kBFloat16;
-  return torch::linear(x.to(h), l->weight.to(h), l->bias.to(h));
+  return torch::linear(x.to(h), bf16_weight(l->weight), bf16_weight(l->bias));
 }
 // lin_keep() with y returned to float32 (under bf16; otherwise it has x's dtype already).
 inline Tensor lin(torch::nn::Linear l, const Tensor& x) {  // l: a module handle (shared)
@@ -53,8 +55,8 @@ inline Tensor lin(torch::nn::Linear l, const Tensor& x) {  // l: a module handle
 inline Tensor mlp_keep(torch::nn::Linear l1, torch::nn::Linear l2, const Tensor& x) {
   if (!bf16_gemm(x)) return l2->forward(gelu_tanh(l1->forward(x)));
   const auto h = torch::kBFloat16;
-  auto a = torch::linear(x.to(h), l1->weight.to(h), l1->bias.to(h));
-  return torch::linear(gelu_tanh(a), l2->weight.to(h), l2->bias.to(h));
+  auto a = torch::linear(x.to(h), bf16_weight(l1->weight), bf16_weight(l1->bias));
+  return torch::linear(gelu_tanh(a), bf16_weight(l2->weight), bf16_weight(l2->bias));
 }
 inline Tensor mlp_p(torch::nn::Linear l1, torch::nn::Linear l2, const Tensor& x) {
   return bf16_gemm(x) ? mlp_keep(l1, l2, x).to(torch::kFloat32) : mlp_keep(l1, l2, x);
@@ -142,12 +144,12 @@ struct SingleBlockImpl : torch::nn::Module {
     const bool bf16 = compute_precision() == Precision::kBF16 && x.scalar_type() == torch::kFloat32;
     const auto h = torch::kBFloat16;
     Tensor qkv, mh;
-    if (bf16) {
+    if (bf16) {  // the weight's bf16 copy is sliced (one cast node per weight, in bf16 blocks)
       auto xb = xm.to(h);
-      qkv = torch::addmm(b1.narrow(0, 0, 3 * dim).to(h), xb, W1.narrow(0, 0, 3 * dim).to(h).t())
+      auto W1h = bf16_weight(W1), b1h = bf16_weight(b1);
+      qkv = torch::addmm(b1h.narrow(0, 0, 3 * dim), xb, W1h.narrow(0, 0, 3 * dim).t())
                 .view({B, L, 3 * dim});  // stays bf16 (see lin_keep)
-      mh = torch::addmm(b1.narrow(0, 3 * dim, hidden).to(h), xb,
-                        W1.narrow(0, 3 * dim, hidden).to(h).t());
+      mh = torch::addmm(b1h.narrow(0, 3 * dim, hidden), xb, W1h.narrow(0, 3 * dim, hidden).t());
     } else {
       qkv = torch::addmm(b1.narrow(0, 0, 3 * dim), xm, W1.narrow(0, 0, 3 * dim).t())
                 .view({B, L, 3 * dim});
@@ -162,8 +164,9 @@ struct SingleBlockImpl : torch::nn::Module {
     const auto& W2 = lin2->weight;
     Tensor y;
     if (bf16) {  // both halves in bf16, summed in fp32 by gated_residual()
-      auto y1 = torch::addmm(lin2->bias.to(h), a.to(h), W2.narrow(1, 0, dim).to(h).t());
-      auto y2 = torch::mm(gelu_tanh(mh), W2.narrow(1, dim, hidden).to(h).t());
+      auto W2h = bf16_weight(W2);
+      auto y1 = torch::addmm(bf16_weight(lin2->bias), a.to(h), W2h.narrow(1, 0, dim).t());
+      auto y2 = torch::mm(gelu_tanh(mh), W2h.narrow(1, dim, hidden).t());
       return gated_residual(x, m[2], y1.view({B, L, dim}), y2.view({B, L, dim}));
     } else {
       y = torch::addmm(lin2->bias, a, W2.narrow(1, 0, dim).t())

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "core/adamw_kernel.h"
+#include "core/bf16_shadow.h"
 #include "lesionflow/io.h"
 #include "lesionflow/log.h"
 
@@ -223,6 +224,7 @@ Tensor clip_adamw_ema_step(torch::optim::AdamW& opt, const std::vector<Tensor>& 
   const double lr = o.lr(), beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
   std::vector<AdamWStep> scal(params.size());
   std::vector<float*> m(params.size(), nullptr), v(params.size(), nullptr);
+  std::vector<uint16_t*> p_bf16(params.size(), nullptr);
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& p = params[i];
     if (!p.grad().defined()) continue;
@@ -263,6 +265,9 @@ Tensor clip_adamw_ema_step(torch::optim::AdamW& opt, const std::vector<Tensor>& 
     s.ema_take = static_cast<float>(1 - ema_decay);
     m[i] = st.exp_avg().data_ptr<float>();
     v[i] = st.exp_avg_sq().data_ptr<float>();
+    // The kernel writes p through raw pointers: its version counter is bumped here, and a kept
+    // bf16 copy of p (core/bf16_shadow.h) is written in the same pass.
+    p_bf16[i] = bf16_shadow_for_update(p);
   }
   at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
@@ -271,7 +276,7 @@ Tensor clip_adamw_ema_step(torch::optim::AdamW& opt, const std::vector<Tensor>& 
       float* e = ema ? (*ema)[i].data_ptr<float>() + k.begin : nullptr;
       adamw_ema_update(params[i].data_ptr<float>() + k.begin,
                        params[i].grad().data_ptr<float>() + k.begin, m[i] + k.begin, v[i] + k.begin,
-                       e, k.len, scal[i]);
+                       e, p_bf16[i] ? p_bf16[i] + k.begin : nullptr, k.len, scal[i]);
     }
   });
   if (ema)  // parameters without a gradient: the EMA still follows them
