@@ -276,6 +276,28 @@ TEST(MMDiT, GatedResidualMatchesTheComposedOps) {
   torch::set_num_threads(threads);
 }
 
+TEST(MMDiT, MergeHeadsSplitIsTheMergedHeadsSlicedAndBack) {
+  torch::manual_seed(19);
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    auto o = torch::randn({3, 4, 11, 8}).to(dt).requires_grad_();
+    auto [a, b] = merge_heads_split(o, 4);
+    auto m = mmdit_detail::merge_heads(o);
+    EXPECT_TRUE(a.is_contiguous() && b.is_contiguous());
+    EXPECT_TRUE(torch::equal(a, m.narrow(1, 0, 4)));
+    EXPECT_TRUE(torch::equal(b, m.narrow(1, 4, 7)));
+    auto ga = torch::randn({3, 4, 32}).to(dt), gb = torch::randn({3, 7, 32}).to(dt);
+    auto g = torch::autograd::grad({a, b}, {o}, {ga, gb})[0];
+    auto r = torch::autograd::grad({m.narrow(1, 0, 4), m.narrow(1, 4, 7)}, {o}, {ga, gb})[0];
+    EXPECT_TRUE(torch::equal(g, r));
+    // one stream unused: its rows get a zero gradient
+    auto [a2, b2] = merge_heads_split(o, 4);
+    auto g2 =
+        torch::autograd::grad({(b2.to(torch::kFloat32) * gb.to(torch::kFloat32)).sum()}, {o})[0];
+    EXPECT_EQ(g2.narrow(2, 0, 4).abs().max().item<float>(), 0.f);
+    EXPECT_TRUE(torch::equal(g2.narrow(2, 4, 7), r.narrow(2, 4, 7)));
+  }
+}
+
 TEST(Generate, SeedsFixTheImageAndTheGuidanceIntervalSkipsGuidance) {
   auto caps = phantom_captions(20);
   auto tok = Tokenizer::train(caps, {64, "bpe", 0});

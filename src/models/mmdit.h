@@ -119,6 +119,10 @@ torch::Tensor ln_modulate(const torch::Tensor& x, const torch::Tensor& shift,
 // comes back in bf16 for the GEMM's backward); otherwise the composed ops. The result is float32.
 torch::Tensor gated_residual(const torch::Tensor& x, const torch::Tensor& gate,
                              const torch::Tensor& y, const torch::Tensor& y2 = {});
+// The joint attention's output o [B,H,L,hd] as the two streams' inputs to their projections:
+// rows [0,T) as [B,T,H*hd] and rows [T,L) as [B,L-T,H*hd], both contiguous (on CPU one copy each
+// way; otherwise views of the merged heads).
+std::pair<torch::Tensor, torch::Tensor> merge_heads_split(const torch::Tensor& o, int64_t T);
 // torch::gelu(x, "tanh"); on CPU float32 one vectorised pass that keeps dy/dx for the backward.
 torch::Tensor gelu_tanh(const torch::Tensor& x);
 torch::Tensor patchify(const torch::Tensor& x, int p);                  // [B,C,H,W] -> [B,N,p*p*C]

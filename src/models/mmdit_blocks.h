@@ -105,9 +105,7 @@ struct DoubleBlockImpl : torch::nn::Module {
     auto q = qk_norm_rope(tq, txt->q_norm, iq, img->q_norm, cos, sin);
     auto k = qk_norm_rope(tk, txt->k_norm, ik, img->k_norm, cos, sin);
     auto v = torch::cat({tv, iv}, 2);
-    auto a = merge_heads(attention(q, k, v, key_bias));
-    int64_t T = txt_x.size(1);
-    auto ta = a.narrow(1, 0, T), ia = a.narrow(1, T, a.size(1) - T);
+    auto [ta, ia] = merge_heads_split(attention(q, k, v, key_bias), txt_x.size(1));
     // (the GEMM outputs stay bf16 under bf16: gated_residual() reads them as they are)
     img_x = gated_residual(img_x, im[2], lin_keep(img->proj, ia));
     img_x = gated_residual(img_x, im[5],
