@@ -579,6 +579,50 @@ TEST(MMDiT, FusedQkNormRopeReadsBf16Inputs) {
   }
 }
 
+// qkv_heads(): the same values and gradients as the views + qk_norm_rope() + cat it replaces,
+// bit for bit (the same kernels; only where the gradients are written changes), for two streams
+// and for one (an empty second), in float32 and in bf16.
+TEST(MMDiT, QkvHeadsIsTheSplitNormRopeAndCatItReplaces) {
+  torch::manual_seed(10);
+  const int64_t B = 2, H = 2, hd = 8, D = H * hd;
+  for (int64_t Ta : {4, 13}) {
+    const int64_t Nb = Ta == 4 ? 9 : 0;
+    auto [ic, is] = rope_2d(3, hd, 100.0);
+    auto cos = Nb ? torch::cat({torch::ones({Ta, hd / 2}), ic}, 0)
+                  : torch::cat({ic, ic}, 0).narrow(0, 0, Ta).contiguous();
+    auto sin = Nb ? torch::cat({torch::zeros({Ta, hd / 2}), is}, 0)
+                  : torch::cat({is, is}, 0).narrow(0, 0, Ta).contiguous();
+    for (bool bf16 : {false, true}) {
+      const auto dt = bf16 ? torch::kBFloat16 : torch::kFloat32;
+      auto a = torch::randn({B, Ta, 3 * D}).to(dt).requires_grad_();
+      auto full_b = torch::randn({B, Nb ? Nb : 1, 3 * D}).to(dt).requires_grad_();
+      auto b = Nb ? full_b : full_b.narrow(1, 0, 0);
+      std::vector<torch::Tensor> w;
+      for (int i = 0; i < 4; ++i) w.push_back((1 + 0.3 * torch::randn({hd})).requires_grad_());
+      if (bf16) set_compute_precision(Precision::kBF16);
+      auto [q, k, v] = qkv_heads(a, w[0], w[1], b, w[2], w[3], cos, sin, H);
+      auto [qa, ka, va] = mmdit_detail::split_heads(a, H);
+      auto [qb, kb, vb] = mmdit_detail::split_heads(b, H);
+      auto rq = qk_norm_rope(qa, w[0], qb, w[2], cos, sin),
+           rk = qk_norm_rope(ka, w[1], kb, w[3], cos, sin), rv = torch::cat({va, vb}, 2);
+      const auto odt = bf16 ? torch::kBFloat16 : torch::kFloat32;
+      auto gq = torch::randn(q.sizes()).to(odt), gk = torch::randn(k.sizes()).to(odt),
+           gv = torch::randn(v.sizes()).to(dt);
+      std::vector<torch::Tensor> in{a, full_b, w[0], w[1], w[2], w[3]};
+      auto g = torch::autograd::grad({q, k, v}, in, {gq, gk, gv}, true, false, true);
+      auto r = torch::autograd::grad({rq, rk, rv}, in, {gq, gk, gv}, true, false, true);
+      set_compute_precision(Precision::kFP32);
+      EXPECT_TRUE(torch::equal(q, rq) && torch::equal(k, rk) && torch::equal(v, rv)) << Ta << bf16;
+      EXPECT_TRUE(torch::equal(g[0], r[0])) << Ta << bf16;
+      if (Nb) EXPECT_TRUE(torch::equal(g[1], r[1])) << Ta << bf16;
+      for (int i = 2; i < (Nb ? 6 : 4); ++i) {
+        EXPECT_TRUE(torch::equal(g[i], r[i])) << Ta << bf16 << i;
+        EXPECT_GT(r[i].abs().max().item<float>(), 1e-3) << i;
+      }
+    }
+  }
+}
+
 TEST(MMDiT, FusedGeluMatchesTorchForwardAndBackward) {
   // Wide range (tails clamp inside exp), odd length (vector remainder), gradients.
   auto x = torch::cat({torch::linspace(-30, 30, 2001), 3 * torch::randn({4099})}).requires_grad_();

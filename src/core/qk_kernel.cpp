@@ -55,7 +55,8 @@ inline __attribute__((always_inline)) void bwd(const TI* __restrict x, int64_t x
                                                int64_t hd, const float* __restrict w,
                                                const float* __restrict c, const float* __restrict s,
                                                const float* __restrict rinv, const TG* __restrict g,
-                                               TI* __restrict gx, float* __restrict gw) {
+                                               TI* __restrict gx, int64_t gxs,
+                                               float* __restrict gw) {
   const int64_t half = hd / 2;
   float nrm[kQkMaxHeadDim], gn[kQkMaxHeadDim], gwr[kQkMaxHeadDim];
   for (int64_t i = 0; i < hd; ++i) gwr[i] = 0;
@@ -77,7 +78,7 @@ inline __attribute__((always_inline)) void bwd(const TI* __restrict x, int64_t x
     }
     const float d =
         lane_sum(hd, [&](int64_t i) { return gn[i] * nrm[i]; }) / static_cast<float>(hd);
-    TI* __restrict gxr = gx + r * hd;
+    TI* __restrict gxr = gx + r * gxs;
     for (int64_t i = 0; i < hd; ++i) gxr[i] = st<TI>(ri * (gn[i] - nrm[i] * d));
   }
   for (int64_t i = 0; i < hd; ++i) gw[i] += gwr[i];
@@ -101,18 +102,18 @@ LF_CLONES void qk_fwd_BB(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, c
 }
 LF_CLONES void qk_bwd_FF(const float* x, int64_t xs, int64_t n, int64_t hd, const float* w,
                          const float* c, const float* s, const float* rinv, const float* g,
-                         float* gx, float* gw) {
-  bwd(x, xs, n, hd, w, c, s, rinv, g, gx, gw);
+                         float* gx, int64_t gxs, float* gw) {
+  bwd(x, xs, n, hd, w, c, s, rinv, g, gx, gxs, gw);
 }
 LF_CLONES void qk_bwd_BF(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w,
                          const float* c, const float* s, const float* rinv, const float* g,
-                         uint16_t* gx, float* gw) {
-  bwd(x, xs, n, hd, w, c, s, rinv, g, gx, gw);
+                         uint16_t* gx, int64_t gxs, float* gw) {
+  bwd(x, xs, n, hd, w, c, s, rinv, g, gx, gxs, gw);
 }
 LF_CLONES void qk_bwd_BB(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w,
                          const float* c, const float* s, const float* rinv, const uint16_t* g,
-                         uint16_t* gx, float* gw) {
-  bwd(x, xs, n, hd, w, c, s, rinv, g, gx, gw);
+                         uint16_t* gx, int64_t gxs, float* gw) {
+  bwd(x, xs, n, hd, w, c, s, rinv, g, gx, gxs, gw);
 }
 
 }  // namespace lf

@@ -21,11 +21,15 @@ void qk_fwd_BF(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float
 void qk_fwd_BB(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
                const float* s, uint16_t* y, float* rinv);
 // Backward of the run: g the output gradient (contiguous rows, the output's type), gx the input
-// gradient (contiguous rows, the input's type); gw += the weight gradient summed over the run.
+// gradient (the input's type; row r at gx + r * gxs); gw += the weight gradient summed over the
+// run.
 void qk_bwd_FF(const float* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
-               const float* s, const float* rinv, const float* g, float* gx, float* gw);
+               const float* s, const float* rinv, const float* g, float* gx, int64_t gxs,
+               float* gw);
 void qk_bwd_BF(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
-               const float* s, const float* rinv, const float* g, uint16_t* gx, float* gw);
+               const float* s, const float* rinv, const float* g, uint16_t* gx, int64_t gxs,
+               float* gw);
 void qk_bwd_BB(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
-               const float* s, const float* rinv, const uint16_t* g, uint16_t* gx, float* gw);
+               const float* s, const float* rinv, const uint16_t* g, uint16_t* gx, int64_t gxs,
+               float* gw);
 }  // namespace lf

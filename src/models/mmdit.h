@@ -107,6 +107,14 @@ torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos,
 torch::Tensor qk_norm_rope(const torch::Tensor& xa, const torch::Tensor& wa,
                            const torch::Tensor& xb, const torch::Tensor& wb,
                            const torch::Tensor& cos, const torch::Tensor& sin);
+// q, k, v [B,H,La+Lb,hd] of the joint attention from the two streams' qkv GEMM outputs qkv_a
+// [B,La,3D] and qkv_b [B,Lb,3D] (Lb may be 0): q and k through qk_norm_rope() with each stream's
+// norm weights, v the two streams' v rows. On CPU one function each way: its backward writes
+// the gradients of qkv_a and qkv_b directly.
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> qkv_heads(
+    const torch::Tensor& qkv_a, const torch::Tensor& wq_a, const torch::Tensor& wk_a,
+    const torch::Tensor& qkv_b, const torch::Tensor& wq_b, const torch::Tensor& wk_b,
+    const torch::Tensor& cos, const torch::Tensor& sin, int heads);
 // LayerNorm without affine (eps 1e-6) then adaLN modulation: LN(x) * (1 + scale) + shift, with
 // x [B,L,D] float32 and shift, scale [B,1,D]. Under Precision::kBF16 on CPU one fused pass each
 // way that returns bfloat16 (the input of the next bf16 GEMM); otherwise the composed ops in x's

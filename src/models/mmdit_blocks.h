@@ -99,12 +99,10 @@ struct DoubleBlockImpl : torch::nn::Module {
     auto sv = torch::silu(vec);
     auto im = lin(img->mod, sv).unsqueeze(1).chunk(6, -1),
          tm = lin(txt->mod, sv).unsqueeze(1).chunk(6, -1);
-    auto [iq, ik, iv] = split_heads(lin_keep(img->qkv, ln_modulate(img_x, im[0], im[1])), heads);
-    auto [tq, tk, tv] = split_heads(lin_keep(txt->qkv, ln_modulate(txt_x, tm[0], tm[1])), heads);
     // QK norm per stream, RoPE on the joint sequence (text rows: identity), written joint.
-    auto q = qk_norm_rope(tq, txt->q_norm, iq, img->q_norm, cos, sin);
-    auto k = qk_norm_rope(tk, txt->k_norm, ik, img->k_norm, cos, sin);
-    auto v = torch::cat({tv, iv}, 2);
+    auto [q, k, v] = qkv_heads(lin_keep(txt->qkv, ln_modulate(txt_x, tm[0], tm[1])), txt->q_norm,
+                               txt->k_norm, lin_keep(img->qkv, ln_modulate(img_x, im[0], im[1])),
+                               img->q_norm, img->k_norm, cos, sin, heads);
     auto [ta, ia] = merge_heads_split(attention(q, k, v, key_bias), txt_x.size(1));
     // (the GEMM outputs stay bf16 under bf16: gated_residual() reads them as they are)
     img_x = gated_residual(img_x, im[2], lin_keep(img->proj, ia));
@@ -153,10 +151,9 @@ struct SingleBlockImpl : torch::nn::Module {
                 .view({B, L, 3 * dim});
       mh = torch::addmm(b1.narrow(0, 3 * dim, hidden), xm, W1.narrow(0, 3 * dim, hidden).t());
     }
-    auto [q, k, v] = split_heads(qkv, heads);
     // One segment: the second is empty.
-    q = qk_norm_rope(q, q_norm, q.narrow(2, L, 0), q_norm, cos, sin);
-    k = qk_norm_rope(k, k_norm, k.narrow(2, L, 0), k_norm, cos, sin);
+    auto [q, k, v] =
+        qkv_heads(qkv, q_norm, k_norm, qkv.narrow(1, L, 0), q_norm, k_norm, cos, sin, heads);
     auto a = merge_heads(attention(q, k, v, key_bias)).reshape({B * L, dim});
     // lin2 on [attention, MLP] as two GEMMs on column blocks of its weight: no cat.
     const auto& W2 = lin2->weight;

@@ -10,6 +10,7 @@
 #include "lesionflow/runtime.h"
 #include "models/bf16_bits.h"
 #include "models/mmdit.h"
+#include "models/mmdit_blocks.h"
 
 namespace lf {
 using torch::Tensor;
@@ -67,16 +68,18 @@ void fwd_run(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* 
   qk_fwd_BB(x, xs, n, hd, w, c, s, y, ri);
 }
 void bwd_run(const float* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
-             const float* s, const float* ri, const float* g, float* gx, float* gw) {
-  qk_bwd_FF(x, xs, n, hd, w, c, s, ri, g, gx, gw);
+             const float* s, const float* ri, const float* g, float* gx, int64_t gxs, float* gw) {
+  qk_bwd_FF(x, xs, n, hd, w, c, s, ri, g, gx, gxs, gw);
 }
 void bwd_run(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
-             const float* s, const float* ri, const float* g, uint16_t* gx, float* gw) {
-  qk_bwd_BF(x, xs, n, hd, w, c, s, ri, g, gx, gw);
+             const float* s, const float* ri, const float* g, uint16_t* gx, int64_t gxs,
+             float* gw) {
+  qk_bwd_BF(x, xs, n, hd, w, c, s, ri, g, gx, gxs, gw);
 }
 void bwd_run(const uint16_t* x, int64_t xs, int64_t n, int64_t hd, const float* w, const float* c,
-             const float* s, const float* ri, const uint16_t* g, uint16_t* gx, float* gw) {
-  qk_bwd_BB(x, xs, n, hd, w, c, s, ri, g, gx, gw);
+             const float* s, const float* ri, const uint16_t* g, uint16_t* gx, int64_t gxs,
+             float* gw) {
+  qk_bwd_BB(x, xs, n, hd, w, c, s, ri, g, gx, gxs, gw);
 }
 
 // The work is split into runs: one per (batch, head, segment), n = La or Lb consecutive rows.
@@ -112,9 +115,10 @@ void qk_forward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tenso
   });
 }
 
-// Backward: input gradients (written as T, like the inputs) and the per-chunk partial sums of
-// the two weight gradients (a fixed split, so their sum is deterministic); the output gradient
-// has the output's type TO.
+// Backward: input gradients (written as T, like the inputs, into gxa and gxb: [B,H,L,hd] with a
+// unit last stride, e.g. views of a qkv gradient) and the per-chunk partial sums of the two weight
+// gradients (a fixed split, so their sum is deterministic); the output gradient has the output's
+// type TO.
 template <class T, class TO>
 void qk_backward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tensor& sin,
                  const Tensor& rinv, const Tensor& go, Tensor& gxa, Tensor& gxb, int64_t chunks,
@@ -127,13 +131,62 @@ void qk_backward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tens
     const int64_t l0 = seg == 0 ? 0 : sg.La, n = seg == 0 ? sg.La : sg.Lb;
     if (n == 0) return;
     const int64_t r0 = (b * H + h) * L + l0;
-    T* gx = seg == 0 ? GA + (b * H + h) * sg.La * hd : GB + (b * H + h) * sg.Lb * hd;
+    const Tensor& gt = seg == 0 ? gxa : gxb;
+    T* gx = (seg == 0 ? GA : GB) + b * gt.stride(0) + h * gt.stride(1);
     float gw[kQkMaxHeadDim] = {};
     bwd_run(raw_bits(sg.row(b, h, l0)), seg == 0 ? sg.sa[2] : sg.sb[2], n, hd, sg.weight(l0),
-            C + l0 * half, S + l0 * half, R + r0, raw_bits(G + r0 * hd), raw_bits(gx), gw);
+            C + l0 * half, S + l0 * half, R + r0, raw_bits(G + r0 * hd), raw_bits(gx), gt.stride(2),
+            gw);
     double* acc = gw_part.data() + chunk * 2 * hd + seg * hd;
     for (int64_t i = 0; i < hd; ++i) acc[i] += gw[i];
   });
+}
+
+// The fused forward of one of q, k: [B,H,La+Lb,hd] (float32, or bf16 when out_bf16) and the
+// inverse RMS per row.
+std::pair<Tensor, Tensor> qk_fused_forward(const Tensor& xa, const Tensor& wa, const Tensor& xb,
+                                           const Tensor& wb, const Tensor& cos, const Tensor& sin,
+                                           bool out_bf16) {
+  const int64_t B = xa.size(0), L = xa.size(2) + xb.size(2), hd = xa.size(3);
+  auto out = torch::empty({B, xa.size(1), L, hd},
+                          xa.options().dtype(out_bf16 ? torch::kBFloat16 : torch::kFloat32));
+  auto rinv = torch::empty({B, xa.size(1), L}, xa.options().dtype(torch::kFloat32));
+  if (out_bf16)
+    qk_forward<c10::BFloat16, c10::BFloat16>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin,
+                                             out, rinv);
+  else if (xa.scalar_type() == torch::kBFloat16)
+    qk_forward<c10::BFloat16, float>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, out,
+                                     rinv);
+  else
+    qk_forward<float, float>(segments<float>(xa, wa, xb, wb), B, cos, sin, out, rinv);
+  return {out, rinv};
+}
+
+// Its backward from the output gradient grad: the input gradients into gxa, gxb (see
+// qk_backward), and the two weight gradients returned.
+std::pair<Tensor, Tensor> qk_fused_backward(const Tensor& xa, const Tensor& wa, const Tensor& xb,
+                                            const Tensor& wb, const Tensor& cos, const Tensor& sin,
+                                            const Tensor& rinv, const Tensor& grad, bool out_bf16,
+                                            Tensor& gxa, Tensor& gxb) {
+  const int64_t B = xa.size(0), hd = xa.size(3);
+  auto go = grad.to(out_bf16 ? torch::kBFloat16 : torch::kFloat32).contiguous();
+  const int64_t chunks = at::get_num_threads();
+  std::vector<double> gw_part(static_cast<size_t>(chunks * 2 * hd), 0.0);
+  if (out_bf16)
+    qk_backward<c10::BFloat16, c10::BFloat16>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin,
+                                              rinv, go, gxa, gxb, chunks, gw_part);
+  else if (xa.scalar_type() == torch::kBFloat16)
+    qk_backward<c10::BFloat16, float>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, rinv,
+                                      go, gxa, gxb, chunks, gw_part);
+  else
+    qk_backward<float, float>(segments<float>(xa, wa, xb, wb), B, cos, sin, rinv, go, gxa, gxb,
+                              chunks, gw_part);
+  auto gwa = torch::zeros({hd}, torch::kFloat64), gwb = torch::zeros({hd}, torch::kFloat64);
+  for (int64_t c = 0; c < chunks; ++c) {
+    gwa += torch::from_blob(gw_part.data() + c * 2 * hd, {hd}, torch::kFloat64);
+    gwb += torch::from_blob(gw_part.data() + c * 2 * hd + hd, {hd}, torch::kFloat64);
+  }
+  return {gwa.to(wa.scalar_type()), gwb.to(wb.scalar_type())};
 }
 
 // xa, xb: float32 or bfloat16 (both the same); the output is float32, or bfloat16 for bf16
@@ -142,20 +195,9 @@ void qk_backward(const Segments<T>& sg, int64_t B, const Tensor& cos, const Tens
 struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& xa, const Tensor& wa, const Tensor& xb,
                         const Tensor& wb, const Tensor& cos, const Tensor& sin) {
-    const int64_t B = xa.size(0), L = xa.size(2) + xb.size(2), hd = xa.size(3);
-    const bool in_bf16 = xa.scalar_type() == torch::kBFloat16;
-    const bool out_bf16 = in_bf16 && compute_precision() == Precision::kBF16;
-    auto out = torch::empty({B, xa.size(1), L, hd},
-                            xa.options().dtype(out_bf16 ? torch::kBFloat16 : torch::kFloat32));
-    auto rinv = torch::empty({B, xa.size(1), L}, xa.options().dtype(torch::kFloat32));
-    if (out_bf16)
-      qk_forward<c10::BFloat16, c10::BFloat16>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin,
-                                               out, rinv);
-    else if (in_bf16)
-      qk_forward<c10::BFloat16, float>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, out,
-                                       rinv);
-    else
-      qk_forward<float, float>(segments<float>(xa, wa, xb, wb), B, cos, sin, out, rinv);
+    const bool out_bf16 =
+        xa.scalar_type() == torch::kBFloat16 && compute_precision() == Precision::kBF16;
+    auto [out, rinv] = qk_fused_forward(xa, wa, xb, wb, cos, sin, out_bf16);
     ctx->save_for_backward({xa, wa, xb, wb, cos, sin, rinv});
     ctx->saved_data["out_bf16"] = out_bf16;
     return out;
@@ -163,29 +205,73 @@ struct QkNormRopeFn : public torch::autograd::Function<QkNormRopeFn> {
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto sv = ctx->get_saved_variables();
-    const Tensor &xa = sv[0], &wa = sv[1], &xb = sv[2], &wb = sv[3], &cos = sv[4], &sin = sv[5],
-                 &rinv = sv[6];
-    const int64_t B = xa.size(0), hd = xa.size(3);
-    const bool out_bf16 = ctx->saved_data["out_bf16"].toBool();
-    auto go = grads[0].to(out_bf16 ? torch::kBFloat16 : torch::kFloat32).contiguous();
+    const Tensor &xa = sv[0], &wa = sv[1], &xb = sv[2], &wb = sv[3];
     auto gxa = torch::empty(xa.sizes(), xa.options()), gxb = torch::empty(xb.sizes(), xb.options());
-    const int64_t chunks = at::get_num_threads();
-    std::vector<double> gw_part(static_cast<size_t>(chunks * 2 * hd), 0.0);
-    if (out_bf16)
-      qk_backward<c10::BFloat16, c10::BFloat16>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos,
-                                                sin, rinv, go, gxa, gxb, chunks, gw_part);
-    else if (xa.scalar_type() == torch::kBFloat16)
-      qk_backward<c10::BFloat16, float>(segments<c10::BFloat16>(xa, wa, xb, wb), B, cos, sin, rinv,
-                                        go, gxa, gxb, chunks, gw_part);
-    else
-      qk_backward<float, float>(segments<float>(xa, wa, xb, wb), B, cos, sin, rinv, go, gxa, gxb,
-                                chunks, gw_part);
-    auto gwa = torch::zeros({hd}, torch::kFloat64), gwb = torch::zeros({hd}, torch::kFloat64);
-    for (int64_t c = 0; c < chunks; ++c) {
-      gwa += torch::from_blob(gw_part.data() + c * 2 * hd, {hd}, torch::kFloat64);
-      gwb += torch::from_blob(gw_part.data() + c * 2 * hd + hd, {hd}, torch::kFloat64);
+    auto [gwa, gwb] = qk_fused_backward(xa, wa, xb, wb, sv[4], sv[5], sv[6], grads[0],
+                                        ctx->saved_data["out_bf16"].toBool(), gxa, gxb);
+    return {gxa, gwa, gxb, gwb, Tensor(), Tensor()};
+  }
+};
+
+// q, k or v of a stream's qkv GEMM output [B,L,3D] as a [B,H,L,hd] view (part 0, 1, 2).
+Tensor head_view(const Tensor& qkv, int64_t part, int64_t H) {
+  const int64_t B = qkv.size(0), L = qkv.size(1), D = qkv.size(2) / 3;
+  return qkv.view({B, L, 3, H, D / H}).select(2, part).permute({0, 2, 1, 3});
+}
+
+// q, k and v of the joint sequence from the two streams' qkv GEMM outputs qa [B,La,3D] and
+// qb [B,Lb,3D] (contiguous; the same type): q and k through the fused norm + RoPE, v copied.
+// The backward writes the qkv gradients directly (no stack of q, k, v gradients and copy back
+// to [B,L,3D], as unbinding the views would take).
+struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
+  static tensor_list forward(AutogradContext* ctx, const Tensor& qa, const Tensor& wqa,
+                             const Tensor& wka, const Tensor& qb, const Tensor& wqb,
+                             const Tensor& wkb, const Tensor& cos, const Tensor& sin, int64_t H) {
+    const bool out_bf16 =
+        qa.scalar_type() == torch::kBFloat16 && compute_precision() == Precision::kBF16;
+    auto [q, rq] =
+        qk_fused_forward(head_view(qa, 0, H), wqa, head_view(qb, 0, H), wqb, cos, sin, out_bf16);
+    auto [k, rk] =
+        qk_fused_forward(head_view(qa, 1, H), wka, head_view(qb, 1, H), wkb, cos, sin, out_bf16);
+    auto v = torch::cat({head_view(qa, 2, H), head_view(qb, 2, H)}, 2);
+    ctx->save_for_backward({qa, wqa, wka, qb, wqb, wkb, cos, sin, rq, rk});
+    ctx->saved_data["out_bf16"] = out_bf16;
+    ctx->saved_data["H"] = H;
+    return {q, k, v};
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto sv = ctx->get_saved_variables();
+    const Tensor &qa = sv[0], &qb = sv[3], &cos = sv[6], &sin = sv[7];
+    const int64_t H = ctx->saved_data["H"].toInt(), La = qa.size(1), Lb = qb.size(1);
+    const bool out_bf16 = ctx->saved_data["out_bf16"].toBool();
+    auto ga = torch::empty_like(qa), gb = torch::empty_like(qb);
+    std::vector<Tensor> gw;
+    for (int64_t part = 0; part < 2; ++part) {  // q, k: their gradients into ga, gb
+      auto gxa = head_view(ga, part, H), gxb = head_view(gb, part, H);
+      const Tensor& grad = grads[part];
+      if (!grad.defined()) {
+        gxa.zero_();
+        gxb.zero_();
+        gw.push_back(torch::zeros_like(sv[1 + part]));
+        gw.push_back(torch::zeros_like(sv[4 + part]));
+        continue;
+      }
+      auto [gwa, gwb] =
+          qk_fused_backward(head_view(qa, part, H), sv[1 + part], head_view(qb, part, H),
+                            sv[4 + part], cos, sin, sv[8 + part], grad, out_bf16, gxa, gxb);
+      gw.push_back(gwa);
+      gw.push_back(gwb);
     }
-    return {gxa, gwa.to(wa.scalar_type()), gxb, gwb.to(wb.scalar_type()), Tensor(), Tensor()};
+    auto gva = head_view(ga, 2, H), gvb = head_view(gb, 2, H);
+    if (grads[2].defined()) {
+      gva.copy_(grads[2].narrow(2, 0, La));
+      gvb.copy_(grads[2].narrow(2, La, Lb));
+    } else {
+      gva.zero_();
+      gvb.zero_();
+    }
+    return {ga, gw[0], gw[2], gb, gw[1], gw[3], Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -214,6 +300,33 @@ Tensor qk_norm_rope(const Tensor& xa, const Tensor& wa, const Tensor& xb, const 
                       sin);
   }
   return QkNormRopeFn::apply(xa, wa, xb, wb, cos, sin);
+}
+
+std::tuple<Tensor, Tensor, Tensor> qkv_heads(const Tensor& qkv_a, const Tensor& wq_a,
+                                             const Tensor& wk_a, const Tensor& qkv_b,
+                                             const Tensor& wq_b, const Tensor& wk_b,
+                                             const Tensor& cos, const Tensor& sin, int heads) {
+  const auto dt = qkv_a.scalar_type();
+  const int64_t D = qkv_a.size(2) / 3;
+  bool weights_ok = true;
+  for (const Tensor* w : {&wq_a, &wk_a, &wq_b, &wk_b})
+    weights_ok = weights_ok && w->scalar_type() == torch::kFloat32 && w->is_contiguous();
+  const bool fused =
+      weights_ok && qkv_a.device().is_cpu() && (dt == torch::kFloat32 || dt == torch::kBFloat16) &&
+      qkv_b.scalar_type() == dt && qkv_a.is_contiguous() && qkv_b.is_contiguous() &&
+      qkv_a.dim() == 3 && qkv_b.dim() == 3 && qkv_b.size(2) == 3 * D && D % heads == 0 &&
+      (D / heads) % 2 == 0 && D / heads <= kQkMaxHeadDim && cos.is_contiguous() &&
+      sin.is_contiguous() && cos.scalar_type() == torch::kFloat32 &&
+      cos.size(0) == qkv_a.size(1) + qkv_b.size(1);
+  if (!fused) {  // the views, the norm + RoPE per tensor and a cat of v
+    auto [qa, ka, va] = mmdit_detail::split_heads(qkv_a, heads);
+    auto [qb, kb, vb] = mmdit_detail::split_heads(qkv_b, heads);
+    return {qk_norm_rope(qa, wq_a, qb, wq_b, cos, sin), qk_norm_rope(ka, wk_a, kb, wk_b, cos, sin),
+            torch::cat({va, vb}, 2)};
+  }
+  auto r = QkvHeadsFn::apply(qkv_a, wq_a, wk_a, qkv_b, wq_b, wk_b, cos, sin,
+                             static_cast<int64_t>(heads));
+  return {r[0], r[1], r[2]};
 }
 
 }  // namespace lf
