@@ -21,7 +21,7 @@ pkgs=(build-essential cmake ninja-build ccache pkg-config git
       libtorch-dev libgloo-dev libopenblas0-openmp libopenblas-openmp-dev
       libopencv-dev libcli11-dev nlohmann-json3-dev
       libsentencepiece-dev sentencepiece libcpp-httplib-dev
-      libgtest-dev libgmock-dev googletest libbenchmark-dev)
+      libgtest-dev libgmock-dev googletest libbenchmark-dev libtcmalloc-minimal4)
 if [[ $want_test -eq 1 ]]; then
   pkgs+=(python3 python3-numpy python3-torch python3-sklearn chromium clang-format)
 fi

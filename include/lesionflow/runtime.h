@@ -19,6 +19,9 @@ long rss_now_mb();
 std::string torch_version();
 // Path of the libblas actually mapped into this process (from /proc/self/maps), or "".
 std::string loaded_blas();
+// The malloc the process runs with: the mapped tcmalloc/jemalloc/mimalloc library, or
+// "glibc malloc".
+std::string loaded_allocator();
 // Where the system libblas.so.3 alternative points.
 std::string active_blas_alternative();
 bool blas_is_openblas();

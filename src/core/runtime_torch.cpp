@@ -51,6 +51,7 @@ void set_threads(int n) {
 int get_threads() { return torch::get_num_threads(); }
 
 void tune_allocator() {
+  // (Under tcmalloc, linked by default, mallopt is a no-op.)
   // glibc serves blocks above the (dynamic) mmap threshold with fresh mmap()s and returns freed
   // heap tops to the kernel: a training step then page-faults through every large activation
   // again. Keeping blocks up to 32 MiB (glibc's maximum) on the heap and trimming only above
@@ -68,22 +69,35 @@ std::string torch_version() {
 #endif
 }
 
-std::string loaded_blas() {
+namespace {
+// The first mapped file whose path contains one of the needles (resolved if it is a link), or ""
+// (prefer: a path that contains it is returned as it is, at once).
+std::string mapped_file(std::initializer_list<const char*> needles, const char* prefer) {
   std::ifstream maps("/proc/self/maps");
   std::string line, found;
   while (std::getline(maps, line)) {
     auto pos = line.find('/');
     if (pos == std::string::npos) continue;
     std::string path = line.substr(pos);
-    if (path.find("libblas.so") != std::string::npos ||
-        path.find("libopenblas") != std::string::npos) {
+    bool hit = false;
+    for (const char* n : needles) hit = hit || path.find(n) != std::string::npos;
+    if (!hit) continue;
+    if (prefer && path.find(prefer) != std::string::npos) return path;
+    if (found.empty()) {
       char buf[4096];
       ssize_t k = readlink(path.c_str(), buf, sizeof buf - 1);
       found = k > 0 ? std::string(buf, k) : path;
-      if (path.find("libblas.so") != std::string::npos) return path;
     }
   }
   return found;
+}
+}  // namespace
+
+std::string loaded_blas() { return mapped_file({"libblas.so", "libopenblas"}, "libblas.so"); }
+
+std::string loaded_allocator() {
+  std::string lib = mapped_file({"libtcmalloc", "libjemalloc", "libmimalloc"}, nullptr);
+  return lib.empty() ? "glibc malloc" : lib;
 }
 
 std::string active_blas_alternative() {

@@ -274,7 +274,7 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   }
   const int threads = get_threads();
   log_info("bench: " + std::to_string(threads) + " threads, " + std::to_string(o.reps) +
-           " repetitions, BLAS " + loaded_blas());
+           " repetitions, BLAS " + loaded_blas() + ", allocator " + loaded_allocator());
   // Generator (random weights: speed does not depend on training).
   std::vector<std::string> corpus;
   auto phantoms = load_dataset("phantom:64", {}, 1);
@@ -365,11 +365,15 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
     std::string cmd = o.python + " scripts/bench_torch.py gen-train '" + mc.to_json().dump() +
                       "' " + std::to_string(B) + " " + std::to_string(T) + " 3 " +
                       std::to_string(threads) + " 2>/dev/null";
-    // Twice: python's default glibc malloc, and the settings lesionflow applies to itself
-    // (tune_allocator), so the C++/python ratio can be read without the allocator's share.
+    // Twice: python's default glibc malloc, and the allocator lesionflow runs with (tcmalloc,
+    // preloaded; or glibc with tune_allocator's settings), so the C++/python ratio can be read
+    // without the allocator's share.
+    const std::string alloc = loaded_allocator();
     const std::string tuned =
-        "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold="
-        "1073741824 ";
+        alloc.front() == '/'
+            ? "LD_PRELOAD=" + alloc + " "
+            : "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold="
+              "1073741824 ";
     for (const std::string& env : {std::string(), tuned}) {
       std::string c = env + cmd;
       vs.push_back({env.empty() ? "generator train step (python3-torch)"
@@ -591,6 +595,7 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   nlohmann::json res = {{"date", ""},
                         {"threads", threads},
                         {"blas", loaded_blas()},
+                        {"allocator", loaded_allocator()},
                         {"torch", torch_version()},
                         {"reps", o.reps},
                         {"preset", o.preset},

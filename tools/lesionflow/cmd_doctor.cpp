@@ -20,6 +20,7 @@ void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run) {
       j["blas_alternative"] = active_blas_alternative();
       j["blas_loaded"] = loaded_blas();
       j["blas_is_openblas"] = blas_is_openblas();
+      j["allocator"] = loaded_allocator();
       j["threads"] = get_threads();
       j["hardware_threads"] = hardware_threads();
       j["device"] = g.device;
@@ -62,6 +63,7 @@ void add_doctor(CLI::App& app, GlobalOptions& g, Runner* run) {
             "bf16        %s; bf16 GEMM 1024 %.1f GFLOP/s (%.2fx fp32); --precision auto = %s\n",
             bf16 ? "AVX512_BF16/AMX present" : "no AVX512_BF16/AMX (bf16 would be emulated)", bf,
             bf / gf, bf16 ? "bf16" : "fp32");
+        std::printf("allocator   %s\n", loaded_allocator().c_str());
         std::printf("HAM10000    %s\n", data.contains("ham10000")
                                             ? data["ham10000"].get<std::string>().c_str()
                                             : "not found");
