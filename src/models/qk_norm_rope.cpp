@@ -271,7 +271,10 @@ struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
       gva.zero_();
       gvb.zero_();
     }
-    return {ga, gw[0], gw[2], gb, gw[1], gw[3], Tensor(), Tensor(), Tensor()};
+    // An empty stream (the single block's) gets no gradient: undefined, its slice's backward
+    // does not zero-fill and add a tensor of the whole qkv size.
+    return {La ? ga : Tensor(), gw[0],    gw[2],   Lb ? gb : Tensor(), gw[1], gw[3],
+            Tensor(),           Tensor(), Tensor()};
   }
 };
 
