@@ -27,9 +27,12 @@ std::unordered_map<const c10::TensorImpl*, Shadow>& shadows() {
   return *m;
 }
 
-bool alive_and_same(const Shadow& s, const Tensor& w) {
+// s was made for w as it is now laid out: w's TensorImpl (still alive, not a new tensor at a
+// freed one's address), data and shape. (Whether its values are current is the version's test.)
+bool made_for(const Shadow& s, const Tensor& w) {
   auto strong = s.owner.lock();
-  return strong.get() == w.unsafeGetTensorImpl();
+  return strong.get() == w.unsafeGetTensorImpl() && s.data == w.data_ptr() &&
+         s.copy.sizes() == w.sizes();
 }
 
 void drop_dead() {  // caller holds mu
@@ -48,8 +51,7 @@ Tensor current_copy(const Tensor& w) {
   auto& m = shadows();
   const uint32_t version = w._version();
   auto it = m.find(w.unsafeGetTensorImpl());
-  if (it != m.end() && alive_and_same(it->second, w) && it->second.version == version &&
-      it->second.data == w.data_ptr() && it->second.copy.sizes() == w.sizes())
+  if (it != m.end() && made_for(it->second, w) && it->second.version == version)
     return it->second.copy;
   if (it == m.end() && m.size() % 64 == 63) drop_dead();
   Shadow s(w);
@@ -85,9 +87,7 @@ uint16_t* bf16_shadow_for_update(const Tensor& w) {
   std::lock_guard<std::mutex> lock(mu);
   auto& m = shadows();
   auto it = m.find(w.unsafeGetTensorImpl());
-  if (it == m.end() || !alive_and_same(it->second, w) || !keepable(w) ||
-      it->second.copy.sizes() != w.sizes() || it->second.data != w.data_ptr())
-    return nullptr;
+  if (it == m.end() || !keepable(w) || !made_for(it->second, w)) return nullptr;
   // Whoever holds the old copy (a graph not yet run backward) would see it change: give the
   // writer a fresh one unless the kept copy is referenced only here.
   if (it->second.copy.storage().use_count() > 1)

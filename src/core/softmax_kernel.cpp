@@ -38,12 +38,9 @@ inline __attribute__((always_inline)) void fwd_row(const uint16_t* __restrict s,
   }
   float m = mx[0];
   for (int64_t k = 1; k < kLanes; ++k) m = mx[k] > m ? mx[k] : m;
-  float acc[kLanes] = {};
-  for (i = 0; i < padded; i += kLanes)
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += buf[i + k] = exp_nonpos(buf[i + k] - m);
-  float sum = 0;
-  for (int64_t k = 0; k < kLanes; ++k) sum += acc[k];
-  const float inv = 1.f / sum;
+  // (padded is a multiple of kLanes: lane_sum runs no scalar tail)
+  const float inv =
+      1.f / lane_sum(padded, [&](int64_t j) { return buf[j] = exp_nonpos(buf[j] - m); });
   for (i = 0; i < n; ++i) p[i] = to_bf16(buf[i] * inv);
 }
 

@@ -20,9 +20,6 @@ inline uint16_t to_bf16(float f) {
   bits += 0x7FFFu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);
 }
-// exp by range reduction to r in [-ln2/2, ln2/2], a degree-6 Taylor polynomial (relative error
-// < 2e-7) and scaling by 2^n through the exponent bits: no library call, so loops vectorise. The
-// argument is clamped to [-87, 88] (exp(-87) ~ 1.6e-38 stands in for underflow to 0).
 // sum over i < n of f(i) in kLanes partial sums, then the lanes in order: a float reduction that
 // vectorises without reassociating flags, with the same order in every clone and type.
 constexpr int64_t kLanes = 16;
@@ -37,6 +34,9 @@ inline float lane_sum(int64_t n, const F& f) {
   for (int64_t k = 0; k < kLanes; ++k) s += acc[k];
   return s;
 }
+// exp by range reduction to r in [-ln2/2, ln2/2], a degree-6 Taylor polynomial (relative error
+// < 2e-7) and scaling by 2^n through the exponent bits: no library call, so loops vectorise. The
+// argument is clamped to [-87, 88] (exp(-87) ~ 1.6e-38 stands in for underflow to 0).
 inline float exp_inline(float x) {
   x = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
   const float kLog2e = 1.44269504f, kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f,

@@ -3,7 +3,6 @@
 // float32 and an addcmul, and their backward nodes (the gate's gradient a product and a sum over
 // the rows, y's a product and a cast back to bf16).
 #include "core/gate_kernel.h"
-#include "lesionflow/runtime.h"
 #include "models/bf16_bits.h"
 #include "models/mmdit.h"
 #include "models/mmdit_blocks.h"
@@ -65,10 +64,7 @@ Tensor gated_residual(const Tensor& x, const Tensor& gate, const Tensor& y, cons
   auto same_bf16 = [&](const Tensor& t) {
     return t.scalar_type() == torch::kBFloat16 && t.sizes() == x.sizes() && t.is_contiguous();
   };
-  const bool fused = compute_precision() == Precision::kBF16 && x.device().is_cpu() &&
-                     x.scalar_type() == torch::kFloat32 && x.dim() == 3 && x.is_contiguous() &&
-                     gate.scalar_type() == torch::kFloat32 &&
-                     gate.numel() == x.size(0) * x.size(2) && same_bf16(y) &&
+  const bool fused = mmdit_detail::bf16_residual_kernels(x, {&gate}) && same_bf16(y) &&
                      (!y2.defined() || same_bf16(y2));
   if (fused)
     return GatedResidualBf16Fn::apply(x, gate, y,

@@ -2,7 +2,6 @@
 // src/core/ln_mod_kernel.cpp). Composed from torch ops it is a LayerNorm, an addcmul and a cast
 // to bf16 for the GEMM that follows, and their three backward nodes plus a cast back.
 #include "core/ln_mod_kernel.h"
-#include "lesionflow/runtime.h"
 #include "models/bf16_bits.h"
 #include "models/mmdit.h"
 #include "models/mmdit_blocks.h"
@@ -69,12 +68,8 @@ struct LnModulateBf16Fn : public torch::autograd::Function<LnModulateBf16Fn> {
 }  // namespace
 
 Tensor ln_modulate(const Tensor& x, const Tensor& shift, const Tensor& scale) {
-  const bool fused =
-      compute_precision() == Precision::kBF16 && x.device().is_cpu() &&
-      x.scalar_type() == torch::kFloat32 && x.dim() == 3 && x.is_contiguous() &&
-      shift.scalar_type() == torch::kFloat32 && scale.scalar_type() == torch::kFloat32 &&
-      shift.numel() == x.size(0) * x.size(2) && scale.numel() == x.size(0) * x.size(2);
-  if (!fused) return mmdit_detail::modulate(mmdit_detail::ln(x), shift, scale);
+  if (!mmdit_detail::bf16_residual_kernels(x, {&shift, &scale}))
+    return mmdit_detail::modulate(mmdit_detail::ln(x), shift, scale);
   return LnModulateBf16Fn::apply(x, shift, scale);
 }
 

@@ -17,6 +17,16 @@ inline Tensor gated_add(const Tensor& x, const Tensor& gate, const Tensor& y) {
 }
 constexpr double kLnEps = 1e-6;  // the blocks' LayerNorms (ln() and ln_modulate())
 inline Tensor ln(const Tensor& x) { return torch::layer_norm(x, {x.size(-1)}, {}, {}, kLnEps); }
+// Whether the blocks' fused bf16 kernels on the residual stream (ln_modulate(),
+// gated_residual()) take x: under Precision::kBF16, x a contiguous float32 [B,L,D] on the CPU
+// and each modulation vector float32 with B*D elements (a [B,1,D] chunk).
+inline bool bf16_residual_kernels(const Tensor& x, std::initializer_list<const Tensor*> mods) {
+  bool ok = compute_precision() == Precision::kBF16 && x.device().is_cpu() &&
+            x.scalar_type() == torch::kFloat32 && x.dim() == 3 && x.is_contiguous();
+  for (const Tensor* v : mods)
+    ok = ok && v->scalar_type() == torch::kFloat32 && v->numel() == x.size(0) * x.size(2);
+  return ok;
+}
 // [B,N,3D] -> q,k,v [B,H,N,hd]
 // (unbind, not three selects: the backward of a select zero-fills and adds a tensor of the whole
 // qkv size per head group, 12% of a training step in the bf16 profile; unbind's is one stack)

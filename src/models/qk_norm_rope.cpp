@@ -278,6 +278,21 @@ struct QkvHeadsFn : public torch::autograd::Function<QkvHeadsFn> {
   }
 };
 
+// What the fused kernels take, for both entry points: inputs a and b on the CPU, float32 or bf16
+// (the same), head dimension up to kQkMaxHeadDim, contiguous float32 norm weights, contiguous
+// cos/sin (float32).
+bool qk_kernels_take(const Tensor& a, const Tensor& b, int64_t hd,
+                     std::initializer_list<const Tensor*> weights, const Tensor& cos,
+                     const Tensor& sin) {
+  const auto dt = a.scalar_type();
+  bool ok = a.device().is_cpu() && (dt == torch::kFloat32 || dt == torch::kBFloat16) &&
+            b.scalar_type() == dt && hd <= kQkMaxHeadDim && cos.is_contiguous() &&
+            sin.is_contiguous() && cos.scalar_type() == torch::kFloat32;
+  for (const Tensor* w : weights)
+    ok = ok && w->scalar_type() == torch::kFloat32 && w->is_contiguous();
+  return ok;
+}
+
 Tensor rms_norm_ref(const Tensor& x, const Tensor& w) {
   return x * torch::rsqrt(x.pow(2).mean(-1, true) + kEps) * w;
 }
@@ -290,13 +305,8 @@ Tensor qk_norm_rope(const Tensor& xa, const Tensor& wa, const Tensor& xb, const 
               "qk_norm_rope: q/k are [B,H,L,hd], hd even");
   TORCH_CHECK(cos.size(0) == xa.size(2) + xb.size(2),
               "qk_norm_rope: cos/sin need one row per sequence position");
-  const auto dt = xa.scalar_type();
-  const bool fused = xa.device().is_cpu() && (dt == torch::kFloat32 || dt == torch::kBFloat16) &&
-                     xb.scalar_type() == dt && xa.stride(3) == 1 && xb.stride(3) == 1 &&
-                     xa.size(3) <= kQkMaxHeadDim && wa.scalar_type() == torch::kFloat32 &&
-                     wb.scalar_type() == torch::kFloat32 && wa.is_contiguous() &&
-                     wb.is_contiguous() && cos.is_contiguous() && sin.is_contiguous() &&
-                     cos.scalar_type() == torch::kFloat32;
+  const bool fused = qk_kernels_take(xa, xb, xa.size(3), {&wa, &wb}, cos, sin) &&
+                     xa.stride(3) == 1 && xb.stride(3) == 1;
   if (!fused) {  // composed ops, in float32 like the fused path
     auto f32 = [](const Tensor& t) { return t.to(torch::kFloat32); };
     return apply_rope(torch::cat({rms_norm_ref(f32(xa), wa), rms_norm_ref(f32(xb), wb)}, 2), cos,
@@ -309,17 +319,11 @@ std::tuple<Tensor, Tensor, Tensor> qkv_heads(const Tensor& qkv_a, const Tensor& 
                                              const Tensor& wk_a, const Tensor& qkv_b,
                                              const Tensor& wq_b, const Tensor& wk_b,
                                              const Tensor& cos, const Tensor& sin, int heads) {
-  const auto dt = qkv_a.scalar_type();
   const int64_t D = qkv_a.size(2) / 3;
-  bool weights_ok = true;
-  for (const Tensor* w : {&wq_a, &wk_a, &wq_b, &wk_b})
-    weights_ok = weights_ok && w->scalar_type() == torch::kFloat32 && w->is_contiguous();
   const bool fused =
-      weights_ok && qkv_a.device().is_cpu() && (dt == torch::kFloat32 || dt == torch::kBFloat16) &&
-      qkv_b.scalar_type() == dt && qkv_a.is_contiguous() && qkv_b.is_contiguous() &&
-      qkv_a.dim() == 3 && qkv_b.dim() == 3 && qkv_b.size(2) == 3 * D && D % heads == 0 &&
-      (D / heads) % 2 == 0 && D / heads <= kQkMaxHeadDim && cos.is_contiguous() &&
-      sin.is_contiguous() && cos.scalar_type() == torch::kFloat32 &&
+      qk_kernels_take(qkv_a, qkv_b, D / heads, {&wq_a, &wk_a, &wq_b, &wk_b}, cos, sin) &&
+      qkv_a.is_contiguous() && qkv_b.is_contiguous() && qkv_a.dim() == 3 && qkv_b.dim() == 3 &&
+      qkv_b.size(2) == 3 * D && D % heads == 0 && (D / heads) % 2 == 0 &&
       cos.size(0) == qkv_a.size(1) + qkv_b.size(1);
   if (!fused) {  // the views, the norm + RoPE per tensor and a cat of v
     auto [qa, ka, va] = mmdit_detail::split_heads(qkv_a, heads);

@@ -14,6 +14,7 @@
 #include <numeric>
 #include <opencv2/imgproc.hpp>
 #include <regex>
+#include <tuple>
 
 #include "adapters/lora.h"
 #include "classify/classifier.h"
@@ -245,18 +246,18 @@ nlohmann::json time_top_level_ops(const std::function<void()>& f, int steps) {
   for (int i = 0; i < steps; ++i) f();
   const double wall =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  std::vector<std::pair<double, std::string>> order;
+  std::vector<std::tuple<double, std::string, int64_t>> order;  // (ms, name, calls)
   double total = 0;
   for (const auto& [name, e] : timer.ops) {
-    order.push_back({e.first, name});
+    order.emplace_back(e.first, name, e.second);
     total += e.first;
   }
   std::sort(order.rbegin(), order.rend());
   nlohmann::json ops = nlohmann::json::array();
-  for (const auto& [ms, name] : order)
+  for (const auto& [ms, name, calls] : order)
     ops.push_back({{"name", name},
                    {"ms_per_step", ms / steps},
-                   {"calls_per_step", static_cast<double>(timer.ops[name].second) / steps}});
+                   {"calls_per_step", static_cast<double>(calls) / steps}});
   return {{"steps", steps},
           {"wall_ms_per_step", wall / steps},
           {"ops_ms_per_step", total / steps},
