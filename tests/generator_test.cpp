@@ -1187,6 +1187,59 @@ TEST(Train, ResumeEqualsUninterruptedTraining) {
     EXPECT_TRUE(same(tensors(snap(dir_a, s)), tensors(snap(tc.out, s)))) << "step " << s;
 }
 
+// --batch-threads 2 (the default on a 2-core CPU from 16 rows): every batch runs as two shards
+// on two threads. The run follows the one-thread run up to float rounding (the two halves'
+// gradients are summed instead of the whole batch's), repeats itself bit for bit, and an
+// interrupted run resumes to the uninterrupted one's weights exactly.
+TEST(Train, TwoBatchShardsFollowOneAndResumeExactly) {
+  auto d = toy_data(48, 16);
+  auto c = toy_config(d);
+  auto run = [&](const std::string& name, int threads, int64_t stop, bool resume,
+                 const std::string& dir = "") {
+    GenTrainConfig tc = test::short_run(name, 4, 16, 1e-3, 2);
+    if (!dir.empty()) tc.out = dir;
+    tc.log_every = 1;
+    tc.seed = 7;
+    tc.batch_threads = threads;
+    tc.stop_at_step = stop;
+    tc.resume = resume;
+    torch::manual_seed(resume ? 99 : 0);
+    MMDiT m(c);
+    auto r = train_generator(tc, m, *d.tok, d.imgs, nullptr);
+    EXPECT_TRUE(r.ok()) << r.status().message();
+    std::map<std::string, Tensor> w;
+    for (const auto& p : m->named_parameters()) w[p.key()] = p.value().detach().clone();
+    return std::make_pair(tc.out, w);
+  };
+  auto [dir1, one] = run("shards_one", 1, -1, false);
+  auto [dir2, two] = run("shards_two", 2, -1, false);
+  auto [dir2b, again] = run("shards_two_again", 2, -1, false);
+  auto [dir3, part] = run("shards_resumed", 2, 2, false);
+  auto [dir3b, resumed] = run("", 2, -1, true, dir3);
+  double max_diff = 0;
+  for (const auto& [k, t] : one) {
+    max_diff = std::max(max_diff, (two[k] - t).abs().max().item<double>());
+    EXPECT_TRUE(torch::equal(again[k], two[k])) << k;
+    EXPECT_TRUE(torch::equal(resumed[k], two[k])) << k;
+  }
+  EXPECT_GT(max_diff, 0.0);  // the shards really ran (the sums differ in the last bits)
+  EXPECT_LT(max_diff, 1e-5);
+  auto losses = [](const std::string& dir) {
+    std::vector<double> v;
+    std::istringstream in(*read_file(dir + "/metrics.jsonl"));
+    for (std::string line; std::getline(in, line);)
+      v.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+    return v;
+  };
+  const auto l1 = losses(dir1), l2 = losses(dir2);
+  ASSERT_EQ(l1.size(), 4u);
+  ASSERT_EQ(l2.size(), 4u);
+  for (size_t i = 0; i < l1.size(); ++i) EXPECT_NEAR(l2[i], l1[i], 1e-5 * l1[i]) << i;
+  EXPECT_EQ(losses(dir3b), l2);
+  const auto opts = nlohmann::json::parse(*read_file(dir2 + "/options.json"));
+  EXPECT_EQ(opts["train"]["batch_threads"], 2) << opts.dump();
+}
+
 TEST(Train, FrozenTextEncoderStaysFixedWhileTheRestTrains) {
   auto d = toy_data(24, 16);
   auto c = toy_config(d);

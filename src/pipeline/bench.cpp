@@ -5,12 +5,14 @@
 #include <torch/csrc/autograd/profiler_legacy.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <numeric>
 #include <opencv2/imgproc.hpp>
 #include <regex>
@@ -87,10 +89,12 @@ struct FinetuneBench {
   std::vector<torch::Tensor> params;
   torch::Tensor x0, ids, mask;
   FlowConfig flow;
-  FinetuneBench(const MMDiTConfig& mc, bool lora, int B, int T) : model(mc) {
+  std::unique_ptr<ShardThreads> shards;  // as train splits its batches (ShardThreads)
+  FinetuneBench(const MMDiTConfig& mc, bool lora, int B, int T, int batch_threads = 0) : model(mc) {
     x0 = torch::randn({B, mc.channels, mc.image_size, mc.image_size});
     ids = torch::randint(3, mc.vocab_size, {B, T}, torch::kInt64);
     mask = torch::ones({B, T}, torch::kBool);
+    set_shards(batch_threads);
     flow.prediction = mc.prediction;
     if (lora) {
       adapter = std::move(LoraAdapter::create(model, LoraSpec{}).value());
@@ -103,6 +107,13 @@ struct FinetuneBench {
     }
     opt = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(1e-4));
   }
+  void set_shards(int batch_threads) {  // 0 = auto, as train
+    const int intra = at::get_num_threads();
+    shards.reset();
+    shards = std::make_unique<ShardThreads>(
+        batch_threads > 0 ? batch_threads : ShardThreads::auto_shards(x0.size(0), intra, true),
+        intra);
+  }
   int64_t trainable() const {
     int64_t n = 0;
     for (auto& p : params) n += p.numel();
@@ -112,8 +123,17 @@ struct FinetuneBench {
     if (rt) rt->apply();
     auto gen = at::detail::createCPUGenerator(1);
     auto t = sample_timesteps(x0.size(0), flow, gen);
-    auto loss = generator_loss(model, {x0, torch::randn_like(x0), t, ids, mask}, flow).mean();
-    backward_with_fresh_grads(loss, params);
+    auto noise = torch::randn_like(x0);
+    sharded_mean_backward(
+        *shards, x0.size(0),
+        [&](int64_t lo, int64_t hi) {
+          const int64_t n = hi - lo;
+          return generator_loss(model,
+                                {x0.narrow(0, lo, n), noise.narrow(0, lo, n), t.narrow(0, lo, n),
+                                 ids.narrow(0, lo, n), mask.narrow(0, lo, n)},
+                                flow);
+        },
+        params);
     clip_adamw_ema_step(*opt, params, 1.0);  // as training runs it (no EMA, as in python)
   }
 };
@@ -152,7 +172,7 @@ Status run_child_memory(const BenchOptions& o) {
   MMDiTConfig mc = MMDiTConfig::preset(o.preset);
   mc.vocab_size = 512;
   torch::manual_seed(0);
-  FinetuneBench fb(mc, o.child_memory == "lora", o.batch, o.text_tokens);
+  FinetuneBench fb(mc, o.child_memory == "lora", o.batch, o.text_tokens, o.batch_threads);
   const long before = rss_now_mb();
   for (int i = 0; i < 3; ++i) fb.step();
   nlohmann::json j = {{"mode", o.child_memory},
@@ -205,10 +225,11 @@ struct OpTimerCtx : at::ObserverContext {
   bool top = false;
 };
 struct OpTimer {
-  int depth = 0;
-  std::map<std::string, std::pair<double, int64_t>> ops;  // name -> (ms, calls)
+  std::mutex mu;
+  std::map<std::string, std::pair<double, int64_t>> ops;  // name -> (ms, calls), under mu
 };
-thread_local OpTimer* op_timer = nullptr;
+std::atomic<OpTimer*> op_timer{nullptr};
+thread_local int op_depth = 0;  // nesting of the ops running on this thread
 }  // namespace
 
 nlohmann::json time_top_level_ops(const std::function<void()>& f, int steps) {
@@ -219,19 +240,22 @@ nlohmann::json time_top_level_ops(const std::function<void()>& f, int steps) {
           [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
             if (!op_timer) return nullptr;
             auto c = std::make_unique<OpTimerCtx>();
-            c->top = op_timer->depth++ == 0;
+            c->top = op_depth++ == 0;
             c->start = std::chrono::steady_clock::now();
             return c;
           },
           [](const at::RecordFunction& fn, at::ObserverContext* ctx) {
-            if (!op_timer || !ctx) return;
+            OpTimer* t = op_timer;
+            if (!t || !ctx) return;
             auto* c = static_cast<OpTimerCtx*>(ctx);
-            --op_timer->depth;
+            --op_depth;
             if (!c->top) return;
-            auto& e = op_timer->ops[fn.name()];
-            e.first += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
-                                                                 c->start)
-                           .count();
+            const double ms = std::chrono::duration<double, std::milli>(
+                                  std::chrono::steady_clock::now() - c->start)
+                                  .count();
+            std::lock_guard<std::mutex> lock(t->mu);
+            auto& e = t->ops[fn.name()];
+            e.first += ms;
             ++e.second;
           })
           .needsInputs(false));
@@ -296,7 +320,7 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   const int S = mc.image_size, B = o.batch, T = o.text_tokens;
   // A training step is a full fine-tune step: one object serves the training row, the
   // LoRA-vs-full ratio and (its random weights) the sampling rows.
-  auto full = std::make_shared<FinetuneBench>(mc, false, B, T);
+  auto full = std::make_shared<FinetuneBench>(mc, false, B, T, o.batch_threads);
   MMDiT& model = full->model;
   const FlowConfig& flow = full->flow;
   auto gen_step = [full] { full->step(); };
@@ -394,7 +418,7 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
   }
   // LoRA fine-tune of the same base (the full fine-tune is the training row above): steps/s
   // here, memory from one child process per mode.
-  auto lora = std::make_shared<FinetuneBench>(mc, true, B, T);
+  auto lora = std::make_shared<FinetuneBench>(mc, true, B, T, o.batch_threads);
   vs.push_back({"fine-tune step, lora (rank 16, attn+mlp)", "steps/s", [lora] {
                   auto t0 = Clock::now();
                   for (int i = 0; i < 2; ++i) lora->step();

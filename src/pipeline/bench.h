@@ -35,15 +35,18 @@ struct BenchOptions {
   std::string child_memory;  // internal: "lora" | "full" -> print fine-tune memory as JSON
   std::string profile;       // write a chrome trace of two generator training steps and stop
   int op_times = 0;          // > 0: time the top-level ops of this many training steps and stop
+  int batch_threads = 0;     // shards of the generator training step (0 = auto, as train)
   std::string only;          // regex: run only the variants whose name matches (sgemm always runs)
   std::string child_dist;    // internal: "STEPS:RANK:WORLD:INIT" -> one data-parallel rank
 };
 
 // Wall time of `steps` calls of f, and the inclusive time and count of every top-level op that
-// the calling thread runs in them (ATen ops and autograd nodes, through a thread-local
-// RecordFunction callback: ~1 us an op, where the legacy profiler of --profile inflated the
-// bf16 training step 2.7x). JSON: wall_ms_per_step, ops_ms_per_step, and ops [{name,
-// ms_per_step, calls_per_step}] sorted by time.
+// the calling thread runs in them, and the shard threads it hands work to (ATen ops and autograd
+// nodes, through a thread-local RecordFunction callback that ShardThreads carries over: ~1 us an
+// op, where the legacy profiler of --profile inflated the bf16 training step 2.7x). With two
+// shards the ops' times of both threads add up: thread-milliseconds, up to twice the wall time.
+// JSON: wall_ms_per_step, ops_ms_per_step, and ops [{name, ms_per_step, calls_per_step}] sorted by
+// time.
 nlohmann::json time_top_level_ops(const std::function<void()>& f, int steps);
 // Runs the benchmark (or, with child_memory set, one fine-tune memory probe printed as JSON).
 Result<nlohmann::json> run_bench(const BenchOptions& o);

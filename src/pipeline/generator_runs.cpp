@@ -44,6 +44,7 @@ Result<GenTrainConfig> loop_config(const LoopOptions& o, const std::string& out,
   tc.val_every = o.val_every;
   tc.stop_at_step = o.stop_at_step;
   tc.dist = o.dist;
+  tc.batch_threads = o.batch_threads;
   tc.warmup = std::min<int64_t>(max_warmup, o.steps / 10 + 1);  // 10% of the steps, capped
   return tc;
 }

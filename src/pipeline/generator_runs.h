@@ -41,6 +41,7 @@ struct LoopOptions {
   bool resume = false;
   std::string device = "cpu";  // cpu | cuda[:N]
   std::shared_ptr<Dist> dist;  // data-parallel rank (train/dist.h); nullptr = one process
+  int batch_threads = 0;       // GenTrainConfig::batch_threads (0 = auto)
 };
 
 struct TokenizerRunOptions {

@@ -148,6 +148,35 @@ void backward_with_fresh_grads(const torch::Tensor& loss,
       params[i].mutable_grad() = torch::zeros_like(params[i]);
 }
 
+Tensor sharded_mean_backward(ShardThreads& shards, int64_t rows,
+                             const std::function<Tensor(int64_t, int64_t)>& per_sample,
+                             const std::vector<Tensor>& params) {
+  const int n = static_cast<int>(std::min<int64_t>(shards.shards(), rows));
+  if (n <= 1) {
+    Tensor per = per_sample(0, rows);
+    backward_with_fresh_grads(per.mean(), params);
+    return per.detach();
+  }
+  std::vector<char> had(params.size(), 0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    had[i] = params[i].grad().defined();
+    if (had[i]) params[i].mutable_grad().reset();
+  }
+  std::vector<Tensor> parts(shards.shards());
+  shards.run([&](int s) {
+    if (s >= n) return;
+    const int64_t lo = rows * s / n, hi = rows * (s + 1) / n;
+    Tensor per = per_sample(lo, hi);
+    per.sum().div(rows).backward();
+    parts[s] = per.detach();
+  });
+  parts.resize(n);
+  for (size_t i = 0; i < params.size(); ++i)
+    if (had[i] && !params[i].grad().defined())
+      params[i].mutable_grad() = torch::zeros_like(params[i]);
+  return torch::cat(parts, 0);
+}
+
 void ema_update(std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& params,
                 double decay) {
   torch::NoGradGuard ng;

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/shard_threads.h"
 #include "lesionflow/status.h"
 #include "pch_torch.h"
 
@@ -26,6 +27,17 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
 // backward writes them fresh (a zero fill and an add per parameter less; 4% of a generator step).
 // A parameter that had a gradient and gets none from this loss gets zeros, as zero_grad gave it.
 void backward_with_fresh_grads(const torch::Tensor& loss, const std::vector<torch::Tensor>& params);
+// The per-sample losses of a batch of `rows` and, as backward_with_fresh_grads(their mean), the
+// gradients of their mean, with the rows split over the shard threads: shard s of n computes
+// per_sample(lo, hi) ([hi - lo], rows lo = rows * s / n up to hi) and back-propagates its sum
+// divided by rows (the mean's gradient, bit for bit); the shards' gradients add up in the
+// parameters (AccumulateGrad locks; two shards give the same bits in either order). Returns the
+// per-sample losses of all rows in order, detached. With one shard (or fewer rows than shards)
+// per_sample(0, rows) runs on the caller and its mean back-propagates exactly as before.
+torch::Tensor sharded_mean_backward(
+    ShardThreads& shards, int64_t rows,
+    const std::function<torch::Tensor(int64_t lo, int64_t hi)>& per_sample,
+    const std::vector<torch::Tensor>& params);
 // ema = decay * ema + (1 - decay) * param, in place, without autograd.
 void ema_update(std::vector<torch::Tensor>& ema, const std::vector<torch::Tensor>& params,
                 double decay);

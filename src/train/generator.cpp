@@ -42,6 +42,7 @@ nlohmann::json GenTrainConfig::to_json() const {
           {"flow", flow.to_json()},
           {"device", device.str()},
           {"world_size", dist ? dist->world() : 1},
+          {"batch_threads", batch_threads},
           {"val_prompts", val_prompts}};
 }
 
@@ -363,6 +364,10 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
                                        const Tokenizer& tok, const CaptionedImages& train,
                                        const CaptionedImages* val, const TrainTarget* target) {
   if (train.count() == 0) return Status::error("train: no training images");
+  if (!ShardThreads::valid_request(cfg.batch_threads))
+    return Status::error("train: --batch-threads must be 0 (auto), 1 or 2, not " +
+                         std::to_string(cfg.batch_threads) +
+                         " (more shards would sum the gradients in a run-dependent order)");
   if (cfg.out.empty()) return Status::error("train: --out is required");
   const auto& mc = model->config();
   const bool latent = train.latents.defined();
@@ -393,6 +398,16 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
     LF_ASSIGN_OR_RETURN(std::tie(shard_lo, shard_hi),
                         batch_shard(cfg.batch, dist->rank(), dist->world()));
   }
+  // This rank's rows of each batch, split over threads (ShardThreads::auto_shards for 0).
+  const int intra = at::get_num_threads();
+  ShardThreads shards(cfg.batch_threads > 0 ? cfg.batch_threads
+                                            : ShardThreads::auto_shards(shard_hi - shard_lo, intra,
+                                                                        cfg.device.is_cpu()),
+                      intra);
+  if (shards.shards() > 1)
+    log_info("train: each batch of " + std::to_string(shard_hi - shard_lo) + " runs as " +
+             std::to_string(shards.shards()) + " shards on threads of " +
+             std::to_string(shards.intra_threads(0)) + " intra-op thread(s) each");
   if (main_rank) LF_RETURN_IF_ERROR(make_dirs(cfg.out + "/samples"));
   const std::string ckpt = cfg.out + "/checkpoint.safetensors",
                     ema_path = cfg.out + "/ema.safetensors", state = cfg.out + "/state.bin",
@@ -455,10 +470,12 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
   } else if (main_rank) {
     std::filesystem::remove(metrics);
   }
+  nlohmann::json train_json = cfg.to_json();
+  train_json["batch_threads"] = shards.shards();  // what auto (0) resolved to
   if (main_rank)
     LF_RETURN_IF_ERROR(write_file_atomic(
         cfg.out + "/options.json",
-        nlohmann::json{{"train", cfg.to_json()}, {"model", mc.to_json()}}.dump(2) + "\n"));
+        nlohmann::json{{"train", train_json}, {"model", mc.to_json()}}.dump(2) + "\n"));
 
   auto save_ema = [&](const std::string& p, int64_t s) -> Status {
     swap_ema();
@@ -583,11 +600,19 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
       ids = ids.narrow(0, shard_lo, n);
       mask = mask.narrow(0, shard_lo, n);
     }
-    std::tie(ids, mask) = trim_padding(ids, mask);
     prepare(step);
-    auto per = generator_loss(model, {x0, noise, t, ids, mask}, cfg.flow, target);
+    auto per = sharded_mean_backward(
+        shards, x0.size(0),
+        [&](int64_t lo, int64_t hi) {
+          const int64_t n = hi - lo;
+          auto [ids_s, mask_s] = trim_padding(ids.narrow(0, lo, n), mask.narrow(0, lo, n));
+          return generator_loss(
+              model,
+              {x0.narrow(0, lo, n), noise.narrow(0, lo, n), t.narrow(0, lo, n), ids_s, mask_s},
+              cfg.flow, target);
+        },
+        params);
     auto loss = per.mean();
-    backward_with_fresh_grads(loss, params);
     if (dist) {  // gradients, the loss and the stop wishes, averaged over the ranks
       auto flags =
           torch::tensor({loss.item<float>(), want_signal ? 1.0f : 0.0f, want_budget ? 1.0f : 0.0f});

@@ -107,6 +107,11 @@ struct GenTrainConfig {
   // Data-parallel training (train/dist.h): this rank's share of each global batch of `batch`
   // images, gradients averaged over the ranks; only rank 0 writes. nullptr = one process.
   std::shared_ptr<Dist> dist;
+  // Threads that each run a share of the (rank's) batch at once, with the intra-op threads
+  // split among them (core/shard_threads.h): 0 = auto (2 on a CPU with >= 2 threads and >= 16
+  // rows, else 1), 1 or 2. The gradients are the same up to float rounding for any choice; a
+  // resumed run continues exactly when it uses the same count.
+  int batch_threads = 0;
   nlohmann::json to_json() const;
 };
 

@@ -46,6 +46,10 @@ void add_bench(CLI::App& app, GlobalOptions& g, Runner* run) {
                 "time the top-level ops of N generator training steps (after 2 warm-up steps; "
                 "~1 us an op, unlike --profile) and exit")
       ->check(CLI::PositiveNumber);
+  b->add_option("--batch-threads", o.batch_threads,
+                "shards of the generator training step, as train's --batch-threads (0 = auto)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 2));
   b->add_option("--only", o.only,
                 "run only variants whose name matches this regex (sgemm always runs)");
   b->add_option("--out", o.out, "results directory")->capture_default_str();

@@ -40,6 +40,11 @@ inline void loop_flags(CLI::App* s, LoopOptions& l) {
   s->add_option("--stop-at-step", l.stop_at_step,
                 "checkpoint and stop at step N of the --steps schedule (equal-budget comparisons)")
       ->check(kPositive);
+  s->add_option("--batch-threads", l.batch_threads,
+                "threads that each train on a share of every batch, the intra-op threads split "
+                "among them (0 = auto: 2 on a CPU with >= 2 threads and >= 16 rows; 1 = off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 2));
   s->add_flag("--resume", l.resume, "continue the run in --out exactly where it stopped");
 }
 
