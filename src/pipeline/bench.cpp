@@ -385,6 +385,20 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
                                  return 3.0 * B / since(t0);
                                }),
                   train_flops_per_img});
+    // The same step without batch shards (the whole batch on all the intra-op threads), for the
+    // shards' share of the speed in the same run.
+    if (full->shards->shards() > 1)
+      vs.push_back({"generator train step, bf16, one shard (C++)", "img/s",
+                    at_precision(Precision::kBF16,
+                                 [&] {
+                                   full->set_shards(1);
+                                   auto t0 = Clock::now();
+                                   for (int i = 0; i < 3; ++i) gen_step();
+                                   const double ips = 3.0 * B / since(t0);
+                                   full->set_shards(o.batch_threads);
+                                   return ips;
+                                 }),
+                    train_flops_per_img});
   }
   if (!o.no_python) {
     std::string cmd = o.python + " scripts/bench_torch.py gen-train '" + mc.to_json().dump() +
@@ -666,6 +680,8 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
         "vit classifier train (python3-torch)");
   ratio("generator_train_bf16_over_fp32", "generator train step, bf16 (C++)",
         "generator train step (C++)");
+  ratio("generator_train_bf16_shards_over_one_shard", "generator train step, bf16 (C++)",
+        "generator train step, bf16, one shard (C++)");
   ratio("generator_train_bf16_over_python_fp32", "generator train step, bf16 (C++)",
         "generator train step (python3-torch)");
   ratio("sampling_cfg_bf16_over_fp32",
