@@ -459,6 +459,7 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
     gc.sampler.steps = sv.steps;
     gc.cfg_scale = sv.cfg;
     gc.batch = 16;
+    gc.batch_threads = o.batch_threads;
     vs.push_back({"sampling, " + std::to_string(sv.steps) + " Euler steps, " + sv.label, "img/s",
                   [&model, &tok, &flow, prompts, seeds, gc] {
                     auto t0 = Clock::now();
@@ -477,6 +478,20 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
                           return 16.0 / since(t0);
                         }),
            mmdit_sample_flops(mc, prompt_tokens, sv.steps, true)});
+    if (bf16 && sv.cfg != 1.0 && o.batch_threads != 1) {  // the shards' share, in the same run
+      GenerateConfig one = gc;
+      one.batch_threads = 1;
+      vs.push_back({"sampling, " + std::to_string(sv.steps) + " Euler steps, " + sv.label +
+                        ", bf16, one shard",
+                    "img/s",
+                    at_precision(Precision::kBF16,
+                                 [&model, &tok, &flow, prompts, seeds, one] {
+                                   auto t0 = Clock::now();
+                                   generate(model, tok, flow, prompts, seeds, one);
+                                   return 16.0 / since(t0);
+                                 }),
+                    mmdit_sample_flops(mc, prompt_tokens, sv.steps, true)});
+    }
   }
   // Classifiers at the same image size.
   auto cls_set = std::make_shared<LabeledSet>();
@@ -689,6 +704,11 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
             std::to_string(o.cfg).substr(0, 3) + ", bf16",
         "sampling, " + std::to_string(o.sample_steps) + " Euler steps, CFG " +
             std::to_string(o.cfg).substr(0, 3));
+  ratio("sampling_cfg_bf16_shards_over_one_shard",
+        "sampling, " + std::to_string(o.sample_steps) + " Euler steps, CFG " +
+            std::to_string(o.cfg).substr(0, 3) + ", bf16",
+        "sampling, " + std::to_string(o.sample_steps) + " Euler steps, CFG " +
+            std::to_string(o.cfg).substr(0, 3) + ", bf16, one shard");
   ratio("cnn_train_bf16_over_fp32", "cnn classifier train, bf16 (C++)",
         "cnn classifier train (C++)");
   ratio("vit_train_bf16_over_fp32", "vit classifier train, bf16 (C++)",

@@ -95,6 +95,8 @@ Status check_generate_config(const GenerateConfig& gc, const std::string& what) 
   if (!(gc.sampler.shift > 0))
     return bad("--shift must be > 0, got " + std::to_string(gc.sampler.shift));
   if (gc.batch < 1) return bad("--batch must be >= 1, got " + std::to_string(gc.batch));
+  if (!ShardThreads::valid_request(gc.batch_threads))
+    return bad("--batch-threads must be 0 (auto), 1 or 2, got " + std::to_string(gc.batch_threads));
   if (!(0 <= gc.sampler.eta && gc.sampler.eta <= 1))
     return bad("--eta must be in [0, 1], got " + std::to_string(gc.sampler.eta));
   if (gc.sampler.eta > 0 && gc.sampler.method != SamplerMethod::kDdim)
@@ -269,6 +271,12 @@ Status attach_latents(
   return Status::ok_status();
 }
 
+namespace {
+// Fewest images a sampling shard gets under auto (measured in the twenty-eighth sitting: see
+// docs/precision.md).
+constexpr int64_t kMinSampleShardRows = 4;
+}  // namespace
+
 Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
                 const std::vector<std::string>& prompts, const std::vector<uint64_t>& seeds,
                 const GenerateConfig& gc, const Tensor& init) {
@@ -293,8 +301,8 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
   SamplerConfig sc = gc.sampler;  // a diffusion network: DDIM's steps, evenly spaced in k
   if (flow.objective == Objective::kDiffusion && sc.ts.empty())
     sc.ts = ddpm_sampling_schedule(flow, sc.steps);
-  for (int64_t s = 0; s < N; s += gc.batch) {
-    int64_t n = std::min<int64_t>(gc.batch, N - s);
+  // Images [s, s + n) of the call, with their prompts' padded tokens.
+  auto sample_rows = [&](int64_t s, int64_t n, const Tensor& ids_full, const Tensor& mask_full) {
     std::vector<Tensor> noise;
     std::vector<at::Generator> step_gens;  // a stochastic sampler's noise, per image
     for (int64_t i = s; i < s + n; ++i) {
@@ -312,8 +320,6 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
         z.push_back(torch::randn({1, c.channels, c.image_size, c.image_size}, g, torch::kFloat32));
       return torch::cat(z, 0).to(dev);
     };
-    std::vector<std::string> ps(prompts.begin() + s, prompts.begin() + s + n);
-    auto [ids_full, mask_full] = tokenize_batch(tok, ps, c.max_text_len);
     auto [ids, mask] = trim_padding(ids_full, mask_full);
     ids = ids.to(dev);
     mask = mask.to(dev);
@@ -346,7 +352,35 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
     auto x1 = torch::cat(noise, 0);
     if (start < 1.0)  // the image on the flow's path at t = start, with this image's own noise
       x1 = (1 - start) * init.narrow(0, s, n).to(torch::kCPU, torch::kFloat32) + start * x1;
-    outs.push_back(sample_flow(v, x1.to(dev), sc, fresh));
+    return sample_flow(v, x1.to(dev), sc, fresh);
+  };
+  // Each batch runs as shards on threads where that pays (ShardThreads): two halves of the batch,
+  // each on one intra-op thread. An image depends only on its prompt and seed, not on the rows
+  // sampled with it, up to float rounding in the GEMMs.
+  const int intra = at::get_num_threads();
+  ShardThreads shards(gc.batch_threads > 0
+                          ? gc.batch_threads
+                          : ShardThreads::auto_shards(std::min<int64_t>(gc.batch, N), intra,
+                                                      dev.is_cpu(), kMinSampleShardRows),
+                      intra);
+  for (int64_t s = 0; s < N; s += gc.batch) {
+    const int64_t n = std::min<int64_t>(gc.batch, N - s);
+    std::vector<std::string> ps(prompts.begin() + s, prompts.begin() + s + n);
+    auto [ids_full, mask_full] = tokenize_batch(tok, ps, c.max_text_len);
+    const int k = static_cast<int>(std::min<int64_t>(shards.shards(), n));
+    if (k <= 1) {
+      outs.push_back(sample_rows(s, n, ids_full, mask_full));
+      continue;
+    }
+    std::vector<Tensor> parts(shards.shards());
+    shards.run([&](int j) {
+      if (j >= k) return;
+      const int64_t lo = n * j / k, hi = n * (j + 1) / k;
+      parts[j] = sample_rows(s + lo, hi - lo, ids_full.narrow(0, lo, hi - lo),
+                             mask_full.narrow(0, lo, hi - lo));
+    });
+    parts.resize(k);
+    outs.push_back(torch::cat(parts, 0));
   }
   return torch::cat(outs, 0);
 }

@@ -41,6 +41,10 @@ struct GenerateConfig {
   // use_default_sampling() guides only t >= 0.6.
   double cfg_t_lo = 0.0, cfg_t_hi = 1.0;
   int batch = 16;
+  // Each batch split over this many threads, the intra-op threads shared among them
+  // (core/shard_threads.h): 0 = auto (2 on a CPU with >= 2 threads and >= 8 images a batch), 1,
+  // or 2. An image depends on its prompt and seed only, up to float rounding.
+  int batch_threads = 0;
   // Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
   // with a guide, the guiding branch is that weaker model on the same prompt instead of this
   // model on the empty caption, v = v_guide + cfg_scale * (v_model - v_guide), within the same

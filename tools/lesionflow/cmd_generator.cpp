@@ -44,6 +44,12 @@ void add_sampler_flags(CLI::App* s, GenerateConfig& gc, SamplerFlags& given) {
       ->capture_default_str()
       ->check(kPositive)
       ->each([&given](const std::string&) { given.shift = true; });
+  s->add_option("--batch-threads", gc.batch_threads,
+                "threads that each sample a share of every batch, the intra-op threads split "
+                "among them (0 = auto: 2 on a CPU with >= 2 threads and >= 8 images a batch; 1 = "
+                "off)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 2));
   s->add_option("--eta", gc.sampler.eta,
                 "ddim stochasticity: 0 = deterministic (= euler), 1 = ancestral (default: the "
                 "checkpoint's, else this)")
