@@ -45,6 +45,23 @@ std::vector<std::string> phantom_captions(int n) {
   for (auto& r : ds->records) out.push_back(compose_caption(facts_from_record(r), 0));
   return out;
 }
+// The sampling tests' setting: 20 phantom captions, a tokenizer trained on them, and the micro
+// config sized for it.
+struct SamplingSetup {
+  std::vector<std::string> caps;
+  std::shared_ptr<Tokenizer> tok;
+  MMDiTConfig c;
+};
+SamplingSetup sampling_setup() {
+  SamplingSetup s;
+  s.caps = phantom_captions(20);
+  auto tok = Tokenizer::train(s.caps, {64, "bpe", 0});
+  if (!tok.ok()) throw std::runtime_error("tokenizer: " + tok.status().message());
+  s.tok = std::make_shared<Tokenizer>(std::move(*tok));
+  s.c = micro();
+  s.c.vocab_size = s.tok->vocab_size();
+  return s;
+}
 }  // namespace
 
 TEST(Tokenizer, TrainEncodeDecodeAndUnknownWords) {
@@ -299,11 +316,7 @@ TEST(MMDiT, MergeHeadsSplitIsTheMergedHeadsSlicedAndBack) {
 }
 
 TEST(Generate, SeedsFixTheImageAndTheGuidanceIntervalSkipsGuidance) {
-  auto caps = phantom_captions(20);
-  auto tok = Tokenizer::train(caps, {64, "bpe", 0});
-  ASSERT_TRUE(tok.ok());
-  auto c = micro();
-  c.vocab_size = tok->vocab_size();
+  auto [caps, tok, c] = sampling_setup();
   MMDiT m = random_model(c, 8, 0.2);
   FlowConfig flow;
   std::vector<std::string> prompts(caps.begin(), caps.begin() + 4);
@@ -344,11 +357,7 @@ TEST(Generate, SeedsFixTheImageAndTheGuidanceIntervalSkipsGuidance) {
 // own thread; the images are those of one thread up to float rounding, for every sampler path
 // (guided, stochastic step noise, a starting image), an odd batch and a batch cut short.
 TEST(Generate, BatchShardsOnThreadsGiveTheImagesOfOneThread) {
-  auto caps = phantom_captions(20);
-  auto tok = Tokenizer::train(caps, {64, "bpe", 0});
-  ASSERT_TRUE(tok.ok());
-  auto c = micro();
-  c.vocab_size = tok->vocab_size();
+  auto [caps, tok, c] = sampling_setup();
   MMDiT m = random_model(c, 8, 0.2);
   FlowConfig flow;
   std::vector<std::string> prompts(caps.begin(), caps.begin() + 9);
@@ -386,11 +395,7 @@ TEST(Generate, BatchShardsOnThreadsGiveTheImagesOfOneThread) {
 // model as its own guide the images are the unguided ones at any weight; with weight 0 they are
 // the guide's. A guide of another tokenizer or input size is refused, naming the file.
 TEST(Generate, AutoguidanceBlendsTheGuideOnTheSamePromptAndChecksTheGuide) {
-  auto caps = phantom_captions(20);
-  auto tok = Tokenizer::train(caps, {64, "bpe", 0});
-  ASSERT_TRUE(tok.ok());
-  auto c = micro();
-  c.vocab_size = tok->vocab_size();
+  auto [caps, tok, c] = sampling_setup();
   MMDiT m = random_model(c, 8, 0.2), weak = random_model(c, 9, 0.2);
   FlowConfig flow;
   flow.prediction = Prediction::kX;

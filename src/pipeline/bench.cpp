@@ -460,37 +460,26 @@ Result<nlohmann::json> run_bench(const BenchOptions& o) {
     gc.cfg_scale = sv.cfg;
     gc.batch = 16;
     gc.batch_threads = o.batch_threads;
-    vs.push_back({"sampling, " + std::to_string(sv.steps) + " Euler steps, " + sv.label, "img/s",
-                  [&model, &tok, &flow, prompts, seeds, gc] {
-                    auto t0 = Clock::now();
-                    generate(model, tok, flow, prompts, seeds, gc);
-                    return 16.0 / since(t0);
-                  },
-                  mmdit_sample_flops(mc, prompt_tokens, sv.steps, sv.cfg != 1.0)});
-    if (bf16 && sv.cfg != 1.0)
-      vs.push_back(
-          {"sampling, " + std::to_string(sv.steps) + " Euler steps, " + sv.label + ", bf16",
-           "img/s",
-           at_precision(Precision::kBF16,
-                        [&model, &tok, &flow, prompts, seeds, gc] {
-                          auto t0 = Clock::now();
-                          generate(model, tok, flow, prompts, seeds, gc);
-                          return 16.0 / since(t0);
-                        }),
-           mmdit_sample_flops(mc, prompt_tokens, sv.steps, true)});
-    if (bf16 && sv.cfg != 1.0 && o.batch_threads != 1) {  // the shards' share, in the same run
-      GenerateConfig one = gc;
-      one.batch_threads = 1;
-      vs.push_back({"sampling, " + std::to_string(sv.steps) + " Euler steps, " + sv.label +
-                        ", bf16, one shard",
+    // One row: 16 images with `g`, at fp32 or bf16.
+    auto row = [&](const std::string& suffix, const GenerateConfig& g, bool in_bf16) {
+      std::function<double()> f = [&model, &tok, &flow, prompts, seeds, g] {
+        auto t0 = Clock::now();
+        generate(model, tok, flow, prompts, seeds, g);
+        return 16.0 / since(t0);
+      };
+      vs.push_back({"sampling, " + std::to_string(sv.steps) + " Euler steps, " + sv.label + suffix,
                     "img/s",
-                    at_precision(Precision::kBF16,
-                                 [&model, &tok, &flow, prompts, seeds, one] {
-                                   auto t0 = Clock::now();
-                                   generate(model, tok, flow, prompts, seeds, one);
-                                   return 16.0 / since(t0);
-                                 }),
-                    mmdit_sample_flops(mc, prompt_tokens, sv.steps, true)});
+                    in_bf16 ? std::function<double()>(at_precision(Precision::kBF16, f)) : f,
+                    mmdit_sample_flops(mc, prompt_tokens, sv.steps, sv.cfg != 1.0)});
+    };
+    row("", gc, false);
+    if (bf16 && sv.cfg != 1.0) {
+      row(", bf16", gc, true);
+      if (o.batch_threads != 1) {  // the shards' share, in the same run
+        GenerateConfig one = gc;
+        one.batch_threads = 1;
+        row(", bf16, one shard", one, true);
+      }
     }
   }
   // Classifiers at the same image size.
