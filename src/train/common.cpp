@@ -135,17 +135,34 @@ torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& params, double ma
   return total;
 }
 
+namespace {
+// Drops the parameters' gradients so that a backward writes them fresh; done() gives zeros to
+// those that had one and got none, as zero_grad would have left them.
+class FreshGrads {
+ public:
+  explicit FreshGrads(const std::vector<Tensor>& params) : params_(params), had_(params.size()) {
+    for (size_t i = 0; i < params_.size(); ++i) {
+      had_[i] = params_[i].grad().defined();
+      if (had_[i]) params_[i].mutable_grad().reset();
+    }
+  }
+  void done() {
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (had_[i] && !params_[i].grad().defined())
+        params_[i].mutable_grad() = torch::zeros_like(params_[i]);
+  }
+
+ private:
+  const std::vector<Tensor>& params_;
+  std::vector<char> had_;
+};
+}  // namespace
+
 void backward_with_fresh_grads(const torch::Tensor& loss,
                                const std::vector<torch::Tensor>& params) {
-  std::vector<char> had(params.size(), 0);
-  for (size_t i = 0; i < params.size(); ++i) {
-    had[i] = params[i].grad().defined();
-    if (had[i]) params[i].mutable_grad().reset();
-  }
+  FreshGrads fresh(params);
   loss.backward();
-  for (size_t i = 0; i < params.size(); ++i)
-    if (had[i] && !params[i].grad().defined())
-      params[i].mutable_grad() = torch::zeros_like(params[i]);
+  fresh.done();
 }
 
 Tensor sharded_mean_backward(ShardThreads& shards, int64_t rows,
@@ -157,11 +174,7 @@ Tensor sharded_mean_backward(ShardThreads& shards, int64_t rows,
     backward_with_fresh_grads(per.mean(), params);
     return per.detach();
   }
-  std::vector<char> had(params.size(), 0);
-  for (size_t i = 0; i < params.size(); ++i) {
-    had[i] = params[i].grad().defined();
-    if (had[i]) params[i].mutable_grad().reset();
-  }
+  FreshGrads fresh(params);
   std::vector<Tensor> parts(shards.shards());
   shards.run([&](int s) {
     if (s >= n) return;
@@ -171,9 +184,7 @@ Tensor sharded_mean_backward(ShardThreads& shards, int64_t rows,
     parts[s] = per.detach();
   });
   parts.resize(n);
-  for (size_t i = 0; i < params.size(); ++i)
-    if (had[i] && !params[i].grad().defined())
-      params[i].mutable_grad() = torch::zeros_like(params[i]);
+  fresh.done();
   return torch::cat(parts, 0);
 }
 
