@@ -34,6 +34,10 @@ class ShardThreads {
   // the profiler's callbacks) applies in every shard. If shards throw, the exception of the
   // lowest such shard is rethrown after all have finished. Not reentrant.
   void run(const std::function<void(int shard)>& fn);
+  // Rows [0, rows) in k = min(shards(), rows) consecutive parts, part s from rows * s / k up to
+  // rows * (s + 1) / k: runs fn(s, lo, hi) for every part at once as run() does (on the caller
+  // when k is 1) and returns k.
+  int run_rows(int64_t rows, const std::function<void(int part, int64_t lo, int64_t hi)>& fn);
 
   // The shard count that `0` (auto) means for a batch of `rows` on `intra` intra-op threads: 2
   // on a CPU with at least two threads when each half has at least min_rows rows, else 1 (one
@@ -41,6 +45,10 @@ class ShardThreads {
   // shards, so that the gradients' sum is the same bits in either order (a + b = b + a; with
   // three the order of the two additions would change the last bits from run to run).
   static int auto_shards(int64_t rows, int intra, bool cpu, int64_t min_rows = 8);
+  // A request (0 = auto, as auto_shards) resolved to a shard count.
+  static int resolve(int request, int64_t rows, int intra, bool cpu, int64_t min_rows = 8) {
+    return request > 0 ? request : auto_shards(rows, intra, cpu, min_rows);
+  }
   // Checks a requested shard count: 0 (auto), 1 or 2.
   static bool valid_request(int shards) { return shards >= 0 && shards <= 2; }
 

@@ -88,4 +88,16 @@ void ShardThreads::run(const std::function<void(int)>& fn) {
     if (e) std::rethrow_exception(e);
 }
 
+int ShardThreads::run_rows(int64_t rows, const std::function<void(int, int64_t, int64_t)>& fn) {
+  const int k = static_cast<int>(std::min<int64_t>(shards_, rows));
+  if (k <= 1) {
+    fn(0, 0, rows);
+    return 1;
+  }
+  run([&](int s) {
+    if (s < k) fn(s, rows * s / k, rows * (s + 1) / k);
+  });
+  return k;
+}
+
 }  // namespace lf

@@ -111,8 +111,7 @@ struct FinetuneBench {
     const int intra = at::get_num_threads();
     shards.reset();
     shards = std::make_unique<ShardThreads>(
-        batch_threads > 0 ? batch_threads : ShardThreads::auto_shards(x0.size(0), intra, true),
-        intra);
+        ShardThreads::resolve(batch_threads, x0.size(0), intra, true), intra);
   }
   int64_t trainable() const {
     int64_t n = 0;
@@ -123,17 +122,7 @@ struct FinetuneBench {
     if (rt) rt->apply();
     auto gen = at::detail::createCPUGenerator(1);
     auto t = sample_timesteps(x0.size(0), flow, gen);
-    auto noise = torch::randn_like(x0);
-    sharded_mean_backward(
-        *shards, x0.size(0),
-        [&](int64_t lo, int64_t hi) {
-          const int64_t n = hi - lo;
-          return generator_loss(model,
-                                {x0.narrow(0, lo, n), noise.narrow(0, lo, n), t.narrow(0, lo, n),
-                                 ids.narrow(0, lo, n), mask.narrow(0, lo, n)},
-                                flow);
-        },
-        params);
+    generator_backward(model, {x0, torch::randn_like(x0), t, ids, mask}, flow, *shards, params);
     clip_adamw_ema_step(*opt, params, 1.0);  // as training runs it (no EMA, as in python)
   }
 };

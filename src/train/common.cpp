@@ -168,22 +168,19 @@ void backward_with_fresh_grads(const torch::Tensor& loss,
 Tensor sharded_mean_backward(ShardThreads& shards, int64_t rows,
                              const std::function<Tensor(int64_t, int64_t)>& per_sample,
                              const std::vector<Tensor>& params) {
-  const int n = static_cast<int>(std::min<int64_t>(shards.shards(), rows));
-  if (n <= 1) {
+  if (std::min<int64_t>(shards.shards(), rows) <= 1) {
     Tensor per = per_sample(0, rows);
     backward_with_fresh_grads(per.mean(), params);
     return per.detach();
   }
   FreshGrads fresh(params);
   std::vector<Tensor> parts(shards.shards());
-  shards.run([&](int s) {
-    if (s >= n) return;
-    const int64_t lo = rows * s / n, hi = rows * (s + 1) / n;
+  const int k = shards.run_rows(rows, [&](int s, int64_t lo, int64_t hi) {
     Tensor per = per_sample(lo, hi);
     per.sum().div(rows).backward();
     parts[s] = per.detach();
   });
-  parts.resize(n);
+  parts.resize(k);
   fresh.done();
   return torch::cat(parts, 0);
 }

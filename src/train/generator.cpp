@@ -359,29 +359,20 @@ Tensor generate(MMDiT& model, const Tokenizer& tok, const FlowConfig& flow,
   // each on one intra-op thread. An image depends only on its prompt and seed, not on the rows
   // sampled with it, up to float rounding in the GEMMs.
   const int intra = at::get_num_threads();
-  ShardThreads shards(gc.batch_threads > 0
-                          ? gc.batch_threads
-                          : ShardThreads::auto_shards(std::min<int64_t>(gc.batch, N), intra,
-                                                      dev.is_cpu(), kMinSampleShardRows),
+  ShardThreads shards(ShardThreads::resolve(gc.batch_threads, std::min<int64_t>(gc.batch, N), intra,
+                                            dev.is_cpu(), kMinSampleShardRows),
                       intra);
   for (int64_t s = 0; s < N; s += gc.batch) {
     const int64_t n = std::min<int64_t>(gc.batch, N - s);
     std::vector<std::string> ps(prompts.begin() + s, prompts.begin() + s + n);
     auto [ids_full, mask_full] = tokenize_batch(tok, ps, c.max_text_len);
-    const int k = static_cast<int>(std::min<int64_t>(shards.shards(), n));
-    if (k <= 1) {
-      outs.push_back(sample_rows(s, n, ids_full, mask_full));
-      continue;
-    }
     std::vector<Tensor> parts(shards.shards());
-    shards.run([&](int j) {
-      if (j >= k) return;
-      const int64_t lo = n * j / k, hi = n * (j + 1) / k;
+    const int k = shards.run_rows(n, [&](int j, int64_t lo, int64_t hi) {
       parts[j] = sample_rows(s + lo, hi - lo, ids_full.narrow(0, lo, hi - lo),
                              mask_full.narrow(0, lo, hi - lo));
     });
     parts.resize(k);
-    outs.push_back(torch::cat(parts, 0));
+    outs.push_back(k == 1 ? parts[0] : torch::cat(parts, 0));
   }
   return torch::cat(outs, 0);
 }
@@ -393,6 +384,19 @@ Tensor generator_loss(MMDiT& model, const GenBatch& b, const FlowConfig& flow,
   auto fb = make_train_batch(b.x0.to(dev), b.noise.to(dev), t, flow);
   if (target && target->target_velocity) fb.target = target->target_velocity(fb.x_t, t, ids, mask);
   return flow_loss_per_sample(model->forward(fb.x_t, t, ids, mask), fb, flow);
+}
+
+Tensor generator_backward(MMDiT& model, const GenBatch& b, const FlowConfig& flow,
+                          ShardThreads& shards, const std::vector<Tensor>& params,
+                          const TrainTarget* target) {
+  return sharded_mean_backward(
+      shards, b.x0.size(0),
+      [&](int64_t lo, int64_t hi) {
+        GenBatch part = b.rows(lo, hi - lo);
+        std::tie(part.ids, part.mask) = trim_padding(part.ids, part.mask);
+        return generator_loss(model, part, flow, target);
+      },
+      params);
 }
 
 Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
@@ -435,10 +439,9 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
   }
   // This rank's rows of each batch, split over threads (ShardThreads::auto_shards for 0).
   const int intra = at::get_num_threads();
-  ShardThreads shards(cfg.batch_threads > 0 ? cfg.batch_threads
-                                            : ShardThreads::auto_shards(shard_hi - shard_lo, intra,
-                                                                        cfg.device.is_cpu()),
-                      intra);
+  ShardThreads shards(
+      ShardThreads::resolve(cfg.batch_threads, shard_hi - shard_lo, intra, cfg.device.is_cpu()),
+      intra);
   if (shards.shards() > 1)
     log_info("train: each batch of " + std::to_string(shard_hi - shard_lo) + " runs as " +
              std::to_string(shards.shards()) + " shards on threads of " +
@@ -636,17 +639,8 @@ Result<GenTrainResult> train_generator(const GenTrainConfig& cfg, MMDiT& model,
       mask = mask.narrow(0, shard_lo, n);
     }
     prepare(step);
-    auto per = sharded_mean_backward(
-        shards, x0.size(0),
-        [&](int64_t lo, int64_t hi) {
-          const int64_t n = hi - lo;
-          auto [ids_s, mask_s] = trim_padding(ids.narrow(0, lo, n), mask.narrow(0, lo, n));
-          return generator_loss(
-              model,
-              {x0.narrow(0, lo, n), noise.narrow(0, lo, n), t.narrow(0, lo, n), ids_s, mask_s},
-              cfg.flow, target);
-        },
-        params);
+    auto per =
+        generator_backward(model, {x0, noise, t, ids, mask}, cfg.flow, shards, params, target);
     auto loss = per.mean();
     if (dist) {  // gradients, the loss and the stop wishes, averaged over the ranks
       auto flags =

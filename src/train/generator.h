@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/shard_threads.h"
 #include "data/images_torch.h"
 #include "flow/flow.h"
 #include "lesionflow/data.h"
@@ -182,12 +183,23 @@ inline const char* kShippedGenerator = "lesionflow_ham64.safetensors";
 // One training batch as the data side makes it (any device; CPU here).
 struct GenBatch {
   torch::Tensor x0, noise, t, ids, mask;
+  GenBatch rows(int64_t lo, int64_t n) const {  // rows [lo, lo + n) of every field (views)
+    return {x0.narrow(0, lo, n), noise.narrow(0, lo, n), t.narrow(0, lo, n), ids.narrow(0, lo, n),
+            mask.narrow(0, lo, n)};
+  }
 };
 // The loss of one step: the batch is moved to the model's device, noised on the flow's path
 // (or the DDPM schedule), the model predicts, and the per-sample loss [B] is returned on that
 // device with no host synchronisation. The training loop and the device test call this.
 torch::Tensor generator_loss(MMDiT& model, const GenBatch& b, const FlowConfig& flow,
                              const TrainTarget* target = nullptr);
+// The backward of a training step (the training loop and the bench's step call this): the
+// per-sample losses of b, detached, and the gradients of their mean in `params`, b's rows split
+// over the shard threads (sharded_mean_backward), each shard's text trimmed of the padding its
+// rows share.
+torch::Tensor generator_backward(MMDiT& model, const GenBatch& b, const FlowConfig& flow,
+                                 ShardThreads& shards, const std::vector<torch::Tensor>& params,
+                                 const TrainTarget* target = nullptr);
 
 // Run directory: checkpoint.safetensors (weights), ema.safetensors (EMA weights),
 // state.bin (optimizer + step; all other randomness is derived from (seed, step)),
